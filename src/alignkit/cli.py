@@ -1,0 +1,73 @@
+"""``alignkit <stage> [--config FILE.yaml] [--flag value ...]``.
+
+Every stage's flags are generated from its config dataclass (``alignkit.config``); recipes are
+imported only when their stage runs, so ``alignkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from alignkit import __version__
+from alignkit.config import DemoConfig, SFTConfig, TinyModelConfig, add_config_flags, build_config
+from alignkit.errors import UserError
+
+# stage name -> (config class, "module:function", one-line description)
+STAGES = {
+    "demo": (DemoConfig, "alignkit.recipes.demo:main",
+             "The main job: LoRA SFT of the default model on the shipped demonstrations, with "
+             "held-out loss and samples before and after."),
+    "sft": (SFTConfig, "alignkit.recipes.sft:main",
+            "Stage 1: supervised fine-tuning on demonstrations."),
+    "tiny-model": (TinyModelConfig, "alignkit.recipes.tiny:main",
+                   "Write a tiny random Llama-style model folder (tests, benchmarks)."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignkit",
+        description="Align language models with human preferences. Each stage reads defaults, "
+                    "then --config FILE.yaml, then flags; the resolved config is saved as "
+                    "<output>/config.yaml.")
+    parser.add_argument("--version", action="version", version=f"alignkit {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name, (cls, _, description) in STAGES.items():
+        p = sub.add_parser(name, help=description, description=description)
+        p.add_argument("--config", metavar="FILE.yaml",
+                       help="YAML file of option: value pairs (flags given here override it).")
+        add_config_flags(p, cls)
+    return parser
+
+
+def run_stage(name: str, cfg):
+    module, func = STAGES[name][1].split(":")
+    return getattr(importlib.import_module(module), func)(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.stage:
+        parser.print_help()
+        return 0
+    from alignkit.recipes.common import configure_logging
+
+    configure_logging()
+    try:
+        cfg = build_config(STAGES[args.stage][0], args)
+        run_stage(args.stage, cfg)
+    except UserError as e:
+        print(f"alignkit {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alignkit {args.stage}: interrupted (checkpoints already written are intact; "
+              "continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Typed configs that are at once the CLI flags, the YAML schema and the saved record of a run.
+
+A stage config is a flat dataclass assembled from the field groups below (model, data, optim,
+run) plus the stage's own fields. Precedence: dataclass defaults < ``--config FILE.yaml`` <
+command-line flags. The resolved config is written to ``<output>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from alignkit.errors import UserError
+
+
+def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with its help text (shown by ``--help``) and optional allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelArgs:
+    model: str = opt("default", "Model to start from: 'default' (packaged SmolLM2-135M-Instruct), "
+                     "a local Hugging Face folder, a .gguf file, or a hub id.")
+    lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = opt(16, "LoRA rank.")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.")
+    lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj",
+                            "Comma-separated module names that get LoRA adapters.")
+    device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
+    precision: str = opt("auto", "Numerics: auto (fp32 on CPU, bf16 autocast on CUDA), fp32, bf16.",
+                         ("auto", "fp32", "bf16"))
+
+
+@dataclass
+class DataArgs:
+    data: Optional[str] = opt(None, "Training data: .jsonl, .parquet, .csv or a saved HF datasets "
+                              "folder; 'demo' means the demonstrations alignkit ships.")
+    eval_data: Optional[str] = opt(None, "Held-out data file; without it --eval-fraction of --data "
+                                   "is held out.")
+    eval_fraction: float = opt(0.05, "Fraction of --data held out for evaluation when --eval-data "
+                               "is not given (0 disables evaluation).")
+    max_length: int = opt(512, "Longest tokenised example; longer ones are an error unless "
+                          "--skip-invalid.")
+    skip_invalid: bool = opt(False, "Drop invalid records (counted and reported) instead of "
+                             "stopping.")
+
+
+@dataclass
+class OptimArgs:
+    lr: float = opt(2e-5, "Peak learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    warmup_steps: int = opt(0, "Linear warm-up steps.")
+    schedule: str = opt("cosine", "Learning-rate decay after warm-up.",
+                        ("cosine", "linear", "constant"))
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this (0 disables).")
+    batch_size: int = opt(8, "Examples per micro-batch.")
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step.")
+    max_steps: int = opt(-1, "Optimiser steps to run; -1 means --epochs full passes.")
+    epochs: float = opt(1.0, "Passes over the training data when --max-steps is -1.")
+
+
+@dataclass
+class RunArgs:
+    output: str = opt("runs/run", "Output folder (config.yaml, metrics.jsonl, checkpoints/, "
+                      "final/).")
+    seed: int = opt(42, "Seed for data order, initialisation and sampling.")
+    log_every: int = opt(1, "Write metrics every N steps.")
+    eval_every: int = opt(50, "Held-out evaluation every N steps (0: only at start and end).")
+    save_every: int = opt(100, "Checkpoint every N steps (0: only final/).")
+    keep_checkpoints: int = opt(2, "Keep the newest N checkpoints (0 keeps all).")
+    resume: bool = opt(False, "Continue from the newest checkpoint in --output exactly where it "
+                       "stopped.")
+    overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output (without it, "
+                          "an existing run is never overwritten).")
+    progress: bool = opt(True, "Show a progress bar.")
+
+
+@dataclass
+class SFTConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
+    """Stage 1: supervised fine-tuning on demonstrations."""
+
+    train_on_prompt: bool = opt(False, "Also learn the prompt tokens (default: loss on response "
+                                "tokens only).")
+    packing: bool = opt(True, "Padding-free packing: several examples share a row, each attending "
+                        "only to itself.")
+    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
+    chat: str = opt("auto", "Render string prompts with the model's chat template: auto (when the "
+                    "model has one), always, never.", ("auto", "always", "never"))
+    output: str = opt("runs/sft", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+@dataclass
+class DemoConfig(SFTConfig):
+    """The main job: LoRA SFT of the default model on the shipped demonstrations, with held-out
+    loss and samples before and after."""
+
+    quick: bool = opt(False, "A one-minute version (fewer steps, fewer samples).")
+    samples: int = opt(4, "Held-out prompts to answer before and after training.")
+    max_new_tokens: int = opt(48, "Length limit of the sampled answers.")
+    data: Optional[str] = opt("demo", DataArgs.__dataclass_fields__["data"].metadata["help"])
+    lora: bool = opt(True, ModelArgs.__dataclass_fields__["lora"].metadata["help"])
+    lr: float = opt(1e-3, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
+    warmup_steps: int = opt(4, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
+    max_steps: int = opt(60, OptimArgs.__dataclass_fields__["max_steps"].metadata["help"])
+    eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
+    eval_every: int = opt(20, RunArgs.__dataclass_fields__["eval_every"].metadata["help"])
+    save_every: int = opt(20, RunArgs.__dataclass_fields__["save_every"].metadata["help"])
+    output: str = opt("runs/demo", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+# ---------------------------------------------------------------------------------------------
+# dataclass <-> argparse / YAML
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(tp: Any) -> Any:
+    """``Optional[int]`` -> ``int``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field; booleans get ``--x/--no-x``. Defaults are left unset
+    (``SUPPRESS``) so that only flags the user typed override the YAML file."""
+    types = _field_types(cls)
+    groups = {g: parser.add_argument_group(title) for g, title in FLAG_GROUPS}
+    own = parser.add_argument_group(f"{cls.__name__} options")
+    fields = sorted(dataclasses.fields(cls), key=lambda f: _group_index(cls, f.name))
+    for f in fields:
+        group = next((groups[g] for g, _ in FLAG_GROUPS
+                      if issubclass(cls, g) and f.name in g.__dataclass_fields__), own)
+        tp = _base_type(types[f.name])
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        shown = f.default if f.default is not dataclasses.MISSING else None
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  "help": f"{help_text} (default: {shown})"}
+        if tp is bool:
+            group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        kwargs["type"] = tp if tp in (int, float, str) else str
+        kwargs["metavar"] = tp.__name__.upper() if tp in (int, float, str) else "VALUE"
+        if choices:
+            kwargs["choices"] = choices
+            kwargs.pop("metavar")
+        group.add_argument(flag_name(f.name), **kwargs)
+
+
+FLAG_GROUPS = ((ModelArgs, "model"), (DataArgs, "data"), (OptimArgs, "optimisation"),
+               (RunArgs, "run"))
+
+
+def _group_index(cls: type, name: str) -> int:
+    for i, (g, _) in enumerate(FLAG_GROUPS):
+        if issubclass(cls, g) and name in g.__dataclass_fields__:
+            return i
+    return len(FLAG_GROUPS)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    base = _base_type(tp)
+    if value is None:
+        if _is_optional(tp):
+            return None
+        raise UserError(f"{where}: must not be empty")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{where}: expected an integer, got {value!r}") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: expected a number, got {value!r}") from None
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def read_yaml_overrides(cls: type, path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of option: value")
+    names = {f.name for f in dataclasses.fields(cls)}
+    types = _field_types(cls)
+    lines = p.read_text(encoding="utf-8").splitlines()
+    out = {}
+    for key, value in raw.items():
+        k = str(key).replace("-", "_")
+        line_no = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip().startswith(f"{key}:")), 0)
+        where = f"{path}:{line_no}: option {key!r}" if line_no else f"{path}: option {key!r}"
+        if k not in names:
+            raise UserError(f"{where} is not an option of this stage (see --help)")
+        out[k] = _coerce(value, types[k], where)
+    return out
+
+
+def validate_choices(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise UserError(f"option {f.name!r}: {value!r} is not one of {', '.join(choices)}")
+
+
+def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+    """Defaults < YAML (``args.config``) < flags given on the command line < ``extra``."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_yaml_overrides(cls, args.config))
+    names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(extra or {})
+    cfg = cls(**values)
+    validate_choices(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config beside the run's outputs (atomically)."""
+    import yaml
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class TinyModelConfig:
+    """Write a tiny random Llama-style model + tokenizer folder (for tests, benchmarks, trials)."""
+
+    output: str = opt("tiny-model", "Folder to write.")
+    seed: int = opt(0, "Initialisation seed.")
+    hidden_size: int = opt(64, "Hidden size.")
+    num_layers: int = opt(2, "Decoder layers.")
+    num_heads: int = opt(4, "Attention heads.")
+    intermediate_size: int = opt(128, "MLP width.")

@@ -1,0 +1,172 @@
+"""Read records from JSONL, Parquet, CSV or a saved Hugging Face ``datasets`` folder.
+
+Every record keeps where it came from (file and 1-based line or row) so that validation can say
+``data.jsonl:17: field "completion" is missing``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import DataError, UserError
+
+SHIPPED = {
+    "demo": "sft.jsonl",
+    "demo-sft": "sft.jsonl",
+    "demo-prompts": "prompts_train.jsonl",
+    "demo-prompts-heldout": "prompts_heldout.jsonl",
+}
+
+
+@dataclass
+class Record:
+    """One raw record. ``line`` is the 1-based line (JSONL, CSV) or row (Parquet, datasets)."""
+
+    source: str
+    line: int
+    fields: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def shipped_data_path(name: str) -> Path:
+    """Path of a data file that ships inside the package (``demo``, ``demo-prompts`` ...)."""
+    from importlib.resources import files
+
+    return Path(str(files("alignkit") / "assets" / "data" / SHIPPED[name]))
+
+
+def resolve_data_path(spec: str) -> Path:
+    if spec in SHIPPED:
+        return shipped_data_path(spec)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"{spec}: data file or folder not found")
+    return path
+
+
+def read_records(spec: str) -> list[Record]:
+    """Read every record of a data file or saved ``datasets`` folder, in order."""
+    path = resolve_data_path(spec)
+    shown = spec if spec not in SHIPPED else str(path)
+    if path.is_dir():
+        return _read_hf_folder(path, shown)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return _read_jsonl(path, shown)
+    if suffix == ".parquet":
+        return _read_parquet(path, shown)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, shown, delimiter="\t" if suffix == ".tsv" else ",")
+    raise UserError(f"{shown}: unsupported data format {suffix!r} (use .jsonl, .parquet, .csv or "
+                    "a saved datasets folder)")
+
+
+def _read_jsonl(path: Path, shown: str) -> list[Record]:
+    records, problems = [], []
+    with path.open("r", encoding="utf-8") as fh:
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{shown}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if path.suffix.lower() == ".json" and lines and lines[0].lstrip().startswith("["):
+        # a JSON array file: records are its elements; we report element numbers
+        try:
+            items = json.loads("".join(lines))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{shown}:{e.lineno}: not valid JSON ({e.msg})") from None
+        for i, item in enumerate(items, 1):
+            if not isinstance(item, dict):
+                problems.append(f"{shown}:{i}: expected a JSON object, got {type(item).__name__}")
+            else:
+                records.append(Record(shown, i, item))
+    else:
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(item, dict):
+                problems.append(f"{shown}:{i}: expected a JSON object, got {type(item).__name__}")
+                continue
+            records.append(Record(shown, i, item))
+    if problems:
+        raise DataError(problems)
+    return records
+
+
+def _maybe_json(value: Any) -> Any:
+    """CSV cells holding chat message lists are JSON text; decode those, keep other text."""
+    if isinstance(value, str) and value.lstrip().startswith("[{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _read_csv(path: Path, shown: str, delimiter: str) -> list[Record]:
+    records = []
+    with path.open("r", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if reader.fieldnames is None:
+            return []
+        start = reader.line_num + 1
+        for row in reader:
+            extra = row.pop(None, None)
+            if extra:
+                raise DataError([f"{shown}:{start}: more cells than header columns"])
+            fields = {k: _maybe_json(v) for k, v in row.items() if v is not None and v != ""}
+            records.append(Record(shown, start, fields))
+            start = reader.line_num + 1
+    return records
+
+
+def _clean(value: Any) -> Any:
+    """Arrow/pandas values -> plain Python (numpy arrays of dicts become lists)."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _read_parquet(path: Path, shown: str) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{shown}: cannot read Parquet file ({e})") from None
+    return [Record(shown, i, {k: _clean(v) for k, v in row.items() if v is not None})
+            for i, row in enumerate(table.to_pylist(), 1)]
+
+
+def _read_hf_folder(path: Path, shown: str) -> list[Record]:
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise UserError(f"{shown}: reading a datasets folder needs `pip install datasets`") from None
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(f"{shown}: not a saved datasets folder ({e})") from None
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise UserError(f"{shown}: DatasetDict has no 'train' split (splits: {list(ds)}); "
+                            "point --data at one split's folder")
+        ds = ds["train"]
+        shown = f"{shown}[train]"
+    return [Record(shown, i, {k: _clean(v) for k, v in row.items() if v is not None})
+            for i, row in enumerate(ds, 1)]

@@ -1,0 +1,180 @@
+"""Record schemas of DESIGN.md section 3, validated with messages that name file, line and field.
+
+A text field is either a string or a list of chat messages ``{"role", "content"}``. Validation
+returns normalised examples; every problem is collected (not just the first) so a user fixes a
+file in one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from alignkit.data.readers import Record
+from alignkit.errors import DataError
+
+ROLES = ("system", "user", "assistant", "tool")
+Text = Union[str, list]  # a string or a list of {"role", "content"} messages
+
+
+class RecordProblem(Exception):
+    def __init__(self, field_name: str | None, message: str):
+        self.field_name = field_name
+        super().__init__(message)
+
+
+@dataclass
+class SFTExample:
+    """One demonstration. ``kind`` is ``prompt_completion``, ``messages`` or ``text``."""
+
+    kind: str
+    prompt: Text | None = None
+    completion: Text | None = None
+    messages: list | None = None
+    text: str | None = None
+    where: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreferenceExample:
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    margin: float = 0.0
+    annotator: str | None = None
+    aspect: str | None = None
+    where: str = ""
+
+
+@dataclass
+class RankingExample:
+    prompt: Text
+    responses: list
+    ranking: list[int]  # indices into responses, best first
+    annotator: str | None = None
+    aspect: str | None = None
+    where: str = ""
+
+
+@dataclass
+class PromptExample:
+    prompt: Text
+    where: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _messages(value: Any, name: str) -> list:
+    if not value:
+        raise RecordProblem(name, f'field "{name}" is an empty message list')
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise RecordProblem(name, f'field "{name}"[{i}] must be an object with "role" and '
+                                f'"content", got {type(msg).__name__}')
+        if msg.get("role") not in ROLES:
+            raise RecordProblem(name, f'field "{name}"[{i}].role must be one of '
+                                f'{", ".join(ROLES)}, got {msg.get("role")!r}')
+        if not isinstance(msg.get("content"), str):
+            raise RecordProblem(name, f'field "{name}"[{i}].content must be a string')
+    return value
+
+
+def _text(fields: dict, name: str, allow_empty: bool = False) -> Text:
+    if name not in fields:
+        raise RecordProblem(name, f'field "{name}" is missing')
+    value = fields[name]
+    if isinstance(value, str):
+        if not value.strip() and not allow_empty:
+            raise RecordProblem(name, f'field "{name}" is empty')
+        return value
+    if isinstance(value, list):
+        return _messages(value, name)
+    raise RecordProblem(name, f'field "{name}" must be a string or a list of chat messages, got '
+                        f"{type(value).__name__}")
+
+
+def _optional_str(fields: dict, name: str) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise RecordProblem(name, f'field "{name}" must be a string')
+    return str(value)
+
+
+def parse_sft(rec: Record) -> SFTExample:
+    f = rec.fields
+    extra = {k: v for k, v in f.items() if k not in ("prompt", "completion", "messages", "text")}
+    if "messages" in f:
+        msgs = _messages(f["messages"], "messages") if isinstance(f["messages"], list) else None
+        if msgs is None:
+            raise RecordProblem("messages", 'field "messages" must be a list of chat messages')
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise RecordProblem("messages", 'field "messages" has no assistant message to learn')
+        return SFTExample("messages", messages=msgs, where=rec.where, extra=extra)
+    if "text" in f and "completion" not in f:
+        value = f["text"]
+        if not isinstance(value, str):
+            raise RecordProblem("text", 'field "text" must be a string')
+        if not value.strip():
+            raise RecordProblem("text", 'field "text" is empty')
+        return SFTExample("text", text=value, where=rec.where, extra=extra)
+    if "prompt" not in f and "completion" not in f:
+        raise RecordProblem(None, 'no training fields: expected "prompt" and "completion", '
+                            '"messages", or "text"')
+    prompt = _text(f, "prompt")
+    completion = _text(f, "completion")
+    if isinstance(completion, list) and any(m["role"] != "assistant" for m in completion):
+        raise RecordProblem("completion", 'field "completion" may only hold assistant messages')
+    return SFTExample("prompt_completion", prompt=prompt, completion=completion, where=rec.where,
+                      extra=extra)
+
+
+def parse_prompt(rec: Record) -> PromptExample:
+    extra = {k: v for k, v in rec.fields.items() if k != "prompt"}
+    return PromptExample(_text(rec.fields, "prompt"), where=rec.where, extra=extra)
+
+
+def parse_preference(rec: Record) -> PreferenceExample:
+    f = rec.fields
+    prompt = _text(f, "prompt")
+    chosen = _text(f, "chosen", allow_empty=True)
+    rejected = _text(f, "rejected", allow_empty=True)
+    margin = f.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise RecordProblem("margin", 'field "margin" must be a number')
+    return PreferenceExample(prompt, chosen, rejected, float(margin), _optional_str(f, "annotator"),
+                             _optional_str(f, "aspect"), where=rec.where)
+
+
+def parse_ranking(rec: Record) -> RankingExample:
+    f = rec.fields
+    prompt = _text(f, "prompt")
+    responses = f.get("responses")
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise RecordProblem("responses", 'field "responses" must be a list of at least 2 responses')
+    for i, r in enumerate(responses):
+        if not isinstance(r, (str, list)):
+            raise RecordProblem("responses", f'field "responses"[{i}] must be a string or messages')
+    ranking = f.get("ranking")
+    if (not isinstance(ranking, list) or any(isinstance(x, bool) or not isinstance(x, int)
+                                             for x in ranking)
+            or sorted(ranking) != list(range(len(responses)))):
+        raise RecordProblem("ranking", 'field "ranking" must list every response index once, best '
+                            f"first (a permutation of 0..{len(responses) - 1})")
+    return RankingExample(prompt, responses, ranking, _optional_str(f, "annotator"),
+                          _optional_str(f, "aspect"), where=rec.where)
+
+
+def validate(records: list[Record], parse, skip_invalid: bool = False) -> tuple[list, list[str]]:
+    """Parse every record; return (examples, problems). Raises ``DataError`` listing all
+    problems unless ``skip_invalid`` (then the bad records are dropped and reported)."""
+    examples, problems = [], []
+    for rec in records:
+        try:
+            examples.append(parse(rec))
+        except RecordProblem as p:
+            problems.append(f"{rec.where}: {p}")
+    if problems and not skip_invalid:
+        raise DataError(problems)
+    return examples, problems

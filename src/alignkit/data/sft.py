@@ -1,0 +1,78 @@
+"""SFT data preparation: read -> validate -> tokenise -> split, with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.data.readers import read_records
+from alignkit.data.schemas import parse_sft, validate
+from alignkit.data.tokenize import TokenizedExample, tokenize_sft
+from alignkit.errors import DataError, UserError
+
+
+@dataclass
+class SFTData:
+    train: list[TokenizedExample]
+    heldout: list[TokenizedExample]
+    skipped: list[str]  # problems of records dropped by --skip-invalid
+
+
+def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_length: int,
+                  skip_invalid: bool) -> tuple[list[TokenizedExample], list[str]]:
+    records = read_records(spec)
+    if not records:
+        raise UserError(f"{spec}: no records")
+    examples, problems = validate(records, parse_sft, skip_invalid)
+    tokenized = []
+    for ex in examples:
+        tok = tokenize_sft(ex, tokenizer, chat=chat, train_on_prompt=train_on_prompt)
+        if len(tok) > max_length:
+            problems.append(f"{ex.where}: example is {len(tok)} tokens, longer than --max-length "
+                            f"{max_length}")
+        elif tok.num_targets == 0:
+            problems.append(f"{ex.where}: nothing to learn (the response is empty after "
+                            "tokenisation)")
+        else:
+            tokenized.append(tok)
+    if problems and not skip_invalid:
+        raise DataError(problems)
+    return tokenized, problems
+
+
+def load_sft_data(cfg, tokenizer) -> SFTData:
+    """Training and held-out examples: held out by ``--eval-data`` or by ``--eval-fraction``
+    (a seeded shuffle, so the split is the same in every run with the same seed)."""
+    if not cfg.data:
+        raise UserError("--data is required (a .jsonl/.parquet/.csv file, a datasets folder, or "
+                        "'demo')")
+    train, skipped = tokenize_file(cfg.data, tokenizer, cfg.chat, cfg.train_on_prompt,
+                                   cfg.max_length, cfg.skip_invalid)
+    if cfg.eval_data:
+        heldout, more = tokenize_file(cfg.eval_data, tokenizer, cfg.chat, cfg.train_on_prompt,
+                                      cfg.max_length, cfg.skip_invalid)
+        return SFTData(train, heldout, skipped + more)
+    if not 0.0 <= cfg.eval_fraction < 1.0:
+        raise UserError(f"--eval-fraction must be in [0, 1), got {cfg.eval_fraction}")
+    n_eval = int(round(len(train) * cfg.eval_fraction))
+    if cfg.eval_fraction > 0 and len(train) > 1:
+        n_eval = min(max(n_eval, 1), len(train) - 1)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    held = set(order[:n_eval])
+    return SFTData([e for i, e in enumerate(train) if i not in held],
+                   [e for i, e in enumerate(train) if i in held], skipped)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: a pure function of (seed, epoch), so a resumed run
+    finds its place from the step number alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+
+def micro_batch_indices(k: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of global micro-batch ``k`` (epochs roll over; the last partial batch of an
+    epoch is kept)."""
+    per_epoch = -(-n // batch_size)
+    epoch, i = divmod(k, per_epoch)
+    return epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]

@@ -1,0 +1,1 @@
+"""Pure loss functions of tensors; shapes in docstrings, equations cited."""

@@ -1,0 +1,2 @@
+"""Model loading (packaged default, GGUF, local folder, hub id), tiny test models, LoRA,
+checkpoints."""

@@ -1,0 +1,1 @@
+"""One recipe per stage; each reads top to bottom as numbered steps."""

@@ -1,0 +1,56 @@
+"""Run set-up shared by every stage: output folder rules, device and numerics, progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from alignkit.errors import UserError
+
+log = logging.getLogger("alignkit")
+
+
+def prepare_output(cfg) -> Path:
+    """Refuse to clobber an earlier run unless --resume or --overwrite."""
+    import shutil
+
+    out = Path(cfg.output)
+    existing = out.exists() and any((out / n).exists() for n in ("checkpoints", "final",
+                                                                 "metrics.jsonl"))
+    if existing and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"{out}: holds an earlier run; pass --resume to continue it or "
+                        "--overwrite to replace it")
+    if existing and cfg.overwrite and not cfg.resume:
+        for name in ("checkpoints", "final", "metrics.jsonl", "tensorboard"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def autocast(device: str, precision: str):
+    """bf16 autocast on CUDA by default; fp32 on CPU (this CPU class has no fast bf16)."""
+    import torch
+
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "peft", "datasets", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
