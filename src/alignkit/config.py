@@ -113,6 +113,7 @@ class DemoConfig(SFTConfig):
     eval_every: int = opt(20, RunArgs.__dataclass_fields__["eval_every"].metadata["help"])
     save_every: int = opt(20, RunArgs.__dataclass_fields__["save_every"].metadata["help"])
     output: str = opt("runs/demo", RunArgs.__dataclass_fields__["output"].metadata["help"])
+    overwrite: bool = opt(True, RunArgs.__dataclass_fields__["overwrite"].metadata["help"])
 
 
 # ---------------------------------------------------------------------------------------------

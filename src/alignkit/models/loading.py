@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from alignkit.errors import UserError
@@ -51,6 +52,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
     if (target / "config.json").is_file():
         return target
+    quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,6 +107,7 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _from_pretrained(loader, name: str, spec: str, **kwargs):

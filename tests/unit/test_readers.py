@@ -1,0 +1,300 @@
+"""Every data format of DESIGN.md section 3 is read into records with their 1-based line / row
+numbers, and chat-message fields survive each format."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from alignkit.data.readers import (SHIPPED, Record, read_records, resolve_data_path,
+                                   shipped_data_path)
+from alignkit.data.schemas import (parse_preference, parse_prompt, parse_ranking, parse_sft,
+                                   validate)
+from alignkit.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+CHAT = [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi, \"friend\", 1,2"},
+        {"role": "assistant", "content": "Hello!\nHow can I help?"}]
+PROMPT_MSGS = [{"role": "user", "content": "Why?"}]
+
+
+def as_tuples(records: list[Record]) -> list[tuple[str, int, dict]]:
+    return [(r.source, r.line, r.fields) for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL / JSON
+
+
+def test_jsonl_records_and_line_numbers(in_tmp):
+    (in_tmp / "data.jsonl").write_text(
+        '{"prompt": "a", "completion": "b", "category": "x"}\n'
+        "\n"  # blank lines are skipped but still counted
+        f'{json.dumps({"messages": CHAT})}\n'
+        "   \n"
+        '{"text": "plain text"}\n', encoding="utf-8")
+    records = read_records("data.jsonl")
+    assert as_tuples(records) == [
+        ("data.jsonl", 1, {"prompt": "a", "completion": "b", "category": "x"}),
+        ("data.jsonl", 3, {"messages": CHAT}),
+        ("data.jsonl", 5, {"text": "plain text"}),
+    ]
+    assert [r.where for r in records] == ["data.jsonl:1", "data.jsonl:3", "data.jsonl:5"]
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".JSONL", ".json"])
+def test_json_lines_other_suffixes(in_tmp, suffix):
+    (in_tmp / f"d{suffix}").write_text('{"prompt": "a", "completion": "b"}\n'
+                                       '{"prompt": "c", "completion": "d"}\n', encoding="utf-8")
+    assert as_tuples(read_records(f"d{suffix}")) == [
+        (f"d{suffix}", 1, {"prompt": "a", "completion": "b"}),
+        (f"d{suffix}", 2, {"prompt": "c", "completion": "d"}),
+    ]
+
+
+def test_json_array_records_are_numbered_by_element(in_tmp):
+    items = [{"prompt": "a", "completion": "b"}, {"messages": CHAT}, {"prompt": PROMPT_MSGS}]
+    (in_tmp / "data.json").write_text(json.dumps(items, indent=2), encoding="utf-8")
+    assert as_tuples(read_records("data.json")) == [
+        ("data.json", 1, {"prompt": "a", "completion": "b"}),
+        ("data.json", 2, {"messages": CHAT}),
+        ("data.json", 3, {"prompt": PROMPT_MSGS}),
+    ]
+
+
+def test_json_array_with_leading_blank_line(in_tmp):
+    """BUG (readers.py:78): a JSON array file is recognised only when its *first line* starts with
+    '['; a leading blank line makes the reader fall back to JSON Lines and report
+    'data.json:2: not valid JSON (Expecting value at column 1)' for a valid JSON file."""
+    items = [{"prompt": "a", "completion": "b"}]
+    (in_tmp / "data.json").write_text("\n" + json.dumps(items, indent=1) + "\n", encoding="utf-8")
+    assert as_tuples(read_records("data.json")) == [
+        ("data.json", 1, {"prompt": "a", "completion": "b"})]
+
+
+def test_jsonl_with_utf8_bom(in_tmp):
+    """BUG (readers.py:73, opens with encoding='utf-8' not 'utf-8-sig'): a JSONL file saved with
+    a UTF-8 byte-order mark (Windows editors, Excel) fails on line 1 with
+    'not valid JSON (Unexpected UTF-8 BOM ...)'."""
+    (in_tmp / "data.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n')
+    assert as_tuples(read_records("data.jsonl")) == [
+        ("data.jsonl", 1, {"prompt": "a", "completion": "b"})]
+
+
+def test_non_utf8_jsonl_is_a_user_error(in_tmp):
+    (in_tmp / "data.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"^data\.jsonl: not UTF-8 text \(invalid continuation "
+                                        r"byte at byte 15\)$"):
+        read_records("data.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV / TSV
+
+
+def write_delimited(path, rows, delimiter=",", encoding="utf-8"):
+    with path.open("w", encoding=encoding, newline="") as fh:
+        csv.writer(fh, delimiter=delimiter).writerows(rows)
+
+
+@pytest.mark.parametrize("name,delimiter", [("data.csv", ","), ("data.tsv", "\t")])
+def test_csv_and_tsv_records_and_line_numbers(in_tmp, name, delimiter):
+    write_delimited(in_tmp / name, [
+        ["prompt", "completion", "category"],
+        ["a", "b", "x"],                                  # line 2
+        ["two\nlines", "c, with a comma\tand tab", "y"],  # lines 3-4 (quoted newline)
+        [json.dumps(PROMPT_MSGS), "d", ""],               # line 5; empty cell is dropped
+    ], delimiter=delimiter)
+    assert as_tuples(read_records(name)) == [
+        (name, 2, {"prompt": "a", "completion": "b", "category": "x"}),
+        (name, 3, {"prompt": "two\nlines", "completion": "c, with a comma\tand tab",
+                   "category": "y"}),
+        (name, 5, {"prompt": PROMPT_MSGS, "completion": "d"}),
+    ]
+
+
+def test_csv_cell_holding_a_chat_message_list(in_tmp):
+    write_delimited(in_tmp / "chat.csv", [["messages", "note"],
+                                          [json.dumps(CHAT), "[{not json"]])
+    (rec,) = read_records("chat.csv")
+    assert (rec.line, rec.fields) == (2, {"messages": CHAT, "note": "[{not json"})
+    (example,), problems = validate([rec], parse_sft)
+    assert problems == [] and example.kind == "messages" and example.messages == CHAT
+
+
+def test_csv_header_only_and_empty_file(in_tmp):
+    (in_tmp / "h.csv").write_text("prompt,completion\n", encoding="utf-8")
+    (in_tmp / "e.csv").write_text("", encoding="utf-8")
+    assert read_records("h.csv") == []
+    assert read_records("e.csv") == []
+
+
+def test_csv_numeric_margin_cell_is_a_number(in_tmp):
+    """BUG (readers.py:124-126 keeps every CSV cell as text; schemas.py:143-145 then rejects it):
+    a preference CSV with a `margin` column is always invalid:
+    'data.csv:2: field "margin" must be a number'. Expected margin 0.5."""
+    write_delimited(in_tmp / "data.csv", [["prompt", "chosen", "rejected", "margin"],
+                                          ["q", "good", "bad", "0.5"]])
+    examples, problems = validate(read_records("data.csv"), parse_preference, skip_invalid=True)
+    assert problems == []
+    assert [(e.prompt, e.chosen, e.rejected, e.margin) for e in examples] == [
+        ("q", "good", "bad", 0.5)]
+
+
+def test_csv_ranking_columns_hold_json_lists(in_tmp):
+    """BUG (readers.py:106 `_maybe_json` decodes only cells starting with '[{'): a ranking CSV
+    cannot be given at all: `responses` ('["x", "y"]') and `ranking` ('[1, 0]') stay strings and
+    validation says 'field "responses" must be a list of at least 2 responses'."""
+    write_delimited(in_tmp / "rank.csv", [["prompt", "responses", "ranking"],
+                                          ["q", json.dumps(["x", "y"]), json.dumps([1, 0])]])
+    examples, problems = validate(read_records("rank.csv"), parse_ranking, skip_invalid=True)
+    assert problems == []
+    assert [(e.responses, e.ranking) for e in examples] == [(["x", "y"], [1, 0])]
+
+
+def test_csv_with_utf8_bom(in_tmp):
+    """BUG (readers.py:124 opens with encoding='utf-8' not 'utf-8-sig'): a CSV saved by Excel as
+    'CSV UTF-8' starts with a byte-order mark, so the first column is named '\\ufeffprompt' and
+    every record is reported as 'field "prompt" is missing'."""
+    write_delimited(in_tmp / "data.csv", [["prompt", "completion"], ["a", "b"]],
+                    encoding="utf-8-sig")
+    assert as_tuples(read_records("data.csv")) == [
+        ("data.csv", 2, {"prompt": "a", "completion": "b"})]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet
+
+
+def test_parquet_rows_and_chat_messages(in_tmp):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": "a", "completion": "b", "messages": None, "score": 1},
+            {"prompt": None, "completion": None, "messages": CHAT, "score": 2},
+            {"prompt": "c", "completion": "d", "messages": None, "score": None}]
+    pq.write_table(pa.Table.from_pylist(rows), in_tmp / "data.parquet")
+    assert as_tuples(read_records("data.parquet")) == [
+        ("data.parquet", 1, {"prompt": "a", "completion": "b", "score": 1}),
+        ("data.parquet", 2, {"messages": CHAT, "score": 2}),
+        ("data.parquet", 3, {"prompt": "c", "completion": "d"}),
+    ]
+    examples, problems = validate(read_records("data.parquet"), parse_sft)
+    assert problems == [] and [e.kind for e in examples] == ["prompt_completion", "messages",
+                                                             "prompt_completion"]
+    assert examples[1].messages == CHAT
+
+
+def test_parquet_prompt_messages_for_preferences(in_tmp):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": PROMPT_MSGS, "chosen": [{"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "assistant", "content": "no"}], "margin": 1.5}]
+    pq.write_table(pa.Table.from_pylist(rows), in_tmp / "pref.parquet")
+    (ex,), problems = validate(read_records("pref.parquet"), parse_preference)
+    assert problems == []
+    assert (ex.prompt, ex.chosen, ex.rejected, ex.margin, ex.where) == (
+        PROMPT_MSGS, [{"role": "assistant", "content": "yes"}],
+        [{"role": "assistant", "content": "no"}], 1.5, "pref.parquet:1")
+
+
+def test_damaged_parquet_is_a_user_error(in_tmp):
+    (in_tmp / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match=r"^bad\.parquet: cannot read Parquet file \("):
+        read_records("bad.parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# saved Hugging Face datasets folders
+
+HF_ROWS = [{"prompt": "a", "completion": "b", "messages": None},
+           {"prompt": None, "completion": None, "messages": CHAT}]
+
+
+def test_saved_dataset_folder(in_tmp):
+    from datasets import Dataset
+
+    Dataset.from_list(HF_ROWS).save_to_disk(str(in_tmp / "ds"))
+    assert as_tuples(read_records("ds")) == [
+        ("ds", 1, {"prompt": "a", "completion": "b"}),
+        ("ds", 2, {"messages": CHAT}),
+    ]
+
+
+def test_saved_dataset_dict_uses_train_split(in_tmp):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(HF_ROWS),
+                 "test": Dataset.from_list(HF_ROWS[:1])}).save_to_disk(str(in_tmp / "dd"))
+    records = read_records("dd")
+    assert as_tuples(records) == [
+        ("dd[train]", 1, {"prompt": "a", "completion": "b"}),
+        ("dd[train]", 2, {"messages": CHAT}),
+    ]
+    assert records[1].where == "dd[train]:2"
+
+
+def test_dataset_dict_without_train_split(in_tmp):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"test": Dataset.from_list(HF_ROWS)}).save_to_disk(str(in_tmp / "dd"))
+    with pytest.raises(UserError) as info:
+        read_records("dd")
+    assert str(info.value) == ("dd: DatasetDict has no 'train' split (splits: ['test']); point "
+                               "--data at one split's folder")
+
+
+def test_plain_folder_is_not_a_dataset(in_tmp):
+    (in_tmp / "folder").mkdir()
+    with pytest.raises(UserError, match=r"^folder: not a saved datasets folder \("):
+        read_records("folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# shipped data
+
+
+def _count_nonblank_lines(path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("name,parse,file", [
+    ("demo", parse_sft, "sft.jsonl"),
+    ("demo-sft", parse_sft, "sft.jsonl"),
+    ("demo-prompts", parse_prompt, "prompts_train.jsonl"),
+    ("demo-prompts-heldout", parse_prompt, "prompts_heldout.jsonl"),
+])
+def test_shipped_data_resolves_and_parses(name, parse, file):
+    path = resolve_data_path(name)
+    assert path == shipped_data_path(name) and path.name == file and path.is_file()
+    assert SHIPPED[name] == file
+    records = read_records(name)
+    n = _count_nonblank_lines(path)
+    assert n > 0 and len(records) == n
+    assert [r.line for r in records] == list(range(1, n + 1))
+    assert {r.source for r in records} == {str(path)}
+    examples, problems = validate(records, parse)
+    assert problems == [] and len(examples) == n
+    if parse is parse_sft:
+        assert {e.kind for e in examples} == {"prompt_completion"}
+        assert all(isinstance(e.prompt, str) and isinstance(e.completion, str) for e in examples)
+    else:
+        assert all(isinstance(e.prompt, str) and e.prompt.strip() for e in examples)
+
+
+def test_shipped_first_demo_record():
+    (first, *_) = read_records("demo")
+    assert first.line == 1
+    assert first.fields["prompt"] == "How long should I boil an egg for a runny yolk?"
+    assert first.fields["completion"].startswith("Lower the egg into boiling water")
+
+
+def test_shipped_prompt_sets_do_not_overlap():
+    train = {r.fields["prompt"] for r in read_records("demo-prompts")}
+    heldout = {r.fields["prompt"] for r in read_records("demo-prompts-heldout")}
+    assert train & heldout == set()
