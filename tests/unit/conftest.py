@@ -1,4 +1,5 @@
-"""Shared fixtures of the unit tests: the tiny tokenizer / model are built once per session."""
+"""Unit-test fixtures: the tiny tokenizer / model are built once per session (the tiny model
+folder, ``tiny_model_dir``, comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,6 @@ def tiny_model(tiny_tokenizer):
     from alignkit.models.tiny import build_tiny_model
 
     return build_tiny_model(tiny_tokenizer).eval()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    from alignkit.models.tiny import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture

