@@ -67,9 +67,7 @@ def test_json_array_records_are_numbered_by_element(in_tmp):
 
 
 def test_json_array_with_leading_blank_line(in_tmp):
-    """BUG (readers.py:78): a JSON array file is recognised only when its *first line* starts with
-    '['; a leading blank line makes the reader fall back to JSON Lines and report
-    'data.json:2: not valid JSON (Expecting value at column 1)' for a valid JSON file."""
+    """A JSON array file is recognised even when blank lines come before its '['."""
     items = [{"prompt": "a", "completion": "b"}]
     (in_tmp / "data.json").write_text("\n" + json.dumps(items, indent=1) + "\n", encoding="utf-8")
     assert as_tuples(read_records("data.json")) == [
@@ -77,9 +75,7 @@ def test_json_array_with_leading_blank_line(in_tmp):
 
 
 def test_jsonl_with_utf8_bom(in_tmp):
-    """BUG (readers.py:73, opens with encoding='utf-8' not 'utf-8-sig'): a JSONL file saved with
-    a UTF-8 byte-order mark (Windows editors, Excel) fails on line 1 with
-    'not valid JSON (Unexpected UTF-8 BOM ...)'."""
+    """A JSONL file saved with a UTF-8 byte-order mark (Windows editors, Excel) reads normally."""
     (in_tmp / "data.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n')
     assert as_tuples(read_records("data.jsonl")) == [
         ("data.jsonl", 1, {"prompt": "a", "completion": "b"})]
@@ -134,9 +130,7 @@ def test_csv_header_only_and_empty_file(in_tmp):
 
 
 def test_csv_numeric_margin_cell_is_a_number(in_tmp):
-    """BUG (readers.py:124-126 keeps every CSV cell as text; schemas.py:143-145 then rejects it):
-    a preference CSV with a `margin` column is always invalid:
-    'data.csv:2: field "margin" must be a number'. Expected margin 0.5."""
+    """A numeric `margin` cell in a preference CSV is read as a number (CSV cells are text)."""
     write_delimited(in_tmp / "data.csv", [["prompt", "chosen", "rejected", "margin"],
                                           ["q", "good", "bad", "0.5"]])
     examples, problems = validate(read_records("data.csv"), parse_preference, skip_invalid=True)
@@ -146,9 +140,7 @@ def test_csv_numeric_margin_cell_is_a_number(in_tmp):
 
 
 def test_csv_ranking_columns_hold_json_lists(in_tmp):
-    """BUG (readers.py:106 `_maybe_json` decodes only cells starting with '[{'): a ranking CSV
-    cannot be given at all: `responses` ('["x", "y"]') and `ranking` ('[1, 0]') stay strings and
-    validation says 'field "responses" must be a list of at least 2 responses'."""
+    """Ranking CSVs give `responses` and `ranking` as JSON lists in their cells."""
     write_delimited(in_tmp / "rank.csv", [["prompt", "responses", "ranking"],
                                           ["q", json.dumps(["x", "y"]), json.dumps([1, 0])]])
     examples, problems = validate(read_records("rank.csv"), parse_ranking, skip_invalid=True)
@@ -157,9 +149,7 @@ def test_csv_ranking_columns_hold_json_lists(in_tmp):
 
 
 def test_csv_with_utf8_bom(in_tmp):
-    """BUG (readers.py:124 opens with encoding='utf-8' not 'utf-8-sig'): a CSV saved by Excel as
-    'CSV UTF-8' starts with a byte-order mark, so the first column is named '\\ufeffprompt' and
-    every record is reported as 'field "prompt" is missing'."""
+    """A CSV saved by Excel as 'CSV UTF-8' (with a byte-order mark) keeps its first column name."""
     write_delimited(in_tmp / "data.csv", [["prompt", "completion"], ["a", "b"]],
                     encoding="utf-8-sig")
     assert as_tuples(read_records("data.csv")) == [

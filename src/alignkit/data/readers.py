@@ -70,12 +70,12 @@ def read_records(spec: str) -> list[Record]:
 
 def _read_jsonl(path: Path, shown: str) -> list[Record]:
     records, problems = [], []
-    with path.open("r", encoding="utf-8") as fh:
+    with path.open("r", encoding="utf-8-sig") as fh:  # -sig: tolerate a byte-order mark
         try:
             lines = list(fh)
         except UnicodeDecodeError as e:
             raise UserError(f"{shown}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if path.suffix.lower() == ".json" and lines and lines[0].lstrip().startswith("["):
+    if path.suffix.lower() == ".json" and "".join(lines).lstrip().startswith("["):
         # a JSON array file: records are its elements; we report element numbers
         try:
             items = json.loads("".join(lines))
@@ -91,7 +91,7 @@ def _read_jsonl(path: Path, shown: str) -> list[Record]:
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                item = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno})")
                 continue
@@ -105,18 +105,20 @@ def _read_jsonl(path: Path, shown: str) -> list[Record]:
 
 
 def _maybe_json(value: Any) -> Any:
-    """CSV cells holding chat message lists are JSON text; decode those, keep other text."""
-    if isinstance(value, str) and value.lstrip().startswith("[{"):
+    """CSV cells holding lists (chat messages, ranking responses, a ranking) are JSON text; decode
+    those that parse as a JSON list, keep all other text as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
+            decoded = json.loads(value)
         except json.JSONDecodeError:
             return value
+        return decoded if isinstance(decoded, list) else value
     return value
 
 
 def _read_csv(path: Path, shown: str, delimiter: str) -> list[Record]:
     records = []
-    with path.open("r", encoding="utf-8", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         if reader.fieldnames is None:
             return []

@@ -64,18 +64,20 @@ class PromptExample:
     extra: dict = field(default_factory=dict)
 
 
-def _messages(value: Any, name: str) -> list:
+def _messages(value: Any, name: str, label: str | None = None) -> list:
+    """Check a chat message list; ``label`` is how the field is named in messages."""
+    label = label or f'"{name}"'
     if not value:
-        raise RecordProblem(name, f'field "{name}" is an empty message list')
+        raise RecordProblem(name, f"field {label} is an empty message list")
     for i, msg in enumerate(value):
         if not isinstance(msg, dict):
-            raise RecordProblem(name, f'field "{name}"[{i}] must be an object with "role" and '
+            raise RecordProblem(name, f'field {label}[{i}] must be an object with "role" and '
                                 f'"content", got {type(msg).__name__}')
         if msg.get("role") not in ROLES:
-            raise RecordProblem(name, f'field "{name}"[{i}].role must be one of '
+            raise RecordProblem(name, f"field {label}[{i}].role must be one of "
                                 f'{", ".join(ROLES)}, got {msg.get("role")!r}')
         if not isinstance(msg.get("content"), str):
-            raise RecordProblem(name, f'field "{name}"[{i}].content must be a string')
+            raise RecordProblem(name, f"field {label}[{i}].content must be a string")
     return value
 
 
@@ -141,6 +143,11 @@ def parse_preference(rec: Record) -> PreferenceExample:
     chosen = _text(f, "chosen", allow_empty=True)
     rejected = _text(f, "rejected", allow_empty=True)
     margin = f.get("margin", 0.0)
+    if isinstance(margin, str):  # CSV cells are text
+        try:
+            margin = float(margin)
+        except ValueError:
+            pass
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise RecordProblem("margin", 'field "margin" must be a number')
     return PreferenceExample(prompt, chosen, rejected, float(margin), _optional_str(f, "annotator"),
@@ -154,7 +161,9 @@ def parse_ranking(rec: Record) -> RankingExample:
     if not isinstance(responses, list) or len(responses) < 2:
         raise RecordProblem("responses", 'field "responses" must be a list of at least 2 responses')
     for i, r in enumerate(responses):
-        if not isinstance(r, (str, list)):
+        if isinstance(r, list):
+            _messages(r, "responses", label=f'"responses"[{i}]')
+        elif not isinstance(r, str):
             raise RecordProblem("responses", f'field "responses"[{i}] must be a string or messages')
     ranking = f.get("ranking")
     if (not isinstance(ranking, list) or any(isinstance(x, bool) or not isinstance(x, int)

@@ -24,7 +24,8 @@ def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_le
     records = read_records(spec)
     if not records:
         raise UserError(f"{spec}: no records")
-    examples, problems = validate(records, parse_sft, skip_invalid)
+    # collect record problems and tokenisation problems together: one pass fixes a file
+    examples, problems = validate(records, parse_sft, skip_invalid=True)
     tokenized = []
     for ex in examples:
         tok = tokenize_sft(ex, tokenizer, chat=chat, train_on_prompt=train_on_prompt)
