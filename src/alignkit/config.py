@@ -91,6 +91,9 @@ class SFTConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     packing: bool = opt(True, "Padding-free packing: several examples share a row, each attending "
                         "only to itself.")
     pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
+    share_prefix: bool = opt(True, "With packing, run a prompt prefix common to the whole batch "
+                             "(a chat template's system prompt) once per row; each example "
+                             "still computes exactly what it would alone.")
     chat: str = opt("auto", "Render string prompts with the model's chat template: auto (when the "
                     "model has one), always, never.", ("auto", "always", "never"))
     output: str = opt("runs/sft", RunArgs.__dataclass_fields__["output"].metadata["help"])

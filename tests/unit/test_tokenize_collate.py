@@ -386,3 +386,60 @@ def test_heldout_split_is_seeded_and_disjoint(in_tmp, tok):
     cfg.eval_fraction = 1.0
     with pytest.raises(UserError, match=r"^--eval-fraction must be in \[0, 1\), got 1\.0$"):
         load_sft_data(cfg, tok)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared-prefix packing: the system prompt runs once per row, results unchanged
+
+
+def test_shared_prefix_length_rules(tok):
+    examples = _examples(tok)  # chat-rendered: all start "<|im_start|>user\n"
+    first = examples[0].input_ids
+    common = 0
+    while all(len(e.input_ids) > common and e.input_ids[common] == first[common]
+              for e in examples):
+        common += 1
+    from alignkit.data.collate import shared_prefix_length
+    # the last common token stays with each example (its target differs)
+    assert shared_prefix_length(examples, minimum=1) == common - 1
+    assert shared_prefix_length(examples[:1], minimum=1) == 0  # nothing to share alone
+    learn_all = [tokenize_sft(SFTExample("prompt_completion", prompt="Hi", completion="Yo"), tok,
+                              train_on_prompt=True)] * 2
+    assert shared_prefix_length(learn_all, minimum=1) == 0  # the prefix carries loss: not shared
+
+
+def test_shared_prefix_batch_matches_separate_examples_in_loss_and_gradient(tok, tiny_model):
+    from alignkit.data.collate import shared_prefix_length
+    from alignkit.losses.sft import sft_loss_sum
+    from alignkit.models.lm import hidden_states, logits_at
+
+    system = [{"role": "system", "content": "You are a careful, friendly assistant."}]
+    pairs = [("Hi", "Hello there"), ("Why is the sky blue?", "Rayleigh scattering."),
+             ("Boil an egg", "Six minutes."), ("Why?", "Because.")]
+    examples = [tokenize_sft(SFTExample("messages", messages=system + [
+        {"role": "user", "content": p}, {"role": "assistant", "content": c}]), tok)
+        for p, c in pairs]
+    shared = shared_prefix_length(examples)
+    assert shared >= 8
+
+    def loss_and_grads(batches):
+        tiny_model.zero_grad()
+        total = 0.0
+        for b in batches:
+            h = hidden_states(tiny_model, b.input_ids, b.attention_mask, b.position_ids)
+            keep = b.targets != -100
+            loss, _ = sft_loss_sum(logits_at(tiny_model, h[keep]), b.targets[keep])
+            loss.backward()
+            total += loss.item()
+        return total, {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+
+    b = collate_packed(examples, 64, tok.pad_token_id, share_prefix=True)
+    assert b.input_ids.shape[0] >= 2  # the prefix is repeated once per row
+    assert b.computed_tokens == b.num_tokens - shared * (len(examples) - b.input_ids.shape[0])
+    assert b.num_targets == sum(e.num_targets for e in examples)
+    got_loss, got_grads = loss_and_grads([b])
+    ref_loss, ref_grads = loss_and_grads([collate_padded([e], tok.pad_token_id) for e in examples])
+    assert got_loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(got_grads[name], g, rtol=1e-4, atol=1e-6)
+    tiny_model.zero_grad()

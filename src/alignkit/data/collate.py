@@ -21,12 +21,17 @@ class LMBatch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor
     num_targets: int
-    num_tokens: int  # real (non-pad) tokens
+    num_tokens: int  # tokens of the examples (what the batch stands for)
+    computed_tokens: int = -1  # non-pad positions actually run (fewer with a shared prefix)
+
+    def __post_init__(self):
+        if self.computed_tokens < 0:
+            self.computed_tokens = self.num_tokens
 
     def to(self, device) -> "LMBatch":
         return LMBatch(self.input_ids.to(device), self.targets.to(device),
                        self.position_ids.to(device), self.attention_mask.to(device),
-                       self.num_targets, self.num_tokens)
+                       self.num_targets, self.num_tokens, self.computed_tokens)
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -49,39 +54,77 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
         n_rows += 1
 
 
-def block_causal_mask(segment_ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def block_causal_mask(segment_ids: torch.Tensor, dtype=torch.float32,
+                      shared: int | None = None) -> torch.Tensor:
     """(R, L) segment ids (-1 = padding) -> (R, 1, L, L) additive mask: a token attends to earlier
-    tokens of its own segment only. Padding rows attend to themselves (avoids NaN softmax)."""
+    tokens of its own segment only, and to every earlier token of segment ``shared`` (a prompt
+    prefix that several examples share). Padding attends to itself (avoids a NaN softmax)."""
     length = segment_ids.shape[1]
     causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=segment_ids.device))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    allowed = causal[None] & same
+    visible = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if shared is not None:
+        visible |= (segment_ids == shared)[:, None, :]
+    allowed = causal[None] & visible
     allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)[None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 
 
-def collate_packed(examples: list[TokenizedExample], capacity: int, pad_id: int) -> LMBatch:
-    rows = pack_rows([len(e) for e in examples], capacity)
-    width = max(sum(len(examples[i]) for i in row) for row in rows)
+def shared_prefix_length(examples: list[TokenizedExample], minimum: int = 4) -> int:
+    """How many leading tokens all examples can share in a packed row (0 when not worth it).
+
+    Safe only while those positions carry no loss: then each example's function and gradient are
+    the same as when it runs alone (causal attention means the prefix never sees what follows).
+    The last common token is left to each example, because its target (the next token) differs.
+    """
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    common = min(len(e) for e in examples) - 1
+    for e in examples[1:]:
+        ids = e.input_ids
+        k = 0
+        while k < common and ids[k] == first[k]:
+            k += 1
+        common = k
+    shared = max(common - 1, 0)
+    if shared < minimum or any(t != IGNORE for e in examples for t in e.targets[:shared]):
+        return 0
+    return shared
+
+
+def collate_packed(examples: list[TokenizedExample], capacity: int, pad_id: int,
+                   share_prefix: bool = False) -> LMBatch:
+    """Pack examples into rows (see ``pack_rows``). With ``share_prefix`` a prompt prefix common
+    to all examples (a chat template's system prompt, say) is put once at the start of each row
+    and every example of the row attends to it, with positions continuing after it: the same
+    result as running each example alone, on fewer tokens."""
+    shared = shared_prefix_length(examples) if share_prefix else 0
+    rows = pack_rows([len(e) - shared for e in examples], max(capacity - shared, 1))
+    width = shared + max(sum(len(examples[i]) - shared for i in row) for row in rows)
     n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     targets = torch.full((n, width), IGNORE, dtype=torch.long)
     pos = torch.zeros((n, width), dtype=torch.long)
     seg = torch.full((n, width), -1, dtype=torch.long)
+    if shared:
+        ids[:, :shared] = torch.tensor(examples[0].input_ids[:shared])
+        pos[:, :shared] = torch.arange(shared)
+        seg[:, :shared] = 0
     for r, row in enumerate(rows):
-        at = 0
-        for s, i in enumerate(row):
+        at = shared
+        for s, i in enumerate(row, start=1 if shared else 0):
             e = examples[i]
-            k = len(e)
-            ids[r, at:at + k] = torch.tensor(e.input_ids)
-            targets[r, at:at + k] = torch.tensor(e.targets)
-            pos[r, at:at + k] = torch.arange(k)
+            k = len(e) - shared
+            ids[r, at:at + k] = torch.tensor(e.input_ids[shared:])
+            targets[r, at:at + k] = torch.tensor(e.targets[shared:])
+            pos[r, at:at + k] = torch.arange(shared, shared + k)
             seg[r, at:at + k] = s
             at += k
-    return LMBatch(ids, targets, pos, block_causal_mask(seg),
-                   sum(e.num_targets for e in examples), sum(len(e) for e in examples))
+    return LMBatch(ids, targets, pos, block_causal_mask(seg, shared=0 if shared else None),
+                   sum(e.num_targets for e in examples), sum(len(e) for e in examples),
+                   int((seg >= 0).sum()))
 
 
 def collate_padded(examples: list[TokenizedExample], pad_id: int) -> LMBatch:

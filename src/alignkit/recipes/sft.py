@@ -41,7 +41,8 @@ class SFTResult:
 
 def make_batch(examples: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> LMBatch:
     if cfg.packing:
-        return collate_packed(examples, cfg.pack_length or cfg.max_length, pad_id)
+        return collate_packed(examples, cfg.pack_length or cfg.max_length, pad_id,
+                              share_prefix=cfg.share_prefix)
     return collate_padded(examples, pad_id)
 
 
@@ -155,6 +156,7 @@ def main(cfg: SFTConfig) -> SFTResult:
         if done % cfg.log_every == 0 or done == total_steps:
             metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                                "tokens": step_tokens, "target_tokens": step_targets,
+                               "computed_tokens": sum(b.computed_tokens for b in micro),
                                "tokens_per_s": step_tokens / max(elapsed, 1e-9),
                                "step_time_s": elapsed})
         rate = (tokens_seen - tokens_at_start) / max(time.time() - started, 1e-9)
