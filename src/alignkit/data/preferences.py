@@ -1,0 +1,363 @@
+"""Preference data for reward training: read -> validate -> tokenise -> group by prompt -> collate.
+
+Pairwise records (``prompt, chosen, rejected``, optional ``margin``, ``annotator``, ``aspect``,
+``tie``) and K-way rankings (``prompt, responses, ranking`` best first) become
+``PreferenceGroup``s: one per prompt, holding the token ids of each distinct response once and
+every comparison among them. A batch holds whole groups, so the K(K-1)/2 pairs of a ranking are
+seen together and each prompt can weigh the same (InstructGPT, Ouyang et al. 2022, sec. 3.5; see
+``alignkit.losses.reward.per_prompt_weights``), and a response that appears in several pairs is
+run through the model once.
+
+How a response is encoded depends on the reward model's backbone:
+- ``causal``: prompt as the user turn and response as the assistant turn, rendered with the
+  tokenizer's chat template when it has one (same rules as ``data.tokenize.use_chat_template``),
+  else ``prompt + response + EOS``; the reward is read at the last non-padding token
+  (``PreferenceBatch.last_index``).
+- ``encoder`` (sequence classification, e.g. MiniLM): the (prompt, response) text pair, with the
+  tokenizer's own special tokens and ``token_type_ids``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from alignkit.data.readers import Record, read_records
+from alignkit.data.schemas import (PreferenceExample, RankingExample, RecordProblem, Text,
+                                   parse_preference, parse_ranking, validate)
+from alignkit.data.tokenize import as_messages, use_chat_template
+from alignkit.errors import DataError, UserError
+from alignkit.losses.reward import ranking_to_pairs
+
+BACKBONES = ("causal", "encoder")
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no", "")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class PreferencePair(PreferenceExample):
+    """A pairwise record; ``tie`` (``"tie": true``) says neither response is better."""
+
+    tie: bool = False
+
+
+def _same(a: Text, b: Text) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip() == b.strip()
+    return a == b
+
+
+def _tie(fields: dict) -> bool:
+    value = fields.get("tie", False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:  # CSV cells are text
+        return value.strip().lower() in _TRUE
+    raise RecordProblem("tie", 'field "tie" must be true or false')
+
+
+def parse_pair(rec: Record) -> PreferencePair:
+    """``schemas.parse_preference`` plus the checks a comparison needs: chosen and rejected must
+    differ, and ``tie`` must be a boolean (a tie carries no margin)."""
+    ex = parse_preference(rec)
+    if _same(ex.chosen, ex.rejected):
+        raise RecordProblem("rejected", 'field "rejected": chosen and rejected are identical (a '
+                            'comparison needs two different responses; a tie is "tie": true)')
+    tie = _tie(rec.fields)
+    if tie and ex.margin != 0.0:
+        raise RecordProblem("margin", 'field "margin" must be 0 for a tie ("tie": true)')
+    return PreferencePair(ex.prompt, ex.chosen, ex.rejected, ex.margin, ex.annotator, ex.aspect,
+                          where=ex.where, tie=tie)
+
+
+def parse_ranked(rec: Record) -> RankingExample:
+    """``schemas.parse_ranking`` plus: no two responses of a ranking may be identical."""
+    ex = parse_ranking(rec)
+    for j, r in enumerate(ex.responses):
+        for i in range(j):
+            if _same(ex.responses[i], r):
+                raise RecordProblem("responses", f'field "responses"[{j}] is identical to '
+                                    f'"responses"[{i}] (a ranking needs different responses)')
+    return ex
+
+
+def parse_comparison(rec: Record) -> PreferencePair | RankingExample:
+    """A record with ``responses`` is a ranking, any other a pairwise preference."""
+    return parse_ranked(rec) if "responses" in rec.fields else parse_pair(rec)
+
+
+# ----------------------------------------------------------------------------- tokenising
+
+
+def _flat(text: Text) -> str:
+    """Plain text of a field for an encoder: the string, or messages one per line (a single
+    message as its bare content)."""
+    if isinstance(text, str):
+        return text
+    if len(text) == 1:
+        return text[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in text)
+
+
+def encode_response(tokenizer, prompt: Text, response: Text, backbone: str = "causal",
+                    chat: str = "auto", where: str = "") -> tuple[list[int], list[int] | None]:
+    """Token ids (and token type ids, for an encoder that has them, else None) of one
+    (prompt, response) for a reward model; see the module docstring."""
+    if backbone == "encoder":
+        enc = tokenizer(_flat(prompt), _flat(response), add_special_tokens=True)
+        return list(enc["input_ids"]), (list(enc["token_type_ids"])
+                                        if "token_type_ids" in enc else None)
+    if backbone != "causal":
+        raise UserError(f"unknown reward-model backbone {backbone!r}; choose one of "
+                        f"{', '.join(BACKBONES)}")
+    needs_chat = isinstance(prompt, list) or isinstance(response, list)
+    if use_chat_template(tokenizer, chat, needs_chat, where):
+        messages = as_messages(prompt, "user") + as_messages(response, "assistant")
+        text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"], None
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    ids = ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+    return ids + ([eos] if eos is not None else []), None
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+@dataclass
+class Comparison:
+    """``better`` beat ``worse`` (indices into the group's responses); ``label`` is the
+    probability that ``better`` is preferred: 1, or 0.5 for a tie. ``weight``: the annotator's
+    reliability weight (1 by default)."""
+
+    better: int
+    worse: int
+    margin: float = 0.0
+    weight: float = 1.0
+    label: float = 1.0
+    annotator: str | None = None
+    aspect: str | None = None
+    where: str = ""
+
+
+@dataclass
+class Ranking:
+    """A full ranking (indices into the group's responses, best first), for a Plackett-Luce
+    loss; its K(K-1)/2 pairs are also among the group's comparisons."""
+
+    order: list[int]
+    weight: float = 1.0
+    annotator: str | None = None
+    aspect: str | None = None
+    where: str = ""
+
+
+@dataclass
+class PreferenceGroup:
+    """All comparisons of one prompt. ``input_ids[i]`` encodes ``responses[i]`` (with the prompt);
+    ``token_type_ids`` is set for encoders whose tokenizer has them. ``where``: the first record."""
+
+    prompt: Text
+    responses: list = field(default_factory=list)
+    input_ids: list[list[int]] = field(default_factory=list)
+    token_type_ids: list[list[int]] | None = None
+    pairs: list[Comparison] = field(default_factory=list)
+    rankings: list[Ranking] = field(default_factory=list)
+    where: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+
+def _key(text: Text) -> str:
+    return json.dumps(text, sort_keys=True, ensure_ascii=False)
+
+
+def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str = "auto",
+                 max_length: int | None = None, annotator_weights: dict[str, float] | None = None,
+                 merge_prompts: bool = True) -> tuple[list[PreferenceGroup], list[str]]:
+    """Tokenise validated ``PreferenceExample``/``PreferencePair``/``RankingExample``s into groups.
+
+    merge_prompts: records with the same prompt (exactly) share one group and identical responses
+    share one encoding; False gives one group per record. annotator_weights: a comparison's
+    ``weight`` is its annotator's entry (1 when absent). max_length: a record with a response
+    longer than this (prompt included) is reported, not truncated (a causal reward model reads the
+    last token). Returns (groups in first-seen order, problems as ``file:line: message``)."""
+    groups: list[PreferenceGroup] = []
+    by_prompt: dict[str, PreferenceGroup] = {}
+    index: dict[int, dict[str, int]] = {}  # id(group) -> response key -> response index
+    problems: list[str] = []
+    weights = annotator_weights or {}
+    for ex in examples:
+        if isinstance(ex, RankingExample):
+            texts = list(ex.responses)
+            labels = [f'"responses"[{i}]' for i in range(len(texts))]
+        else:
+            texts = [ex.chosen, ex.rejected]
+            labels = ['"chosen"', '"rejected"']
+        encoded, too_long = [], False
+        for text, label in zip(texts, labels):
+            ids, types = encode_response(tokenizer, ex.prompt, text, backbone, chat, ex.where)
+            if max_length is not None and len(ids) > max_length:
+                problems.append(f"{ex.where}: field {label} is {len(ids)} tokens with the prompt, "
+                                f"longer than --max-length {max_length}")
+                too_long = True
+            encoded.append((ids, types))
+        if too_long:
+            continue
+        key = _key(ex.prompt) if merge_prompts else f"#{len(groups)}"
+        group = by_prompt.get(key)
+        if group is None:
+            group = PreferenceGroup(ex.prompt, where=ex.where)
+            by_prompt[key] = group
+            groups.append(group)
+            index[id(group)] = {}
+        seen = index[id(group)]
+        rows = []
+        for text, (ids, types) in zip(texts, encoded):
+            k = _key(text)
+            if k not in seen:
+                seen[k] = len(group.responses)
+                group.responses.append(text)
+                group.input_ids.append(ids)
+                if types is not None:
+                    if group.token_type_ids is None:
+                        group.token_type_ids = []
+                    group.token_type_ids.append(types)
+            rows.append(seen[k])
+        weight = float(weights.get(ex.annotator, 1.0)) if ex.annotator is not None else 1.0
+        if isinstance(ex, RankingExample):
+            order = [rows[i] for i in ex.ranking]
+            group.rankings.append(Ranking(order, weight, ex.annotator, ex.aspect, ex.where))
+            group.pairs.extend(Comparison(b, w, 0.0, weight, 1.0, ex.annotator, ex.aspect,
+                                          ex.where) for b, w in ranking_to_pairs(order))
+        else:
+            tie = bool(getattr(ex, "tie", False))
+            group.pairs.append(Comparison(rows[0], rows[1], 0.0 if tie else float(ex.margin),
+                                          weight, 0.5 if tie else 1.0, ex.annotator, ex.aspect,
+                                          ex.where))
+    return groups, problems
+
+
+def load_preference_groups(spec: str, tokenizer, backbone: str = "causal", chat: str = "auto",
+                           max_length: int | None = None, skip_invalid: bool = False,
+                           annotator_weights: dict[str, float] | None = None,
+                           merge_prompts: bool = True) -> tuple[list[PreferenceGroup], list[str]]:
+    """Read a preference or ranking file (both kinds may be mixed), validate every record and
+    tokenise it into groups. Record and length problems are collected together; ``DataError``
+    lists them all unless ``skip_invalid`` (then they are dropped and returned)."""
+    records = read_records(spec)
+    if not records:
+        raise UserError(f"{spec}: no records")
+    examples, problems = validate(records, parse_comparison, skip_invalid=True)
+    groups, more = build_groups(examples, tokenizer, backbone, chat, max_length,
+                                annotator_weights, merge_prompts)
+    problems = problems + more
+    if problems and not skip_invalid:
+        raise DataError(problems)
+    return groups, problems
+
+
+def split_groups(groups: list[PreferenceGroup], eval_fraction: float,
+                 seed: int) -> tuple[list[PreferenceGroup], list[PreferenceGroup]]:
+    """(train, held-out) by whole groups (no prompt on both sides), seeded like SFT's split."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise UserError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+    n_eval = int(round(len(groups) * eval_fraction))
+    if eval_fraction > 0 and len(groups) > 1:
+        n_eval = min(max(n_eval, 1), len(groups) - 1)
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:n_eval])
+    return ([g for i, g in enumerate(groups) if i not in held],
+            [g for i, g in enumerate(groups) if i in held])
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class PreferenceBatch:
+    """N responses of G whole groups, P comparisons and R rankings among them.
+
+    input_ids, attention_mask: (N, L) right-padded (mask 1 = token). token_type_ids: (N, L) or
+    None. last_index: (N,) position of each response's last token (a causal reward is read
+    there). better, worse: (P,) rows of input_ids; margin, weight, label: (P,) float32;
+    group: (P,) long, the group of each comparison (for ``per_prompt_weights``); aspects: P
+    aspect names (None = untagged). ranking: (R, Kmax) rows of input_ids best first, ranking_mask:
+    (R, Kmax) bool (False = padding, row index 0 there); ranking_weight: (R,);
+    ranking_aspects: R names."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    last_index: torch.Tensor
+    better: torch.Tensor
+    worse: torch.Tensor
+    margin: torch.Tensor
+    weight: torch.Tensor
+    label: torch.Tensor
+    group: torch.Tensor
+    aspects: list
+    ranking: torch.Tensor
+    ranking_mask: torch.Tensor
+    ranking_weight: torch.Tensor
+    ranking_aspects: list
+    num_groups: int
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.better.numel())
+
+    def to(self, device) -> "PreferenceBatch":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
+        return PreferenceBatch(**moved)
+
+
+def collate_groups(groups: list[PreferenceGroup], pad_id: int) -> PreferenceBatch:
+    """Stack whole groups into one right-padded batch (responses of group 0 first)."""
+    seqs, types, offsets = [], [], []
+    for g in groups:
+        offsets.append(len(seqs))
+        seqs.extend(g.input_ids)
+        if g.token_type_ids is not None:
+            types.extend(g.token_type_ids)
+    n, width = len(seqs), max((len(s) for s in seqs), default=0)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, :len(s)] = 1
+    token_types = None
+    if types and len(types) == n:
+        token_types = torch.zeros((n, width), dtype=torch.long)
+        for r, t in enumerate(types):
+            token_types[r, :len(t)] = torch.tensor(t, dtype=torch.long)
+    last = (mask.sum(1) - 1).clamp(min=0)
+    pairs = [(gi, p) for gi, g in enumerate(groups) for p in g.pairs]
+    better = torch.tensor([offsets[gi] + p.better for gi, p in pairs], dtype=torch.long)
+    worse = torch.tensor([offsets[gi] + p.worse for gi, p in pairs], dtype=torch.long)
+    margin = torch.tensor([p.margin for _, p in pairs], dtype=torch.float32)
+    weight = torch.tensor([p.weight for _, p in pairs], dtype=torch.float32)
+    label = torch.tensor([p.label for _, p in pairs], dtype=torch.float32)
+    group = torch.tensor([gi for gi, _ in pairs], dtype=torch.long)
+    ranks = [(offsets[gi], r) for gi, g in enumerate(groups) for r in g.rankings]
+    k_max = max((len(r.order) for _, r in ranks), default=0)
+    ranking = torch.zeros((len(ranks), k_max), dtype=torch.long)
+    ranking_mask = torch.zeros((len(ranks), k_max), dtype=torch.bool)
+    for i, (off, r) in enumerate(ranks):
+        ranking[i, :len(r.order)] = torch.tensor([off + j for j in r.order], dtype=torch.long)
+        ranking_mask[i, :len(r.order)] = True
+    return PreferenceBatch(ids, mask, token_types, last, better, worse, margin, weight, label,
+                           group, [p.aspect for _, p in pairs], ranking, ranking_mask,
+                           torch.tensor([r.weight for _, r in ranks], dtype=torch.float32),
+                           [r.aspect for _, r in ranks], len(groups))
