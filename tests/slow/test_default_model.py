@@ -4,8 +4,6 @@ cache once, loaded from safetensors afterwards, and able to answer. Runs in CI."
 from __future__ import annotations
 
 import json
-import time
-
 import pytest
 
 from tests.conftest import run_cli
@@ -36,10 +34,8 @@ def test_default_model_converts_once_then_loads_from_cache(fresh_cache):
     assert str(folder).startswith(str(fresh_cache))
     weights = fresh_cache / "models" / "smollm2-135m-instruct" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    t0 = time.time()
     model, tok = load_model_and_tokenizer("default", "cpu")
     assert weights.stat().st_mtime_ns == stamp  # loaded from the cache, not converted again
-    assert time.time() - t0 < 60
     assert type(model).__name__ == "LlamaForCausalLM"
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.config.vocab_size == 49152 and tok.eos_token == "<|im_end|>"

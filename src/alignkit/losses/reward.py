@@ -167,7 +167,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor,
     correct = torch.where(p > 0.5, (y == 1).double(), (y == 0).double())
     correct = torch.where(p == 0.5, torch.full_like(p, 0.5), correct)
     bins = (torch.ceil(conf * n_bins) - 1).clamp(0, n_bins - 1).long()
-    count = torch.bincount(bins, minlength=n_bins).double()
     acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(bins, weights=conf, minlength=n_bins)
     return float((acc_sum - conf_sum).abs().sum() / p.numel())  # n_b/N * |acc_b - conf_b|

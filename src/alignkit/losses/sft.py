@@ -26,6 +26,9 @@ def sft_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     logits: (N, V); targets: (N,) with ``IGNORE`` (-100) at positions that carry no loss.
     Returns (scalar sum, number of target tokens). Divide the sum by the step's total count."""
     keep = targets != IGNORE
-    if not bool(keep.any()):
+    count = int(keep.sum())
+    if count == 0:
         return logits.sum() * 0.0, 0
-    return token_nll(logits[keep], targets[keep]).sum(), int(keep.sum())
+    if count == targets.numel():  # already selected: no second copy of the (N, V) logits
+        return token_nll(logits, targets).sum(), count
+    return token_nll(logits[keep], targets[keep]).sum(), count

@@ -29,6 +29,7 @@ from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device, resolve_model
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
 from alignkit.recipes.common import log, prepare_output, progress_bar
+from alignkit.recipes.sft import make_optimizer
 from alignkit.utils.metrics import MetricsLog
 from alignkit.utils.schedule import make_scheduler
 
@@ -247,7 +248,7 @@ def main(cfg: RewardConfig) -> dict:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
         1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.schedule)
     boot = bootstrap_weights(len(train), cfg.ensemble, cfg.seed, cfg.bootstrap)
     metrics = MetricsLog(output)

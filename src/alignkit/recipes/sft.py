@@ -39,6 +39,14 @@ class SFTResult:
     eval_history: dict[int, dict] = field(default_factory=dict)
 
 
+def make_optimizer(params, cfg):
+    """AdamW; the fused kernel (one pass over all parameters) where this torch has it."""
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def make_batch(examples: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> LMBatch:
     if cfg.packing:
         return collate_packed(examples, cfg.pack_length or cfg.max_length, pad_id,
@@ -101,7 +109,7 @@ def main(cfg: SFTConfig) -> SFTResult:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
         1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.schedule)
 
     # 5. Resume: parameters, optimiser, scheduler, RNG and data position from the newest checkpoint.

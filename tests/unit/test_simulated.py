@@ -1,0 +1,245 @@
+"""Simulated annotators: Bradley-Terry / Plackett-Luce probabilities by hand, careless labels,
+Bayes-optimal accuracy on a hand-made set, seeded reproducibility, and that the labels' agreement
+with gold matches the computed Bayes-optimal accuracy on thousands of comparisons."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from alignkit.data.readers import Record
+from alignkit.data.schemas import parse_preference, parse_ranking
+from alignkit.errors import UserError
+from alignkit.feedback.simulated import (DEFAULT_ANNOTATORS, Annotator, PanelConfig,
+                                         SimulatedPanel, agreement_report, bayes_optimal_accuracy,
+                                         gold_agreement, pair_correct_probabilities, sigmoid)
+
+pytestmark = pytest.mark.unit
+
+S1 = 1 / (1 + math.exp(-1))  # sigmoid(1) = 0.7310585786300049
+S2 = 1 / (1 + math.exp(-2))  # sigmoid(2) = 0.8807970779778823
+S4 = 1 / (1 + math.exp(-4))  # sigmoid(4) = 0.9820137900379085
+
+
+def test_sigmoid_is_stable():
+    assert sigmoid(0.0) == 0.5
+    assert sigmoid(1.0) == pytest.approx(0.7310585786300049, abs=1e-15)
+    assert sigmoid(-1000.0) == 0.0 and sigmoid(1000.0) == 1.0
+
+
+def test_temperature_to_probability():
+    a = Annotator("a", temperature=1.0)
+    assert a.prob_prefers(2.0, 1.0) == pytest.approx(S1)        # sigmoid((2 - 1) / 1)
+    assert a.prob_prefers(1.0, 2.0) == pytest.approx(1 - S1)    # symmetric
+    assert a.prob_prefers(1.5, 1.5) == 0.5
+    # T = 0.5 doubles the gap: sigmoid(1 / 0.5) = sigmoid(2)
+    assert Annotator("b", temperature=0.5).prob_prefers(1.0, 0.0) == pytest.approx(S2)
+    # gold scale 2 with T = 1 on a gap of 0.5: sigmoid(2 * 0.5 / 1) = sigmoid(1)
+    assert a.prob_prefers(0.5, 0.0, gold_scale=2.0) == pytest.approx(S1)
+    # T = 0: a perfect annotator (ties at random)
+    perfect = Annotator("p", temperature=0.0)
+    assert [perfect.prob_prefers(1, 0), perfect.prob_prefers(0, 0), perfect.prob_prefers(0, 1)] \
+        == [1.0, 0.5, 0.0]
+
+
+def test_careless_annotator_probability():
+    # careless 0.2, T = 1, gap 1: 0.2 * 0.5 + 0.8 * sigmoid(1) = 0.1 + 0.8 * 0.7310586
+    c = Annotator("c", temperature=1.0, careless_rate=0.2)
+    assert c.prob_prefers(1.0, 0.0) == pytest.approx(0.1 + 0.8 * S1)
+    assert c.prob_prefers(1.0, 0.0) == pytest.approx(0.6848468629040039)
+    # careless 0.4 and perfect otherwise: 0.2 + 0.6 * 1
+    assert Annotator("d", 0.0, 0.4).prob_prefers(3.0, 1.0) == pytest.approx(0.8)
+    assert Annotator("e", 1.0, 1.0).prob_prefers(100.0, 0.0) == 0.5
+    assert c.prob_correct(0.0, 1.0) == pytest.approx(0.1 + 0.8 * S1)  # gold-better is b here
+    assert c.prob_correct(1.0, 1.0) == 0.5
+
+
+def test_first_choice_probabilities_are_softmax():
+    g = [0.0, math.log(2), math.log(3)]  # weights exp(g / 1) = 1, 2, 3
+    assert Annotator("a").first_choice_probs(g) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    # careless 0.3: 0.3 / 3 + 0.7 * softmax
+    assert Annotator("b", 1.0, 0.3).first_choice_probs(g) == pytest.approx(
+        [0.1 + 0.7 / 6, 0.1 + 0.7 * 2 / 6, 0.1 + 0.7 * 3 / 6])
+    assert Annotator("c", 0.0).first_choice_probs([1.0, 2.0, 2.0]) == pytest.approx([0, .5, .5])
+
+
+def test_bayes_optimal_accuracy_on_a_hand_made_set():
+    panel = SimulatedPanel([Annotator("A", 1.0), Annotator("B", 1.0, careless_rate=0.5),
+                            Annotator("C", 0.5)])
+    records = [
+        # A labels the gold-better response chosen; P(A picks the better of a gap 1) = s(1)
+        {"prompt": "q", "chosen": "x", "rejected": "y", "annotator": "A", "gold": [2.0, 1.0]},
+        # B labels against gold; P(B picks the gold-better) = 0.25 + 0.5 s(1)
+        {"prompt": "q", "chosen": "x", "rejected": "y", "annotator": "B", "gold": [0.0, 1.0]},
+        # a gold tie: no predictor can beat 0.5
+        {"prompt": "q", "chosen": "x", "rejected": "y", "annotator": "A", "gold": [1.5, 1.5]},
+        # a ranking, best first 2, 0, 1, by C (T = 0.5): pairs (2>0) gap 2 -> s(4);
+        # (2>1) gap 1 -> s(2); (0>1): gold-better is 1, gap 1 -> s(2)
+        {"prompt": "q", "responses": ["r0", "r1", "r2"], "ranking": [2, 0, 1], "annotator": "C",
+         "gold": [0.0, 1.0, 2.0]},
+    ]
+    expected = [S1, 0.25 + 0.5 * S1, 0.5, S4, S2, S2]
+    assert pair_correct_probabilities(records, panel) == pytest.approx(expected)
+    assert bayes_optimal_accuracy(records, panel) == pytest.approx(sum(expected) / 6)
+    assert bayes_optimal_accuracy(records, panel) == pytest.approx(0.7650326, abs=1e-7)
+    # agreement: A yes, B no, tie 0.5, ranking pairs yes, yes, no -> 3.5 / 6
+    assert gold_agreement(records) == pytest.approx(3.5 / 6)
+    # a gold scale of 2 sharpens every careful probability
+    assert bayes_optimal_accuracy(records[:1], panel, gold_scale=2.0) == pytest.approx(S2)
+    # plain annotator lists and mappings work too
+    anns = {"A": Annotator("A", 1.0)}
+    assert bayes_optimal_accuracy(records[:1], anns) == pytest.approx(S1)
+    assert bayes_optimal_accuracy(records[:1], [Annotator("A", 1.0)]) == pytest.approx(S1)
+    with pytest.raises(UserError, match="not in the panel"):
+        bayes_optimal_accuracy(records[1:2], anns)
+
+
+def test_report_per_annotator():
+    panel = SimulatedPanel([Annotator("A", 1.0), Annotator("B", 0.0)])
+    recs = [{"prompt": "q", "chosen": "x", "rejected": "y", "annotator": "A", "gold": [1.0, 0.0]},
+            {"prompt": "q", "chosen": "x", "rejected": "y", "annotator": "B", "gold": [1.0, 0.0]}]
+    rep = agreement_report(recs, panel)
+    assert rep["pairs"] == 2 and rep["records"] == 2
+    assert rep["bayes_optimal"] == pytest.approx((S1 + 1.0) / 2)
+    assert rep["per_annotator"]["B"] == {"pairs": 1, "gold_agreement": 1.0,
+                                         "bayes_optimal": 1.0, "noise_std": 0.0}
+    # std of the agreement from noise alone: sqrt(s1 (1 - s1)) / 1
+    assert rep["per_annotator"]["A"]["noise_std"] == pytest.approx(math.sqrt(S1 * (1 - S1)))
+
+
+def _random_pairs(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 1.2, n).tolist(), rng.normal(0, 1.2, n).tolist()
+
+
+def test_reproducible_given_the_seed():
+    ga, gb = _random_pairs(200, 0)
+    args = (["q"] * 200, ["a"] * 200, ["b"] * 200, ga, gb)
+    first = SimulatedPanel(seed=7).label_pairs(*args)
+    again = SimulatedPanel(seed=7).label_pairs(*args)
+    other = SimulatedPanel(seed=8).label_pairs(*args)
+    assert first == again
+    assert first != other
+    golds = np.random.default_rng(1).normal(size=(50, 4)).tolist()
+    r1 = SimulatedPanel(seed=3).label_rankings(["q"] * 50, [list("abcd")] * 50, golds)
+    r2 = SimulatedPanel(seed=3).label_rankings(["q"] * 50, [list("abcd")] * 50, golds)
+    assert r1 == r2
+
+
+def test_label_agreement_approaches_bayes_optimal_on_2000_pairs():
+    ga, gb = _random_pairs(2000, 11)
+    panel = SimulatedPanel(seed=5)  # the default panel, one careless annotator
+    recs = panel.label_pairs(["q"] * 2000, ["a"] * 2000, ["b"] * 2000, ga, gb)
+    rep = agreement_report(recs, panel)
+    assert 0.6 < rep["bayes_optimal"] < 0.9
+    # labels are independent Bernoulli draws: the agreement's std is noise_std (~0.009)
+    assert abs(rep["gold_agreement"] - rep["bayes_optimal"]) <= 4 * rep["noise_std"]
+    assert {r["annotator"] for r in recs} == {a.id for a in DEFAULT_ANNOTATORS}
+
+
+def test_ranking_agreement_approaches_bayes_optimal():
+    golds = np.random.default_rng(2).normal(0, 1.2, size=(700, 4)).tolist()
+    panel = SimulatedPanel(seed=9)
+    recs = panel.label_rankings(["q"] * 700, [list("abcd")] * 700, golds)
+    rep = agreement_report(recs, panel)
+    assert rep["pairs"] == 700 * 6
+    # the 6 pairs of one ranking are correlated: allow sqrt(6) x the independent std
+    assert abs(rep["gold_agreement"] - rep["bayes_optimal"]) <= 4 * math.sqrt(6) * rep["noise_std"]
+
+
+def test_plackett_luce_frequencies_match_by_hand():
+    # weights 1, 2, 3: P(ranking 2,1,0) = 3/6 * 2/3 = 1/3; P(0,1,2) = 1/6 * 2/5 = 1/15;
+    # by Luce's axiom P(0 above 2) = 1 / (1 + 3) = 1/4
+    g = [0.0, math.log(2), math.log(3)]
+    panel = SimulatedPanel([Annotator("a", 1.0)], seed=0)
+    n = 30000
+    orders = [tuple(panel.rank(g)[0]) for _ in range(n)]
+    freq = {o: c / n for o, c in Counter(orders).items()}
+    tol = 4 * math.sqrt(0.25 / n)
+    assert freq[(2, 1, 0)] == pytest.approx(1 / 3, abs=tol)
+    assert freq[(0, 1, 2)] == pytest.approx(1 / 15, abs=tol)
+    above = sum(o.index(0) < o.index(2) for o in orders) / n
+    assert above == pytest.approx(0.25, abs=tol)
+
+
+def test_careless_and_perfect_annotators():
+    ga, gb = _random_pairs(2000, 3)
+    random_labels = SimulatedPanel([Annotator("r", 1.0, careless_rate=1.0)], seed=1).label_pairs(
+        ["q"] * 2000, ["a"] * 2000, ["b"] * 2000, ga, gb)
+    assert gold_agreement(random_labels) == pytest.approx(0.5, abs=4 * math.sqrt(0.25 / 2000))
+    perfect = SimulatedPanel([Annotator("p", 0.0)], seed=1)
+    assert gold_agreement(perfect.label_pairs(["q"] * 2000, ["a"] * 2000, ["b"] * 2000, ga,
+                                              gb)) == 1.0
+    order, ann = perfect.rank([0.3, 2.0, -1.0, 1.0])
+    assert order == [1, 3, 0, 2] and ann.id == "p"
+
+
+def test_records_follow_design_formats():
+    panel = SimulatedPanel(seed=0)
+    pairs = panel.label_pairs(["Why?"], ["Because A."], ["Because B."], [1.0], [0.0])
+    rec = pairs[0]
+    assert set(rec) == {"prompt", "chosen", "rejected", "annotator", "gold"}
+    assert rec["gold"] == ([1.0, 0.0] if rec["chosen"] == "Because A." else [0.0, 1.0])
+    parsed = parse_preference(Record("sim", 1, rec))
+    assert parsed.annotator == rec["annotator"]
+    ranks = panel.label_rankings(["Why?"], [["x", "y", "z"]], [[0.1, 0.5, 0.2]])
+    assert set(ranks[0]) == {"prompt", "responses", "ranking", "annotator", "gold"}
+    assert ranks[0]["gold"] == [0.1, 0.5, 0.2] and sorted(ranks[0]["ranking"]) == [0, 1, 2]
+    assert parse_ranking(Record("sim", 1, ranks[0])).ranking == ranks[0]["ranking"]
+
+
+def test_panel_uses_a_scorer_when_no_gold_is_given():
+    class LengthScorer:  # stands in for GoldScorer: longer is better
+        def __init__(self):
+            self.calls = []
+
+        def score(self, prompts, responses, categories=None, ended=None):
+            self.calls.append((list(prompts), list(responses), categories, ended))
+            return [float(len(r)) for r in responses]
+
+    scorer = LengthScorer()
+    panel = SimulatedPanel([Annotator("p", 0.0)], seed=0, scorer=scorer)
+    recs = panel.label_rankings(["p1", "p2"], [["aa", "a", "aaa"], ["b", "bb"]],
+                                categories=["helpful", "harmful"],
+                                ended=[[True, False, True], [True, True]])
+    assert [r["ranking"] for r in recs] == [[2, 0, 1], [1, 0]]
+    assert recs[0]["gold"] == [2.0, 1.0, 3.0]
+    prompts, _, cats, ended = scorer.calls[0]
+    assert prompts == ["p1"] * 3 + ["p2"] * 2
+    assert cats == ["helpful"] * 3 + ["harmful"] * 2
+    assert ended == [True, False, True, True, True]
+    pairs = panel.label_pairs(["p"], ["short"], ["much longer"])
+    assert pairs[0]["chosen"] == "much longer" and pairs[0]["gold"] == [11.0, 5.0]
+    with pytest.raises(UserError, match="no scorer"):
+        SimulatedPanel(seed=0).label_pairs(["p"], ["a"], ["b"])
+
+
+def test_config_and_validation():
+    panel = SimulatedPanel.from_config({"gold_scale": 2.0, "assignment": "round_robin",
+                                        "annotators": [{"id": "x", "temperature": 0.5},
+                                                       {"id": "y", "careless_rate": 0.1}]}, seed=1)
+    assert panel.gold_scale == 2.0
+    assert [a.id for a in panel.annotators] == ["x", "y"]
+    assert panel.by_id["y"] == Annotator("y", 1.0, 0.1)
+    assert [panel.pick().id for _ in range(3)] == ["x", "y", "x"]
+    default = SimulatedPanel.from_config(None)
+    assert default.annotators == list(DEFAULT_ANNOTATORS)
+    assert sum(a.careless_rate > 0 for a in default.annotators) == 1
+    assert PanelConfig().gold_scale == 1.0
+    with pytest.raises(UserError, match="unknown field"):
+        SimulatedPanel.from_config({"gold_scael": 2})
+    with pytest.raises(UserError, match="unknown field"):
+        SimulatedPanel.from_config({"annotators": [{"id": "x", "temp": 1}]})
+    with pytest.raises(UserError, match="temperature"):
+        Annotator("x", temperature=-1)
+    with pytest.raises(UserError, match="careless_rate"):
+        Annotator("x", careless_rate=1.5)
+    with pytest.raises(UserError, match="unique"):
+        SimulatedPanel([Annotator("x"), Annotator("x")])
+    with pytest.raises(UserError, match="gold_scale"):
+        SimulatedPanel(gold_scale=0)
+    with pytest.raises(UserError, match="unknown annotator"):
+        SimulatedPanel().compare(1.0, 0.0, annotator="nobody")
