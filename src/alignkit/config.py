@@ -89,7 +89,7 @@ class SFTConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     train_on_prompt: bool = opt(False, "Also learn the prompt tokens (default: loss on response "
                                 "tokens only).")
     packing: bool = opt(True, "Padding-free packing: several examples share a row, each attending "
-                        "only to itself.")
+                        "only to itself (used for a batch when it saves >= 15% of the positions).")
     pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
     share_prefix: bool = opt(True, "With packing, run a prompt prefix common to the whole batch "
                              "(a chat template's system prompt) once per row; each example "
@@ -152,7 +152,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         group = next((groups[g] for g, _ in FLAG_GROUPS
                       if issubclass(cls, g) and f.name in g.__dataclass_fields__), own)
         tp = _base_type(types[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         choices = f.metadata.get("choices")
         shown = f.default if f.default is not dataclasses.MISSING else None
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,

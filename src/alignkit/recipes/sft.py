@@ -48,9 +48,16 @@ def make_optimizer(params, cfg):
 
 
 def make_batch(examples: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> LMBatch:
-    if cfg.packing:
-        return collate_packed(examples, cfg.pack_length or cfg.max_length, pad_id,
-                              share_prefix=cfg.share_prefix)
+    """Packed rows when they save real work, else plain padding. Packing needs a dense
+    block-diagonal mask (attention over whole rows), so it pays only when it removes at least
+    15% of the positions a padded batch would run (padding, or a shared prompt prefix)."""
+    if not cfg.packing:
+        return collate_padded(examples, pad_id)
+    packed = collate_packed(examples, cfg.pack_length or cfg.max_length, pad_id,
+                            share_prefix=cfg.share_prefix)
+    padded_positions = len(examples) * max(len(e) for e in examples)
+    if packed.input_ids.numel() <= 0.85 * padded_positions:
+        return packed
     return collate_padded(examples, pad_id)
 
 
