@@ -331,6 +331,36 @@ class ScoreConfig:
 
 
 @dataclass
+class LabelConfig:
+    """Preference labels for prompts: sample K responses per prompt from a policy (or take the
+    record's own ``responses``) and have annotators rank them."""
+
+    model: str = opt("default", "Policy that writes the candidate responses (see sft --model).")
+    data: Optional[str] = opt("demo-prompts", "Prompts ({prompt[, category]}) or samples "
+                              "({prompt, responses}); 'demo-prompts' are the shipped ones.")
+    output: str = opt("prefs.jsonl", "Where to write the labelled rankings or pairs (JSONL).")
+    annotators: str = opt("simulated", "Who labels: 'simulated' (a gold scorer plus a panel of "
+                          "noisy annotators).", ("simulated",))
+    panel: Optional[str] = opt(None, "YAML/JSON file describing the simulated panel "
+                               "(annotators, gold_scale, assignment); default: 5 annotators.")
+    gold_scale: float = opt(2.0, "Multiplies gold scores before Bradley-Terry noise (higher: "
+                            "annotators agree with gold more often).")
+    num_responses: int = opt(4, "Responses sampled per prompt (K).")
+    labels_per_prompt: int = opt(1, "Annotators who label each prompt (R >= 2 measures "
+                                 "agreement).")
+    format: str = opt("rankings", "Write K-way rankings or pairwise records.",
+                      ("rankings", "pairs"))
+    max_prompts: int = opt(0, "Use only the first N prompts (0: all).")
+    max_new_tokens: int = opt(48, "Length limit of sampled responses.")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold.")
+    batch_size: int = opt(16, "Prompts sampled per generate call.")
+    seed: int = opt(42, "Seed for sampling and for the panel.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+
+
+@dataclass
 class TinyModelConfig:
     """Write a tiny random Llama-style model + tokenizer folder (for tests, benchmarks, trials)."""
 

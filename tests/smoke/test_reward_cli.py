@@ -79,3 +79,23 @@ def test_reward_rejects_degenerate_pairs_with_location(tiny_model_dir, tmp_path)
     assert f"{bad}:1:" in proc.stderr and "identical" in proc.stderr
     assert f'{bad}:2: field "rejected" is missing' in proc.stderr
     assert f"{bad}:3:" in proc.stderr and "ranking" in proc.stderr
+
+
+def test_label_simulated_panel_writes_rankings_and_report(tiny_model_dir, tmp_path):
+    out = tmp_path / "prefs.jsonl"
+    proc = run_cli("label", "--model", str(tiny_model_dir), "--data", "demo-prompts",
+                   "--max-prompts", "6", "--num-responses", "3", "--labels-per-prompt", "2",
+                   "--max-new-tokens", "12", "--output", str(out), "--seed", "5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert len(rows) == 12  # 6 prompts x 2 annotators
+    for r in rows:
+        assert sorted(r["ranking"]) == [0, 1, 2] and len(r["gold"]) == 3
+        assert r["annotator"].startswith("sim-") and r["category"]
+    report = json.loads((tmp_path / "prefs.report.json").read_text())
+    assert report["pairs"] == 36 and 0.5 <= report["bayes_optimal"] <= 1.0
+    # the labels are valid input for the reward stage's reader
+    from alignkit.data.readers import read_records
+    from alignkit.data.schemas import parse_ranking, validate
+    examples, problems = validate(read_records(str(out)), parse_ranking)
+    assert len(examples) == 12 and not problems
