@@ -50,7 +50,7 @@ def side_by_side(left: str, right: str, width: int) -> str:
 def main(cfg: DemoConfig) -> dict:
     started = time.time()
     if cfg.quick:
-        cfg = dataclasses.replace(cfg, max_steps=min(cfg.max_steps, 10), samples=min(cfg.samples, 2),
+        cfg = dataclasses.replace(cfg, max_steps=min(cfg.max_steps, 8), samples=min(cfg.samples, 2),
                                   eval_every=0, save_every=0, warmup_steps=min(cfg.warmup_steps, 2))
     # 1. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
     t0 = time.time()
