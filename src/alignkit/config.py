@@ -104,7 +104,14 @@ class DemoConfig(SFTConfig):
     """The main job: LoRA SFT of the default model on the shipped demonstrations, with held-out
     loss and samples before and after."""
 
-    quick: bool = opt(False, "A one-minute version (fewer steps, fewer samples).")
+    quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
+    label_prompts: int = opt(48, "Stage 2: training prompts whose sampled answers the simulated "
+                             "panel ranks.")
+    num_responses: int = opt(4, "Stage 2: answers sampled per prompt (K).")
+    gold_scale: float = opt(2.0, "Stage 2: gold scale of the simulated annotators.")
+    reward_ensemble: int = opt(3, "Stage 2: members of the MiniLM reward ensemble.")
+    reward_steps: int = opt(24, "Stage 2: reward-model optimiser steps.")
+    reward_lr: float = opt(1e-4, "Stage 2: reward-model learning rate.")
     samples: int = opt(4, "Held-out prompts to answer before and after training.")
     max_new_tokens: int = opt(48, "Length limit of the sampled answers.")
     data: Optional[str] = opt("demo", DataArgs.__dataclass_fields__["data"].metadata["help"])

@@ -60,4 +60,10 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert len(summary["samples"]) == 2
     assert "held-out loss" in proc.stdout and "AFTER SFT" in proc.stdout
     from transformers import AutoConfig
-    assert AutoConfig.from_pretrained(out / "final").model_type == "llama"
+    assert AutoConfig.from_pretrained(out / "sft" / "final").model_type == "llama"
+    # stage 2: SFT answers ranked by the simulated panel, a MiniLM ensemble trained on them
+    assert summary["labels"]["pairs"] == 10 * 6  # 10 prompts x K=4 -> 6 pairs each
+    assert 0.5 < summary["labels"]["bayes_optimal"] <= 1.0
+    assert summary["reward_eval"]["pairs"] > 0 and "member2_accuracy" in summary["reward_eval"]
+    assert (out / "reward" / "final" / "reward_config.json").is_file()
+    assert "Bayes-optimal" in proc.stdout

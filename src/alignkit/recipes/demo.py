@@ -12,6 +12,7 @@ import json
 import shutil
 import textwrap
 import time
+from pathlib import Path
 
 from alignkit.config import DemoConfig
 from alignkit.data.readers import read_records
@@ -47,11 +48,37 @@ def side_by_side(left: str, right: str, width: int) -> str:
     return "\n".join(f"  {x:<{width}} | {y}" for x, y in zip(a, b))
 
 
+def preference_stage(cfg: DemoConfig, root: Path, policy, tokenizer) -> dict:
+    from alignkit.config import RewardConfig
+    from alignkit.feedback.simulated import SimulatedPanel
+    from alignkit.judges.gold import GoldScorer
+    from alignkit.recipes import label, reward
+
+    items = label.read_prompts("demo-prompts", cfg.label_prompts)
+    label.sample_responses(policy, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
+                           temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed)
+    scorer = GoldScorer(token_counter=tokenizer)
+    panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.gold_scale, scorer=scorer)
+    labels_path = root / "prefs.jsonl"
+    report = label.write_labels(label.label_items(items, scorer, panel), labels_path, panel)
+    rcfg = RewardConfig(model="minilm", data=str(labels_path), output=str(root / "reward"),
+                        ensemble=cfg.reward_ensemble, max_steps=cfg.reward_steps,
+                        lr=cfg.reward_lr, warmup_steps=2, eval_fraction=0.2, eval_every=0,
+                        save_every=0, seed=cfg.seed, progress=cfg.progress, overwrite=True,
+                        device=cfg.device)
+    out = reward.main(rcfg)
+    return {"report": report, "eval": out["eval"], "final": out["final"], "labels": labels_path,
+            "prompts": len(items)}
+
+
 def main(cfg: DemoConfig) -> dict:
     started = time.time()
     if cfg.quick:
         cfg = dataclasses.replace(cfg, max_steps=min(cfg.max_steps, 8), samples=min(cfg.samples, 2),
-                                  eval_every=0, save_every=0, warmup_steps=min(cfg.warmup_steps, 2))
+                                  eval_every=0, save_every=0, warmup_steps=min(cfg.warmup_steps, 2),
+                                  label_prompts=min(cfg.label_prompts, 10),
+                                  reward_steps=min(cfg.reward_steps, 4))
+    root = Path(cfg.output)
     # 1. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
     t0 = time.time()
     resolve_model(cfg.model)
@@ -65,16 +92,20 @@ def main(cfg: DemoConfig) -> dict:
     del base_model
 
     # 3. Stage 1: SFT with LoRA on the shipped demonstrations.
-    result = sft.main(cfg)
+    result = sft.main(dataclasses.replace(cfg, output=str(root / "sft")))
 
     # 4. Answers of the fine-tuned model to the same prompts.
     after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens)
 
-    # 5. Report: held-out loss before/after and the answers side by side.
+    # 5. Stage 2: the SFT policy answers training prompts K times, a simulated panel ranks the
+    #    answers, and a MiniLM reward ensemble learns from the rankings.
+    stage2 = preference_stage(cfg, root, result.model, tokenizer)
+
+    # 6. Report: held-out loss before/after, the answers side by side, the reward ensemble.
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
     width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
-    lines = ["", "=" * (2 * width + 5), "alignkit demo: stage 1 (SFT, LoRA) on "
+    lines = ["", "=" * (2 * width + 5), "alignkit demo: stage 1 (SFT, LoRA) and stage 2 (reward) on "
              f"{cfg.model}", "=" * (2 * width + 5),
              f"held-out loss        {first['loss']:.3f} -> {last['loss']:.3f}",
              f"held-out perplexity  {first['perplexity']:.2f} -> {last['perplexity']:.2f}",
@@ -87,6 +118,18 @@ def main(cfg: DemoConfig) -> dict:
                                   f"AFTER SFT ({a.num_tokens} tok{'' if a.ended else ', cut'})", width))
         lines.append(side_by_side(b.text, a.text, width))
         lines.append("")
+    ev, rep = stage2["eval"], stage2["report"]
+    lines += ["-" * (2 * width + 5),
+              f"stage 2: {stage2['prompts']} prompts x {cfg.num_responses} SFT answers, ranked by a "
+              f"simulated panel ({len(rep['per_annotator'])} annotators labelled) -> {rep['pairs']} pairs",
+              f"labels agree with the hidden gold scorer: {rep['gold_agreement']:.3f}   "
+              f"Bayes-optimal accuracy (ceiling): {rep['bayes_optimal']:.3f}",
+              f"{cfg.reward_ensemble}-member MiniLM reward ensemble, held-out pairs {ev.get('pairs', 0)}: "
+              f"accuracy {ev.get('accuracy', float('nan')):.3f} "
+              f"({ev.get('accuracy', float('nan')) / max(rep['bayes_optimal'], 1e-9):.0%} of the ceiling), "
+              f"log-loss {ev.get('log_loss', float('nan')):.3f}, ECE {ev.get('ece', float('nan')):.3f}"
+              + (f", spread flags mistakes AUROC {ev['std_auroc_vs_mistakes']:.2f}"
+                 if "std_auroc_vs_mistakes" in ev else ""), ""]
     summary = {
         "model": cfg.model, "steps": steps[-1], "heldout_loss_before": first["loss"],
         "heldout_loss_after": last["loss"], "heldout_ppl_before": first["perplexity"],
@@ -95,9 +138,11 @@ def main(cfg: DemoConfig) -> dict:
                      "before": b.text, "after": a.text, "before_ended": b.ended,
                      "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
         "final_model": str(result.final), "seconds": round(time.time() - started, 1),
+        "labels": rep, "reward_eval": ev, "reward_model": str(stage2["final"]),
     }
-    (result.output / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
-    lines.append(f"metrics: {result.output / 'metrics.jsonl'}   time: {summary['seconds']:.0f}s")
+    lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")
+    lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
     print("\n".join(lines))
     return summary
