@@ -81,21 +81,26 @@ def aspect_index(batch, aspects: list[str]) -> torch.Tensor:
     return torch.tensor(idx, dtype=torch.long)
 
 
-def member_losses(raw: torch.Tensor, batch, heads: torch.Tensor, boot: torch.Tensor,
-                  label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted Bradley-Terry loss of each member.
+def comparison_weights(batch, heads: torch.Tensor, boot: torch.Tensor,
+                       num_aspects: int) -> torch.Tensor:
+    """(M, P, A) weight of each comparison for each member and head: each prompt weighs the same
+    (InstructGPT), times the annotator weight, times the member's bootstrap count of the prompt;
+    a tagged comparison trains its aspect's head only, an untagged one (head -1) every head."""
+    select = (heads[:, None] == torch.arange(num_aspects, device=heads.device)[None]) \
+        | (heads[:, None] < 0)  # (P, A)
+    return per_prompt_weights(batch.group, batch.weight)[None, :, None] * boot[:, :, None] \
+        * select[None].float()
 
-    raw: (M, N, A) rewards; heads: (P,) head per comparison (-1 = all); boot: (M, P) bootstrap
-    weight of each comparison's group. Returns (loss sum (M,), weight sum (M,)): divide the
-    step's totals to get each member's mean (exact under gradient accumulation)."""
-    num_aspects = raw.shape[-1]
+
+def member_losses(raw: torch.Tensor, batch, weights: torch.Tensor,
+                  label_smoothing: float) -> torch.Tensor:
+    """Weighted Bradley-Terry loss sum of each member: raw (M, N, A) rewards of the batch's
+    responses, weights (M, P, A) from ``comparison_weights``. Returns (M,) sums; divide by the
+    step's weight totals for each member's mean (exact under gradient accumulation)."""
     chosen, rejected = raw[:, batch.better], raw[:, batch.worse]  # (M, P, A)
     losses = bradley_terry_loss(chosen, rejected, batch.margin[None, :, None], label_smoothing,
                                 batch.label[None, :, None])
-    select = (heads[:, None] == torch.arange(num_aspects)[None]) | (heads[:, None] < 0)  # (P, A)
-    w = per_prompt_weights(batch.group, batch.weight)[None, :, None] * boot[:, :, None] \
-        * select[None].to(losses.dtype)
-    return (losses * w).sum((1, 2)), w.sum((1, 2))
+    return (losses * weights).sum((1, 2))
 
 
 def pair_rewards(raw: torch.Tensor, heads: torch.Tensor, model: RewardModel) -> torch.Tensor:
@@ -262,36 +267,43 @@ def main(cfg: RewardConfig) -> dict:
     from alignkit.data.sft import micro_batch_indices
     bar = progress_bar(total_steps, 0, cfg.progress, "reward")
     started, pairs_seen = time.time(), 0
+    # Members with their own backbone also see their own data order (seed + m): with their own
+    # bootstrap resample and head initialisation that is what makes them disagree where the data
+    # leaves the answer open (Coste et al. 2023). Heads on a shared backbone share the batches.
+    own_order = cfg.ensemble > 1 and not cfg.shared_backbone
+    plans = [[m] for m in range(cfg.ensemble)] if own_order else [list(range(cfg.ensemble))]
+    num_aspects = len(spec.aspects)
     for step in range(total_steps):
         t0 = time.time()
-        idx = [micro_batch_indices(step * cfg.grad_accum + j, len(train), cfg.batch_size, cfg.seed)
-               for j in range(cfg.grad_accum)]
-        batches = [(collate_groups([train[i] for i in ids], tokenizer.pad_token_id), ids)
-                   for ids in idx]
-        # per-member normaliser of the whole step (exact gradient accumulation)
+        work = []  # (members, batch, weights (len(members), P, A))
+        for members in plans:
+            seed = cfg.seed + 7919 * members[0] if own_order else cfg.seed
+            for j in range(cfg.grad_accum):
+                ids = micro_batch_indices(step * cfg.grad_accum + j, len(train), cfg.batch_size,
+                                          seed)
+                batch = collate_groups([train[i] for i in ids], tokenizer.pad_token_id)
+                b = boot[members][:, torch.tensor(ids)][:, batch.group]  # (m, P)
+                work.append((members, batch, comparison_weights(
+                    batch, aspect_index(batch, spec.aspects), b, num_aspects)))
         weights_total = torch.zeros(cfg.ensemble)
-        results = []
-        for batch, ids in batches:
-            b = boot[:, torch.tensor(ids)][:, batch.group]  # (M, P)
-            results.append((batch, b, aspect_index(batch, spec.aspects)))
+        for members, _, w in work:
+            weights_total[members] += w.sum((1, 2))
         loss_by_member = torch.zeros(cfg.ensemble)
-        sums = []
-        for batch, b, heads in results:
-            raw = model.raw(batch.to(device))
-            loss_sum, w_sum = member_losses(raw, batch.to(device), heads.to(device), b.to(device),
-                                            cfg.label_smoothing)
-            sums.append((loss_sum, w_sum))
-            weights_total += w_sum.detach().cpu()
-        for loss_sum, _ in sums:
-            (loss_sum / weights_total.clamp(min=1e-9).to(loss_sum.device)).sum().backward()
-            loss_by_member += loss_sum.detach().cpu()
+        for members, batch, w in work:
+            batch = batch.to(device)
+            raw = (model.raw(batch) if len(members) == cfg.ensemble
+                   else model.members[members[0]](batch).unsqueeze(0))
+            loss_sum = member_losses(raw, batch, w.to(device), cfg.label_smoothing)
+            norm = weights_total[members].clamp(min=1e-9).to(loss_sum.device)
+            (loss_sum / norm).sum().backward()
+            loss_by_member[members] += loss_sum.detach().cpu()
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                      if cfg.max_grad_norm > 0 else torch.tensor(0.0))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step_pairs = sum(r[0].num_pairs for r in results)
+        step_pairs = sum(batch.num_pairs for _, batch, _ in work)
         pairs_seen += step_pairs
         member_loss = loss_by_member / weights_total.clamp(min=1e-9)
         done = step + 1
