@@ -61,26 +61,38 @@ Run it alone: on a 2-core machine a second torch job slows both up to 10x.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 STARTED = time.time()  # the child's clock starts before any heavy import
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # Shared with the SFT benchmark: memory probes, the busy-machine check, timing, JSON output.
-from sft_throughput import (BUSY_SHARE, RunFailed, children_cpu_s, cpu_busy_s,  # noqa: E402
-                            cpu_name, cuda_peak_mib, fmt, idle_check, others_share,
-                            peak_rss_mib, summarise, sync, versions, write_json)
+from sft_throughput import (
+    BUSY_SHARE,
+    RunFailed,
+    children_cpu_s,
+    cpu_busy_s,
+    cpu_name,
+    cuda_peak_mib,
+    fmt,
+    idle_check,
+    others_share,
+    peak_rss_mib,
+    summarise,
+    sync,
+    versions,
+    write_json,
+)
 
 RESULTS = HERE / "results"
 FRAMEWORKS = ("alignkit", "trl", "trl-fp32")
@@ -387,7 +399,7 @@ def spawn(mode: str, spec: dict, workdir: Path, label: str, timeout: int,
     cmd = [sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)]
     with open(log_path, "w") as log:
         try:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+            code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, env=env,
                                   timeout=timeout).returncode
         except subprocess.TimeoutExpired:  # the child has been killed
             code = f"killed after --timeout {timeout} s"
