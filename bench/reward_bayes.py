@@ -68,8 +68,10 @@ def gold_mistake_auroc(model, rows: list[dict]) -> dict:
                 wrong.append(float(d.mean() <= 0))
     d = torch.stack(diffs, 1)
     wrong_t = torch.tensor(wrong)
+    spread = d.std(0, unbiased=False)
     return {"gold_pairs": len(wrong), "accuracy_vs_gold": 1.0 - float(wrong_t.mean()),
-            "std_auroc_vs_gold_mistakes": auroc(d.std(0, unbiased=False), wrong_t)}
+            "std_auroc_vs_gold_mistakes": auroc(spread, wrong_t),
+            "rel_std_auroc_vs_gold_mistakes": auroc(spread / (d.mean(0).abs() + 1e-6), wrong_t)}
 
 
 def main() -> int:
@@ -160,6 +162,8 @@ def main() -> int:
           f" (target >= 90%); ensemble std AUROC vs mistakes "
           f"{result['std_auroc_vs_mistakes']:.3f} against label mistakes, "
           f"{gold_view['std_auroc_vs_gold_mistakes']:.3f} against gold mistakes (target > 0.6); "
+          f"relative spread std/|mean| AUROC {gold_view['rel_std_auroc_vs_gold_mistakes']:.3f} "
+          f"against gold mistakes; "
           f"accuracy against gold {gold_view['accuracy_vs_gold']:.3f}; {result['seconds']:.0f}s")
     print(f"wrote {args.json}")
     return 0

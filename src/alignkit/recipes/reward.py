@@ -157,6 +157,8 @@ def evaluate(model: RewardModel, groups: list[PreferenceGroup], aspects: list[st
         spread = d.std(0, unbiased=False)
         mistakes = (mean_d <= 0).float()
         out["std_auroc_vs_mistakes"] = auroc(spread, mistakes)
+        # the spread relative to the margin: how close the members come to flipping the order
+        out["rel_std_auroc_vs_mistakes"] = auroc(spread / (mean_d.abs() + 1e-6), mistakes)
         out["mean_std"] = float(spread.mean())
     # agreement: the same two responses of one prompt labelled by several annotators
     votes: dict[tuple, list[str]] = defaultdict(list)
