@@ -1,6 +1,6 @@
 """Reward-model training throughput and peak memory: alignkit against TRL's ``RewardTrainer``.
 
-    python bench/reward_throughput.py                  # both workloads (~8 min on 2 idle cores)
+    python bench/reward_throughput.py                  # both workloads (~10 min on 2 idle cores)
     python bench/reward_throughput.py --quick          # MiniLM, a few steps: checks the harness
     python bench/reward_throughput.py --workloads minilm --steps 40 --repeats 3
 

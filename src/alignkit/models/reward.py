@@ -71,6 +71,11 @@ def load_backbone(path: str, device: str = "cpu"):
             from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    # no dropout: a reward is a deterministic function of the text, and the Bradley-Terry
+    # difference of two noisy forward passes is noise (TRL's RewardTrainer does the same)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
     return model.to(device), tok
 
 

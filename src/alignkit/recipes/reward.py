@@ -213,6 +213,9 @@ def main(cfg: RewardConfig) -> dict:
         raise UserError(f"--ensemble must be >= 1, got {cfg.ensemble}")
     if not cfg.data:
         raise UserError("--data is required (preference pairs or rankings)")
+    if cfg.lora:
+        raise UserError("--lora is not supported by the reward stage yet (full fine-tuning, or "
+                        "--shared-backbone to train heads only)")
 
     # 2. Backbone(s) and heads.
     base = resolve_reward_base(cfg.model)
