@@ -67,3 +67,21 @@ def test_member_losses_hand_computed():
     got = member_losses(raw, batch, w, label_smoothing=0.0)
     assert got.shape == (1,)
     assert float(got[0]) == pytest.approx(math.log(4 / 3) + 2 * math.log(2), abs=1e-6)
+
+
+def test_pair_margins_read_the_tagged_head_or_the_combined_reward():
+    from alignkit.models.reward import RewardModel, RewardSpec
+    from alignkit.recipes.reward import pair_margins
+
+    spec = RewardSpec(aspects=["helpful", "harmless"], members=1,
+                      aspect_weights={"helpful": 1.0, "harmless": 2.0})
+    model = RewardModel(spec, [], tokenizer=None)
+    raw = torch.tensor([[[1.0, 5.0], [0.0, 2.0]]])  # 1 member, responses 0 and 1, 2 heads
+
+    class Pairs:
+        better = torch.tensor([0, 0])
+        worse = torch.tensor([1, 1])
+
+    got = pair_margins(raw, Pairs, torch.tensor([1, -1]), model)
+    # tagged harmless: 5 - 2 = 3; untagged: (1 + 2*5) - (0 + 2*2) = 11 - 4 = 7
+    assert got.tolist() == [[3.0, 7.0]]

@@ -54,3 +54,27 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("transformers", "peft", "datasets", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def make_optimizer(params, cfg):
+    """AdamW; the fused kernel (one pass over all parameters) where this torch has it."""
+    import torch
+
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimizer_step(params, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
+    """Clip (when max_grad_norm > 0), step, advance the schedule, clear gradients.
+    Returns (gradient norm before clipping, learning rate used)."""
+    import torch
+
+    grad_norm = (float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+                 if max_grad_norm > 0 else 0.0)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr

@@ -22,14 +22,15 @@ import torch
 from alignkit.config import RewardConfig, save_config
 from alignkit.data.preferences import (PreferenceGroup, collate_groups, load_preference_groups,
                                        split_groups)
+from alignkit.data.sft import micro_batch_indices
 from alignkit.errors import UserError
 from alignkit.losses.reward import (auroc, bradley_terry_loss, pairwise_metrics,
                                     per_prompt_weights)
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device, resolve_model
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
-from alignkit.recipes.common import log, prepare_output, progress_bar
-from alignkit.recipes.sft import make_optimizer
+from alignkit.recipes.common import (log, make_optimizer, optimizer_step, prepare_output,
+                                     progress_bar)
 from alignkit.utils.metrics import MetricsLog
 from alignkit.utils.schedule import make_scheduler
 
@@ -103,12 +104,15 @@ def member_losses(raw: torch.Tensor, batch, weights: torch.Tensor,
     return (losses * weights).sum((1, 2))
 
 
-def pair_rewards(raw: torch.Tensor, heads: torch.Tensor, model: RewardModel) -> torch.Tensor:
-    """(M, N, A) raw rewards -> (M, P-indexable N, P-head) rewards for evaluation: a tagged
-    comparison reads its head; an untagged one the members' combined reward."""
-    if raw.shape[-1] == 1:
-        return raw[..., 0]
-    return model.combine(raw).per_member
+def pair_margins(raw: torch.Tensor, batch, heads: torch.Tensor, model: RewardModel) -> torch.Tensor:
+    """(M, N, A) raw rewards -> (M, P) ``r_better - r_worse`` per member: a tagged comparison
+    reads its aspect's head, an untagged one the members' combined reward."""
+    untagged = raw[..., 0] if raw.shape[-1] == 1 else model.combine(raw).per_member  # (M, N)
+    diff = raw[:, batch.better] - raw[:, batch.worse]  # (M, P, A)
+    index = heads.clamp(min=0)[None, :, None].expand(raw.shape[0], -1, 1)
+    tagged = diff.gather(2, index).squeeze(2)
+    return torch.where(heads[None] >= 0, tagged,
+                       untagged[:, batch.better] - untagged[:, batch.worse])
 
 
 def _text_key(text) -> str:
@@ -128,14 +132,8 @@ def evaluate(model: RewardModel, groups: list[PreferenceGroup], aspects: list[st
         batch = collate_groups(chunk, model.tokenizer.pad_token_id).to(device)
         raw = model.raw(batch)
         heads = aspect_index(batch, aspects).to(device)
-        per_pair = []
-        combined = pair_rewards(raw, heads, model)  # (M, N) when untagged
-        for p in range(batch.num_pairs):
-            h = int(heads[p])
-            r = raw[:, :, h] if h >= 0 else combined
-            per_pair.append(r[:, batch.better[p]] - r[:, batch.worse[p]])
-        if per_pair:
-            diffs.append(torch.stack(per_pair, 1))  # (M, P)
+        if batch.num_pairs:
+            diffs.append(pair_margins(raw, batch, heads, model))  # (M, P)
             labels.append(batch.label)
         for gi, g in enumerate(chunk):
             for c in g.pairs:
@@ -269,7 +267,6 @@ def main(cfg: RewardConfig) -> dict:
                     "backbone": spec.backbone, "skipped_records": len(skipped)}, split="setup")
 
     # 5. Train: whole prompt groups per micro-batch; every member's loss in one backward.
-    from alignkit.data.sft import micro_batch_indices
     bar = progress_bar(total_steps, 0, cfg.progress, "reward")
     started, pairs_seen = time.time(), 0
     # Members with their own backbone also see their own data order (seed + m): with their own
@@ -302,19 +299,14 @@ def main(cfg: RewardConfig) -> dict:
             norm = weights_total[members].clamp(min=1e-9).to(loss_sum.device)
             (loss_sum / norm).sum().backward()
             loss_by_member[members] += loss_sum.detach().cpu()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                     if cfg.max_grad_norm > 0 else torch.tensor(0.0))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         step_pairs = sum(batch.num_pairs for _, batch, _ in work)
         pairs_seen += step_pairs
         member_loss = loss_by_member / weights_total.clamp(min=1e-9)
         done = step + 1
         elapsed = time.time() - t0
         if done % cfg.log_every == 0 or done == total_steps:
-            row = {"loss": float(member_loss.mean()), "lr": lr, "grad_norm": float(grad_norm),
+            row = {"loss": float(member_loss.mean()), "lr": lr, "grad_norm": grad_norm,
                    "pairs": step_pairs, "pairs_per_s": step_pairs / max(elapsed, 1e-9),
                    "step_time_s": elapsed}
             if cfg.ensemble > 1:

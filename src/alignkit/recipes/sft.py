@@ -24,7 +24,8 @@ from alignkit.models import checkpoint as ckpt
 from alignkit.models.lm import hidden_states, logits_at
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.models.lora import add_lora, count_parameters, is_lora
-from alignkit.recipes.common import autocast, log, prepare_output, progress_bar
+from alignkit.recipes.common import (autocast, log, make_optimizer, optimizer_step,
+                                     prepare_output, progress_bar)
 from alignkit.utils.metrics import MetricsLog
 from alignkit.utils.schedule import make_scheduler
 
@@ -37,14 +38,6 @@ class SFTResult:
     tokenizer: object
     train_losses: dict[int, float] = field(default_factory=dict)
     eval_history: dict[int, dict] = field(default_factory=dict)
-
-
-def make_optimizer(params, cfg):
-    """AdamW; the fused kernel (one pass over all parameters) where this torch has it."""
-    try:
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_batch(examples: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> LMBatch:
@@ -155,12 +148,7 @@ def main(cfg: SFTConfig) -> SFTResult:
                 loss_sum, _ = batch_loss_sum(model, batch)
             (loss_sum / step_targets).backward()
             loss_total += float(loss_sum.detach())
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                     if cfg.max_grad_norm > 0 else torch.tensor(0.0))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
 
         done = step + 1
         step_tokens = sum(b.num_tokens for b in micro)
@@ -169,7 +157,7 @@ def main(cfg: SFTConfig) -> SFTResult:
         result.train_losses[done] = loss
         elapsed = time.time() - t0
         if done % cfg.log_every == 0 or done == total_steps:
-            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens": step_tokens, "target_tokens": step_targets,
                                "computed_tokens": sum(b.computed_tokens for b in micro),
                                "tokens_per_s": step_tokens / max(elapsed, 1e-9),
