@@ -95,7 +95,7 @@ from sft_throughput import (
 )
 
 RESULTS = HERE / "results"
-FRAMEWORKS = ("alignkit", "trl", "trl-fp32")
+FRAMEWORKS = ("alignkit", "alignkit-nopack", "trl", "trl-fp32")
 WORKLOADS = {
     # name: alignkit --model, backbone kind, learning rate, default steps, default frameworks.
     # TRL's default (bf16 autocast + gradient checkpointing) is left out for SmolLM2: bf16
@@ -135,18 +135,19 @@ def child_alignkit(spec: dict) -> dict:
         device=spec["device"], eval_fraction=0.0, max_length=spec["max_length"], lr=spec["lr"],
         warmup_steps=0, batch_size=spec["batch_size"], grad_accum=1, max_steps=spec["steps"],
         output=str(out), seed=spec["seed"], log_every=1, eval_every=0, save_every=0,
-        overwrite=True, progress=False)
+        overwrite=True, progress=False, packing=spec["framework"] != "alignkit-nopack")
 
     # Observe (not change) training: count what each batch holds as alignkit builds it (once per
     # step with grad_accum 1), and note the peak memory once training is over.
     batches: list[dict] = []
     at_end: dict = {}
-    real_collate, real_fit = reward.collate_groups, reward.fit_normalisation
+    real_batch, real_fit = reward.preference_batch, reward.fit_normalisation
 
-    def collate_groups(groups, pad_id):
-        batch = real_collate(groups, pad_id)
-        batches.append({"pairs": batch.num_pairs, "tokens": int(batch.attention_mask.sum()),
-                        "positions": int(batch.input_ids.numel())})
+    def preference_batch(groups, model, cfg):
+        batch = real_batch(groups, model, cfg)
+        batches.append({"pairs": batch.num_pairs, "tokens": batch.num_tokens,
+                        "positions": int(batch.input_ids.numel()),
+                        "computed": batch.computed_tokens, "packed": batch.packed})
         return batch
 
     def fit_normalisation(model, groups, cfg, device):  # after the last step: not timed
@@ -154,11 +155,11 @@ def child_alignkit(spec: dict) -> dict:
         at_end.update(peak_rss_mib=peak_rss_mib(), cuda_peak_mib=cuda_peak_mib(spec["device"]))
         # the normalisation forward over every training response is skipped (see the docstring)
 
-    reward.collate_groups, reward.fit_normalisation = collate_groups, fit_normalisation
+    reward.preference_batch, reward.fit_normalisation = preference_batch, fit_normalisation
     try:
         reward.main(cfg)
     finally:
-        reward.collate_groups, reward.fit_normalisation = real_collate, real_fit
+        reward.preference_batch, reward.fit_normalisation = real_batch, real_fit
 
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train"]
     rows.sort(key=lambda r: r["step"])
@@ -183,6 +184,8 @@ def child_alignkit(spec: dict) -> dict:
     result.update(
         pairs_per_step=pairs, tokens_per_step=[b["tokens"] for b in batches],
         positions_per_step=[b["positions"] for b in batches],
+        computed_per_step=[b["computed"] for b in batches],
+        packed_steps=sum(bool(b["packed"]) for b in batches),
         # alignkit's own numbers (its step timer starts at batch building, stops after zero_grad)
         reported_pairs_per_s=sum(r["pairs"] for r in timed) / sum(r["step_time_s"] for r in timed),
         reported_pairs_per_s_median=statistics.median(r["pairs_per_s"] for r in timed),
@@ -300,7 +303,7 @@ def run_child(spec_path: str) -> None:
     warnings.filterwarnings("ignore")
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fn = child_alignkit if spec["framework"] == "alignkit" else child_trl
+    fn = child_alignkit if spec["framework"].startswith("alignkit") else child_trl
     result = fn(spec)
     import torch
 
@@ -425,6 +428,8 @@ def build_summary(results: list[dict]) -> list[dict]:
             "tokens_per_step_mean": statistics.mean(statistics.mean(r["tokens_per_step"]) for r in rs),
             "positions_per_step_mean": statistics.mean(statistics.mean(r["positions_per_step"])
                                                        for r in rs),
+            "computed_per_step_mean": statistics.mean(statistics.mean(
+                r.get("computed_per_step") or r["tokens_per_step"]) for r in rs),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
             "cuda_peak_mib": (max(r["cuda_peak_mib"] for r in rs)
                               if rs[0].get("cuda_peak_mib") is not None else None),
@@ -465,15 +470,16 @@ def print_table(summary: list[dict], checks: dict, settings: dict) -> None:
           f"max length {settings['max_length']}, device {settings['device']}, 1 member, full "
           f"fine-tuning; timed: steps {settings['warmup'] + 1}..N")
     cuda = any(r["cuda_peak_mib"] is not None for r in summary)
-    head = (f"{'workload':<8} {'framework':<9} {'steps':>5} {'pairs/step':>10} {'tok/step':>8} "
-            f"{'pairs/s':>8} {'s/step':>7} {'peak RSS MiB':>12} "
+    head = (f"{'workload':<8} {'framework':<15} {'steps':>5} {'pairs/step':>10} {'tok/step':>8} "
+            f"{'run/step':>8} {'pos/step':>8} {'pairs/s':>8} {'s/step':>7} {'peak RSS MiB':>12} "
             + (f"{'CUDA MiB':>9} " if cuda else "")
             + f"{'startup s':>9}  {'alignkit/TRL pairs/s':>20} {'alignkit/TRL mem':>16}")
     print(head)
     print("-" * len(head))
     for r in summary:
-        print(f"{r['workload']:<8} {r['framework']:<9} {r['steps']:>5} "
+        print(f"{r['workload']:<8} {r['framework']:<15} {r['steps']:>5} "
               f"{r['pairs_per_step_mean']:>10.0f} {r['tokens_per_step_mean']:>8.0f} "
+              f"{r['computed_per_step_mean']:>8.0f} {r['positions_per_step_mean']:>8.0f} "
               f"{r['pairs_per_s']:>8.2f} {r['s_per_step']:>7.3f} {r['peak_rss_mib']:>12.0f} "
               + (f"{fmt(r['cuda_peak_mib'], '.0f'):>9} " if cuda else "")
               + f"{fmt(r['startup_s'], '.1f'):>9}  "

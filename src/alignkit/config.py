@@ -316,6 +316,12 @@ class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     gate_penalty: float = opt(1.0, "Penalty under a broken aspect floor.")
     chat: str = opt("auto", "Render prompts with the chat template (causal backbones).",
                     ("auto", "always", "never"))
+    packing: bool = opt(True, "Padding-free batches: several responses share a row, each "
+                        "attending only to itself (used when it is estimated cheaper).")
+    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
+    share_prefix: bool = opt(True, "With packing and a causal backbone, run each prompt once for "
+                             "all its responses (and a prefix common to the batch once per row); "
+                             "each response still gets exactly the reward it gets alone.")
     lr: float = opt(5e-5, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
     batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
     warmup_steps: int = opt(10, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.data.collate import pack_rows
 from alignkit.data.readers import Record, read_records
 from alignkit.data.schemas import (PreferenceExample, RankingExample, RecordProblem, Text,
                                    parse_preference, parse_ranking, validate)
@@ -288,13 +289,22 @@ def split_groups(groups: list[PreferenceGroup], eval_fraction: float,
 class PreferenceBatch:
     """N responses of G whole groups, P comparisons and R rankings among them.
 
-    input_ids, attention_mask: (N, L) right-padded (mask 1 = token). token_type_ids: (N, L) or
-    None. last_index: (N,) position of each response's last token (a causal reward is read
-    there). better, worse: (P,) rows of input_ids; margin, weight, label: (P,) float32;
-    group: (P,) long, the group of each comparison (for ``per_prompt_weights``); aspects: P
-    aspect names (None = untagged). ranking: (R, Kmax) rows of input_ids best first, ranking_mask:
-    (R, Kmax) bool (False = padding, row index 0 there); ranking_weight: (R,);
-    ranking_aspects: R names."""
+    Two layouts of the responses:
+    - padded (``position_ids`` None): input_ids, attention_mask (N, L), one response per row,
+      right-padded (mask 1 = token); token_type_ids (N, L) or None; last_index (N,): the position
+      of each response's last token in its row (a causal reward is read there).
+    - packed (see ``collate_groups_packed``): input_ids, position_ids, token_type_ids (Rows, L)
+      with several responses (and prompt prefixes they share) per row; attention_mask
+      (Rows, 1, L, L) additive float mask; last_index (N,) flat index into Rows*L of each
+      response's last token; token_response (Rows, L) the response each token belongs to (-1:
+      a shared prefix or padding), for mean pooling.
+
+    better, worse: (P,) response indices; margin, weight, label: (P,) float32; group: (P,) long,
+    the group of each comparison (for ``per_prompt_weights``); aspects: P aspect names (None =
+    untagged). ranking: (R, Kmax) response indices best first, ranking_mask: (R, Kmax) bool (False =
+    padding, index 0 there); ranking_weight: (R,); ranking_aspects: R names. num_tokens: tokens of
+    the N encoded responses (prompt included in each); computed_tokens: non-padding positions the
+    model runs (fewer when responses share their prompt)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -312,10 +322,22 @@ class PreferenceBatch:
     ranking_weight: torch.Tensor
     ranking_aspects: list
     num_groups: int
+    num_tokens: int = 0
+    computed_tokens: int = 0
+    position_ids: torch.Tensor | None = None
+    token_response: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
         return int(self.better.numel())
+
+    @property
+    def num_responses(self) -> int:
+        return int(self.last_index.numel())
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
     def to(self, device) -> "PreferenceBatch":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
@@ -323,14 +345,37 @@ class PreferenceBatch:
         return PreferenceBatch(**moved)
 
 
-def collate_groups(groups: list[PreferenceGroup], pad_id: int) -> PreferenceBatch:
-    """Stack whole groups into one right-padded batch (responses of group 0 first)."""
-    seqs, types, offsets = [], [], []
+def _comparison_fields(groups: list[PreferenceGroup]) -> dict:
+    """The comparisons and rankings of ``groups`` as tensors over the batch's response indices
+    (responses of group 0 first, in group order)."""
+    offsets, total = [], 0
     for g in groups:
-        offsets.append(len(seqs))
-        seqs.extend(g.input_ids)
-        if g.token_type_ids is not None:
-            types.extend(g.token_type_ids)
+        offsets.append(total)
+        total += len(g.input_ids)
+    pairs = [(gi, p) for gi, g in enumerate(groups) for p in g.pairs]
+    ranks = [(offsets[gi], r) for gi, g in enumerate(groups) for r in g.rankings]
+    k_max = max((len(r.order) for _, r in ranks), default=0)
+    ranking = torch.zeros((len(ranks), k_max), dtype=torch.long)
+    ranking_mask = torch.zeros((len(ranks), k_max), dtype=torch.bool)
+    for i, (off, r) in enumerate(ranks):
+        ranking[i, :len(r.order)] = torch.tensor([off + j for j in r.order], dtype=torch.long)
+        ranking_mask[i, :len(r.order)] = True
+    return dict(
+        better=torch.tensor([offsets[gi] + p.better for gi, p in pairs], dtype=torch.long),
+        worse=torch.tensor([offsets[gi] + p.worse for gi, p in pairs], dtype=torch.long),
+        margin=torch.tensor([p.margin for _, p in pairs], dtype=torch.float32),
+        weight=torch.tensor([p.weight for _, p in pairs], dtype=torch.float32),
+        label=torch.tensor([p.label for _, p in pairs], dtype=torch.float32),
+        group=torch.tensor([gi for gi, _ in pairs], dtype=torch.long),
+        aspects=[p.aspect for _, p in pairs], ranking=ranking, ranking_mask=ranking_mask,
+        ranking_weight=torch.tensor([r.weight for _, r in ranks], dtype=torch.float32),
+        ranking_aspects=[r.aspect for _, r in ranks], num_groups=len(groups))
+
+
+def collate_groups(groups: list[PreferenceGroup], pad_id: int) -> PreferenceBatch:
+    """Stack whole groups into one right-padded batch, one response per row."""
+    seqs = [s for g in groups for s in g.input_ids]
+    types = [t for g in groups for t in (g.token_type_ids or [])]
     n, width = len(seqs), max((len(s) for s in seqs), default=0)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
@@ -343,21 +388,152 @@ def collate_groups(groups: list[PreferenceGroup], pad_id: int) -> PreferenceBatc
         for r, t in enumerate(types):
             token_types[r, :len(t)] = torch.tensor(t, dtype=torch.long)
     last = (mask.sum(1) - 1).clamp(min=0)
-    pairs = [(gi, p) for gi, g in enumerate(groups) for p in g.pairs]
-    better = torch.tensor([offsets[gi] + p.better for gi, p in pairs], dtype=torch.long)
-    worse = torch.tensor([offsets[gi] + p.worse for gi, p in pairs], dtype=torch.long)
-    margin = torch.tensor([p.margin for _, p in pairs], dtype=torch.float32)
-    weight = torch.tensor([p.weight for _, p in pairs], dtype=torch.float32)
-    label = torch.tensor([p.label for _, p in pairs], dtype=torch.float32)
-    group = torch.tensor([gi for gi, _ in pairs], dtype=torch.long)
-    ranks = [(offsets[gi], r) for gi, g in enumerate(groups) for r in g.rankings]
-    k_max = max((len(r.order) for _, r in ranks), default=0)
-    ranking = torch.zeros((len(ranks), k_max), dtype=torch.long)
-    ranking_mask = torch.zeros((len(ranks), k_max), dtype=torch.bool)
-    for i, (off, r) in enumerate(ranks):
-        ranking[i, :len(r.order)] = torch.tensor([off + j for j in r.order], dtype=torch.long)
-        ranking_mask[i, :len(r.order)] = True
-    return PreferenceBatch(ids, mask, token_types, last, better, worse, margin, weight, label,
-                           group, [p.aspect for _, p in pairs], ranking, ranking_mask,
-                           torch.tensor([r.weight for _, r in ranks], dtype=torch.float32),
-                           [r.aspect for _, r in ranks], len(groups))
+    tokens = int(mask.sum())
+    return PreferenceBatch(ids, mask, token_types, last, **_comparison_fields(groups),
+                           num_tokens=tokens, computed_tokens=tokens)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    k = min(len(s) for s in seqs)
+    first = seqs[0]
+    for s in seqs[1:]:
+        j = 0
+        while j < k and s[j] == first[j]:
+            j += 1
+        k = j
+    return k
+
+
+@dataclass
+class _Segment:
+    """A run of tokens in a packed row; it sees its ancestors (``parent`` chain) and itself."""
+
+    ids: list[int]
+    types: list[int] | None
+    parent: int  # segment index in the row, -1 = none
+    response: int  # response index in the batch, -1 = a shared prefix
+
+
+def collate_groups_packed(groups: list[PreferenceGroup], pad_id: int, capacity: int,
+                          causal: bool, share_prefix: bool = True) -> PreferenceBatch:
+    """Padding-free layout of whole groups: responses share rows, each attending only to itself
+    (and, for a causal backbone, to the prompt tokens it shares with the other responses of its
+    group).
+
+    With ``share_prefix`` (causal backbones only: an encoder's prompt attends to the response, so
+    it cannot be shared) the tokens common to all responses of a group (the rendered prompt) are
+    run once and its K responses follow, each attending to that prefix and causally to itself with
+    positions continuing after it; a prefix common to every group of the batch (a chat template's
+    system prompt) is run once per row in the same way. Because a causal token never sees what
+    follows it, each response's hidden states are exactly those it gets alone, on fewer tokens:
+    K responses of P prompt tokens and T response tokens run P + K*T positions instead of
+    K*(P + T). Rows hold at most ``capacity`` positions (one group wider than that gets its own row).
+    """
+    share = causal and share_prefix
+    # 1. Units that stay in one row: a group (prefix + responses) when sharing, else a response.
+    units: list[tuple[int, list[int], list[tuple[int, list[int], list[int] | None]]]] = []
+    response = 0
+    for g in groups:
+        seqs = g.input_ids
+        types = g.token_type_ids or [None] * len(seqs)
+        # leave each response >= 1 token of its own: its reward is read at its last token
+        k = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1) if share and len(seqs) > 1 \
+            else 0
+        items = []
+        for s, t in zip(seqs, types):
+            items.append((response, s[k:], None if t is None else t[k:]))
+            response += 1
+        if share:
+            units.append((k, seqs[0][:k], items))
+        else:
+            units.extend((0, [], [item]) for item in items)
+    # 2. A prefix common to all units (the system prompt) is run once per row.
+    row_prefix = 0
+    if share and len(units) > 1:
+        row_prefix = _common_prefix([u[1] for u in units])
+        if row_prefix < 4:
+            row_prefix = 0
+    lengths = [len(u[1]) - row_prefix + sum(len(s) for _, s, _ in u[2]) for u in units]
+    rows = pack_rows(lengths, max(capacity - row_prefix, 1))
+    # 3. Lay out each row's segments, then positions and the mask from the segment tree.
+    layouts = []
+    for row in rows:
+        segs: list[_Segment] = []
+        if row_prefix:
+            segs.append(_Segment(units[row[0]][1][:row_prefix], None, -1, -1))
+        root = 0 if row_prefix else -1
+        for u in row:
+            _, prefix, items = units[u]
+            parent = root
+            if len(prefix) > row_prefix:
+                segs.append(_Segment(prefix[row_prefix:], None, root, -1))
+                parent = len(segs) - 1
+            segs.extend(_Segment(s, t, parent, r) for r, s, t in items)
+        layouts.append(segs)
+    width = max(sum(len(s.ids) for s in segs) for segs in layouts)
+    n_rows, n_resp = len(layouts), response
+    has_types = any(g.token_type_ids for g in groups)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    types = torch.zeros((n_rows, width), dtype=torch.long) if has_types else None
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    seg_of = torch.full((n_rows, width), -1, dtype=torch.long)
+    token_response = torch.full((n_rows, width), -1, dtype=torch.long)
+    last = torch.zeros(n_resp, dtype=torch.long)
+    mask = torch.full((n_rows, 1, width, width), torch.finfo(torch.float32).min)
+    for r, segs in enumerate(layouts):
+        at, starts, ends = 0, [], []  # ends: the position id after each segment
+        for i, s in enumerate(segs):
+            k = len(s.ids)
+            first_pos = ends[s.parent] if s.parent >= 0 else 0
+            ids[r, at:at + k] = torch.tensor(s.ids, dtype=torch.long)
+            if types is not None and s.types is not None:
+                types[r, at:at + k] = torch.tensor(s.types, dtype=torch.long)
+            pos[r, at:at + k] = torch.arange(first_pos, first_pos + k)
+            seg_of[r, at:at + k] = i
+            if s.response >= 0:
+                token_response[r, at:at + k] = s.response
+                last[s.response] = r * width + at + k - 1
+            starts.append(at)
+            ends.append(first_pos + k)
+            at += k
+        # visible[i, j]: segment i sees segment j (itself and its ancestors)
+        visible = torch.eye(len(segs), dtype=torch.bool)
+        for i, s in enumerate(segs):
+            j = s.parent
+            while j >= 0:
+                visible[i, j] = True
+                j = segs[j].parent
+        real = seg_of[r] >= 0
+        idx = seg_of[r].clamp(min=0)
+        allowed = visible[idx][:, idx] & real[:, None] & real[None, :]
+        if causal:
+            allowed &= torch.tril(torch.ones(width, width, dtype=torch.bool))
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding sees itself: no NaN softmax
+        mask[r, 0].masked_fill_(allowed, 0.0)
+    return PreferenceBatch(ids, mask, types, last, **_comparison_fields(groups),
+                           num_tokens=sum(g.num_tokens for g in groups),
+                           computed_tokens=int((seg_of >= 0).sum()), position_ids=pos,
+                           token_response=token_response)
+
+
+def _estimated_cost(rows: int, width: int, hidden: int) -> float:
+    """Forward FLOPs of a transformer layer per row, up to a constant: the projections and MLP
+    (~24 d^2 per position) plus dense attention over the row (~4 L d per position), which a
+    padding-free row pays for its full width."""
+    return rows * width * (24.0 * hidden * hidden + 4.0 * width * hidden)
+
+
+def make_preference_batch(groups: list[PreferenceGroup], pad_id: int, *, causal: bool,
+                          packing: bool = True, capacity: int = 512, share_prefix: bool = True,
+                          hidden_size: int = 768) -> PreferenceBatch:
+    """The cheaper of the padded and the packed layout of ``groups`` by ``_estimated_cost``
+    (packing wins when responses differ in length or share long prompts; for a batch of
+    equal-length responses with nothing shared, padding costs nothing and dense attention over a
+    long packed row would)."""
+    padded = collate_groups(groups, pad_id)
+    if not packing:
+        return padded
+    packed = collate_groups_packed(groups, pad_id, capacity, causal, share_prefix)
+    padded_cost = _estimated_cost(*padded.input_ids.shape, hidden_size)
+    packed_cost = _estimated_cost(*packed.input_ids.shape, hidden_size)
+    return packed if packed_cost < 0.95 * padded_cost else padded

@@ -88,6 +88,21 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.T
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
 
 
+def pool_packed(hidden: torch.Tensor, token_response: torch.Tensor, last_index: torch.Tensor,
+                kind: str) -> torch.Tensor:
+    """(Rows, L, H) hidden states of a packed batch -> (N, H) per response: the mean over the
+    response's own tokens (encoder) or its last token (causal; ``last_index`` is flat)."""
+    flat = hidden.flatten(0, 1)
+    if kind != "encoder":
+        return flat[last_index]
+    owner = token_response.flatten()
+    keep = owner >= 0
+    n = last_index.numel()
+    sums = flat.new_zeros((n, flat.shape[-1])).index_add(0, owner[keep], flat[keep])
+    counts = torch.bincount(owner[keep], minlength=n).clamp(min=1).to(flat.dtype)
+    return sums / counts[:, None]
+
+
 class RewardMember(nn.Module):
     """One backbone with a linear head per aspect: forward -> (N, A) raw rewards."""
 
@@ -103,7 +118,15 @@ class RewardMember(nn.Module):
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.token_type_ids is not None and self.kind == "encoder":
             kwargs["token_type_ids"] = batch.token_type_ids
+        if self.kind == "causal":
+            kwargs["use_cache"] = False  # training and scoring never decode
+        packed = getattr(batch, "position_ids", None) is not None
+        if packed:
+            kwargs["position_ids"] = batch.position_ids
         out = self.backbone(**kwargs)
+        if packed:
+            return pool_packed(out.last_hidden_state, batch.token_response, batch.last_index,
+                               self.kind)
         return pool(out.last_hidden_state, batch.attention_mask, batch.last_index, self.kind)
 
     def forward(self, batch) -> torch.Tensor:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from alignkit.config import RewardConfig, save_config
-from alignkit.data.preferences import (PreferenceGroup, collate_groups, load_preference_groups,
+from alignkit.data.preferences import (PreferenceGroup, load_preference_groups, make_preference_batch,
                                        split_groups)
 from alignkit.data.sft import micro_batch_indices
 from alignkit.errors import UserError
@@ -119,6 +119,15 @@ def _text_key(text) -> str:
     return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
 
 
+def preference_batch(groups: list[PreferenceGroup], model: RewardModel, cfg):
+    """A batch of whole groups in the cheaper layout (padded, or packed with shared prompts)."""
+    return make_preference_batch(
+        groups, model.tokenizer.pad_token_id, causal=model.spec.backbone == "causal",
+        packing=getattr(cfg, "packing", True), capacity=getattr(cfg, "pack_length", 0) or
+        model.spec.max_length, share_prefix=getattr(cfg, "share_prefix", True),
+        hidden_size=model.members[0].backbone.config.hidden_size)
+
+
 @torch.no_grad()
 def evaluate(model: RewardModel, groups: list[PreferenceGroup], aspects: list[str], cfg,
              device: str) -> dict[str, float]:
@@ -129,7 +138,7 @@ def evaluate(model: RewardModel, groups: list[PreferenceGroup], aspects: list[st
     diffs, labels, keys = [], [], []
     for i in range(0, len(groups), cfg.batch_size):
         chunk = groups[i:i + cfg.batch_size]
-        batch = collate_groups(chunk, model.tokenizer.pad_token_id).to(device)
+        batch = preference_batch(chunk, model, cfg).to(device)
         raw = model.raw(batch)
         heads = aspect_index(batch, aspects).to(device)
         if batch.num_pairs:
@@ -184,7 +193,7 @@ def fit_normalisation(model: RewardModel, groups: list[PreferenceGroup], cfg, de
     score mean 0, std 1 for every member and aspect."""
     outs = []
     for i in range(0, len(groups), cfg.batch_size):
-        batch = collate_groups(groups[i:i + cfg.batch_size], model.tokenizer.pad_token_id)
+        batch = preference_batch(groups[i:i + cfg.batch_size], model, cfg)
         outs.append(model.raw(batch.to(device)).cpu())
     raw = torch.cat(outs, 1)  # (M, N, A)
     model.spec.offset = raw.mean(1).tolist()
@@ -283,7 +292,7 @@ def main(cfg: RewardConfig) -> dict:
             for j in range(cfg.grad_accum):
                 ids = micro_batch_indices(step * cfg.grad_accum + j, len(train), cfg.batch_size,
                                           seed)
-                batch = collate_groups([train[i] for i in ids], tokenizer.pad_token_id)
+                batch = preference_batch([train[i] for i in ids], model, cfg)
                 b = boot[members][:, torch.tensor(ids)][:, batch.group]  # (m, P)
                 work.append((members, batch, comparison_weights(
                     batch, aspect_index(batch, spec.aspects), b, num_aspects)))
@@ -301,6 +310,8 @@ def main(cfg: RewardConfig) -> dict:
             loss_by_member[members] += loss_sum.detach().cpu()
         grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         step_pairs = sum(batch.num_pairs for _, batch, _ in work)
+        step_tokens = sum(batch.num_tokens for _, batch, _ in work)
+        step_computed = sum(batch.computed_tokens for _, batch, _ in work)
         pairs_seen += step_pairs
         member_loss = loss_by_member / weights_total.clamp(min=1e-9)
         done = step + 1
@@ -308,6 +319,7 @@ def main(cfg: RewardConfig) -> dict:
         if done % cfg.log_every == 0 or done == total_steps:
             row = {"loss": float(member_loss.mean()), "lr": lr, "grad_norm": grad_norm,
                    "pairs": step_pairs, "pairs_per_s": step_pairs / max(elapsed, 1e-9),
+                   "tokens": step_tokens, "computed_tokens": step_computed,
                    "step_time_s": elapsed}
             if cfg.ensemble > 1:
                 row.update({f"loss_member{m}": float(v) for m, v in enumerate(member_loss)})
