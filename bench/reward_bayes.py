@@ -45,8 +45,10 @@ def candidates(prompt: str, answer: str, other: str, rng: random.Random) -> list
 
 def gold_mistake_auroc(model, rows: list[dict]) -> dict:
     """Order every held-out pair of distinct gold by the ensemble; a mistake is ranking the
-    gold-worse answer higher. AUROC of the members' spread of the reward difference against
-    those mistakes, and the accuracy against gold."""
+    gold-worse answer higher. AUROC against those mistakes of the members' spread of their
+    preference probabilities sigmoid(r_m(hi) - r_m(lo)) (the ensemble std alignkit reports), of
+    the raw reward-difference spread, and of the spread relative to the mean difference; and the
+    accuracy against gold."""
     import torch
 
     from alignkit.losses.reward import auroc
@@ -70,7 +72,8 @@ def gold_mistake_auroc(model, rows: list[dict]) -> dict:
     wrong_t = torch.tensor(wrong)
     spread = d.std(0, unbiased=False)
     return {"gold_pairs": len(wrong), "accuracy_vs_gold": 1.0 - float(wrong_t.mean()),
-            "std_auroc_vs_gold_mistakes": auroc(spread, wrong_t),
+            "std_auroc_vs_gold_mistakes": auroc(torch.sigmoid(d).std(0, unbiased=False), wrong_t),
+            "margin_std_auroc_vs_gold_mistakes": auroc(spread, wrong_t),
             "rel_std_auroc_vs_gold_mistakes": auroc(spread / (d.mean(0).abs() + 1e-6), wrong_t)}
 
 

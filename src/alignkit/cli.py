@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import (DemoConfig, LabelConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
+from alignkit.config import (DemoConfig, LabelConfig, PPOConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
                              add_config_flags, build_config)
 from alignkit.errors import UserError
 
@@ -24,6 +24,8 @@ STAGES = {
             "Stage 1: supervised fine-tuning on demonstrations."),
     "reward": (RewardConfig, "alignkit.recipes.reward:main",
                "Stage 2: a reward model (ensemble, aspects) from preference pairs or rankings."),
+    "ppo": (PPOConfig, "alignkit.recipes.ppo:main",
+            "Stage 3: PPO / RLOO / GRPO / REINFORCE++ against a reward model under a KL leash."),
     "label": (LabelConfig, "alignkit.recipes.label:main",
               "Preference labels: sample K responses per prompt and have annotators rank them."),
     "score": (ScoreConfig, "alignkit.recipes.score:main",

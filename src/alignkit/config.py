@@ -303,6 +303,9 @@ class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
                           "resample of the prompts.")
     aspects: str = opt("", "Comma-separated reward heads (e.g. helpful,harmless,honest); empty: "
                        "the aspects tagged in the data, or one 'reward' head.")
+    loss: str = opt("bradley_terry", "Loss of K-way rankings: bradley_terry on their K(K-1)/2 "
+                    "pairs (InstructGPT), or plackett_luce on the whole ranking (pairwise "
+                    "records always use Bradley-Terry).", ("bradley_terry", "plackett_luce"))
     label_smoothing: float = opt(0.0, "Label smoothing for noisy labels (0 = plain "
                                  "Bradley-Terry).")
     annotator_weights: str = opt("", "Per-annotator loss weights, e.g. 'ann-0=1,ann-4=0.3'.")
@@ -327,6 +330,78 @@ class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     warmup_steps: int = opt(10, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
     eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
     output: str = opt("runs/reward", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+@dataclass
+class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
+    """Stage 3: PPO (or RLOO / GRPO / REINFORCE++) against a reward model, leashed by a KL penalty
+    to the frozen reference (the starting policy), with a reward-hacking monitor."""
+
+    model: str = opt("runs/demo/sft/final", "Policy to start from (also the frozen reference): "
+                     "usually the SFT model; 'default', a folder, a .gguf file or a hub id.")
+    reward_model: Optional[str] = opt("runs/demo/reward/final", "Reward model folder (written by "
+                                      "alignkit reward): one model, an ensemble or aspect heads.")
+    data: Optional[str] = opt("demo-prompts", "Training prompts ({prompt[, category]}); "
+                              "'demo-prompts' are the shipped ones.")
+    eval_data: Optional[str] = opt("demo-prompts-heldout", "Held-out prompts for the monitor "
+                                   "(none: no monitor).")
+    eval_prompts: int = opt(32, "Held-out prompts the monitor samples each time (0: all).")
+    advantage: str = opt("gae", "Advantage estimator: gae (PPO with a value head), rloo, grpo "
+                         "(k samples per prompt, group baselines) or reinforce++ (global "
+                         "baseline).", ("gae", "rloo", "grpo", "reinforce++"))
+    batch_size: int = opt(16, "Prompts per rollout batch (one PPO step).")
+    samples_per_prompt: int = opt(1, "Responses sampled per prompt (rloo / grpo need >= 2).")
+    minibatch_size: int = opt(8, "Rollouts per PPO minibatch (one optimiser step each).")
+    ppo_epochs: int = opt(2, "Passes over each rollout batch.")
+    grad_accum: int = opt(1, "Micro-batches per minibatch (minibatch_size / grad_accum each).")
+    max_steps: int = opt(40, "Rollout batches (PPO steps) to run.")
+    lr: float = opt(1e-5, "Peak learning rate (LoRA usually wants ~1e-4).")
+    warmup_steps: int = opt(0, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
+    schedule: str = opt("constant", "Learning-rate decay after warm-up.",
+                        ("cosine", "linear", "constant"))
+    max_new_tokens: int = opt(48, "Longest sampled response.")
+    max_prompt_length: int = opt(256, "Longest tokenised prompt (longer ones are an error unless "
+                                 "--skip-invalid).")
+    temperature: float = opt(1.0, "Sampling temperature (also divides the training logits).")
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
+    top_k: int = opt(0, "Top-k sampling (0: off).")
+    kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive).")
+    kl_estimator: str = opt("k1", "Per-token KL in the reward: k1 (log-ratio) or k3 "
+                            "((r - 1) - log r); both are logged.", ("k1", "k2", "k3"))
+    adaptive_kl: bool = opt(False, "Adapt beta towards --kl-target (Ziegler et al. 2019).")
+    kl_target: float = opt(6.0, "Target KL (nats per response) of the adaptive controller.")
+    kl_horizon: int = opt(10000, "Horizon of the adaptive controller (samples).")
+    clip: float = opt(0.2, "PPO ratio clip epsilon.")
+    value_clip: float = opt(0.2, "Value clip epsilon.")
+    vf_coef: float = opt(0.1, "Value loss coefficient.")
+    entropy_coef: float = opt(0.0, "Entropy bonus coefficient.")
+    gamma: float = opt(1.0, "Discount.")
+    lam: float = opt(0.95, "GAE lambda.")
+    whiten_rewards: bool = opt(False, "Whiten the token rewards of each batch (keeping their "
+                               "mean).")
+    whiten_advantages: bool = opt(True, "Whiten advantages per batch.")
+    target_kl: float = opt(0.0, "Stop a step's PPO epochs early when the approximate KL to the "
+                           "rollout policy exceeds 1.5x this (0: never).")
+    missing_eos_penalty: float = opt(1.0, "Subtracted from the score of a response cut at "
+                                     "--max-new-tokens (it never ended).")
+    critic: str = opt("shared", "Value head on the policy's backbone (shared) or on a separate "
+                      "copy (separate).", ("shared", "separate"))
+    combine: Optional[str] = opt(None, "Override how the reward ensemble combines: mean, min, "
+                                 "mean_minus_std (uncertainty-weighted, Coste et al. 2023), "
+                                 "mean_minus_var.")
+    uncertainty_penalty: Optional[float] = opt(None, "Override lambda of mean_minus_std.")
+    gold: bool = opt(True, "Score held-out samples with the gold scorer in the monitor "
+                     "(simulated-annotator experiments).")
+    kl_budget: float = opt(0.0, "Monitor: warn when held-out KL (nats per response) exceeds this "
+                           "(0: no budget).")
+    length_drift: float = opt(2.0, "Monitor: warn when mean response length moves beyond this "
+                              "factor of its start value.")
+    min_entropy: float = opt(0.05, "Monitor: warn when mean token entropy falls below this.")
+    stop_on_hacking: bool = opt(False, "Stop the run when the monitor warns.")
+    chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
+    eval_every: int = opt(10, "Run the monitor every N steps (0: only at start and end).")
+    save_every: int = opt(10, RunArgs.__dataclass_fields__["save_every"].metadata["help"])
+    output: str = opt("runs/ppo", RunArgs.__dataclass_fields__["output"].metadata["help"])
 
 
 @dataclass

@@ -85,3 +85,33 @@ def test_pair_margins_read_the_tagged_head_or_the_combined_reward():
     got = pair_margins(raw, Pairs, torch.tensor([1, -1]), model)
     # tagged harmless: 5 - 2 = 3; untagged: (1 + 2*5) - (0 + 2*2) = 11 - 4 = 7
     assert got.tolist() == [[3.0, 7.0]]
+
+
+def test_plackett_luce_training_loss_hand_computed(tiny_tokenizer):
+    from alignkit.data.preferences import PreferencePair, build_groups, collate_groups
+    from alignkit.data.schemas import RankingExample
+
+    groups, _ = build_groups([RankingExample("Q", ["a", "b", "c"], [0, 1, 2]),
+                              PreferencePair("P", "yes", "no")], tiny_tokenizer)
+    batch = collate_groups(groups, tiny_tokenizer.pad_token_id)
+    assert batch.pair_ranking.tolist() == [0, 0, 0, -1]
+    raw = torch.tensor([2.0, 1.0, 0.0, 0.5, -0.5])[None, :, None]  # (M=1, N=5, A=1)
+    w = comparison_weights(batch, torch.full((4,), -1), torch.ones(1, 4), 1)
+    # per prompt: the ranking's 3 pairs 1/3 each, the lone pair 1
+    assert torch.allclose(w[0, :, 0], torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0]))
+    e = math.e
+    pl = (math.log(e ** 2 + e + 1) - 2) + (math.log(e + 1) - 1)  # -log P(a > b > c)
+    bt_lone = math.log1p(math.exp(-1.0))
+    got = member_losses(raw, batch, w, 0.0, "plackett_luce")
+    assert float(got[0]) == pytest.approx(1.0 * pl / 2 + bt_lone, rel=1e-6)
+    # Bradley-Terry on the three implied pairs instead
+    bt = [math.log1p(math.exp(-d)) for d in (1.0, 2.0, 1.0)]
+    got_bt = member_losses(raw, batch, w, 0.0, "bradley_terry")
+    assert float(got_bt[0]) == pytest.approx(sum(bt) / 3 + bt_lone, rel=1e-6)
+    # K = 2: Plackett-Luce is Bradley-Terry
+    groups, _ = build_groups([RankingExample("Q", ["a", "b"], [1, 0])], tiny_tokenizer)
+    batch = collate_groups(groups, tiny_tokenizer.pad_token_id)
+    raw = torch.tensor([[[0.3], [1.1]]])
+    w = comparison_weights(batch, torch.full((1,), -1), torch.ones(1, 1), 1)
+    assert torch.allclose(member_losses(raw, batch, w, 0.0, "plackett_luce"),
+                          member_losses(raw, batch, w, 0.0, "bradley_terry"))

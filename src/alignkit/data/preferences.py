@@ -147,6 +147,7 @@ class Comparison:
     annotator: str | None = None
     aspect: str | None = None
     where: str = ""
+    ranking: int = -1  # index in the group's rankings when the pair comes from one
 
 
 @dataclass
@@ -240,7 +241,8 @@ def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str 
             order = [rows[i] for i in ex.ranking]
             group.rankings.append(Ranking(order, weight, ex.annotator, ex.aspect, ex.where))
             group.pairs.extend(Comparison(b, w, 0.0, weight, 1.0, ex.annotator, ex.aspect,
-                                          ex.where) for b, w in ranking_to_pairs(order))
+                                          ex.where, len(group.rankings) - 1)
+                               for b, w in ranking_to_pairs(order))
         else:
             tie = bool(getattr(ex, "tie", False))
             group.pairs.append(Comparison(rows[0], rows[1], 0.0 if tie else float(ex.margin),
@@ -302,7 +304,8 @@ class PreferenceBatch:
     better, worse: (P,) response indices; margin, weight, label: (P,) float32; group: (P,) long,
     the group of each comparison (for ``per_prompt_weights``); aspects: P aspect names (None =
     untagged). ranking: (R, Kmax) response indices best first, ranking_mask: (R, Kmax) bool (False =
-    padding, index 0 there); ranking_weight: (R,); ranking_aspects: R names. num_tokens: tokens of
+    padding, index 0 there); ranking_weight: (R,); ranking_aspects: R names; pair_ranking: (P,)
+    the ranking each comparison was derived from (-1: a pairwise record). num_tokens: tokens of
     the N encoded responses (prompt included in each); computed_tokens: non-padding positions the
     model runs (fewer when responses share their prompt)."""
 
@@ -322,6 +325,7 @@ class PreferenceBatch:
     ranking_weight: torch.Tensor
     ranking_aspects: list
     num_groups: int
+    pair_ranking: torch.Tensor | None = None
     num_tokens: int = 0
     computed_tokens: int = 0
     position_ids: torch.Tensor | None = None
@@ -348,10 +352,12 @@ class PreferenceBatch:
 def _comparison_fields(groups: list[PreferenceGroup]) -> dict:
     """The comparisons and rankings of ``groups`` as tensors over the batch's response indices
     (responses of group 0 first, in group order)."""
-    offsets, total = [], 0
+    offsets, total, rank_offsets, n_ranks = [], 0, [], 0
     for g in groups:
         offsets.append(total)
         total += len(g.input_ids)
+        rank_offsets.append(n_ranks)
+        n_ranks += len(g.rankings)
     pairs = [(gi, p) for gi, g in enumerate(groups) for p in g.pairs]
     ranks = [(offsets[gi], r) for gi, g in enumerate(groups) for r in g.rankings]
     k_max = max((len(r.order) for _, r in ranks), default=0)
@@ -367,6 +373,8 @@ def _comparison_fields(groups: list[PreferenceGroup]) -> dict:
         weight=torch.tensor([p.weight for _, p in pairs], dtype=torch.float32),
         label=torch.tensor([p.label for _, p in pairs], dtype=torch.float32),
         group=torch.tensor([gi for gi, _ in pairs], dtype=torch.long),
+        pair_ranking=torch.tensor([rank_offsets[gi] + p.ranking if p.ranking >= 0 else -1
+                                   for gi, p in pairs], dtype=torch.long),
         aspects=[p.aspect for _, p in pairs], ranking=ranking, ranking_mask=ranking_mask,
         ranking_weight=torch.tensor([r.weight for _, r in ranks], dtype=torch.float32),
         ranking_aspects=[r.aspect for _, r in ranks], num_groups=len(groups))

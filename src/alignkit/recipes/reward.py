@@ -25,7 +25,7 @@ from alignkit.data.preferences import (PreferenceGroup, load_preference_groups, 
 from alignkit.data.sft import micro_batch_indices
 from alignkit.errors import UserError
 from alignkit.losses.reward import (auroc, bradley_terry_loss, pairwise_metrics,
-                                    per_prompt_weights)
+                                    per_prompt_weights, plackett_luce_loss)
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device, resolve_model
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
@@ -93,15 +93,34 @@ def comparison_weights(batch, heads: torch.Tensor, boot: torch.Tensor,
         * select[None].float()
 
 
-def member_losses(raw: torch.Tensor, batch, weights: torch.Tensor,
-                  label_smoothing: float) -> torch.Tensor:
-    """Weighted Bradley-Terry loss sum of each member: raw (M, N, A) rewards of the batch's
-    responses, weights (M, P, A) from ``comparison_weights``. Returns (M,) sums; divide by the
-    step's weight totals for each member's mean (exact under gradient accumulation)."""
+def member_losses(raw: torch.Tensor, batch, weights: torch.Tensor, label_smoothing: float,
+                  loss: str = "bradley_terry") -> torch.Tensor:
+    """Weighted loss sum of each member: raw (M, N, A) rewards of the batch's responses, weights
+    (M, P, A) from ``comparison_weights``. Returns (M,) sums; divide by the step's weight totals
+    for each member's mean (exact under gradient accumulation).
+
+    ``bradley_terry``: every comparison (those a ranking implies included) adds
+    ``w_p * BT_p``. ``plackett_luce``: a ranking's K(K-1)/2 implied pairs are replaced by its
+    Plackett-Luce loss per comparison term, ``PL_r / (k_r - 1)``, weighted by the sum of their
+    weights ``w_r``; so each prompt, annotator and bootstrap draw weighs what it weighs under
+    Bradley-Terry and the two losses share one scale (they are equal for K = 2)."""
     chosen, rejected = raw[:, batch.better], raw[:, batch.worse]  # (M, P, A)
     losses = bradley_terry_loss(chosen, rejected, batch.margin[None, :, None], label_smoothing,
                                 batch.label[None, :, None])
-    return (losses * weights).sum((1, 2))
+    if loss == "bradley_terry" or batch.ranking.numel() == 0:
+        return (losses * weights).sum((1, 2))
+    from_ranking = batch.pair_ranking >= 0  # (P,)
+    total = (losses * weights * (~from_ranking)[None, :, None]).sum((1, 2))
+    m, _, a = raw.shape
+    r, k = batch.ranking.shape
+    ranking_weight = weights.new_zeros((m, r, a)).index_add(
+        1, batch.pair_ranking[from_ranking], weights[:, from_ranking])  # (M, R, A)
+    ordered = raw[:, batch.ranking].permute(0, 3, 1, 2).reshape(m * a * r, k)  # best first
+    positions = torch.arange(k, device=raw.device).expand(m * a * r, k)
+    mask = batch.ranking_mask.repeat(m * a, 1)
+    pl = plackett_luce_loss(ordered, positions, mask).reshape(m, a, r).permute(0, 2, 1)
+    terms = (batch.ranking_mask.sum(1) - 1).clamp(min=1).to(pl.dtype)  # (R,)
+    return total + (pl / terms[None, :, None] * ranking_weight).sum((1, 2))
 
 
 def pair_margins(raw: torch.Tensor, batch, heads: torch.Tensor, model: RewardModel) -> torch.Tensor:
@@ -163,10 +182,17 @@ def evaluate(model: RewardModel, groups: list[PreferenceGroup], aspects: list[st
             out[f"member{m}_accuracy"] = float(((d[m] > 0).float() + 0.5 * (d[m] == 0).float()).mean())
         spread = d.std(0, unbiased=False)
         mistakes = (mean_d <= 0).float()
-        out["std_auroc_vs_mistakes"] = auroc(spread, mistakes)
+        # The ensemble's uncertainty about a comparison: the spread of the members' predicted
+        # preference probabilities sigmoid(r_m(chosen) - r_m(rejected)). Members that agree on
+        # the order but not on the reward scale disagree in the raw margin most where they are
+        # surest, which the raw margin std (reported too) cannot tell apart from doubt.
+        prob_spread = torch.sigmoid(d).std(0, unbiased=False)
+        out["std_auroc_vs_mistakes"] = auroc(prob_spread, mistakes)
+        out["margin_std_auroc_vs_mistakes"] = auroc(spread, mistakes)
         # the spread relative to the margin: how close the members come to flipping the order
         out["rel_std_auroc_vs_mistakes"] = auroc(spread / (mean_d.abs() + 1e-6), mistakes)
         out["mean_std"] = float(spread.mean())
+        out["mean_prob_std"] = float(prob_spread.mean())
     # agreement: the same two responses of one prompt labelled by several annotators
     votes: dict[tuple, list[str]] = defaultdict(list)
     for k in keys:
@@ -220,6 +246,9 @@ def main(cfg: RewardConfig) -> dict:
         raise UserError(f"--ensemble must be >= 1, got {cfg.ensemble}")
     if not cfg.data:
         raise UserError("--data is required (preference pairs or rankings)")
+    if cfg.loss == "plackett_luce" and cfg.label_smoothing:
+        raise UserError("--label-smoothing applies to the Bradley-Terry loss; Plackett-Luce has "
+                        "no smoothed form here (use --loss bradley_terry, or no smoothing)")
     if cfg.lora:
         raise UserError("--lora is not supported by the reward stage yet (full fine-tuning, or "
                         "--shared-backbone to train heads only)")
@@ -304,7 +333,7 @@ def main(cfg: RewardConfig) -> dict:
             batch = batch.to(device)
             raw = (model.raw(batch) if len(members) == cfg.ensemble
                    else model.members[members[0]](batch).unsqueeze(0))
-            loss_sum = member_losses(raw, batch, w.to(device), cfg.label_smoothing)
+            loss_sum = member_losses(raw, batch, w.to(device), cfg.label_smoothing, cfg.loss)
             norm = weights_total[members].clamp(min=1e-9).to(loss_sum.device)
             (loss_sum / norm).sum().backward()
             loss_by_member[members] += loss_sum.detach().cpu()

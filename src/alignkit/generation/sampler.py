@@ -1,0 +1,180 @@
+"""The one sampler: PPO rollouts, evaluation, best-of-n and annotation candidates all draw here.
+
+Prompts are left-padded into one batch and decoded with the model's KV cache
+(``transformers.generate``), with temperature / top-p / top-k, each sequence stopping at its own
+EOS or at ``max_new_tokens``. The log-probs of the sampled tokens are then recomputed by
+``response_logprobs`` - the very function the PPO loss calls - so the "old" log-probs of PPO and the
+reference's match the training numerics exactly (a cached-decode vs full-forward mismatch is the
+classic source of a negative KL at step 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.models.lm import hidden_states, logits_at
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+
+
+@dataclass
+class Rollout:
+    """B prompts and one sampled response each.
+
+    query: (B, Lq) prompt ids, left-padded; query_mask: (B, Lq) 1 = token. response: (B, T) sampled
+    ids, right-padded after EOS; response_mask: (B, T) 1 for real response tokens (EOS included).
+    logprobs: (B, T) log-prob of each sampled token under the sampling policy (0 on padding);
+    ended: (B,) True when the response stopped at EOS (False: cut at ``max_new_tokens``)."""
+
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    response: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor | None
+    ended: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], 1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], 1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1)
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        return Rollout(self.query[index], self.query_mask[index], self.response[index],
+                       self.response_mask[index],
+                       None if self.logprobs is None else self.logprobs[index], self.ended[index])
+
+    def to(self, device) -> "Rollout":
+        return Rollout(self.query.to(device), self.query_mask.to(device),
+                       self.response.to(device), self.response_mask.to(device),
+                       None if self.logprobs is None else self.logprobs.to(device),
+                       self.ended.to(device))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        if p:
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+    return ids, mask
+
+
+def response_logprobs(model, query: torch.Tensor, query_mask: torch.Tensor,
+                      response: torch.Tensor, response_mask: torch.Tensor,
+                      temperature: float = 1.0, with_entropy: bool = False,
+                      value_head=None) -> dict[str, torch.Tensor]:
+    """One forward of (left-padded query + right-padded response) -> per response token t:
+
+    - ``logprobs`` (B, T): log pi(response_t | query, response_<t) with logits / temperature
+      (the distribution the tokens were sampled from; the N implementation details, #4),
+    - ``entropy`` (B, T) of that distribution when ``with_entropy``,
+    - ``values`` (B, T) from ``value_head`` on the same hidden states (the state before token t)
+      when one is given (a value head sharing the policy's backbone).
+
+    Padding positions hold 0. The LM head runs only at the T positions that predict response
+    tokens."""
+    ids = torch.cat([query, response], 1)
+    mask = torch.cat([query_mask, response_mask], 1)
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    hidden = hidden_states(model, ids, mask, position_ids)
+    lq, t = query.shape[1], response.shape[1]
+    h = hidden[:, lq - 1:lq - 1 + t]  # the position before each response token predicts it
+    logits = logits_at(model, h).float()
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    rmask = response_mask.to(logp_all.dtype)
+    out = {"logprobs": logp_all.gather(-1, response.unsqueeze(-1)).squeeze(-1) * rmask}
+    if with_entropy:
+        out["entropy"] = -(logp_all.exp() * logp_all).sum(-1) * rmask
+    if value_head is not None:
+        out["values"] = value_head(h).squeeze(-1).float() * rmask
+    return out
+
+
+@torch.no_grad()
+def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
+           cfg: SamplingConfig = SamplingConfig(), with_logprobs: bool = True,
+           batch_size: int = 0) -> Rollout:
+    """Sample one response per tokenised prompt (repeat a prompt for several samples). Seed the
+    global torch RNG beforehand for a reproducible draw; ``batch_size`` splits the generation
+    into chunks (0: all at once)."""
+    if not prompts:
+        raise ValueError("no prompts to sample from")
+    if batch_size and len(prompts) > batch_size:
+        parts = [sample(model, prompts[i:i + batch_size], pad_id, eos_id, cfg, with_logprobs)
+                 for i in range(0, len(prompts), batch_size)]
+        return concat_rollouts(parts, pad_id)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        query, query_mask = left_pad(prompts, pad_id)
+        query, query_mask = query.to(device), query_mask.to(device)
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id,
+                      eos_token_id=eos_id, use_cache=True)
+        if cfg.temperature > 0:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k or None)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        seqs = model.generate(input_ids=query, attention_mask=query_mask, **kwargs)
+        response = seqs[:, query.shape[1]:]
+        if response.shape[1] == 0:
+            response = torch.full((len(prompts), 1), pad_id, dtype=torch.long, device=device)
+        # real tokens: everything up to and including the first EOS
+        if eos_id is not None:
+            is_eos = response == eos_id
+            before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0
+            ended = is_eos.any(1)
+        else:
+            before_eos = torch.ones_like(response, dtype=torch.bool)
+            ended = torch.zeros(response.shape[0], dtype=torch.bool, device=device)
+        response_mask = before_eos.long()
+        response = torch.where(before_eos, response, torch.full_like(response, pad_id))
+        logprobs = None
+        if with_logprobs:
+            logprobs = response_logprobs(model, query, query_mask, response, response_mask,
+                                         cfg.temperature or 1.0)["logprobs"]
+        return Rollout(query, query_mask, response, response_mask, logprobs, ended)
+    finally:
+        model.train(was_training)
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Stack rollouts of different widths (queries re-left-padded, responses re-right-padded)."""
+    lq = max(p.query.shape[1] for p in parts)
+    t = max(p.response.shape[1] for p in parts)
+
+    def pad(x, width, value, left):
+        extra = width - x.shape[1]
+        if extra == 0:
+            return x
+        fill = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
+        return torch.cat([fill, x] if left else [x, fill], 1)
+
+    return Rollout(
+        torch.cat([pad(p.query, lq, pad_id, True) for p in parts]),
+        torch.cat([pad(p.query_mask, lq, 0, True) for p in parts]),
+        torch.cat([pad(p.response, t, pad_id, False) for p in parts]),
+        torch.cat([pad(p.response_mask, t, 0, False) for p in parts]),
+        None if any(p.logprobs is None for p in parts) else
+        torch.cat([pad(p.logprobs, t, 0.0, False) for p in parts]),
+        torch.cat([p.ended for p in parts]))

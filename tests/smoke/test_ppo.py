@@ -1,0 +1,176 @@
+"""``alignkit ppo`` on a tiny random policy: every advantage estimator raises a reward it can
+learn, the CLI runs against a reward-model folder with the monitor and the gold scorer, and a
+killed run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.smoke
+
+
+def write_prompts(path: Path, n: int = 24) -> Path:
+    from alignkit.data.readers import read_records
+
+    recs = [r.fields for r in read_records("demo-prompts")][:n]
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "category": r.get("category")})
+                            + "\n" for r in recs))
+    return path
+
+
+def rows(path: Path, split: str = "train") -> list[dict]:
+    return [r for r in (json.loads(ln) for ln in path.read_text().splitlines())
+            if r["split"] == split]
+
+
+def space_share(prompts, responses):
+    """A reward a tiny random byte-level policy can learn fast: the share of spaces it writes."""
+    return {"combined": torch.tensor([r.count(" ") / max(len(r), 1) for r in responses])}
+
+
+@pytest.mark.parametrize("advantage,extra", [
+    ("gae", {}),
+    ("gae", {"lora": True, "lr": 3e-3}),
+    ("rloo", {"samples_per_prompt": 4, "batch_size": 4}),
+    ("grpo", {"samples_per_prompt": 4, "batch_size": 4}),
+    ("reinforce++", {}),
+])
+def test_each_estimator_raises_a_learnable_reward(tiny_model_dir, tmp_path, advantage, extra):
+    from alignkit.config import PPOConfig
+    from alignkit.recipes import ppo
+
+    settings = dict(model=str(tiny_model_dir), reward_model=None,
+                    data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
+                    advantage=advantage, batch_size=16, minibatch_size=8, ppo_epochs=2,
+                    max_steps=24, max_new_tokens=12, lr=1e-3, kl_coef=0.01,
+                    missing_eos_penalty=0.0, output=str(tmp_path / "run"), save_every=0,
+                    progress=False, seed=3)
+    settings.update(extra)
+    out = ppo.main(PPOConfig(**settings), reward_fn=space_share)
+    train = rows(out["metrics"])
+    assert [r["step"] for r in train] == list(range(1, 25))
+    first = sum(r["score"] for r in train[:4]) / 4
+    last = sum(r["score"] for r in train[-4:]) / 4
+    assert last > first + 0.1, (first, last)
+    assert train[-1]["kl"] > 0  # it moved away from the reference, and the leash saw it
+    assert all(r["optimizer_steps"] == 2 * (16 // 8 if advantage not in ("rloo", "grpo") else 2)
+               for r in train)
+    if advantage == "gae":
+        assert "explained_variance" in train[-1] and "value_loss" in train[-1]
+    assert (out["final"] / "config.json").is_file()
+    setup = rows(out["metrics"], "setup")[0]
+    assert setup["mode"].startswith("lora" if extra.get("lora") else "full")
+
+
+def test_first_minibatch_ratio_is_exactly_one(tiny_model_dir, tmp_path):
+    """The rollout's log-probs come from the training forward: before any update, the PPO ratio
+    is 1 and the approximate KL 0 (no cached-decode mismatch)."""
+    from alignkit.config import PPOConfig
+    from alignkit.recipes import ppo
+
+    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+                             data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
+                             batch_size=8, minibatch_size=8, ppo_epochs=1, max_steps=1,
+                             max_new_tokens=10, lr=0.0, output=str(tmp_path / "run"),
+                             save_every=0, progress=False), reward_fn=space_share)
+    row = rows(out["metrics"])[0]
+    assert row["ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert row["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert row["clipfrac"] == 0.0
+    assert row["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at the start
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model_dir, tmp_path_factory):
+    from tests.smoke.test_reward_cli import write_prefs
+
+    work = tmp_path_factory.mktemp("rm")
+    prefs = write_prefs(work / "prefs.jsonl", 48)
+    proc = run_cli("reward", "--model", str(tiny_model_dir), "--data", str(prefs), "--output",
+                   str(work / "rm"), "--ensemble", "2", "--max-steps", "4", "--lr", "0.003",
+                   "--eval-fraction", "0", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work / "rm" / "final"
+
+
+def test_cli_with_reward_ensemble_monitor_and_gold(tiny_model_dir, tiny_reward_model, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 16)
+    out = tmp_path / "run"
+    proc = run_cli("ppo", "--model", str(tiny_model_dir), "--reward-model", str(tiny_reward_model),
+                   "--data", str(prompts), "--eval-data", str(prompts), "--eval-prompts", "6",
+                   "--max-steps", "4", "--batch-size", "4", "--minibatch-size", "2",
+                   "--max-new-tokens", "8", "--eval-every", "2", "--save-every", "2", "--lora",
+                   "--lr", "1e-3", "--combine", "mean_minus_std", "--adaptive-kl",
+                   "--kl-target", "0.5", "--kl-budget", "0.0001", "--output", str(out),
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = rows(out / "metrics.jsonl", "eval")
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all({"proxy", "gold", "kl", "response_length", "entropy"} <= set(r) for r in evals)
+    # the tiny KL budget is broken once the policy moves: the monitor says so
+    assert any("exceeds the budget" in w for r in evals[1:] for w in r["warnings"])
+    assert "reward-hacking monitor" in proc.stderr
+    train = rows(out / "metrics.jsonl")
+    assert train[0]["kl_coef"] == pytest.approx(0.05)
+    assert train[-1]["kl_coef"] != pytest.approx(0.05)  # the adaptive controller moved
+    for name in ("final", "best"):
+        assert (out / name / "config.json").is_file()
+        assert (out / name / "value_head.safetensors").is_file()
+    assert (out / "config.yaml").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+
+
+def test_cli_errors_are_clear(tiny_model_dir, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    proc = run_cli("ppo", "--model", str(tiny_model_dir), "--reward-model", str(tmp_path / "no"),
+                   "--data", str(prompts), "--eval-data", "", "--output", str(tmp_path / "r1"))
+    assert proc.returncode == 2 and "not a reward-model folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("ppo", "--model", str(tiny_model_dir), "--advantage", "grpo",
+                   "--data", str(prompts), "--output", str(tmp_path / "r2"))
+    assert proc.returncode == 2 and "--samples-per-prompt 2 or more" in proc.stderr
+
+
+def test_killed_run_resumes_exactly(tiny_model_dir, tiny_reward_model, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 16)
+    common = ["ppo", "--model", str(tiny_model_dir), "--reward-model", str(tiny_reward_model),
+              "--data", str(prompts), "--eval-data", str(prompts), "--eval-prompts", "4",
+              "--no-gold", "--max-steps", "8", "--batch-size", "4", "--minibatch-size", "2",
+              "--max-new-tokens", "8", "--eval-every", "3", "--save-every", "2",
+              "--keep-checkpoints", "0", "--adaptive-kl", "--kl-target", "0.5", "--lr", "3e-3",
+              "--no-progress"]
+    ref = tmp_path / "uninterrupted"
+    done = run_cli(*common, "--output", str(ref))
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "alignkit", *common, "--output", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-4").is_dir():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    resumed = run_cli(*common, "--output", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    keys = ("score", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "response_length")
+    want = [{k: r[k] for k in keys} for r in rows(ref / "metrics.jsonl")]
+    got = [{k: r[k] for k in keys} for r in rows(killed / "metrics.jsonl")]
+    assert [r["step"] for r in rows(killed / "metrics.jsonl")] == list(range(1, 9))
+    assert got == want  # every step after the kill continues identically
+    ev = lambda p: [(r["step"], r["proxy"], r["kl"]) for r in rows(p / "metrics.jsonl", "eval")]
+    assert ev(killed) == ev(ref)

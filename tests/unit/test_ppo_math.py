@@ -1,0 +1,190 @@
+"""Stage-3 RL math against hand-derived values and slow reference loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignkit.losses.ppo import (AdaptiveKLController, FixedKLController, discounted_returns,
+                                 entropy_from_logits, explained_variance, gae, grpo_advantages,
+                                 kl_estimate, masked_mean, masked_var, masked_whiten,
+                                 policy_loss, reinforce_pp_advantages, rloo_advantages,
+                                 token_rewards, value_loss)
+
+pytestmark = pytest.mark.unit
+
+
+def close(got: torch.Tensor, want, atol: float = 1e-6) -> None:
+    torch.testing.assert_close(got.float(), torch.tensor(want, dtype=torch.float32), atol=atol,
+                               rtol=1e-5)
+
+
+def test_masked_statistics_and_whitening():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, -7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    # real entries 1, 2, 3, 4: mean 2.5, unbiased variance (2.25 + .25 + .25 + 2.25) / 3 = 5/3
+    assert float(masked_mean(x, mask)) == pytest.approx(2.5)
+    assert float(masked_var(x, mask)) == pytest.approx(5 / 3)
+    assert float(masked_var(x, mask, unbiased=False)) == pytest.approx(1.25)
+    assert masked_mean(x, mask, dim=1).tolist() == pytest.approx([2.0, 4.0])
+    w = masked_whiten(x, mask, eps=0.0)
+    sd = math.sqrt(5 / 3)
+    close(w, [[-1.5 / sd, -0.5 / sd, 0.5 / sd], [1.5 / sd, 0, 0]])
+    kept = masked_whiten(x, mask, shift_mean=False, eps=0.0)
+    assert kept[0].tolist() == pytest.approx([2.5 - 1.5 / sd, 2.5 - 0.5 / sd, 2.5 + 0.5 / sd])
+    assert kept[1, 1:].tolist() == [0.0, 0.0]
+
+
+def test_kl_estimators_hand_values_and_unbiasedness():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert float(kl_estimate(logp, ref, "k1")) == pytest.approx(math.log(2))
+    assert float(kl_estimate(logp, ref, "k2")) == pytest.approx(0.5 * math.log(2) ** 2)
+    assert float(kl_estimate(logp, ref, "k3")) == pytest.approx(-0.5 + math.log(2))
+    # exact expectations under the policy: k1 and k3 are unbiased for KL(p || q); k3 >= 0
+    p = torch.tensor([0.6, 0.3, 0.1])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    kl = float((p * (p / q).log()).sum())
+    for kind in ("k1", "k3"):
+        est = kl_estimate(p.log(), q.log(), kind)
+        assert float((p * est).sum()) == pytest.approx(kl, rel=1e-6)
+    assert (kl_estimate(p.log(), q.log(), "k3") >= 0).all()
+    assert (kl_estimate(p.log(), q.log(), "k1") < 0).any()
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        kl_estimate(p, q, "k4")
+
+
+def test_token_rewards_put_the_score_on_the_last_real_token():
+    score = torch.tensor([2.0, 3.0, 5.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    got = token_rewards(score, kl, mask, beta=0.5)
+    close(got, [[-0.05, 1.9, 0.0], [-0.2, -0.25, 2.7], [0.0, 0.0, 0.0]])
+
+
+def test_gae_hand_computed():
+    rewards = torch.tensor([[0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 9.0]])  # the padded value must not leak in
+    mask = torch.tensor([[1, 1, 0]])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # t=1: delta = 1 - 0.2 = 0.8; t=0: delta = 0.2 - 0.5 = -0.3, A = -0.3 + 0.5 * 0.8 = 0.1
+    close(adv, [[0.1, 0.8, 0.0]])
+    close(ret, [[0.6, 1.0, 0.0]])
+    adv, _ = gae(rewards, values, mask, gamma=0.9, lam=0.95)
+    # t=0: delta = 0.9 * 0.2 - 0.5 = -0.32, A = -0.32 + 0.9 * 0.95 * 0.8 = 0.364
+    close(adv, [[0.364, 0.8, 0.0]])
+
+
+def _gae_reference(rewards, values, length, gamma, lam):
+    """One sequence, plain Python, straight from the definition A_t = sum_l (gamma lam)^l d_{t+l}."""
+    deltas = []
+    for t in range(length):
+        next_v = values[t + 1] if t + 1 < length else 0.0
+        deltas.append(rewards[t] + gamma * next_v - values[t])
+    return [sum((gamma * lam) ** (s - t) * deltas[s] for s in range(t, length))
+            for t in range(length)]
+
+
+def test_gae_matches_a_slow_reference_loop():
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
+    lengths = [9, 1, 4, 7, 0, 5]
+    mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+    adv, ret = gae(rewards, values, mask, gamma=0.97, lam=0.9)
+    for b, n in enumerate(lengths):
+        want = _gae_reference(rewards[b].tolist(), values[b].tolist(), n, 0.97, 0.9)
+        assert adv[b, :n].tolist() == pytest.approx(want, abs=1e-5)
+        assert adv[b, n:].abs().sum() == 0 and ret[b, n:].abs().sum() == 0
+        assert ret[b, :n].tolist() == pytest.approx(
+            [a + v for a, v in zip(want, values[b, :n].tolist())], abs=1e-5)
+    # lambda = 1: advantages are discounted returns minus values (Monte Carlo)
+    adv1, _ = gae(rewards, values, mask, gamma=0.97, lam=1.0)
+    mc = discounted_returns(rewards, mask, 0.97) - values * mask
+    assert torch.allclose(adv1, mc, atol=1e-5)
+
+
+def test_policy_loss_clipping_hand_computed():
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    mask = torch.ones(4)
+    loss, stats = policy_loss(logp, old, adv, mask, clip=0.2)
+    # per token max(-A rho, -A clip(rho)): -1.2 (clipped), -0.5, 0.8 (clipped), 1.5
+    assert float(loss.detach()) == pytest.approx((-1.2 - 0.5 + 0.8 + 1.5) / 4)
+    assert stats["clipfrac"] == pytest.approx(0.5)
+    assert stats["ratio"] == pytest.approx(1.0)
+    # approx KL (k3 of old vs new): mean of (1/rho - 1) + log rho
+    want_kl = sum(1 / r - 1 + math.log(r) for r in (1.5, 0.5, 0.5, 1.5)) / 4
+    assert stats["approx_kl"] == pytest.approx(want_kl, rel=1e-5)
+    loss.backward()
+    # only unclipped tokens carry gradient: d(-A rho)/dlogp = -A rho, / 4 for the mean
+    assert logp.grad.tolist() == pytest.approx([0.0, -0.125, 0.0, 0.375])
+    # a masked token changes nothing
+    loss2, _ = policy_loss(torch.cat([logp.detach(), torch.tensor([5.0])]),
+                           torch.zeros(5), torch.cat([adv, torch.tensor([100.0])]),
+                           torch.tensor([1.0, 1, 1, 1, 0]))
+    assert float(loss2) == pytest.approx(float(loss.detach()))
+
+
+def test_value_loss_clipping_hand_computed():
+    values = torch.tensor([1.0, 0.6]).requires_grad_()
+    old = torch.tensor([0.5, 0.5])
+    returns = torch.tensor([2.0, 2.0])
+    loss, stats = value_loss(values, old, returns, torch.ones(2), clip=0.2)
+    # token 0: clipped value 0.7, errors 1.0 vs 1.69 -> 1.69; token 1 inside the clip: 1.96
+    assert float(loss.detach()) == pytest.approx(0.5 * (1.69 + 1.96) / 2)
+    assert stats["vf_clipfrac"] == pytest.approx(0.5)
+    loss.backward()
+    # the clipped branch is constant in V: only token 1 has a gradient, 0.5 * 2 (V - R) / 2
+    assert values.grad.tolist() == pytest.approx([0.0, -0.7])
+
+
+def test_adaptive_kl_controller_ziegler_update():
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    ctl.update(9.0, 64)  # error clipped to +0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000))
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    ctl.update(6.6, 64)  # error 0.1, inside the clip
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.1 * 64 / 10000))
+    ctl.update(0.0, 64)  # error clipped to -0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.1 * 64 / 10000) * (1 - 0.2 * 64 / 10000))
+    state = ctl.state_dict()
+    other = AdaptiveKLController(1.0, target=6.0, horizon=10000)
+    other.load_state_dict(state)
+    assert other.value == ctl.value
+    fixed = FixedKLController(0.05)
+    fixed.update(100.0, 64)
+    assert fixed.value == 0.05
+
+
+def test_rloo_grpo_and_reinforce_pp_advantages():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 16.0])
+    # leave-one-out baselines: (2+3)/2, (1+3)/2, (1+2)/2 and (10+16)/2, (10+16)/2, (10+10)/2
+    assert rloo_advantages(scores, 3).tolist() == pytest.approx([-1.5, 0.0, 1.5, -3, -3, 6])
+    sd2 = math.sqrt((4 + 4 + 16) / 2)
+    assert grpo_advantages(scores, 3, eps=0.0).tolist() == pytest.approx(
+        [-1.0, 0.0, 1.0, -2 / sd2, -2 / sd2, 4 / sd2])
+    assert grpo_advantages(scores, 3, scale=False).tolist() == pytest.approx(
+        [-1.0, 0.0, 1.0, -2.0, -2.0, 4.0])
+    with pytest.raises(ValueError, match="groups of 4"):
+        rloo_advantages(scores, 4)
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # a reward reaches only the returns of the tokens before it
+    assert discounted_returns(rewards, mask).tolist() == [[1.0, 1.0, 1.0], [0.5, 0.0, 0.0]]
+    assert discounted_returns(rewards, mask, 0.5).tolist() == [[0.25, 0.5, 1.0],
+                                                               [0.5, 0.0, 0.0]]
+    # returns 1, 1, 1, .5, 0: mean 0.7, unbiased var (3 * .09 + .04 + .49) / 4 = 0.2
+    sd = math.sqrt(0.2)
+    got = reinforce_pp_advantages(rewards, mask)
+    close(got, [[0.3 / sd] * 3, [-0.2 / sd, -0.7 / sd, 0.0]], atol=1e-5)
+
+
+def test_entropy_and_explained_variance():
+    assert float(entropy_from_logits(torch.zeros(4))) == pytest.approx(math.log(4))
+    assert float(entropy_from_logits(torch.tensor([0.0, -1e4]))) == pytest.approx(0.0, abs=1e-6)
+    mask = torch.ones(4)
+    returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(4), returns, mask) == pytest.approx(0.0)
