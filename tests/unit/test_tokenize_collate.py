@@ -443,3 +443,12 @@ def test_shared_prefix_batch_matches_separate_examples_in_loss_and_gradient(tok,
     for name, g in ref_grads.items():
         torch.testing.assert_close(got_grads[name], g, rtol=1e-4, atol=1e-6)
     tiny_model.zero_grad()
+
+
+def test_stream_batches_are_full_and_cover_each_epoch_once():
+    from alignkit.data.sft import epoch_order, stream_batch_indices
+
+    batches = [stream_batch_indices(k, 10, 4, seed=5) for k in range(5)]  # 20 = two epochs
+    assert all(len(b) == 4 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert flat[:10] == epoch_order(10, 5, 0) and flat[10:] == epoch_order(10, 5, 1)

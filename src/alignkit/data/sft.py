@@ -71,6 +71,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
 
 
+def stream_batch_indices(k: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of batch ``k`` when batches are cut from the endless stream of shuffled epochs:
+    every batch is full (an epoch's tail continues into the next epoch's order), as RL rollout
+    batches should be. A pure function of (k, seed), so a resumed run finds its place."""
+    out: list[int] = []
+    start = k * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        order = epoch_order(n, seed, epoch)
+        out.extend(order[offset:offset + batch_size - len(out)])
+    return out
+
+
 def micro_batch_indices(k: int, n: int, batch_size: int, seed: int) -> list[int]:
     """Example indices of global micro-batch ``k`` (epochs roll over; the last partial batch of an
     epoch is kept)."""

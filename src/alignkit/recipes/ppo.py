@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from alignkit.config import PPOConfig, save_config
-from alignkit.data.readers import Record
-from alignkit.data.sft import micro_batch_indices
+from alignkit.data.sft import stream_batch_indices
 from alignkit.data.tokenize import render_prompt
 from alignkit.errors import DataError, UserError
 from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
@@ -259,12 +258,12 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
                 pg, pstats = rl.policy_loss(out["logprobs"], exp.old_logprobs[sub],
                                             exp.advantages[sub], mask, cfg.clip)
                 loss = pg
-                stats = {"policy_loss": float(pg), **pstats}
+                stats = {"policy_loss": float(pg.detach()), **pstats}
                 if cfg.advantage == "gae":
                     vl, vstats = rl.value_loss(out["values"], exp.old_values[sub],
                                                exp.returns[sub], mask, cfg.value_clip)
                     loss = loss + cfg.vf_coef * vl
-                    stats.update(value_loss=float(vl), **vstats)
+                    stats.update(value_loss=float(vl.detach()), **vstats)
                 if cfg.entropy_coef > 0:
                     ent = rl.masked_mean(out["entropy"], mask)
                     loss = loss - cfg.entropy_coef * ent
@@ -498,7 +497,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     stopped_by_monitor = False
     for step in range(start_step, total_steps):
         t0 = time.time()
-        indices = micro_batch_indices(step, len(train.ids), cfg.batch_size, cfg.seed)
+        indices = stream_batch_indices(step, len(train.ids), cfg.batch_size, cfg.seed)
         exp, stats = make_experience(parts, reference, reward_fn, tokenizer, train, indices,
                                      kl_ctl, cfg, device)
         update = ppo_update(parts, params, optimizer, scheduler, exp, cfg, step, device)
