@@ -1,11 +1,15 @@
 """The one sampler: PPO rollouts, evaluation, best-of-n and annotation candidates all draw here.
 
-Prompts are left-padded into one batch and decoded with the model's KV cache
-(``transformers.generate``), with temperature / top-p / top-k, each sequence stopping at its own
-EOS or at ``max_new_tokens``. The log-probs of the sampled tokens are then recomputed by
-``response_logprobs`` - the very function the PPO loss calls - so the "old" log-probs of PPO and the
-reference's match the training numerics exactly (a cached-decode vs full-forward mismatch is the
-classic source of a negative KL at step 0).
+Prompts are left-padded into one batch and decoded with a KV cache, with temperature / top-p /
+top-k, each sequence stopping at its own EOS or at ``max_new_tokens``. Two things make it faster
+than a plain ``transformers.generate`` call on the same batch: the prompt pass computes logits
+only for its last position, and a sequence that has ended leaves the batch (its rows are dropped
+from the cache), so the decode steps run only over sequences still writing.
+
+The log-probs of the sampled tokens are then recomputed by ``response_logprobs`` - the very
+function the PPO loss calls - so the "old" log-probs of PPO and the reference's match the training
+numerics exactly (a cached-decode vs full-forward mismatch is the classic source of a negative KL
+at step 0).
 """
 
 from __future__ import annotations
@@ -109,6 +113,76 @@ def response_logprobs(model, query: torch.Tensor, query_mask: torch.Tensor,
     return out
 
 
+def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """(B, V) logits -> the logits sampling draws from: divided by the temperature, then top-k,
+    then top-p (nucleus; the smallest set of tokens whose probability reaches p, the most likely
+    token always kept), the order ``transformers`` uses; filtered tokens get -inf."""
+    logits = logits.float()
+    if cfg.temperature not in (0.0, 1.0):
+        logits = logits / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p
+        drop = (probs.cumsum(-1) - probs) >= cfg.top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def _forward(model, ids, mask, position_ids, cache, last_only: bool):
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                  past_key_values=cache, use_cache=True)
+    if last_only:
+        try:
+            return model(**kwargs, logits_to_keep=1).logits[:, -1]
+        except TypeError:  # a model without logits_to_keep
+            pass
+    return model(**kwargs).logits[:, -1]
+
+
+def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingConfig,
+           pad_id: int, eos_id: int | None) -> torch.Tensor:
+    """KV-cached decoding of left-padded prompts -> (B, T) new tokens (``pad_id`` after EOS).
+    Finished sequences leave the batch; draws use the global torch RNG (seed it to repeat)."""
+    from transformers import DynamicCache
+
+    batch = query.shape[0]
+    cache = DynamicCache(config=model.config)
+    mask = query_mask
+    position = (mask.cumsum(1) - 1).clamp(min=0)
+    logits = _forward(model, query, mask, position, cache, last_only=True)
+    next_position = position[:, -1] + 1
+    alive = torch.arange(batch, device=query.device)  # original row of each live cache row
+    out = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=query.device)
+    for t in range(cfg.max_new_tokens):
+        if cfg.temperature <= 0:
+            token = logits.argmax(-1)
+        else:
+            probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+            token = torch.multinomial(probs, 1).squeeze(1)
+        out[alive, t] = token
+        if t == cfg.max_new_tokens - 1:
+            break
+        if eos_id is not None:
+            going = token != eos_id
+            if not bool(going.all()):
+                if not bool(going.any()):
+                    break
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                alive, mask, token = alive[keep], mask[keep], token[keep]
+                next_position = next_position[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], 1)
+        logits = _forward(model, token[:, None], mask, next_position[:, None], cache,
+                          last_only=False)
+        next_position = next_position + 1
+    return out
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
            cfg: SamplingConfig = SamplingConfig(), with_logprobs: bool = True,
@@ -128,17 +202,7 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
     try:
         query, query_mask = left_pad(prompts, pad_id)
         query, query_mask = query.to(device), query_mask.to(device)
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id,
-                      eos_token_id=eos_id, use_cache=True)
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                          top_k=cfg.top_k or None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        seqs = model.generate(input_ids=query, attention_mask=query_mask, **kwargs)
-        response = seqs[:, query.shape[1]:]
-        if response.shape[1] == 0:
-            response = torch.full((len(prompts), 1), pad_id, dtype=torch.long, device=device)
+        response = decode(model, query, query_mask, cfg, pad_id, eos_id)
         # real tokens: everything up to and including the first EOS
         if eos_id is not None:
             is_eos = response == eos_id
@@ -149,6 +213,8 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
             ended = torch.zeros(response.shape[0], dtype=torch.bool, device=device)
         response_mask = before_eos.long()
         response = torch.where(before_eos, response, torch.full_like(response, pad_id))
+        width = max(int(response_mask.sum(1).max()), 1)  # no all-padding columns to train on
+        response, response_mask = response[:, :width], response_mask[:, :width]
         logprobs = None
         if with_logprobs:
             logprobs = response_logprobs(model, query, query_mask, response, response_mask,

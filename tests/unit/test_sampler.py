@@ -1,0 +1,104 @@
+"""The shared sampler: per-sequence EOS stops, masks, seeded draws, and log-probs equal to the
+training forward's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignkit.generation.sampler import (SamplingConfig, concat_rollouts, left_pad,
+                                         response_logprobs, sample)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    from alignkit.models.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_tokenizer, seed=1).eval()
+
+
+def prompts(tok):
+    texts = ["Hello there", "What is two plus two?", "A"]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_masks_stop_at_each_sequences_own_eos(model, tiny_tokenizer):
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    # an EOS bias makes some sequences stop early while others run to the limit
+    from alignkit.models.tiny import build_tiny_model
+
+    biased = build_tiny_model(tiny_tokenizer, seed=1).eval()
+    head = torch.nn.Linear(biased.config.hidden_size, len(tiny_tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(biased.lm_head.weight)
+        head.bias.zero_()
+        head.bias[eos] = 4.0
+    biased.lm_head = head
+    torch.manual_seed(0)
+    r = sample(biased, prompts(tiny_tokenizer) * 4, pad, eos, SamplingConfig(max_new_tokens=12))
+    assert r.ended.any() and not r.ended.all()
+    for row, mask, ended in zip(r.response.tolist(), r.response_mask.tolist(), r.ended.tolist()):
+        n = sum(mask)
+        assert mask == [1] * n + [0] * (len(mask) - n)  # real tokens first, then padding
+        if ended:
+            assert row[n - 1] == eos and eos not in row[:n - 1]  # EOS is the last real token
+            assert all(t == pad for t in row[n:])
+        else:
+            assert n == 12 and eos not in row
+    assert (r.logprobs[r.response_mask == 0] == 0).all()
+    assert (r.logprobs[r.response_mask == 1] < 0).all()
+
+
+def test_logprobs_equal_the_training_forward_and_the_draw_is_seeded(model, tiny_tokenizer):
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=50)
+    torch.manual_seed(3)
+    a = sample(model, prompts(tiny_tokenizer), pad, eos, cfg)
+    torch.manual_seed(3)
+    b = sample(model, prompts(tiny_tokenizer), pad, eos, cfg)
+    assert torch.equal(a.response, b.response) and torch.equal(a.logprobs, b.logprobs)
+    # recomputed in one training-style forward, each sequence alone (no padding at all)
+    for i in range(3):
+        n = int(a.response_mask[i].sum())
+        q = a.query[i][a.query_mask[i] == 1][None]
+        alone = response_logprobs(model, q, torch.ones_like(q), a.response[i, :n][None],
+                                  torch.ones((1, n), dtype=torch.long), 0.7)["logprobs"][0]
+        torch.testing.assert_close(a.logprobs[i, :n], alone, atol=1e-5, rtol=1e-5)
+    # the same tokens by hand: log_softmax(logits / T) of the full model's forward
+    ids, mask = a.input_ids, a.attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask,
+                       position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    lq = a.query.shape[1]
+    want = torch.log_softmax(logits[:, lq - 1:-1] / 0.7, -1).gather(
+        -1, a.response[..., None])[..., 0] * a.response_mask
+    torch.testing.assert_close(a.logprobs, want, atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_one_and_greedy_agree(model, tiny_tokenizer):
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    greedy = sample(model, prompts(tiny_tokenizer), pad, eos, SamplingConfig(8, temperature=0.0))
+    torch.manual_seed(9)
+    top1 = sample(model, prompts(tiny_tokenizer), pad, eos, SamplingConfig(8, top_k=1))
+    assert torch.equal(greedy.response, top1.response)
+
+
+def test_chunked_sampling_concatenates(model, tiny_tokenizer):
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    p = prompts(tiny_tokenizer)
+    whole = sample(model, p, pad, eos, SamplingConfig(6, temperature=0.0))
+    parts = sample(model, p, pad, eos, SamplingConfig(6, temperature=0.0), batch_size=2)
+    for i in range(3):
+        n = int(whole.response_mask[i].sum())
+        assert parts.response[i, :n].tolist() == whole.response[i, :n].tolist()
+    both = concat_rollouts([whole.select(torch.tensor([0])), whole.select(torch.tensor([2]))],
+                           pad)
+    assert both.query.shape[0] == 2 and both.response_mask.shape == both.response.shape
