@@ -81,6 +81,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--reinit-layers", type=int, default=0,
+                    help="each member redraws its top N MiniLM blocks (member diversity)")
     ap.add_argument("--steps", type=int, default=0, help="reward steps (0: two epochs)")
     ap.add_argument("--labels-per-prompt", type=int, default=4)
     ap.add_argument("--k", type=int, default=4)
@@ -143,7 +145,8 @@ def main() -> int:
     steps = args.steps or 2 * -(-(len(recs) - n_held) // 8)
     cfg = RewardConfig(model="minilm", data=str(work / "train.jsonl"),
                        eval_data=str(work / "heldout.jsonl"), output=str(work / "rm"),
-                       ensemble=args.members, max_steps=steps, lr=args.lr, warmup_steps=5,
+                       ensemble=args.members, max_steps=steps,
+                       reinit_layers=args.reinit_layers, lr=args.lr, warmup_steps=5,
                        eval_every=0, save_every=0, seed=args.seed, overwrite=True, progress=False)
     out = reward.main(cfg)
     ev = out["eval"]

@@ -112,6 +112,16 @@ class DemoConfig(SFTConfig):
     reward_ensemble: int = opt(3, "Stage 2: members of the MiniLM reward ensemble.")
     reward_steps: int = opt(24, "Stage 2: reward-model optimiser steps.")
     reward_lr: float = opt(1e-4, "Stage 2: reward-model learning rate.")
+    ppo_steps: int = opt(12, "Stage 3: PPO steps (rollout batches) with LoRA against the reward "
+                         "ensemble (0 skips stage 3).")
+    ppo_batch_size: int = opt(8, "Stage 3: prompts per PPO rollout batch.")
+    ppo_lr: float = opt(1e-4, "Stage 3: PPO learning rate (LoRA).")
+    ppo_kl_coef: float = opt(0.05, "Stage 3: KL penalty coefficient beta.")
+    ppo_combine: str = opt("mean_minus_std", "Stage 3: how the ensemble's members combine into "
+                           "the reward PPO maximises.", ("mean", "min", "mean_minus_std",
+                                                          "mean_minus_var"))
+    compare_prompts: int = opt(32, "Stage 3: held-out prompts on which base, SFT and PPO policies "
+                               "are compared (gold score, KL to SFT).")
     samples: int = opt(4, "Held-out prompts to answer before and after training.")
     max_new_tokens: int = opt(48, "Length limit of the sampled answers.")
     data: Optional[str] = opt("demo", DataArgs.__dataclass_fields__["data"].metadata["help"])
@@ -301,6 +311,9 @@ class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
                                 "cheap, but only the heads learn).")
     bootstrap: bool = opt(True, "With --ensemble > 1, each member sees a Poisson(1) bootstrap "
                           "resample of the prompts.")
+    reinit_layers: int = opt(0, "Each member draws its own random weights for the top N "
+                             "transformer blocks of its backbone (more diverse members: their "
+                             "spread then tracks what the data leave open).")
     aspects: str = opt("", "Comma-separated reward heads (e.g. helpful,harmless,honest); empty: "
                        "the aspects tagged in the data, or one 'reward' head.")
     loss: str = opt("bradley_terry", "Loss of K-way rankings: bradley_terry on their K(K-1)/2 "

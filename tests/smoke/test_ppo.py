@@ -5,17 +5,12 @@ killed run resumes exactly."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_until_killed
 
 pytestmark = pytest.mark.smoke
 
@@ -178,15 +173,8 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tiny_reward_model, tmp_path)
     done = run_cli(*common, "--output", str(ref))
     assert done.returncode == 0, done.stderr[-3000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "alignkit", *common, "--output", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-4").is_dir():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_cli_until_killed(*common, "--output", str(killed),
+                         when=killed / "checkpoints" / "step-4")
     assert not (killed / "final").exists()
     resumed = run_cli(*common, "--output", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -198,3 +186,8 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tiny_reward_model, tmp_path)
     assert got == want  # every step after the kill continues identically
     ev = lambda p: [(r["step"], r["proxy"], r["kl"]) for r in rows(p / "metrics.jsonl", "eval")]
     assert ev(killed) == ev(ref)
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "value_head.safetensors"):  # the same final weights
+        a, b = load_file(str(ref / "final" / name)), load_file(str(killed / "final" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

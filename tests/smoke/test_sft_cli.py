@@ -4,16 +4,11 @@ a killed run exactly, and rejects bad data cleanly."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_until_killed
 
 pytestmark = pytest.mark.smoke
 
@@ -94,15 +89,8 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
     assert run_cli(*common, "--output", str(ref)).returncode == 0
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "alignkit", *common, "--output", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-10").is_dir():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_cli_until_killed(*common, "--output", str(killed),
+                         when=killed / "checkpoints" / "step-10")
     assert not (killed / "final").exists()
 
     resumed = run_cli(*common, "--output", str(killed), "--resume")

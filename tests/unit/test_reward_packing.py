@@ -115,3 +115,21 @@ def test_make_preference_batch_picks_the_cheaper_layout(tiny_tokenizer):
     same = [PreferencePair("Hi", "aaaa", "bbbb"), PreferencePair("Yo", "cccc", "dddd")]
     groups, _ = build_groups(same, tiny_tokenizer, chat="never")
     assert not make_preference_batch(groups, pad, causal=False, hidden_size=64).packed
+
+
+def test_reinitialise_top_blocks_redraws_only_the_top():
+    from alignkit.models.reward import reinitialise_top_blocks, transformer_blocks
+
+    member = encoder_member()
+    before = {n: p.clone() for n, p in member.backbone.named_parameters()}
+    torch.manual_seed(1)
+    reinitialise_top_blocks(member.backbone, 1)
+    blocks = transformer_blocks(member.backbone)
+    assert len(blocks) == 2
+    changed = {n for n, p in member.backbone.named_parameters()
+               if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("encoder.layer.1.") for n in changed)
+    again = encoder_member()
+    torch.manual_seed(1)
+    reinitialise_top_blocks(again.backbone, 1)  # seeded: the same draw
+    assert all(torch.equal(a, b) for a, b in zip(member.parameters(), again.parameters()))

@@ -1,5 +1,6 @@
-"""Batched generation through ``transformers.generate``: left-padded prompts, stop at EOS per
-sequence, greedy or sampled. Returns the text, token count and whether the answer ended."""
+"""Text in, text out, through the shared sampler (``generation.sampler``): chat-rendered prompts,
+greedy or sampled, each answer stopping at EOS. Returns the text, token count and whether the
+answer ended."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.data.tokenize import render_prompt
+from alignkit.generation.sampler import SamplingConfig, sample
 
 
 @dataclass
@@ -18,38 +20,26 @@ class Generation:
     ended: bool  # stopped on EOS rather than on the length limit
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8, seed: int = 0,
              chat: str = "auto") -> list[Generation]:
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
-    out: list[Generation] = []
-    torch.manual_seed(seed)
-    try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            texts = [render_prompt(tokenizer, p, chat) for p in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True,
-                            add_special_tokens=not getattr(tokenizer, "chat_template", None)).to(device)
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=eos,
-                          pad_token_id=tokenizer.pad_token_id)
-            if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            seqs = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
-            for p, row in zip(chunk, seqs.tolist()):
-                ended = eos in row
-                row = row[:row.index(eos)] if ended else row
-                out.append(Generation(p if isinstance(p, str) else p[-1]["content"],
-                                      tokenizer.decode(row, skip_special_tokens=True).strip(),
-                                      len(row) + int(ended), ended))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    """Answer each prompt once. Sampling is seeded by ``seed`` and leaves the caller's RNG as it
+    was."""
+    bos = not getattr(tokenizer, "chat_template", None)
+    ids = [tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=bos)["input_ids"]
+           for p in prompts]
+    cfg = SamplingConfig(max_new_tokens, temperature if do_sample else 0.0, top_p)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg,
+                         with_logprobs=False, batch_size=batch_size)
+    out = []
+    for p, row, mask, ended in zip(prompts, rollout.response.tolist(),
+                                   rollout.response_mask.tolist(), rollout.ended.tolist()):
+        n = sum(mask)
+        text_ids = row[:n - 1] if ended else row[:n]
+        out.append(Generation(p if isinstance(p, str) else p[-1]["content"],
+                              tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
+                              n, bool(ended)))
     return out

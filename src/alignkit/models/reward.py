@@ -103,6 +103,28 @@ def pool_packed(hidden: torch.Tensor, token_response: torch.Tensor, last_index: 
     return sums / counts[:, None]
 
 
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a backbone: its longest ``nn.ModuleList``."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise UserError(f"{type(model).__name__}: no stack of transformer blocks found")
+    return max(lists, key=len)
+
+
+def reinitialise_top_blocks(model: nn.Module, n: int) -> None:
+    """Draw fresh weights (the model's own initialiser, current torch seed) for the top ``n``
+    transformer blocks."""
+    blocks = transformer_blocks(model)
+    if n > len(blocks):
+        raise UserError(f"--reinit-layers {n}: the backbone has only {len(blocks)} blocks")
+    for block in list(blocks)[-n:]:
+        for module in block.modules():
+            if hasattr(model, "_init_weights"):
+                model._init_weights(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
 class RewardMember(nn.Module):
     """One backbone with a linear head per aspect: forward -> (N, A) raw rewards."""
 
@@ -176,8 +198,12 @@ class RewardModel(nn.Module):
 
     # ---------------------------------------------------------------- build / save / load
     @classmethod
-    def create(cls, base: str, spec: RewardSpec, device: str = "cpu") -> "RewardModel":
-        """Fresh members on the backbone at ``base`` (a local folder)."""
+    def create(cls, base: str, spec: RewardSpec, device: str = "cpu",
+               reinit_layers: int = 0) -> "RewardModel":
+        """Fresh members on the backbone at ``base`` (a local folder). ``reinit_layers``: each
+        member (with its own backbone) draws its own random weights for the top N transformer
+        blocks, so members differ in function and not only in head and data (a stand-in for
+        the independently pretrained members of Coste et al. 2023)."""
         backbone, tok = load_backbone(base, device)
         spec.backbone = spec.backbone if spec.backbone != "auto" else backbone_kind(backbone.config)
         members = []
@@ -189,6 +215,8 @@ class RewardModel(nn.Module):
             else:
                 body = backbone if m == 0 else load_backbone(base, device)[0]
             torch.manual_seed(10_007 * (m + 1))
+            if reinit_layers > 0 and not spec.shared_backbone:
+                reinitialise_top_blocks(body, reinit_layers)
             members.append(RewardMember(body, spec.backbone, len(spec.aspects)).to(device))
         spec.offset = [[0.0] * len(spec.aspects) for _ in range(spec.members)]
         spec.scale = [[1.0] * len(spec.aspects) for _ in range(spec.members)]

@@ -1,8 +1,11 @@
 """``alignkit demo``: the main job, end to end on the packaged default model.
 
-It grows with every stage. Today: LoRA SFT of SmolLM2-135M-Instruct on the demonstrations alignkit
-ships (complete, concise answers; polite refusals of harmful requests; honest uncertainty), then
-held-out loss before and after and answers to unseen prompts side by side.
+It grows with every stage. Today: (1) LoRA SFT of SmolLM2-135M-Instruct on the demonstrations
+alignkit ships (complete, concise answers; polite refusals of harmful requests; honest
+uncertainty), with held-out loss before and after and answers to unseen prompts side by side;
+(2) the SFT policy's answers ranked by a simulated panel and a MiniLM reward ensemble learned from
+them; (3) PPO with LoRA against that ensemble, and base, SFT and PPO policies compared on unseen
+prompts by gold score and KL to the SFT policy, with a plot of the reward-hacking monitor.
 """
 
 from __future__ import annotations
@@ -71,13 +74,90 @@ def preference_stage(cfg: DemoConfig, root: Path, policy, tokenizer) -> dict:
             "prompts": len(items)}
 
 
+def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
+    """Proxy reward, gold score and KL of PPO's held-out monitor over training, one PNG."""
+    rows = [r for r in (json.loads(ln) for ln in metrics_path.read_text().splitlines())
+            if r.get("split") == "eval"]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    panels = [("proxy", "proxy reward (reward-model units)"), ("gold", "gold score (0-1)"),
+              ("kl", "KL to the SFT reference (nats/response)")]
+    panels = [(k, label) for k, label in panels if all(k in r for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, label) in zip(list(axes) if len(panels) > 1 else [axes], panels):
+        ax.plot(steps, [r[key] for r in rows], marker="o")
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("PPO on held-out prompts: the reward-hacking monitor", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def ppo_stage(cfg: DemoConfig, root: Path, sft_model, sft_final: Path, reward_final: Path,
+              tokenizer, device: str) -> dict:
+    """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble; then base, SFT and
+    PPO policies compared on held-out prompts (gold score, proxy reward, KL to SFT)."""
+    from alignkit.config import PPOConfig
+    from alignkit.evaluation.policy import measure_policy
+    from alignkit.generation.sampler import SamplingConfig, response_logprobs
+    from alignkit.judges.gold import GoldScorer
+    from alignkit.recipes import ppo
+
+    pcfg = PPOConfig(model=str(sft_final), reward_model=str(reward_final), lora=True,
+                     lr=cfg.ppo_lr, batch_size=cfg.ppo_batch_size,
+                     minibatch_size=max(1, cfg.ppo_batch_size // 2), ppo_epochs=2,
+                     max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens,
+                     kl_coef=cfg.ppo_kl_coef, combine=cfg.ppo_combine,
+                     eval_prompts=min(cfg.compare_prompts, 16),
+                     eval_every=max(1, cfg.ppo_steps // 4), save_every=0,
+                     output=str(root / "ppo"), seed=cfg.seed, progress=cfg.progress,
+                     overwrite=True, device=cfg.device, precision=cfg.precision)
+    out = ppo.main(pcfg)
+    png = plot_monitor(out["metrics"], root / "ppo" / "monitor.png")
+    # the comparison: each policy answers the same held-out prompts with the same seed
+    prompts = ppo.load_prompts("demo-prompts-heldout", tokenizer, pcfg)
+    n = min(cfg.compare_prompts, len(prompts.ids))
+    reward_fn = ppo.RewardFunction(str(reward_final), pcfg, device)
+    gold = GoldScorer(token_counter=tokenizer)
+    sft_model.eval()
+
+    def sft_logprobs(rollout):
+        return response_logprobs(sft_model, rollout.query, rollout.query_mask, rollout.response,
+                                 rollout.response_mask)["logprobs"]
+
+    sampling = SamplingConfig(cfg.max_new_tokens, 1.0)
+    table = {}
+    for name, spec in (("base", cfg.model), ("sft", None), ("ppo", str(out["final"]))):
+        policy = sft_model if spec is None else load_model_and_tokenizer(spec, device)[0]
+        table[name] = measure_policy(policy, tokenizer, prompts.texts[:n], prompts.ids[:n],
+                                     prompts.categories[:n], sft_logprobs, reward_fn, gold,
+                                     sampling, seed=cfg.seed + 1, device=device,
+                                     precision=cfg.precision)
+        if spec is not None:
+            del policy
+    return {"table": table, "final": out["final"], "best": out["best"], "png": png,
+            "monitor": out["monitor"], "prompts": n}
+
+
 def main(cfg: DemoConfig) -> dict:
     started = time.time()
     if cfg.quick:
         cfg = dataclasses.replace(cfg, max_steps=min(cfg.max_steps, 8), samples=min(cfg.samples, 2),
                                   eval_every=0, save_every=0, warmup_steps=min(cfg.warmup_steps, 2),
                                   label_prompts=min(cfg.label_prompts, 10),
-                                  reward_steps=min(cfg.reward_steps, 4))
+                                  reward_steps=min(cfg.reward_steps, 4),
+                                  ppo_steps=min(cfg.ppo_steps, 2),
+                                  ppo_batch_size=min(cfg.ppo_batch_size, 4),
+                                  compare_prompts=min(cfg.compare_prompts, 6))
     root = Path(cfg.output)
     # 1. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
     t0 = time.time()
@@ -101,7 +181,14 @@ def main(cfg: DemoConfig) -> dict:
     #    answers, and a MiniLM reward ensemble learns from the rankings.
     stage2 = preference_stage(cfg, root, result.model, tokenizer)
 
-    # 6. Report: held-out loss before/after, the answers side by side, the reward ensemble.
+    # 6. Stage 3: PPO (LoRA) on the SFT policy against the ensemble; base vs SFT vs PPO.
+    stage3 = None
+    if cfg.ppo_steps > 0:
+        stage3 = ppo_stage(cfg, root, result.model, result.final, stage2["final"], tokenizer,
+                           device)
+
+    # 7. Report: held-out loss before/after, the answers side by side, the reward ensemble,
+    #    the policies compared.
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
     width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
@@ -130,6 +217,22 @@ def main(cfg: DemoConfig) -> dict:
               f"log-loss {ev.get('log_loss', float('nan')):.3f}, ECE {ev.get('ece', float('nan')):.3f}"
               + (f", spread flags mistakes AUROC {ev['std_auroc_vs_mistakes']:.2f}"
                  if "std_auroc_vs_mistakes" in ev else ""), ""]
+    if stage3 is not None:
+        t = stage3["table"]
+        lines += ["-" * (2 * width + 5),
+                  f"stage 3: PPO with LoRA, {cfg.ppo_steps} steps x {cfg.ppo_batch_size} prompts, "
+                  f"reward = ensemble {cfg.ppo_combine}, KL coefficient {cfg.ppo_kl_coef}",
+                  f"held-out comparison on {stage3['prompts']} unseen prompts (one sampled answer "
+                  "each, same seed):",
+                  f"  {'policy':<7} {'gold':>6} {'proxy':>7} {'KL to SFT':>10} {'length':>7} "
+                  f"{'ended':>6}"]
+        for name, row in t.items():
+            lines.append(f"  {name:<7} {row['gold']:>6.3f} {row['proxy']:>7.3f} "
+                         f"{row['kl']:>10.2f} {row['response_length']:>7.1f} "
+                         f"{row['ended_fraction']:>6.0%}")
+        if stage3["png"]:
+            lines.append(f"monitor plot (proxy, gold, KL over PPO steps): {stage3['png']}")
+        lines.append("")
     summary = {
         "model": cfg.model, "steps": steps[-1], "heldout_loss_before": first["loss"],
         "heldout_loss_after": last["loss"], "heldout_ppl_before": first["perplexity"],
@@ -140,6 +243,11 @@ def main(cfg: DemoConfig) -> dict:
         "final_model": str(result.final), "seconds": round(time.time() - started, 1),
         "labels": rep, "reward_eval": ev, "reward_model": str(stage2["final"]),
     }
+    if stage3 is not None:
+        summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
+                               for k, row in stage3["table"].items()}
+        summary["ppo_model"] = str(stage3["final"])
+        summary["ppo_monitor"] = stage3["monitor"]
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
     lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")

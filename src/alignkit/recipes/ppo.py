@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from alignkit.config import PPOConfig, save_config
 from alignkit.data.sft import stream_batch_indices
 from alignkit.data.tokenize import render_prompt
 from alignkit.errors import DataError, UserError
+from alignkit.evaluation.policy import decode_responses, measure_policy
 from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
 from alignkit.losses import ppo as rl
 from alignkit.models import checkpoint as ckpt
@@ -114,11 +113,6 @@ class RewardFunction:
         return {"combined": s.combined.float(), "mean": s.mean.float(), "std": s.std.float()}
 
 
-def decode(tokenizer, rollout: Rollout) -> list[str]:
-    return [tokenizer.decode([t for t, m in zip(row, mask) if m], skip_special_tokens=True).strip()
-            for row, mask in zip(rollout.response.tolist(), rollout.response_mask.tolist())]
-
-
 def critic_values(parts: PolicyAndValue, rollout: Rollout) -> torch.Tensor:
     """(B, T) values of a separate critic (its own backbone + head)."""
     ids, mask = rollout.input_ids, rollout.attention_mask
@@ -186,7 +180,7 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
     old_logprobs = fwd["logprobs"].float()
     old_values = fwd.get("values")
     texts = [prompts.texts[i] for i in indices for _ in range(k)]
-    responses = decode(tokenizer, rollout)
+    responses = decode_responses(tokenizer, rollout)
     scored = reward_fn(texts, responses)
     score = scored["combined"].float().to(device)
     ended = rollout.ended.to(device)
@@ -295,7 +289,7 @@ class HackingMonitor:
     while gold falls (over-optimisation, Gao et al. 2023), when KL passes its budget, or when
     length or entropy drift past their limits; keeps the best checkpoint by gold (or proxy)."""
 
-    def __init__(self, prompts: Prompts | None, cfg: PPOConfig):
+    def __init__(self, prompts: Prompts | None, cfg: PPOConfig, tokenizer=None):
         self.prompts = prompts
         self.cfg = cfg
         self.history: list[dict] = []
@@ -304,45 +298,22 @@ class HackingMonitor:
         if prompts is not None and cfg.gold:
             from alignkit.judges.gold import GoldScorer
 
-            self.gold = GoldScorer()
+            # lengths in the policy's own tokens, as the simulated annotators saw them
+            self.gold = GoldScorer(token_counter=tokenizer)
 
     @property
     def key(self) -> str:
         return "gold" if self.gold is not None else "proxy"
 
-    @torch.no_grad()
     def measure(self, parts, reference, reward_fn, tokenizer, device: str) -> dict:
         cfg, p = self.cfg, self.prompts
         n = len(p.ids) if cfg.eval_prompts <= 0 else min(cfg.eval_prompts, len(p.ids))
-        sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
         # the same draw every time (comparable across steps), without touching training's RNG
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 12345)
-            with autocast(device, cfg.precision):
-                rollout = sample(parts.policy, p.ids[:n], tokenizer.pad_token_id,
-                                 tokenizer.eos_token_id, sampling, with_logprobs=False,
-                                 batch_size=max(cfg.batch_size, 8))
-        mask = rollout.response_mask.float()
-        parts.eval()
-        with autocast(device, cfg.precision):
-            fwd = response_logprobs(parts.policy, rollout.query, rollout.query_mask,
-                                    rollout.response, rollout.response_mask,
-                                    cfg.temperature or 1.0, with_entropy=True)
-            ref = reference_logprobs(parts, reference, rollout, cfg)
-        parts.train()
-        texts = decode(tokenizer, rollout)
-        proxy = reward_fn(p.texts[:n], texts)["combined"]
-        row = {"proxy": float(proxy.mean()),
-               "kl": float((rl.kl_estimate(fwd["logprobs"], ref, "k1") * mask).sum(1).mean()),
-               "response_length": float(mask.sum(1).mean()),
-               "entropy": float(rl.masked_mean(fwd["entropy"].float(), mask)),
-               "ended_fraction": float(rollout.ended.float().mean())}
-        if self.gold is not None:
-            gold = self.gold.score(p.texts[:n], texts, p.categories[:n], rollout.ended.tolist())
-            row["gold"] = sum(gold) / len(gold)
-        row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"],
-                           "response": r} for t, r in zip(p.texts[:3], texts[:3])]
-        return row
+        return measure_policy(
+            parts.policy, tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
+            lambda rollout: reference_logprobs(parts, reference, rollout, cfg), reward_fn,
+            self.gold, SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k),
+            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8))
 
     def check(self, row: dict) -> list[str]:
         warnings = []
@@ -446,7 +417,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     reward_fn = reward_fn or RewardFunction(cfg.reward_model, cfg, device)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
-    monitor = HackingMonitor(heldout, cfg) if heldout is not None else None
+    monitor = HackingMonitor(heldout, cfg, tokenizer) if heldout is not None else None
 
     # 4. Optimiser and schedule over every optimiser step of the run.
     rollouts_per_step = cfg.batch_size * cfg.samples_per_prompt

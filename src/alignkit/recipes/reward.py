@@ -286,7 +286,7 @@ def main(cfg: RewardConfig) -> dict:
         raise UserError(f"{cfg.data}: no training comparisons")
     tagged = sorted({c.aspect for g in groups for c in g.pairs if c.aspect})
     spec.aspects = [a.strip() for a in cfg.aspects.split(",") if a.strip()] or tagged or ["reward"]
-    model = RewardModel.create(base, spec, device)
+    model = RewardModel.create(base, spec, device, cfg.reinit_layers)
     model.train()
 
     # 4. Optimiser, schedule, bootstrap weights per member.

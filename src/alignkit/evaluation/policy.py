@@ -1,0 +1,58 @@
+"""How a policy behaves on held-out prompts: proxy reward, gold score, KL to a reference, length,
+entropy. Shared by PPO's reward-hacking monitor and the demo's final comparison."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
+from alignkit.losses.ppo import kl_estimate, masked_mean
+from alignkit.recipes.common import autocast
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    return [tokenizer.decode([t for t, m in zip(row, mask) if m], skip_special_tokens=True).strip()
+            for row, mask in zip(rollout.response.tolist(), rollout.response_mask.tolist())]
+
+
+@torch.no_grad()
+def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categories: list,
+                   reference_logprobs: Callable[[Rollout], torch.Tensor] | None,
+                   reward_fn=None, gold=None, sampling: SamplingConfig = SamplingConfig(),
+                   seed: int = 0, device: str = "cpu", precision: str = "auto",
+                   batch_size: int = 16, samples: int = 3) -> dict:
+    """Sample one answer per prompt (a fixed draw: ``seed``, the caller's RNG untouched), then
+    report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the reference in
+    nats per response (k1 on the policy's own samples), response length in tokens, mean token
+    entropy, the share of answers that ended, and a few samples."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with autocast(device, precision):
+            rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                             sampling, with_logprobs=False, batch_size=batch_size)
+    mask = rollout.response_mask.float()
+    was = policy.training
+    policy.eval()
+    with autocast(device, precision):
+        fwd = response_logprobs(policy, rollout.query, rollout.query_mask, rollout.response,
+                                rollout.response_mask, sampling.temperature or 1.0,
+                                with_entropy=True)
+        ref = reference_logprobs(rollout) if reference_logprobs is not None else None
+    policy.train(was)
+    responses = decode_responses(tokenizer, rollout)
+    row = {"response_length": float(mask.sum(1).mean()),
+           "entropy": float(masked_mean(fwd["entropy"].float(), mask)),
+           "ended_fraction": float(rollout.ended.float().mean()), "prompts": len(ids)}
+    if ref is not None:
+        row["kl"] = float((kl_estimate(fwd["logprobs"], ref, "k1") * mask).sum(1).mean())
+    if reward_fn is not None:
+        row["proxy"] = float(reward_fn(texts, responses)["combined"].float().mean())
+    if gold is not None:
+        scores = gold.score(texts, responses, categories, rollout.ended.tolist())
+        row["gold"] = sum(scores) / len(scores)
+    row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"], "response": r}
+                      for t, r in zip(texts[:samples], responses[:samples])]
+    return row
