@@ -105,17 +105,18 @@ class DemoConfig(SFTConfig):
     loss and samples before and after."""
 
     quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
-    label_prompts: int = opt(48, "Stage 2: training prompts whose sampled answers the simulated "
+    label_prompts: int = opt(96, "Stage 2: training prompts whose sampled answers the simulated "
                              "panel ranks.")
+    labels_per_prompt: int = opt(2, "Stage 2: rankings per prompt (different annotators).")
     num_responses: int = opt(4, "Stage 2: answers sampled per prompt (K).")
     gold_scale: float = opt(2.0, "Stage 2: gold scale of the simulated annotators.")
     reward_ensemble: int = opt(3, "Stage 2: members of the MiniLM reward ensemble.")
-    reward_steps: int = opt(24, "Stage 2: reward-model optimiser steps.")
+    reward_steps: int = opt(40, "Stage 2: reward-model optimiser steps.")
     reward_lr: float = opt(1e-4, "Stage 2: reward-model learning rate.")
-    ppo_steps: int = opt(12, "Stage 3: PPO steps (rollout batches) with LoRA against the reward "
+    ppo_steps: int = opt(16, "Stage 3: PPO steps (rollout batches) with LoRA against the reward "
                          "ensemble (0 skips stage 3).")
     ppo_batch_size: int = opt(8, "Stage 3: prompts per PPO rollout batch.")
-    ppo_lr: float = opt(1e-4, "Stage 3: PPO learning rate (LoRA).")
+    ppo_lr: float = opt(5e-4, "Stage 3: PPO learning rate (LoRA).")
     ppo_kl_coef: float = opt(0.05, "Stage 3: KL penalty coefficient beta.")
     ppo_combine: str = opt("mean_minus_std", "Stage 3: how the ensemble's members combine into "
                            "the reward PPO maximises.", ("mean", "min", "mean_minus_std",

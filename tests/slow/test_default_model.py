@@ -62,8 +62,16 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     from transformers import AutoConfig
     assert AutoConfig.from_pretrained(out / "sft" / "final").model_type == "llama"
     # stage 2: SFT answers ranked by the simulated panel, a MiniLM ensemble trained on them
-    assert summary["labels"]["pairs"] == 10 * 6  # 10 prompts x K=4 -> 6 pairs each
+    assert summary["labels"]["pairs"] == 10 * 2 * 6  # 10 prompts x 2 rankings of K=4 -> 6 pairs
     assert 0.5 < summary["labels"]["bayes_optimal"] <= 1.0
     assert summary["reward_eval"]["pairs"] > 0 and "member2_accuracy" in summary["reward_eval"]
     assert (out / "reward" / "final" / "reward_config.json").is_file()
     assert "Bayes-optimal" in proc.stdout
+    # stage 3: PPO with LoRA against the ensemble; base, SFT and PPO compared on held-out prompts
+    policies = summary["policies"]
+    assert set(policies) == {"base", "sft", "ppo"}
+    assert all({"gold", "proxy", "kl", "response_length"} <= set(row) for row in policies.values())
+    assert policies["sft"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
+    assert (out / "ppo" / "final" / "value_head.safetensors").is_file()
+    assert (out / "ppo" / "monitor.png").stat().st_size > 1000
+    assert "stage 3: PPO" in proc.stdout

@@ -63,7 +63,8 @@ def preference_stage(cfg: DemoConfig, root: Path, policy, tokenizer) -> dict:
     scorer = GoldScorer(token_counter=tokenizer)
     panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.gold_scale, scorer=scorer)
     labels_path = root / "prefs.jsonl"
-    report = label.write_labels(label.label_items(items, scorer, panel), labels_path, panel)
+    report = label.write_labels(label.label_items(items, scorer, panel, cfg.labels_per_prompt),
+                                labels_path, panel)
     rcfg = RewardConfig(model="minilm", data=str(labels_path), output=str(root / "reward"),
                         ensemble=cfg.reward_ensemble, max_steps=cfg.reward_steps,
                         lr=cfg.reward_lr, warmup_steps=2, eval_fraction=0.2, eval_every=0,
