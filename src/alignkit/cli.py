@@ -11,8 +11,8 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import (DemoConfig, LabelConfig, PPOConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
-                             add_config_flags, build_config)
+from alignkit.config import (DemoConfig, LabelConfig, PPOConfig, RewardConfig, ScoreConfig,
+                             SFTConfig, TinyModelConfig, add_config_flags, build_config)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)

@@ -188,3 +188,28 @@ def test_entropy_and_explained_variance():
     returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert explained_variance(torch.zeros(4), returns, mask) == pytest.approx(0.0)
+
+
+def test_hacking_monitor_warnings():
+    from alignkit.config import PPOConfig
+    from alignkit.recipes.ppo import HackingMonitor
+
+    mon = HackingMonitor(None, PPOConfig(kl_budget=5.0, length_drift=2.0, min_entropy=0.1))
+    base = {"proxy": 0.0, "gold": 1.0, "gold_se": 0.05, "kl": 0.0, "response_length": 30.0,
+            "entropy": 2.0}
+    assert mon.check(base) == []
+    # proxy up, gold down by less than twice the combined standard error: noise, no warning
+    assert mon.check({**base, "proxy": 0.5, "gold": 0.9}) == []
+    # proxy up, gold down by 0.4 (> 2 * sqrt(2) * 0.05): over-optimisation
+    got = mon.check({**base, "proxy": 1.0, "gold": 0.5})
+    assert len(got) == 1 and "while gold fell" in got[0]
+    got = mon.check({**base, "proxy": 1.0, "gold": 0.5, "kl": 6.0, "response_length": 70.0,
+                     "entropy": 0.05})
+    assert len(got) == 3
+    assert any("exceeds the budget" in w for w in got)
+    assert any("drifted 2.33x" in w for w in got)
+    assert any("entropy" in w for w in got)
+    # without a gold scorer the best checkpoint follows the proxy
+    assert mon.key == "proxy"
+    assert mon.improved({"proxy": 1.0}) and not mon.improved({"proxy": 0.9})
+    assert mon.improved({"proxy": 1.1}) and mon.best == 1.1

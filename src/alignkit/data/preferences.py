@@ -435,7 +435,7 @@ def collate_groups_packed(groups: list[PreferenceGroup], pad_id: int, capacity: 
     system prompt) is run once per row in the same way. Because a causal token never sees what
     follows it, each response's hidden states are exactly those it gets alone, on fewer tokens:
     K responses of P prompt tokens and T response tokens run P + K*T positions instead of
-    K*(P + T). Rows hold at most ``capacity`` positions (one group wider than that gets its own row).
+    K*(P + T). Rows hold at most ``capacity`` positions (a wider group gets a row of its own).
     """
     share = causal and share_prefix
     # 1. Units that stay in one row: a group (prefix + responses) when sharing, else a response.

@@ -26,7 +26,8 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
     """Sample one answer per prompt (a fixed draw: ``seed``, the caller's RNG untouched), then
     report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the reference in
     nats per response (k1 on the policy's own samples), response length in tokens, mean token
-    entropy, the share of answers that ended, and a few samples."""
+    entropy, the share of answers that ended, and a few samples. ``gold_se``: the standard error
+    of the gold mean over prompts."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -51,8 +52,10 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
     if reward_fn is not None:
         row["proxy"] = float(reward_fn(texts, responses)["combined"].float().mean())
     if gold is not None:
-        scores = gold.score(texts, responses, categories, rollout.ended.tolist())
-        row["gold"] = sum(scores) / len(scores)
+        scores = torch.tensor(gold.score(texts, responses, categories, rollout.ended.tolist()))
+        row["gold"] = float(scores.mean())
+        # standard error of that mean over prompts: how much of a change is noise
+        row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
     row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"], "response": r}
                       for t, r in zip(texts[:samples], responses[:samples])]
     return row

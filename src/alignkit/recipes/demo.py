@@ -87,7 +87,7 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    panels = [("proxy", "proxy reward (reward-model units)"), ("gold", "gold score (0-1)"),
+    panels = [("proxy", "proxy reward (reward-model units)"), ("gold", "gold score (hidden scorer units)"),
               ("kl", "KL to the SFT reference (nats/response)")]
     panels = [(k, label) for k, label in panels if all(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))

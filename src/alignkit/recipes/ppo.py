@@ -319,9 +319,14 @@ class HackingMonitor:
         warnings = []
         if self.history:
             first, last = self.history[0], self.history[-1]
-            if "gold" in row and row["proxy"] > last["proxy"] and row["gold"] < last["gold"]:
+            # a gold drop counts when it is larger than twice its standard error (sampling
+            # noise of two readings on a few dozen prompts easily moves the mean by 0.1)
+            noise = 2.0 * (row.get("gold_se", 0.0) ** 2 + last.get("gold_se", 0.0) ** 2) ** 0.5
+            if "gold" in row and row["proxy"] > last["proxy"] \
+                    and row["gold"] < last["gold"] - noise:
                 warnings.append(f"proxy reward rose ({last['proxy']:.3f} -> {row['proxy']:.3f}) "
-                                f"while gold fell ({last['gold']:.3f} -> {row['gold']:.3f})")
+                                f"while gold fell ({last['gold']:.3f} -> {row['gold']:.3f}, "
+                                f"beyond the noise {noise:.3f})")
             base = max(first["response_length"], 1.0)
             ratio = row["response_length"] / base
             if ratio > self.cfg.length_drift or ratio < 1 / self.cfg.length_drift:

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from alignkit.config import RewardConfig, save_config
-from alignkit.data.preferences import (PreferenceGroup, load_preference_groups, make_preference_batch,
-                                       split_groups)
+from alignkit.data.preferences import (PreferenceGroup, load_preference_groups,
+                                       make_preference_batch, split_groups)
 from alignkit.data.sft import micro_batch_indices
 from alignkit.errors import UserError
 from alignkit.losses.reward import (auroc, bradley_terry_loss, pairwise_metrics,
