@@ -117,10 +117,14 @@ def test_make_preference_batch_picks_the_cheaper_layout(tiny_tokenizer):
     assert not make_preference_batch(groups, pad, causal=False, hidden_size=64).packed
 
 
-def test_reinitialise_top_blocks_redraws_only_the_top():
+def test_reinitialise_top_blocks_redraws_only_the_top(tmp_path):
+    from transformers import BertModel
+
     from alignkit.models.reward import reinitialise_top_blocks, transformer_blocks
 
-    member = encoder_member()
+    encoder_member().backbone.save_pretrained(str(tmp_path / "bert"))
+    # loaded like a real backbone: transformers flags these weights as already initialised
+    member = RewardMember(BertModel.from_pretrained(str(tmp_path / "bert"), add_pooling_layer=False), "encoder", 1)
     before = {n: p.clone() for n, p in member.backbone.named_parameters()}
     torch.manual_seed(1)
     reinitialise_top_blocks(member.backbone, 1)
@@ -129,7 +133,8 @@ def test_reinitialise_top_blocks_redraws_only_the_top():
     changed = {n for n, p in member.backbone.named_parameters()
                if not torch.equal(p, before[n])}
     assert changed and all(n.startswith("encoder.layer.1.") for n in changed)
-    again = encoder_member()
+    again = RewardMember(BertModel.from_pretrained(str(tmp_path / "bert"), add_pooling_layer=False), "encoder", 1)
+    again.head.load_state_dict(member.head.state_dict())
     torch.manual_seed(1)
     reinitialise_top_blocks(again.backbone, 1)  # seeded: the same draw
     assert all(torch.equal(a, b) for a, b in zip(member.parameters(), again.parameters()))

@@ -119,6 +119,11 @@ def reinitialise_top_blocks(model: nn.Module, n: int) -> None:
         raise UserError(f"--reinit-layers {n}: the backbone has only {len(blocks)} blocks")
     for block in list(blocks)[-n:]:
         for module in block.modules():
+            # weights loaded by from_pretrained are flagged as initialised, and transformers'
+            # initialisers then leave them alone: clear the flags first
+            for tensor in (module, *module.parameters(recurse=False)):
+                if getattr(tensor, "_is_hf_initialized", False):
+                    tensor._is_hf_initialized = False
             if hasattr(model, "_init_weights"):
                 model._init_weights(module)
             elif hasattr(module, "reset_parameters"):
