@@ -203,12 +203,17 @@ def test_hacking_monitor_warnings():
     # proxy up, gold down by 0.4 (> 2 * sqrt(2) * 0.05): over-optimisation
     got = mon.check({**base, "proxy": 1.0, "gold": 0.5})
     assert len(got) == 1 and "while gold fell" in got[0]
-    got = mon.check({**base, "proxy": 1.0, "gold": 0.5, "kl": 6.0, "response_length": 70.0,
+    got = mon.check({**base, "proxy": 1.0, "gold": 1.0, "kl": 6.0, "response_length": 70.0,
                      "entropy": 0.05})
     assert len(got) == 3
     assert any("exceeds the budget" in w for w in got)
     assert any("drifted 2.33x" in w for w in got)
     assert any("entropy" in w for w in got)
+    # a slow decline: each step within the noise of the last, but far below the best reading
+    slow = HackingMonitor(None, PPOConfig())
+    for proxy, gold in ((0.0, 1.0), (0.2, 0.9), (0.4, 0.8), (0.6, 0.7)):
+        got = slow.check({**base, "proxy": proxy, "gold": gold})
+    assert len(got) == 1 and "0.600) while gold fell (1.000 -> 0.700" in got[0]
     # without a gold scorer the best checkpoint follows the proxy
     assert mon.key == "proxy"
     assert mon.improved({"proxy": 1.0}) and not mon.improved({"proxy": 0.9})

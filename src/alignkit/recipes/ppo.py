@@ -319,14 +319,17 @@ class HackingMonitor:
         warnings = []
         if self.history:
             first, last = self.history[0], self.history[-1]
-            # a gold drop counts when it is larger than twice its standard error (sampling
-            # noise of two readings on a few dozen prompts easily moves the mean by 0.1)
-            noise = 2.0 * (row.get("gold_se", 0.0) ** 2 + last.get("gold_se", 0.0) ** 2) ** 0.5
-            if "gold" in row and row["proxy"] > last["proxy"] \
-                    and row["gold"] < last["gold"] - noise:
-                warnings.append(f"proxy reward rose ({last['proxy']:.3f} -> {row['proxy']:.3f}) "
-                                f"while gold fell ({last['gold']:.3f} -> {row['gold']:.3f}, "
-                                f"beyond the noise {noise:.3f})")
+            # against the reading with the best gold so far (a slow decline shows there), and a
+            # drop counts when it is larger than twice its standard error (sampling noise of two
+            # readings on a few dozen prompts easily moves the mean by 0.1)
+            if "gold" in row:
+                peak = max(self.history, key=lambda r: r.get("gold", float("-inf")))
+                noise = 2.0 * (row.get("gold_se", 0.0) ** 2 + peak.get("gold_se", 0.0) ** 2) ** 0.5
+                if row["proxy"] > peak["proxy"] and row["gold"] < peak["gold"] - noise:
+                    warnings.append(f"proxy reward rose ({peak['proxy']:.3f} -> "
+                                    f"{row['proxy']:.3f}) while gold fell ({peak['gold']:.3f} -> "
+                                    f"{row['gold']:.3f}, beyond the noise {noise:.3f}) since step "
+                                    f"{peak.get('step', '?')}")
             base = max(first["response_length"], 1.0)
             ratio = row["response_length"] / base
             if ratio > self.cfg.length_drift or ratio < 1 / self.cfg.length_drift:
@@ -454,7 +457,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     # 6. The monitor before training (the baseline every later reading compares with).
     def run_monitor(step: int) -> bool:
         row = monitor.measure(parts, reference, reward_fn, tokenizer, device)
-        warnings = monitor.check(row)
+        warnings = monitor.check({**row, "step": step})
         row["warnings"] = warnings
         metrics.log(step, row, split="eval")
         for w in warnings:
