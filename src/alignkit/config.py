@@ -67,6 +67,17 @@ class OptimArgs:
 
 
 @dataclass
+class PackingArgs:
+    packing: bool = opt(True, "Padding-free batches: several examples share a row, each attending "
+                        "only to itself (used for a batch when it is clearly cheaper).")
+    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
+    share_prefix: bool = opt(True, "With packing, run a shared prompt prefix once (a chat "
+                             "template's system prompt per row; for reward models also each "
+                             "prompt once for all its responses); every example still computes "
+                             "exactly what it would alone.")
+
+
+@dataclass
 class RunArgs:
     output: str = opt("runs/run", "Output folder (config.yaml, metrics.jsonl, checkpoints/, "
                       "final/).")
@@ -83,17 +94,11 @@ class RunArgs:
 
 
 @dataclass
-class SFTConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
+class SFTConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     """Stage 1: supervised fine-tuning on demonstrations."""
 
     train_on_prompt: bool = opt(False, "Also learn the prompt tokens (default: loss on response "
                                 "tokens only).")
-    packing: bool = opt(True, "Padding-free packing: several examples share a row, each attending "
-                        "only to itself (used for a batch when it saves >= 15% of the positions).")
-    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
-    share_prefix: bool = opt(True, "With packing, run a prompt prefix common to the whole batch "
-                             "(a chat template's system prompt) once per row; each example "
-                             "still computes exactly what it would alone.")
     chat: str = opt("auto", "Render string prompts with the model's chat template: auto (when the "
                     "model has one), always, never.", ("auto", "always", "never"))
     output: str = opt("runs/sft", RunArgs.__dataclass_fields__["output"].metadata["help"])
@@ -186,8 +191,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         group.add_argument(flag_name(f.name), **kwargs)
 
 
-FLAG_GROUPS = ((ModelArgs, "model"), (DataArgs, "data"), (OptimArgs, "optimisation"),
-               (RunArgs, "run"))
+FLAG_GROUPS = ((ModelArgs, "model"), (DataArgs, "data"), (PackingArgs, "batching"),
+               (OptimArgs, "optimisation"), (RunArgs, "run"))
 
 
 def _group_index(cls: type, name: str) -> int:
@@ -297,7 +302,7 @@ def save_config(cfg: Any, output_dir: str | os.PathLike, name: str = "config.yam
 
 
 @dataclass
-class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
+class RewardConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     """Stage 2: a reward model (or an ensemble, or per-aspect heads) from preferences."""
 
     model: str = opt("minilm", "Reward-model backbone: 'minilm' (the packaged all-MiniLM-L6-v2 "
@@ -333,12 +338,6 @@ class RewardConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     gate_penalty: float = opt(1.0, "Penalty under a broken aspect floor.")
     chat: str = opt("auto", "Render prompts with the chat template (causal backbones).",
                     ("auto", "always", "never"))
-    packing: bool = opt(True, "Padding-free batches: several responses share a row, each "
-                        "attending only to itself (used when it is estimated cheaper).")
-    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
-    share_prefix: bool = opt(True, "With packing and a causal backbone, run each prompt once for "
-                             "all its responses (and a prefix common to the batch once per row); "
-                             "each response still gets exactly the reward it gets alone.")
     lr: float = opt(5e-5, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
     batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
     warmup_steps: int = opt(10, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])

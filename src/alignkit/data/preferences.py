@@ -538,10 +538,10 @@ def make_preference_batch(groups: list[PreferenceGroup], pad_id: int, *, causal:
     (packing wins when responses differ in length or share long prompts; for a batch of
     equal-length responses with nothing shared, padding costs nothing and dense attention over a
     long packed row would)."""
-    padded = collate_groups(groups, pad_id)
     if not packing:
-        return padded
+        return collate_groups(groups, pad_id)
     packed = collate_groups_packed(groups, pad_id, capacity, causal, share_prefix)
-    padded_cost = _estimated_cost(*padded.input_ids.shape, hidden_size)
+    seqs = [s for g in groups for s in g.input_ids]
+    padded_cost = _estimated_cost(len(seqs), max(len(s) for s in seqs), hidden_size)
     packed_cost = _estimated_cost(*packed.input_ids.shape, hidden_size)
-    return packed if packed_cost < 0.95 * padded_cost else padded
+    return packed if packed_cost < 0.95 * padded_cost else collate_groups(groups, pad_id)

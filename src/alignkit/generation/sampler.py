@@ -53,20 +53,10 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.query_mask, self.response_mask], 1)
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.response_mask.sum(1)
-
     def select(self, index: torch.Tensor) -> "Rollout":
         return Rollout(self.query[index], self.query_mask[index], self.response[index],
                        self.response_mask[index],
                        None if self.logprobs is None else self.logprobs[index], self.ended[index])
-
-    def to(self, device) -> "Rollout":
-        return Rollout(self.query.to(device), self.query_mask.to(device),
-                       self.response.to(device), self.response_mask.to(device),
-                       None if self.logprobs is None else self.logprobs.to(device),
-                       self.ended.to(device))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,6 @@ import math
 import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
-ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "reinforce++")
 
 
 # ----------------------------------------------------------------------------- masked statistics

@@ -185,9 +185,9 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
     score = scored["combined"].float().to(device)
     ended = rollout.ended.to(device)
     score = score - cfg.missing_eos_penalty * (~ended).float()
-    kl_k1 = rl.kl_estimate(old_logprobs, ref_logprobs, "k1") * mask
-    kl_k3 = rl.kl_estimate(old_logprobs, ref_logprobs, "k3") * mask
-    kl = rl.kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    estimates = {kind: rl.kl_estimate(old_logprobs, ref_logprobs, kind) * mask
+                 for kind in {"k1", "k3", cfg.kl_estimator}}
+    kl_k1, kl_k3, kl = estimates["k1"], estimates["k3"], estimates[cfg.kl_estimator]
     beta = kl_ctl.value
     if cfg.advantage in ("gae", "reinforce++"):
         rewards = rl.token_rewards(score, kl, mask, beta)
@@ -318,7 +318,7 @@ class HackingMonitor:
     def check(self, row: dict) -> list[str]:
         warnings = []
         if self.history:
-            first, last = self.history[0], self.history[-1]
+            first = self.history[0]
             # against the reading with the best gold so far (a slow decline shows there), and a
             # drop counts when it is larger than twice its standard error (sampling noise of two
             # readings on a few dozen prompts easily moves the mean by 0.1)
