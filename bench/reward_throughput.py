@@ -66,7 +66,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,8 +75,7 @@ STARTED = time.time()  # the child's clock starts before any heavy import
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-# Shared with the SFT benchmark: memory probes, the busy-machine check, timing, JSON output.
-from sft_throughput import (
+from harness import (  # noqa: E402
     BUSY_SHARE,
     RunFailed,
     children_cpu_s,
@@ -88,6 +86,7 @@ from sft_throughput import (
     idle_check,
     others_share,
     peak_rss_mib,
+    spawn,
     summarise,
     sync,
     versions,
@@ -391,27 +390,6 @@ def run_prepare(spec_path: str) -> None:
 # parent
 
 
-def spawn(mode: str, spec: dict, workdir: Path, label: str, timeout: int,
-          log_dir: Path | None = None) -> dict:
-    """Run this script as ``mode`` in a fresh process; its result JSON, or RunFailed."""
-    spec_path = workdir / f"{label}.spec.json"
-    spec = dict(spec, result=str(workdir / f"{label}.result.json"))
-    spec_path.write_text(json.dumps(spec))
-    log_path = (log_dir or workdir) / f"{label}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, str(Path(__file__).resolve()), mode, str(spec_path)]
-    with open(log_path, "w") as log:
-        try:
-            code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  timeout=timeout).returncode
-        except subprocess.TimeoutExpired:  # the child has been killed
-            code = f"killed after --timeout {timeout} s"
-    if code != 0 or not Path(spec["result"]).is_file():
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        raise RunFailed(f"{label} failed (exit {code}); last lines of its log:\n{tail}")
-    return json.loads(Path(spec["result"]).read_text())
-
-
 def build_summary(results: list[dict]) -> list[dict]:
     """Median throughput and highest peak over repeats; ratios alignkit/each TRL variant."""
     groups: dict[tuple, list[dict]] = {}
@@ -587,9 +565,10 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         print(f"preparing preference data and batch order ({', '.join(workloads)}) ...", flush=True)
         try:
-            prep = spawn("--prepare", {"workloads": workloads, "batch_size": args.batch_size,
-                                       "seed": args.seed, "steps": max(steps.values()),
-                                       "max_length": args.max_length, "workdir": str(workdir)},
+            prep = spawn(__file__, "--prepare",
+                         {"workloads": workloads, "batch_size": args.batch_size,
+                          "seed": args.seed, "steps": max(steps.values()),
+                          "max_length": args.max_length, "workdir": str(workdir)},
                          workdir, "prepare", args.timeout, log_dir)
         except RunFailed as e:
             raise SystemExit(str(e)) from None
@@ -626,7 +605,7 @@ def main(argv=None) -> int:
                             "workdir": str(workdir / label)}
                     t0, busy0, child0 = time.time(), cpu_busy_s(), children_cpu_s()
                     try:
-                        r = spawn("--child", spec, workdir, label, args.timeout, log_dir)
+                        r = spawn(__file__, "--child", spec, workdir, label, args.timeout, log_dir)
                     except RunFailed as e:  # keep going: the other runs still count
                         print(e, file=sys.stderr, flush=True)
                         failed.append(label)

@@ -93,14 +93,16 @@ def test_lora_policy_moves_while_the_reference_stays(tiny_model_dir, tmp_path):
 
 
 def test_first_minibatch_ratio_is_exactly_one(tiny_model_dir, tmp_path):
-    """The rollout's log-probs come from the training forward: before any update, the PPO ratio
-    is 1 and the approximate KL 0 (no cached-decode mismatch)."""
+    """The rollout's log-probs come from a separate forward with the training numerics: before
+    any update, the PPO ratio is 1 and the approximate KL 0 (no cached-decode mismatch).
+    (Accumulation over two micro-batches keeps the separate no-grad pass in use.)"""
     from alignkit.config import PPOConfig
     from alignkit.recipes import ppo
 
     out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
                              data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
-                             batch_size=8, minibatch_size=8, ppo_epochs=1, max_steps=1,
+                             batch_size=8, minibatch_size=8, grad_accum=2, ppo_epochs=1,
+                             max_steps=1,
                              max_new_tokens=10, lr=0.0, output=str(tmp_path / "run"),
                              save_every=0, progress=False), reward_fn=space_share)
     row = rows(out["metrics"])[0]
@@ -108,6 +110,42 @@ def test_first_minibatch_ratio_is_exactly_one(tiny_model_dir, tmp_path):
     assert row["approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert row["clipfrac"] == 0.0
     assert row["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at the start
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "gae"])
+def test_single_pass_equals_the_separate_old_logprob_pass(tiny_model_dir, tmp_path, advantage):
+    """One epoch over one minibatch: the training forward doubles as the experience's forward.
+    Same rewards, KL and advantages, so the same weights as the path with a separate no-grad pass
+    (forced here by accumulating over two micro-batches, which sums to the same gradient)."""
+    from alignkit.config import PPOConfig
+    from alignkit.recipes import ppo
+
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    finals = {}
+    for accum in (1, 2):
+        cfg = PPOConfig(model=str(tiny_model_dir), reward_model=None, data=str(prompts),
+                        eval_data=None, advantage=advantage, samples_per_prompt=2, batch_size=4,
+                        minibatch_size=8, grad_accum=accum, ppo_epochs=1, max_steps=2,
+                        max_new_tokens=8, lr=3e-3, kl_coef=0.1, output=str(tmp_path / f"a{accum}"),
+                        save_every=0, progress=False, seed=5)
+        assert ppo.single_pass(cfg) == (accum == 1)
+        out = ppo.main(cfg, reward_fn=space_share)
+        finals[accum] = (rows(out["metrics"]), load_state(out["final"]))
+    (rows1, w1), (rows2, w2) = finals[1], finals[2]
+    for a, b in zip(rows1, rows2):
+        for key in ("score", "kl", "kl_k3", "entropy", "ratio", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert rows1[1]["kl"] > 0  # the second step starts away from the reference
+    # Adam's first steps move each weight by about lr * sign(gradient), so a gradient entry near
+    # zero can flip on float rounding (summation order): compare to a small share of lr
+    assert all(torch.allclose(w1[k], w2[k], atol=0.05 * 3e-3) for k in w1)
+    assert any(not torch.equal(w1[k], load_state(tiny_model_dir)[k]) for k in w1)
+
+
+def load_state(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")

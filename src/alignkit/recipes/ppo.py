@@ -154,15 +154,27 @@ def reference_logprobs(parts: PolicyAndValue, reference: nn.Module | None, rollo
 @dataclass
 class Experience:
     rollout: Rollout
-    old_logprobs: torch.Tensor  # (B, T)
+    old_logprobs: torch.Tensor | None  # (B, T); None until the fused pass fills it
     old_values: torch.Tensor | None  # (B, T)
-    advantages: torch.Tensor  # (B, T)
+    advantages: torch.Tensor | None  # (B, T)
     returns: torch.Tensor | None  # (B, T)
+    score: torch.Tensor | None = None  # (B,) reward-model score minus the missing-EOS penalty
+    ref_logprobs: torch.Tensor | None = None  # (B, T)
+    beta: float = 0.0
+
+
+def single_pass(cfg: PPOConfig) -> bool:
+    """One epoch over one minibatch, no accumulation: the "old" log-probs are those of the one
+    training forward (its ratio is exactly 1), so that forward also fills the experience and the
+    separate no-grad policy pass is skipped (as TRL's GRPO does with num_iterations=1)."""
+    n = cfg.batch_size * cfg.samples_per_prompt
+    return cfg.ppo_epochs == 1 and cfg.minibatch_size >= n and max(cfg.grad_accum, 1) == 1
 
 
 def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
                     indices: list[int], kl_ctl, cfg: PPOConfig, device: str):
-    """Sample, score and turn rewards into advantages. Returns (Experience, stats)."""
+    """Sample, score, take the reference's log-probs and (unless ``single_pass``) the policy's
+    and turn rewards into advantages. Returns (Experience, stats)."""
     k = cfg.samples_per_prompt
     prompt_ids = [prompts.ids[i] for i in indices for _ in range(k)]
     t0 = time.time()
@@ -171,26 +183,45 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
         rollout = sample(parts.policy, prompt_ids, tokenizer.pad_token_id,
                          tokenizer.eos_token_id, sampling, with_logprobs=False)
     gen_time = time.time() - t0
-    mask = rollout.response_mask.float()
-    with torch.no_grad(), autocast(device, cfg.precision):
-        parts.eval()
-        fwd = policy_forward(parts, rollout, cfg, with_entropy=True)
-        ref_logprobs = reference_logprobs(parts, reference, rollout, cfg)
-        parts.train()
-    old_logprobs = fwd["logprobs"].float()
-    old_values = fwd.get("values")
     texts = [prompts.texts[i] for i in indices for _ in range(k)]
     responses = decode_responses(tokenizer, rollout)
     scored = reward_fn(texts, responses)
     score = scored["combined"].float().to(device)
     ended = rollout.ended.to(device)
     score = score - cfg.missing_eos_penalty * (~ended).float()
-    estimates = {kind: rl.kl_estimate(old_logprobs, ref_logprobs, kind) * mask
+    with torch.no_grad(), autocast(device, cfg.precision):
+        parts.eval()
+        ref_logprobs = reference_logprobs(parts, reference, rollout, cfg)
+        fwd = None if single_pass(cfg) else policy_forward(parts, rollout, cfg, with_entropy=True)
+        parts.train()
+    exp = Experience(rollout, None, None, None, None, score, ref_logprobs, kl_ctl.value)
+    lengths = rollout.response_mask.float().sum(1)
+    stats = {
+        "score": float(score.mean()), "score_std": float(score.std()) if len(score) > 1 else 0.0,
+        "reward_model_mean": float(scored.get("mean", scored["combined"]).float().mean()),
+        "reward_model_std": float(scored["std"].float().mean()) if "std" in scored else 0.0,
+        "kl_coef": exp.beta, "response_length": float(lengths.mean()),
+        "ended_fraction": float(ended.float().mean()),
+        "gen_tokens_per_s": float(lengths.sum()) / max(gen_time, 1e-9),
+    }
+    if fwd is not None:
+        stats.update(fill_experience(exp, fwd, cfg))
+    return exp, stats
+
+
+def fill_experience(exp: Experience, fwd: dict[str, torch.Tensor],
+                    cfg: PPOConfig) -> dict[str, float]:
+    """Old log-probs and values from a policy forward (``fwd``), then the KL-penalised rewards
+    and advantages of ``--advantage``; fills ``exp`` and returns the KL and entropy stats."""
+    mask = exp.rollout.response_mask.float()
+    old_logprobs = fwd["logprobs"].detach().float()
+    old_values = fwd["values"].detach() if "values" in fwd else None
+    estimates = {kind: rl.kl_estimate(old_logprobs, exp.ref_logprobs, kind) * mask
                  for kind in {"k1", "k3", cfg.kl_estimator}}
     kl_k1, kl_k3, kl = estimates["k1"], estimates["k3"], estimates[cfg.kl_estimator]
-    beta = kl_ctl.value
+    beta, k = exp.beta, cfg.samples_per_prompt
     if cfg.advantage in ("gae", "reinforce++"):
-        rewards = rl.token_rewards(score, kl, mask, beta)
+        rewards = rl.token_rewards(exp.score, kl, mask, beta)
         if cfg.whiten_rewards:
             rewards = rl.masked_whiten(rewards, mask, shift_mean=False)
         if cfg.advantage == "gae":
@@ -201,7 +232,7 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
             advantages, returns = rl.reinforce_pp_advantages(rewards, mask, cfg.gamma), None
     else:
         # sequence level: the KL penalty is summed over the response, then group baselines
-        seq_reward = score - beta * kl.sum(1)
+        seq_reward = exp.score - beta * kl.sum(1)
         if cfg.advantage == "rloo":
             adv = rl.rloo_advantages(seq_reward, k)
         else:
@@ -209,23 +240,20 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
         advantages, returns = adv[:, None] * mask, None
         if cfg.whiten_advantages and cfg.advantage == "rloo":
             advantages = rl.masked_whiten(advantages, mask)
-    lengths = mask.sum(1)
-    stats = {
-        "score": float(score.mean()), "score_std": float(score.std()) if len(score) > 1 else 0.0,
-        "reward_model_mean": float(scored.get("mean", scored["combined"]).float().mean()),
-        "reward_model_std": float(scored["std"].float().mean()) if "std" in scored else 0.0,
-        "kl": float(kl_k1.sum(1).mean()), "kl_k3": float(kl_k3.sum(1).mean()),
-        "kl_coef": beta, "non_score_reward": float(-(beta * kl.sum(1)).mean()),
-        "entropy": float(rl.masked_mean(fwd["entropy"].float(), mask)),
-        "response_length": float(lengths.mean()), "ended_fraction": float(ended.float().mean()),
-        "gen_tokens_per_s": float(lengths.sum()) / max(gen_time, 1e-9),
-    }
-    return Experience(rollout, old_logprobs, old_values, advantages, returns), stats
+    exp.old_logprobs, exp.old_values = old_logprobs, old_values
+    exp.advantages, exp.returns = advantages, returns
+    out = {"kl": float(kl_k1.sum(1).mean()), "kl_k3": float(kl_k3.sum(1).mean()),
+           "non_score_reward": float(-(beta * kl.sum(1)).mean())}
+    if "entropy" in fwd:
+        out["entropy"] = float(rl.masked_mean(fwd["entropy"].detach().float(), mask))
+    return out
 
 
 def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOConfig,
                step: int, device: str) -> dict[str, float]:
-    """``--ppo-epochs`` passes over shuffled minibatches; one optimiser step per minibatch."""
+    """``--ppo-epochs`` passes over shuffled minibatches; one optimiser step per minibatch. With
+    ``single_pass`` the experience has no old log-probs yet: the one forward provides them."""
+    fused_stats: dict[str, float] = {}
     n = exp.rollout.response.shape[0]
     mb = max(1, min(cfg.minibatch_size, n))
     micro = max(1, mb // max(cfg.grad_accum, 1))
@@ -237,6 +265,8 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
         # a pure function of (seed, step, epoch): a resumed run shuffles the same way
         order = torch.randperm(n, generator=torch.Generator().manual_seed(
             cfg.seed * 1_000_003 + step * 101 + epoch))
+        if exp.old_logprobs is None:  # single_pass: one minibatch of all rows, in rollout order
+            order = torch.arange(n)
         epoch_kl = []
         for start in range(0, n, mb):
             idx = order[start:start + mb]
@@ -245,8 +275,12 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
                 sub = idx[m0:m0 + micro].to(device)
                 part = exp.rollout.select(sub)
                 mask = part.response_mask.float()
+                fused = exp.old_logprobs is None
                 with autocast(device, cfg.precision):
-                    out = policy_forward(parts, part, cfg, with_entropy=cfg.entropy_coef > 0)
+                    out = policy_forward(parts, part, cfg,
+                                         with_entropy=cfg.entropy_coef > 0 or fused)
+                if fused:  # single_pass: this forward is also the experience's (sub = all)
+                    fused_stats = fill_experience(exp, out, cfg)
                 # each micro-batch's token mean, weighted by its share of the minibatch's tokens
                 share = mask.sum() / mb_tokens
                 pg, pstats = rl.policy_loss(out["logprobs"], exp.old_logprobs[sub],
@@ -276,7 +310,7 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
     out = {k: v / max(count, 1) for k, v in sums.items()}
     out.update(lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), optimizer_steps=len(grad_norms),
                ppo_epochs_done=epochs_done, early_stopped=stopped,
-               train_tokens_per_s=tokens / max(time.time() - t0, 1e-9))
+               train_tokens_per_s=tokens / max(time.time() - t0, 1e-9), **fused_stats)
     return out
 
 
@@ -479,7 +513,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         indices = stream_batch_indices(step, len(train.ids), cfg.batch_size, cfg.seed)
         exp, stats = make_experience(parts, reference, reward_fn, tokenizer, train, indices,
                                      kl_ctl, cfg, device)
-        update = ppo_update(parts, params, optimizer, scheduler, exp, cfg, step, device)
+        stats.update(ppo_update(parts, params, optimizer, scheduler, exp, cfg, step, device))
         if exp.returns is not None:
             with torch.no_grad():
                 stats["explained_variance"] = rl.explained_variance(
@@ -487,7 +521,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         # the controller sees the batch's mean KL per response (Ziegler et al. 2019)
         kl_ctl.update(stats["kl"], rollouts_per_step)
         done = step + 1
-        stats.update(update, step_time_s=time.time() - t0)
+        stats["step_time_s"] = time.time() - t0
         if done % cfg.log_every == 0 or done == total_steps:
             metrics.log(done, stats)
         bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}")
