@@ -11,8 +11,9 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import (DemoConfig, LabelConfig, PPOConfig, RewardConfig, ScoreConfig,
-                             SFTConfig, TinyModelConfig, add_config_flags, build_config)
+from alignkit.config import (DemoConfig, DPOConfig, LabelConfig, PPOConfig, RewardConfig,
+                             ScoreConfig, SFTConfig, TinyModelConfig, add_config_flags,
+                             build_config)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -26,6 +27,8 @@ STAGES = {
                "Stage 2: a reward model (ensemble, aspects) from preference pairs or rankings."),
     "ppo": (PPOConfig, "alignkit.recipes.ppo:main",
             "Stage 3: PPO / RLOO / GRPO / REINFORCE++ against a reward model under a KL leash."),
+    "dpo": (DPOConfig, "alignkit.recipes.dpo:main",
+            "DPO / IPO / cDPO / hinge / robust DPO / RPO on preference pairs or rankings."),
     "label": (LabelConfig, "alignkit.recipes.label:main",
               "Preference labels: sample K responses per prompt and have annotators rank them."),
     "score": (ScoreConfig, "alignkit.recipes.score:main",

@@ -418,6 +418,40 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
 
 
 @dataclass
+class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
+    """DPO and its family (IPO, cDPO, hinge, robust, RPO) on preference pairs or rankings: the
+    policy learns from comparisons directly, against a frozen reference (the starting policy)."""
+
+    model: str = opt("runs/demo/sft/final", "Policy to start from (also the reference): usually "
+                     "the SFT model; 'default', a folder, a .gguf file or a hub id.")
+    data: Optional[str] = opt(None, "Preference pairs or rankings (.jsonl/.parquet/.csv); a "
+                              "ranking gives all its K(K-1)/2 pairs.")
+    loss: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC) or robust (rDPO); "
+                    "--label-smoothing with sigmoid is cDPO.", ("sigmoid", "ipo", "hinge", "robust"))
+    beta: float = opt(0.1, "KL strength beta (IPO: tau).")
+    label_smoothing: float = opt(0.0, "Assumed label-flip rate: cDPO with --loss sigmoid, the "
+                                 "noise rate of --loss robust.")
+    rpo_alpha: float = opt(0.0, "Add alpha * per-token NLL of the chosen response (RPO).")
+    reference_free: bool = opt(False, "No reference model (its log-probs taken as 0).")
+    keep_empty: bool = opt(False, "Train on pairs with an empty response (default: skip them, "
+                           "counted in metrics).")
+    sample_prompts: Optional[str] = opt("demo-prompts-heldout", "Held-out prompts the policy "
+                                        "answers at each evaluation, for its KL to the reference "
+                                        "(and gold score with --gold); none: skip.")
+    sample_count: int = opt(16, "How many of --sample-prompts to answer (0: all).")
+    max_new_tokens: int = opt(48, "Longest sampled answer at evaluation.")
+    gold: bool = opt(True, "Score the sampled answers with the gold scorer (simulated-annotator "
+                     "experiments).")
+    chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
+    lr: float = opt(5e-7, "Peak learning rate (full fine-tuning; LoRA usually wants ~5e-5..5e-4).")
+    batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
+    warmup_steps: int = opt(0, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
+    eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
+    eval_every: int = opt(25, RunArgs.__dataclass_fields__["eval_every"].metadata["help"])
+    output: str = opt("runs/dpo", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+@dataclass
 class ScoreConfig:
     """Score (prompt, response) records with a saved reward model."""
 

@@ -26,13 +26,13 @@ import torch
 
 from alignkit.data.collate import pack_rows
 from alignkit.data.readers import Record, read_records
-from alignkit.data.schemas import (PreferenceExample, RankingExample, RecordProblem, Text,
-                                   parse_preference, parse_ranking, validate)
-from alignkit.data.tokenize import as_messages, use_chat_template
+from alignkit.data.schemas import (PreferenceExample, RankingExample, RecordProblem, SFTExample,
+                                   Text, parse_preference, parse_ranking, validate)
+from alignkit.data.tokenize import IGNORE, as_messages, tokenize_sft, use_chat_template
 from alignkit.errors import DataError, UserError
 from alignkit.losses.reward import ranking_to_pairs
 
-BACKBONES = ("causal", "encoder")
+BACKBONES = ("causal", "encoder")  # reward-model backbones; "policy" encodes for DPO
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no", "")
 
@@ -110,11 +110,16 @@ def _flat(text: Text) -> str:
 def encode_response(tokenizer, prompt: Text, response: Text, backbone: str = "causal",
                     chat: str = "auto", where: str = "") -> tuple[list[int], list[int] | None]:
     """Token ids (and token type ids, for an encoder that has them, else None) of one
-    (prompt, response) for a reward model; see the module docstring."""
+    (prompt, response) for a reward model; see the module docstring. ``backbone="policy"``
+    (DPO): the SFT encoding and its shifted targets (``data.tokenize``) instead of type ids."""
     if backbone == "encoder":
         enc = tokenizer(_flat(prompt), _flat(response), add_special_tokens=True)
         return list(enc["input_ids"]), (list(enc["token_type_ids"])
                                         if "token_type_ids" in enc else None)
+    if backbone == "policy":  # DPO: the SFT encoding, targets on the response tokens only
+        example = tokenize_sft(SFTExample("prompt_completion", prompt, response, where=where),
+                               tokenizer, chat)
+        return example.input_ids, example.targets
     if backbone != "causal":
         raise UserError(f"unknown reward-model backbone {backbone!r}; choose one of "
                         f"{', '.join(BACKBONES)}")
@@ -171,6 +176,7 @@ class PreferenceGroup:
     responses: list = field(default_factory=list)
     input_ids: list[list[int]] = field(default_factory=list)
     token_type_ids: list[list[int]] | None = None
+    targets: list[list[int]] | None = None  # backbone "policy": shifted targets per response
     pairs: list[Comparison] = field(default_factory=list)
     rankings: list[Ranking] = field(default_factory=list)
     where: str = ""
@@ -231,7 +237,9 @@ def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str 
                 seen[k] = len(group.responses)
                 group.responses.append(text)
                 group.input_ids.append(ids)
-                if types is not None:
+                if types is not None and backbone == "policy":
+                    group.targets = (group.targets or []) + [types]
+                elif types is not None:
                     if group.token_type_ids is None:
                         group.token_type_ids = []
                     group.token_type_ids.append(types)
@@ -307,7 +315,11 @@ class PreferenceBatch:
     padding, index 0 there); ranking_weight: (R,); ranking_aspects: R names; pair_ranking: (P,)
     the ranking each comparison was derived from (-1: a pairwise record). num_tokens: tokens of
     the N encoded responses (prompt included in each); computed_tokens: non-padding positions the
-    model runs (fewer when responses share their prompt)."""
+    model runs (fewer when responses share their prompt).
+
+    For groups encoded for a policy (DPO, ``PreferenceGroup.targets``): target_index (M,) flat
+    index into Rows*L of every position that predicts a response token, target_ids (M,) that
+    token, target_response (M,) its response; in either layout."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -330,6 +342,9 @@ class PreferenceBatch:
     computed_tokens: int = 0
     position_ids: torch.Tensor | None = None
     token_response: torch.Tensor | None = None
+    target_index: torch.Tensor | None = None
+    target_ids: torch.Tensor | None = None
+    target_response: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -380,6 +395,24 @@ def _comparison_fields(groups: list[PreferenceGroup]) -> dict:
         ranking_aspects=[r.aspect for _, r in ranks], num_groups=len(groups))
 
 
+def _target_fields(groups: list[PreferenceGroup], token_index: list[list[int]]) -> dict:
+    """target_index / target_ids / target_response from each response's shifted targets and the
+    flat index of each of its positions (``token_index[n][t]``) in the batch layout."""
+    if not all(g.targets for g in groups):
+        return {}
+    index, ids, owner = [], [], []
+    targets = [t for g in groups for t in g.targets]
+    for n, (tgt, where) in enumerate(zip(targets, token_index)):
+        for t, y in enumerate(tgt):
+            if y != IGNORE:
+                index.append(where[t])
+                ids.append(y)
+                owner.append(n)
+    return {"target_index": torch.tensor(index, dtype=torch.long),
+            "target_ids": torch.tensor(ids, dtype=torch.long),
+            "target_response": torch.tensor(owner, dtype=torch.long)}
+
+
 def collate_groups(groups: list[PreferenceGroup], pad_id: int) -> PreferenceBatch:
     """Stack whole groups into one right-padded batch, one response per row."""
     seqs = [s for g in groups for s in g.input_ids]
@@ -397,8 +430,10 @@ def collate_groups(groups: list[PreferenceGroup], pad_id: int) -> PreferenceBatc
             token_types[r, :len(t)] = torch.tensor(t, dtype=torch.long)
     last = (mask.sum(1) - 1).clamp(min=0)
     tokens = int(mask.sum())
+    token_index = [[r * width + t for t in range(len(s))] for r, s in enumerate(seqs)]
     return PreferenceBatch(ids, mask, token_types, last, **_comparison_fields(groups),
-                           num_tokens=tokens, computed_tokens=tokens)
+                           num_tokens=tokens, computed_tokens=tokens,
+                           **_target_fields(groups, token_index))
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -488,6 +523,7 @@ def collate_groups_packed(groups: list[PreferenceGroup], pad_id: int, capacity: 
     token_response = torch.full((n_rows, width), -1, dtype=torch.long)
     last = torch.zeros(n_resp, dtype=torch.long)
     mask = torch.full((n_rows, 1, width, width), torch.finfo(torch.float32).min)
+    token_index: list[list[int]] = [[] for _ in range(n_resp)]  # flat index of every position
     for r, segs in enumerate(layouts):
         at, starts, ends = 0, [], []  # ends: the position id after each segment
         for i, s in enumerate(segs):
@@ -504,6 +540,13 @@ def collate_groups_packed(groups: list[PreferenceGroup], pad_id: int, capacity: 
             starts.append(at)
             ends.append(first_pos + k)
             at += k
+            if s.response >= 0:  # its full sequence: the ancestors' tokens, then its own
+                chain, j = [], i
+                while j >= 0:
+                    chain.append(j)
+                    j = segs[j].parent
+                token_index[s.response] = [r * width + starts[j] + t for j in reversed(chain)
+                                           for t in range(len(segs[j].ids))]
         # visible[i, j]: segment i sees segment j (itself and its ancestors)
         visible = torch.eye(len(segs), dtype=torch.bool)
         for i, s in enumerate(segs):
@@ -521,7 +564,7 @@ def collate_groups_packed(groups: list[PreferenceGroup], pad_id: int, capacity: 
     return PreferenceBatch(ids, mask, types, last, **_comparison_fields(groups),
                            num_tokens=sum(g.num_tokens for g in groups),
                            computed_tokens=int((seg_of >= 0).sum()), position_ids=pos,
-                           token_response=token_response)
+                           token_response=token_response, **_target_fields(groups, token_index))
 
 
 def _estimated_cost(rows: int, width: int, hidden: int) -> float:

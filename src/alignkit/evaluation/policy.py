@@ -1,15 +1,56 @@
 """How a policy behaves on held-out prompts: proxy reward, gold score, KL to a reference, length,
-entropy. Shared by PPO's reward-hacking monitor and the demo's final comparison."""
+entropy. Shared by PPO's reward-hacking monitor, DPO's evaluation and the demo's comparison."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from alignkit.data.tokenize import render_prompt
+from alignkit.errors import DataError, UserError
 from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
 from alignkit.losses.ppo import kl_estimate, masked_mean
 from alignkit.recipes.common import autocast
+
+log = logging.getLogger("alignkit.evaluation")
+
+
+@dataclass
+class Prompts:
+    texts: list  # as written in the file (string or messages)
+    ids: list[list[int]]  # rendered with the chat template, tokenised
+    categories: list
+
+
+def load_prompts(spec: str, tokenizer, chat: str = "auto", max_prompt_length: int = 256,
+                 skip_invalid: bool = False) -> Prompts:
+    """Prompts file -> rendered, tokenised prompts (what a policy continues); problems reported
+    as file:line: field, an error unless ``skip_invalid``."""
+    from alignkit.recipes.label import read_prompts
+
+    rows = read_prompts(spec, 0)
+    if not rows:
+        raise UserError(f"{spec}: no prompts")
+    texts, ids, cats, problems = [], [], [], []
+    bos = not getattr(tokenizer, "chat_template", None)
+    for row in rows:
+        rendered = render_prompt(tokenizer, row["prompt"], chat)
+        toks = tokenizer(rendered, add_special_tokens=bos)["input_ids"]
+        if len(toks) > max_prompt_length:
+            problems.append(f"{row['where']}: field \"prompt\" is {len(toks)} tokens, longer than "
+                            f"--max-prompt-length {max_prompt_length}")
+            continue
+        texts.append(row["prompt"])
+        ids.append(toks)
+        cats.append(row.get("category"))
+    if problems and not skip_invalid:
+        raise DataError(problems)
+    if problems:
+        log.warning("skipped %d prompt(s):\n  %s", len(problems), "\n  ".join(problems[:20]))
+    return Prompts(texts, ids, cats)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

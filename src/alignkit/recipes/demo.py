@@ -108,7 +108,7 @@ def ppo_stage(cfg: DemoConfig, root: Path, sft_model, sft_final: Path, reward_fi
     """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble; then base, SFT and
     PPO policies compared on held-out prompts (gold score, proxy reward, KL to SFT)."""
     from alignkit.config import PPOConfig
-    from alignkit.evaluation.policy import measure_policy
+    from alignkit.evaluation.policy import load_prompts, measure_policy
     from alignkit.generation.sampler import SamplingConfig, response_logprobs
     from alignkit.judges.gold import GoldScorer
     from alignkit.recipes import ppo
@@ -125,7 +125,7 @@ def ppo_stage(cfg: DemoConfig, root: Path, sft_model, sft_final: Path, reward_fi
     out = ppo.main(pcfg)
     png = plot_monitor(out["metrics"], root / "ppo" / "monitor.png")
     # the comparison: each policy answers the same held-out prompts with the same seed
-    prompts = ppo.load_prompts("demo-prompts-heldout", tokenizer, pcfg)
+    prompts = load_prompts("demo-prompts-heldout", tokenizer, pcfg.chat, pcfg.max_prompt_length)
     n = min(cfg.compare_prompts, len(prompts.ids))
     reward_fn = ppo.RewardFunction(str(reward_final), pcfg, device)
     gold = GoldScorer(token_counter=tokenizer)

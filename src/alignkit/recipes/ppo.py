@@ -25,9 +25,9 @@ from torch import nn
 
 from alignkit.config import PPOConfig, save_config
 from alignkit.data.sft import stream_batch_indices
-from alignkit.data.tokenize import render_prompt
-from alignkit.errors import DataError, UserError
-from alignkit.evaluation.policy import decode_responses, measure_policy
+from alignkit.errors import UserError
+from alignkit.evaluation.policy import (Prompts, decode_responses, load_prompts,
+                                        measure_policy)
 from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
 from alignkit.losses import ppo as rl
 from alignkit.models import checkpoint as ckpt
@@ -56,39 +56,6 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = value_head
         self.critic = critic
-
-
-@dataclass
-class Prompts:
-    texts: list  # as written in the file (string or messages)
-    ids: list[list[int]]  # rendered with the chat template, tokenised
-    categories: list
-
-
-def load_prompts(spec: str, tokenizer, cfg: PPOConfig) -> Prompts:
-    """Prompts file -> rendered, tokenised prompts; problems reported as file:line: field."""
-    from alignkit.recipes.label import read_prompts
-
-    rows = read_prompts(spec, 0)
-    if not rows:
-        raise UserError(f"{spec}: no prompts")
-    texts, ids, cats, problems = [], [], [], []
-    bos = not getattr(tokenizer, "chat_template", None)
-    for row in rows:
-        rendered = render_prompt(tokenizer, row["prompt"], cfg.chat)
-        toks = tokenizer(rendered, add_special_tokens=bos)["input_ids"]
-        if len(toks) > cfg.max_prompt_length:
-            problems.append(f"{row['where']}: field \"prompt\" is {len(toks)} tokens, longer than "
-                            f"--max-prompt-length {cfg.max_prompt_length}")
-            continue
-        texts.append(row["prompt"])
-        ids.append(toks)
-        cats.append(row.get("category"))
-    if problems and not cfg.skip_invalid:
-        raise DataError(problems)
-    if problems:
-        log.warning("skipped %d prompt(s):\n  %s", len(problems), "\n  ".join(problems[:20]))
-    return Prompts(texts, ids, cats)
 
 
 class RewardFunction:
@@ -454,8 +421,10 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     trainable, total_params = count_parameters(parts)
 
     # 3. Prompts (train, held-out), the reward function, the KL controller.
-    train = load_prompts(cfg.data, tokenizer, cfg)
-    heldout = load_prompts(cfg.eval_data, tokenizer, cfg) if cfg.eval_data else None
+    train = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length,
+                         cfg.skip_invalid)
+    heldout = (load_prompts(cfg.eval_data, tokenizer, cfg.chat, cfg.max_prompt_length,
+                             cfg.skip_invalid) if cfg.eval_data else None)
     reward_fn = reward_fn or RewardFunction(cfg.reward_model, cfg, device)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
