@@ -212,15 +212,15 @@ def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str 
         else:
             texts = [ex.chosen, ex.rejected]
             labels = ['"chosen"', '"rejected"']
-        encoded, too_long = [], False
+        encoded, too_long = [], []
         for text, label in zip(texts, labels):
             ids, types = encode_response(tokenizer, ex.prompt, text, backbone, chat, ex.where)
             if max_length is not None and len(ids) > max_length:
-                problems.append(f"{ex.where}: field {label} is {len(ids)} tokens with the prompt, "
-                                f"longer than --max-length {max_length}")
-                too_long = True
+                too_long.append(f"field {label} is {len(ids)} tokens with the prompt")
             encoded.append((ids, types))
-        if too_long:
+        if too_long:  # one problem per record, naming every field over the limit
+            problems.append(f"{ex.where}: {'; '.join(too_long)}, longer than --max-length "
+                            f"{max_length}")
             continue
         key = _key(ex.prompt) if merge_prompts else f"#{len(groups)}"
         group = by_prompt.get(key)

@@ -103,6 +103,9 @@ def pair_losses(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None,
         pol[c], pol[r], None if ref is None else ref[c], None if ref is None else ref[r],
         cfg.beta, cfg.loss, cfg.label_smoothing, batch.margin,
         batch.label if cfg.loss == "sigmoid" else None)
+    if cfg.loss == "ipo":  # the implicit reward is beta * the summed log-ratio for every loss
+        ratio = policy_logps.detach() - (0.0 if ref_logps is None else ref_logps)
+        chosen_rewards, rejected_rewards = cfg.beta * ratio[c], cfg.beta * ratio[r]
     out = {"dpo": per_pair, "chosen_rewards": chosen_rewards,
            "rejected_rewards": rejected_rewards, "chosen_logps": policy_logps[c].detach(),
            "rejected_logps": policy_logps[r].detach()}

@@ -1,0 +1,170 @@
+"""``alignkit dpo`` on a tiny random policy: every loss learns an easy preference, LoRA keeps the
+reference as the adapter-free model, bad pairs get file:line errors or counted skips, and a killed
+run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, run_cli_until_killed
+from tests.smoke.test_reward_cli import write_prefs
+
+pytestmark = pytest.mark.smoke
+
+
+def rows(path: Path, split: str = "train") -> list[dict]:
+    return [r for r in (json.loads(ln) for ln in Path(path).read_text().splitlines())
+            if r["split"] == split]
+
+
+def settings(model, data, out, **kw) -> dict:
+    base = dict(model=str(model), data=str(data), output=str(out), max_steps=12, lr=1e-3,
+                beta=0.1, batch_size=8, eval_every=6, save_every=0, sample_count=4,
+                max_new_tokens=6, progress=False, seed=1)
+    base.update(kw)
+    return base
+
+
+def test_dpo_learns_the_preference_and_reports_it(tiny_model_dir, tmp_path):
+    from alignkit.config import DPOConfig
+    from alignkit.recipes import dpo
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 64)
+    out = dpo.main(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run")))
+    setup = rows(out["metrics"], "setup")[0]
+    assert setup["mode"].startswith("full: reference log-probs cached")
+    assert setup["train_pairs"] + setup["heldout_pairs"] == 64
+    evals = rows(out["metrics"], "eval")
+    assert [r["step"] for r in evals] == [0, 6, 12]
+    first, last = evals[0], evals[-1]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert first["sample_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert last["loss"] < math.log(2) - 0.2 and last["reward_accuracy"] >= 0.8
+    assert last["reward_margin"] > 0.5
+    assert math.isfinite(last["sample_kl"]) and "sample_gold" in last
+    train = rows(out["metrics"])
+    assert sum(r["loss"] for r in train[-3:]) / 3 < sum(r["loss"] for r in train[:3]) / 3 - 0.15
+    assert all({"rewards_chosen", "rewards_rejected", "logps_chosen", "pairs_per_s"} <= set(r)
+               for r in train)
+    assert (Path(out["final"]) / "config.json").is_file()
+    assert (tmp_path / "run" / "reference_logps.pt").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("extra", [{"loss": "ipo", "beta": 0.5}, {"loss": "hinge"},
+                                   {"loss": "robust", "label_smoothing": 0.1},
+                                   {"loss": "sigmoid", "label_smoothing": 0.1, "rpo_alpha": 0.5},
+                                   {"reference_free": True}])
+def test_each_loss_learns(tiny_model_dir, tmp_path, extra):
+    from alignkit.config import DPOConfig
+    from alignkit.recipes import dpo
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
+    out = dpo.main(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", eval_every=0,
+                                        sample_prompts=None, **extra)))
+    evals = rows(out["metrics"], "eval")
+    assert evals[-1]["reward_margin"] > evals[0]["reward_margin"] + 0.1
+    assert evals[-1]["loss"] < evals[0]["loss"]
+    train = rows(out["metrics"])
+    assert all(math.isfinite(r["loss"]) for r in train)
+    if extra.get("rpo_alpha"):
+        assert "rpo_loss" in train[0] and train[0]["loss"] > train[0]["dpo_loss"]
+
+
+def test_lora_reference_is_the_adapter_free_policy(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.config import DPOConfig
+    from alignkit.recipes import dpo
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 32)
+    out = dpo.main(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", lora=True,
+                                        lr=5e-3, max_steps=6, eval_every=0)))
+    assert rows(out["metrics"], "setup")[0]["mode"].startswith("lora: reference = adapters")
+    evals = rows(out["metrics"], "eval")
+    assert evals[0]["sample_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert evals[-1]["reward_margin"] > evals[0]["reward_margin"]
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(str(out["final"])).state_dict()
+    assert set(final) == set(base)  # a plain model, adapters merged
+    assert any(not torch.equal(final[k], base[k]) for k in base if "q_proj" in k)
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+GOOD = {"prompt": "Say hi", "chosen": "Hi! How can I help?", "rejected": "Go away."}
+
+
+def test_bad_pairs_get_file_line_errors_or_counted_skips(tiny_model_dir, tmp_path):
+    common = ["--model", str(tiny_model_dir), "--max-steps", "1", "--no-progress",
+              "--sample-prompts", "", "--eval-fraction", "0"]
+    bad = write(tmp_path / "bad.jsonl", [
+        GOOD,
+        {"prompt": "Say hi", "chosen": "Same.", "rejected": "Same."},
+        {"prompt": "Rank", "responses": ["a", "b", "c"], "ranking": [0, 0, 1]},
+        {"prompt": "Missing", "chosen": "x"},
+    ])
+    proc = run_cli("dpo", "--data", str(bad), "--output", str(tmp_path / "r1"), *common)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{bad}:2" in proc.stderr and "identical" in proc.stderr
+    assert f"{bad}:3" in proc.stderr and "ranking" in proc.stderr
+    assert f"{bad}:4" in proc.stderr and "rejected" in proc.stderr
+    assert not (tmp_path / "r1" / "final").exists()
+
+    long_prompt = write(tmp_path / "long.jsonl", [GOOD, {**GOOD, "prompt": "word " * 400}])
+    proc = run_cli("dpo", "--data", str(long_prompt), "--output", str(tmp_path / "r2"),
+                   "--max-length", "128", *common)
+    assert proc.returncode == 2 and f"{long_prompt}:2" in proc.stderr
+    assert "--max-length 128" in proc.stderr
+
+    # --skip-invalid: the bad records are dropped and counted; an empty response is skipped
+    mixed = write(tmp_path / "mixed.jsonl", [GOOD, {**GOOD, "rejected": ""},
+                                              {**GOOD, "prompt": "word " * 400},
+                                              {"prompt": "Hi", "chosen": "x", "rejected": "x"}])
+    out = tmp_path / "r3"
+    proc = run_cli("dpo", "--data", str(mixed), "--output", str(out), "--max-length", "128",
+                   "--skip-invalid", *common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    setup = rows(out / "metrics.jsonl", "setup")[0]
+    assert setup["skipped_records"] == 2 and setup["skipped_empty_pairs"] == 1
+    assert setup["train_pairs"] == 1
+    assert math.isfinite(rows(out / "metrics.jsonl")[0]["loss"])
+
+
+def test_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
+    common = ["dpo", "--model", str(tiny_model_dir), "--data", str(prefs), "--max-steps", "8",
+              "--batch-size", "4", "--grad-accum", "2", "--lr", "2e-3", "--save-every", "2",
+              "--keep-checkpoints", "0", "--eval-every", "3", "--sample-count", "3",
+              "--max-new-tokens", "5", "--no-progress"]
+    ref = tmp_path / "uninterrupted"
+    done = run_cli(*common, "--output", str(ref))
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    run_cli_until_killed(*common, "--output", str(killed),
+                         when=killed / "checkpoints" / "step-4")
+    assert not (killed / "final").exists()
+    resumed = run_cli(*common, "--output", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    keys = ("loss", "reward_margin", "logps_chosen", "grad_norm")
+    want = [{k: r[k] for k in keys} for r in rows(ref / "metrics.jsonl")]
+    got = [{k: r[k] for k in keys} for r in rows(killed / "metrics.jsonl")]
+    assert [r["step"] for r in rows(killed / "metrics.jsonl")] == list(range(1, 9))
+    assert got == want
+    ev = lambda p: [(r["step"], r["loss"], r["sample_kl"]) for r in rows(p / "metrics.jsonl",
+                                                                         "eval")]
+    assert ev(killed) == ev(ref)
+    from safetensors.torch import load_file
+
+    a = load_file(str(ref / "final" / "model.safetensors"))
+    b = load_file(str(killed / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
