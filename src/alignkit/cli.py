@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import (DemoConfig, DPOConfig, LabelConfig, PPOConfig, RewardConfig,
+from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, PPOConfig, RewardConfig,
                              ScoreConfig, SFTConfig, TinyModelConfig, add_config_flags,
                              build_config)
 from alignkit.errors import UserError
@@ -29,6 +29,8 @@ STAGES = {
             "Stage 3: PPO / RLOO / GRPO / REINFORCE++ against a reward model under a KL leash."),
     "dpo": (DPOConfig, "alignkit.recipes.dpo:main",
             "DPO / IPO / cDPO / hinge / robust DPO / RPO on preference pairs or rankings."),
+    "best-of-n": (BestOfNConfig, "alignkit.recipes.best_of_n:main",
+                  "Best-of-n: sample n answers per prompt, keep the reward model's favourite."),
     "label": (LabelConfig, "alignkit.recipes.label:main",
               "Preference labels: sample K responses per prompt and have annotators rank them."),
     "score": (ScoreConfig, "alignkit.recipes.score:main",

@@ -126,7 +126,12 @@ class DemoConfig(SFTConfig):
     ppo_combine: str = opt("mean_minus_std", "Stage 3: how the ensemble's members combine into "
                            "the reward PPO maximises.", ("mean", "min", "mean_minus_std",
                                                           "mean_minus_var"))
-    compare_prompts: int = opt(32, "Stage 3: held-out prompts on which base, SFT and PPO policies "
+    dpo_steps: int = opt(24, "Stage 4: DPO steps with LoRA on the panel's rankings (0 skips it).")
+    dpo_lr: float = opt(3e-4, "Stage 4: DPO learning rate (LoRA).")
+    dpo_beta: float = opt(0.1, "Stage 4: DPO beta.")
+    best_of: int = opt(4, "Stage 4: n of the best-of-n baseline (SFT samples, reward ensemble "
+                       "picks).")
+    compare_prompts: int = opt(32, "Held-out prompts on which base, SFT, PPO, DPO and best-of-n "
                                "are compared (gold score, KL to SFT).")
     samples: int = opt(4, "Held-out prompts to answer before and after training.")
     max_new_tokens: int = opt(48, "Length limit of the sampled answers.")
@@ -449,6 +454,36 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
     eval_every: int = opt(25, RunArgs.__dataclass_fields__["eval_every"].metadata["help"])
     output: str = opt("runs/dpo", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+@dataclass
+class BestOfNConfig:
+    """Best-of-n: sample n answers per prompt with the shared sampler and keep the one the reward
+    model prefers (rejection sampling; Stiennon et al. 2020, Nakano et al. 2021)."""
+
+    model: str = opt("runs/demo/sft/final", "Policy that writes the candidates (see sft --model).")
+    reward_model: str = opt("runs/demo/reward/final", "Reward model folder that picks the best.")
+    data: Optional[str] = opt("demo-prompts-heldout", "Prompts ({prompt[, category]}).")
+    output: str = opt("runs/best-of-n", "Output folder (best.jsonl, metrics.jsonl, config.yaml).")
+    n: int = opt(4, "Candidates sampled per prompt.")
+    max_prompts: int = opt(0, "Use only the first N prompts (0: all).")
+    combine: Optional[str] = opt(None, "Override how an ensemble combines (mean, min, "
+                                 "mean_minus_std, mean_minus_var).")
+    max_new_tokens: int = opt(48, "Longest sampled answer.")
+    max_prompt_length: int = opt(256, "Longest tokenised prompt (longer: an error unless "
+                                 "--skip-invalid).")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
+    batch_size: int = opt(32, "Sequences sampled per generate call.")
+    gold: bool = opt(True, "Also report the gold score of the picked and of a single sample "
+                     "(simulated-annotator experiments).")
+    chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
+    skip_invalid: bool = opt(False, "Drop invalid prompts (counted) instead of stopping.")
+    seed: int = opt(42, "Seed of the sampling.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+    precision: str = opt("auto", "Numerics: auto, fp32, bf16.", ("auto", "fp32", "bf16"))
+    overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output.")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
 
 
 @dataclass

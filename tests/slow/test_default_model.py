@@ -67,9 +67,13 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert summary["reward_eval"]["pairs"] > 0 and "member2_accuracy" in summary["reward_eval"]
     assert (out / "reward" / "final" / "reward_config.json").is_file()
     assert "Bayes-optimal" in proc.stdout
-    # stage 3: PPO with LoRA against the ensemble; base, SFT and PPO compared on held-out prompts
+    # stages 3 and 4: PPO and DPO with LoRA; base, SFT, PPO, DPO and best-of-4 compared on
+    # held-out prompts
     policies = summary["policies"]
-    assert set(policies) == {"base", "sft", "ppo"}
+    assert set(policies) == {"base", "sft", "ppo", "dpo", "best-of-4"}
+    assert policies["best-of-4"]["kl"] == pytest.approx(0.6362944, abs=1e-6)  # log 4 - 3/4
+    assert (out / "dpo" / "final" / "config.json").is_file()
+    assert "stage 4: DPO" in proc.stdout
     assert all({"gold", "proxy", "kl", "response_length"} <= set(row) for row in policies.values())
     assert policies["sft"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
     assert (out / "ppo" / "final" / "value_head.safetensors").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -51,6 +52,29 @@ def load_prompts(spec: str, tokenizer, chat: str = "auto", max_prompt_length: in
     if problems:
         log.warning("skipped %d prompt(s):\n  %s", len(problems), "\n  ".join(problems[:20]))
     return Prompts(texts, ids, cats)
+
+
+class RewardFunction:
+    """Texts -> the scalar the policy maximises (the reward model's combined reward, with an
+    ensemble's ``mean`` / ``min`` / ``mean - lambda * std`` per --combine), plus the ensemble mean
+    and std for the logs."""
+
+    def __init__(self, path: str | None, device: str, combine: str | None = None,
+                 uncertainty_penalty: float | None = None):
+        from alignkit.models.reward import RewardModel
+
+        if not path or not Path(path).is_dir():
+            raise UserError(f"--reward-model {path!r}: not a reward-model folder (train one with "
+                            "alignkit reward, or run alignkit demo)")
+        self.model = RewardModel.load(path, device)
+        if combine:
+            self.model.spec.combine = combine
+        if uncertainty_penalty is not None:
+            self.model.spec.lam = uncertainty_penalty
+
+    def __call__(self, prompts: list, responses: list[str]) -> dict[str, torch.Tensor]:
+        s = self.model.score(prompts, responses)
+        return {"combined": s.combined.float(), "mean": s.mean.float(), "std": s.std.float()}
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

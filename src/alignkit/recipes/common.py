@@ -19,10 +19,11 @@ def prepare_output(cfg) -> Path:
     out = Path(cfg.output)
     existing = out.exists() and any((out / n).exists() for n in ("checkpoints", "final",
                                                                  "metrics.jsonl"))
-    if existing and not (cfg.resume or cfg.overwrite):
+    resume = getattr(cfg, "resume", False)
+    if existing and not (resume or cfg.overwrite):
         raise UserError(f"{out}: holds an earlier run; pass --resume to continue it or "
                         "--overwrite to replace it")
-    if existing and cfg.overwrite and not cfg.resume:
+    if existing and cfg.overwrite and not resume:
         for name in ("checkpoints", "final", "metrics.jsonl", "tensorboard"):
             target = out / name
             if target.is_dir():

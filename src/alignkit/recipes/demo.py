@@ -4,8 +4,9 @@ It grows with every stage. Today: (1) LoRA SFT of SmolLM2-135M-Instruct on the d
 alignkit ships (complete, concise answers; polite refusals of harmful requests; honest
 uncertainty), with held-out loss before and after and answers to unseen prompts side by side;
 (2) the SFT policy's answers ranked by a simulated panel and a MiniLM reward ensemble learned from
-them; (3) PPO with LoRA against that ensemble, and base, SFT and PPO policies compared on unseen
-prompts by gold score and KL to the SFT policy, with a plot of the reward-hacking monitor.
+them; (3) PPO with LoRA against that ensemble, with a plot of the reward-hacking monitor; (4) DPO
+with LoRA on the same rankings; then base, SFT, PPO, DPO and best-of-n (SFT samples picked by the
+ensemble) compared on unseen prompts by gold score and KL to the SFT policy.
 """
 
 from __future__ import annotations
@@ -103,14 +104,9 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
     return png
 
 
-def ppo_stage(cfg: DemoConfig, root: Path, sft_model, sft_final: Path, reward_final: Path,
-              tokenizer, device: str) -> dict:
-    """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble; then base, SFT and
-    PPO policies compared on held-out prompts (gold score, proxy reward, KL to SFT)."""
+def ppo_stage(cfg: DemoConfig, root: Path, sft_final: Path, reward_final: Path) -> dict:
+    """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble."""
     from alignkit.config import PPOConfig
-    from alignkit.evaluation.policy import load_prompts, measure_policy
-    from alignkit.generation.sampler import SamplingConfig, response_logprobs
-    from alignkit.judges.gold import GoldScorer
     from alignkit.recipes import ppo
 
     pcfg = PPOConfig(model=str(sft_final), reward_model=str(reward_final), lora=True,
@@ -124,10 +120,39 @@ def ppo_stage(cfg: DemoConfig, root: Path, sft_model, sft_final: Path, reward_fi
                      overwrite=True, device=cfg.device, precision=cfg.precision)
     out = ppo.main(pcfg)
     png = plot_monitor(out["metrics"], root / "ppo" / "monitor.png")
-    # the comparison: each policy answers the same held-out prompts with the same seed
-    prompts = load_prompts("demo-prompts-heldout", tokenizer, pcfg.chat, pcfg.max_prompt_length)
+    return {"final": out["final"], "best": out["best"], "png": png, "monitor": out["monitor"]}
+
+
+def dpo_stage(cfg: DemoConfig, root: Path, sft_final: Path, labels: Path) -> dict:
+    """Stage 4: DPO with LoRA on the SFT policy, from the same simulated rankings."""
+    from alignkit.config import DPOConfig
+    from alignkit.recipes import dpo
+
+    out = dpo.main(DPOConfig(model=str(sft_final), data=str(labels), lora=True, lr=cfg.dpo_lr,
+                             beta=cfg.dpo_beta, max_steps=cfg.dpo_steps, batch_size=8,
+                             warmup_steps=min(2, cfg.dpo_steps), eval_fraction=0.1,
+                             eval_every=0, save_every=0, sample_prompts=None,
+                             output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress,
+                             overwrite=True, device=cfg.device, precision=cfg.precision))
+    last = out["eval"][max(out["eval"])] if out["eval"] else {}
+    return {"final": out["final"], "eval": last}
+
+
+def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
+                     reward_final: Path, device: str) -> tuple[dict, int]:
+    """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
+    (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
+    answers per prompt and keeps the ensemble's favourite (KL: the closed form)."""
+    from alignkit.evaluation.policy import RewardFunction, load_prompts, measure_policy
+    from alignkit.generation.sampler import SamplingConfig, response_logprobs
+    from alignkit.judges.gold import GoldScorer
+    from alignkit.recipes.best_of_n import analytic_kl, best_of_n
+
+    prompts = load_prompts("demo-prompts-heldout", tokenizer)
     n = min(cfg.compare_prompts, len(prompts.ids))
-    reward_fn = ppo.RewardFunction(str(reward_final), pcfg, device)
+    prompts = dataclasses.replace(prompts, texts=prompts.texts[:n], ids=prompts.ids[:n],
+                                  categories=prompts.categories[:n])
+    reward_fn = RewardFunction(str(reward_final), device, cfg.ppo_combine)
     gold = GoldScorer(token_counter=tokenizer)
     sft_model.eval()
 
@@ -137,16 +162,26 @@ def ppo_stage(cfg: DemoConfig, root: Path, sft_model, sft_final: Path, reward_fi
 
     sampling = SamplingConfig(cfg.max_new_tokens, 1.0)
     table = {}
-    for name, spec in (("base", cfg.model), ("sft", None), ("ppo", str(out["final"]))):
+    for name, spec in policies.items():
         policy = sft_model if spec is None else load_model_and_tokenizer(spec, device)[0]
-        table[name] = measure_policy(policy, tokenizer, prompts.texts[:n], prompts.ids[:n],
-                                     prompts.categories[:n], sft_logprobs, reward_fn, gold,
-                                     sampling, seed=cfg.seed + 1, device=device,
-                                     precision=cfg.precision)
+        table[name] = measure_policy(policy, tokenizer, prompts.texts, prompts.ids,
+                                     prompts.categories, sft_logprobs, reward_fn, gold, sampling,
+                                     seed=cfg.seed + 1, device=device, precision=cfg.precision)
         if spec is not None:
             del policy
-    return {"table": table, "final": out["final"], "best": out["best"], "png": png,
-            "monitor": out["monitor"], "prompts": n}
+    if cfg.best_of > 1:
+        picked = best_of_n(sft_model, tokenizer, prompts, reward_fn, cfg.best_of, sampling,
+                           cfg.seed + 1, device, cfg.precision)
+        rows = list(range(n))
+        ended = picked.ended[rows, picked.best]
+        scores = gold.score(prompts.texts, picked.picked(), prompts.categories, ended.tolist())
+        lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + int(e)
+                   for a, e in zip(picked.picked(), ended.tolist())]
+        table[f"best-of-{cfg.best_of}"] = {
+            "gold": sum(scores) / n, "proxy": float(picked.rewards[rows, picked.best].mean()),
+            "kl": analytic_kl(cfg.best_of), "response_length": sum(lengths) / n,
+            "ended_fraction": float(ended.float().mean()), "prompts": n}
+    return table, n
 
 
 def main(cfg: DemoConfig) -> dict:
@@ -158,6 +193,7 @@ def main(cfg: DemoConfig) -> dict:
                                   reward_steps=min(cfg.reward_steps, 4),
                                   ppo_steps=min(cfg.ppo_steps, 2),
                                   ppo_batch_size=min(cfg.ppo_batch_size, 4),
+                                  dpo_steps=min(cfg.dpo_steps, 2),
                                   compare_prompts=min(cfg.compare_prompts, 6))
     root = Path(cfg.output)
     # 1. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
@@ -182,13 +218,22 @@ def main(cfg: DemoConfig) -> dict:
     #    answers, and a MiniLM reward ensemble learns from the rankings.
     stage2 = preference_stage(cfg, root, result.model, tokenizer)
 
-    # 6. Stage 3: PPO (LoRA) on the SFT policy against the ensemble; base vs SFT vs PPO.
-    stage3 = None
-    if cfg.ppo_steps > 0:
-        stage3 = ppo_stage(cfg, root, result.model, result.final, stage2["final"], tokenizer,
-                           device)
+    # 6. Stage 3: PPO (LoRA) on the SFT policy against the ensemble.
+    stage3 = ppo_stage(cfg, root, result.final, stage2["final"]) if cfg.ppo_steps > 0 else None
 
-    # 7. Report: held-out loss before/after, the answers side by side, the reward ensemble,
+    # 7. Stage 4: DPO (LoRA) on the same rankings.
+    stage4 = dpo_stage(cfg, root, result.final, stage2["labels"]) if cfg.dpo_steps > 0 else None
+
+    # 8. Every policy on the same unseen prompts: gold score and KL to SFT.
+    policies = {"base": cfg.model, "sft": None}
+    if stage3 is not None:
+        policies["ppo"] = str(stage3["final"])
+    if stage4 is not None:
+        policies["dpo"] = str(stage4["final"])
+    table, n_compare = compare_policies(cfg, result.model, tokenizer, policies, stage2["final"],
+                                        device)
+
+    # 9. Report: held-out loss before/after, the answers side by side, the reward ensemble,
     #    the policies compared.
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
@@ -218,22 +263,27 @@ def main(cfg: DemoConfig) -> dict:
               f"log-loss {ev.get('log_loss', float('nan')):.3f}, ECE {ev.get('ece', float('nan')):.3f}"
               + (f", spread flags mistakes AUROC {ev['std_auroc_vs_mistakes']:.2f}"
                  if "std_auroc_vs_mistakes" in ev else ""), ""]
+    lines += ["-" * (2 * width + 5)]
     if stage3 is not None:
-        t = stage3["table"]
-        lines += ["-" * (2 * width + 5),
-                  f"stage 3: PPO with LoRA, {cfg.ppo_steps} steps x {cfg.ppo_batch_size} prompts, "
-                  f"reward = ensemble {cfg.ppo_combine}, KL coefficient {cfg.ppo_kl_coef}",
-                  f"held-out comparison on {stage3['prompts']} unseen prompts (one sampled answer "
-                  "each, same seed):",
-                  f"  {'policy':<7} {'gold':>6} {'proxy':>7} {'KL to SFT':>10} {'length':>7} "
-                  f"{'ended':>6}"]
-        for name, row in t.items():
-            lines.append(f"  {name:<7} {row['gold']:>6.3f} {row['proxy']:>7.3f} "
-                         f"{row['kl']:>10.2f} {row['response_length']:>7.1f} "
-                         f"{row['ended_fraction']:>6.0%}")
-        if stage3["png"]:
-            lines.append(f"monitor plot (proxy, gold, KL over PPO steps): {stage3['png']}")
-        lines.append("")
+        lines.append(f"stage 3: PPO with LoRA, {cfg.ppo_steps} steps x {cfg.ppo_batch_size} "
+                     f"prompts, reward = ensemble {cfg.ppo_combine}, KL coefficient "
+                     f"{cfg.ppo_kl_coef}")
+    if stage4 is not None:
+        ev4 = stage4["eval"]
+        lines.append(f"stage 4: DPO with LoRA, {cfg.dpo_steps} steps, beta {cfg.dpo_beta}, on the "
+                     f"panel's rankings; held-out pairs: implicit-reward accuracy "
+                     f"{ev4.get('reward_accuracy', float('nan')):.3f}")
+    lines += [f"held-out comparison on {n_compare} unseen prompts (one sampled answer each, same "
+              "seed; best-of-n: n SFT answers, the ensemble picks):",
+              f"  {'policy':<9} {'gold':>6} {'proxy':>7} {'KL to SFT':>10} {'length':>7} "
+              f"{'ended':>6}"]
+    for name, row in table.items():
+        lines.append(f"  {name:<9} {row['gold']:>6.3f} {row['proxy']:>7.3f} "
+                     f"{row['kl']:>10.2f} {row['response_length']:>7.1f} "
+                     f"{row['ended_fraction']:>6.0%}")
+    if stage3 is not None and stage3["png"]:
+        lines.append(f"monitor plot (proxy, gold, KL over PPO steps): {stage3['png']}")
+    lines.append("")
     summary = {
         "model": cfg.model, "steps": steps[-1], "heldout_loss_before": first["loss"],
         "heldout_loss_after": last["loss"], "heldout_ppl_before": first["perplexity"],
@@ -244,11 +294,14 @@ def main(cfg: DemoConfig) -> dict:
         "final_model": str(result.final), "seconds": round(time.time() - started, 1),
         "labels": rep, "reward_eval": ev, "reward_model": str(stage2["final"]),
     }
+    summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
+                           for k, row in table.items()}
     if stage3 is not None:
-        summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
-                               for k, row in stage3["table"].items()}
         summary["ppo_model"] = str(stage3["final"])
         summary["ppo_monitor"] = stage3["monitor"]
+    if stage4 is not None:
+        summary["dpo_model"] = str(stage4["final"])
+        summary["dpo_eval"] = stage4["eval"]
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
     lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")

@@ -26,8 +26,8 @@ from torch import nn
 from alignkit.config import PPOConfig, save_config
 from alignkit.data.sft import stream_batch_indices
 from alignkit.errors import UserError
-from alignkit.evaluation.policy import (Prompts, decode_responses, load_prompts,
-                                        measure_policy)
+from alignkit.evaluation.policy import (Prompts, RewardFunction, decode_responses,
+                                        load_prompts, measure_policy)
 from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
 from alignkit.losses import ppo as rl
 from alignkit.models import checkpoint as ckpt
@@ -56,28 +56,6 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = value_head
         self.critic = critic
-
-
-class RewardFunction:
-    """Texts -> the scalar the policy maximises (the reward model's combined reward, with an
-    ensemble's ``mean`` / ``min`` / ``mean - lambda * std`` per --combine), plus the ensemble mean
-    and std for the logs."""
-
-    def __init__(self, path: str, cfg: PPOConfig, device: str):
-        from alignkit.models.reward import RewardModel
-
-        if not path or not Path(path).is_dir():
-            raise UserError(f"--reward-model {path!r}: not a reward-model folder (train one with "
-                            "alignkit reward, or run alignkit demo)")
-        self.model = RewardModel.load(path, device)
-        if cfg.combine:
-            self.model.spec.combine = cfg.combine
-        if cfg.uncertainty_penalty is not None:
-            self.model.spec.lam = cfg.uncertainty_penalty
-
-    def __call__(self, prompts: list, responses: list[str]) -> dict[str, torch.Tensor]:
-        s = self.model.score(prompts, responses)
-        return {"combined": s.combined.float(), "mean": s.mean.float(), "std": s.std.float()}
 
 
 def critic_values(parts: PolicyAndValue, rollout: Rollout) -> torch.Tensor:
@@ -425,7 +403,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                          cfg.skip_invalid)
     heldout = (load_prompts(cfg.eval_data, tokenizer, cfg.chat, cfg.max_prompt_length,
                              cfg.skip_invalid) if cfg.eval_data else None)
-    reward_fn = reward_fn or RewardFunction(cfg.reward_model, cfg, device)
+    reward_fn = reward_fn or RewardFunction(cfg.reward_model, device, cfg.combine,
+                                              cfg.uncertainty_penalty)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
     monitor = HackingMonitor(heldout, cfg, tokenizer) if heldout is not None else None
