@@ -11,9 +11,9 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, PPOConfig, RewardConfig,
-                             ScoreConfig, SFTConfig, TinyModelConfig, add_config_flags,
-                             build_config)
+from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, OnlineDPOConfig,
+                             PPOConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
+                             add_config_flags, build_config)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -29,6 +29,9 @@ STAGES = {
             "Stage 3: PPO / RLOO / GRPO / REINFORCE++ against a reward model under a KL leash."),
     "dpo": (DPOConfig, "alignkit.recipes.dpo:main",
             "DPO / IPO / cDPO / hinge / robust DPO / RPO on preference pairs or rankings."),
+    "online-dpo": (OnlineDPOConfig, "alignkit.recipes.online_dpo:main",
+                   "Iterative DPO: the policy answers, a reward model or panel labels, DPO "
+                   "learns; repeat."),
     "best-of-n": (BestOfNConfig, "alignkit.recipes.best_of_n:main",
                   "Best-of-n: sample n answers per prompt, keep the reward model's favourite."),
     "label": (LabelConfig, "alignkit.recipes.label:main",

@@ -457,6 +457,41 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
 
 
 @dataclass
+class OnlineDPOConfig(DPOConfig):
+    """Iterative (online) DPO: each round the current policy answers prompts, a labeler picks the
+    better and worse of its answers, and DPO learns from those fresh pairs (Xu et al. 2023;
+    Guo et al. 2024)."""
+
+    data: Optional[str] = opt("demo-prompts", "Training prompts ({prompt[, category]}).")
+    reward_model: Optional[str] = opt("runs/demo/reward/final", "Reward model (or ensemble) "
+                                      "that labels the pairs (--labeler reward_model).")
+    labeler: str = opt("reward_model", "Who labels: reward_model (best vs worst of the "
+                       "samples by the combined reward) or simulated (the gold scorer's panel).",
+                       ("reward_model", "simulated"))
+    combine: Optional[str] = opt(None, "Override how the ensemble combines (mean, min, "
+                                 "mean_minus_std, mean_minus_var).")
+    rounds: int = opt(8, "Sample -> label -> train rounds (--max-steps N > 0 overrides).")
+    prompts_per_round: int = opt(16, "Prompts answered per round.")
+    samples_per_prompt: int = opt(2, "Answers sampled per prompt (>= 2).")
+    dpo_epochs: int = opt(1, "Passes over a round's pairs (one optimiser step per micro-batch).")
+    uncertain: str = opt("keep", "Pairs the ensemble is unsure of: keep, drop (std of the "
+                         "members' margins above --max-std, or mean margin below --min-margin), "
+                         "or soft (the members' mean preference probability as the label).",
+                         ("keep", "drop", "soft"))
+    max_std: float = opt(0.0, "With --uncertain drop: drop a pair whose member-margin std "
+                         "exceeds this (0: no limit).")
+    min_margin: float = opt(0.0, "With --uncertain drop: drop a pair whose mean margin is below "
+                            "this.")
+    gold_scale: float = opt(2.0, "--labeler simulated: gold scale of the panel.")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
+    max_prompt_length: int = opt(256, "Longest tokenised prompt.")
+    eval_every: int = opt(2, "Held-out sampling every N rounds (0: only at start and end).")
+    save_every: int = opt(2, "Checkpoint every N rounds (0: only final/).")
+    output: str = opt("runs/online-dpo", RunArgs.__dataclass_fields__["output"].metadata["help"])
+
+
+@dataclass
 class BestOfNConfig:
     """Best-of-n: sample n answers per prompt with the shared sampler and keep the one the reward
     model prefers (rejection sampling; Stiennon et al. 2020, Nakano et al. 2021)."""

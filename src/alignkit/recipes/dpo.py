@@ -119,8 +119,9 @@ def pair_losses(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None,
 
 @torch.no_grad()
 def reference_logps(model, groups: list[PreferenceGroup], cfg: DPOConfig, pad_id: int,
-                    device: str) -> list[torch.Tensor]:
-    """Per group, (K,) summed reference log-probs of its responses (computed once)."""
+                    device: str, reference=None) -> list[torch.Tensor]:
+    """Per group, (K,) summed reference log-probs of its responses: the ``reference`` model when
+    given, else the adapter-free ``model`` (LoRA), else ``model`` itself (before any update)."""
     was = model.training
     model.eval()
     out: list[torch.Tensor] = []
@@ -129,7 +130,9 @@ def reference_logps(model, groups: list[PreferenceGroup], cfg: DPOConfig, pad_id
             chunk = groups[i:i + cfg.batch_size]
             batch = make_batch(chunk, model, cfg, pad_id).to(device)
             with autocast(device, cfg.precision):
-                if is_lora(model):
+                if reference is not None:
+                    sums, _ = sequence_logps(reference, batch)
+                elif is_lora(model):
                     with model.disable_adapter():
                         sums, _ = sequence_logps(model, batch)
                 else:
@@ -164,6 +167,38 @@ def cached_reference(model, train, heldout, cfg: DPOConfig, pad_id: int, device:
     log.info("reference log-probs of %d responses cached in %.1fs", sum(map(sum, shapes)),
              time.time() - t0)
     return tr, ho
+
+
+def dpo_step(model, micro: list[tuple[PreferenceBatch, torch.Tensor | None]], cfg: DPOConfig,
+             device: str, params, optimizer, scheduler) -> dict:
+    """One optimiser step over micro-batches of (batch, reference log-probs of its responses or
+    None): the loss is the weighted mean over all the step's comparisons. Returns the step's
+    metrics (loss, DPO loss, implicit rewards, margin, accuracy, log-probs, grad norm, lr)."""
+    weight_total = sum(float(b.weight.sum()) for b, _ in micro)
+    sums: dict[str, float] = {}
+    for batch, ref in micro:
+        batch = batch.to(device)
+        with autocast(device, cfg.precision):
+            logps, counts = sequence_logps(model, batch)
+        out = pair_losses(logps, None if ref is None else ref.to(device), counts, batch, cfg)
+        w = batch.weight
+        ((out["total"] * w).sum() / max(weight_total, 1e-9)).backward()
+        margin = out["chosen_rewards"] - out["rejected_rewards"]
+        parts = {"loss": out["total"], "dpo_loss": out["dpo"],
+                 "rewards_chosen": out["chosen_rewards"],
+                 "rewards_rejected": out["rejected_rewards"], "reward_margin": margin,
+                 "reward_accuracy": (margin > 0).float(), "logps_chosen": out["chosen_logps"],
+                 "logps_rejected": out["rejected_logps"]}
+        if "rpo" in out:
+            parts["rpo_loss"] = out["rpo"]
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + float((value.detach().float() * w).sum())
+    grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
+    row = {k: v / max(weight_total, 1e-9) for k, v in sums.items()}
+    row.update(lr=lr, grad_norm=grad_norm, pairs=sum(b.num_pairs for b, _ in micro),
+               tokens=sum(b.num_tokens for b, _ in micro),
+               computed_tokens=sum(b.computed_tokens for b, _ in micro))
+    return row
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -203,9 +238,10 @@ class PolicySampler:
     samples), gold score, length. The reference is the adapter-free policy (LoRA) or a frozen copy
     of the starting weights."""
 
-    def __init__(self, model, tokenizer, cfg: DPOConfig, device: str):
+    def __init__(self, model, tokenizer, cfg: DPOConfig, device: str, reward_fn=None):
         self.prompts = load_prompts(cfg.sample_prompts, tokenizer, cfg.chat, cfg.max_length,
                                     cfg.skip_invalid)
+        self.reward_fn = reward_fn  # a proxy reward to report beside gold (online DPO)
         n = cfg.sample_count or len(self.prompts.ids)
         self.n = min(n, len(self.prompts.ids))
         self.reference = None if is_lora(model) else copy.deepcopy(model).eval().requires_grad_(
@@ -227,7 +263,7 @@ class PolicySampler:
 
         p, n = self.prompts, self.n
         row = measure_policy(model, self.tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
-                             ref_logprobs, None, self.gold,
+                             ref_logprobs, self.reward_fn, self.gold,
                              SamplingConfig(self.cfg.max_new_tokens, 1.0), seed=self.cfg.seed + 1,
                              device=self.device, precision=self.cfg.precision)
         row.pop("samples", None)
@@ -334,39 +370,15 @@ def main(cfg: DPOConfig) -> dict:
         t0 = time.time()
         picks = [micro_batch_indices(step * cfg.grad_accum + j, len(train), cfg.batch_size,
                                      cfg.seed) for j in range(cfg.grad_accum)]
-        micro = [(make_batch([train[i] for i in ids], model, cfg, pad_id), ids) for ids in picks]
-        weight_total = sum(float(b.weight.sum()) for b, _ in micro)
-        sums: dict[str, float] = {}
-        for batch, ids in micro:
-            batch = batch.to(device)
-            with autocast(device, cfg.precision):
-                logps, counts = sequence_logps(model, batch)
-            ref = None if cfg.reference_free else torch.cat([ref_train[i] for i in ids]).to(device)
-            out = pair_losses(logps, ref, counts, batch, cfg)
-            w = batch.weight
-            ((out["total"] * w).sum() / max(weight_total, 1e-9)).backward()
-            margin = out["chosen_rewards"] - out["rejected_rewards"]
-            parts = {"loss": out["total"], "dpo_loss": out["dpo"],
-                     "rewards_chosen": out["chosen_rewards"],
-                     "rewards_rejected": out["rejected_rewards"], "reward_margin": margin,
-                     "reward_accuracy": (margin > 0).float(), "logps_chosen": out["chosen_logps"],
-                     "logps_rejected": out["rejected_logps"]}
-            if "rpo" in out:
-                parts["rpo_loss"] = out["rpo"]
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float((value.detach().float() * w).sum())
-        grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
-
+        micro = [(make_batch([train[i] for i in ids], model, cfg, pad_id),
+                  None if cfg.reference_free else torch.cat([ref_train[i] for i in ids]))
+                 for ids in picks]
+        row = dpo_step(model, micro, cfg, device, params, optimizer, scheduler)
         done = step + 1
-        step_pairs = sum(b.num_pairs for b, _ in micro)
-        pairs_seen += step_pairs
+        pairs_seen += row["pairs"]
         elapsed = time.time() - t0
-        row = {k: v / max(weight_total, 1e-9) for k, v in sums.items()}
         if done % cfg.log_every == 0 or done == total_steps:
-            metrics.log(done, {**row, "lr": lr, "grad_norm": grad_norm, "pairs": step_pairs,
-                               "pairs_per_s": step_pairs / max(elapsed, 1e-9),
-                               "tokens": sum(b.num_tokens for b, _ in micro),
-                               "computed_tokens": sum(b.computed_tokens for b, _ in micro),
+            metrics.log(done, {**row, "pairs_per_s": row["pairs"] / max(elapsed, 1e-9),
                                "step_time_s": elapsed})
         rate = (pairs_seen - pairs_at_start) / max(time.time() - started, 1e-9)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['reward_accuracy']:.2f}",
