@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import torch
 
     from alignkit.config import DPOConfig, OnlineDPOConfig, PPOConfig
-    from alignkit.evaluation.policy import RewardFunction, load_prompts, measure_policy
+    from alignkit.evaluation.policy import Prompts, RewardFunction, load_prompts, measure_policy
     from alignkit.generation.sampler import SamplingConfig, response_logprobs
     from alignkit.judges.gold import GoldScorer
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     # 2. Best-of-n from the SFT policy (n = 1 is the SFT policy itself).
     for k in [int(x) for x in args.best_of.split(",")]:
         t0 = time.time()
-        picked = best_of_n(sft_model, tok, prompts.__class__(texts, ids, cats), reward_fn, k,
+        picked = best_of_n(sft_model, tok, Prompts(texts, ids, cats), reward_fn, k,
                            sampling, args.seed + 1, device)
         rows = torch.arange(n)
         ended = picked.ended[rows, picked.best]

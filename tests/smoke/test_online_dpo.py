@@ -48,7 +48,8 @@ def space_reward_model(tiny_model_dir, tmp_path_factory):
 def base_settings(model, rm, data, out, **kw) -> dict:
     s = dict(model=str(model), reward_model=str(rm) if rm else None, data=str(data),
              output=str(out), rounds=8,
-             prompts_per_round=8, samples_per_prompt=4, batch_size=8, lr=3e-3, beta=0.1,
+             prompts_per_round=8, samples_per_prompt=4, batch_size=4, dpo_epochs=2, lr=1e-2,
+             beta=0.1,
              max_new_tokens=10, sample_count=6, eval_every=4, save_every=0, progress=False,
              seed=2, schedule="constant")
     s.update(kw)
