@@ -92,6 +92,13 @@ def main(argv=None) -> int:
 
     points: list[dict] = []
 
+    def save_csv() -> None:  # after every point: a stopped sweep keeps what it measured
+        with (out / "frontier.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["method", "param", "gold", "gold_se", "kl",
+                                               "proxy", "length", "train_s"])
+            w.writeheader()
+            w.writerows(points)
+
     def measure(method: str, param: str, folder, seconds: float) -> None:
         policy = load_model_and_tokenizer(str(folder), device)[0]
         row = measure_policy(policy, tok, texts, ids, cats, sft_logprobs, reward_fn, gold,
@@ -100,6 +107,7 @@ def main(argv=None) -> int:
         points.append({"method": method, "param": param, "gold": row["gold"],
                        "gold_se": row["gold_se"], "kl": row["kl"], "proxy": row["proxy"],
                        "length": row["response_length"], "train_s": round(seconds, 1)})
+        save_csv()
         print(f"  {method} {param}: gold {row['gold']:.3f} +- {row['gold_se']:.3f}, KL "
               f"{row['kl']:.2f}, proxy {row['proxy']:.3f} ({seconds:.0f} s)", flush=True)
 
@@ -115,6 +123,7 @@ def main(argv=None) -> int:
                        "gold_se": float(scores.std() / n ** 0.5), "kl": analytic_kl(k),
                        "proxy": float(picked.rewards[rows, picked.best].mean()),
                        "length": None, "train_s": round(time.time() - t0, 1)})
+        save_csv()
         print(f"  best-of-{k}: gold {points[-1]['gold']:.3f}, KL {analytic_kl(k):.2f}", flush=True)
 
     # 3. DPO (LoRA) on the panel's rankings, one run per beta.
@@ -150,11 +159,7 @@ def main(argv=None) -> int:
                                  progress=False, overwrite=True))
         measure("ppo", f"kl_coef={kl}", res["final"], time.time() - t0)
 
-    # 6. The CSV and the figure.
-    with (out / "frontier.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(points[0]))
-        w.writeheader()
-        w.writerows(points)
+    # 6. The figure (the CSV is already written).
     import matplotlib
 
     matplotlib.use("Agg")
