@@ -168,3 +168,13 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
     a = load_file(str(ref / "final" / "model.safetensors"))
     b = load_file(str(killed / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ties_are_soft_labels_for_sigmoid_and_skipped_for_other_losses():
+    from alignkit.data.preferences import Comparison, PreferenceGroup
+    from alignkit.recipes.dpo import drop_ties
+
+    g1 = PreferenceGroup("p", pairs=[Comparison(0, 1, label=0.5), Comparison(0, 2)])
+    g2 = PreferenceGroup("q", pairs=[Comparison(0, 1, label=0.5)])
+    kept, dropped = drop_ties([g1, g2])
+    assert dropped == 2 and kept == [g1] and [p.label for p in g1.pairs] == [1.0]

@@ -66,6 +66,19 @@ def drop_empty_pairs(groups: list[PreferenceGroup]) -> tuple[list[PreferenceGrou
     return kept, dropped
 
 
+def drop_ties(groups: list[PreferenceGroup]) -> tuple[list[PreferenceGroup], int]:
+    """Remove tie comparisons (label 1/2) and groups left without one; count them. Only the
+    sigmoid loss has a tie form (the soft label); the others need a preferred side."""
+    kept, dropped = [], 0
+    for g in groups:
+        pairs = [p for p in g.pairs if p.label == 1.0]
+        dropped += len(g.pairs) - len(pairs)
+        if pairs:
+            g.pairs = pairs
+            kept.append(g)
+    return kept, dropped
+
+
 def make_batch(groups: list[PreferenceGroup], model, cfg: DPOConfig, pad_id: int
                ) -> PreferenceBatch:
     return make_preference_batch(groups, pad_id, causal=True, packing=cfg.packing,
@@ -317,6 +330,14 @@ def main(cfg: DPOConfig) -> dict:
         if empty_pairs:
             log.warning("skipped %d comparison(s) with an empty response (--keep-empty keeps "
                         "them)", empty_pairs)
+    ties = 0
+    if cfg.loss != "sigmoid":
+        train, ties = drop_ties(train)
+        heldout, ties_eval = drop_ties(heldout)
+        ties += ties_eval
+        if ties:
+            log.warning("skipped %d tie(s): --loss %s needs a preferred response (sigmoid "
+                        "learns ties as soft labels)", ties, cfg.loss)
     if not train:
         raise UserError(f"{cfg.data}: no training comparisons left")
 
@@ -356,6 +377,7 @@ def main(cfg: DPOConfig) -> dict:
                         "train_pairs": sum(len(g.pairs) for g in train),
                         "heldout_pairs": sum(len(g.pairs) for g in heldout),
                         "skipped_records": len(skipped), "skipped_empty_pairs": empty_pairs,
+                        "skipped_ties": ties,
                         "trainable_params": trainable, "total_params": total_params,
                         "mode": ("lora: reference = adapters disabled" if is_lora(model) else
                                  "full: reference log-probs cached from the starting weights"),
