@@ -218,3 +218,34 @@ def test_hacking_monitor_warnings():
     assert mon.key == "proxy"
     assert mon.improved({"proxy": 1.0}) and not mon.improved({"proxy": 0.9})
     assert mon.improved({"proxy": 1.1}) and mon.best == 1.1
+
+
+# Held-out monitor readings of a real over-optimised run (2026-11-23): SmolLM2 SFT policy, LoRA,
+# lr 1e-3, KL coefficient 0, 48 PPO steps against a single small MiniLM reward model (held-out
+# accuracy 0.656): (step, proxy, gold, gold_se, KL, length, entropy) on 32 held-out prompts.
+OVER_OPTIMISED = [
+    (0, -0.048, 1.517, 0.224, 0.0, 31.438, 2.754),
+    (8, 0.136, 1.860, 0.189, 4.827, 28.312, 2.380),
+    (16, 0.422, 1.807, 0.187, 12.438, 23.156, 2.241),
+    (24, 0.346, 1.861, 0.198, 22.000, 27.156, 2.319),
+    (32, 0.342, 1.547, 0.209, 26.622, 21.562, 2.245),
+    (40, 0.783, 1.009, 0.236, 25.085, 14.469, 1.437),
+    (48, 0.849, 0.806, 0.485, 55.042, 25.719, 1.065),
+]
+
+
+def test_monitor_catches_the_recorded_over_optimised_run():
+    """Gold peaks at step 24 and collapses while the proxy keeps rising: the monitor warns at
+    steps 40 and 48 (the drop from the step-24 reading exceeds twice its standard error), not
+    before; step 32's dip (1.861 -> 1.547) is within the noise."""
+    from alignkit.config import PPOConfig
+    from alignkit.recipes.ppo import HackingMonitor
+
+    mon = HackingMonitor(None, PPOConfig(kl_coef=0.0))
+    warned = {}
+    for step, proxy, gold, se, kl, length, entropy in OVER_OPTIMISED:
+        warned[step] = mon.check({"step": step, "proxy": proxy, "gold": gold, "gold_se": se,
+                                  "kl": kl, "response_length": length, "entropy": entropy})
+    assert all(not warned[s] for s in (0, 8, 16, 24, 32))
+    for step in (40, 48):
+        assert any("while gold fell (1.861" in w and "since step 24" in w for w in warned[step])
