@@ -251,14 +251,16 @@ class PolicySampler:
     samples), gold score, length. The reference is the adapter-free policy (LoRA) or a frozen copy
     of the starting weights."""
 
-    def __init__(self, model, tokenizer, cfg: DPOConfig, device: str, reward_fn=None):
+    def __init__(self, model, tokenizer, cfg: DPOConfig, device: str, reward_fn=None,
+                 reference=None):
         self.prompts = load_prompts(cfg.sample_prompts, tokenizer, cfg.chat, cfg.max_length,
                                     cfg.skip_invalid)
         self.reward_fn = reward_fn  # a proxy reward to report beside gold (online DPO)
         n = cfg.sample_count or len(self.prompts.ids)
         self.n = min(n, len(self.prompts.ids))
-        self.reference = None if is_lora(model) else copy.deepcopy(model).eval().requires_grad_(
-            False)
+        self.reference = reference  # else the adapter-free policy, or a copy of it now
+        if reference is None and not is_lora(model):
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.gold = None
         if cfg.gold:
             from alignkit.judges.gold import GoldScorer

@@ -133,7 +133,8 @@ def main(cfg: OnlineDPOConfig) -> dict:
                            cfg.skip_invalid)
     labeler = Labeler(cfg, tokenizer, device)
     proxy = labeler.reward if cfg.labeler == "reward_model" else None
-    sampler = PolicySampler(model, tokenizer, cfg, device, proxy) if cfg.sample_prompts else None
+    sampler = (PolicySampler(model, tokenizer, cfg, device, proxy, reference)
+               if cfg.sample_prompts else None)
 
     # 4. Optimiser and schedule over every optimiser step of the run.
     per_round = cfg.dpo_epochs * -(-cfg.prompts_per_round // cfg.batch_size)
