@@ -159,3 +159,18 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
+
+
+def run_child(spec_path: str, pick, started: float) -> None:
+    """Child entry point of every benchmark: read the spec, run ``pick(spec)(spec)`` (the
+    framework's child function), write its result JSON with thread count and wall time."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = pick(spec)(spec)
+    import torch
+
+    result.update(torch_threads=torch.get_num_threads(), child_wall_s=time.time() - started)
+    Path(spec["result"]).write_text(json.dumps(result))

@@ -76,6 +76,7 @@ STARTED = time.time()  # the child's clock starts before any heavy import
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from harness import (  # noqa: E402
+    run_child,
     BUSY_SHARE,
     RunFailed,
     children_cpu_s,
@@ -294,20 +295,6 @@ def child_trl(spec: dict) -> dict:
                   "trainable_params": sum(p.numel() for p in model.parameters()
                                           if p.requires_grad)})
     return result
-
-
-def run_child(spec_path: str) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    spec = json.loads(Path(spec_path).read_text())
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fn = child_alignkit if spec["framework"].startswith("alignkit") else child_trl
-    result = fn(spec)
-    import torch
-
-    result.update(torch_threads=torch.get_num_threads(), child_wall_s=time.time() - STARTED)
-    Path(spec["result"]).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,9 +657,13 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
+def child_for(spec: dict):
+    return child_alignkit if spec["framework"].startswith("alignkit") else child_trl
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        run_child(sys.argv[2])
+        run_child(sys.argv[2], child_for, STARTED)
     elif len(sys.argv) == 3 and sys.argv[1] == "--prepare":
         run_prepare(sys.argv[2])
     else:

@@ -53,30 +53,29 @@ def _empty(text) -> bool:
     return not any(str(m.get("content", "")).strip() for m in text)
 
 
-def drop_empty_pairs(groups: list[PreferenceGroup]) -> tuple[list[PreferenceGroup], int]:
-    """Remove comparisons with an empty response (and groups left without one); count them."""
+def filter_pairs(groups: list[PreferenceGroup], keep) -> tuple[list[PreferenceGroup], int]:
+    """Keep the comparisons ``keep(group, pair)`` accepts (and groups left with one); count the
+    rest."""
     kept, dropped = [], 0
     for g in groups:
-        empty = {i for i, r in enumerate(g.responses) if _empty(r)}
-        pairs = [p for p in g.pairs if p.better not in empty and p.worse not in empty]
+        pairs = [p for p in g.pairs if keep(g, p)]
         dropped += len(g.pairs) - len(pairs)
         if pairs:
             g.pairs = pairs
             kept.append(g)
     return kept, dropped
+
+
+def drop_empty_pairs(groups: list[PreferenceGroup]) -> tuple[list[PreferenceGroup], int]:
+    """Remove comparisons with an empty response."""
+    return filter_pairs(groups, lambda g, p: not (_empty(g.responses[p.better])
+                                                  or _empty(g.responses[p.worse])))
 
 
 def drop_ties(groups: list[PreferenceGroup]) -> tuple[list[PreferenceGroup], int]:
-    """Remove tie comparisons (label 1/2) and groups left without one; count them. Only the
-    sigmoid loss has a tie form (the soft label); the others need a preferred side."""
-    kept, dropped = [], 0
-    for g in groups:
-        pairs = [p for p in g.pairs if p.label == 1.0]
-        dropped += len(g.pairs) - len(pairs)
-        if pairs:
-            g.pairs = pairs
-            kept.append(g)
-    return kept, dropped
+    """Remove tie comparisons (label 1/2). Only the sigmoid loss has a tie form (the soft
+    label); the others need a preferred side."""
+    return filter_pairs(groups, lambda g, p: p.label == 1.0)
 
 
 def make_batch(groups: list[PreferenceGroup], model, cfg: DPOConfig, pad_id: int
@@ -112,13 +111,13 @@ def pair_losses(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None,
     if cfg.loss == "ipo":  # IPO works on per-token means (see losses.dpo)
         pol = policy_logps / counts.clamp(min=1)
         ref = None if ref_logps is None else ref_logps / counts.clamp(min=1)
-    per_pair, chosen_rewards, rejected_rewards = losses.dpo_loss(
+    per_pair, _, _ = losses.dpo_loss(
         pol[c], pol[r], None if ref is None else ref[c], None if ref is None else ref[r],
         cfg.beta, cfg.loss, cfg.label_smoothing, batch.margin,
         batch.label if cfg.loss == "sigmoid" else None)
-    if cfg.loss == "ipo":  # the implicit reward is beta * the summed log-ratio for every loss
-        ratio = policy_logps.detach() - (0.0 if ref_logps is None else ref_logps)
-        chosen_rewards, rejected_rewards = cfg.beta * ratio[c], cfg.beta * ratio[r]
+    # the implicit reward is beta * the summed log-ratio, whichever loss (IPO trains on means)
+    ratio = policy_logps.detach() - (0.0 if ref_logps is None else ref_logps)
+    chosen_rewards, rejected_rewards = cfg.beta * ratio[c], cfg.beta * ratio[r]
     out = {"dpo": per_pair, "chosen_rewards": chosen_rewards,
            "rejected_rewards": rejected_rewards, "chosen_logps": policy_logps[c].detach(),
            "rejected_logps": policy_logps[r].detach()}

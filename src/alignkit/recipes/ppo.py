@@ -208,10 +208,9 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
     t0 = time.time()
     for epoch in range(cfg.ppo_epochs):
         # a pure function of (seed, step, epoch): a resumed run shuffles the same way
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            cfg.seed * 1_000_003 + step * 101 + epoch))
-        if exp.old_logprobs is None:  # single_pass: one minibatch of all rows, in rollout order
-            order = torch.arange(n)
+        # single_pass: one minibatch of all rows, in rollout order
+        order = torch.arange(n) if exp.old_logprobs is None else torch.randperm(
+            n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch))
         epoch_kl = []
         for start in range(0, n, mb):
             idx = order[start:start + mb]
