@@ -14,6 +14,7 @@ from alignkit import __version__
 from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, OnlineDPOConfig,
                              PPOConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
                              add_config_flags, build_config)
+from alignkit.config import EvalConfig, ReportConfig
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -38,9 +39,18 @@ STAGES = {
               "Preference labels: sample K responses per prompt and have annotators rank them."),
     "score": (ScoreConfig, "alignkit.recipes.score:main",
               "Score records with a saved reward model (per member, per aspect, combined)."),
+    "eval": (EvalConfig, "alignkit.recipes.eval:main",
+             "Compare policies on held-out prompts (gold, reward model, KL, win rate with a "
+             "bootstrap interval) and on the adversarial suite."),
+    "report": (ReportConfig, "alignkit.recipes.report:main",
+               "One self-contained HTML page (plus PNGs) for a run folder: curves, monitor, "
+               "frontier, eval tables, samples."),
     "tiny-model": (TinyModelConfig, "alignkit.recipes.tiny:main",
                    "Write a tiny random Llama-style model folder (tests, benchmarks)."),
 }
+
+# stages that also take a field as their first positional argument (`alignkit report RUN_DIR`)
+POSITIONAL = {"report": ("run_dir",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE.yaml",
                        help="YAML file of option: value pairs (flags given here override it).")
         add_config_flags(p, cls)
+        for field_name in POSITIONAL.get(name, ()):
+            p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS,
+                           metavar=field_name.upper(),
+                           help=f"same as --{field_name.replace('_', '-')}")
     return parser
 
 

@@ -575,3 +575,62 @@ class TinyModelConfig:
     num_layers: int = opt(2, "Decoder layers.")
     num_heads: int = opt(4, "Attention heads.")
     intermediate_size: int = opt(128, "MLP width.")
+
+
+@dataclass
+class EvalConfig:
+    """Compare policies on held-out prompts: gold score, reward-model score (ensemble mean and
+    std), KL to a reference, win rate against a baseline by a judge (bootstrap interval),
+    response length, and the adversarial suite (refusal, over-refusal, uncertainty)."""
+
+    policies: Optional[str] = opt(None, "Policies to evaluate: NAME=DIR,NAME=DIR ... (model "
+                                  "folders; 'default' is the packaged model).")
+    baseline: Optional[str] = opt(None, "NAME of the policy every other one is judged against "
+                                  "(default: the first).")
+    prompts: str = opt("demo", "Held-out prompts ({prompt[, category]}); 'demo' means the "
+                       "held-out prompts alignkit ships.")
+    adversarial: str = opt("shipped", "Adversarial suite: 'shipped', a JSONL file of {prompt, "
+                           "category, expect}, or 'none'.")
+    reward_model: Optional[str] = opt(None, "Reward model (or ensemble) folder to score answers "
+                                      "with (omit: no reward-model scores).")
+    reference: Optional[str] = opt(None, "Reference policy folder for KL (default: the baseline "
+                                   "policy).")
+    judge: str = opt("gold", "Judge of the win rate: 'gold' (the gold scorer, by score).",
+                     ("gold",))
+    gold: bool = opt(True, "Report the gold score (the simulated-annotator stand-in for "
+                     "people).")
+    max_prompts: int = opt(0, "Use only the first N held-out prompts (0: all).")
+    max_adversarial: int = opt(0, "Use only the first N prompts of each suite category (0: all).")
+    bootstrap: int = opt(2000, "Bootstrap resamples of the win-rate interval.")
+    confidence: float = opt(0.95, "Coverage of the win-rate interval.")
+    max_new_tokens: int = opt(48, "Longest sampled answer.")
+    max_prompt_length: int = opt(256, "Longest tokenised prompt (longer: an error unless "
+                                 "--skip-invalid).")
+    temperature: float = opt(1.0, "Sampling temperature (0: greedy).")
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
+    batch_size: int = opt(16, "Sequences sampled per generate call.")
+    chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
+    skip_invalid: bool = opt(False, "Drop invalid prompts (counted) instead of stopping.")
+    seed: int = opt(42, "Seed of the sampling (every policy draws with the same seed) and of "
+                    "the bootstrap.")
+    output: str = opt("runs/eval", "Output folder (eval.json, eval.csv, samples.jsonl, "
+                      "config.yaml).")
+    overwrite: bool = opt(False, "Replace the outputs of an earlier evaluation in --output.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+    precision: str = opt("auto", "Numerics: auto, fp32, bf16.", ("auto", "fp32", "bf16"))
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+
+
+@dataclass
+class ReportConfig:
+    """One self-contained HTML page (plus PNGs) for a run folder: training curves of every stage,
+    the reward-hacking monitor, the reward-vs-KL frontier, eval tables, samples side by side."""
+
+    run_dir: Optional[str] = opt(None, "Run folder (runs/<name>, holding <stage>/metrics.jsonl "
+                                 "...); also accepted as the first argument.")
+    output: Optional[str] = opt(None, "Where to write report.html and the PNGs (default: "
+                                "RUN_DIR/report).")
+    frontier: Optional[str] = opt(None, "A frontier CSV to plot (default: RUN_DIR/frontier.csv "
+                                  "or RUN_DIR/*/frontier.csv when present).")
+    samples: int = opt(6, "Samples shown side by side per table.")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")

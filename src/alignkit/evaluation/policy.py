@@ -115,12 +115,20 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
     if ref is not None:
         row["kl"] = float((kl_estimate(fwd["logprobs"], ref, "k1") * mask).sum(1).mean())
     if reward_fn is not None:
-        row["proxy"] = float(reward_fn(texts, responses)["combined"].float().mean())
+        rewards = reward_fn(texts, responses)
+        row["proxy"] = float(rewards["combined"].float().mean())
+        # an ensemble's mean and member spread (std across members, averaged over prompts)
+        if "mean" in rewards:
+            row["proxy_mean"] = float(rewards["mean"].float().mean())
+        if "std" in rewards:
+            row["proxy_std"] = float(rewards["std"].float().mean())
     if gold is not None:
         scores = torch.tensor(gold.score(texts, responses, categories, rollout.ended.tolist()))
         row["gold"] = float(scores.mean())
         # standard error of that mean over prompts: how much of a change is noise
         row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
-    row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"], "response": r}
-                      for t, r in zip(texts[:samples], responses[:samples])]
+    row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"], "response": r,
+                       "ended": bool(e)}
+                      for t, r, e in zip(texts[:samples], responses[:samples],
+                                         rollout.ended.tolist()[:samples])]
     return row

@@ -1,0 +1,126 @@
+"""``alignkit eval`` on tiny policies: structure and exact counts of every output, a policy
+identical to the baseline gets win rate 1/2 and KL 0, a different one does not, the same seed
+gives the same numbers, the reward ensemble's mean and spread are reported, bad input is a
+clear error."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.smoke
+
+PROMPTS = 8
+PER_CATEGORY = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tiny_model_dir, tmp_path_factory):
+    """Two tiny policies (different random weights, one vocabulary) and a 2-member reward
+    ensemble trained for a few steps on the tiny backbone."""
+    from alignkit.config import RewardConfig
+    from alignkit.models.tiny import save_tiny_model
+    from alignkit.recipes import reward
+    from tests.smoke.test_reward_cli import write_prefs
+
+    root = tmp_path_factory.mktemp("eval")
+    other = save_tiny_model(root / "other", seed=1)
+    prefs = write_prefs(root / "prefs.jsonl", 24)
+    reward.main(RewardConfig(model=str(tiny_model_dir), data=str(prefs), output=str(root / "rm"),
+                             ensemble=2, max_steps=2, eval_fraction=0.0, save_every=0,
+                             progress=False, overwrite=True))
+    return {"base": tiny_model_dir, "other": other, "rm": root / "rm" / "final", "root": root}
+
+
+def eval_args(setup, output) -> list[str]:
+    return ["eval", "--policies",
+            f"base={setup['base']},same={setup['base']},other={setup['other']}",
+            "--baseline", "base", "--reward-model", str(setup["rm"]),
+            "--max-prompts", str(PROMPTS), "--max-adversarial", str(PER_CATEGORY),
+            "--max-new-tokens", "8", "--bootstrap", "500", "--seed", "5", "--output", str(output)]
+
+
+def test_eval_outputs_win_rates_kl_and_suite(tiny_setup):
+    out = tiny_setup["root"] / "out"
+    proc = run_cli(*eval_args(tiny_setup, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "eval.json").read_text())
+    assert result["baseline"] == "base" and result["judge"] == "gold"
+    assert result["prompts"] == PROMPTS and result["suite_prompts"] == 4 * PER_CATEGORY
+    assert list(result["policies"]) == ["base", "same", "other"]
+    for name, row in result["policies"].items():
+        assert row["prompts"] == PROMPTS
+        assert {"gold", "gold_se", "proxy", "proxy_mean", "proxy_std", "kl", "response_length",
+                "win_rate", "win_rate_low", "win_rate_high"} <= set(row)
+        assert row["wins"] + row["ties"] + row["losses"] == PROMPTS
+        assert row["win_rate"] == pytest.approx((row["wins"] + 0.5 * row["ties"]) / PROMPTS)
+        assert row["win_rate_low"] <= row["win_rate"] <= row["win_rate_high"]
+        assert 0 < row["response_length"] <= 8
+        assert row["proxy_std"] > 0  # two members with their own heads disagree
+        adv = row["adversarial"]
+        assert adv["prompts"] == 4 * PER_CATEGORY
+        cats = adv["per_category"]
+        assert {c: (v["expect"], v["n"]) for c, v in cats.items()} == {
+            "harmful": ("refuse", 3), "jailbreak": ("refuse", 3), "benign": ("comply", 3),
+            "uncertain": ("uncertain", 3)}
+        # the overall rates are the category counts pooled
+        assert adv["refusal_rate"] == pytest.approx(
+            (cats["harmful"]["refused"] + cats["jailbreak"]["refused"]) / 6)
+        assert adv["over_refusal_rate"] == pytest.approx(cats["benign"]["refused"] / 3)
+        assert adv["uncertainty_rate"] == pytest.approx(cats["uncertain"]["uncertain"] / 3)
+        assert adv["as_expected_rate"] == pytest.approx(
+            sum(c["as_expected"] for c in cats.values()) / 12)
+    base, same, other = (result["policies"][k] for k in ("base", "same", "other"))
+    # the baseline against itself, and an identical policy: every prompt a tie, KL exactly 0
+    for row in (base, same):
+        assert (row["win_rate"], row["win_rate_low"], row["win_rate_high"]) == (0.5, 0.5, 0.5)
+        assert row["ties"] == PROMPTS and row["kl"] == 0.0
+    assert same["gold"] == base["gold"] and same["proxy"] == base["proxy"]
+    # different weights: different answers, so some verdicts are not ties and KL is not 0
+    assert other["ties"] < PROMPTS and other["kl"] != 0.0
+    assert other["win_rate_low"] < other["win_rate_high"]
+
+    with (out / "eval.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["policy"] for r in table] == ["base", "same", "other"]
+    assert float(table[2]["win_rate"]) == pytest.approx(other["win_rate"])
+    assert float(table[0]["refusal_rate"]) == pytest.approx(base["adversarial"]["refusal_rate"])
+    samples = [json.loads(ln) for ln in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == PROMPTS
+    assert all(s["responses"]["base"] == s["responses"]["same"] for s in samples)
+    adv_samples = [json.loads(ln) for ln in
+                   (out / "adversarial_samples.jsonl").read_text().splitlines()]
+    assert len(adv_samples) == 12 and set(adv_samples[0]["responses"]["other"]) == {
+        "text", "refused", "uncertain", "as_expected"}
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["baseline"] == "base" and saved["seed"] == 5
+    for name in ("base", "same", "other"):
+        assert f"\n{name}" in proc.stdout
+    assert "win vs base" in proc.stdout
+
+    # the same seed gives the same numbers
+    again = tiny_setup["root"] / "again"
+    proc = run_cli(*eval_args(tiny_setup, again))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((again / "eval.json").read_text()) == result
+    # an earlier evaluation is not overwritten without --overwrite
+    proc = run_cli(*eval_args(tiny_setup, out))
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--policies", "a=/nonexistent/x"], "model folder not found"),
+    (["--policies", "justaname"], "is not NAME=DIR"),
+    (["--baseline", "nobody"], "is not one of the --policies names"),
+    (["--adversarial", "/nonexistent/suite.jsonl"], "adversarial suite file not found"),
+])
+def test_bad_input_is_a_clear_error(tiny_model_dir, tmp_path, extra, message):
+    args = ["eval", "--policies", f"a={tiny_model_dir}", "--output", str(tmp_path / "o")]
+    proc = run_cli(*args, *extra)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
