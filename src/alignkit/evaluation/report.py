@@ -1,0 +1,470 @@
+"""The run report: one self-contained HTML page (figures embedded as base64 PNG data URIs, and
+also written beside it) for a run folder ``runs/<name>/<stage>/{config.yaml, metrics.jsonl}``.
+
+Sections: training curves of every stage found; the reward-hacking monitor (PPO's held-out
+proxy / gold / KL readings and its warnings); the reward-vs-KL frontier (a frontier CSV of
+``bench/frontier.py``, else the gold and KL of the policies evaluated in this run); evaluation
+tables (``eval.json`` of ``alignkit eval``, the demo's comparison); samples side by side. A
+missing stage or file is a note on the page, never an error; every piece of model or user text
+is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import UserError
+from alignkit.evaluation import plots
+from alignkit.evaluation.plots import Plot
+
+STAGE_ORDER = ["sft", "reward", "ppo", "dpo", "online-dpo", "best-of-n", "eval"]
+EXPECTED_STAGES = ["sft", "reward", "ppo", "dpo"]
+
+
+@dataclass
+class Stage:
+    name: str
+    path: Path
+    kind: str  # sft, reward, ppo, dpo, online-dpo ... (from the folder name or its config)
+    rows: list[dict]
+    problems: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[dict]:
+        return [r for r in self.rows if r.get("split") == name]
+
+
+@dataclass
+class Report:
+    path: Path  # report.html
+    figures: list[Plot]
+    sections: list[str]
+    notes: list[str]
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a JSONL file; unreadable lines are reported (file:line), not fatal."""
+    rows, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            problems.append(f"{path}:{n}: not valid JSON (line skipped)")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            problems.append(f"{path}:{n}: not a JSON object (line skipped)")
+    return rows, problems
+
+
+def _stage_kind(folder: Path) -> str:
+    name = folder.name.lower().replace("_", "-")
+    for kind in ("online-dpo", "best-of-n", "reward", "sft", "ppo", "dpo"):
+        if name == kind or name.startswith(kind + "-") or name.endswith("-" + kind):
+            return kind
+    cfg = folder / "config.yaml"
+    if cfg.is_file():
+        text = cfg.read_text(encoding="utf-8", errors="replace")
+        if "kl_coef:" in text and "advantage:" in text:
+            return "ppo"
+        if "beta:" in text:
+            return "dpo"
+        if "ensemble:" in text:
+            return "reward"
+    return name
+
+
+def discover_stages(run_dir: Path) -> list[Stage]:
+    """Every folder of ``run_dir`` (and ``run_dir`` itself) holding a metrics.jsonl."""
+    folders = [run_dir] if (run_dir / "metrics.jsonl").is_file() else []
+    folders += sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "metrics.jsonl").is_file())
+    stages = []
+    for folder in folders:
+        rows, problems = read_jsonl(folder / "metrics.jsonl")
+        stages.append(Stage(folder.name, folder, _stage_kind(folder), rows, problems))
+    rank = {k: i for i, k in enumerate(STAGE_ORDER)}
+    return sorted(stages, key=lambda s: (rank.get(s.kind, len(rank)), s.name))
+
+
+def find_file(run_dir: Path, name: str, explicit: str | None = None) -> Path | None:
+    if explicit:
+        p = Path(explicit).expanduser()
+        return p if p.is_file() else None
+    for p in [run_dir / name, *sorted(run_dir.glob(f"*/{name}"))]:
+        if p.is_file():
+            return p
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces (everything interpolated goes through esc)
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, (int, float)):
+        if value != value:
+            return "-"
+        return format(value, spec)
+    return str(value)
+
+
+def pct(value: Any) -> str:
+    return fmt(value * 100, ".0f") + "%" if isinstance(value, (int, float)) and value == value \
+        else "-"
+
+
+def table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def text_of(value: Any) -> str:
+    if isinstance(value, list):  # chat messages: the last user turn
+        users = [m.get("content", "") for m in value if isinstance(m, dict)
+                 and m.get("role") == "user"]
+        return str(users[-1] if users else value)
+    return "" if value is None else str(value)
+
+
+class Page:
+    """Collects sections, figures and notes; renders one HTML document."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.sections: list[tuple[str, str, str]] = []  # (id, title, html)
+        self.figures: list[Plot] = []
+        self.notes: list[str] = []
+
+    def figure(self, plot: Plot | None) -> str:
+        if plot is None:
+            return ""
+        self.figures.append(plot)
+        (self.out_dir / f"{plot.name}.png").write_bytes(plot.png)
+        data = base64.b64encode(plot.png).decode("ascii")
+        return (f'<figure id="fig-{esc(plot.name)}"><img alt="{esc(plot.caption)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>Figure {len(self.figures)}. '
+                f"{esc(plot.caption)}</figcaption></figure>")
+
+    def note(self, text: str) -> str:
+        self.notes.append(text)
+        return f'<p class="note">{esc(text)}</p>'
+
+    def add(self, sid: str, title: str, body: str) -> None:
+        self.sections.append((sid, title, body))
+
+    def render(self, title: str, subtitle: str) -> str:
+        nav = " · ".join(f'<a href="#{esc(s)}">{esc(t)}</a>' for s, t, _ in self.sections)
+        body = "".join(f'<section id="{esc(s)}"><h2>{esc(t)}</h2>{b}</section>'
+                       for s, t, b in self.sections)
+        return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 1em 2em; color: #222; }}
+h1 {{ margin-bottom: 0.1em; }} h2 {{ border-bottom: 2px solid #ddd; padding-bottom: 0.2em;
+       margin-top: 1.8em; }}
+.sub {{ color: #666; }} nav {{ margin: 0.8em 0; }}
+table {{ border-collapse: collapse; margin: 0.6em 0 1em; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+table.samples td {{ max-width: 380px; white-space: pre-wrap; overflow-wrap: anywhere; }}
+figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; border: 1px solid #eee; }}
+figcaption {{ font-size: 12.5px; color: #444; max-width: 900px; }}
+.note {{ color: #8a5a00; background: #fff8e5; padding: 4px 8px; border-left: 3px solid #e0a800; }}
+.warn {{ color: #a40000; }}
+</style></head><body>
+<h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p><nav>{nav}</nav>
+{body}
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+def curves_section(page: Page, stages: list[Stage]) -> None:
+    parts = []
+    present = {s.kind for s in stages}
+    for stage in stages:
+        train, evals = stage.split("train"), stage.split("eval")
+        plot = plots.training_curves(stage.name, stage.kind, train, evals)
+        setup = (stage.split("setup") or [{}])[0]
+        facts = ", ".join(f"{k} {fmt(v, 'g')}" for k, v in setup.items()
+                          if k not in ("step", "split", "time") and not isinstance(v, (list, dict)))
+        parts.append(f"<h3>{esc(stage.name)} <small>({esc(stage.kind)}, {len(train)} logged "
+                     f"steps, {len(evals)} evaluations)</small></h3>")
+        if facts:
+            parts.append(f"<p class=\"sub\">{esc(facts)}</p>")
+        for problem in stage.problems[:5]:
+            parts.append(page.note(problem))
+        parts.append(page.figure(plot) if plot else
+                     page.note(f"{stage.name}: no training metrics to plot"))
+    for kind in EXPECTED_STAGES:
+        if kind not in present:
+            parts.append(page.note(f"stage {kind}: not in this run (skipped)"))
+    if not stages:
+        parts.append(page.note("no stage folder with a metrics.jsonl in this run"))
+    page.add("curves", "Training curves", "".join(parts))
+
+
+def monitor_section(page: Page, stages: list[Stage]) -> None:
+    parts = []
+    monitored = [s for s in stages if s.kind == "ppo" and any("proxy" in r or "gold" in r
+                                                              for r in s.split("eval"))]
+    for stage in monitored:
+        evals = stage.split("eval")
+        warned = [(r["step"], w) for r in evals for w in (r.get("warnings") or [])]
+        parts.append(f"<h3>{esc(stage.name)}</h3>")
+        parts.append(page.figure(plots.monitor_plot(stage.name, evals,
+                                                    sorted({s for s, _ in warned}))))
+        rows = [[r.get("step"), fmt(r.get("proxy")), fmt(r.get("gold")), fmt(r.get("gold_se")),
+                 fmt(r.get("kl"), ".2f"), fmt(r.get("response_length"), ".1f"),
+                 pct(r.get("ended_fraction")), len(r.get("warnings") or [])] for r in evals]
+        parts.append(table(["step", "proxy", "gold", "gold s.e.", "KL (nats)", "length (tok)",
+                            "ended", "warnings"], rows))
+        if warned:
+            parts.append("<ul class=\"warn\">" + "".join(
+                f"<li>step {esc(s)}: {esc(w)}</li>" for s, w in warned) + "</ul>")
+        else:
+            parts.append("<p>The monitor raised no warning.</p>")
+        best = stage.split("best")
+        if best:
+            parts.append(f"<p>Best checkpoint (by {esc(best[-1].get('best_by'))}): step "
+                         f"{esc(best[-1].get('step'))}, value {esc(fmt(best[-1].get('best_value')))}"
+                         ".</p>")
+    if not monitored:
+        parts.append(page.note("no PPO stage with held-out monitor readings in this run "
+                               "(skipped)"))
+    page.add("monitor", "Reward-hacking monitor", "".join(parts))
+
+
+def read_frontier_csv(path: Path) -> list[dict]:
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            point = dict(row)
+            for key in ("gold", "gold_se", "kl", "proxy", "length"):
+                try:
+                    point[key] = float(row[key]) if row.get(key) not in (None, "") else None
+                except ValueError:
+                    point[key] = None
+            out.append(point)
+    return out
+
+
+def frontier_section(page: Page, run_dir: Path, frontier: str | None, evaluation: dict | None,
+                     demo: dict | None) -> None:
+    parts = []
+    path = find_file(run_dir, "frontier.csv", frontier)
+    if frontier and path is None:
+        parts.append(page.note(f"{frontier}: frontier CSV not found"))
+    if path is not None:
+        try:
+            points = read_frontier_csv(path)
+        except (OSError, csv.Error, KeyError) as e:
+            points = []
+            parts.append(page.note(f"{path}: unreadable frontier CSV ({e})"))
+        plot = plots.frontier_plot(
+            points, "reward vs KL frontier", f"Gold score against KL to the reference for each "
+            f"method and setting in {path.name} (error bars: +-1 standard error of the gold mean "
+            "over prompts; labels: the method's parameter). Up and to the left is better.",
+            "frontier")
+        parts.append(page.figure(plot) if plot else page.note(f"{path}: no points with gold "
+                                                              "and KL"))
+    # this run's own policies, from eval.json or the demo comparison
+    own = []
+    source = None
+    if evaluation:
+        source = "alignkit eval"
+        own = [{"method": name, "gold": row.get("gold"), "gold_se": row.get("gold_se"),
+                "kl": row.get("kl"), "param": ""}
+               for name, row in evaluation.get("policies", {}).items()]
+    elif demo and demo.get("policies"):
+        source = "the demo's comparison"
+        own = [{"method": name, "gold": row.get("gold"), "gold_se": row.get("gold_se"),
+                "kl": row.get("kl"), "param": ""} for name, row in demo["policies"].items()]
+    if own:
+        plot = plots.frontier_plot(
+            own, "policies of this run", f"Gold score against KL to the reference of each policy "
+            f"in {source} (same held-out prompts and sampling seed; error bars: +-1 standard "
+            "error over prompts where measured).", "frontier-policies")
+        if plot:
+            parts.append(page.figure(plot))
+    if not parts:
+        parts.append(page.note("no frontier CSV (bench/frontier.py writes one) and no evaluated "
+                               "policies in this run (skipped)"))
+    page.add("frontier", "Reward vs KL frontier", "".join(parts))
+
+
+def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
+                 demo: dict | None) -> None:
+    parts = []
+    if evaluation:
+        pols = evaluation.get("policies", {})
+        base = evaluation.get("baseline")
+        parts.append(f"<p>{esc(len(pols))} policies on {esc(evaluation.get('prompts'))} held-out "
+                     f"prompts; judge {esc(evaluation.get('judge'))}, baseline {esc(base)}, KL to "
+                     f"{esc(evaluation.get('reference'))}. Win rate: "
+                     f"{esc(evaluation.get('method', {}).get('win_rate', ''))}; interval: "
+                     f"{esc(evaluation.get('method', {}).get('interval', ''))}.</p>")
+        rows = []
+        for name, r in pols.items():
+            rows.append([name, fmt(r.get("gold")) + " ± " + fmt(r.get("gold_se")),
+                         fmt(r.get("proxy_mean", r.get("proxy"))),
+                         fmt(r.get("proxy_std")), fmt(r.get("kl"), ".2f"),
+                         fmt(r.get("response_length"), ".1f"), pct(r.get("ended_fraction")),
+                         f"{fmt(r.get('win_rate'))} [{fmt(r.get('win_rate_low'), '.2f')}, "
+                         f"{fmt(r.get('win_rate_high'), '.2f')}]",
+                         f"{r.get('wins', '-')}/{r.get('ties', '-')}/{r.get('losses', '-')}"])
+        parts.append(table(["policy", "gold ± s.e.", "reward (ensemble mean)", "ensemble std",
+                            "KL (nats)", "length (tokens)", "ended", f"win rate vs {base} [CI]",
+                            "W/T/L"], rows))
+        advs = {n: r["adversarial"] for n, r in pols.items() if r.get("adversarial")}
+        if advs:
+            parts.append(f"<h3>Adversarial suite ({esc(evaluation.get('suite_prompts'))} "
+                         "prompts)</h3>")
+            parts.append(table(["policy", "refusal rate (harmful + jailbreak)",
+                                "over-refusal (benign)", "uncertainty expressed",
+                                "as expected"],
+                               [[n, pct(a.get("refusal_rate")), pct(a.get("over_refusal_rate")),
+                                 pct(a.get("uncertainty_rate")), pct(a.get("as_expected_rate"))]
+                                for n, a in advs.items()]))
+            cats = sorted({c for a in advs.values() for c in a.get("per_category", {})})
+            rows = []
+            for c in cats:
+                row = [c, next((a["per_category"][c].get("expect") for a in advs.values()
+                                if c in a.get("per_category", {})), "")]
+                for a in advs.values():
+                    pc = a.get("per_category", {}).get(c)
+                    row.append(f"{pc['as_expected']}/{pc['n']} (refused {pc['refused']}, "
+                               f"uncertain {pc['uncertain']})" if pc else "-")
+                rows.append(row)
+            parts.append(table(["category", "expected"] + [f"{n}: as expected" for n in advs],
+                               rows))
+            parts.append(page.figure(plots.adversarial_plot(advs)))
+    else:
+        parts.append(page.note("no eval.json in this run (run alignkit eval --output "
+                               "RUN_DIR/eval; skipped)"))
+    if demo and demo.get("policies"):
+        parts.append("<h3>Demo comparison (held-out prompts)</h3>")
+        parts.append(table(["policy", "gold", "proxy", "KL to SFT (nats)", "length (tokens)",
+                            "ended"],
+                           [[n, fmt(r.get("gold")), fmt(r.get("proxy")), fmt(r.get("kl"), ".2f"),
+                             fmt(r.get("response_length"), ".1f"), pct(r.get("ended_fraction"))]
+                            for n, r in demo["policies"].items()]))
+    page.add("eval", "Evaluation", "".join(parts))
+
+
+def samples_section(page: Page, run_dir: Path, stages: list[Stage], eval_path: Path | None,
+                    demo: dict | None, limit: int) -> None:
+    parts = []
+    if eval_path is not None:
+        held = eval_path.parent / "samples.jsonl"
+        if held.is_file():
+            rows, _ = read_jsonl(held)
+            if rows:
+                names = list(rows[0].get("responses", {}))
+                parts.append("<h3>Held-out prompts, every policy's answer</h3>")
+                parts.append(table(["prompt", "category"] + names,
+                                   [[text_of(r.get("prompt")), r.get("category") or ""]
+                                    + [r.get("responses", {}).get(n, "") for n in names]
+                                    for r in rows[:limit]], "samples"))
+        adv = eval_path.parent / "adversarial_samples.jsonl"
+        if adv.is_file():
+            rows, _ = read_jsonl(adv)
+            if rows:
+                names = list(rows[0].get("responses", {}))
+                by_cat: dict[str, list[dict]] = {}
+                for r in rows:
+                    by_cat.setdefault(r.get("category", ""), []).append(r)
+                per = max(1, limit // max(len(by_cat), 1))
+                picked = [r for group in by_cat.values() for r in group[:per]]
+
+                def cell(resp: dict) -> str:
+                    mark = "OK" if resp.get("as_expected") else "MISS"
+                    return f"[{mark}] {resp.get('text', '')}"
+
+                parts.append("<h3>Adversarial suite, answers with the detector's verdict</h3>")
+                parts.append(table(["prompt", "category", "expected"] + names,
+                                   [[r.get("prompt"), r.get("category"), r.get("expect")]
+                                    + [cell(r.get("responses", {}).get(n, {})) for n in names]
+                                    for r in picked], "samples"))
+    if demo and demo.get("samples"):
+        parts.append("<h3>Demo: before and after SFT</h3>")
+        parts.append(table(["prompt", "category", "before", "after SFT"],
+                           [[s.get("prompt"), s.get("category"), s.get("before"), s.get("after")]
+                            for s in demo["samples"][:limit]], "samples"))
+    for stage in stages:
+        evals = [r for r in stage.split("eval") if r.get("samples")]
+        if len(evals) >= 1 and stage.kind == "ppo":
+            first, last = evals[0], evals[-1]
+            pairs = list(zip(first["samples"], last["samples"]))[:limit]
+            parts.append(f"<h3>{esc(stage.name)}: held-out answers at step {esc(first['step'])} "
+                         f"and step {esc(last['step'])}</h3>")
+            parts.append(table(["prompt", f"step {first['step']}", f"step {last['step']}"],
+                               [[a.get("prompt"), a.get("response"), b.get("response")]
+                                for a, b in pairs], "samples"))
+    if not parts:
+        parts.append(page.note("no samples in this run (skipped)"))
+    page.add("samples", "Samples side by side", "".join(parts))
+
+
+def _load_json(path: Path | None, page: Page) -> dict | None:
+    if path is None:
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        page.note(f"{path}: unreadable ({e}); skipped")
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def build_report(run_dir: str | Path, output: str | Path | None = None,
+                 frontier: str | None = None, samples: int = 6) -> Report:
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    out = Path(output).expanduser() if output else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    page = Page(out)
+    stages = discover_stages(run)
+    eval_path = find_file(run, "eval.json")
+    evaluation = _load_json(eval_path, page)
+    demo = _load_json(find_file(run, "demo_summary.json"), page)
+    early_notes = list(page.notes)
+
+    curves_section(page, stages)
+    monitor_section(page, stages)
+    frontier_section(page, run, frontier, evaluation, demo)
+    eval_section(page, evaluation, eval_path, demo)
+    samples_section(page, run, stages, eval_path if evaluation else None, demo, samples)
+    if early_notes:
+        page.sections.insert(0, ("notes", "Notes", "".join(
+            f'<p class="note">{esc(n)}</p>' for n in early_notes)))
+
+    subtitle = (f"{run.resolve()} · stages: {', '.join(s.name for s in stages) or 'none'} · "
+                f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    text = page.render(f"alignkit run report: {run.resolve().name}", subtitle)
+    path = out / "report.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return Report(path, page.figures, [s for s, _, _ in page.sections], page.notes)

@@ -1,0 +1,189 @@
+"""``alignkit report`` on a run folder made by real tiny stages (SFT, reward ensemble, PPO with the
+monitor, DPO, eval): sections, figures with captions and axis units, PNGs beside the page equal
+to the embedded ones, model text escaped, missing stages noted; the page opened in headless
+Chromium and its screenshot saved under tests/artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.smoke
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+HOSTILE = "<script>window.__pwned = 1</script><b>bold?</b> & \"quotes\""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    """runs/<name>/{sft,reward,ppo,dpo,eval}/ from a few steps of each real stage."""
+    from alignkit.config import DPOConfig, EvalConfig, PPOConfig, RewardConfig, SFTConfig
+    from alignkit.recipes import dpo, eval as eval_recipe, ppo, reward, sft
+    from tests.smoke.test_reward_cli import write_prefs
+
+    root = tmp_path_factory.mktemp("runs") / "tiny"
+    root.mkdir()
+    prefs = write_prefs(root.parent / "prefs.jsonl", 24)
+    common = dict(save_every=0, progress=False, overwrite=True, seed=3)
+    sft.main(SFTConfig(model=str(tiny_model_dir), data="demo", max_steps=4, batch_size=4,
+                       eval_every=2, eval_fraction=0.05, output=str(root / "sft"), **common))
+    reward.main(RewardConfig(model=str(tiny_model_dir), data=str(prefs), ensemble=2,
+                             max_steps=4, eval_fraction=0.25, eval_every=2,
+                             output=str(root / "reward"), **common))
+    # min_entropy above any real entropy: every monitor reading warns, so warnings show
+    ppo.main(PPOConfig(model=str(root / "sft" / "final"),
+                       reward_model=str(root / "reward" / "final"), data="demo-prompts",
+                       batch_size=4, minibatch_size=4, max_steps=4, max_new_tokens=8,
+                       eval_prompts=6, eval_every=2, lr=5e-3, min_entropy=100.0,
+                       output=str(root / "ppo"), **common))
+    dpo.main(DPOConfig(model=str(root / "sft" / "final"), data=str(prefs), max_steps=4,
+                       batch_size=4, eval_fraction=0.25, eval_every=2, max_new_tokens=8,
+                       output=str(root / "dpo"), **common))
+    prompts = root.parent / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": HOSTILE, "category": "helpful"}) + "\n"
+                       + json.dumps({"prompt": "Why is the sky blue?", "category": "helpful"})
+                       + "\n")
+    eval_recipe.main(EvalConfig(policies=f"sft={root / 'sft' / 'final'},"
+                                         f"ppo={root / 'ppo' / 'final'}",
+                                prompts=str(prompts), reward_model=str(root / "reward" / "final"),
+                                max_adversarial=2, max_new_tokens=8, bootstrap=200,
+                                output=str(root / "eval"), overwrite=True))
+    with (root / "frontier.csv").open("w") as fh:  # the columns bench/frontier.py writes
+        fh.write("method,param,gold,gold_se,kl,proxy,length,train_s\n"
+                 "best-of-n,n=1,1.50,0.2,0.0,-0.4,,20.8\n"
+                 "best-of-n,n=4,1.70,0.2,0.636,-0.1,,40.0\n"
+                 "ppo,kl=0.05,1.90,0.25,2.5,0.3,24.0,300\n")
+    return root
+
+
+def test_report_sections_figures_and_escaping(tiny_run):
+    from alignkit.evaluation.report import build_report
+
+    report = build_report(tiny_run)
+    page = report.path.read_text()
+    assert report.path == tiny_run / "report" / "report.html"
+    assert report.sections == ["curves", "monitor", "frontier", "eval", "samples"]
+    for sid in report.sections:
+        assert f'<section id="{sid}">' in page
+    # one curve figure per stage, the monitor, the CSV frontier, the policies' frontier,
+    # the adversarial bars
+    names = [f.name for f in report.figures]
+    assert names == ["curves-sft", "curves-reward", "curves-ppo", "curves-dpo", "monitor-ppo",
+                     "frontier", "frontier-policies", "adversarial"]
+    figures = re.findall(r"<figure id=\"fig-([\w-]+)\"><img alt=\"[^\"]*\" "
+                         r"src=\"data:image/png;base64,([A-Za-z0-9+/=]+)\"><figcaption>"
+                         r"Figure (\d+)\. ([^<]+)</figcaption></figure>", page)
+    assert [f[0] for f in figures] == names
+    assert [int(f[2]) for f in figures] == list(range(1, len(names) + 1))
+    for (name, data, _, caption), plot in zip(figures, report.figures):
+        png = (tiny_run / "report" / f"{name}.png").read_bytes()
+        assert base64.b64decode(data) == png == plot.png
+        assert png.startswith(b"\x89PNG") and len(caption) > 40
+        assert plot.axes, name
+        for xlabel, ylabel in plot.axes:  # every axis names its unit in parentheses
+            assert re.search(r"\(.+\)", xlabel) and re.search(r"\(.+\)", ylabel), (name, xlabel,
+                                                                                   ylabel)
+    # the monitor's warnings (every reading, by construction) are listed with their steps
+    ppo_evals = [json.loads(ln) for ln in (tiny_run / "ppo" / "metrics.jsonl").read_text()
+                 .splitlines() if json.loads(ln)["split"] == "eval"]
+    assert [r["step"] for r in ppo_evals] == [0, 2, 4]
+    for r in ppo_evals:
+        assert r["warnings"]
+        assert f"<li>step {r['step']}: mean token entropy" in page
+    # eval tables: both policies, the suite with its categories
+    assert "win rate vs sft [CI]" in page and "Adversarial suite (8 prompts)" in page
+    for cat in ("harmful", "jailbreak", "benign", "uncertain"):
+        assert f"<td>{cat}</td>" in page
+    # model and user text is escaped: the hostile prompt shows as text, never as markup
+    assert "<script>" not in page and "<b>bold?</b>" not in page
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;b&gt;bold?&lt;/b&gt; &amp; " \
+           "&quot;quotes&quot;" in page
+    assert report.notes == []  # every expected stage is present
+
+    # the CLI takes the run folder as its argument and prints where the page is
+    out = tiny_run.parent / "elsewhere"
+    proc = run_cli("report", str(tiny_run), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"report: {out / 'report.html'}"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{n}.png" for n in names)
+
+
+def test_report_opens_in_headless_chromium(tiny_run):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from alignkit.evaluation.report import build_report
+
+    report = build_report(tiny_run, tiny_run.parent / "browser")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                 "--window-size=1300,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")
+                                              or "/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(report.path.as_uri())
+        assert driver.title == f"alignkit run report: {tiny_run.name}"
+        # every embedded PNG decodes (a broken data URI has naturalWidth 0)
+        widths = driver.execute_script(
+            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) == len(report.figures) and all(w > 300 for w in widths)
+        captions = driver.execute_script(
+            "return Array.from(document.querySelectorAll('figure')).map("
+            "f => f.querySelector('figcaption').innerText)")
+        assert [c.split(".")[0] for c in captions] == [f"Figure {i + 1}"
+                                                      for i in range(len(report.figures))]
+        # the hostile prompt rendered as text: no script ran, none exists
+        assert driver.execute_script("return document.scripts.length") == 0
+        assert driver.execute_script("return window.__pwned === undefined")
+        cell_texts = driver.execute_script(
+            "return Array.from(document.querySelectorAll('td')).map(td => td.innerText)")
+        assert any(HOSTILE in t for t in cell_texts)
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1300, min(height + 80, 16000))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "report-screenshot.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_missing_stages_and_bad_lines_are_notes_not_crashes(tiny_run, tmp_path):
+    from alignkit.evaluation.report import build_report
+
+    run = tmp_path / "partial"
+    (run / "sft").mkdir(parents=True)
+    lines = (tiny_run / "sft" / "metrics.jsonl").read_text().splitlines()
+    (run / "sft" / "metrics.jsonl").write_text("\n".join(lines[:3] + ["{truncated"]
+                                                         + lines[3:]) + "\n")
+    (run / "empty-stage").mkdir()  # no metrics.jsonl: not a stage
+    (run / "eval.json").write_text("{not json")
+    report = build_report(run)
+    page = report.path.read_text()
+    assert [f.name for f in report.figures] == ["curves-sft"]
+    assert f"{run / 'sft' / 'metrics.jsonl'}:4: not valid JSON (line skipped)" in report.notes
+    for kind in ("reward", "ppo", "dpo"):
+        assert f"stage {kind}: not in this run (skipped)" in report.notes
+    assert any(n.startswith(f"{run / 'eval.json'}: unreadable") for n in report.notes)
+    assert any("no PPO stage" in n for n in report.notes)
+    assert any("no eval.json" in n for n in report.notes)
+    assert report.sections[0] == "notes" and 'class="note"' in page
+    # a folder that does not exist is a user error
+    proc = run_cli("report", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "run folder not found" in proc.stderr
+    proc = run_cli("report")
+    assert proc.returncode == 2 and "alignkit report RUN_DIR" in proc.stderr
