@@ -15,6 +15,7 @@ from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, 
                              PPOConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
                              add_config_flags, build_config)
 from alignkit.config import EvalConfig, ReportConfig
+from alignkit.config import CritiqueConfig, ServeConfig
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -45,6 +46,11 @@ STAGES = {
     "report": (ReportConfig, "alignkit.recipes.report:main",
                "One self-contained HTML page (plus PNGs) for a run folder: curves, monitor, "
                "frontier, eval tables, samples."),
+    "serve": (ServeConfig, "alignkit.recipes.serve:main",
+              "An OpenAI-compatible chat endpoint (/v1/chat/completions) for a policy folder."),
+    "critique": (CritiqueConfig, "alignkit.recipes.critique:main",
+                 "Constitutional AI: answer, critique against a principle, revise; the "
+                 "revisions become SFT data."),
     "tiny-model": (TinyModelConfig, "alignkit.recipes.tiny:main",
                    "Write a tiny random Llama-style model folder (tests, benchmarks)."),
 }

@@ -566,6 +566,46 @@ class LabelConfig:
 
 
 @dataclass
+class ServeConfig:
+    """An OpenAI-compatible chat endpoint (/v1/chat/completions, /v1/models) for a policy."""
+
+    model: str = opt("runs/demo/sft/final", "Policy to serve: a model folder, 'default', a .gguf "
+                     "file or a hub id.")
+    host: str = opt("127.0.0.1", "Interface to listen on (0.0.0.0: every interface).")
+    port: int = opt(8000, "TCP port (0: any free port; the URL is printed).")
+    model_name: str = opt("", "Model id clients send and /v1/models lists (default: the folder "
+                          "name, or the run stage for .../final).")
+    max_tokens_limit: int = opt(1024, "Largest max_tokens a request may ask for.")
+    default_max_tokens: int = opt(256, "max_tokens of a request that gives none.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+
+
+@dataclass
+class CritiqueConfig:
+    """Constitutional AI, supervised stage: the policy answers, critiques its answer against a
+    sampled principle, revises it; the revisions become SFT data (Bai et al. 2022)."""
+
+    model: str = opt("runs/demo/sft/final", "Policy that answers, critiques and revises.")
+    data: Optional[str] = opt("demo-prompts", "Prompts ({prompt[, category]}); 'demo-prompts' "
+                              "are the shipped ones.")
+    output: str = opt("critique.jsonl", "SFT records {prompt, completion} with the principle, "
+                      "original answer and critique (JSONL; alignkit sft reads it).")
+    constitution: str = opt("default", "Constitution YAML (principles with a critique and a "
+                            "revision request); 'default' is the shipped helpful / harmless / "
+                            "honest one.")
+    revisions: int = opt(1, "Critique -> revise rounds per answer (each with a fresh principle).")
+    max_prompts: int = opt(0, "Use only the first N prompts (0: all).")
+    max_new_tokens: int = opt(64, "Length limit of answers, critiques and revisions.")
+    temperature: float = opt(1.0, "Sampling temperature (0: greedy).")
+    top_p: float = opt(1.0, "Nucleus sampling threshold.")
+    batch_size: int = opt(16, "Prompts per generate call.")
+    seed: int = opt(42, "Seed of the sampling and of the principle draws.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+
+
+@dataclass
 class TinyModelConfig:
     """Write a tiny random Llama-style model + tokenizer folder (for tests, benchmarks, trials)."""
 

@@ -1,0 +1,1 @@
+"""``alignkit serve``: an OpenAI-compatible chat endpoint for any policy folder."""

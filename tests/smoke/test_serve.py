@@ -1,0 +1,161 @@
+"""``alignkit serve`` as a real subprocess on loopback: the OpenAI schema, sampling options,
+streaming, errors, and concurrent clients."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+
+import pytest
+
+from tests.smoke.serve_process import get_json, post_json, serve_process
+
+pytestmark = pytest.mark.smoke
+
+HELLO = [{"role": "user", "content": "How do I boil an egg?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    with serve_process(tiny_model_dir, "--model-name", "tiny-policy") as url:
+        yield url
+
+
+def chat(url, **body):
+    return post_json(url + "/chat/completions", {"messages": HELLO, **body})
+
+
+def test_models_and_completion_schema(server, tiny_model_dir):
+    models = get_json(server + "/models")
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["tiny-policy"]
+
+    status, out = chat(server, max_tokens=6, temperature=0.0)
+    assert status == 200
+    assert out["object"] == "chat.completion" and out["model"] == "tiny-policy"
+    assert out["id"].startswith("chatcmpl-")
+    (choice,) = out["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    # usage: the prompt is the chat template rendering, counted by the model's own tokenizer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    rendered = tok.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
+    prompt_tokens = len(tok(rendered, add_special_tokens=False)["input_ids"])
+    usage = out["usage"]
+    assert usage["prompt_tokens"] == prompt_tokens
+    assert 1 <= usage["completion_tokens"] <= 6
+    assert usage["total_tokens"] == prompt_tokens + usage["completion_tokens"]
+    if choice["finish_reason"] == "length":
+        assert usage["completion_tokens"] == 6
+
+
+def test_greedy_is_deterministic_and_seed_repeats_samples(server):
+    a = chat(server, max_tokens=8, temperature=0.0)[1]
+    b = chat(server, max_tokens=8, temperature=0.0)[1]
+    assert a["choices"][0]["message"] == b["choices"][0]["message"]
+    s1 = chat(server, max_tokens=8, temperature=1.0, top_p=0.9, seed=7, n=3)[1]
+    s2 = chat(server, max_tokens=8, temperature=1.0, top_p=0.9, seed=7, n=3)[1]
+    texts = [c["message"]["content"] for c in s1["choices"]]
+    assert [c["index"] for c in s1["choices"]] == [0, 1, 2]
+    assert texts == [c["message"]["content"] for c in s2["choices"]]
+    # three samples of a random model at temperature 1 are not all alike
+    s3 = chat(server, max_tokens=8, temperature=1.0, seed=8, n=3)[1]
+    assert len({*texts, *(c["message"]["content"] for c in s3["choices"])}) > 1
+
+
+def test_stop_sequence_cuts_the_answer(server):
+    full = chat(server, max_tokens=12, temperature=1.0, seed=3)[1]["choices"][0]
+    text = full["message"]["content"]
+    assert len(text) >= 2, "the tiny model wrote too little to cut"
+    stop = text[1]  # the second character: the cut answer is text[:first occurrence]
+    cut = chat(server, max_tokens=12, temperature=1.0, seed=3, stop=[stop])[1]["choices"][0]
+    assert cut["message"]["content"] == text[:text.index(stop)]
+    assert cut["finish_reason"] == "stop"
+
+
+def test_streaming_sends_the_same_answer_as_server_sent_events(server):
+    plain = chat(server, max_tokens=10, temperature=0.0)[1]
+    req = urllib.request.Request(server + "/chat/completions", data=json.dumps(
+        {"messages": HELLO, "max_tokens": 10, "temperature": 0.0, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        lines = [ln for ln in resp.read().decode().split("\n") if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert text == plain["choices"][0]["message"]["content"]
+    assert events[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert events[-1]["usage"] == plain["usage"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "bot", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
+    ({"messages": HELLO, "temperature": "hot"}, "temperature"),
+    ({"messages": HELLO, "temperature": 3.5}, "temperature"),
+    ({"messages": HELLO, "top_p": 1.5}, "top_p"),
+    ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
+    ({"messages": HELLO, "max_tokens": 10**6}, "max_tokens"),
+    ({"messages": HELLO, "n": 2.5}, "n"),
+    ({"messages": HELLO, "stop": [1]}, "stop"),
+    ({"messages": HELLO, "seed": "x"}, "seed"),
+    ({"messages": HELLO, "stream": True, "n": 2}, "n"),
+])
+def test_bad_requests_get_a_400_naming_the_field(server, body, param):
+    status, out = post_json(server + "/chat/completions", body)
+    assert status == 400
+    assert out["error"]["type"] == "invalid_request_error"
+    assert out["error"]["param"] == param
+
+
+def test_other_errors(server):
+    status, out = post_json(server + "/chat/completions", b"{not json")
+    assert status == 400 and "not valid JSON" in out["error"]["message"]
+    status, out = chat(server, model="gpt-4o")
+    assert status == 404 and out["error"]["param"] == "model"
+    status, out = post_json(server + "/completions", {"prompt": "hi"})
+    assert status == 404
+
+
+def test_concurrent_clients_each_get_their_own_answer(server):
+    """Eight threads at once: the lock serialises them, and each answer equals the one the
+    same request gets alone."""
+    seeds = list(range(8))
+    alone = {s: chat(server, max_tokens=6, temperature=1.0, seed=s)[1] for s in seeds[:3]}
+    results, errors = {}, []
+
+    def worker(seed):
+        try:
+            results[seed] = chat(server, max_tokens=6, temperature=1.0, seed=seed)
+        except Exception as e:  # surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(results[s][0] == 200 for s in seeds)
+    for s in seeds[:3]:
+        assert results[s][1]["choices"] == alone[s]["choices"]
+    stats = get_json(server + "/stats")
+    assert stats["chat_completions"] >= 11
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli("serve", "--model", str(tmp_path / "nope"), "--port", "0", timeout=120)
+    assert proc.returncode == 2
+    assert "model folder not found" in proc.stderr and "Traceback" not in proc.stderr
