@@ -307,4 +307,10 @@ def main(cfg: DemoConfig) -> dict:
     lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")
     lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
     print("\n".join(lines))
+
+    # 10. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
+    from alignkit.evaluation.report import build_report
+
+    summary["report"] = str(build_report(root).path)
+    print(f"report: {summary['report']}")
     return summary

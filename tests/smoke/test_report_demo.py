@@ -1,0 +1,31 @@
+"""``alignkit demo`` ends by writing the run report and printing its path (on a tiny model with
+--quick, so every stage runs in seconds)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.smoke
+
+
+def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--model", str(tiny_model_dir), "--quick", "--output", str(out),
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page_path = out / "report" / "report.html"
+    assert proc.stdout.rstrip().splitlines()[-1] == f"report: {page_path}"
+    page = page_path.read_text()
+    figures = re.findall(r'<figure id="fig-([\w-]+)">', page)
+    assert figures == ["curves-sft", "curves-reward", "curves-ppo", "curves-dpo", "monitor-ppo",
+                       "frontier-policies"]
+    for name in figures:
+        assert (out / "report" / f"{name}.png").is_file()
+    # the demo's own comparison and before/after samples are on the page
+    assert "Demo comparison (held-out prompts)" in page and "Demo: before and after SFT" in page
+    for policy in ("base", "sft", "ppo", "dpo", "best-of-4"):
+        assert f"<td>{policy}</td>" in page
