@@ -41,6 +41,7 @@ METRIC_LABELS = {
     ("*", "gold"): "gold score (gold units)",
     ("*", "proxy"): "proxy reward (reward units)",
     ("*", "entropy"): "mean token entropy (nats)",
+    ("*", "sample_reward"): "reward of sampled answers (reward units)",
     ("*", "lr"): "learning rate (dimensionless)",
 }
 
@@ -50,7 +51,7 @@ STAGE_PANELS = {
     "reward": ["loss", "accuracy", "ece"],
     "ppo": ["score", "kl", "policy_loss", "response_length"],
     "dpo": ["loss", "reward_accuracy", "reward_margin", "sample_kl"],
-    "online-dpo": ["loss", "reward_accuracy", "kl", "gold"],
+    "online-dpo": ["loss", "reward_accuracy", "sample_reward", "kl", "gold"],
 }
 DEFAULT_PANELS = ["loss", "accuracy", "score", "kl"]
 X_LABELS = {"ppo": "PPO step (rollout batches)", "online-dpo": "round (sample-label-train)"}

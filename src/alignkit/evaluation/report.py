@@ -74,6 +74,8 @@ def _stage_kind(folder: Path) -> str:
     cfg = folder / "config.yaml"
     if cfg.is_file():
         text = cfg.read_text(encoding="utf-8", errors="replace")
+        if "labeler:" in text and "rounds:" in text:
+            return "online-dpo"
         if "kl_coef:" in text and "advantage:" in text:
             return "ppo"
         if "beta:" in text:
@@ -210,6 +212,10 @@ def curves_section(page: Page, stages: list[Stage]) -> None:
                           if k not in ("step", "split", "time") and not isinstance(v, (list, dict)))
         parts.append(f"<h3>{esc(stage.name)} <small>({esc(stage.kind)}, {len(train)} logged "
                      f"steps, {len(evals)} evaluations)</small></h3>")
+        summary = (stage.split("summary") or [{}])[-1]
+        facts += ("; " if facts and summary else "") + ", ".join(
+            f"{k} {fmt(v, 'g')}" for k, v in summary.items()
+            if k not in ("step", "split", "time") and not isinstance(v, (list, dict)))
         if facts:
             parts.append(f"<p class=\"sub\">{esc(facts)}</p>")
         for problem in stage.problems[:5]:
