@@ -1,0 +1,632 @@
+"""The annotation store: one module behind SQLAlchemy 2 (SQLite or PostgreSQL).
+
+``Store(url)`` opens ``sqlite:///path.db`` (the default, embedded) or ``postgresql://...``;
+``Store.upgrade()`` applies the Alembic migrations in ``feedback/migrations`` up to head (the
+app and every admin command call it on start). The schema is ``metadata`` below; a test checks
+that the migrations produce exactly it.
+
+Writes are safe under concurrency:
+- SQLite runs in WAL mode with a busy timeout, and every transaction begins ``IMMEDIATE`` (it
+  takes the write lock up front), so concurrent submits queue instead of failing or
+  interleaving;
+- PostgreSQL locks the task row (``SELECT ... FOR UPDATE``) while a label is checked and
+  written, so the "at most R labels per item" rule holds;
+- ``labels`` has a unique (task, user) constraint and ``submit`` is idempotent: the same label
+  sent twice is stored once.
+Every write records who (user id) and when (UTC).
+
+Secrets: tokens are random (``secrets.token_urlsafe``) and stored as SHA-256 hashes; passwords
+as salted scrypt hashes. The bootstrap admin token comes from the environment
+(``ALIGNKIT_ADMIN_TOKEN``), never from code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from alignkit.errors import UserError
+
+TS = sa.DateTime(timezone=True)
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=True, unique=True),
+    sa.Column("password_hash", sa.String(300), nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+projects = sa.Table(
+    "projects", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("guidelines", sa.Text, nullable=False),
+    sa.Column("aspects", sa.JSON, nullable=False),
+    sa.Column("labels_per_item", sa.Integer, nullable=False),
+    sa.Column("reward_model", sa.String(1000), nullable=True),
+    sa.Column("al_strategy", sa.String(20), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
+)
+members = sa.Table(
+    "members", metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("added_at", TS, nullable=False),
+)
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),  # "pairwise" or "ranking"
+    sa.Column("prompt", sa.JSON, nullable=False),  # text or chat messages
+    sa.Column("responses", sa.JSON, nullable=False),  # 2 (pairwise) or K texts
+    sa.Column("is_gold", sa.Boolean, nullable=False),
+    sa.Column("gold", sa.JSON, nullable=True),  # the known answer of a hidden gold item
+    sa.Column("meta", sa.JSON, nullable=True),  # category, source file:line, ...
+    sa.Column("al_score", sa.Float, nullable=True),  # active learning: higher is served first
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
+)
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
+    # pairwise: {"choices": {aspect: "A" | "B" | "tie"}}; ranking: {"ranking": [best .. worst]}
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("task_id", "user_id", name="uq_label_task_user"),
+)
+resolutions = sa.Table(
+    "resolutions", metadata,
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+ROLES = ("admin", "annotator")
+KINDS = ("pairwise", "ranking")
+CHOICES = ("A", "B", "tie")
+AL_STRATEGIES = ("std", "margin")
+MAX_TEXT = 100_000  # characters of one prompt, response or reason
+
+
+class StoreError(UserError):
+    """A request the store refuses; ``status`` is the HTTP status the app answers with."""
+
+    status = 400
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Forbidden(StoreError):
+    status = 403
+
+
+class Conflict(StoreError):
+    status = 409
+
+
+class Invalid(StoreError):
+    status = 422
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2 ** 14, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    if not stored:
+        return False
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        got = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), n=int(n),
+                             r=int(r), p=int(p), dklen=len(digest) // 2)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` -> the psycopg 3 driver (the one the ``web`` extra installs); a bare
+    path -> ``sqlite:///path``."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    return url
+
+
+def make_engine(url: str) -> sa.Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60},
+                                  pool_size=10, max_overflow=30)
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no
+            # deadlock between two readers that both want to upgrade to writers
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
+        raise UserError(f"--db {url!r}: not a database URL SQLAlchemy understands ({e})") from None
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _row(r) -> dict:
+    return dict(r._mapping) if r is not None else None
+
+
+class Store:
+    """All reads and writes of the annotation app and the admin commands."""
+
+    def __init__(self, url: str):
+        self.url = normalise_url(url)
+        self.engine = make_engine(url)
+
+    # ------------------------------------------------------------------ schema
+
+    def upgrade(self) -> None:
+        """Apply the migrations up to head (idempotent)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except sa.exc.OperationalError as e:
+            raise UserError(f"--db {self.url}: cannot open the database "
+                            f"({str(e.orig).strip()})") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ------------------------------------------------------------------ people
+
+    def create_user(self, name: str, role: str = "annotator",
+                    password: str | None = None) -> tuple[User, str]:
+        """A new user and their sign-in token (shown once; only its hash is stored)."""
+        name = (name or "").strip()
+        if not name or len(name) > 200:
+            raise Invalid("user name must be 1-200 characters")
+        if role not in ROLES:
+            raise Invalid(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        token = secrets.token_urlsafe(24)
+        with self.tx() as c:
+            if c.execute(sa.select(users.c.id).where(users.c.name == name)).first():
+                raise Conflict(f"user {name!r} already exists")
+            uid = c.execute(users.insert().values(
+                name=name, role=role, token_hash=hash_token(token),
+                password_hash=hash_password(password) if password else None,
+                created_at=now())).inserted_primary_key[0]
+        return User(uid, name, role), token
+
+    def new_token(self, name: str) -> str:
+        """Replace a user's token (the old one stops working)."""
+        token = secrets.token_urlsafe(24)
+        with self.tx() as c:
+            done = c.execute(users.update().where(users.c.name == name).values(
+                token_hash=hash_token(token))).rowcount
+        if not done:
+            raise NotFound(f"no user named {name!r}")
+        return token
+
+    def ensure_admin(self, token: str, name: str = "admin") -> User:
+        """The bootstrap admin: created (or its token replaced) from an environment secret."""
+        if len(token) < 16:
+            raise UserError("the admin token must be at least 16 characters")
+        with self.tx() as c:
+            row = c.execute(sa.select(users).where(users.c.name == name)).first()
+            if row is None:
+                uid = c.execute(users.insert().values(
+                    name=name, role="admin", token_hash=hash_token(token),
+                    created_at=now())).inserted_primary_key[0]
+            else:
+                uid = row.id
+                c.execute(users.update().where(users.c.id == uid).values(
+                    role="admin", token_hash=hash_token(token)))
+        return User(uid, name, "admin")
+
+    def user_by_token(self, token: str | None) -> Optional[User]:
+        if not token or len(token) > 500:
+            return None
+        with self.tx() as c:
+            r = c.execute(sa.select(users).where(users.c.token_hash == hash_token(token))).first()
+        return User(r.id, r.name, r.role) if r else None
+
+    def user_by_password(self, name: str, password: str) -> Optional[User]:
+        with self.tx() as c:
+            r = c.execute(sa.select(users).where(users.c.name == name)).first()
+        if r and check_password(password, r.password_hash):
+            return User(r.id, r.name, r.role)
+        return None
+
+    def user_by_name(self, name: str) -> User:
+        with self.tx() as c:
+            r = c.execute(sa.select(users).where(users.c.name == name)).first()
+        if r is None:
+            raise NotFound(f"no user named {name!r}")
+        return User(r.id, r.name, r.role)
+
+    def user_names(self, conn: sa.Connection | None = None) -> dict[int, str]:
+        with self.tx() as c:
+            return {r.id: r.name for r in c.execute(sa.select(users.c.id, users.c.name))}
+
+    # ------------------------------------------------------------------ projects
+
+    def create_project(self, name: str, guidelines: str = "", aspects: list[str] | None = None,
+                       labels_per_item: int = 2, reward_model: str | None = None,
+                       al_strategy: str = "std", created_by: int | None = None) -> int:
+        aspects = [a.strip() for a in (aspects or ["overall"]) if a.strip()]
+        name = (name or "").strip()
+        if not name or len(name) > 200:
+            raise Invalid("project name must be 1-200 characters")
+        if not aspects or len(set(aspects)) != len(aspects):
+            raise Invalid("aspects must be distinct, non-empty names")
+        if labels_per_item < 1:
+            raise Invalid(f"labels per item must be >= 1, got {labels_per_item}")
+        if al_strategy not in AL_STRATEGIES:
+            raise Invalid(f"active-learning strategy must be one of {AL_STRATEGIES}")
+        with self.tx() as c:
+            if c.execute(sa.select(projects.c.id).where(projects.c.name == name)).first():
+                raise Conflict(f"project {name!r} already exists")
+            return c.execute(projects.insert().values(
+                name=name, guidelines=guidelines or "", aspects=aspects,
+                labels_per_item=labels_per_item, reward_model=reward_model,
+                al_strategy=al_strategy, created_at=now(),
+                created_by=created_by)).inserted_primary_key[0]
+
+    def update_project(self, project_id: int, **values) -> None:
+        allowed = {"guidelines", "labels_per_item", "reward_model", "al_strategy"}
+        bad = set(values) - allowed
+        if bad:
+            raise Invalid(f"cannot change {', '.join(sorted(bad))}")
+        with self.tx() as c:
+            c.execute(projects.update().where(projects.c.id == project_id).values(**values))
+
+    def project(self, project_id: int) -> dict:
+        with self.tx() as c:
+            r = _row(c.execute(sa.select(projects).where(projects.c.id == project_id)).first())
+        if r is None:
+            raise NotFound(f"no project {project_id}")
+        return r
+
+    def project_by_name(self, name: str) -> dict:
+        with self.tx() as c:
+            r = _row(c.execute(sa.select(projects).where(projects.c.name == name)).first())
+        if r is None:
+            raise NotFound(f"no project named {name!r} (create it with alignkit annotate "
+                           "create-project)")
+        return r
+
+    def projects_for(self, user: User) -> list[dict]:
+        q = sa.select(projects).order_by(projects.c.id)
+        if not user.is_admin:
+            q = q.join(members, members.c.project_id == projects.c.id).where(
+                members.c.user_id == user.id)
+        with self.tx() as c:
+            return [_row(r) for r in c.execute(q)]
+
+    def add_member(self, project_id: int, user_id: int) -> None:
+        with self.tx() as c:
+            exists = c.execute(sa.select(members).where(
+                members.c.project_id == project_id, members.c.user_id == user_id)).first()
+            if not exists:
+                c.execute(members.insert().values(project_id=project_id, user_id=user_id,
+                                                  added_at=now()))
+
+    def check_access(self, project_id: int, user: User) -> dict:
+        """The project, if ``user`` may work on it. Annotators outside it get 404 (not 403), so
+        that project ids cannot be probed."""
+        project = self.project(project_id)
+        if user.is_admin:
+            return project
+        with self.tx() as c:
+            ok = c.execute(sa.select(members).where(members.c.project_id == project_id,
+                                                    members.c.user_id == user.id)).first()
+        if not ok:
+            raise NotFound(f"no project {project_id}")
+        return project
+
+    def member_names(self, project_id: int) -> list[str]:
+        with self.tx() as c:
+            return [r.name for r in c.execute(
+                sa.select(users.c.name).join(members, members.c.user_id == users.c.id)
+                .where(members.c.project_id == project_id).order_by(users.c.name))]
+
+    # ------------------------------------------------------------------ tasks
+
+    def add_tasks(self, project_id: int, items: list[dict], created_by: int | None = None
+                  ) -> list[int]:
+        """Insert tasks ``{kind, prompt, responses, gold?, meta?}`` (validated by
+        ``validate_task``) in one transaction; returns their ids."""
+        project = self.project(project_id)
+        rows = [validate_task(item, project["aspects"]) for item in items]
+        stamp = now()
+        ids = []
+        with self.tx() as c:
+            for row in rows:
+                ids.append(c.execute(tasks.insert().values(
+                    project_id=project_id, created_at=stamp, created_by=created_by,
+                    **row)).inserted_primary_key[0])
+        return ids
+
+    def task(self, task_id: int) -> dict:
+        with self.tx() as c:
+            r = _row(c.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+        if r is None:
+            raise NotFound(f"no task {task_id}")
+        return r
+
+    def tasks_of(self, project_id: int) -> list[dict]:
+        with self.tx() as c:
+            return [_row(r) for r in c.execute(sa.select(tasks).where(
+                tasks.c.project_id == project_id).order_by(tasks.c.id))]
+
+    def set_al_scores(self, project_id: int, scores: dict[int, Optional[float]]) -> None:
+        with self.tx() as c:
+            for tid, score in scores.items():
+                c.execute(tasks.update().where(tasks.c.id == tid,
+                                               tasks.c.project_id == project_id)
+                          .values(al_score=score))
+
+    def _open_tasks(self, project: dict, user_id: int):
+        """Tasks ``user_id`` may still label: not yet labelled by them, and either a gold item
+        (every annotator sees those) or one with fewer than R labels. Most uncertain first
+        (active learning score), then in the order they were added."""
+        count = (sa.select(sa.func.count()).select_from(labels)
+                 .where(labels.c.task_id == tasks.c.id).scalar_subquery())
+        mine = sa.exists().where(labels.c.task_id == tasks.c.id, labels.c.user_id == user_id)
+        return (sa.select(tasks).where(tasks.c.project_id == project["id"], ~mine,
+                                       sa.or_(tasks.c.is_gold,
+                                              count < project["labels_per_item"]))
+                .order_by(tasks.c.al_score.is_(None), tasks.c.al_score.desc(), tasks.c.id))
+
+    def next_task(self, project: dict, user: User) -> Optional[dict]:
+        with self.tx() as c:
+            return _row(c.execute(self._open_tasks(project, user.id).limit(1)).first())
+
+    def progress(self, project: dict, user: User) -> dict:
+        with self.tx() as c:
+            done = c.execute(sa.select(sa.func.count()).select_from(labels).join(
+                tasks, tasks.c.id == labels.c.task_id).where(
+                tasks.c.project_id == project["id"], labels.c.user_id == user.id)).scalar_one()
+            left = c.execute(sa.select(sa.func.count()).select_from(
+                self._open_tasks(project, user.id).order_by(None).subquery())).scalar_one()
+        return {"done": done, "left": left, "total": done + left}
+
+    # ------------------------------------------------------------------ labels
+
+    def submit(self, project_id: int, user: User, task_id: int, value: Any,
+               reason: str | None = None) -> tuple[dict, bool]:
+        """Store ``user``'s label of a task. Returns (label, created). Sending the same label
+        again returns the stored one (created False); a different one is a conflict (undo
+        first). A non-gold item that already has R labels is a conflict too."""
+        project = self.check_access(project_id, user)
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_TEXT):
+            raise Invalid(f"reason must be text of at most {MAX_TEXT} characters")
+        try:
+            with self.tx() as c:
+                task = c.execute(sa.select(tasks).where(tasks.c.id == task_id)
+                                 .with_for_update()).first()
+                if task is None or task.project_id != project_id:
+                    raise NotFound(f"no task {task_id} in project {project_id}")
+                value = validate_label(value, task.kind, len(task.responses), project["aspects"])
+                mine = c.execute(sa.select(labels).where(labels.c.task_id == task_id,
+                                                         labels.c.user_id == user.id)).first()
+                if mine is not None:
+                    if mine.value == value:
+                        return _row(mine), False
+                    raise Conflict(f"you already labelled task {task_id}; undo it first")
+                if not task.is_gold:
+                    n = c.execute(sa.select(sa.func.count()).select_from(labels)
+                                  .where(labels.c.task_id == task_id)).scalar_one()
+                    if n >= project["labels_per_item"]:
+                        raise Conflict(f"task {task_id} already has its "
+                                       f"{project['labels_per_item']} label(s); take the next")
+                row = {"task_id": task_id, "user_id": user.id, "value": value,
+                       "reason": (reason or "").strip() or None, "created_at": now()}
+                row["id"] = c.execute(labels.insert().values(**row)).inserted_primary_key[0]
+                return row, True
+        except IntegrityError:
+            # the same user submitting twice at once: the unique constraint kept one
+            with self.tx() as c:
+                mine = c.execute(sa.select(labels).where(labels.c.task_id == task_id,
+                                                         labels.c.user_id == user.id)).first()
+            if mine is not None and mine.value == value:
+                return _row(mine), False
+            raise Conflict(f"you already labelled task {task_id}; undo it first") from None
+
+    def undo_last(self, project_id: int, user: User) -> Optional[dict]:
+        """Delete ``user``'s most recent label in the project; returns it (None if none)."""
+        self.check_access(project_id, user)
+        with self.tx() as c:
+            last = c.execute(
+                sa.select(labels).join(tasks, tasks.c.id == labels.c.task_id)
+                .where(tasks.c.project_id == project_id, labels.c.user_id == user.id)
+                .order_by(labels.c.created_at.desc(), labels.c.id.desc()).limit(1)).first()
+            if last is None:
+                return None
+            c.execute(labels.delete().where(labels.c.id == last.id))
+        return _row(last)
+
+    def labels_of_user(self, project_id: int, user: User) -> list[dict]:
+        self.check_access(project_id, user)
+        with self.tx() as c:
+            return [_row(r) for r in c.execute(
+                sa.select(labels).join(tasks, tasks.c.id == labels.c.task_id)
+                .where(tasks.c.project_id == project_id, labels.c.user_id == user.id)
+                .order_by(labels.c.id))]
+
+    def project_labels(self, project_id: int) -> list[dict]:
+        """Every label of the project with the annotator's name (admin views, export)."""
+        with self.tx() as c:
+            return [_row(r) for r in c.execute(
+                sa.select(labels, users.c.name.label("annotator"))
+                .join(tasks, tasks.c.id == labels.c.task_id)
+                .join(users, users.c.id == labels.c.user_id)
+                .where(tasks.c.project_id == project_id).order_by(labels.c.id))]
+
+    def count_labels(self, project_id: int | None = None) -> int:
+        q = sa.select(sa.func.count()).select_from(labels)
+        if project_id is not None:
+            q = q.join(tasks, tasks.c.id == labels.c.task_id).where(
+                tasks.c.project_id == project_id)
+        with self.tx() as c:
+            return c.execute(q).scalar_one()
+
+    # ------------------------------------------------------------------ disputes
+
+    def resolve(self, task_id: int, admin: User, value: Any, note: str | None = None) -> dict:
+        """An admin's decision on a disputed item; it becomes the item's aggregated label."""
+        if not admin.is_admin:
+            raise Forbidden("only an admin can resolve disputes")
+        with self.tx() as c:
+            task = c.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            if task is None:
+                raise NotFound(f"no task {task_id}")
+            project = c.execute(sa.select(projects).where(
+                projects.c.id == task.project_id)).first()
+            value = validate_label(value, task.kind, len(task.responses), project.aspects)
+            row = {"task_id": task_id, "user_id": admin.id, "value": value,
+                   "note": (note or "").strip() or None, "created_at": now()}
+            c.execute(resolutions.delete().where(resolutions.c.task_id == task_id))
+            c.execute(resolutions.insert().values(**row))
+        return row
+
+    def resolutions_of(self, project_id: int) -> dict[int, dict]:
+        with self.tx() as c:
+            return {r.task_id: _row(r) for r in c.execute(
+                sa.select(resolutions, users.c.name.label("admin"))
+                .join(tasks, tasks.c.id == resolutions.c.task_id)
+                .join(users, users.c.id == resolutions.c.user_id)
+                .where(tasks.c.project_id == project_id))}
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _is_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_TEXT
+    return (isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                            and isinstance(m.get("content"), str)
+                                            for m in value))
+
+
+def validate_task(item: dict, aspects: list[str]) -> dict:
+    kind = item.get("kind")
+    if kind not in KINDS:
+        raise Invalid(f"task kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not _is_text(item.get("prompt")) or not item.get("prompt"):
+        raise Invalid("task prompt must be non-empty text or chat messages")
+    responses = item.get("responses")
+    if not isinstance(responses, list) or not all(_is_text(r) for r in responses):
+        raise Invalid("task responses must be a list of texts")
+    if kind == "pairwise" and len(responses) != 2:
+        raise Invalid(f"a pairwise task has exactly 2 responses, got {len(responses)}")
+    if kind == "ranking" and len(responses) < 2:
+        raise Invalid("a ranking task needs at least 2 responses")
+    gold = item.get("gold")
+    if gold is not None:
+        gold = validate_label(gold, kind, len(responses), aspects, partial=True)
+    return {"kind": kind, "prompt": item["prompt"], "responses": responses,
+            "is_gold": gold is not None, "gold": gold, "meta": item.get("meta")}
+
+
+def validate_label(value: Any, kind: str, k: int, aspects: list[str],
+                   partial: bool = False) -> dict:
+    """A label's canonical form, or ``Invalid`` naming what is wrong. ``partial``: a gold answer
+    may cover only some aspects."""
+    if not isinstance(value, dict):
+        raise Invalid("label must be a JSON object")
+    if kind == "pairwise":
+        choices = value.get("choices")
+        if not isinstance(choices, dict) or not choices:
+            raise Invalid('a pairwise label needs "choices": {aspect: "A" | "B" | "tie"}')
+        unknown = [a for a in choices if a not in aspects]
+        if unknown:
+            raise Invalid(f"unknown aspect(s) {', '.join(map(repr, unknown))}; this project "
+                          f"judges {', '.join(aspects)}")
+        missing = [a for a in aspects if a not in choices]
+        if missing and not partial:
+            raise Invalid(f"choose A, B or tie for every aspect; missing "
+                          f"{', '.join(missing)}")
+        bad = [a for a, c in choices.items() if c not in CHOICES]
+        if bad:
+            raise Invalid(f"aspect {bad[0]!r}: choice must be A, B or tie")
+        return {"choices": {a: choices[a] for a in aspects if a in choices}}
+    ranking = value.get("ranking")
+    if (not isinstance(ranking, list) or any(isinstance(x, bool) or not isinstance(x, int)
+                                             for x in ranking)
+            or sorted(ranking) != list(range(k))):
+        raise Invalid(f'a ranking label needs "ranking": every response index 0..{k - 1} once, '
+                      "best first")
+    return {"ranking": list(ranking)}

@@ -1,0 +1,150 @@
+"""The annotation store on SQLite and on a real PostgreSQL server: migrations, people, queue
+rules (R labels per item, gold items for everyone, active-learning order), idempotent submit,
+undo, access rules, dispute resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignkit.feedback.store import (Conflict, Forbidden, Invalid, NotFound, Store,
+                                     check_password, hash_password, metadata)
+
+pytestmark = pytest.mark.web
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store(db_url)
+    s.upgrade()
+    yield s
+    s.dispose()
+
+
+def pair(prompt="Q?", a="yes", b="no", gold=None):
+    return {"kind": "pairwise", "prompt": prompt, "responses": [a, b], "gold": gold}
+
+
+def test_migrations_build_exactly_the_schema_and_are_idempotent(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    store.upgrade()  # a second upgrade is a no-op
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_tokens_and_passwords_are_hashed(store):
+    user, token = store.create_user("ann", password="correct horse")
+    assert store.user_by_token(token) == user
+    assert store.user_by_token(token + "x") is None and store.user_by_token("") is None
+    assert store.user_by_password("ann", "correct horse") == user
+    assert store.user_by_password("ann", "wrong") is None
+    with store.engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT token_hash, password_hash FROM users").first()
+    assert token not in row[0] and len(row[0]) == 64 and "correct horse" not in row[1]
+    with pytest.raises(Conflict):
+        store.create_user("ann")
+    new = store.new_token("ann")
+    assert store.user_by_token(token) is None and store.user_by_token(new) == user
+    h = hash_password("pw")
+    assert check_password("pw", h) and not check_password("pw2", h) and h != hash_password("pw")
+
+
+def test_queue_respects_r_gold_and_active_learning_order(store):
+    pid = store.create_project("p", aspects=["helpful", "harmless"], labels_per_item=2)
+    ids = store.add_tasks(pid, [pair("one"), pair("two"),
+                                pair("gold", gold={"choices": {"helpful": "A"}})])
+    people = [store.create_user(f"u{i}")[0] for i in range(3)]
+    for u in people:
+        store.add_member(pid, u.id)
+    project = store.project(pid)
+    label = {"choices": {"helpful": "A", "harmless": "tie"}}
+    assert store.next_task(project, people[0])["id"] == ids[0]
+    store.submit(pid, people[0], ids[0], label)
+    store.submit(pid, people[1], ids[0], label)
+    # task one now has R = 2 labels: the third annotator is served task two, and may not add a
+    # third label to task one
+    assert store.next_task(project, people[2])["id"] == ids[1]
+    with pytest.raises(Conflict, match="already has its 2 label"):
+        store.submit(pid, people[2], ids[0], label)
+    # gold items are served to everyone, beyond R
+    for u in people:
+        store.submit(pid, u, ids[2], label)
+    assert store.progress(project, people[0]) == {"done": 2, "left": 1, "total": 3}
+    assert store.progress(project, people[2]) == {"done": 1, "left": 1, "total": 2}
+    # active learning: the highest score is served first
+    more = store.add_tasks(pid, [pair("three"), pair("four")])
+    store.set_al_scores(pid, {more[1]: 0.9, more[0]: 0.1})
+    assert store.next_task(project, people[2])["id"] == more[1]
+
+
+def test_submit_is_idempotent_validates_and_undo_removes_own_last(store):
+    pid = store.create_project("p", aspects=["helpful"], labels_per_item=3)
+    t1, t2, rk = store.add_tasks(pid, [pair(), pair("Q2"), {
+        "kind": "ranking", "prompt": "R?", "responses": ["a", "b", "c"]}])
+    u, _ = store.create_user("u")
+    other, _ = store.create_user("other")
+    for x in (u, other):
+        store.add_member(pid, x.id)
+    first, created = store.submit(pid, u, t1, {"choices": {"helpful": "B"}}, "because")
+    again, created_again = store.submit(pid, u, t1, {"choices": {"helpful": "B"}})
+    assert created and not created_again and again["id"] == first["id"]
+    assert store.count_labels(pid) == 1
+    with pytest.raises(Conflict, match="undo it first"):
+        store.submit(pid, u, t1, {"choices": {"helpful": "A"}})
+    for bad, msg in [({"choices": {"helpful": "C"}}, "A, B or tie"),
+                     ({"choices": {"nope": "A"}}, "unknown aspect"),
+                     ({"choices": {}}, "choices"), ([1], "JSON object")]:
+        with pytest.raises(Invalid, match=msg):
+            store.submit(pid, u, t2, bad)
+    with pytest.raises(Invalid, match="every response index 0..2 once"):
+        store.submit(pid, u, rk, {"ranking": [0, 0, 1]})
+    store.submit(pid, u, rk, {"ranking": [2, 0, 1]})
+    store.submit(pid, other, t2, {"choices": {"helpful": "A"}})
+    # undo takes back u's latest (the ranking), never the other annotator's label
+    undone = store.undo_last(pid, u)
+    assert undone["task_id"] == rk
+    assert [lab["task_id"] for lab in store.labels_of_user(pid, u)] == [t1]
+    assert [lab["task_id"] for lab in store.labels_of_user(pid, other)] == [t2]
+    # every write is attributed and timestamped
+    rows = store.project_labels(pid)
+    assert {(r["annotator"], r["task_id"]) for r in rows} == {("u", t1), ("other", t2)}
+    assert all(r["created_at"] is not None for r in rows)
+    assert first["reason"] == "because"
+
+
+def test_access_rules(store):
+    mine = store.create_project("mine")
+    theirs = store.create_project("theirs")
+    (t_theirs,) = store.add_tasks(theirs, [pair()])
+    u, _ = store.create_user("u")
+    admin, _ = store.create_user("boss", role="admin")
+    store.add_member(mine, u.id)
+    assert [p["name"] for p in store.projects_for(u)] == ["mine"]
+    assert [p["name"] for p in store.projects_for(admin)] == ["mine", "theirs"]
+    with pytest.raises(NotFound):
+        store.check_access(theirs, u)
+    with pytest.raises(NotFound):
+        store.submit(theirs, u, t_theirs, {"choices": {"overall": "A"}})
+    with pytest.raises(NotFound):  # a task of another project through one's own project
+        store.submit(mine, u, t_theirs, {"choices": {"overall": "A"}})
+    with pytest.raises(Forbidden):
+        store.resolve(t_theirs, u, {"choices": {"overall": "A"}})
+    store.resolve(t_theirs, admin, {"choices": {"overall": "B"}}, "clear case")
+    res = store.resolutions_of(theirs)
+    assert res[t_theirs]["value"] == {"choices": {"overall": "B"}}
+    assert res[t_theirs]["admin"] == "boss"
+
+
+def test_injection_payloads_are_stored_verbatim(store):
+    evil = "'); DROP TABLE labels; -- <script>alert(1)</script>"
+    pid = store.create_project(evil, guidelines=evil)
+    (tid,) = store.add_tasks(pid, [pair(evil, evil, evil + "2")])
+    u, _ = store.create_user(evil)
+    store.add_member(pid, u.id)
+    store.submit(pid, u, tid, {"choices": {"overall": "tie"}}, evil)
+    assert store.project(pid)["name"] == evil
+    assert store.task(tid)["prompt"] == evil
+    assert store.project_labels(pid)[0]["reason"] == evil
+    assert store.user_by_name(evil).id == u.id
