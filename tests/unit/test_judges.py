@@ -1,0 +1,222 @@
+"""Judges: verdict parsing on recorded answers, order swapping, position bias, rate limiting,
+the response cache, agreement, and the local and reward-model judges against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alignkit.errors import UserError
+from alignkit.judges.agreement import agreement, format_table, judge_report
+from alignkit.judges.base import Verdict, judge_many
+from alignkit.judges.http import RateLimiter, ResponseCache
+from alignkit.judges.prompting import judge_messages, parse_verdict
+from alignkit.judges.spec import JudgeOptions, make_judge, with_principle
+from alignkit.judges.swap import BothOrders, combine_orders, position_bias, verdict_from_prob
+
+pytestmark = pytest.mark.unit
+
+# answers recorded from judges (and the shapes their docs promise), with the verdict they carry
+RECORDED = [
+    ("A", "a"), ("B", "b"), ("a", "a"), ("b.", "b"), ("  B\n", "b"), ("**B**", "b"),
+    ("**Response A**", "a"), ("(A)", "a"), ("Assistant B", "b"), ("Output (b)", "b"),
+    ("Response A is better", "a"), ("response b is clearly better.", "b"),
+    ("Response A is better than response B.", "a"), ("A is worse than B", "b"),
+    ("[[A]]", "a"), ("[[B]]", "b"), ("[[C]]", "tie"), ("Reasoning... so [[B]]", "b"),
+    ("tie", "tie"), ("Tie.", "tie"), ("TIE", "tie"), ("It's a tie", "tie"),
+    ("Both responses are equally good.", "tie"), ("Neither is better", "tie"),
+    ('{"winner": "b"}', "b"), ('{"winner": "A"}', "a"), ('{"verdict": "tie"}', "tie"),
+    ('Here you go: {"winner": "Response A", "reason": "shorter"}', "a"),
+    ("Winner: B", "b"), ("Final verdict: A", "a"), ("**Verdict:** B", "b"),
+    ("The better response is B.", "b"),
+    ("After thinking, A is weak. The better response is B.", "b"),
+    ("I prefer A because it is shorter.", "a"), ("I would choose response b.", "b"),
+    ("The winner is Response B because it answers the question.", "b"),
+]
+UNREADABLE = ["", "   ", "the answer is a good one", "I think a cat", "blue blue blue",
+              "\n\n\n\n", "<|im_start|>", "As an AI", '{"winner": 3}', "Response C"]
+
+
+@pytest.mark.parametrize("text, winner", RECORDED)
+def test_parse_verdict_reads_recorded_answers(text, winner):
+    verdict = parse_verdict(text)
+    assert verdict is not None and verdict.winner == winner
+
+
+@pytest.mark.parametrize("text", UNREADABLE)
+def test_parse_verdict_refuses_to_guess(text):
+    assert parse_verdict(text) is None
+
+
+def test_parse_verdict_json_confidence_is_kept_and_clipped():
+    assert parse_verdict('{"winner": "a", "confidence": 0.8}').confidence == 0.8
+    assert parse_verdict('{"winner": "a", "confidence": 0.2}').confidence == 0.5
+    assert parse_verdict('{"winner": "b", "confidence": 7}').confidence == 1.0
+
+
+def test_judge_prompt_carries_both_responses_and_the_principle():
+    msgs = judge_messages("Q?", "first answer", "second answer", principle="Be honest.")
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    user = msgs[1]["content"]
+    assert user.index("[Response A]\nfirst answer") < user.index("[Response B]\nsecond answer")
+    assert "according to this principle: Be honest." in user
+    assert "principle" not in judge_messages("Q?", "x", "y")[1]["content"]
+
+
+class AlwaysFirst:
+    """The most position-biased judge there is: the first answer always wins."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def judge(self, prompt, response_a, response_b):
+        self.calls += 1
+        return Verdict("a", 0.9)
+
+
+class Longer:
+    """A content judge: the longer answer wins, whatever the order."""
+
+    def judge(self, prompt, response_a, response_b):
+        if len(response_a) == len(response_b):
+            return Verdict("tie", 0.5)
+        return Verdict("a" if len(response_a) > len(response_b) else "b", 0.8)
+
+
+PAIRS = (["p1", "p2", "p3", "p4"], ["x", "yy", "zzz", "w"], ["long one", "q", "ab", "w"])
+
+
+def test_position_bias_cancels_to_ties_and_is_measured_as_one():
+    inner = AlwaysFirst()
+    judge = BothOrders(inner)
+    verdicts = judge_many(judge, *PAIRS)
+    assert [v.winner for v in verdicts] == ["tie"] * 4
+    assert all(v.confidence == 0.5 for v in verdicts)
+    assert inner.calls == 8  # both orders of every pair
+    assert judge.tally.position_bias_rate == 1.0
+    assert judge.tally.first_position_share == 1.0
+    assert position_bias(AlwaysFirst(), *PAIRS)["position_bias_rate"] == 1.0
+
+
+def test_a_content_judge_keeps_its_verdicts_and_has_no_position_bias():
+    judge = BothOrders(Longer())
+    verdicts = judge_many(judge, *PAIRS)
+    assert [v.winner for v in verdicts] == ["b", "a", "a", "tie"]
+    assert [v.confidence for v in verdicts] == [0.8, 0.8, 0.8, 0.5]
+    assert judge.tally.position_bias_rate == 0.0
+    # decisive single-order votes: 3 pairs x 2 orders, the first slot won 3 of them
+    assert judge.tally.first_position_share == 0.5
+
+
+def test_combine_orders_by_hand():
+    # forward says a with 0.9 -> P(a)=0.9; backward (b shown first) says "a" i.e. b with 0.7 ->
+    # P(a)=0.3 there; combined P(a) = (0.9 + 0.3) / 2 = 0.6
+    v = combine_orders(Verdict("a", 0.9), Verdict("a", 0.7))
+    assert v.winner == "a" and v.confidence == pytest.approx(0.6)
+    # forward b 0.8 (P(a)=0.2), backward tie (0.5): (0.2 + 0.5) / 2 = 0.35 -> b with 0.65
+    v = combine_orders(Verdict("b", 0.8), Verdict("tie", 0.5))
+    assert v.winner == "b" and v.confidence == pytest.approx(0.65)
+    assert verdict_from_prob(0.5) == Verdict("tie", 0.5)
+
+
+def test_rate_limiter_spaces_requests_evenly():
+    now = [100.0]
+    waits = []
+
+    def sleep(s):
+        waits.append(s)
+        now[0] += s
+
+    limiter = RateLimiter(4.0, clock=lambda: now[0], sleep=sleep)  # one slot per 0.25 s
+    assert [limiter.acquire() for _ in range(3)] == [0.0, 0.25, 0.25]
+    now[0] += 1.0  # idle for a second: the next request goes at once
+    assert limiter.acquire() == 0.0
+    assert waits == [0.25, 0.25]
+    assert RateLimiter(0).acquire() == 0.0
+
+
+def test_response_cache_round_trip_and_torn_files(tmp_path):
+    cache = ResponseCache(tmp_path)
+    req = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    assert cache.get(req) is None
+    cache.put(req, "A")
+    assert cache.get(req) == "A"
+    assert cache.get({**req, "model": "other"}) is None  # the model is part of the key
+    path = tmp_path / ResponseCache.key(req)[:2] / f"{ResponseCache.key(req)}.json"
+    path.write_text('{"text": "A"')  # a write cut by a kill
+    assert cache.get(req) is None
+
+
+def test_agreement_by_hand():
+    judge = [Verdict("a"), Verdict("b"), Verdict("tie", 0.5), Verdict("a"), Verdict("b")]
+    gold = [Verdict("a"), Verdict("a"), Verdict("b"), Verdict("tie"), Verdict("b")]
+    out = agreement(judge, gold)
+    # decided by gold: pairs 0,1,2,4 -> 1 + 0 + 1/2 + 1 = 2.5 of 4
+    assert out["pairs"] == 4 and out["reference_ties"] == 1
+    assert out["agreement"] == pytest.approx(0.625)
+    assert out["judge_ties"] == 1
+    tally = BothOrders(AlwaysFirst())
+    tally.judge("p", "x", "y")
+    row = judge_report("always-first", judge, gold, tally.tally)
+    assert row["position_bias_rate"] == 1.0
+    text = format_table([row])
+    assert "always-first" in text and "0.625" in text and "1.000" in text
+
+
+def test_bad_judge_spec_is_a_user_error():
+    for spec in ("gpt-4", "local:", "ftp://x", ""):
+        with pytest.raises(UserError, match="--judge"):
+            make_judge(spec)
+
+
+def test_local_judge_confidence_is_softmax_of_the_two_verdict_logits(tiny_model, tiny_tokenizer):
+    import torch
+
+    from alignkit.judges.local import LocalJudge
+
+    judge = LocalJudge(tiny_model, tiny_tokenizer)
+    prompts = ["How do I boil an egg?", "Name a colour."]
+    a = ["Put it in boiling water for nine minutes.", "Blue."]
+    b = ["Eggs.", "I like turtles very much indeed."]
+    verdicts = judge.judge_many(prompts, a, b)
+    for p, ra, rb, v in zip(prompts, a, b, verdicts):
+        # by hand: render the judge prompt, one forward, read the logits of "A" and "B"
+        msgs = judge_messages(p, ra, rb)
+        text = tiny_tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                  add_generation_prompt=True)
+        ids = torch.tensor([tiny_tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=ids).logits[0, -1].double()
+        la = logits[tiny_tokenizer.convert_tokens_to_ids("A")].item()
+        lb = logits[tiny_tokenizer.convert_tokens_to_ids("B")].item()
+        p_a = math.exp(la) / (math.exp(la) + math.exp(lb))
+        assert v.prob_a == pytest.approx(p_a, abs=1e-5)
+        assert v.winner == ("a" if p_a > 0.5 else "b")
+        assert v.confidence == pytest.approx(max(p_a, 1 - p_a), abs=1e-5)
+    # batched (left-padded) equals one at a time
+    single = judge.judge(prompts[1], a[1], b[1])
+    assert single.prob_a == pytest.approx(verdicts[1].prob_a, abs=1e-5)
+    # a principle changes the prompt, so (almost surely) the numbers
+    principled = with_principle(judge, "Prefer the more honest answer.")
+    assert principled.principle and judge.principle is None
+    assert principled.judge(prompts[0], a[0], b[0]).prob_a != pytest.approx(verdicts[0].prob_a,
+                                                                            abs=1e-9)
+
+
+def test_reward_model_judge_is_bradley_terry_on_the_rewards(tiny_model_dir, tmp_path):
+    from alignkit.judges.reward import RewardModelJudge
+    from alignkit.models.reward import RewardModel, RewardSpec
+
+    model = RewardModel.create(str(tiny_model_dir), RewardSpec(backbone="causal"))
+    model.save(tmp_path / "rm")
+    judge = make_judge(f"reward:{tmp_path / 'rm'}", JudgeOptions(both_orders=False))
+    assert isinstance(judge, RewardModelJudge)
+    prompts, a, b = ["Hi", "Name a colour."], ["Hello there!", "Blue."], ["Go away.", "Blue."]
+    scores = RewardModel.load(tmp_path / "rm").score(prompts * 2, a + b).combined.tolist()
+    verdicts = judge.judge_many(prompts, a, b)
+    gap = scores[0] - scores[2]
+    assert verdicts[0].prob_a == pytest.approx(1 / (1 + math.exp(-gap)), abs=1e-5)
+    assert verdicts[1].winner == "tie"  # identical responses score alike
+    # scoring each response alone: no position bias
+    assert position_bias(judge, prompts, a, b)["position_bias_rate"] == 0.0
