@@ -16,6 +16,8 @@ from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, 
                              add_config_flags, build_config)
 from alignkit.config import EvalConfig, ReportConfig
 from alignkit.config import CritiqueConfig, ServeConfig
+from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, AnnotateServeConfig,
+                             AnnotateTasksConfig, AnnotateUserConfig)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -53,7 +55,26 @@ STAGES = {
                  "revisions become SFT data."),
     "tiny-model": (TinyModelConfig, "alignkit.recipes.tiny:main",
                    "Write a tiny random Llama-style model folder (tests, benchmarks)."),
+    # `alignkit annotate <verb>` is spelled with a space; main() joins the two words
+    "annotate-serve": (AnnotateServeConfig, "alignkit.recipes.annotate:serve",
+                       "Annotation app: serve the web app where people rank responses."),
+    "annotate-create-project": (AnnotateProjectConfig, "alignkit.recipes.annotate:create_project",
+                                "Annotation app: create or change a project."),
+    "annotate-add-user": (AnnotateUserConfig, "alignkit.recipes.annotate:add_user",
+                          "Annotation app: add a person, put them on projects, print a token."),
+    "annotate-add-tasks": (AnnotateTasksConfig, "alignkit.recipes.annotate:add_tasks",
+                           "Annotation app: add prompts with sampled candidates, or pairs and "
+                           "rankings, to a project."),
+    "annotate-export": (AnnotateExportConfig, "alignkit.recipes.annotate:export",
+                        "Annotation app: export labels as preference pairs and rankings."),
 }
+
+
+def join_verb(argv: list[str]) -> list[str]:
+    """``annotate serve ...`` -> ``annotate-serve ...`` (stages with a verb)."""
+    if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in STAGES:
+        return [f"{argv[0]}-{argv[1]}", *argv[2:]]
+    return argv
 
 # stages that also take a field as their first positional argument (`alignkit report RUN_DIR`)
 POSITIONAL = {"report": ("run_dir",)}
@@ -86,6 +107,11 @@ def run_stage(name: str, cfg):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = join_verb(list(sys.argv[1:] if argv is None else argv))
+    verbs = [n.split("-", 1)[1] for n in STAGES if argv and n.startswith(f"{argv[0]}-")]
+    if argv and argv[0] not in STAGES and verbs:
+        print(f"usage: alignkit {argv[0]} {{{','.join(verbs)}}} [--help]", file=sys.stderr)
+        return 0 if argv[1:2] in (["--help"], ["-h"]) else 2
     args = parser.parse_args(argv)
     if not args.stage:
         parser.print_help()

@@ -674,3 +674,92 @@ class ReportConfig:
                                   "or RUN_DIR/*/frontier.csv when present).")
     samples: int = opt(6, "Samples shown side by side per table.")
     max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+
+
+# ---------------------------------------------------------------------------------------------
+# alignkit annotate <verb>: the human-feedback annotation app (alignkit.recipes.annotate)
+
+
+@dataclass
+class AnnotateDBArgs:
+    db: str = opt("sqlite:///annotate.db", "Database URL: sqlite:///path.db (embedded) or "
+                  "postgresql://user@host:port/name. The schema is migrated to the newest "
+                  "version on start.")
+
+
+@dataclass
+class AnnotateServeConfig(AnnotateDBArgs):
+    """Serve the annotation web app (FastAPI + uvicorn)."""
+
+    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    port: int = opt(8765, "Port to listen on (0: a free one, printed on start).")
+    admin_token_env: str = opt("ALIGNKIT_ADMIN_TOKEN", "Environment variable holding the "
+                               "bootstrap admin's sign-in token (at least 16 characters); the "
+                               "'admin' user gets it on start. Unset: no bootstrap.")
+
+
+@dataclass
+class AnnotateProjectConfig(AnnotateDBArgs):
+    """Create (or with --update change) an annotation project."""
+
+    name: Optional[str] = opt(None, "Project name.")
+    guidelines: Optional[str] = opt(None, "Markdown file of guidelines shown beside every task "
+                                    "(examples of good and bad responses).")
+    aspects: str = opt("overall", "Comma-separated aspects judged on pairwise tasks (e.g. "
+                       "helpful,harmless,honest).")
+    labels_per_item: int = opt(2, "R: distinct annotators who label each item.")
+    reward_model: Optional[str] = opt(None, "Reward-model folder (alignkit reward) for active "
+                                      "learning: the queue serves first what it is unsure of.")
+    al_strategy: str = opt("std", "Active-learning score: std (ensemble members' disagreement "
+                           "on the margin) or margin (smallest predicted margin).",
+                           ("std", "margin"))
+    update: bool = opt(False, "Change an existing project (guidelines, R, reward model).")
+
+
+@dataclass
+class AnnotateUserConfig(AnnotateDBArgs):
+    """Add a person (or give them a new token) and put them on projects; prints their token."""
+
+    name: Optional[str] = opt(None, "User name.")
+    role: str = opt("annotator", "Role.", ("annotator", "admin"))
+    projects: str = opt("", "Comma-separated project names to put the user on.")
+    password_env: Optional[str] = opt(None, "Environment variable holding a password for "
+                                      "name+password sign-in (never pass secrets as flags).")
+    new_token: bool = opt(False, "The user exists: replace their token (and add projects).")
+
+
+@dataclass
+class AnnotateTasksConfig(AnnotateDBArgs):
+    """Add tasks to a project: prompts plus K responses sampled from a policy, or uploaded
+    pairs ({prompt, chosen, rejected}) and rankings ({prompt, responses[, ranking]});
+    "gold": true marks a hidden gold item whose known answer is the record's own order."""
+
+    project: Optional[str] = opt(None, "Project name.")
+    data: Optional[str] = opt(None, "JSONL/Parquet/CSV of prompts, pairs or rankings; "
+                              "'demo-prompts' are the shipped prompts.")
+    model: Optional[str] = opt(None, "Policy folder that writes K candidates for records that "
+                               "have only a prompt (see sft --model).")
+    num_responses: int = opt(2, "K: responses sampled per prompt (2: a pairwise task, more: a "
+                             "ranking).")
+    max_prompts: int = opt(0, "Use only the first N records (0: all).")
+    shuffle_pairs: bool = opt(True, "Show the two responses of a pair in a random (seeded) order "
+                              "so that position does not give the answer away.")
+    max_new_tokens: int = opt(48, "Length limit of sampled responses.")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold.")
+    batch_size: int = opt(16, "Sequences per generate call.")
+    seed: int = opt(42, "Seed of sampling and of the pair order.")
+    device: str = opt("auto", "Device: auto, cpu, cuda.")
+
+
+@dataclass
+class AnnotateExportConfig(AnnotateDBArgs):
+    """Export a project's labels as preference pairs and rankings (DESIGN.md section 3)."""
+
+    project: Optional[str] = opt(None, "Project name.")
+    output: str = opt("annotations", "Output folder: pairs.jsonl, rankings.jsonl, "
+                      "agreement.json.")
+    mode: str = opt("aggregated", "aggregated: one record per item with the aggregated label "
+                    "(or an admin's resolution), annotator ids and agreement; labels: one record "
+                    "per annotator label.", ("aggregated", "labels"))
+    include_gold: bool = opt(False, "Also export the hidden gold items.")

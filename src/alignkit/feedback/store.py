@@ -227,6 +227,9 @@ class Store:
 
     def upgrade(self) -> None:
         """Apply the migrations up to head (idempotent)."""
+        import logging
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # no per-plugin chatter
         from alembic import command
         from alembic.config import Config
 

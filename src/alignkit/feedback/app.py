@@ -1,0 +1,302 @@
+"""The annotation web app (FastAPI): server-rendered pages plus a small JSON API.
+
+Pages: ``/login``, ``/`` (my projects), ``/projects/{id}`` (the next task of my queue, guidelines
+beside it, keyboard shortcuts, progress, undo), ``/admin/projects/{id}`` (agreement dashboard,
+per-annotator quality, dispute queue, active-learning order, export links).
+
+API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorization: Bearer``):
+``GET /api/projects``, ``GET /api/projects/{id}/next``, ``POST /api/projects/{id}/labels``,
+``POST /api/projects/{id}/undo``, ``GET /api/projects/{id}/labels/mine``; admin only:
+``GET /api/admin/projects/{id}/report``, ``GET /api/admin/projects/{id}/labels``,
+``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``,
+``POST /api/admin/tasks/{id}/resolve``, ``POST /api/admin/projects/{id}/active``.
+
+Rules: an annotator sees only projects they are on (others answer 404) and only their own
+labels; admin routes answer 403 to annotators; bad requests answer 4xx with ``{"error": ...}``.
+All text is rendered by Jinja2 with autoescaping, so prompts, responses, reasons and names stay
+inert.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alignkit.errors import UserError
+from alignkit.feedback.markdown import render_markdown
+from alignkit.feedback.store import Forbidden, Invalid, Store, StoreError, User
+
+log = logging.getLogger("alignkit.annotate")
+HERE = Path(__file__).parent
+COOKIE = "alignkit_token"
+
+
+class NotSignedIn(Exception):
+    pass
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def text_of(value: Any) -> str:
+    """A prompt or response as plain text (chat messages as ``role: content`` lines)."""
+    if isinstance(value, list):
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in value)
+    return str(value)
+
+
+def public_task(task: dict, aspects: list[str]) -> dict:
+    """What an annotator may see of a task (never whether it is gold, nor its answer)."""
+    return {"id": task["id"], "kind": task["kind"], "prompt": text_of(task["prompt"]),
+            "responses": [text_of(r) for r in task["responses"]], "aspects": aspects}
+
+
+def create_app(store: Store) -> FastAPI:
+    app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.autoescape = True  # every template, whatever its file name
+    templates.env.filters["fmt"] = fmt
+    templates.env.filters["markdown"] = render_markdown
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.state.store = store
+
+    # ------------------------------------------------------------------ errors
+
+    def wants_html(request: Request) -> bool:
+        return not request.url.path.startswith("/api/")
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request: Request, exc: UserError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(NotSignedIn)
+    async def _not_signed_in(request: Request, exc: NotSignedIn):
+        if wants_html(request):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"error": "sign in first (token cookie or Authorization: Bearer)"},
+                            status_code=401)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                          for e in exc.errors())
+        return JSONResponse({"error": f"bad request: {where}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: logged, never a traceback
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error (logged on the server)"},
+                            status_code=500)
+
+    # ------------------------------------------------------------------ helpers
+
+    def current_user(request: Request) -> User:
+        token = request.cookies.get(COOKIE)
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        user = store.user_by_token(token)
+        if user is None:
+            raise NotSignedIn()
+        return user
+
+    def admin_user(request: Request) -> User:
+        user = current_user(request)
+        if not user.is_admin:
+            raise Forbidden("admins only")
+        return user
+
+    async def json_body(request: Request) -> dict:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Invalid("request body must be JSON") from None
+        if not isinstance(body, dict):
+            raise Invalid("request body must be a JSON object")
+        return body
+
+    def int_field(body: dict, name: str) -> int:
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f'field "{name}" must be an integer')
+        return value
+
+    def page(request: Request, name: str, user: Optional[User], **ctx):
+        return templates.TemplateResponse(request, name, {"user": user, **ctx})
+
+    # ------------------------------------------------------------------ sign-in
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request):
+        return page(request, "login.html", None, error=None)
+
+    @app.post("/login")
+    async def login(request: Request):
+        form = await request.form()
+        token = str(form.get("token") or "").strip()
+        name, password = str(form.get("name") or "").strip(), str(form.get("password") or "")
+        user = store.user_by_token(token) if token else None
+        if user is None and name and password:
+            user = store.user_by_password(name, password)
+            if user is not None:  # a password sign-in gets a fresh session token
+                token = store.new_token(user.name)
+        if user is None:
+            return page(request, "login.html", None,
+                        error="Unknown token, or wrong name or password.")
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout")
+    def logout():
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # ------------------------------------------------------------------ annotator pages
+
+    @app.get("/", response_class=HTMLResponse)
+    def home(request: Request):
+        user = current_user(request)
+        projects = store.projects_for(user)
+        rows = [{"project": p, "progress": store.progress(p, user)} for p in projects]
+        return page(request, "projects.html", user, rows=rows)
+
+    @app.get("/projects/{project_id}", response_class=HTMLResponse)
+    def annotate(request: Request, project_id: int):
+        user = current_user(request)
+        project = store.check_access(project_id, user)
+        task = store.next_task(project, user)
+        return page(request, "annotate.html", user, project=project,
+                    task=public_task(task, project["aspects"]) if task else None,
+                    progress=store.progress(project, user))
+
+    # ------------------------------------------------------------------ annotator API
+
+    @app.get("/api/me")
+    def me(request: Request):
+        user = current_user(request)
+        return {"id": user.id, "name": user.name, "role": user.role}
+
+    @app.get("/api/projects")
+    def my_projects(request: Request):
+        user = current_user(request)
+        return [{"id": p["id"], "name": p["name"], "aspects": p["aspects"]}
+                for p in store.projects_for(user)]
+
+    @app.get("/api/projects/{project_id}/next")
+    def next_task(request: Request, project_id: int):
+        user = current_user(request)
+        project = store.check_access(project_id, user)
+        task = store.next_task(project, user)
+        return {"task": public_task(task, project["aspects"]) if task else None,
+                "progress": store.progress(project, user)}
+
+    @app.post("/api/projects/{project_id}/labels")
+    async def submit(request: Request, project_id: int):
+        user = current_user(request)
+        body = await json_body(request)
+        label, created = store.submit(project_id, user, int_field(body, "task_id"),
+                                      body.get("value"), body.get("reason"))
+        return JSONResponse({"label_id": label["id"], "task_id": label["task_id"],
+                             "created": created}, status_code=201 if created else 200)
+
+    @app.post("/api/projects/{project_id}/undo")
+    def undo(request: Request, project_id: int):
+        user = current_user(request)
+        undone = store.undo_last(project_id, user)
+        return {"undone": undone["task_id"] if undone else None}
+
+    @app.get("/api/projects/{project_id}/labels/mine")
+    def my_labels(request: Request, project_id: int):
+        user = current_user(request)
+        return [{"task_id": lab["task_id"], "value": lab["value"], "reason": lab["reason"],
+                 "created_at": lab["created_at"].isoformat()}
+                for lab in store.labels_of_user(project_id, user)]
+
+    # ------------------------------------------------------------------ admin
+
+    @app.get("/admin/projects/{project_id}", response_class=HTMLResponse)
+    def dashboard(request: Request, project_id: int):
+        from alignkit.feedback.active import queue_change
+        from alignkit.feedback.quality import project_report
+
+        user = admin_user(request)
+        project = store.project(project_id)
+        report = project_report(store, project_id)
+        tasks = {t["id"]: t for t in store.tasks_of(project_id)}
+        return page(request, "admin.html", user, project=project, report=report,
+                    tasks={tid: public_task(t, project["aspects"]) for tid, t in tasks.items()},
+                    queue=queue_change(list(tasks.values()))[:50],
+                    members=store.member_names(project_id))
+
+    @app.get("/api/admin/projects/{project_id}/report")
+    def report(request: Request, project_id: int):
+        from alignkit.feedback.quality import project_report
+
+        admin_user(request)
+        rep = project_report(store, project_id)
+        rep.pop("item_details")
+        return rep
+
+    @app.get("/api/admin/projects/{project_id}/labels")
+    def all_labels(request: Request, project_id: int):
+        admin_user(request)
+        store.project(project_id)
+        return [{"task_id": lab["task_id"], "annotator": lab["annotator"],
+                 "value": lab["value"], "reason": lab["reason"],
+                 "created_at": lab["created_at"].isoformat()}
+                for lab in store.project_labels(project_id)]
+
+    @app.get("/api/admin/projects/{project_id}/export")
+    def export(request: Request, project_id: int, kind: str = "pairs",
+               mode: str = "aggregated"):
+        from alignkit.feedback.export import export_records, jsonl
+
+        admin_user(request)
+        if kind not in ("pairs", "rankings") or mode not in ("aggregated", "labels"):
+            raise Invalid("kind must be pairs or rankings; mode aggregated or labels")
+        pairs, rankings, _ = export_records(store, project_id, mode)
+        name = f"project-{project_id}-{kind}.jsonl"
+        return PlainTextResponse(jsonl(pairs if kind == "pairs" else rankings),
+                                 media_type="application/x-ndjson",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.post("/api/admin/tasks/{task_id}/resolve")
+    async def resolve(request: Request, task_id: int):
+        user = admin_user(request)
+        body = await json_body(request)
+        row = store.resolve(task_id, user, body.get("value"), body.get("note"))
+        return {"task_id": task_id, "value": row["value"]}
+
+    @app.post("/api/admin/projects/{project_id}/active")
+    def refresh_active(request: Request, project_id: int):
+        from alignkit.feedback.active import refresh_priorities
+
+        admin_user(request)
+        changed = refresh_priorities(store, project_id)
+        return {"scored": changed}
+
+    return app

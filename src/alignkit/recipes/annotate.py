@@ -1,0 +1,178 @@
+"""``alignkit annotate <verb>``: the human-feedback annotation app.
+
+- ``serve --db URL``: migrate the database, bootstrap the admin from ``$ALIGNKIT_ADMIN_TOKEN``,
+  serve the web app (FastAPI on uvicorn);
+- ``create-project``: a project (guidelines, aspects, R, optional reward model for active
+  learning);
+- ``add-user``: a person with a role and projects; prints their sign-in token once;
+- ``add-tasks``: prompts plus K sampled candidates, or uploaded pairs / rankings;
+- ``export``: preference pairs and rankings for ``alignkit reward`` / ``alignkit dpo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, AnnotateServeConfig,
+                             AnnotateTasksConfig, AnnotateUserConfig)
+from alignkit.errors import UserError
+from alignkit.recipes.common import log
+
+
+def open_store(db: str):
+    try:
+        from alignkit.feedback.store import Store
+    except ImportError as e:
+        raise UserError(f"the annotation app needs the web extra: pip install 'alignkit[web]' "
+                        f"({e})") from None
+    store = Store(db)
+    store.upgrade()
+    return store
+
+
+def _need(value, flag: str):
+    if not value:
+        raise UserError(f"{flag} is required")
+    return value
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def serve(cfg: AnnotateServeConfig, ready=None) -> None:
+    import uvicorn
+
+    from alignkit.feedback.app import create_app
+
+    store = open_store(cfg.db)
+    token = os.environ.get(cfg.admin_token_env, "")
+    if token:
+        store.ensure_admin(token)
+        print(f"admin 'admin' signs in with the token in ${cfg.admin_token_env}", flush=True)
+    port = cfg.port or free_port(cfg.host)
+    app = create_app(store)
+    print(f"annotation app on http://{cfg.host}:{port}/ (database {store.url.split('@')[-1]})",
+          flush=True)
+    if ready is not None:
+        ready(f"http://{cfg.host}:{port}/")
+    uvicorn.run(app, host=cfg.host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=3)
+
+
+def create_project(cfg: AnnotateProjectConfig) -> int:
+    store = open_store(cfg.db)
+    name = _need(cfg.name, "--name")
+    guidelines = None
+    if cfg.guidelines:
+        path = Path(cfg.guidelines)
+        if not path.is_file():
+            raise UserError(f"{cfg.guidelines}: guidelines file not found")
+        guidelines = path.read_text(encoding="utf-8")
+    if cfg.reward_model and not (Path(cfg.reward_model) / "reward_config.json").exists() \
+            and not Path(cfg.reward_model).is_dir():
+        raise UserError(f"--reward-model {cfg.reward_model}: not a reward-model folder")
+    if cfg.update:
+        project = store.project_by_name(name)
+        values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy}
+        if guidelines is not None:
+            values["guidelines"] = guidelines
+        if cfg.reward_model:
+            values["reward_model"] = str(Path(cfg.reward_model).resolve())
+        store.update_project(project["id"], **values)
+        pid = project["id"]
+        print(f"project {name!r} (id {pid}) updated")
+    else:
+        pid = store.create_project(
+            name, guidelines or "", cfg.aspects.split(","), cfg.labels_per_item,
+            str(Path(cfg.reward_model).resolve()) if cfg.reward_model else None,
+            cfg.al_strategy)
+        print(f"project {name!r} created (id {pid})")
+    if cfg.reward_model and store.tasks_of(pid):
+        from alignkit.feedback.active import refresh_priorities
+
+        print(f"active learning: scored {refresh_priorities(store, pid)} task(s)")
+    return pid
+
+
+def add_user(cfg: AnnotateUserConfig) -> str:
+    store = open_store(cfg.db)
+    name = _need(cfg.name, "--name")
+    password = None
+    if cfg.password_env:
+        password = os.environ.get(cfg.password_env)
+        if not password:
+            raise UserError(f"--password-env {cfg.password_env}: that environment variable is "
+                            "empty")
+    if cfg.new_token:
+        token = store.new_token(name)
+        user = store.user_by_name(name)
+    else:
+        user, token = store.create_user(name, cfg.role, password)
+    for project in [p.strip() for p in cfg.projects.split(",") if p.strip()]:
+        store.add_member(store.project_by_name(project)["id"], user.id)
+    print(f"user {user.name!r} ({user.role}); sign-in token (shown once): {token}")
+    return token
+
+
+def add_tasks(cfg: AnnotateTasksConfig) -> list[int]:
+    from alignkit.feedback.tasks import read_task_records, to_store_tasks
+
+    store = open_store(cfg.db)
+    project = store.project_by_name(_need(cfg.project, "--project"))
+    records = read_task_records(_need(cfg.data, "--data"), cfg.max_prompts)
+    need = [r for r in records if r["responses"] is None]
+    if need:
+        if not cfg.model:
+            raise UserError(f"{len(need)} record(s) have only a prompt: pass --model (a policy "
+                            "that samples --num-responses candidates), or give responses")
+        if cfg.num_responses < 2:
+            raise UserError(f"--num-responses must be >= 2, got {cfg.num_responses}")
+        from alignkit.models.loading import load_model_and_tokenizer, pick_device
+        from alignkit.recipes.label import sample_responses
+
+        model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
+        sample_responses(model, tokenizer, need, cfg.num_responses, cfg.max_new_tokens,
+                         cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed)
+        for r in need:
+            r["meta"]["sampled_from"] = cfg.model
+    tasks = to_store_tasks(records, project["aspects"], cfg.shuffle_pairs, cfg.seed)
+    ids = store.add_tasks(project["id"], tasks)
+    gold = sum(t["gold"] is not None for t in tasks)
+    print(f"added {len(ids)} task(s) to {project['name']!r} "
+          f"({sum(t['kind'] == 'pairwise' for t in tasks)} pairwise, "
+          f"{sum(t['kind'] == 'ranking' for t in tasks)} ranking, {gold} hidden gold)")
+    if project["reward_model"]:
+        from alignkit.feedback.active import refresh_priorities
+
+        print(f"active learning: scored {refresh_priorities(store, project['id'])} task(s)")
+    return ids
+
+
+def export(cfg: AnnotateExportConfig) -> dict:
+    from alignkit.feedback.export import export_records, write_jsonl
+    from alignkit.feedback.quality import project_report
+
+    store = open_store(cfg.db)
+    project = store.project_by_name(_need(cfg.project, "--project"))
+    pairs, rankings, counts = export_records(store, project["id"], cfg.mode, cfg.include_gold)
+    out = Path(cfg.output)
+    write_jsonl(pairs, out / "pairs.jsonl")
+    write_jsonl(rankings, out / "rankings.jsonl")
+    report = project_report(store, project["id"])
+    report.pop("item_details")
+    report["export"] = counts
+    tmp = out / ".agreement.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    tmp.replace(out / "agreement.json")
+    print(f"exported {counts['pairs']} pair(s) -> {out / 'pairs.jsonl'}, {counts['rankings']} "
+          f"ranking(s) -> {out / 'rankings.jsonl'}; left out: {counts['skipped_disputed']} "
+          f"unresolved dispute(s), {counts['skipped_unlabelled']} unlabelled, "
+          f"{counts['skipped_gold']} gold")
+    log.info("agreement report -> %s", out / "agreement.json")
+    return counts
