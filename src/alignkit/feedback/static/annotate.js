@@ -68,14 +68,13 @@
     });
     document.addEventListener("pointermove", ev => {
       if (!dragged) return;
-      for (const other of items()) {
-        if (other === dragged) continue;
-        const box = other.getBoundingClientRect();
-        const mid = box.top + box.height / 2;
-        const draggedBox = dragged.getBoundingClientRect();
-        if (ev.clientY < mid && draggedBox.top > box.top) { list.insertBefore(dragged, other); break; }
-        if (ev.clientY > mid && draggedBox.top < box.top) { list.insertBefore(other, dragged); break; }
-      }
+      // the dragged response goes before the first other one whose middle is below the pointer
+      const after = items().filter(x => x !== dragged).find(o => {
+        const box = o.getBoundingClientRect();
+        return ev.clientY < box.top + box.height / 2;
+      });
+      if (after) { if (dragged.nextElementSibling !== after) list.insertBefore(dragged, after); }
+      else if (list.lastElementChild !== dragged) list.appendChild(dragged);
     });
     document.addEventListener("pointerup", () => {
       if (dragged) dragged.classList.remove("dragging");
