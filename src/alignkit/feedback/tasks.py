@@ -44,6 +44,8 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
                             "best_first": [0, 1] if gold else None, "pair": True, "gold": gold,
                             "meta": meta})
             elif "responses" in f:
+                if gold and "ranking" not in f:
+                    raise RecordProblem("ranking", 'a gold item needs its "ranking"')
                 if gold or "ranking" in f:
                     ex = parse_ranked(rec)
                     ranking = ex.ranking
@@ -52,8 +54,6 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
                         **f, "ranking": list(range(len(f["responses"])))
                         if isinstance(f["responses"], list) else None}))
                     ranking = None
-                if gold and ranking is None:
-                    raise RecordProblem("ranking", 'a gold item needs its "ranking"')
                 out.append({"prompt": ex.prompt, "responses": ex.responses,
                             "best_first": ranking if gold else None, "pair": False,
                             "gold": gold, "meta": meta})
