@@ -563,6 +563,27 @@ class LabelConfig:
     seed: int = opt(42, "Seed for sampling and for the panel.")
     device: str = opt("auto", "Device: auto, cpu, cuda.")
     max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    judge: Optional[str] = opt(None, "RLAIF: an AI judge labels instead of the simulated panel: "
+                               "http(s)://HOST:PORT/v1#MODEL (any OpenAI-compatible endpoint), "
+                               "local:PATH (a causal LM's verdict-token log-probs), reward:PATH "
+                               "(a reward model) or gold.")
+    judge_workers: int = opt(4, "Pairs judged at once (HTTP judges; thread pool).")
+    judge_cache: Optional[str] = opt(None, "Folder of the HTTP judge's response cache (default: "
+                                     "<output>.judge-cache beside the output).")
+    judge_both_orders: bool = opt(True, "Ask the judge both orders of every pair (cancels and "
+                                  "measures position bias; twice the requests).")
+    judge_max_tokens: int = opt(16, "max_tokens of each HTTP judge request.")
+    judge_retries: int = opt(4, "Retries of a failed HTTP judge request (exponential backoff).")
+    judge_rate: float = opt(0.0, "Most HTTP judge requests per second (0: no limit).")
+    judge_timeout: float = opt(60.0, "Seconds to wait for one HTTP judge answer.")
+    principles: Optional[str] = opt(None, "Judge under constitutional principles, one drawn per "
+                                    "record (seeded): 'default' (the shipped constitution) or a "
+                                    "YAML file; none: plain 'better'.")
+    agreement: str = opt("gold", "With --judge: report the judge's agreement with the gold "
+                         "scorer (and its position bias), or none.", ("gold", "none"))
+    resume: bool = opt(False, "With --judge: continue a killed labelling run, judging only what "
+                       "--output does not hold yet.")
+    overwrite: bool = opt(False, "With --judge: replace an existing --output.")
 
 
 @dataclass

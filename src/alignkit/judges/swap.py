@@ -92,16 +92,25 @@ class BothOrders:
         return combine_orders(forward, backward)
 
     def judge(self, prompt: Any, response_a: Any, response_b: Any) -> Verdict:
-        forward = self.inner.judge(prompt, response_a, response_b)
-        backward = self.inner.judge(prompt, response_b, response_a)
-        return self._record(forward, backward)
+        return self.judge_both(prompt, response_a, response_b)[0]
 
     def judge_many(self, prompts: Sequence[Any], responses_a: Sequence[Any],
                    responses_b: Sequence[Any]) -> list[Verdict]:
+        return [v for v, _, _ in self.judge_many_both(prompts, responses_a, responses_b)]
+
+    def judge_both(self, prompt: Any, response_a: Any,
+                   response_b: Any) -> tuple[Verdict, Verdict, Verdict]:
+        """(combined, forward (a, b), backward (b, a)) verdicts of one pair."""
+        forward = self.inner.judge(prompt, response_a, response_b)
+        backward = self.inner.judge(prompt, response_b, response_a)
+        return self._record(forward, backward), forward, backward
+
+    def judge_many_both(self, prompts: Sequence[Any], responses_a: Sequence[Any],
+                        responses_b: Sequence[Any]) -> list[tuple[Verdict, Verdict, Verdict]]:
         n = len(prompts)
         both = judge_many(self.inner, list(prompts) * 2, list(responses_a) + list(responses_b),
                           list(responses_b) + list(responses_a))
-        return [self._record(both[i], both[n + i]) for i in range(n)]
+        return [(self._record(both[i], both[n + i]), both[i], both[n + i]) for i in range(n)]
 
 
 def position_bias(judge: Judge, prompts: Sequence[Any], responses_a: Sequence[Any],

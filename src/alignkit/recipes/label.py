@@ -6,6 +6,14 @@
    through Bradley-Terry / Plackett-Luce noise (the Gao et al. 2022 protocol);
 4. write rankings or pairs with annotator ids, plus a report of how often the labels agree
    with gold and the Bayes-optimal accuracy any reward model could reach on them.
+
+With ``--judge SPEC`` an AI judge labels instead of the panel (RLAIF; ``judges.spec``): every
+pair is judged (both orders by default), K-way rankings are ordered by each response's summed
+win probability, and each record keeps the judge's confidence. Labels are appended to --output
+one fsync'ed JSON line at a time as they complete, so a killed run loses at most the line being
+written; ``--resume`` reads the finished record ids back, drops a torn last line and judges only
+the rest. When every unit is done the file is rewritten (temp + rename) in input order, so an
+interrupted-and-resumed run and an uninterrupted one write the same file.
 """
 
 from __future__ import annotations
@@ -121,6 +129,8 @@ def write_labels(records: list[dict], output: str | Path, panel) -> dict:
 def main(cfg: LabelConfig) -> dict:
     from alignkit.judges.gold import GoldScorer
 
+    if cfg.judge:
+        return main_judge(cfg)
     if not cfg.data:
         raise UserError("--data is required")
     if cfg.num_responses < 2:
@@ -149,3 +159,301 @@ def main(cfg: LabelConfig) -> dict:
         print(f"  {ann:<16} pairs {r['pairs']:>5}  gold agreement {r['gold_agreement']:.3f}  "
               f"bayes-optimal {r['bayes_optimal']:.3f}")
     return {"output": Path(cfg.output), "report": report}
+
+
+# ---------------------------------------------------------------------------------------------
+# RLAIF: an AI judge labels (``--judge SPEC``)
+
+
+def unit_id(index: int, prompt, responses: list) -> str:
+    """A record id that names the input position and its content (a resume against different
+    data is caught, not silently mixed)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([prompt, responses]).encode()).hexdigest()[:10]
+    return f"{index:06d}-{digest}"
+
+
+def plan_units(items: list[dict], fmt: str) -> tuple[list[dict], int]:
+    """One labelling unit per prompt: a pair (the first two responses) or a K-way ranking of its
+    distinct responses. Prompts with fewer than two distinct responses are skipped (counted):
+    a comparison needs two different responses."""
+    units, skipped = [], 0
+    for index, item in enumerate(items):
+        distinct = list(dict.fromkeys(json.dumps(r) for r in item["responses"]))
+        responses = [json.loads(r) for r in distinct]
+        if fmt == "pairs":
+            responses = responses[:2]
+        if len(responses) < 2:
+            skipped += 1
+            continue
+        units.append({"id": unit_id(index, item["prompt"], responses), "prompt": item["prompt"],
+                      "responses": responses, "category": item.get("category")})
+    return units, skipped
+
+
+def read_done(path: Path) -> dict[str, dict]:
+    """Finished records of an earlier (possibly killed) run, by id. A torn last line -- the one
+    being written at the kill -- is cut off the file so appending continues cleanly."""
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    raw = path.read_bytes()
+    good = 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(rec, dict) or "id" not in rec:
+            line_no = raw[:good].count(b"\n") + 1
+            raise UserError(f"{path}:{line_no}: not a labelling record (no id); was it written "
+                            "by alignkit label --judge?")
+        done.setdefault(rec["id"], rec)
+        good += len(line)
+    if good < len(raw):
+        with path.open("r+b") as fh:
+            fh.truncate(good)
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.info("%s: dropped a torn last line (%d bytes)", path, len(raw) - good)
+    return done
+
+
+def judge_unit(judge, unit: dict, constitution, seed: int, name: str) -> dict:
+    """Judge every pair of one unit; returns its preference or ranking record."""
+    from alignkit.judges.spec import with_principle
+    from alignkit.judges.swap import BothOrders
+
+    principle = constitution.draw(seed, unit["id"]) if constitution is not None else None
+    j = with_principle(judge, principle.criterion) if principle is not None else judge
+    responses, prompt = unit["responses"], unit["prompt"]
+    pairs = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))]
+    verdicts = []
+    for a, b in pairs:
+        if isinstance(j, BothOrders):
+            combined, fwd, bwd = j.judge_both(prompt, responses[a], responses[b])
+            orders = [fwd.winner, bwd.winner]
+        else:
+            combined, orders = j.judge(prompt, responses[a], responses[b]), None
+        verdicts.append((a, b, combined, orders))
+    return make_record(unit, verdicts, name, principle)
+
+
+def make_record(unit: dict, verdicts: list, name: str, principle) -> dict:
+    """A pair record ({prompt, chosen, rejected} or a tie) for one pair, else a K-way ranking
+    ordered by summed win probability (ties keep input order)."""
+    rec: dict = {"id": unit["id"], "prompt": unit["prompt"]}
+    responses = unit["responses"]
+    if len(responses) == 2 and len(verdicts) == 1 and unit.get("format") == "pairs":
+        _, _, v, orders = verdicts[0]
+        first, second = (responses[1], responses[0]) if v.winner == "b" else tuple(responses)
+        rec.update({"chosen": first, "rejected": second})
+        if v.winner == "tie":
+            rec["tie"] = True
+    else:
+        wins = [0.0] * len(responses)
+        for a, b, v, _ in verdicts:
+            wins[a] += v.prob_a
+            wins[b] += 1.0 - v.prob_a
+        rec.update({"responses": responses,
+                    "ranking": sorted(range(len(responses)), key=lambda i: (-wins[i], i))})
+    rec["annotator"] = name
+    rec["confidence"] = round(sum(v.confidence for _, _, v, _ in verdicts) / len(verdicts), 6)
+    rec["judgements"] = [{"a": a, "b": b, "winner": v.winner, "confidence": round(v.confidence, 6),
+                          **({"orders": orders} if orders is not None else {})}
+                         for a, b, v, orders in verdicts]
+    if principle is not None:
+        rec["principle"] = principle.name
+    if unit.get("category") is not None:
+        rec["category"] = unit["category"]
+    return rec
+
+
+class AppendLog:
+    """Append-only JSONL: one line per record, flushed and fsync'ed before the next."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = path.open("ab")
+
+    def write(self, rec: dict) -> None:
+        self.fh.write((json.dumps(rec) + "\n").encode())
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def run_units(judge, units: list[dict], out: AppendLog, constitution, seed: int, name: str,
+              workers: int, batch_size: int, progress) -> None:
+    """Judge the units; concurrent judges (HTTP) from a thread pool, others in batches. Each
+    record is appended as soon as it is complete."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if getattr(judge, "concurrent", False) and workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(judge_unit, judge, u, constitution, seed, name)
+                       for u in units]
+            try:
+                for fut in as_completed(futures):
+                    out.write(fut.result())
+                    progress.update(1)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        return
+    from alignkit.judges.swap import BothOrders
+
+    for start in range(0, len(units), max(1, batch_size)):
+        chunk = units[start:start + max(1, batch_size)]
+        if constitution is None and all(len(u["responses"]) == 2 for u in chunk):
+            # one batched call for the whole chunk (local / reward / gold judges batch)
+            prompts = [u["prompt"] for u in chunk]
+            a = [u["responses"][0] for u in chunk]
+            b = [u["responses"][1] for u in chunk]
+            if isinstance(judge, BothOrders):
+                results = [(v, [f.winner, w.winner]) for v, f, w in
+                           judge.judge_many_both(prompts, a, b)]
+            else:
+                from alignkit.judges.base import judge_many
+
+                results = [(v, None) for v in judge_many(judge, prompts, a, b)]
+            for u, (v, orders) in zip(chunk, results):
+                out.write(make_record(u, [(0, 1, v, orders)], name, None))
+                progress.update(1)
+        else:
+            for u in chunk:
+                out.write(judge_unit(judge, u, constitution, seed, name))
+                progress.update(1)
+
+
+def judge_table(records: list[dict], scorer, categories_of: dict, name: str,
+                reference: str) -> dict:
+    """Agreement of the judge's pair verdicts with the gold scorer and its position-bias rate,
+    over every judged pair of ``records`` (resumed runs included)."""
+    from alignkit.judges.agreement import judge_report
+    from alignkit.judges.base import Verdict
+    from alignkit.judges.swap import PositionTally
+
+    tally = PositionTally()
+    prompts, ra, rb, verdicts = [], [], [], []
+    for rec in records:
+        for j in rec["judgements"]:
+            if "responses" in rec:
+                responses_ab = (rec["responses"][j["a"]], rec["responses"][j["b"]])
+            elif j["winner"] == "b":  # a pair record: the judged order was (rejected, chosen)
+                responses_ab = (rec["rejected"], rec["chosen"])
+            else:
+                responses_ab = (rec["chosen"], rec["rejected"])
+            prompts.append(rec["prompt"])
+            ra.append(responses_ab[0])
+            rb.append(responses_ab[1])
+            verdicts.append(Verdict(j["winner"], j["confidence"]))
+            if "orders" in j:
+                tally.add(Verdict(j["orders"][0]), Verdict(j["orders"][1]))
+    gold = None
+    if reference == "gold" and verdicts:
+        from alignkit.evaluation.winrate import GoldScoreJudge
+
+        gold = GoldScoreJudge(scorer, categories_of).judge_many(prompts, ra, rb)
+    return judge_report(name, verdicts, gold, tally if tally.pairs else None)
+
+
+def main_judge(cfg: LabelConfig) -> dict:
+    from alignkit.judges.agreement import format_table
+    from alignkit.judges.spec import JudgeOptions, make_judge
+    from alignkit.recipes.common import progress_bar
+
+    if not cfg.data:
+        raise UserError("--data is required")
+    if cfg.num_responses < 2:
+        raise UserError(f"--num-responses must be >= 2, got {cfg.num_responses}")
+    if cfg.judge_workers < 1:
+        raise UserError(f"--judge-workers must be >= 1, got {cfg.judge_workers}")
+    out = Path(cfg.output)
+    if out.exists() and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"{out}: exists; pass --resume to continue labelling it or --overwrite "
+                        "to replace it")
+    if out.exists() and cfg.overwrite and not cfg.resume:
+        out.unlink()
+    constitution = None
+    if cfg.principles:
+        from alignkit.judges.constitution import load_constitution
+
+        constitution = load_constitution(cfg.principles)
+    # 1. Prompts and their responses (sampled, seeded, when the data has none).
+    items = read_prompts(cfg.data, cfg.max_prompts)
+    tokenizer = None
+    if any(i["responses"] is None for i in items):
+        from alignkit.models.loading import load_model_and_tokenizer, pick_device
+
+        model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
+        sample_responses(model, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
+                         cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed)
+        del model
+    units, skipped = plan_units(items, cfg.format)
+    for u in units:
+        u["format"] = cfg.format
+    # 2. What an earlier run already labelled.
+    done = read_done(out) if cfg.resume else {}
+    known = {u["id"] for u in units}
+    stray = sorted(set(done) - known)
+    if stray:
+        raise UserError(f"{out}: holds {len(stray)} record(s) (e.g. id {stray[0]}) that the "
+                        f"current --data does not produce; it was labelled from other data or "
+                        "settings (use another --output, or --overwrite)")
+    todo = [u for u in units if u["id"] not in done]
+    # 3. The judge, and the labels.
+    categories = {i["prompt"]: i.get("category") for i in items if isinstance(i["prompt"], str)}
+    cache = cfg.judge_cache or str(out.with_name(out.name + ".judge-cache"))
+    from alignkit.models.loading import pick_device
+
+    judge = make_judge(cfg.judge, JudgeOptions(
+        cache_dir=cache, both_orders=cfg.judge_both_orders, max_tokens=cfg.judge_max_tokens,
+        retries=cfg.judge_retries, rate=cfg.judge_rate, timeout=cfg.judge_timeout,
+        device=pick_device(cfg.device), batch_size=cfg.batch_size),
+        categories=categories, token_counter=tokenizer)
+    name = f"judge:{getattr(judge, 'name', cfg.judge)}"
+    log.info("labelling %d unit(s) with %s (%d already done, %d skipped: fewer than two distinct "
+             "responses)", len(todo), name, len(done), skipped)
+    appender = AppendLog(out)
+    progress = progress_bar(len(units), len(done), True, "judging")
+    try:
+        run_units(judge, todo, appender, constitution, cfg.seed, name, cfg.judge_workers,
+                  cfg.batch_size, progress)
+    finally:
+        appender.close()
+        progress.close()
+    # 4. Every unit is done: rewrite in input order (atomically), then the report.
+    records = read_done(out)
+    ordered = [records[u["id"]] for u in units]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for rec in ordered:
+            fh.write(json.dumps(rec) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(out)
+    scorer = None
+    if cfg.agreement == "gold":
+        from alignkit.judges.gold import GoldScorer
+
+        scorer = GoldScorer(token_counter=tokenizer)
+    row = judge_table(ordered, scorer, categories, name, cfg.agreement)
+    stats = dict(getattr(getattr(judge, "inner", judge), "stats", {}) or {})
+    report = {"judge": cfg.judge, "records": len(ordered), "resumed_from": len(done),
+              "skipped_prompts": skipped, "format": cfg.format,
+              "principles": constitution.name if constitution else None,
+              "table": [row], "requests": stats}
+    out.with_name(out.stem + ".report.json").write_text(json.dumps(report, indent=1))
+    print(f"labelled {len(ordered)} record(s) with {name} -> {out} "
+          f"({len(done)} from an earlier run, {len(todo)} now; {skipped} prompt(s) skipped)")
+    if stats:
+        print("judge requests: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    print(format_table([row]))
+    return {"output": out, "report": report}
