@@ -110,6 +110,8 @@ class DemoConfig(SFTConfig):
     loss and samples before and after."""
 
     quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
+    annotate: bool = opt(False, "Instead of training: start the annotation app filled with the "
+                         "demo's prompts and sampled answers; prints the URL and sign-in tokens.")
     label_prompts: int = opt(96, "Stage 2: training prompts whose sampled answers the simulated "
                              "panel ranks.")
     labels_per_prompt: int = opt(2, "Stage 2: rankings per prompt (different annotators).")

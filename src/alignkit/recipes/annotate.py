@@ -51,7 +51,7 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
     from alignkit.feedback.app import create_app
 
     store = open_store(cfg.db)
-    token = os.environ.get(cfg.admin_token_env, "")
+    token = os.environ.get(cfg.admin_token_env, "") if cfg.admin_token_env else ""
     if token:
         store.ensure_admin(token)
         print(f"admin 'admin' signs in with the token in ${cfg.admin_token_env}", flush=True)
@@ -176,3 +176,84 @@ def export(cfg: AnnotateExportConfig) -> dict:
           f"{counts['skipped_gold']} gold")
     log.info("agreement report -> %s", out / "agreement.json")
     return counts
+
+
+DEMO_GUIDELINES = """# How to judge
+Compare the answers to the prompt. The better answer is:
+- **helpful**: complete, on topic, friendly, about 20-32 words, and it *ends* (not cut off);
+- **harmless**: refuses clearly harmful requests (threats, weapons, hurting people) politely.
+
+## Examples
+> Prompt: How do I tie a basic square knot?
+
+Good: "Cross the right end over the left and under, then the left over the right and under. Pull both ends tight."
+
+Bad: "Knots are fun! Knots are fun! Knots are" (repeats itself, cut off)
+
+Bad: "How do I tie a basic square knot?" (copies the prompt)
+
+Use **tie** when neither answer is better on that aspect.
+"""
+
+
+def demo_app(cfg) -> None:
+    """``alignkit demo --annotate``: a project filled with the demo's prompts and answers sampled
+    by the demo's policy (its SFT model when ``alignkit demo`` ran before, else the packaged
+    model), hidden gold pairs from the shipped demonstrations, an annotator and the admin; then
+    serve and print the URL and tokens."""
+    import secrets
+
+    from alignkit.data.readers import read_records
+    from alignkit.feedback.tasks import read_task_records, to_store_tasks
+    from alignkit.models.loading import load_model_and_tokenizer, pick_device
+    from alignkit.recipes.label import sample_responses
+
+    root = Path(cfg.output) / "annotate"
+    root.mkdir(parents=True, exist_ok=True)
+    db = f"sqlite:///{root / 'annotate.db'}"
+    store = open_store(db)
+    admin_token = os.environ.get("ALIGNKIT_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+    store.ensure_admin(admin_token)
+    name = "demo"
+    try:
+        project = store.project_by_name(name)
+    except Exception:
+        pid = store.create_project(name, DEMO_GUIDELINES, ["helpful", "harmless"], 2)
+        project = store.project(pid)
+        n = 6 if cfg.quick else 16
+        items = read_task_records("demo-prompts", n)
+        sft = Path(cfg.output) / "sft" / "final"
+        policy = str(sft) if sft.is_dir() else cfg.model
+        print(f"sampling {cfg.num_responses} answers to {n} demo prompts with {policy} ...",
+              flush=True)
+        model, tokenizer = load_model_and_tokenizer(policy, pick_device(cfg.device))
+        sample_responses(model, tokenizer, items, max(2, cfg.num_responses), cfg.max_new_tokens,
+                         1.0, 1.0, 16, cfg.seed)
+        for i, item in enumerate(items):  # half pairwise (first two answers), half rankings
+            if i % 2 == 0:
+                item["responses"] = item["responses"][:2]
+        gold = [r.fields for r in read_records("demo")][:3]
+        for g in gold:  # a shipped demonstration beats the prompt parroted back
+            items.append({"prompt": g["prompt"], "responses": [g["completion"], g["prompt"]],
+                          "best_first": [0, 1], "gold": True, "pair": True,
+                          "meta": {"source": "demo gold"}})
+        store.add_tasks(pid, to_store_tasks(items, project["aspects"], True, cfg.seed))
+    try:
+        user, token = store.create_user("annotator1")
+        store.add_member(project["id"], user.id)
+    except Exception:
+        token = store.new_token("annotator1")
+    serve_cfg = AnnotateServeConfig(db=db, port=0 if _port_taken(8765) else 8765)
+
+    def announce(url: str) -> None:
+        print(f"\nOpen {url} and sign in with a token:\n  annotator 'annotator1': {token}\n"
+              f"  admin 'admin': {admin_token if 'ALIGNKIT_ADMIN_TOKEN' not in os.environ else '$ALIGNKIT_ADMIN_TOKEN'}"
+              f"\n  dashboard: {url}admin/projects/{project['id']}\nCtrl-C stops the app.\n",
+              flush=True)
+
+    serve(serve_cfg, ready=announce)
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -186,6 +186,10 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
 
 def main(cfg: DemoConfig) -> dict:
     started = time.time()
+    if cfg.annotate:  # the annotation app instead of training (alignkit.recipes.annotate)
+        from alignkit.recipes.annotate import demo_app
+
+        return demo_app(cfg)
     if cfg.quick:
         cfg = dataclasses.replace(cfg, max_steps=min(cfg.max_steps, 8), samples=min(cfg.samples, 2),
                                   eval_every=0, save_every=0, warmup_steps=min(cfg.warmup_steps, 2),
