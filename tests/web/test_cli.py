@@ -172,5 +172,11 @@ def test_cli_tasks_gold_export_reward_and_active_learning(tiny_model_dir, reward
         served.append(task["id"])
         store.submit(fresh["id"], user, task["id"], {"ranking": [0, 1, 2]})
     assert served == expected
+    # the admin page's table: old position = order added, new = by uncertainty
+    from alignkit.feedback.active import queue_change
+    change = queue_change(tasks)
+    assert [c["id"] for c in change] == expected and [c["new"] for c in change] == [1, 2, 3, 4]
+    by_id = sorted(t["id"] for t in tasks)
+    assert all(c["old"] == by_id.index(c["id"]) + 1 for c in change)
     assert torch.tensor([t["al_score"] for t in tasks]).gt(0).all()
     store.dispose()

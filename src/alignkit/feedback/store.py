@@ -318,10 +318,6 @@ class Store:
             raise NotFound(f"no user named {name!r}")
         return User(r.id, r.name, r.role)
 
-    def user_names(self, conn: sa.Connection | None = None) -> dict[int, str]:
-        with self.tx() as c:
-            return {r.id: r.name for r in c.execute(sa.select(users.c.id, users.c.name))}
-
     # ------------------------------------------------------------------ projects
 
     def create_project(self, name: str, guidelines: str = "", aspects: list[str] | None = None,
