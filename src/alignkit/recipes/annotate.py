@@ -59,8 +59,20 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
     app = create_app(store)
     print(f"annotation app on http://{cfg.host}:{port}/ (database {store.url.split('@')[-1]})",
           flush=True)
-    if ready is not None:
-        ready(f"http://{cfg.host}:{port}/")
+    if ready is not None:  # announce once the server accepts connections, not before
+        import threading
+        import time
+
+        def wait_then_announce():
+            host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex((host, port)) == 0:
+                        break
+                time.sleep(0.05)
+            ready(f"http://{cfg.host}:{port}/")
+
+        threading.Thread(target=wait_then_announce, daemon=True).start()
     uvicorn.run(app, host=cfg.host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=3)
 
