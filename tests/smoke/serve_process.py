@@ -66,3 +66,20 @@ def post_json(url: str, body) -> tuple[int, dict | str]:
         return status, json.loads(raw)
     except json.JSONDecodeError:
         return status, raw
+
+
+_SHARED: dict = {}
+
+
+def shared_server(model_dir: Path) -> str:
+    """One ``alignkit serve`` (model name ``tiny-policy``) for every test module of the session:
+    starting Python, torch and a model costs seconds each time. Stopped at interpreter exit.
+    Tests that count requests compare the server's counter before and after their own calls."""
+    import atexit
+
+    key = str(model_dir)
+    if key not in _SHARED:
+        ctx = serve_process(model_dir, "--model-name", "tiny-policy")
+        _SHARED[key] = (ctx, ctx.__enter__())
+        atexit.register(ctx.__exit__, None, None, None)
+    return _SHARED[key][1]

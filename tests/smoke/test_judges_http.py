@@ -15,7 +15,7 @@ from alignkit.judges.base import Verdict
 from alignkit.judges.http import HTTPJudge, JudgeError
 from alignkit.judges.prompting import parse_verdict
 from alignkit.judges.spec import JudgeOptions, make_judge
-from tests.smoke.serve_process import get_json, serve_process
+from tests.smoke.serve_process import get_json, shared_server
 
 pytestmark = pytest.mark.smoke
 
@@ -26,8 +26,7 @@ PAIRS = [("How do I boil an egg?", "Put it in boiling water for nine minutes.", 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    with serve_process(tiny_model_dir, "--model-name", "judge") as url:
-        yield url
+    return shared_server(tiny_model_dir)
 
 
 def completions(url):
@@ -41,7 +40,7 @@ def free_port() -> int:
 
 
 def test_verdicts_from_real_answers_and_the_cache(server, tmp_path):
-    judge = HTTPJudge(server, "judge", cache_dir=str(tmp_path / "cache"), max_tokens=6)
+    judge = HTTPJudge(server, "tiny-policy", cache_dir=str(tmp_path / "cache"), max_tokens=6)
     before = completions(server)
     verdicts = [judge.judge(*pair) for pair in PAIRS]
     assert completions(server) - before == 3
@@ -61,7 +60,7 @@ def test_verdicts_from_real_answers_and_the_cache(server, tmp_path):
     assert completions(server) - before == 3
     assert judge.stats["cache_hits"] == 3
     # a new judge (a new process would be the same) reads the cache from disk
-    fresh = HTTPJudge(server, "judge", cache_dir=str(tmp_path / "cache"), max_tokens=6)
+    fresh = HTTPJudge(server, "tiny-policy", cache_dir=str(tmp_path / "cache"), max_tokens=6)
     assert [fresh.judge(*pair) for pair in PAIRS] == verdicts
     assert completions(server) - before == 3 and fresh.stats["requests"] == 0
     # a different judge model is a different cache key (the server then rejects the name)
@@ -70,7 +69,7 @@ def test_verdicts_from_real_answers_and_the_cache(server, tmp_path):
 
 
 def test_both_orders_ask_twice_per_pair(server, tmp_path):
-    judge = make_judge(f"{server}#judge", JudgeOptions(cache_dir=None, max_tokens=4))
+    judge = make_judge(f"{server}#tiny-policy", JudgeOptions(cache_dir=None, max_tokens=4))
     before = completions(server)
     verdicts = judge.judge_many([p for p, _, _ in PAIRS], [a for _, a, _ in PAIRS],
                                 [b for _, _, b in PAIRS])

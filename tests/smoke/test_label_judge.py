@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.smoke.serve_process import get_json, serve_process
+from tests.smoke.serve_process import get_json, shared_server
 
 pytestmark = pytest.mark.smoke
 
@@ -28,8 +28,7 @@ def lines(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    with serve_process(tiny_model_dir, "--model-name", "judge") as url:
-        yield url
+    return shared_server(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +61,16 @@ def served(url: str) -> int:
 
 
 def settled(url: str) -> int:
-    """The server's count once requests of a killed client still in flight have finished."""
-    last = served(url)
-    while True:
-        time.sleep(0.5)
-        now = served(url)
-        if now == last:
-            return now
-        last = now
+    """The server's count once the requests of a killed client still in flight are done."""
+    deadline = time.time() + 60
+    while get_json(url + "/stats")["in_flight"]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return served(url)
 
 
 def label_args(url, data, out, cache, *extra):
-    return ["label", "--data", str(data), "--judge", f"{url}#judge", "--format", "pairs",
+    return ["label", "--data", str(data), "--judge", f"{url}#tiny-policy", "--format", "pairs",
             "--output", str(out), "--judge-cache", str(cache), "--judge-workers", "3",
             "--judge-max-tokens", "12", "--agreement", "none", *extra]
 
@@ -89,7 +86,7 @@ def test_kill_resume_is_exact_and_the_cache_saves_requests(server, pairs_file, t
     reference = lines(full)
     assert len(reference) == N and len({r["id"] for r in reference}) == N
     for rec in reference:
-        assert rec["annotator"] == "judge:http:judge"
+        assert rec["annotator"] == "judge:http:tiny-policy"
         assert 0.5 <= rec["confidence"] <= 1.0
         assert {rec["chosen"], rec["rejected"]} <= {*json.loads(
             pairs_file.read_text().splitlines()[int(rec["id"][:6])])["responses"]}

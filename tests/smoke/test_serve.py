@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.smoke.serve_process import get_json, post_json, serve_process
+from tests.smoke.serve_process import get_json, post_json, shared_server
 
 pytestmark = pytest.mark.smoke
 
@@ -18,8 +18,7 @@ HELLO = [{"role": "user", "content": "How do I boil an egg?"}]
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    with serve_process(tiny_model_dir, "--model-name", "tiny-policy") as url:
-        yield url
+    return shared_server(tiny_model_dir)
 
 
 def chat(url, **body):

@@ -271,7 +271,7 @@ class ServerState:
         self.default_max_tokens = default_max_tokens
         self._count_lock = threading.Lock()
         self.stats = {"requests": 0, "chat_completions": 0, "errors": 0, "prompt_tokens": 0,
-                      "completion_tokens": 0}
+                      "completion_tokens": 0, "in_flight": 0}
 
     def count(self, **deltas: int) -> None:
         with self._count_lock:
@@ -334,7 +334,13 @@ def make_handler(state: ServerState):
                 self._error(RequestError(f"no route GET {path}", status=404))
 
         def do_POST(self) -> None:
-            state.count(requests=1)
+            state.count(requests=1, in_flight=1)
+            try:
+                self._post()
+            finally:
+                state.count(in_flight=-1)
+
+        def _post(self) -> None:
             path = self.path.split("?")[0].rstrip("/")
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
