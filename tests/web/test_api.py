@@ -42,6 +42,19 @@ def world(server):
     store.dispose()
 
 
+def test_password_sign_in_sets_a_session_cookie(world):
+    store, url = world["store"], world["url"]
+    store.create_user("pat", password="long enough passphrase")
+    s = requests.Session()
+    r = s.post(f"{url}/login", data={"name": "pat", "password": "wrong"})
+    assert "Unknown token" in r.text and "alignkit_token" not in s.cookies
+    r = s.post(f"{url}/login", data={"name": "pat", "password": "long enough passphrase"})
+    assert r.status_code == 200 and r.url.rstrip("/") == url  # redirected home
+    assert s.get(f"{url}/api/me").json()["name"] == "pat"
+    s.post(f"{url}/logout")
+    assert s.get(f"{url}/api/me").status_code == 401
+
+
 def label(w, who, task, value, reason=None, project=None):
     return requests.post(f"{w['url']}/api/projects/{project or w['alpha']}/labels",
                          headers=bearer(w["tokens"][who]),

@@ -96,6 +96,9 @@ def test_cli_tasks_gold_export_reward_and_active_learning(tiny_model_dir, reward
     assert f"{bad}:4:" in proc.stderr and "permutation" in proc.stderr
     proc = run_cli("annotate", "add-tasks", "--db", db, "--project", "nope", "--data", str(bad))
     assert proc.returncode == 2 and "no project named 'nope'" in proc.stderr
+    proc = run_cli("annotate", "serve", "--db", "postgresql://bob:hunter2@127.0.0.1:1/x")
+    assert proc.returncode == 2 and "cannot open the database" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
 
     store = Store(db)
     tasks = store.tasks_of(1)

@@ -170,6 +170,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def shown_url(url: str) -> str:
+    """The URL with any password masked (for messages and logs)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"
+
+
 def make_engine(url: str) -> sa.Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -197,8 +205,9 @@ def make_engine(url: str) -> sa.Engine:
         return engine
     try:
         return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
-        raise UserError(f"--db {url!r}: not a database URL SQLAlchemy understands ({e})") from None
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+        raise UserError(f"--db {shown_url(url)}: not a database this app supports (use "
+                        f"sqlite:///path.db or postgresql://...; {e})") from None
 
 
 @dataclass
@@ -240,7 +249,7 @@ class Store:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except sa.exc.OperationalError as e:
-            raise UserError(f"--db {self.url}: cannot open the database "
+            raise UserError(f"--db {shown_url(self.url)}: cannot open the database "
                             f"({str(e.orig).strip()})") from None
 
     def dispose(self) -> None:

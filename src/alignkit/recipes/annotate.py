@@ -49,6 +49,7 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
     import uvicorn
 
     from alignkit.feedback.app import create_app
+    from alignkit.feedback.store import shown_url
 
     store = open_store(cfg.db)
     token = os.environ.get(cfg.admin_token_env, "") if cfg.admin_token_env else ""
@@ -57,7 +58,7 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
         print(f"admin 'admin' signs in with the token in ${cfg.admin_token_env}", flush=True)
     port = cfg.port or free_port(cfg.host)
     app = create_app(store)
-    print(f"annotation app on http://{cfg.host}:{port}/ (database {store.url.split('@')[-1]})",
+    print(f"annotation app on http://{cfg.host}:{port}/ (database {shown_url(store.url)})",
           flush=True)
     if ready is not None:  # announce once the server accepts connections, not before
         import threading
