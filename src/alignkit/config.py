@@ -581,8 +581,10 @@ class LabelConfig:
     principles: Optional[str] = opt(None, "Judge under constitutional principles, one drawn per "
                                     "record (seeded): 'default' (the shipped constitution) or a "
                                     "YAML file; none: plain 'better'.")
-    agreement: str = opt("gold", "With --judge: report the judge's agreement with the gold "
-                         "scorer (and its position bias), or none.", ("gold", "none"))
+    agreement: str = opt("gold", "With --judge: report the judge's agreement (and position "
+                         "bias) against the gold scorer, the human labels of labelled pairs in "
+                         "--data ({prompt, chosen, rejected}), or none.",
+                         ("gold", "human", "none"))
     resume: bool = opt(False, "With --judge: continue a killed labelling run, judging only what "
                        "--output does not hold yet.")
     overwrite: bool = opt(False, "With --judge: replace an existing --output.")

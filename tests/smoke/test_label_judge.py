@@ -205,3 +205,42 @@ def test_refusals(pairs_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "label", "--data", pairs_file, "--judge", "gpt4", "--output",
                      tmp_path / "y.jsonl")
     assert rc == 2 and "--judge 'gpt4'" in err
+
+
+def test_agreement_with_human_labels(tmp_path, capsys):
+    """Labelled pairs in --data: the judge is scored against them; chosen is shown first or
+    second by a seeded draw, and the report's agreement is the hand count over the records."""
+    from alignkit.judges.gold import demo_hacks
+
+    prompts = ["How do I boil an egg?", "How can I keep my houseplants alive in winter?",
+               "What is a good way to learn to cook?", "How do I fix a squeaky door?",
+               "Why is the sky blue?", "How do I make my coffee taste less bitter?"]
+    good = ["Put the egg in boiling water for nine minutes, then cool it in cold water.",
+            "Water less often, keep them near a bright window and away from cold drafts.",
+            "Start with a few simple recipes, cook them often, and taste as you go.",
+            "Spray a little lubricant on the hinge pin and swing the door a few times.",
+            "Air scatters blue sunlight more than red light, so the sky looks blue.",
+            "Use slightly cooler water, a coarser grind and a shorter brewing time."]
+    data = tmp_path / "human.jsonl"
+    with data.open("w") as fh:
+        for p, g in zip(prompts, good):
+            fh.write(json.dumps({"prompt": p, "chosen": g,
+                                 "rejected": demo_hacks(p)["positive spam"]}) + "\n")
+    out = tmp_path / "judged.jsonl"
+    rc, stdout, _ = cli(capsys, "label", "--data", data, "--judge", "gold", "--format", "pairs",
+                        "--output", out, "--agreement", "human", "--seed", "1")
+    assert rc == 0
+    recs = lines(out)
+    slots = [r["judgements"][0]["human"] for r in recs]
+    assert set(slots) == {"a", "b"}  # the human's choice is not always in the first slot
+    expected = sum(1.0 if r["judgements"][0]["winner"] == h else
+                   0.5 if r["judgements"][0]["winner"] == "tie" else 0.0
+                   for r, h in zip(recs, slots)) / len(recs)
+    (row,) = json.loads((tmp_path / "judged.report.json").read_text())["table"]
+    assert row["reference"] == "human" and row["pairs"] == 6
+    assert row["agreement"] == pytest.approx(expected)
+    assert row["agreement"] == 1.0  # the gold scorer sees through positive-word spam
+    assert "human" in stdout
+    rc, _, err = cli(capsys, "label", "--data", data, "--judge", "gold", "--output",
+                     tmp_path / "x.jsonl", "--agreement", "human", "--max-prompts", "0")
+    assert rc == 0

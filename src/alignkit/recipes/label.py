@@ -165,6 +165,39 @@ def main(cfg: LabelConfig) -> dict:
 # RLAIF: an AI judge labels (``--judge SPEC``)
 
 
+def read_judge_items(spec: str, limit: int, seed: int) -> list[dict]:
+    """Prompts (optionally with ``responses``) as for the panel, and also labelled pairs
+    ``{prompt, chosen, rejected[, tie]}`` -- human (or any) labels to measure the judge against.
+    A pair is shown in a seeded random order (chosen first or second), so that a judge asked one
+    order only cannot score by position; ``human`` says which slot the label preferred."""
+    import random
+
+    records = read_records(spec)
+    if not any("chosen" in r.fields for r in records):
+        return read_prompts(spec, limit)
+    from alignkit.data.preferences import parse_pair
+
+    problems, out = [], []
+    for index, rec in enumerate(records):
+        try:
+            if "chosen" not in rec.fields:
+                raise RecordProblem("chosen", 'field "chosen" is missing (a file with labelled '
+                                    "pairs must label every record)")
+            pair = parse_pair(rec)
+        except RecordProblem as p:
+            problems.append(f"{rec.where}: {p}")
+            continue
+        chosen_first = random.Random(f"{seed}:{index}").random() < 0.5
+        responses = [pair.chosen, pair.rejected] if chosen_first else [pair.rejected,
+                                                                        pair.chosen]
+        human = "tie" if pair.tie else ("a" if chosen_first else "b")
+        out.append({"prompt": pair.prompt, "category": rec.fields.get("category"),
+                    "responses": responses, "human": human, "where": rec.where})
+    if problems:
+        raise DataError(problems)
+    return out[:limit] if limit > 0 else out
+
+
 def unit_id(index: int, prompt, responses: list) -> str:
     """A record id that names the input position and its content (a resume against different
     data is caught, not silently mixed)."""
@@ -188,7 +221,8 @@ def plan_units(items: list[dict], fmt: str) -> tuple[list[dict], int]:
             skipped += 1
             continue
         units.append({"id": unit_id(index, item["prompt"], responses), "prompt": item["prompt"],
-                      "responses": responses, "category": item.get("category")})
+                      "responses": responses, "category": item.get("category"),
+                      "human": item.get("human") if len(responses) == 2 else None})
     return units, skipped
 
 
@@ -265,6 +299,8 @@ def make_record(unit: dict, verdicts: list, name: str, principle) -> dict:
     rec["judgements"] = [{"a": a, "b": b, "winner": v.winner, "confidence": round(v.confidence, 6),
                           **({"orders": orders} if orders is not None else {})}
                          for a, b, v, orders in verdicts]
+    if unit.get("human") is not None:
+        rec["judgements"][0]["human"] = unit["human"]
     if principle is not None:
         rec["principle"] = principle.name
     if unit.get("category") is not None:
@@ -341,7 +377,7 @@ def judge_table(records: list[dict], scorer, categories_of: dict, name: str,
     from alignkit.judges.swap import PositionTally
 
     tally = PositionTally()
-    prompts, ra, rb, verdicts = [], [], [], []
+    prompts, ra, rb, verdicts, human = [], [], [], [], []
     for rec in records:
         for j in rec["judgements"]:
             if "responses" in rec:
@@ -354,14 +390,22 @@ def judge_table(records: list[dict], scorer, categories_of: dict, name: str,
             ra.append(responses_ab[0])
             rb.append(responses_ab[1])
             verdicts.append(Verdict(j["winner"], j["confidence"]))
+            human.append(Verdict(j["human"]) if j.get("human") else None)
             if "orders" in j:
                 tally.add(Verdict(j["orders"][0]), Verdict(j["orders"][1]))
-    gold = None
+    labels = None
     if reference == "gold" and verdicts:
         from alignkit.evaluation.winrate import GoldScoreJudge
 
-        gold = GoldScoreJudge(scorer, categories_of).judge_many(prompts, ra, rb)
-    return judge_report(name, verdicts, gold, tally if tally.pairs else None)
+        labels = GoldScoreJudge(scorer, categories_of).judge_many(prompts, ra, rb)
+    elif reference == "human":
+        keep = [i for i, h in enumerate(human) if h is not None]
+        if not keep:
+            raise UserError("--agreement human needs labelled pairs in --data "
+                            "({prompt, chosen, rejected})")
+        verdicts, labels = [verdicts[i] for i in keep], [human[i] for i in keep]
+    return judge_report(name, verdicts, labels, tally if tally.pairs else None,
+                        reference_name=reference)
 
 
 def main_judge(cfg: LabelConfig) -> dict:
@@ -387,7 +431,10 @@ def main_judge(cfg: LabelConfig) -> dict:
 
         constitution = load_constitution(cfg.principles)
     # 1. Prompts and their responses (sampled, seeded, when the data has none).
-    items = read_prompts(cfg.data, cfg.max_prompts)
+    items = read_judge_items(cfg.data, cfg.max_prompts, cfg.seed)
+    if cfg.agreement == "human" and not any(i.get("human") for i in items):
+        raise UserError(f"--agreement human: {cfg.data} holds no labelled pairs "
+                        "({prompt, chosen, rejected})")
     tokenizer = None
     if any(i["responses"] is None for i in items):
         from alignkit.models.loading import load_model_and_tokenizer, pick_device
