@@ -660,8 +660,10 @@ class EvalConfig:
                                       "with (omit: no reward-model scores).")
     reference: Optional[str] = opt(None, "Reference policy folder for KL (default: the baseline "
                                    "policy).")
-    judge: str = opt("gold", "Judge of the win rate: 'gold' (the gold scorer, by score).",
-                     ("gold",))
+    judge: str = opt("gold", "Judge of the win rate: gold (the gold scorer), reward:PATH (a "
+                     "reward model), local:PATH (a causal LM's verdict log-probs) or "
+                     "http(s)://HOST:PORT/v1#MODEL (an OpenAI-compatible endpoint); asked in "
+                     "both orders.")
     gold: bool = opt(True, "Report the gold score (the simulated-annotator stand-in for "
                      "people).")
     max_prompts: int = opt(0, "Use only the first N held-out prompts (0: all).")

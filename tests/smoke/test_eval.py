@@ -113,7 +113,27 @@ def test_eval_outputs_win_rates_kl_and_suite(tiny_setup):
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
 
 
+def test_any_judge_spec_reward_model(tiny_setup):
+    """--judge takes the judges.spec specs: a reward-model judge here, asked in both orders."""
+    out = tiny_setup["root"] / "reward-judge"
+    proc = run_cli("eval", "--policies", f"base={tiny_setup['base']},other={tiny_setup['other']}",
+                   "--judge", f"reward:{tiny_setup['rm']}", "--adversarial", "none",
+                   "--no-gold", "--max-prompts", "4", "--max-new-tokens", "6", "--bootstrap",
+                   "100", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "eval.json").read_text())
+    assert result["judge"] == f"reward:{tiny_setup['rm']}" and result["suite_prompts"] == 0
+    # base vs itself and other vs base: 4 pairs each, every one judged in both orders; a
+    # reward model scores each answer alone, so no verdict is decided by position
+    assert result["judge_position_bias"]["pairs"] == 8
+    assert result["judge_position_bias"]["position_bias_rate"] == 0.0
+    base, other = result["policies"]["base"], result["policies"]["other"]
+    assert (base["win_rate"], base["ties"]) == (0.5, 4) and "gold" not in base
+    assert other["wins"] + other["ties"] + other["losses"] == 4
+
+
 @pytest.mark.parametrize("extra,message", [
+    (["--judge", "oracle"], "expected http(s)://"),
     (["--policies", "a=/nonexistent/x"], "model folder not found"),
     (["--policies", "justaname"], "is not NAME=DIR"),
     (["--baseline", "nobody"], "is not one of the --policies names"),

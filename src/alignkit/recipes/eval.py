@@ -98,13 +98,23 @@ def pick_suite(spec: str, per_category: int):
     return suite
 
 
-def make_judge(cfg: EvalConfig, tokenizer, categories: dict):
-    if cfg.judge == "gold":
-        from alignkit.evaluation.winrate import GoldScoreJudge
-        from alignkit.judges.gold import GoldScorer
+JUDGE_KINDS = ("gold", "reward:", "local:", "http://", "https://")
 
-        return GoldScoreJudge(GoldScorer(token_counter=tokenizer), categories)
-    raise UserError(f"--judge {cfg.judge!r}: unknown judge")
+
+def check_judge_spec(spec: str) -> None:
+    """Fail before any sampling on a judge spec ``judges.spec.make_judge`` cannot build."""
+    if not (spec == "gold" or spec.startswith(JUDGE_KINDS[1:])):
+        from alignkit.judges.spec import SPEC_HELP
+
+        raise UserError(f"--judge {spec!r}: expected {SPEC_HELP}")
+
+
+def make_judge(cfg: EvalConfig, tokenizer, categories: dict, device: str):
+    """The judge ``--judge`` names (``judges.spec``), asked in both orders (position bias
+    cancelled; its rate measured in ``tally``)."""
+    from alignkit.judges.spec import JudgeOptions, make_judge as build
+
+    return build(cfg.judge, JudgeOptions(device=device), categories, token_counter=tokenizer)
 
 
 def format_table(result: dict) -> str:
@@ -150,6 +160,7 @@ def main(cfg: EvalConfig) -> dict:
     output = Path(cfg.output)
     if any((output / n).exists() for n in OUTPUTS) and not cfg.overwrite:
         raise UserError(f"{output}: holds an earlier evaluation; pass --overwrite to replace it")
+    check_judge_spec(cfg.judge)
     suite = pick_suite(cfg.adversarial, cfg.max_adversarial)
     output.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output)
@@ -219,11 +230,14 @@ def main(cfg: EvalConfig) -> dict:
 
     # 4. Win rates against the baseline, one judge for all.
     categories = {t: c for t, c in zip(prompts.texts, prompts.categories) if isinstance(t, str)}
-    judge = make_judge(cfg, judge_tokenizer, categories)
+    judge = make_judge(cfg, judge_tokenizer, categories, device)
     for name in policies:
         wr = win_rate(judge, prompts.texts, answers[name], answers[baseline], cfg.bootstrap,
                       cfg.confidence, cfg.seed)
         rows[name].update(wr.as_dict())
+    # how often the judge's two orders disagreed by position alone, over every pair it saw
+    tally = getattr(judge, "tally", None)
+    position_bias = tally.as_dict() if tally is not None else {}
     del reference
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -233,9 +247,10 @@ def main(cfg: EvalConfig) -> dict:
         "baseline": baseline, "reference": reference_dir, "judge": cfg.judge,
         "prompts": len(prompts.ids), "prompts_file": cfg.prompts, "suite": cfg.adversarial,
         "suite_prompts": len(suite), "seed": cfg.seed,
+        "judge_position_bias": position_bias,
         "method": {
-            "win_rate": "policy vs baseline per prompt (policy = response A): win 1, tie 1/2, "
-                        "loss 0; mean over prompts",
+            "win_rate": "policy vs baseline per prompt, the judge asked in both orders "
+                        "(position bias cancelled): win 1, tie 1/2, loss 0; mean over prompts",
             "interval": f"percentile bootstrap over prompts, {cfg.bootstrap} resamples, "
                         f"{cfg.confidence:.0%} coverage, numpy default_rng({cfg.seed}), "
                         "inverted-CDF quantiles",
