@@ -100,6 +100,8 @@ def test_report_sections_figures_and_escaping(tiny_run):
         assert f"<li>step {r['step']}: mean token entropy" in page
     # eval tables: both policies, the suite with its categories
     assert "win rate vs sft [CI]" in page and "Adversarial suite (8 prompts)" in page
+    # 2 policies x 2 prompts, each pair asked in both orders; the gold judge has no position bias
+    assert "asked in both orders on 4 pairs; position decided 0% of them" in page
     for cat in ("harmful", "jailbreak", "benign", "uncertain"):
         assert f"<td>{cat}</td>" in page
     # model and user text is escaped: the hostile prompt shows as text, never as markup

@@ -330,6 +330,11 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                      f"{esc(evaluation.get('reference'))}. Win rate: "
                      f"{esc(evaluation.get('method', {}).get('win_rate', ''))}; interval: "
                      f"{esc(evaluation.get('method', {}).get('interval', ''))}.</p>")
+        bias = evaluation.get("judge_position_bias") or {}
+        if bias.get("pairs"):
+            parts.append(f"<p>The judge was asked in both orders on {esc(bias['pairs'])} pairs; "
+                         f"position decided {esc(pct(bias.get('position_bias_rate')))} of them "
+                         "(cancelled in the verdicts).</p>")
         rows = []
         for name, r in pols.items():
             rows.append([name, fmt(r.get("gold")) + " ± " + fmt(r.get("gold_se")),
