@@ -199,8 +199,11 @@ def make_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no
-            # deadlock between two readers that both want to upgrade to writers
+            # a writing transaction takes the write lock up front (BEGIN IMMEDIATE): no deadlock
+            # between two readers that both want to upgrade to writers; reads (``Store.rx``)
+            # begin DEFERRED and run beside the writer (WAL)
+            read_only = conn.get_execution_options().get("alignkit_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     try:
@@ -231,6 +234,7 @@ class Store:
     def __init__(self, url: str):
         self.url = normalise_url(url)
         self.engine = make_engine(url)
+        self.reader = self.engine.execution_options(alignkit_read_only=True)
 
     # ------------------------------------------------------------------ schema
 
@@ -257,7 +261,14 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:
+        """A writing transaction."""
         with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def rx(self) -> Iterator[sa.Connection]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        with self.reader.begin() as conn:
             yield conn
 
     # ------------------------------------------------------------------ people
@@ -309,19 +320,19 @@ class Store:
     def user_by_token(self, token: str | None) -> Optional[User]:
         if not token or len(token) > 500:
             return None
-        with self.tx() as c:
+        with self.rx() as c:
             r = c.execute(sa.select(users).where(users.c.token_hash == hash_token(token))).first()
         return User(r.id, r.name, r.role) if r else None
 
     def user_by_password(self, name: str, password: str) -> Optional[User]:
-        with self.tx() as c:
+        with self.rx() as c:
             r = c.execute(sa.select(users).where(users.c.name == name)).first()
         if r and check_password(password, r.password_hash):
             return User(r.id, r.name, r.role)
         return None
 
     def user_by_name(self, name: str) -> User:
-        with self.tx() as c:
+        with self.rx() as c:
             r = c.execute(sa.select(users).where(users.c.name == name)).first()
         if r is None:
             raise NotFound(f"no user named {name!r}")
@@ -360,14 +371,14 @@ class Store:
             c.execute(projects.update().where(projects.c.id == project_id).values(**values))
 
     def project(self, project_id: int) -> dict:
-        with self.tx() as c:
+        with self.rx() as c:
             r = _row(c.execute(sa.select(projects).where(projects.c.id == project_id)).first())
         if r is None:
             raise NotFound(f"no project {project_id}")
         return r
 
     def project_by_name(self, name: str) -> dict:
-        with self.tx() as c:
+        with self.rx() as c:
             r = _row(c.execute(sa.select(projects).where(projects.c.name == name)).first())
         if r is None:
             raise NotFound(f"no project named {name!r} (create it with alignkit annotate "
@@ -379,7 +390,7 @@ class Store:
         if not user.is_admin:
             q = q.join(members, members.c.project_id == projects.c.id).where(
                 members.c.user_id == user.id)
-        with self.tx() as c:
+        with self.rx() as c:
             return [_row(r) for r in c.execute(q)]
 
     def add_member(self, project_id: int, user_id: int) -> None:
@@ -396,7 +407,7 @@ class Store:
         project = self.project(project_id)
         if user.is_admin:
             return project
-        with self.tx() as c:
+        with self.rx() as c:
             ok = c.execute(sa.select(members).where(members.c.project_id == project_id,
                                                     members.c.user_id == user.id)).first()
         if not ok:
@@ -404,7 +415,7 @@ class Store:
         return project
 
     def member_names(self, project_id: int) -> list[str]:
-        with self.tx() as c:
+        with self.rx() as c:
             return [r.name for r in c.execute(
                 sa.select(users.c.name).join(members, members.c.user_id == users.c.id)
                 .where(members.c.project_id == project_id).order_by(users.c.name))]
@@ -427,14 +438,14 @@ class Store:
         return ids
 
     def task(self, task_id: int) -> dict:
-        with self.tx() as c:
+        with self.rx() as c:
             r = _row(c.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
         if r is None:
             raise NotFound(f"no task {task_id}")
         return r
 
     def tasks_of(self, project_id: int) -> list[dict]:
-        with self.tx() as c:
+        with self.rx() as c:
             return [_row(r) for r in c.execute(sa.select(tasks).where(
                 tasks.c.project_id == project_id).order_by(tasks.c.id))]
 
@@ -458,11 +469,11 @@ class Store:
                 .order_by(tasks.c.al_score.is_(None), tasks.c.al_score.desc(), tasks.c.id))
 
     def next_task(self, project: dict, user: User) -> Optional[dict]:
-        with self.tx() as c:
+        with self.rx() as c:
             return _row(c.execute(self._open_tasks(project, user.id).limit(1)).first())
 
     def progress(self, project: dict, user: User) -> dict:
-        with self.tx() as c:
+        with self.rx() as c:
             done = c.execute(sa.select(sa.func.count()).select_from(labels).join(
                 tasks, tasks.c.id == labels.c.task_id).where(
                 tasks.c.project_id == project["id"], labels.c.user_id == user.id)).scalar_one()
@@ -527,7 +538,7 @@ class Store:
 
     def labels_of_user(self, project_id: int, user: User) -> list[dict]:
         self.check_access(project_id, user)
-        with self.tx() as c:
+        with self.rx() as c:
             return [_row(r) for r in c.execute(
                 sa.select(labels).join(tasks, tasks.c.id == labels.c.task_id)
                 .where(tasks.c.project_id == project_id, labels.c.user_id == user.id)
@@ -535,7 +546,7 @@ class Store:
 
     def project_labels(self, project_id: int) -> list[dict]:
         """Every label of the project with the annotator's name (admin views, export)."""
-        with self.tx() as c:
+        with self.rx() as c:
             return [_row(r) for r in c.execute(
                 sa.select(labels, users.c.name.label("annotator"))
                 .join(tasks, tasks.c.id == labels.c.task_id)
@@ -547,7 +558,7 @@ class Store:
         if project_id is not None:
             q = q.join(tasks, tasks.c.id == labels.c.task_id).where(
                 tasks.c.project_id == project_id)
-        with self.tx() as c:
+        with self.rx() as c:
             return c.execute(q).scalar_one()
 
     # ------------------------------------------------------------------ disputes
@@ -570,7 +581,7 @@ class Store:
         return row
 
     def resolutions_of(self, project_id: int) -> dict[int, dict]:
-        with self.tx() as c:
+        with self.rx() as c:
             return {r.task_id: _row(r) for r in c.execute(
                 sa.select(resolutions, users.c.name.label("admin"))
                 .join(tasks, tasks.c.id == resolutions.c.task_id)
