@@ -88,7 +88,8 @@ def _stage_kind(folder: Path) -> str:
 def discover_stages(run_dir: Path) -> list[Stage]:
     """Every folder of ``run_dir`` (and ``run_dir`` itself) holding a metrics.jsonl."""
     folders = [run_dir] if (run_dir / "metrics.jsonl").is_file() else []
-    folders += sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "metrics.jsonl").is_file())
+    folders += sorted(p for p in run_dir.iterdir()
+                      if p.is_dir() and (p / "metrics.jsonl").is_file())
     stages = []
     for folder in folders:
         rows, problems = read_jsonl(folder / "metrics.jsonl")
@@ -252,9 +253,9 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
             parts.append("<p>The monitor raised no warning.</p>")
         best = stage.split("best")
         if best:
-            parts.append(f"<p>Best checkpoint (by {esc(best[-1].get('best_by'))}): step "
-                         f"{esc(best[-1].get('step'))}, value {esc(fmt(best[-1].get('best_value')))}"
-                         ".</p>")
+            last = best[-1]
+            parts.append(f"<p>Best checkpoint (by {esc(last.get('best_by'))}): step "
+                         f"{esc(last.get('step'))}, value {esc(fmt(last.get('best_value')))}.</p>")
     if not monitored:
         parts.append(page.note("no PPO stage with held-out monitor readings in this run "
                                "(skipped)"))

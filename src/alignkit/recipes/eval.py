@@ -228,6 +228,10 @@ def main(cfg: EvalConfig) -> dict:
         del model
         log.info("%s: measured in %.1fs", name, time.time() - t0)
 
+    reference = None  # free it before a model-backed judge loads
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
     # 4. Win rates against the baseline, one judge for all.
     categories = {t: c for t, c in zip(prompts.texts, prompts.categories) if isinstance(t, str)}
     judge = make_judge(cfg, judge_tokenizer, categories, device)
@@ -238,9 +242,6 @@ def main(cfg: EvalConfig) -> dict:
     # how often the judge's two orders disagreed by position alone, over every pair it saw
     tally = getattr(judge, "tally", None)
     position_bias = tally.as_dict() if tally is not None else {}
-    del reference
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
     # 5. Outputs: eval.json, eval.csv, samples side by side; the table.
     result = {
