@@ -207,7 +207,11 @@ def curves_section(page: Page, stages: list[Stage]) -> None:
     present = {s.kind for s in stages}
     for stage in stages:
         train, evals = stage.split("train"), stage.split("eval")
-        plot = plots.training_curves(stage.name, stage.kind, train, evals)
+        try:
+            plot = plots.training_curves(stage.name, stage.kind, train, evals)
+        except (TypeError, ValueError) as e:  # a hand-edited or foreign metrics file
+            plot = None
+            parts.append(page.note(f"{stage.name}: metrics could not be plotted ({e})"))
         setup = (stage.split("setup") or [{}])[0]
         facts = ", ".join(f"{k} {fmt(v, 'g')}" for k, v in setup.items()
                           if k not in ("step", "split", "time") and not isinstance(v, (list, dict)))
@@ -237,10 +241,13 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
                                                               for r in s.split("eval"))]
     for stage in monitored:
         evals = stage.split("eval")
-        warned = [(r["step"], w) for r in evals for w in (r.get("warnings") or [])]
+        warned = [(r.get("step", "?"), w) for r in evals for w in (r.get("warnings") or [])]
         parts.append(f"<h3>{esc(stage.name)}</h3>")
-        parts.append(page.figure(plots.monitor_plot(stage.name, evals,
-                                                    sorted({s for s, _ in warned}))))
+        try:
+            parts.append(page.figure(plots.monitor_plot(
+                stage.name, evals, sorted({s for s, _ in warned if isinstance(s, (int, float))}))))
+        except (TypeError, ValueError) as e:
+            parts.append(page.note(f"{stage.name}: monitor readings could not be plotted ({e})"))
         rows = [[r.get("step"), fmt(r.get("proxy")), fmt(r.get("gold")), fmt(r.get("gold_se")),
                  fmt(r.get("kl"), ".2f"), fmt(r.get("response_length"), ".1f"),
                  pct(r.get("ended_fraction")), len(r.get("warnings") or [])] for r in evals]
