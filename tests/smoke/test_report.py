@@ -189,3 +189,20 @@ def test_missing_stages_and_bad_lines_are_notes_not_crashes(tiny_run, tmp_path):
     assert proc.returncode == 2 and "run folder not found" in proc.stderr
     proc = run_cli("report")
     assert proc.returncode == 2 and "alignkit report RUN_DIR" in proc.stderr
+
+
+def test_malformed_metrics_rows_do_not_crash(tmp_path):
+    from alignkit.evaluation.report import build_report
+
+    stage = tmp_path / "run" / "ppo"
+    stage.mkdir(parents=True)
+    stage.joinpath("metrics.jsonl").write_text(
+        '{"step": "x", "split": "train", "score": 1}\n'
+        '{"step": 1, "split": "eval", "proxy": 1, "gold": 2, "kl": "oops", "warnings": ["w"]}\n'
+        '{"split": "eval", "proxy": 2, "warnings": ["<no step>"]}\n'
+        "[1, 2]\n")
+    report = build_report(tmp_path / "run")
+    page = report.path.read_text()
+    assert f"{stage / 'metrics.jsonl'}:4: not a JSON object (line skipped)" in report.notes
+    assert "<li>step 1: w</li>" in page and "<li>step ?: &lt;no step&gt;</li>" in page
+    assert [f.name for f in report.figures] == ["monitor-ppo"]  # the one plottable reading

@@ -85,7 +85,7 @@ def _finite(v) -> bool:
 
 
 def series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
-    pts = [(r["step"], r[key]) for r in rows if _finite(r.get(key)) and "step" in r]
+    pts = [(r["step"], r[key]) for r in rows if _finite(r.get(key)) and _finite(r.get("step"))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -130,11 +130,11 @@ def monitor_plot(stage: str, evals: Sequence[dict], warned_steps: Sequence[int])
         ax.plot(xs, ys, "o-", color={"proxy": "#3465a4", "gold": "#4e9a06",
                                       "kl": "#cc0000"}.get(key, "#555753"), ms=4)
         if key == "gold":
-            lo = [y - r.get("gold_se", 0.0) for y, r in zip(ys, [r for r in evals
-                                                               if _finite(r.get("gold"))])]
-            hi = [y + r.get("gold_se", 0.0) for y, r in zip(ys, [r for r in evals
-                                                               if _finite(r.get("gold"))])]
-            ax.fill_between(xs, lo, hi, color="#4e9a06", alpha=0.15)
+            # the same rows series() kept, in order: +-1 standard error band
+            se = [r.get("gold_se") if _finite(r.get("gold_se")) else 0.0 for r in evals
+                  if _finite(r.get("gold")) and _finite(r.get("step"))]
+            ax.fill_between(xs, [y - e for y, e in zip(ys, se)], [y + e for y, e in zip(ys, se)],
+                            color="#4e9a06", alpha=0.15)
         for s in warned_steps:
             ax.axvline(s, color="#f57900", ls=":", lw=1.2)
         ax.set_xlabel("PPO step (rollout batches)")
