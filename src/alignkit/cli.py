@@ -11,20 +11,19 @@ import importlib
 import sys
 
 from alignkit import __version__
-from alignkit.config import (BestOfNConfig, DemoConfig, DPOConfig, LabelConfig, OnlineDPOConfig,
-                             PPOConfig, RewardConfig, ScoreConfig, SFTConfig, TinyModelConfig,
-                             add_config_flags, build_config)
-from alignkit.config import EvalConfig, ReportConfig
-from alignkit.config import CritiqueConfig, ServeConfig
 from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, AnnotateServeConfig,
-                             AnnotateTasksConfig, AnnotateUserConfig)
+                             AnnotateTasksConfig, AnnotateUserConfig, BestOfNConfig,
+                             CritiqueConfig, DemoConfig, DPOConfig, EvalConfig, LabelConfig,
+                             OnlineDPOConfig, PPOConfig, ReportConfig, RewardConfig, ScoreConfig,
+                             ServeConfig, SFTConfig, TinyModelConfig, add_config_flags,
+                             build_config)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
 STAGES = {
     "demo": (DemoConfig, "alignkit.recipes.demo:main",
-             "The main job: LoRA SFT of the default model on the shipped demonstrations, with "
-             "held-out loss and samples before and after."),
+             "The main job: the whole pipeline on the packaged model (SFT, simulated rankings, "
+             "reward ensemble, PPO, DPO, best-of-n), compared on held-out prompts, then a report."),
     "sft": (SFTConfig, "alignkit.recipes.sft:main",
             "Stage 1: supervised fine-tuning on demonstrations."),
     "reward": (RewardConfig, "alignkit.recipes.reward:main",
@@ -75,6 +74,7 @@ def join_verb(argv: list[str]) -> list[str]:
     if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in STAGES:
         return [f"{argv[0]}-{argv[1]}", *argv[2:]]
     return argv
+
 
 # stages that also take a field as their first positional argument (`alignkit report RUN_DIR`)
 POSITIONAL = {"report": ("run_dir",)}
