@@ -52,7 +52,7 @@ def test_default_model_converts_once_then_loads_from_cache(fresh_cache):
 def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     out = tmp_path / "demo"
     proc = run_cli("demo", "--quick", "--output", str(out), "--no-progress",
-                   env={"ALIGNKIT_CACHE": str(fresh_cache)}, timeout=900)
+                   env={"ALIGNKIT_CACHE": str(fresh_cache)}, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text())
     # SFT on the shipped demonstrations lowers the held-out loss of the real model
