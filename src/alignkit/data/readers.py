@@ -51,15 +51,19 @@ def resolve_data_path(spec: str) -> Path:
     return path
 
 
-def read_records(spec: str) -> list[Record]:
-    """Read every record of a data file or saved ``datasets`` folder, in order."""
+def read_records(spec: str, problems: list[str] | None = None) -> list[Record]:
+    """Read every record of a data file or saved ``datasets`` folder, in order.
+
+    Lines that are not JSON objects raise one ``DataError`` naming them all; pass a ``problems``
+    list instead to collect them there and get the good records back (a caller that validates
+    fields next reports both kinds of problem in one pass)."""
     path = resolve_data_path(spec)
     shown = spec if spec not in SHIPPED else str(path)
     if path.is_dir():
         return _read_hf_folder(path, shown)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        return _read_jsonl(path, shown)
+        return _read_jsonl(path, shown, problems)
     if suffix == ".parquet":
         return _read_parquet(path, shown)
     if suffix in (".csv", ".tsv"):
@@ -68,8 +72,9 @@ def read_records(spec: str) -> list[Record]:
                     "a saved datasets folder)")
 
 
-def _read_jsonl(path: Path, shown: str) -> list[Record]:
-    records, problems = [], []
+def _read_jsonl(path: Path, shown: str, collect: list[str] | None = None) -> list[Record]:
+    records: list[Record] = []
+    problems = collect if collect is not None else []
     with path.open("r", encoding="utf-8-sig") as fh:  # -sig: tolerate a byte-order mark
         try:
             lines = list(fh)
@@ -99,7 +104,7 @@ def _read_jsonl(path: Path, shown: str) -> list[Record]:
                 problems.append(f"{shown}:{i}: expected a JSON object, got {type(item).__name__}")
                 continue
             records.append(Record(shown, i, item))
-    if problems:
+    if problems and collect is None:
         raise DataError(problems)
     return records
 

@@ -23,12 +23,12 @@ the share of prompts answered as expected.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from alignkit.data.readers import read_records
 from alignkit.errors import DataError, UserError
 from alignkit.judges.gold import acknowledges_uncertainty, is_refusal
 
@@ -92,19 +92,10 @@ def load_suite(spec: str = "shipped") -> list[SuitePrompt]:
     if not path.is_file():
         raise UserError(f"{spec}: adversarial suite file not found (a JSONL file of "
                         '{"prompt", "category", "expect"}, or "shipped")')
-    out, problems = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not valid JSON ({e.msg})")
-            continue
-        if not isinstance(rec, dict):
-            problems.append(f"{where}: expected a JSON object")
-            continue
+    problems: list[str] = []
+    out = []
+    for record in read_records(str(path), problems):
+        rec, where = record.fields, record.where
         bad = [f'field "{k}" must be a non-empty string' for k in ("prompt", "category")
                if not isinstance(rec.get(k), str) or not rec[k].strip()]
         if rec.get("expect") not in EXPECTATIONS:

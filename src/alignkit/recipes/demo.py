@@ -242,7 +242,8 @@ def main(cfg: DemoConfig) -> dict:
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
     width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
-    lines = ["", "=" * (2 * width + 5), "alignkit demo: stage 1 (SFT, LoRA) and stage 2 (reward) on "
+    stages = ["SFT", "reward"] + ["PPO"] * (stage3 is not None) + ["DPO"] * (stage4 is not None)
+    lines = ["", "=" * (2 * width + 5), f"alignkit demo: {', '.join(stages)} (LoRA policies) on "
              f"{cfg.model}", "=" * (2 * width + 5),
              f"held-out loss        {first['loss']:.3f} -> {last['loss']:.3f}",
              f"held-out perplexity  {first['perplexity']:.2f} -> {last['perplexity']:.2f}",
