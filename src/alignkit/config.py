@@ -578,6 +578,10 @@ class LabelConfig:
     judge_retries: int = opt(4, "Retries of a failed HTTP judge request (exponential backoff).")
     judge_rate: float = opt(0.0, "Most HTTP judge requests per second (0: no limit).")
     judge_timeout: float = opt(60.0, "Seconds to wait for one HTTP judge answer.")
+    judge_logprobs: bool = opt(True, "HTTP judges: ask for token log-probs and take a verdict's "
+                               "confidence from them (p(A) / (p(A) + p(B)) at the verdict "
+                               "token); off: the confidence the judge writes (1.0 for a bare "
+                               "letter).")
     principles: Optional[str] = opt(None, "Judge under constitutional principles, one drawn per "
                                     "record (seeded): 'default' (the shipped constitution) or a "
                                     "YAML file; none: plain 'better'.")

@@ -1,21 +1,28 @@
 """The HTTP judge against a real ``alignkit serve`` process on loopback: verdicts parsed from
 real (garbage) answers of a tiny random model, the on-disk cache counted by the server's own
 request counter, both orders, retries over a dead port and a server still loading, no retry on
-a 4xx."""
+a 4xx; confidences from the token log-probs of a tiny model whose head was fitted to answer "A"
+or "B", checked against the model's own logits; and the fallback for an endpoint that rejects
+``logprobs`` (a stdlib HTTP server on loopback standing in for such a third-party endpoint)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from alignkit.judges.base import Verdict
 from alignkit.judges.http import HTTPJudge, JudgeError
-from alignkit.judges.prompting import parse_verdict
+from alignkit.judges.prompting import judge_messages, parse_verdict
 from alignkit.judges.spec import JudgeOptions, make_judge
-from tests.smoke.serve_process import get_json, shared_server
+from tests.smoke.serve_process import get_json, serve_process, shared_server
 
 pytestmark = pytest.mark.smoke
 
@@ -109,3 +116,167 @@ def test_retries_wait_for_a_server_that_is_starting(tiny_model_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ---- confidence from token log-probs ----------------------------------------------------------
+
+# p(A) the fitted head aims at for each (pair, order): A and B both likely, neither certain
+AIM = [0.8, 0.65, 0.3, 0.9, 0.55, 0.2]
+
+
+def judge_prompts(tok) -> list[list[int]]:
+    """The judge prompt of every pair in both orders, as the server renders it."""
+    out = []
+    for p, a, b in PAIRS:
+        for x, y in ((a, b), (b, a)):
+            text = tok.apply_chat_template(judge_messages(p, x, y), tokenize=False,
+                                           add_generation_prompt=True)
+            out.append(tok(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def letter_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with an untied LM head fitted (the backbone frozen: a few hundred steps of
+    a (6, 64) x (64, V) product, fast on any CPU) so that after each judge prompt it writes "A"
+    or "B" (p(A) near ``AIM``) and then EOS."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.models.lm import hidden_states
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    letters = [tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")]
+
+    def last_hidden(ids):
+        with torch.no_grad():
+            return hidden_states(model, torch.tensor([ids]), torch.ones(1, len(ids),
+                                 dtype=torch.long), torch.arange(len(ids))[None])[0, -1]
+
+    prompts = judge_prompts(tok)
+    at_letter = torch.stack([last_hidden(q) for q in prompts])
+    after_letter = torch.stack([last_hidden(q + [c]) for q in prompts for c in letters])
+    aim = torch.tensor(AIM)
+    model.config.tie_word_embeddings = False
+    head = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.lm_head.weight = head
+    optimizer = torch.optim.Adam([head], lr=0.05)
+    for _ in range(300):
+        logp = (at_letter @ head.T).log_softmax(-1)
+        loss = -(aim * logp[:, letters[0]] + (1 - aim) * logp[:, letters[1]]).mean()
+        loss = loss - (after_letter @ head.T).log_softmax(-1)[:, tok.eos_token_id].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = tmp_path_factory.mktemp("letters") / "model"
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def letter_server(letter_model_dir):
+    with serve_process(letter_model_dir, "--model-name", "letters") as url:
+        yield url
+
+
+def test_confidence_is_the_letter_probability_of_the_served_model(letter_server,
+                                                                  letter_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(letter_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(letter_model_dir)).eval()
+    a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
+    expected = []  # by hand: p(written letter) / (p(A) + p(B)) from the model's own logits
+    for ids in judge_prompts(tok):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(),
+                                     -1)
+        pa, pb = math.exp(logp[a]), math.exp(logp[b])
+        assert set(torch.topk(logp, 2).indices.tolist()) == {a, b}  # the fit worked
+        expected.append(("a", pa / (pa + pb)) if pa > pb else ("b", pb / (pa + pb)))
+
+    judge = HTTPJudge(letter_server, "letters", cache_dir=str(tmp_path / "cache"), max_tokens=4)
+    verdicts = [judge.judge(p, x, y) for p, ra, rb in PAIRS for x, y in ((ra, rb), (rb, ra))]
+    assert [v.reason for v in verdicts] == [w.upper() for w, _ in expected]  # "A", then EOS
+    for v, (winner, conf) in zip(verdicts, expected):
+        assert v.winner == winner
+        assert v.confidence == pytest.approx(conf, abs=1e-4)
+        assert 0.5 <= v.confidence <= 1.0
+    assert not all(v.confidence == 1.0 for v in verdicts)
+    assert judge.stats["logprob_verdicts"] == 6 and judge.stats["logprob_disagreements"] == 0
+    # from the cache (no request): the same confidences
+    again = HTTPJudge(letter_server, "letters", cache_dir=str(tmp_path / "cache"), max_tokens=4)
+    assert [again.judge(p, x, y) for p, ra, rb in PAIRS for x, y in ((ra, rb), (rb, ra))] \
+        == verdicts
+    assert again.stats["requests"] == 0 and again.stats["cache_hits"] == 6
+    # without log-probs: the bare letters read as certain, as before
+    plain = HTTPJudge(letter_server, "letters", max_tokens=4, logprobs=False)
+    assert {plain.judge(*PAIRS[0]).confidence, plain.judge(*PAIRS[2]).confidence} == {1.0}
+
+
+def test_both_orders_average_soft_probabilities(letter_server):
+    judge = make_judge(f"{letter_server}#letters", JudgeOptions(max_tokens=4))
+    verdicts = judge.judge_many([p for p, _, _ in PAIRS], [a for _, a, _ in PAIRS],
+                                [b for _, _, b in PAIRS])
+    probs = [v.prob_a for v in verdicts]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert not any(p in (0.0, 0.5, 1.0) for p in probs)  # hard 0 / 1/2 / 1 no longer
+
+
+class _NoLogprobs(BaseHTTPRequestHandler):
+    """A chat endpoint that rejects ``logprobs`` with a 400, as some servers do, and otherwise
+    answers "B"; it records the bodies it got."""
+
+    bodies: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.bodies.append(body)
+        if "logprobs" in body or "top_logprobs" in body:
+            status, out = 400, {"error": {"message": "Unrecognized request argument supplied: "
+                                          "logprobs", "type": "invalid_request_error",
+                                          "param": "logprobs", "code": None}}
+        else:
+            status, out = 200, {"object": "chat.completion", "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": "B"},
+                "logprobs": None, "finish_reason": "stop"}]}
+        data = json.dumps(out).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_an_endpoint_that_rejects_logprobs_is_asked_without_them(tmp_path, caplog):
+    _NoLogprobs.bodies = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoLogprobs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        judge = HTTPJudge(url, "m", cache_dir=str(tmp_path / "cache"), retries=3, backoff=0.01)
+        principled = judge.with_principle("Be brief.")
+        with caplog.at_level(logging.WARNING, logger="alignkit.judges"):
+            first = judge.judge(*PAIRS[0])
+            second = principled.judge(*PAIRS[1])
+        assert first == Verdict("b", 1.0, "B") and second == Verdict("b", 1.0, "B")
+        # asked with log-probs once (400, not retried), again without; then never with them
+        assert [("logprobs" in b) for b in _NoLogprobs.bodies] == [True, False, False]
+        assert "top_logprobs" not in _NoLogprobs.bodies[1]
+        assert judge.stats["requests"] == 3 and judge.stats["retries"] == 0
+        assert judge.stats["logprobs_rejected"] == 1
+        assert judge.logprobs is False and principled.logprobs is False  # one switch
+        warnings = [r for r in caplog.records if "rejected log-probs" in r.getMessage()]
+        assert len(warnings) == 1
+        # the answer is cached under the request without log-probs
+        assert judge.cache.get(judge.request_body(*PAIRS[0])) == "B"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -36,6 +36,7 @@ def test_models_and_completion_schema(server, tiny_model_dir):
     assert out["id"].startswith("chatcmpl-")
     (choice,) = out["choices"]
     assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert choice["logprobs"] is None  # not asked
     assert isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length")
     # usage: the prompt is the chat template rendering, counted by the model's own tokenizer
@@ -76,6 +77,92 @@ def test_stop_sequence_cuts_the_answer(server):
     assert cut["finish_reason"] == "stop"
 
 
+def _entry_ids(tok, entries) -> list[int]:
+    """The token ids behind OpenAI logprobs entries: their bytes spelled in the byte-level
+    alphabet of the tiny tokenizer."""
+    from alignkit.serve.app import _BYTE_DECODER
+
+    to_char = {b: c for c, b in _BYTE_DECODER.items()}
+    return [tok.convert_tokens_to_ids("".join(to_char[b] for b in e["bytes"])) for e in entries]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    """The served model and tokenizer, loaded again in the test process."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    return model, tok
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0),
+                                      dict(temperature=1.0, top_p=0.9, seed=5, n=2)])
+def test_logprobs_are_the_models_own_log_softmax(server, reference, sampling):
+    import torch
+
+    model, tok = reference
+    status, out = chat(server, max_tokens=8, logprobs=True, top_logprobs=5, **sampling)
+    assert status == 200
+    rendered = tok.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
+    prompt = tok(rendered, add_special_tokens=False)["input_ids"]
+    total = 0
+    for choice in out["choices"]:
+        entries = choice["logprobs"]["content"]
+        # one entry per generated token of the content: a final EOS has none
+        total += len(entries) + (choice["finish_reason"] == "stop")
+        assert b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8", "replace") \
+            == choice["message"]["content"]
+        ids = _entry_ids(tok, entries)
+        assert [tok.decode([i]) for i in ids] == [e["token"] for e in entries]
+        # independently: one forward of prompt + answer, log_softmax of the raw logits (the
+        # temperature and top_p of sampling do not enter)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + ids])).logits[0].double()
+        logp = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+        for t, (e, token) in enumerate(zip(entries, ids)):
+            assert e["logprob"] == pytest.approx(logp[t, token].item(), abs=1e-4)
+            top = e["top_logprobs"]
+            assert len(top) == 5
+            values = [x["logprob"] for x in top]
+            assert values == sorted(values, reverse=True)
+            expected = torch.topk(logp[t], 5)
+            assert values == pytest.approx(expected.values.tolist(), abs=1e-4)
+            assert [x["token"] for x in top] == [tok.decode([j]) for j in
+                                                 expected.indices.tolist()]
+            if sampling["temperature"] == 0:  # greedy: the written token is the argmax
+                assert (top[0]["token"], top[0]["bytes"]) == (e["token"], e["bytes"])
+                assert top[0]["logprob"] == pytest.approx(e["logprob"], abs=1e-6)
+    assert total == out["usage"]["completion_tokens"]  # no special token was skipped
+
+
+def test_logprobs_after_a_stop_sequence_cover_the_returned_text(server, reference):
+    _, tok = reference
+    ask = dict(max_tokens=12, temperature=1.0, seed=3, logprobs=True)
+    full = chat(server, **ask)[1]["choices"][0]
+    text, tokens = full["message"]["content"], [e["token"] for e in full["logprobs"]["content"]]
+    # a stop sequence that first occurs inside a token of two or more characters, after its
+    # first character: the cut falls within that token
+    start, stop, inside = 0, None, None
+    for k, token in enumerate(tokens):
+        for j in range(1, len(token)):
+            if token[j].strip() and text.find(token[j]) == start + j:
+                stop, inside = token[j], k
+                break
+        if stop is not None:
+            break
+        start += len(token)
+    assert stop is not None, f"no token to cut inside in {tokens}"
+    choice = chat(server, **ask, stop=stop)[1]["choices"][0]
+    content, entries = choice["message"]["content"], choice["logprobs"]["content"]
+    assert content == text[:text.index(stop)] and choice["finish_reason"] == "stop"
+    # entries up to and including the token the cut falls in (same tokens, same numbers)
+    assert entries == full["logprobs"]["content"][:inside + 1]
+    assert all(e["top_logprobs"] == [] for e in entries)  # top_logprobs not asked: none
+    covered = tok.decode(_entry_ids(tok, entries))
+    assert covered.startswith(content) and len(covered) > len(content)
+
+
 def test_streaming_sends_the_same_answer_as_server_sent_events(server):
     plain = chat(server, max_tokens=10, temperature=0.0)[1]
     req = urllib.request.Request(server + "/chat/completions", data=json.dumps(
@@ -109,6 +196,10 @@ def test_streaming_sends_the_same_answer_as_server_sent_events(server):
     ({"messages": HELLO, "stop": [1]}, "stop"),
     ({"messages": HELLO, "seed": "x"}, "seed"),
     ({"messages": HELLO, "stream": True, "n": 2}, "n"),
+    ({"messages": HELLO, "logprobs": "true"}, "logprobs"),
+    ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": HELLO, "logprobs": True, "stream": True}, "logprobs"),
 ])
 def test_bad_requests_get_a_400_naming_the_field(server, body, param):
     status, out = post_json(server + "/chat/completions", body)

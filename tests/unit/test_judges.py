@@ -3,6 +3,7 @@ the response cache, agreement, and the local and reward-model judges against han
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from alignkit.errors import UserError
 from alignkit.judges.agreement import agreement, format_table, judge_report
 from alignkit.judges.base import Verdict, judge_many
-from alignkit.judges.http import RateLimiter, ResponseCache
+from alignkit.judges.http import (Answer, HTTPJudge, RateLimiter, ResponseCache, letter_entries,
+                                  letter_probability)
 from alignkit.judges.prompting import judge_messages, parse_verdict
 from alignkit.judges.spec import JudgeOptions, make_judge, with_principle
 from alignkit.judges.swap import BothOrders, combine_orders, position_bias, verdict_from_prob
@@ -146,6 +148,118 @@ def test_response_cache_round_trip_and_torn_files(tmp_path):
     path = tmp_path / ResponseCache.key(req)[:2] / f"{ResponseCache.key(req)}.json"
     path.write_text('{"text": "A"')  # a write cut by a kill
     assert cache.get(req) is None
+
+
+def lp(token, p, *alternatives):
+    """An OpenAI logprobs.content entry: ``token`` written with probability ``p``, then the
+    top_logprobs alternatives as (token, probability) pairs."""
+    return {"token": token, "logprob": math.log(p), "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": math.log(q), "bytes": list(t.encode())}
+                             for t, q in alternatives]}
+
+
+# a dead port: these judges must never send a request (their answers are given or cached)
+OFFLINE = "http://127.0.0.1:9/v1"
+
+
+def test_logprob_confidence_by_hand():
+    judge = HTTPJudge(OFFLINE, "m")
+    # bare "A": p(A) = 0.6, p(B) = 0.2 among the top 5 -> 0.6 / (0.6 + 0.2) = 0.75
+    content = [lp("A", 0.6, ("A", 0.6), ("B", 0.2), ("The", 0.1), ("I", 0.05))]
+    v = judge.verdict(Answer("A", letter_entries(content)))
+    assert (v.winner, v.confidence, v.reason) == ("a", pytest.approx(0.75), "A")
+    # MT-Bench brackets, alternatives of both cases and with spaces: p(B) = 0.5 + 0.1 (" b"),
+    # p(A) = 0.2 -> 0.6 / 0.8 = 0.75; the "[[" token before it is no letter
+    content = [lp("[[", 0.9, ("[[", 0.9)), lp("B", 0.5, ("B", 0.5), ("A", 0.2), (" b", 0.1)),
+               lp("]]", 0.99, ("]]", 0.99))]
+    v = judge.verdict(Answer("[[B]]", letter_entries(content)))
+    assert (v.winner, v.confidence) == ("b", pytest.approx(0.75))
+    # JSON: the letter inside the quotes; p(A) = 0.9, p(B) = 0.1 -> 0.9
+    content = [lp('{"', 0.9), lp("winner", 0.9), lp('":', 0.9), lp(' "', 0.9),
+               lp("A", 0.9, ("A", 0.9), ("B", 0.1)), lp('"}', 0.9)]
+    v = judge.verdict(Answer('{"winner": "A"}', content))  # full content reads the same
+    assert (v.winner, v.confidence) == ("a", pytest.approx(0.9))
+    # "Assistant A": the letter outside the top alternatives of the other letter counts as 0
+    content = [lp("Ass", 0.9), lp("istant", 0.9), lp(" A", 0.7, (" A", 0.7), (" a", 0.1),
+                                                     (" The", 0.1))]
+    v = judge.verdict(Answer("Assistant A", letter_entries(content)))
+    assert (v.winner, v.confidence) == ("a", 1.0)
+    assert judge.stats["logprob_verdicts"] == 4 and judge.stats["logprob_disagreements"] == 0
+
+
+def test_the_verdict_token_prefers_an_upper_case_letter():
+    # "a" (lower case, maybe the article) first, the upper-case "A" later: the "A" is read:
+    # p = 0.6 / (0.6 + 0.3) = 2/3 (the first token would give 0.9 / 1.0)
+    content = [lp("a", 0.9, ("a", 0.9), ("b", 0.1)),
+               lp(" A", 0.6, (" A", 0.6), (" B", 0.3))]
+    assert letter_probability(content, "a") == pytest.approx(2 / 3)
+    assert letter_probability(letter_entries(content), "a") == pytest.approx(2 / 3)
+    # only lower case: the first one
+    assert letter_probability(content[:1], "a") == pytest.approx(0.9)
+    assert letter_probability(content, "b") is None  # no token is the letter b
+
+
+def test_a_distribution_that_disagrees_keeps_the_written_verdict_at_one_half():
+    judge = HTTPJudge(OFFLINE, "m")
+    # "A" written (sampled at temperature > 0) though p(B) = 0.6 > p(A) = 0.2
+    content = [lp("A", 0.2, ("B", 0.6), ("A", 0.2), ("C", 0.1))]
+    assert letter_probability(content, "a") == pytest.approx(0.25)
+    assert judge.verdict(Answer("A", letter_entries(content))) == Verdict("a", 0.5, "A")
+    assert judge.stats["logprob_disagreements"] == 1 and judge.stats["logprob_verdicts"] == 1
+
+
+def test_without_logprobs_the_parsed_confidence_stays():
+    judge = HTTPJudge(OFFLINE, "m")
+    assert judge.verdict(Answer("B", None)) == Verdict("b", 1.0, "B")  # the endpoint sent null
+    written = '{"winner": "b", "confidence": 0.8}'
+    assert judge.verdict(Answer(written, None)).confidence == 0.8
+    # log-probs without alternatives (top_logprobs 0) say nothing about the other letter
+    assert judge.verdict(Answer("B", letter_entries([lp("B", 0.4)]))).confidence == 1.0
+    # ties and unreadable answers: as before, whatever the log-probs
+    tie = [lp("tie", 0.5, ("tie", 0.5), ("A", 0.3), ("B", 0.2))]
+    assert judge.verdict(Answer("tie", letter_entries(tie))) == Verdict("tie", 1.0, "tie")
+    assert judge.verdict(Answer("blue", [])) == Verdict("tie", 0.5, "blue")
+    assert judge.stats["logprob_verdicts"] == 0 and judge.stats["unparsed"] == 1
+
+
+def test_logprobs_are_asked_and_part_of_the_cache_key(tmp_path):
+    on = HTTPJudge(OFFLINE, "m", top_logprobs=7)
+    off = HTTPJudge(OFFLINE, "m", logprobs=False)
+    body_on, body_off = on.request_body("Q", "x", "y"), off.request_body("Q", "x", "y")
+    assert body_on["logprobs"] is True and body_on["top_logprobs"] == 7
+    assert "logprobs" not in body_off and "top_logprobs" not in body_off
+    assert ResponseCache.key(body_on) != ResponseCache.key(body_off)
+    assert make_judge(f"{OFFLINE}#m", JudgeOptions(both_orders=False)).logprobs is True
+    assert make_judge(f"{OFFLINE}#m", JudgeOptions(both_orders=False, logprobs=False)) \
+        .logprobs is False
+    with pytest.raises(UserError, match="top_logprobs"):
+        HTTPJudge(OFFLINE, "m", top_logprobs=21)
+
+
+def test_cached_logprobs_and_old_text_only_cache_files(tmp_path):
+    cache_dir = tmp_path / "cache"
+    judge = HTTPJudge(OFFLINE, "m", cache_dir=str(cache_dir))
+    pairs = [("Q1", "x", "y"), ("Q2", "x", "y")]
+    bodies = [judge.request_body(*pair) for pair in pairs]
+    # a file of today: text + the log-probs of its verdict tokens
+    content = [lp("A", 0.6, ("A", 0.6), ("B", 0.2), ("The", 0.1))]
+    judge.cache.put(bodies[0], "A", letter_entries(content))
+    # a file written before log-probs existed: {"request", "text"} only
+    key = ResponseCache.key(bodies[1])
+    (cache_dir / key[:2]).mkdir(parents=True, exist_ok=True)
+    (cache_dir / key[:2] / f"{key}.json").write_text(
+        json.dumps({"request": bodies[1], "text": "B"}))
+    assert judge.cache.read(bodies[1]) == Answer("B", None)
+    assert judge.cache.get(bodies[1]) == "B"
+    first, second = [judge.judge(*pair) for pair in pairs]
+    assert (first.winner, first.confidence) == ("a", pytest.approx(0.75))
+    assert second == Verdict("b", 1.0, "B")  # no log-probs: the parsed confidence
+    assert judge.stats["cache_hits"] == 2 and judge.stats["requests"] == 0
+    # the stored entries hold what the confidence reads, nothing more (no bytes)
+    stored = json.loads((cache_dir / ResponseCache.key(bodies[0])[:2]
+                         / f"{ResponseCache.key(bodies[0])}.json").read_text())
+    assert stored["text"] == "A" and "bytes" not in stored["logprobs"][0]
+    assert [t["token"] for t in stored["logprobs"][0]["top_logprobs"]] == ["A", "B", "The"]
 
 
 def test_agreement_by_hand():

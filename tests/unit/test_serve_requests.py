@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from alignkit.serve.app import RequestError, _safe_prefix, cut_at_stop, parse_chat_request
+from alignkit.serve.app import (RequestError, _safe_prefix, cut_at_stop, parse_chat_request,
+                                token_bytes)
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +21,32 @@ def test_defaults_and_fields():
                               "temperature": 0, "n": 3, "seed": 5, "model": "m"}, 512, 64)
     assert (req.max_tokens, req.stop, req.temperature, req.n, req.seed, req.model) == (
         9, ["\n"], 0.0, 3, 5, "m")
+
+
+def test_logprob_fields():
+    req = parse_chat_request({"messages": MSG}, 512, 64)
+    assert (req.logprobs, req.top_logprobs) == (False, 0)
+    req = parse_chat_request({"messages": MSG, "logprobs": True}, 512, 64)
+    assert (req.logprobs, req.top_logprobs) == (True, 0)
+    req = parse_chat_request({"messages": MSG, "logprobs": True, "top_logprobs": 20}, 512, 64)
+    assert (req.logprobs, req.top_logprobs) == (True, 20)
+    req = parse_chat_request({"messages": MSG, "logprobs": None, "top_logprobs": None,
+                              "stream": True}, 512, 64)  # null: the default
+    assert (req.logprobs, req.top_logprobs, req.stream) == (False, 0, True)
+
+
+def test_token_bytes_are_raw_for_a_piece_of_a_character(tiny_tokenizer):
+    tok = tiny_tokenizer
+    space_a = tok.convert_tokens_to_ids("\u0120A")  # byte-level "ĠA": " A"
+    assert token_bytes(tok, space_a, tok.decode([space_a])) == [32, 65]
+    # "é" is the bytes C3 A9; the byte-level alphabet has a token for each byte alone, which
+    # decodes alone to U+FFFD -- its bytes are the raw byte, as OpenAI's "bytes" field carries
+    lead = tok.convert_tokens_to_ids("\u00c3")  # the byte C3 in the byte-level alphabet
+    assert tok.decode([lead]) == "\ufffd"
+    assert token_bytes(tok, lead, tok.decode([lead])) == [0xC3]
+    ids = tok("café", add_special_tokens=False)["input_ids"]
+    joined = [b for i in ids for b in token_bytes(tok, i, tok.decode([i]))]
+    assert bytes(joined).decode("utf-8") == "café"
 
 
 def test_text_content_parts_are_joined():
@@ -42,6 +69,15 @@ def test_text_content_parts_are_joined():
     ({"messages": MSG, "stop": [""]}, "stop"),
     ({"messages": MSG, "stream": "yes"}, "stream"),
     ({"messages": MSG, "top_p": -0.1}, "top_p"),
+    ({"messages": MSG, "logprobs": "yes"}, "logprobs"),
+    ({"messages": MSG, "logprobs": 1}, "logprobs"),
+    ({"messages": MSG, "top_logprobs": 3}, "top_logprobs"),  # without logprobs
+    ({"messages": MSG, "logprobs": False, "top_logprobs": 0}, "top_logprobs"),
+    ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": MSG, "logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({"messages": MSG, "logprobs": True, "top_logprobs": 2.0}, "top_logprobs"),
+    ({"messages": MSG, "logprobs": True, "top_logprobs": True}, "top_logprobs"),
+    ({"messages": MSG, "logprobs": True, "stream": True}, "logprobs"),
 ])
 def test_bad_bodies_name_the_field(body, param):
     with pytest.raises(RequestError) as err:

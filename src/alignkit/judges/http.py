@@ -3,11 +3,40 @@ or ``alignkit serve``.
 
 ``HTTPJudge(base_url, model)`` sends the judge prompt (``prompting.judge_messages``) to
 ``{base_url}/chat/completions`` at temperature 0 and reads the verdict with
-``prompting.parse_verdict``. Around each request:
+``prompting.parse_verdict``.
+
+**Confidence from token log-probs** (``logprobs=True``, the default): each request also asks for
+``"logprobs": true, "top_logprobs": k`` (k = ``top_logprobs``, default 5), and a written "A" or
+"B" verdict gets the confidence the judge model's own next-token distribution gives it:
+
+- the *verdict token* is the first answer token whose text, stripped of whitespace, brackets,
+  quotes, asterisks and punctuation, is the verdict letter (case-insensitive; an upper-case
+  token is preferred to an earlier lower-case one) -- the "A" of ``A``, ``[[A]]``,
+  ``Assistant A``, ``{"winner": "A"}``;
+- at that token, p(A) and p(B) are the summed probabilities of the ``top_logprobs``
+  alternatives (and the written token itself) whose stripped text is "A" resp. "B"
+  (case-insensitive; a letter outside the top k counts as 0), and the confidence is
+  ``p(letter) / (p(A) + p(B))``, clamped into [0.5, 1];
+- if that ratio is below 1/2 (the distribution prefers the other letter: possible at
+  temperature > 0) the written verdict is kept with confidence 0.5 and counted in
+  ``stats["logprob_disagreements"]``; ``stats["logprob_verdicts"]`` counts verdicts whose
+  confidence came from log-probs;
+- ties and unreadable answers are unchanged (below); an answer without log-probs (the endpoint
+  sent ``null``, no alternatives, or no verdict token) keeps the parsed confidence (1.0, or a
+  JSON ``confidence`` the judge wrote);
+- an endpoint that rejects the field (HTTP 400 whose message mentions logprobs) is asked the
+  same request again without it, once, and log-probs stay off for the rest of the run (one
+  warning; ``stats["logprobs_rejected"]``).
+
+Around each request:
 
 - **cache**: an on-disk cache (one JSON file per request, written atomically) keyed by the
-  SHA-256 of (model, messages, temperature, max_tokens): re-running a labelling job, or resuming
-  one, costs no request for what was asked before;
+  SHA-256 of the request body (model, messages, temperature, max_tokens, and the log-prob
+  fields when asked: asking with and without log-probs are different entries): re-running a
+  labelling job, or resuming one, costs no request for what was asked before. A file holds the
+  answer text and the log-probs of its candidate verdict tokens (those whose stripped text is a
+  or b -- all the confidence reads); a file from before log-probs holds text only and loads as
+  an answer without log-probs;
 - **rate limit**: at most ``rate`` requests per second across all threads (0: no limit);
 - **retries**: connection errors, timeouts, 408/409/429 and 5xx are retried up to ``retries``
   times with exponential backoff (``backoff * 2**k``, capped at ``max_backoff``; a server's
@@ -26,11 +55,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,6 +71,10 @@ from alignkit.judges.base import Verdict
 from alignkit.judges.prompting import judge_messages, parse_verdict
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+_STRIP = " \t\r\n()[]{}<>\"'`*_.,:;!?-#|/\\"
+
+log = logging.getLogger("alignkit.judges")
 
 
 class JudgeError(UserError):
@@ -72,8 +108,81 @@ class RateLimiter:
         return wait
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An endpoint's answer: its text and, when log-probs were asked and given, the OpenAI
+    ``logprobs.content`` entries of its candidate verdict tokens (``letter_entries``; None: the
+    answer came without log-probs)."""
+
+    text: str
+    logprobs: Optional[list] = None
+
+
+def letter_of(token: Any) -> Optional[str]:
+    """"a" / "b" when a token's text stripped of whitespace, brackets, quotes, asterisks and
+    punctuation is that letter (either case), else None."""
+    if not isinstance(token, str):
+        return None
+    core = token.strip(_STRIP).lower()
+    return core if core in ("a", "b") else None
+
+
+def letter_entries(content: Any) -> Optional[list]:
+    """The entries of an OpenAI ``logprobs.content`` list that could be the verdict token (their
+    stripped text is a or b), in order, as ``{token, logprob, top_logprobs: [{token, logprob}]}``
+    (what ``letter_probability`` reads; ``bytes`` dropped); None when ``content`` is not a list
+    (no log-probs)."""
+    if not isinstance(content, list):
+        return None
+    out = []
+    for entry in content:
+        if (not isinstance(entry, dict) or letter_of(entry.get("token")) is None
+                or not _finite(entry.get("logprob"))):
+            continue
+        top = entry.get("top_logprobs")
+        out.append({"token": entry["token"], "logprob": entry["logprob"],
+                    "top_logprobs": [{"token": t.get("token"), "logprob": t["logprob"]}
+                                     for t in (top if isinstance(top, list) else [])
+                                     if isinstance(t, dict) and _finite(t.get("logprob"))]})
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def letter_probability(entries: Optional[list], winner: str) -> Optional[float]:
+    """p(winner) / (p(A) + p(B)) at the verdict token (see the module doc), or None when there
+    are no log-probs, no verdict token or no alternatives to compare with. ``entries``: OpenAI
+    ``logprobs.content`` entries (all of them, or the ``letter_entries``)."""
+    if not entries or winner not in ("a", "b"):
+        return None
+    found = [e for e in entries if isinstance(e, dict) and letter_of(e.get("token")) == winner
+             and _finite(e.get("logprob"))]
+    upper = [e for e in found if e["token"].strip(_STRIP).isupper()]
+    if not found:
+        return None
+    entry = (upper or found)[0]
+    top = entry.get("top_logprobs")
+    if not isinstance(top, list) or not top:
+        return None  # no alternatives were sent: nothing to compare the letter with
+    probs = {}  # token text -> probability (the written token counts even outside the top k)
+    for alt in [*top, entry]:
+        if isinstance(alt, dict) and _finite(alt.get("logprob")):
+            probs.setdefault(alt.get("token"), math.exp(alt["logprob"]))
+    mass = {"a": 0.0, "b": 0.0}
+    for token, p in probs.items():
+        letter = letter_of(token)
+        if letter:
+            mass[letter] += p
+    total = mass["a"] + mass["b"]
+    return mass[winner] / total if total > 0 else None
+
+
 class ResponseCache:
-    """Judge answers on disk, one ``<key[:2]>/<key>.json`` file per request key."""
+    """Judge answers on disk, one ``<key[:2]>/<key>.json`` file per request key: ``{"request",
+    "text", "logprobs"}`` (``logprobs``: the ``letter_entries``, or null; files written before
+    log-probs have no such field and read as null)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -85,19 +194,34 @@ class ResponseCache:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
 
-    def get(self, request: dict) -> Optional[str]:
+    def read(self, request: dict) -> Optional[Answer]:
         path = self._path(self.key(request))
         try:
-            return json.loads(path.read_text(encoding="utf-8"))["text"]
-        except (OSError, ValueError, KeyError):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            text = record["text"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # absent, or a torn file from a killed writer: ask again
+        if not isinstance(text, str):
+            return None
+        entries = record.get("logprobs")
+        return Answer(text, entries if isinstance(entries, list) else None)
 
-    def put(self, request: dict, text: str) -> None:
+    def get(self, request: dict) -> Optional[str]:
+        """The cached answer text (None: not cached)."""
+        answer = self.read(request)
+        return None if answer is None else answer.text
+
+    def put(self, request: dict, text: str, logprobs: Optional[list] = None) -> None:
         path = self._path(self.key(request))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"request": request, "text": text}), encoding="utf-8")
+        tmp.write_text(json.dumps({"request": request, "text": text, "logprobs": logprobs}),
+                       encoding="utf-8")
         tmp.replace(path)
+
+
+class _LogprobsRejected(Exception):
+    """The endpoint answered 400 to a request asking for log-probs, naming them."""
 
 
 class HTTPJudge:
@@ -110,12 +234,16 @@ class HTTPJudge:
                  principle: str | None = None, max_tokens: int = 16, temperature: float = 0.0,
                  timeout: float = 60.0, retries: int = 4, backoff: float = 0.5,
                  max_backoff: float = 8.0, rate: float = 0.0,
-                 api_key_env: str = "OPENAI_API_KEY"):
+                 api_key_env: str = "OPENAI_API_KEY", logprobs: bool = True,
+                 top_logprobs: int = 5):
         base_url = base_url.rstrip("/")
         if base_url.endswith("/chat/completions"):
             base_url = base_url[: -len("/chat/completions")]
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"judge URL {base_url!r} must start with http:// or https://")
+        if not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise UserError(f"top_logprobs must lie in [1, {MAX_TOP_LOGPROBS}], got "
+                            f"{top_logprobs}")
         self.base_url, self.model = base_url, model
         self.name = f"http:{model or base_url}"
         self.principle = principle
@@ -125,8 +253,17 @@ class HTTPJudge:
         self.cache = ResponseCache(cache_dir) if cache_dir else None
         self.limiter = RateLimiter(rate)
         self.api_key_env = api_key_env
+        self.top_logprobs = top_logprobs
         self._lock = threading.Lock()
-        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "unparsed": 0}
+        # shared with the with_principle clones: a 400 turns log-probs off for all of them
+        self._switches = {"logprobs": bool(logprobs)}
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "unparsed": 0,
+                      "logprob_verdicts": 0, "logprob_disagreements": 0, "logprobs_rejected": 0}
+
+    @property
+    def logprobs(self) -> bool:
+        """Whether requests ask for log-probs (off after an endpoint rejected them)."""
+        return self._switches["logprobs"]
 
     def with_principle(self, principle: str | None) -> "HTTPJudge":
         """The same judge (sharing cache, limiter and stats) asking under ``principle``."""
@@ -147,21 +284,43 @@ class HTTPJudge:
                 "temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.model:
             body["model"] = self.model
+        if self.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
         return body
 
     def complete(self, body: dict) -> str:
         """The endpoint's answer text for ``body`` (cached, rate-limited, retried)."""
+        return self.answer(body).text
+
+    def answer(self, body: dict) -> Answer:
+        """The endpoint's answer for ``body``, with the log-probs of its candidate verdict
+        tokens when asked and given (cached, rate-limited, retried; a 400 naming log-probs
+        retries once without them and turns them off)."""
         if self.cache is not None:
-            cached = self.cache.get(body)
+            cached = self.cache.read(body)
             if cached is not None:
                 self._count("cache_hits")
                 return cached
-        text = self._post(body)
+        try:
+            text, content = self._post(body)
+        except _LogprobsRejected as rejected:
+            with self._lock:
+                first = self._switches["logprobs"]
+                self._switches["logprobs"] = False
+                self.stats["logprobs_rejected"] += 1
+            if first:
+                log.warning("judge %s rejected log-probs (%s); asking without them from now on "
+                            "(confidence: as the judge writes it)", self.base_url, rejected)
+            plain = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
+            return self.answer(plain)
+        answer = Answer(text, letter_entries(content))
         if self.cache is not None:
-            self.cache.put(body, text)
-        return text
+            self.cache.put(body, answer.text, answer.logprobs)
+        return answer
 
-    def _post(self, body: dict) -> str:
+    def _post(self, body: dict) -> tuple[str, Any]:
+        """(answer text, OpenAI ``logprobs.content`` or None) for ``body``."""
         url = f"{self.base_url}/chat/completions"
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -179,9 +338,11 @@ class HTTPJudge:
                 req = urllib.request.Request(url, data=data, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     payload = json.loads(resp.read().decode("utf-8"))
-                return _answer_text(payload, url)
+                return _answer_text(payload, url), _answer_logprobs(payload)
             except urllib.error.HTTPError as e:
                 detail = _error_message(e)
+                if e.code == 400 and body.get("logprobs") and "logprob" in detail.lower():
+                    raise _LogprobsRejected(detail) from None
                 if e.code not in RETRY_STATUS:
                     raise JudgeError(f"judge {url}: HTTP {e.code}: {detail}") from None
                 last = f"HTTP {e.code}: {detail}"
@@ -197,12 +358,26 @@ class HTTPJudge:
         raise JudgeError(f"judge {url}: no answer after {self.retries + 1} attempt(s) ({last})")
 
     def judge(self, prompt: Any, response_a: Any, response_b: Any) -> Verdict:
-        text = self.complete(self.request_body(prompt, response_a, response_b))
+        answer = self.answer(self.request_body(prompt, response_a, response_b))
+        return self.verdict(answer)
+
+    def verdict(self, answer: Answer) -> Verdict:
+        """The verdict an answer carries, its confidence from log-probs when it has them (see
+        the module doc); counts in ``stats``."""
+        text = answer.text
         verdict = parse_verdict(text)
         if verdict is None:
             self._count("unparsed")
             return Verdict("tie", 0.5, text)
-        return Verdict(verdict.winner, verdict.confidence, text)
+        confidence = verdict.confidence
+        if verdict.winner in ("a", "b"):
+            p = letter_probability(answer.logprobs, verdict.winner)
+            if p is not None:
+                self._count("logprob_verdicts")
+                if p < 0.5:  # the distribution prefers the other letter: keep what was written
+                    self._count("logprob_disagreements")
+                confidence = min(max(p, 0.5), 1.0)
+        return Verdict(verdict.winner, confidence, text)
 
 
 def _answer_text(payload: dict, url: str) -> str:
@@ -212,6 +387,15 @@ def _answer_text(payload: dict, url: str) -> str:
         raise JudgeError(f"judge {url}: the answer is not an OpenAI chat completion "
                          f"({str(payload)[:200]})") from None
     return content if isinstance(content, str) else ""
+
+
+def _answer_logprobs(payload: dict) -> Any:
+    """The first choice's ``logprobs.content`` (None when the endpoint sent none)."""
+    try:
+        logprobs = payload["choices"][0].get("logprobs")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return logprobs.get("content") if isinstance(logprobs, dict) else None
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:

@@ -35,6 +35,7 @@ class JudgeOptions:
     timeout: float = 60.0
     device: str = "cpu"
     batch_size: int = 8
+    logprobs: bool = True  # HTTP judges: confidence from the verdict token's log-probs
 
 
 def make_judge(spec: str, options: JudgeOptions | None = None, categories: dict | None = None,
@@ -47,7 +48,8 @@ def make_judge(spec: str, options: JudgeOptions | None = None, categories: dict 
 
         url, _, model = spec.partition("#")
         judge = HTTPJudge(url, model, cache_dir=opts.cache_dir, max_tokens=opts.max_tokens,
-                          retries=opts.retries, rate=opts.rate, timeout=opts.timeout)
+                          retries=opts.retries, rate=opts.rate, timeout=opts.timeout,
+                          logprobs=opts.logprobs)
     elif spec.startswith("local:"):
         from alignkit.judges.local import LocalJudge
 

@@ -463,7 +463,8 @@ def main_judge(cfg: LabelConfig) -> dict:
     judge = make_judge(cfg.judge, JudgeOptions(
         cache_dir=cache, both_orders=cfg.judge_both_orders, max_tokens=cfg.judge_max_tokens,
         retries=cfg.judge_retries, rate=cfg.judge_rate, timeout=cfg.judge_timeout,
-        device=pick_device(cfg.device), batch_size=cfg.batch_size),
+        device=pick_device(cfg.device), batch_size=cfg.batch_size,
+        logprobs=cfg.judge_logprobs),
         categories=categories, token_counter=tokenizer)
     name = f"judge:{getattr(judge, 'name', cfg.judge)}"
     log.info("labelling %d unit(s) with %s (%d already done, %d skipped: fewer than two distinct "

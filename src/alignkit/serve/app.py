@@ -10,6 +10,27 @@ HTTP judge does) simply wait for the model.
 
 Streaming (``"stream": true``) sends server-sent events token by token, decoded incrementally
 with the sampler's own filtering (``filter_logits``) over a KV cache, one choice at a time.
+
+Log-probs (``"logprobs": true``, optionally ``"top_logprobs": k`` with k in 0..20) fill each
+choice's ``logprobs`` in OpenAI's chat-completions shape, ``{"content": [{"token", "logprob",
+"bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}, ...]}``:
+
+- the numbers are the model's own next-token distribution: ``log_softmax`` of the raw logits,
+  whatever the request's ``temperature`` / ``top_p`` (vLLM's default too), computed after
+  sampling by one teacher-forced forward over prompt + response (the pattern of
+  ``sampler.response_logprobs``; a full forward, not the KV-cached decode's logits);
+  ``top_logprobs`` lists the k most likely tokens, most likely first; a log-prob below -9999 is
+  written as -9999 (OpenAI's floor; JSON has no -inf);
+- one entry per generated token that is in the returned content: a final EOS and special tokens
+  (which decoding skips) have none; when a ``stop`` sequence cuts the text, entries are kept up
+  to and including the token in which the cut falls (the shortest token prefix whose decoded text
+  covers the returned content), so the last entry may carry a few characters past the cut;
+- ``token`` is the token decoded alone (``tokenizer.decode([id])``, e.g. " A" rather than the
+  byte-level piece "ĠA"); ``bytes`` is its UTF-8 -- or, for a byte-level or byte-fallback token
+  holding part of a multi-byte character (decoded alone as U+FFFD), the token's raw bytes.
+
+``logprobs`` with ``"stream": true`` is refused (400 naming ``logprobs``): stream without it, or
+ask without streaming.
 """
 
 from __future__ import annotations
@@ -24,6 +45,8 @@ from typing import Any, Iterator
 
 MAX_N = 16
 MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+LOGPROB_FLOOR = -9999.0
 
 
 class RequestError(Exception):
@@ -50,6 +73,8 @@ class ChatRequest:
     seed: int | None
     stream: bool
     model: str
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 def _number(body: dict, name: str, default: float, lo: float, hi: float,
@@ -115,9 +140,20 @@ def parse_chat_request(body: Any, max_tokens_limit: int, default_max_tokens: int
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
     if stream and n != 1:
         raise RequestError("'stream' supports n = 1 only", "n")
+    logprobs = body.get("logprobs")
+    if logprobs is None:
+        logprobs = False
+    if not isinstance(logprobs, bool):
+        raise RequestError(f"'logprobs' must be true or false, got {logprobs!r}", "logprobs")
+    top_logprobs = _number(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
+    if body.get("top_logprobs") is not None and not logprobs:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    if stream and logprobs:
+        raise RequestError("'logprobs' is not supported with 'stream': true (ask without "
+                           "streaming)", "logprobs")
     return ChatRequest(clean, max_tokens, float(_number(body, "temperature", 1.0, 0.0, 2.0)),
                        float(_number(body, "top_p", 1.0, 0.0, 1.0)), n, stop, seed, stream,
-                       str(body.get("model") or ""))
+                       str(body.get("model") or ""), logprobs, top_logprobs)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -167,22 +203,55 @@ class ChatModel:
             torch.manual_seed(seed)
             rollout = sample(self.model, [ids] * req.n, tok.pad_token_id, tok.eos_token_id, cfg,
                              with_logprobs=False)
+            scored = token_logprobs(self.model, rollout.query, rollout.query_mask,
+                                    rollout.response, rollout.response_mask,
+                                    req.top_logprobs) if req.logprobs else None
+        special = set(tok.all_special_ids)
         choices, completion_tokens = [], 0
         for i, (row, mask, ended) in enumerate(zip(rollout.response.tolist(),
                                                    rollout.response_mask.tolist(),
                                                    rollout.ended.tolist())):
             n = sum(mask)
             completion_tokens += n
-            text = tok.decode(row[:n - 1] if ended else row[:n], skip_special_tokens=True)
+            body = row[:n - 1] if ended else row[:n]
+            text = tok.decode(body, skip_special_tokens=True)
             text, stopped = cut_at_stop(text, req.stop)
+            logprobs = None
+            if scored is not None:
+                logprobs = {"content": self._logprob_entries(
+                    body, scored[i], text if stopped else None, special)}
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "logprobs": None,
+                            "logprobs": logprobs,
                             "finish_reason": "stop" if ended or stopped else "length"})
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                 "created": int(time.time()), "model": self.name, "choices": choices,
                 "system_fingerprint": None,
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
                           "total_tokens": len(ids) + completion_tokens}}
+
+    def _logprob_entries(self, body: list[int], scored: tuple, cut: str | None,
+                         special: set[int]) -> list[dict]:
+        """OpenAI ``logprobs.content`` for one choice: ``body`` its token ids (no final EOS),
+        ``scored`` its (logprobs (T,), top values (T, k), top ids (T, k)) from
+        ``token_logprobs``, ``cut`` the returned text when a stop sequence cut it."""
+        tok = self.tokenizer
+        chosen, top_values, top_ids = (x.tolist() for x in scored)
+        kept = [t for t, token in enumerate(body) if token not in special]
+        if cut is not None:  # the shortest token prefix whose text covers the returned content
+            for k in range(len(kept) + 1):
+                if len(tok.decode([body[t] for t in kept[:k]], skip_special_tokens=True)) \
+                        >= len(cut):
+                    kept = kept[:k]
+                    break
+        return [{**self._token_info(body[t], chosen[t]),
+                 "top_logprobs": [self._token_info(j, v)
+                                  for j, v in zip(top_ids[t], top_values[t])]}
+                for t in kept]
+
+    def _token_info(self, token: int, logprob: float) -> dict:
+        text = self.tokenizer.decode([token])
+        return {"token": text, "logprob": max(float(logprob), LOGPROB_FLOOR),
+                "bytes": token_bytes(self.tokenizer, token, text)}
 
     def stream(self, req: ChatRequest) -> Iterator[dict]:
         """``chat.completion.chunk`` objects: a role chunk, one per decoded piece of text, a final
@@ -247,6 +316,65 @@ class ChatModel:
         usage = {"prompt_tokens": len(ids), "completion_tokens": len(generated),
                  "total_tokens": len(ids) + len(generated)}
         yield chunk({}, finish, usage=usage)
+
+
+def token_logprobs(model, query, query_mask, response, response_mask, top: int) -> list[tuple]:
+    """Per response row: (log p(token_t) (T,), the ``top`` highest log-probs (T, top), their ids
+    (T, top)) under the model's own distribution (log_softmax of the raw logits, no temperature):
+    one forward over left-padded query + right-padded response, as ``response_logprobs`` does,
+    with the LM head and the softmax one row at a time (a (T, V) block, not (B, T, V))."""
+    import torch
+
+    from alignkit.models.lm import hidden_states, logits_at
+
+    with torch.no_grad():
+        ids = torch.cat([query, response], 1)
+        mask = torch.cat([query_mask, response_mask], 1)
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        hidden = hidden_states(model, ids, mask, position_ids)
+        lq, t = query.shape[1], response.shape[1]
+        out = []
+        for row in range(ids.shape[0]):
+            h = hidden[row, lq - 1:lq - 1 + t]  # the position before each token predicts it
+            logp = torch.log_softmax(logits_at(model, h).float(), dim=-1)
+            chosen = logp.gather(-1, response[row].unsqueeze(-1)).squeeze(-1)
+            values, indices = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
+            out.append((chosen.cpu(), values.cpu(), indices.cpu()))
+    return out
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2 byte-level BPE: the printable character standing for each byte, inverted."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+                 + list(range(ord("\xae"), ord("\xff") + 1)))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def token_bytes(tokenizer, token: int, text: str) -> list[int]:
+    """The bytes of one token: the UTF-8 of its decoded text, except when that text is a
+    replacement character (the token holds part of a multi-byte character): then the raw bytes
+    of its byte-level piece ("Ġ" = space) or byte-fallback piece ("<0xE2>") when it is one."""
+    if "\ufffd" in text:
+        piece = tokenizer.convert_ids_to_tokens(token)
+        if isinstance(piece, str):
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                try:
+                    return [int(piece[3:5], 16)]
+                except ValueError:
+                    pass
+            if piece and all(c in _BYTE_DECODER for c in piece):
+                return [_BYTE_DECODER[c] for c in piece]
+    return list(text.encode("utf-8"))
 
 
 def _safe_prefix(text: str, stops: list[str]) -> str:
