@@ -65,8 +65,9 @@ def main(argv=None) -> int:
     import torch
 
     from alignkit.config import DPOConfig, OnlineDPOConfig, PPOConfig
-    from alignkit.evaluation.policy import Prompts, RewardFunction, load_prompts, measure_policy
-    from alignkit.generation.sampler import SamplingConfig, response_logprobs
+    from alignkit.evaluation.policy import (Prompts, RewardFunction, load_prompts, logprobs_under,
+                                            measure_policy)
+    from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
     from alignkit.recipes import dpo, online_dpo, ppo
@@ -86,9 +87,7 @@ def main(argv=None) -> int:
     gold = GoldScorer(token_counter=tok)
     sampling = SamplingConfig(args.max_new_tokens, 1.0)
 
-    def sft_logprobs(rollout):
-        return response_logprobs(sft_model, rollout.query, rollout.query_mask, rollout.response,
-                                 rollout.response_mask)["logprobs"]
+    sft_logprobs = logprobs_under(sft_model)
 
     points: list[dict] = []
 

@@ -82,6 +82,17 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
             for row, mask in zip(rollout.response.tolist(), rollout.response_mask.tolist())]
 
 
+def logprobs_under(model, temperature: float = 1.0) -> Callable[[Rollout], torch.Tensor]:
+    """``rollout -> (B, T)`` log-probs of its sampled responses under ``model`` (a frozen
+    reference: KL of a policy's own samples to it, as ``measure_policy`` reports)."""
+
+    def reference_logprobs(rollout: Rollout) -> torch.Tensor:
+        return response_logprobs(model, rollout.query, rollout.query_mask, rollout.response,
+                                 rollout.response_mask, temperature)["logprobs"]
+
+    return reference_logprobs
+
+
 @torch.no_grad()
 def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categories: list,
                    reference_logprobs: Callable[[Rollout], torch.Tensor] | None,

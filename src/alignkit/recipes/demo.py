@@ -143,8 +143,9 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
     (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
     answers per prompt and keeps the ensemble's favourite (KL: the closed form)."""
-    from alignkit.evaluation.policy import RewardFunction, load_prompts, measure_policy
-    from alignkit.generation.sampler import SamplingConfig, response_logprobs
+    from alignkit.evaluation.policy import (RewardFunction, load_prompts, logprobs_under,
+                                            measure_policy)
+    from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
     from alignkit.recipes.best_of_n import analytic_kl, best_of_n
 
@@ -156,10 +157,7 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     gold = GoldScorer(token_counter=tokenizer)
     sft_model.eval()
 
-    def sft_logprobs(rollout):
-        return response_logprobs(sft_model, rollout.query, rollout.query_mask, rollout.response,
-                                 rollout.response_mask)["logprobs"]
-
+    sft_logprobs = logprobs_under(sft_model)
     sampling = SamplingConfig(cfg.max_new_tokens, 1.0)
     table = {}
     for name, spec in policies.items():

@@ -144,9 +144,10 @@ def main(cfg: EvalConfig) -> dict:
     import torch
 
     from alignkit.evaluation.adversarial import score_suite
-    from alignkit.evaluation.policy import Prompts, RewardFunction, load_prompts, measure_policy
+    from alignkit.evaluation.policy import (Prompts, RewardFunction, load_prompts, logprobs_under,
+                                            measure_policy)
     from alignkit.evaluation.winrate import win_rate
-    from alignkit.generation.sampler import SamplingConfig, response_logprobs
+    from alignkit.generation.sampler import SamplingConfig
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
 
     # 1. Check the request before any model loads; output folder and the resolved config.
@@ -174,9 +175,7 @@ def main(cfg: EvalConfig) -> dict:
     reward_fn = RewardFunction(cfg.reward_model, device) if cfg.reward_model else None
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
 
-    def reference_logprobs(rollout):
-        return response_logprobs(reference, rollout.query, rollout.query_mask, rollout.response,
-                                 rollout.response_mask, sampling.temperature or 1.0)["logprobs"]
+    reference_logprobs = logprobs_under(reference, sampling.temperature or 1.0)
 
     # 3. Every policy answers the held-out prompts and the suite with the same seed.
     rows: dict[str, dict] = {}
@@ -228,7 +227,7 @@ def main(cfg: EvalConfig) -> dict:
         del model
         log.info("%s: measured in %.1fs", name, time.time() - t0)
 
-    reference = None  # free it before a model-backed judge loads
+    reference = reference_logprobs = None  # free it before a model-backed judge loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
