@@ -316,7 +316,7 @@ def main(cfg: DemoConfig) -> dict:
 
     summary["report"] = str(build_report(root).path)
     print(f"report: {summary['report']}")
-    # the adversarial suite and judged win rates take another ~10 min on 2 cores: offered, not run
+    # the adversarial suite and judged win rates take another ~12 min on 2 cores: offered, not run
     evaluated = ",".join(f"{k}={result.final if v is None else v}" for k, v in policies.items())
     print(f"next: alignkit eval --policies {evaluated} --baseline sft --reward-model "
           f"{stage2['final']} --output {root / 'eval'}  (then alignkit report {root})")
