@@ -18,7 +18,13 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
                    "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     page_path = out / "report" / "report.html"
-    assert proc.stdout.rstrip().splitlines()[-1] == f"report: {page_path}"
+    lines = proc.stdout.rstrip().splitlines()
+    assert lines[-1] == f"report: {page_path}"
+    # the line before offers the eval of every policy the demo trained
+    assert lines[-2].startswith(f"next: alignkit eval --policies base={tiny_model_dir},"
+                                f"sft={out / 'sft' / 'final'},ppo={out / 'ppo' / 'final'},"
+                                f"dpo={out / 'dpo' / 'final'} --baseline sft --reward-model "
+                                f"{out / 'reward' / 'final'}"), lines[-2]
     page = page_path.read_text()
     figures = re.findall(r'<figure id="fig-([\w-]+)">', page)
     assert figures == ["curves-sft", "curves-reward", "curves-ppo", "curves-dpo", "monitor-ppo",

@@ -314,10 +314,11 @@ def main(cfg: DemoConfig) -> dict:
     # 10. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
     from alignkit.evaluation.report import build_report
 
-    summary["report"] = str(build_report(root).path)
-    print(f"report: {summary['report']}")
-    # the adversarial suite and judged win rates take another ~12 min on 2 cores: offered, not run
+    # the adversarial suite and judged win rates take another ~12 min on 2 cores: offered, not
+    # run; the report's path stays the last line the demo prints
     evaluated = ",".join(f"{k}={result.final if v is None else v}" for k, v in policies.items())
     print(f"next: alignkit eval --policies {evaluated} --baseline sft --reward-model "
           f"{stage2['final']} --output {root / 'eval'}  (then alignkit report {root})")
+    summary["report"] = str(build_report(root).path)
+    print(f"report: {summary['report']}")
     return summary
