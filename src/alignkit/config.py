@@ -112,8 +112,9 @@ class DemoConfig(SFTConfig):
     quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
     annotate: bool = opt(False, "Instead of training: start the annotation app filled with the "
                          "demo's prompts and sampled answers; prints the URL and sign-in tokens.")
-    label_prompts: int = opt(96, "Stage 2: training prompts whose sampled answers the simulated "
-                             "panel ranks.")
+    label_prompts: int = opt(254, "Stage 2: training prompts whose sampled answers the simulated "
+                             "panel ranks (254: all the shipped ones; 96 left the reward model "
+                             "near chance on held-out pairs).")
     labels_per_prompt: int = opt(2, "Stage 2: rankings per prompt (different annotators).")
     num_responses: int = opt(4, "Stage 2: answers sampled per prompt (K).")
     gold_scale: float = opt(2.0, "Stage 2: gold scale of the simulated annotators.")
