@@ -276,7 +276,7 @@ def test_an_endpoint_that_rejects_logprobs_is_asked_without_them(tmp_path, caplo
         warnings = [r for r in caplog.records if "rejected log-probs" in r.getMessage()]
         assert len(warnings) == 1
         # the answer is cached under the request without log-probs
-        assert judge.cache.get(judge.request_body(*PAIRS[0])) == "B"
+        assert judge.cache.read(judge.request_body(*PAIRS[0])).text == "B"
     finally:
         server.shutdown()
         server.server_close()

@@ -141,13 +141,13 @@ def test_rate_limiter_spaces_requests_evenly():
 def test_response_cache_round_trip_and_torn_files(tmp_path):
     cache = ResponseCache(tmp_path)
     req = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
-    assert cache.get(req) is None
+    assert cache.read(req) is None
     cache.put(req, "A")
-    assert cache.get(req) == "A"
-    assert cache.get({**req, "model": "other"}) is None  # the model is part of the key
+    assert cache.read(req).text == "A"
+    assert cache.read({**req, "model": "other"}) is None  # the model is part of the key
     path = tmp_path / ResponseCache.key(req)[:2] / f"{ResponseCache.key(req)}.json"
     path.write_text('{"text": "A"')  # a write cut by a kill
-    assert cache.get(req) is None
+    assert cache.read(req) is None
 
 
 def lp(token, p, *alternatives):
@@ -250,7 +250,7 @@ def test_cached_logprobs_and_old_text_only_cache_files(tmp_path):
     (cache_dir / key[:2] / f"{key}.json").write_text(
         json.dumps({"request": bodies[1], "text": "B"}))
     assert judge.cache.read(bodies[1]) == Answer("B", None)
-    assert judge.cache.get(bodies[1]) == "B"
+    assert judge.cache.read(bodies[1]).text == "B"
     first, second = [judge.judge(*pair) for pair in pairs]
     assert (first.winner, first.confidence) == ("a", pytest.approx(0.75))
     assert second == Verdict("b", 1.0, "B")  # no log-probs: the parsed confidence

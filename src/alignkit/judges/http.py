@@ -206,11 +206,6 @@ class ResponseCache:
         entries = record.get("logprobs")
         return Answer(text, entries if isinstance(entries, list) else None)
 
-    def get(self, request: dict) -> Optional[str]:
-        """The cached answer text (None: not cached)."""
-        answer = self.read(request)
-        return None if answer is None else answer.text
-
     def put(self, request: dict, text: str, logprobs: Optional[list] = None) -> None:
         path = self._path(self.key(request))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,10 +283,6 @@ class HTTPJudge:
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs
         return body
-
-    def complete(self, body: dict) -> str:
-        """The endpoint's answer text for ``body`` (cached, rate-limited, retried)."""
-        return self.answer(body).text
 
     def answer(self, body: dict) -> Answer:
         """The endpoint's answer for ``body``, with the log-probs of its candidate verdict

@@ -38,11 +38,20 @@ class JudgeOptions:
     logprobs: bool = True  # HTTP judges: confidence from the verdict token's log-probs
 
 
+def check_spec(spec: str) -> str:
+    """``spec`` stripped, or a ``UserError`` when it names no judge kind (a check that loads
+    nothing, for recipes to fail before any sampling)."""
+    spec = (spec or "").strip()
+    if not (spec == "gold" or spec.startswith(("http://", "https://", "local:", "reward:"))):
+        raise UserError(f"--judge {spec!r}: expected {SPEC_HELP}")
+    return spec
+
+
 def make_judge(spec: str, options: JudgeOptions | None = None, categories: dict | None = None,
                token_counter: Any = None):
     """Build the judge a spec names (see the module doc)."""
     opts = options or JudgeOptions()
-    spec = (spec or "").strip()
+    spec = check_spec(spec)
     if spec.startswith(("http://", "https://")):
         from alignkit.judges.http import HTTPJudge
 
@@ -58,14 +67,12 @@ def make_judge(spec: str, options: JudgeOptions | None = None, categories: dict 
         from alignkit.judges.reward import RewardModelJudge
 
         judge = RewardModelJudge.load(_path(spec), opts.device)
-    elif spec == "gold":
+    else:  # gold
         from alignkit.evaluation.winrate import GoldScoreJudge
         from alignkit.judges.gold import GoldScorer
 
         judge = GoldScoreJudge(GoldScorer(token_counter=token_counter), categories)
         judge.name = "gold"
-    else:
-        raise UserError(f"--judge {spec!r}: expected {SPEC_HELP}")
     return BothOrders(judge) if opts.both_orders else judge
 
 

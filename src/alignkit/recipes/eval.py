@@ -98,25 +98,6 @@ def pick_suite(spec: str, per_category: int):
     return suite
 
 
-JUDGE_KINDS = ("gold", "reward:", "local:", "http://", "https://")
-
-
-def check_judge_spec(spec: str) -> None:
-    """Fail before any sampling on a judge spec ``judges.spec.make_judge`` cannot build."""
-    if not (spec == "gold" or spec.startswith(JUDGE_KINDS[1:])):
-        from alignkit.judges.spec import SPEC_HELP
-
-        raise UserError(f"--judge {spec!r}: expected {SPEC_HELP}")
-
-
-def make_judge(cfg: EvalConfig, tokenizer, categories: dict, device: str):
-    """The judge ``--judge`` names (``judges.spec``), asked in both orders (position bias
-    cancelled; its rate measured in ``tally``)."""
-    from alignkit.judges.spec import JudgeOptions, make_judge as build
-
-    return build(cfg.judge, JudgeOptions(device=device), categories, token_counter=tokenizer)
-
-
 def format_table(result: dict) -> str:
     def num(v, fmt):
         if isinstance(v, (int, float)) and v == v:
@@ -147,6 +128,7 @@ def main(cfg: EvalConfig) -> dict:
     from alignkit.evaluation.policy import (Prompts, RewardFunction, load_prompts, logprobs_under,
                                             measure_policy)
     from alignkit.evaluation.winrate import win_rate
+    from alignkit.judges.spec import JudgeOptions, check_spec, make_judge
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
 
@@ -161,7 +143,7 @@ def main(cfg: EvalConfig) -> dict:
     output = Path(cfg.output)
     if any((output / n).exists() for n in OUTPUTS) and not cfg.overwrite:
         raise UserError(f"{output}: holds an earlier evaluation; pass --overwrite to replace it")
-    check_judge_spec(cfg.judge)
+    check_spec(cfg.judge)
     suite = pick_suite(cfg.adversarial, cfg.max_adversarial)
     output.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output)
@@ -233,7 +215,8 @@ def main(cfg: EvalConfig) -> dict:
 
     # 4. Win rates against the baseline, one judge for all.
     categories = {t: c for t, c in zip(prompts.texts, prompts.categories) if isinstance(t, str)}
-    judge = make_judge(cfg, judge_tokenizer, categories, device)
+    judge = make_judge(cfg.judge, JudgeOptions(device=device), categories,
+                       token_counter=judge_tokenizer)  # asked in both orders (judges.spec)
     for name in policies:
         wr = win_rate(judge, prompts.texts, answers[name], answers[baseline], cfg.bootstrap,
                       cfg.confidence, cfg.seed)
