@@ -407,6 +407,10 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
                                      "--max-new-tokens (it never ended).")
     critic: str = opt("shared", "Value head on the policy's backbone (shared) or on a separate "
                       "copy (separate).", ("shared", "separate"))
+    keep_dropout: bool = opt(False, "Keep the model's dropout on while training (default: off in "
+                             "the policy, critic and LoRA adapters, so the rollout, old, reference "
+                             "and training forwards compute the same function: the first ratio is "
+                             "1 and the KL at step 0 is 0).")
     combine: Optional[str] = opt(None, "Override how the reward ensemble combines: mean, min, "
                                  "mean_minus_std (uncertainty-weighted, Coste et al. 2023), "
                                  "mean_minus_var.")
@@ -441,6 +445,9 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
                                  "noise rate of --loss robust.")
     rpo_alpha: float = opt(0.0, "Add alpha * per-token NLL of the chosen response (RPO).")
     reference_free: bool = opt(False, "No reference model (its log-probs taken as 0).")
+    keep_dropout: bool = opt(False, "Keep the model's dropout on while training (default: off, "
+                             "LoRA dropout included, so the policy and the reference log-probs "
+                             "come from the same function: the step-0 loss is exactly ln 2).")
     keep_empty: bool = opt(False, "Train on pairs with an empty response (default: skip them, "
                            "counted in metrics).")
     sample_prompts: Optional[str] = opt("demo-prompts-heldout", "Held-out prompts the policy "

@@ -38,3 +38,33 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def disable_dropout(model) -> int:
+    """Set every dropout probability of ``model`` to 0 and return how many modules changed.
+
+    RL and preference training compare log-probs of the same tokens from several forwards
+    (rollout, "old" policy, reference, training step). Rollouts and the reference run in eval
+    mode, so a training forward with dropout on would see a different function: the first PPO
+    ratio would not be 1 and the KL at step 0 would not be 0. TRL and OpenRLHF switch dropout off
+    in the policy for the same reason. Covers ``nn.Dropout`` modules and the attention dropout
+    that Hugging Face models read from their config (``attention_dropout``)."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p != 0.0:
+            module.p = 0.0
+            changed += 1
+        if hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float) \
+                and module.attention_dropout != 0.0:
+            module.attention_dropout = 0.0
+            changed += 1
+    for config in {id(m.config): m.config for m in model.modules()
+                   if hasattr(m, "config") and hasattr(m.config, "to_dict")}.values():
+        for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
+                    "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if isinstance(getattr(config, key, None), float) and getattr(config, key) != 0.0:
+                setattr(config, key, 0.0)
+                changed += 1
+    return changed

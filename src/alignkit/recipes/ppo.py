@@ -32,7 +32,7 @@ from alignkit.generation.sampler import Rollout, SamplingConfig, response_logpro
 from alignkit.losses import ppo as rl
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.lm import hidden_states
-from alignkit.models.lora import add_lora, count_parameters, is_lora
+from alignkit.models.lora import add_lora, count_parameters, disable_dropout, is_lora
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes.common import (autocast, make_optimizer, optimizer_step, prepare_output,
                                      progress_bar)
@@ -394,6 +394,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         else:
             mode += "; value head on the policy's backbone"
     parts = PolicyAndValue(policy, value_head, critic)
+    if not cfg.keep_dropout:
+        disable_dropout(parts)
     parts.train()
     trainable, total_params = count_parameters(parts)
 
