@@ -5,6 +5,7 @@ killed run resumes exactly."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,103 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tiny_reward_model, tmp_path)
     for name in ("model.safetensors", "value_head.safetensors"):  # the same final weights
         a, b = load_file(str(ref / "final" / name)), load_file(str(killed / "final" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_target_kl_stops_after_the_minibatch_that_crossed_it(tiny_model_dir, tmp_path):
+    """Four minibatches per epoch, two epochs, a target KL of ~0: the first minibatch starts at
+    the rollout policy (KL exactly 0, no stop), the second has moved (KL > 0) and ends the step
+    after its optimiser step. A check only at the end of an epoch would take all four."""
+    from alignkit.config import PPOConfig
+    from alignkit.recipes import ppo
+
+    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+                             data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
+                             batch_size=16, minibatch_size=4, ppo_epochs=2, max_steps=1,
+                             max_new_tokens=8, lr=3e-3, target_kl=1e-9,
+                             output=str(tmp_path / "run"), save_every=0, progress=False),
+                   reward_fn=space_share)
+    row = rows(out["metrics"])[0]
+    assert row["early_stopped"] is True
+    assert (row["optimizer_steps"], row["ppo_epochs_done"]) == (2, 1)
+    # without a target every minibatch of every epoch steps
+    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+                             data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
+                             batch_size=16, minibatch_size=4, ppo_epochs=2, max_steps=1,
+                             max_new_tokens=8, lr=3e-3, output=str(tmp_path / "run2"),
+                             save_every=0, progress=False), reward_fn=space_share)
+    assert rows(out["metrics"])[0]["optimizer_steps"] == 8
+
+
+def test_value_model_from_the_reward_model(tiny_model_dir, tiny_reward_model, tmp_path):
+    """--critic reward_model: the value model is member 0's backbone with a head that computes
+    its normalised reward exactly, and PPO trains with it."""
+    from alignkit.config import PPOConfig
+    from alignkit.data.preferences import encode_response
+    from alignkit.models.reward import RewardModel, encode_batch
+    from alignkit.recipes import ppo
+
+    rm = RewardModel.load(tiny_reward_model)
+    rm.spec.offset = [[0.3], [-0.2]]  # a fit that is not the identity
+    rm.spec.scale = [[2.5], [0.5]]
+    backbone, head = rm.value_model(0)
+    texts = ["How do plants grow?", "Name a colour."]
+    answers = ["With light and water.", "Blue."]
+    enc = [encode_response(rm.tokenizer, p, r, rm.spec.backbone, rm.spec.chat)
+           for p, r in zip(texts, answers)]
+    batch = encode_batch(enc, rm.tokenizer.pad_token_id, rm.spec.max_length)
+    with torch.no_grad():
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        last = hidden.last_hidden_state[torch.arange(2), batch.last_index]
+        values = head(last).squeeze(-1)
+    torch.testing.assert_close(values, rm.score(texts, answers).per_member[0], atol=1e-5,
+                               rtol=1e-5)
+
+    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=str(tiny_reward_model),
+                             data=str(write_prompts(tmp_path / "p.jsonl", 8)), eval_data=None,
+                             critic="reward_model", batch_size=4, minibatch_size=4, max_steps=2,
+                             max_new_tokens=8, lr=1e-3, output=str(tmp_path / "run"),
+                             save_every=0, progress=False))
+    setup = rows(out["metrics"], "setup")[0]
+    assert "value model initialised from the reward model" in setup["mode"]
+    train = rows(out["metrics"])
+    assert len(train) == 2 and all(math.isfinite(r["value_loss"]) for r in train)
+
+
+def test_value_model_needs_a_causal_reward_model():
+    from alignkit.errors import UserError
+    from alignkit.models.reward import RewardModel, RewardSpec
+
+    with pytest.raises(UserError, match="causal backbone"):
+        RewardModel(RewardSpec(backbone="encoder"), [], None).value_model(0)
+
+
+def test_reward_normalisation_on_reference_samples(tiny_model_dir, tiny_reward_model, tmp_path):
+    """--reward-normalization reference refits every member on the starting policy's answers
+    (mean 0, std 1 there), logs the fit, and a resumed run reuses the fit from its checkpoint."""
+    from alignkit.config import PPOConfig
+    from alignkit.models.reward import RewardModel
+    from alignkit.recipes import ppo
+
+    rm = RewardModel.load(tiny_reward_model)
+    texts = ["a", "b", "c", "d", "e"]
+    answers = ["one two", "three", "four five six", "seven", "eight nine"]
+    rm.refit_normalisation(texts, answers)
+    members = rm.score(texts, answers).members  # (M, N, A)
+    torch.testing.assert_close(members.mean(1), torch.zeros(2, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(members.std(1, unbiased=False), torch.ones(2, 1), atol=1e-4,
+                               rtol=0)
+
+    prompts = write_prompts(tmp_path / "p.jsonl", 16)
+    settings = dict(model=str(tiny_model_dir), reward_model=str(tiny_reward_model),
+                    data=str(prompts), eval_data=None, reward_normalization="reference",
+                    normalization_prompts=8, batch_size=4, minibatch_size=4, max_new_tokens=8,
+                    lr=3e-3, save_every=1, progress=False)
+    whole = ppo.main(PPOConfig(**settings, max_steps=2, output=str(tmp_path / "whole")))
+    fit = rows(whole["metrics"], "normalization")
+    assert len(fit) == 1 and fit[0]["reward_scale"] != fit[0]["reward_scale_before"]
+    ppo.main(PPOConfig(**settings, max_steps=1, output=str(tmp_path / "split")))
+    resumed = ppo.main(PPOConfig(**settings, max_steps=2, output=str(tmp_path / "split"),
+                                 resume=True))
+    assert len(rows(resumed["metrics"], "normalization")) == 1  # not refitted on resume
+    assert rows(resumed["metrics"])[-1]["score"] == pytest.approx(rows(whole["metrics"])[-1]
+                                                                  ["score"], abs=1e-6)

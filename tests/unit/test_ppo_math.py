@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from alignkit.losses.ppo import (AdaptiveKLController, FixedKLController, discounted_returns,
-                                 entropy_from_logits, explained_variance, gae, grpo_advantages,
-                                 kl_estimate, masked_mean, masked_var, masked_whiten,
+from alignkit.losses.ppo import (AdaptiveKLController, FixedKLController, aggregate,
+                                 aggregation_weight, discounted_returns, entropy_from_logits,
+                                 explained_variance, gae, grpo_advantages, kl_estimate,
+                                 kl_penalty_loss, masked_mean, masked_var, masked_whiten,
                                  policy_loss, reinforce_pp_advantages, rloo_advantages,
                                  token_rewards, value_loss)
 
@@ -106,17 +107,20 @@ def test_gae_matches_a_slow_reference_loop():
 
 def test_policy_loss_clipping_hand_computed():
     old = torch.zeros(4)
-    logp = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5])).requires_grad_()
+    logp = torch.log(torch.tensor([1.5, 0.5, 0.7, 1.5])).requires_grad_()
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
     mask = torch.ones(4)
     loss, stats = policy_loss(logp, old, adv, mask, clip=0.2)
     # per token max(-A rho, -A clip(rho)): -1.2 (clipped), -0.5, 0.8 (clipped), 1.5
     assert float(loss.detach()) == pytest.approx((-1.2 - 0.5 + 0.8 + 1.5) / 4)
     assert stats["clipfrac"] == pytest.approx(0.5)
-    assert stats["ratio"] == pytest.approx(1.0)
-    # approx KL (k3 of old vs new): mean of (1/rho - 1) + log rho
-    want_kl = sum(1 / r - 1 + math.log(r) for r in (1.5, 0.5, 0.5, 1.5)) / 4
+    # mean rho = (1.5 + 0.5 + 0.7 + 1.5) / 4 (a ratio upside down would give 1.2429)
+    assert stats["ratio"] == pytest.approx(1.05)
+    # approx KL(old || new), k3 on tokens from the old policy: mean of (rho - 1) - log rho
+    want_kl = sum(r - 1 - math.log(r) for r in (1.5, 0.5, 0.7, 1.5)) / 4
     assert stats["approx_kl"] == pytest.approx(want_kl, rel=1e-5)
+    # (0.094535 + 0.193147 + 0.056675 + 0.094535) / 4
+    assert want_kl == pytest.approx(0.109723, abs=1e-6)
     loss.backward()
     # only unclipped tokens carry gradient: d(-A rho)/dlogp = -A rho, / 4 for the mean
     assert logp.grad.tolist() == pytest.approx([0.0, -0.125, 0.0, 0.375])
@@ -125,6 +129,66 @@ def test_policy_loss_clipping_hand_computed():
                            torch.zeros(5), torch.cat([adv, torch.tensor([100.0])]),
                            torch.tensor([1.0, 1, 1, 1, 0]))
     assert float(loss2) == pytest.approx(float(loss.detach()))
+
+
+def test_approx_kl_is_the_exact_kl_of_old_to_new_on_a_categorical():
+    # three tokens; the old (sampling) policy p and the updated policy q
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    # KL(p || q) = 0.5 ln 2.5 + 0.3 ln 0.6 + 0.2 ln(2/3) = 0.458145 - 0.153248 - 0.081093
+    exact = float((p * (p / q).log()).sum())
+    assert exact == pytest.approx(0.223805, abs=1e-6)
+    # the expectation over tokens drawn from p: weight each token by p (masked_mean divides by
+    # the weights' sum, 1). E_p[(q/p - 1) - log(q/p)] = sum q - 1 + KL = KL exactly.
+    _, stats = policy_loss(q.log(), p.log(), torch.zeros(3), p)
+    assert stats["approx_kl"] == pytest.approx(exact, rel=1e-5)
+    # the old form, E_p[(p/q - 1) - log(p/q)] = chi^2(p || q) - KL = 0.339528, is not the KL
+    wrong = float((p * ((p / q) - 1 - (p / q).log())).sum())
+    assert abs(stats["approx_kl"] - wrong) > 0.1
+    # and a Monte Carlo draw from p agrees to sampling error
+    draws = torch.multinomial(p, 200_000, replacement=True, generator=torch.Generator()
+                              .manual_seed(0))
+    _, mc = policy_loss(q.log()[draws], p.log()[draws], torch.zeros(len(draws)),
+                        torch.ones(len(draws)))
+    assert mc["approx_kl"] == pytest.approx(exact, abs=5e-3)
+
+
+def test_loss_aggregation_token_mean_and_sequence_mean():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 0.0, 0.0, 0.0], [7.0, 7.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    # token mean: (1 + 2 + 3 + 4 + 10) / 5 = 4; sequence mean: (2.5 + 10) / 2 = 6.25 (the empty
+    # third response is left out)
+    assert float(aggregate(x, mask, "token_mean")) == pytest.approx(4.0)
+    assert float(aggregate(x, mask, "sequence_mean")) == pytest.approx(6.25)
+    assert float(aggregation_weight(mask, "token_mean")) == 5.0
+    assert float(aggregation_weight(mask, "sequence_mean")) == 2.0
+    # micro-batches weighted by their share rebuild the whole batch's aggregate
+    for how in ("token_mean", "sequence_mean"):
+        parts = [(x[:1], mask[:1]), (x[1:], mask[1:])]
+        total = aggregation_weight(mask, how)
+        rebuilt = sum(aggregate(a, m, how) * aggregation_weight(m, how) / total for a, m in parts)
+        assert float(rebuilt) == pytest.approx(float(aggregate(x, mask, how)))
+    with pytest.raises(ValueError):
+        aggregate(x, mask, "sum")
+    # the policy loss follows the aggregation: advantages 1, ratio 1 -> -1 per token either way;
+    # lengths 4 and 1 with advantages 1 and 3: token mean -(4 + 3) / 5, sequence mean -(1 + 3) / 2
+    adv = torch.tensor([[1.0] * 4, [3.0, 0, 0, 0], [0.0] * 4])
+    zeros = torch.zeros(3, 4)
+    assert float(policy_loss(zeros, zeros, adv, mask)[0]) == pytest.approx(-7 / 5)
+    assert float(policy_loss(zeros, zeros, adv, mask, aggregation="sequence_mean")[0]) \
+        == pytest.approx(-2.0)
+
+
+def test_kl_penalty_loss_is_k3_and_differentiable():
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    mask = torch.ones(1, 2)
+    loss = kl_penalty_loss(logp, ref, mask)
+    # k3 with r = ref / pi: token 1 r = 0.5 -> 0.5 - 1 - ln 0.5 = 0.193147; token 2 r = 1 -> 0
+    assert float(loss.detach()) == pytest.approx((0.5 - 1 - math.log(0.5)) / 2, abs=1e-6)
+    loss.backward()
+    # d/dlogp [(r - 1) - log r] with log r = ref - logp: -r + 1, / 2 for the mean
+    assert logp.grad[0].tolist() == pytest.approx([(1 - 0.5) / 2, 0.0], abs=1e-6)
 
 
 def test_value_loss_clipping_hand_computed():

@@ -17,6 +17,7 @@ import math
 import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean")
 
 
 # ----------------------------------------------------------------------------- masked statistics
@@ -28,6 +29,36 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1.0)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, how: str = "token_mean") -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar.
+
+    - ``token_mean``: the mean over every real token of the batch (each token weighs the same;
+      DAPO, Yu et al. 2025, eq. 8; TRL's ``dapo``);
+    - ``sequence_mean``: the mean over sequences of each sequence's own token mean (each response
+      weighs the same, whatever its length: GRPO, Shao et al. 2024, eq. 3). Sequences without a
+      real token are left out.
+    """
+    if how == "token_mean":
+        return masked_mean(x, mask)
+    if how == "sequence_mean":
+        m = mask.to(x.dtype)
+        lengths = m.sum(1)
+        has = (lengths > 0).to(x.dtype)
+        per_sequence = (x * m).sum(1) / lengths.clamp(min=1.0)
+        return (per_sequence * has).sum() / has.sum().clamp(min=1.0)
+    raise ValueError(f"unknown loss aggregation {how!r}; choose one of "
+                     f"{', '.join(LOSS_AGGREGATIONS)}")
+
+
+def aggregation_weight(mask: torch.Tensor, how: str = "token_mean") -> torch.Tensor:
+    """What ``aggregate`` averages over in ``mask`` (B, T): its real tokens (``token_mean``) or
+    its sequences with at least one real token (``sequence_mean``). A micro-batch's aggregated
+    loss times its weight over the minibatch's weight sums to the minibatch's aggregate."""
+    if how == "token_mean":
+        return mask.to(torch.float32).sum()
+    return (mask.to(torch.float32).sum(1) > 0).to(torch.float32).sum()
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
@@ -193,35 +224,47 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor,
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), token-level mean over the batch:
+                mask: torch.Tensor, clip: float = 0.2,
+                aggregation: str = "token_mean") -> tuple[torch.Tensor, dict]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), reduced by ``aggregate``:
 
         L = mean_t max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)),  rho = exp(logp - old)
 
-    Returns (loss, stats): ``clipfrac`` (share of tokens where the clipped term is the larger),
-    ``approx_kl`` (k3 of old vs new, Schulman 2020), ``ratio`` mean."""
+    logp, old_logp, advantages, mask: (B, T). Returns (loss, stats): ``clipfrac`` (share of tokens
+    where the clipped term is the larger), ``ratio`` mean, and ``approx_kl``: KL(old || new) per
+    token by Schulman's k3 on tokens sampled from the old policy, ``(rho - 1) - log rho``
+    (unbiased and >= 0; its expectation under the old policy is exactly the KL)."""
     log_ratio = logp.float() - old_logp.float()
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation)
     with torch.no_grad():
         stats = {"clipfrac": float(masked_mean((clipped > unclipped).float(), mask)),
-                 "approx_kl": float(masked_mean(torch.expm1(-log_ratio) + log_ratio, mask)),
+                 "approx_kl": float(masked_mean(torch.expm1(log_ratio) - log_ratio, mask)),
                  "ratio": float(masked_mean(ratio, mask))}
     return loss, stats
 
 
+def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                    kind: str = "k3", aggregation: str = "token_mean") -> torch.Tensor:
+    """The KL to the reference as a loss term instead of a reward penalty (GRPO, Shao et al.
+    2024, eq. 4: ``D_KL = ref/pi - log(ref/pi) - 1`` per token, i.e. k3), differentiable in
+    ``logp``. logp, ref_logp, mask: (B, T) -> scalar, reduced by ``aggregate``."""
+    return aggregate(kl_estimate(logp, ref_logp.detach(), kind), mask, aggregation)
+
+
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+               mask: torch.Tensor, clip: float = 0.2,
+               aggregation: str = "token_mean") -> tuple[torch.Tensor, dict]:
     """Clipped value loss (the N implementation details, #9; OpenAI baselines):
-    ``0.5 * mean max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)``.
-    Returns (loss, stats) with ``vf_clipfrac``."""
+    ``0.5 * mean max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)``, the mean taken by
+    ``aggregate``. All inputs (B, T). Returns (loss, stats) with ``vf_clipfrac``."""
     values = values.float()
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped_err = (values - returns) ** 2
     clipped_err = (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask)
+    loss = 0.5 * aggregate(torch.maximum(unclipped_err, clipped_err), mask, aggregation)
     with torch.no_grad():
         stats = {"vf_clipfrac": float(masked_mean((clipped_err > unclipped_err).float(), mask))}
     return loss, stats

@@ -342,6 +342,51 @@ class RewardModel(nn.Module):
             (self.spec.members, 0, len(self.spec.aspects)))
         return self.combine(members)
 
+    @torch.no_grad()
+    def refit_normalisation(self, prompts: list, responses: list) -> dict:
+        """Refit every member's and aspect's offset and scale so that these responses (fresh
+        samples of the policy RL starts from) score mean 0 and std 1: the reward normalisation
+        of Huang et al. 2024 ("The N Implementation Details of RLHF with PPO", sec. 4), in place
+        of the fit on the reward model's training responses. Returns the old and new values."""
+        scores = self.score(prompts, responses)
+        offset = torch.tensor(self.spec.offset, dtype=torch.float32)[:, None, :]
+        scale = torch.tensor(self.spec.scale, dtype=torch.float32)[:, None, :]
+        raw = scores.members.float().cpu() * scale + offset  # (M, N, A) undo the old fit
+        before = {"offset": self.spec.offset, "scale": self.spec.scale}
+        self.spec.offset = raw.mean(1).tolist()
+        self.spec.scale = raw.std(1, unbiased=False).clamp(min=1e-6).tolist()
+        return {"before": before, "after": {"offset": self.spec.offset,
+                                            "scale": self.spec.scale}}
+
+    def value_model(self, member: int = 0) -> tuple[nn.Module, nn.Linear]:
+        """A PPO value model initialised from this reward model (Huang et al. 2024, sec. 3:
+        "initialise the value model from the reward model"): a copy of ``member``'s causal
+        backbone and a one-output head that computes its normalised reward, the aspects combined
+        by their weights (a gated aspect floor is not linear: its aspects count by weight).
+        Returns (backbone, head)."""
+        import copy
+
+        if self.spec.backbone != "causal":
+            raise UserError("--critic reward_model needs a reward model on a causal backbone "
+                            f"(this one is an {self.spec.backbone}: it reads whole texts, so it "
+                            "cannot value every prefix of a response in one pass); train one "
+                            "with alignkit reward --model <the SFT folder>, or use --critic "
+                            "shared/separate")
+        source = self.members[member]
+        weights = self.spec.aspect_weights or {a: 1.0 / len(self.spec.aspects)
+                                               for a in self.spec.aspects}
+        w = torch.tensor([float(weights.get(a, 0.0)) for a in self.spec.aspects])  # (A,)
+        offset = torch.tensor(self.spec.offset[member], dtype=torch.float32)  # (A,)
+        scale = torch.tensor(self.spec.scale[member], dtype=torch.float32)  # (A,)
+        head = nn.Linear(source.head.in_features, 1)
+        with torch.no_grad():
+            # sum_a w_a * (W_a h + b_a - offset_a) / scale_a as one linear map
+            head.weight.copy_(((w / scale)[:, None] * source.head.weight.float().cpu()).sum(0,
+                                                                                   keepdim=True))
+            head.bias.copy_((w * (source.head.bias.float().cpu() - offset) / scale).sum()[None])
+        device = next(source.parameters()).device
+        return copy.deepcopy(source.backbone).train(), head.to(device)
+
 
 @dataclass
 class ResponseBatch:

@@ -93,6 +93,47 @@ def reference_logprobs(parts: PolicyAndValue, reference: nn.Module | None, rollo
                              rollout.response_mask, cfg.temperature or 1.0)["logprobs"]
 
 
+def value_model_from_reward(reward_fn, tokenizer) -> tuple[nn.Module, nn.Linear]:
+    """``--critic reward_model``: the value model starts as the reward model's first member (its
+    causal backbone and its normalised head), which must read the policy's own tokens."""
+    model = getattr(reward_fn, "model", None)
+    if model is None:
+        raise UserError("--critic reward_model needs --reward-model (a reward-model folder)")
+    if model.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError("--critic reward_model: the reward model's tokenizer differs from the "
+                        "policy's, so it cannot value the policy's tokens; train the reward "
+                        "model on the policy's family (alignkit reward --model <SFT folder>)")
+    return model.value_model(0)
+
+
+def fit_reward_normalisation(policy, reward_fn, tokenizer, prompts: Prompts, cfg: PPOConfig,
+                             device: str) -> dict:
+    """``--reward-normalization reference``: the starting policy answers
+    ``--normalization-prompts`` training prompts (a seeded draw, the training RNG untouched) and
+    every reward-model member is refitted to mean 0, std 1 on those answers."""
+    model = getattr(reward_fn, "model", None)
+    if model is None or not hasattr(model, "refit_normalisation"):
+        raise UserError("--reward-normalization reference needs --reward-model (a reward-model "
+                        "folder)")
+    n = min(cfg.normalization_prompts, len(prompts.ids))
+    picks = torch.randperm(len(prompts.ids), generator=torch.Generator().manual_seed(
+        cfg.seed + 4242))[:n].tolist()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(cfg.seed + 4243)
+        was = policy.training
+        policy.eval()
+        with autocast(device, cfg.precision):
+            rollout = sample(policy, [prompts.ids[i] for i in picks], tokenizer.pad_token_id,
+                             tokenizer.eos_token_id, SamplingConfig(cfg.max_new_tokens,
+                                                                    cfg.temperature, cfg.top_p,
+                                                                    cfg.top_k),
+                             with_logprobs=False, batch_size=max(cfg.batch_size, 8))
+        policy.train(was)
+    return model.refit_normalisation([prompts.texts[i] for i in picks],
+                                     decode_responses(tokenizer, rollout))
+
+
 # ----------------------------------------------------------------------------- one PPO step
 
 
@@ -106,6 +147,19 @@ class Experience:
     score: torch.Tensor | None = None  # (B,) reward-model score minus the missing-EOS penalty
     ref_logprobs: torch.Tensor | None = None  # (B, T)
     beta: float = 0.0
+
+
+def kl_in_loss(cfg: PPOConfig) -> bool:
+    """``--kl-penalty``: the KL to the reference as its own k3 loss term (GRPO's default) rather
+    than a per-token penalty inside the reward (PPO's, RLOO's and REINFORCE++'s default)."""
+    return cfg.kl_penalty == "loss" or (cfg.kl_penalty == "auto" and cfg.advantage == "grpo")
+
+
+def whiten_advantages(cfg: PPOConfig) -> bool:
+    """``--whiten-advantages``, by default on only for GAE: RLOO's leave-one-out baseline is
+    the estimator (Ahmadian et al. 2024), GRPO divides by the group's std and REINFORCE++
+    whitens its returns itself."""
+    return cfg.advantage == "gae" if cfg.whiten_advantages is None else cfg.whiten_advantages
 
 
 def single_pass(cfg: PPOConfig) -> bool:
@@ -164,26 +218,28 @@ def fill_experience(exp: Experience, fwd: dict[str, torch.Tensor],
     estimates = {kind: rl.kl_estimate(old_logprobs, exp.ref_logprobs, kind) * mask
                  for kind in {"k1", "k3", cfg.kl_estimator}}
     kl_k1, kl_k3, kl = estimates["k1"], estimates["k3"], estimates[cfg.kl_estimator]
-    beta, k = exp.beta, cfg.samples_per_prompt
+    # with --kl-penalty loss the reward is the score alone; ppo_update adds beta * k3 instead
+    beta = 0.0 if kl_in_loss(cfg) else exp.beta
+    k = cfg.samples_per_prompt
     if cfg.advantage in ("gae", "reinforce++"):
         rewards = rl.token_rewards(exp.score, kl, mask, beta)
         if cfg.whiten_rewards:
             rewards = rl.masked_whiten(rewards, mask, shift_mean=False)
         if cfg.advantage == "gae":
             advantages, returns = rl.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
+            if whiten_advantages(cfg):
                 advantages = rl.masked_whiten(advantages, mask)
         else:
             advantages, returns = rl.reinforce_pp_advantages(rewards, mask, cfg.gamma), None
     else:
-        # sequence level: the KL penalty is summed over the response, then group baselines
+        # sequence level: any KL penalty is summed over the response, then group baselines
         seq_reward = exp.score - beta * kl.sum(1)
         if cfg.advantage == "rloo":
             adv = rl.rloo_advantages(seq_reward, k)
         else:
             adv = rl.grpo_advantages(seq_reward, k)
         advantages, returns = adv[:, None] * mask, None
-        if cfg.whiten_advantages and cfg.advantage == "rloo":
+        if whiten_advantages(cfg):
             advantages = rl.masked_whiten(advantages, mask)
     exp.old_logprobs, exp.old_values = old_logprobs, old_values
     exp.advantages, exp.returns = advantages, returns
@@ -197,11 +253,15 @@ def fill_experience(exp: Experience, fwd: dict[str, torch.Tensor],
 def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOConfig,
                step: int, device: str) -> dict[str, float]:
     """``--ppo-epochs`` passes over shuffled minibatches; one optimiser step per minibatch. With
-    ``single_pass`` the experience has no old log-probs yet: the one forward provides them."""
+    ``single_pass`` the experience has no old log-probs yet: the one forward provides them.
+    ``--target-kl``: after each minibatch's step, the approximate KL of that minibatch to the
+    rollout policy is checked and the remaining minibatches and epochs are skipped past
+    1.5x the target."""
     fused_stats: dict[str, float] = {}
     n = exp.rollout.response.shape[0]
     mb = max(1, min(cfg.minibatch_size, n))
     micro = max(1, mb // max(cfg.grad_accum, 1))
+    agg = cfg.loss_aggregation
     sums: dict[str, float] = {}
     grad_norms: list[float] = []
     count, epochs_done, stopped, tokens = 0, 0, False, 0
@@ -211,10 +271,12 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
         # single_pass: one minibatch of all rows, in rollout order
         order = torch.arange(n) if exp.old_logprobs is None else torch.randperm(
             n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch))
-        epoch_kl = []
         for start in range(0, n, mb):
             idx = order[start:start + mb]
-            mb_tokens = exp.rollout.response_mask[idx].sum().clamp(min=1)
+            mb_mask = exp.rollout.response_mask[idx]
+            mb_weight = rl.aggregation_weight(mb_mask, agg).clamp(min=1)
+            mb_tokens = mb_mask.sum().clamp(min=1)
+            minibatch_kl = 0.0
             for m0 in range(0, len(idx), micro):
                 sub = idx[m0:m0 + micro].to(device)
                 part = exp.rollout.select(sub)
@@ -225,31 +287,39 @@ def ppo_update(parts, params, optimizer, scheduler, exp: Experience, cfg: PPOCon
                                          with_entropy=cfg.entropy_coef > 0 or fused)
                 if fused:  # single_pass: this forward is also the experience's (sub = all)
                     fused_stats = fill_experience(exp, out, cfg)
-                # each micro-batch's token mean, weighted by its share of the minibatch's tokens
-                share = mask.sum() / mb_tokens
+                # each micro-batch's aggregate, weighted by its share of what the minibatch
+                # averages over (tokens, or responses with --loss-aggregation sequence_mean)
+                share = rl.aggregation_weight(mask, agg) / mb_weight
                 pg, pstats = rl.policy_loss(out["logprobs"], exp.old_logprobs[sub],
-                                            exp.advantages[sub], mask, cfg.clip)
+                                            exp.advantages[sub], mask, cfg.clip, agg)
                 loss = pg
                 stats = {"policy_loss": float(pg.detach()), **pstats}
                 if cfg.advantage == "gae":
                     vl, vstats = rl.value_loss(out["values"], exp.old_values[sub],
-                                               exp.returns[sub], mask, cfg.value_clip)
+                                               exp.returns[sub], mask, cfg.value_clip, agg)
                     loss = loss + cfg.vf_coef * vl
                     stats.update(value_loss=float(vl.detach()), **vstats)
+                if kl_in_loss(cfg):
+                    kl_term = rl.kl_penalty_loss(out["logprobs"], exp.ref_logprobs[sub], mask,
+                                                 "k3", agg)
+                    loss = loss + exp.beta * kl_term
+                    stats["kl_loss"] = float(kl_term.detach())
                 if cfg.entropy_coef > 0:
-                    ent = rl.masked_mean(out["entropy"], mask)
+                    ent = rl.aggregate(out["entropy"], mask, agg)
                     loss = loss - cfg.entropy_coef * ent
                 (loss * share).backward()
-                epoch_kl.append(pstats["approx_kl"])
+                minibatch_kl += pstats["approx_kl"] * float(mask.sum() / mb_tokens)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
                 tokens += int(part.attention_mask.sum())
             grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
             grad_norms.append(grad_norm)
+            if cfg.target_kl > 0 and minibatch_kl > 1.5 * cfg.target_kl:
+                stopped = True
+                break
         epochs_done += 1
-        if cfg.target_kl > 0 and sum(epoch_kl) / len(epoch_kl) > 1.5 * cfg.target_kl:
-            stopped = True
+        if stopped:
             break
     out = {k: v / max(count, 1) for k, v in sums.items()}
     out.update(lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), optimizer_steps=len(grad_norms),
@@ -381,24 +451,6 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         mode = "full: frozen reference copy"
-    hidden = policy.config.hidden_size
-    value_head, critic = None, None
-    if cfg.advantage == "gae":
-        value_head = nn.Linear(hidden, 1).to(device)
-        nn.init.zeros_(value_head.weight)  # start at V = 0 (the N implementation details)
-        nn.init.zeros_(value_head.bias)
-        if cfg.critic == "separate":
-            critic = copy.deepcopy(reference if reference is not None else policy.get_base_model())
-            critic.requires_grad_(True)
-            mode += "; separate critic"
-        else:
-            mode += "; value head on the policy's backbone"
-    parts = PolicyAndValue(policy, value_head, critic)
-    if not cfg.keep_dropout:
-        disable_dropout(parts)
-    parts.train()
-    trainable, total_params = count_parameters(parts)
-
     # 3. Prompts (train, held-out), the reward function, the KL controller.
     train = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length,
                          cfg.skip_invalid)
@@ -406,11 +458,35 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                              cfg.skip_invalid) if cfg.eval_data else None)
     reward_fn = reward_fn or RewardFunction(cfg.reward_model, device, cfg.combine,
                                               cfg.uncertainty_penalty)
+
+    # 4. The value model (GAE only): a head on the policy's backbone, a separate copy of the
+    #    starting policy with a zero head, or the reward model's backbone and head.
+    value_head, critic = None, None
+    if cfg.advantage == "gae":
+        if cfg.critic == "reward_model":
+            critic, value_head = value_model_from_reward(reward_fn, tokenizer)
+            mode += "; value model initialised from the reward model"
+        else:
+            value_head = nn.Linear(policy.config.hidden_size, 1).to(device)
+            nn.init.zeros_(value_head.weight)  # start at V = 0 (the N implementation details)
+            nn.init.zeros_(value_head.bias)
+        if cfg.critic == "separate":
+            critic = copy.deepcopy(reference if reference is not None else policy.get_base_model())
+            mode += "; separate critic"
+        elif cfg.critic == "shared":
+            mode += "; value head on the policy's backbone"
+        if critic is not None:
+            critic.requires_grad_(True)
+    parts = PolicyAndValue(policy, value_head, critic)
+    if not cfg.keep_dropout:
+        disable_dropout(parts)
+    parts.train()
+    trainable, total_params = count_parameters(parts)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
     monitor = HackingMonitor(heldout, cfg, tokenizer) if heldout is not None else None
 
-    # 4. Optimiser and schedule over every optimiser step of the run.
+    # 5. Optimiser and schedule over every optimiser step of the run.
     rollouts_per_step = cfg.batch_size * cfg.samples_per_prompt
     per_step = cfg.ppo_epochs * -(-rollouts_per_step // max(1, min(cfg.minibatch_size,
                                                                    rollouts_per_step)))
@@ -419,7 +495,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, total_steps * per_step, cfg.warmup_steps, cfg.schedule)
 
-    # 5. Resume: weights, optimiser, schedule, RNG, KL controller, monitor, data position.
+    # 6. Resume: weights, optimiser, schedule, RNG, KL controller, monitor, data position.
+    #    The reward normalisation refitted on the starting policy is part of the state.
     start_step = 0
     found = ckpt.list_checkpoints(output) if cfg.resume else []
     if found:
@@ -428,8 +505,17 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         kl_ctl.load_state_dict(state["kl_controller"])
         if monitor is not None:
             monitor.load_state_dict(state.get("monitor", {}))
+        if state.get("reward_normalization"):
+            reward_fn.model.spec.offset = state["reward_normalization"]["offset"]
+            reward_fn.model.spec.scale = state["reward_normalization"]["scale"]
         log.info("resuming from %s (step %d of %d)", found[-1], start_step, total_steps)
     metrics = MetricsLog(output, resume_step=start_step if cfg.resume else None)
+    if cfg.reward_normalization == "reference" and start_step == 0:
+        refit = fit_reward_normalisation(policy, reward_fn, tokenizer, train, cfg, device)
+        metrics.log(0, {"reward_offset_before": refit["before"]["offset"],
+                        "reward_scale_before": refit["before"]["scale"],
+                        "reward_offset": refit["after"]["offset"],
+                        "reward_scale": refit["after"]["scale"]}, split="normalization")
     if start_step == 0:
         metrics.log(0, {"train_prompts": len(train.ids),
                         "heldout_prompts": len(heldout.ids) if heldout else 0,
@@ -437,7 +523,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                         "mode": mode, "advantage": cfg.advantage, "device": device,
                         "total_steps": total_steps}, split="setup")
 
-    # 6. The monitor before training (the baseline every later reading compares with).
+    # 7. The monitor before training (the baseline every later reading compares with).
     def run_monitor(step: int) -> bool:
         row = monitor.measure(parts, reference, reward_fn, tokenizer, device)
         warnings = monitor.check({**row, "step": step})
@@ -454,7 +540,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     if monitor is not None and start_step == 0:
         run_monitor(0)
 
-    # 7. Train: sample -> score -> advantages -> PPO epochs; checkpoint; monitor.
+    # 8. Train: sample -> score -> advantages -> PPO epochs; checkpoint; monitor.
     bar = progress_bar(total_steps, start_step, cfg.progress, "ppo")
     stopped_by_monitor = False
     for step in range(start_step, total_steps):
@@ -480,16 +566,20 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
             stopped_by_monitor = run_monitor(done)
         if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == total_steps \
                 or stopped_by_monitor:
+            normalization = ({"offset": reward_fn.model.spec.offset,
+                              "scale": reward_fn.model.spec.scale}
+                             if cfg.reward_normalization == "reference" else None)
             ckpt.save_checkpoint(output, done, parts, optimizer, scheduler,
                                  {"kl_controller": kl_ctl.state_dict(),
-                                  "monitor": monitor.state_dict() if monitor else {}},
+                                  "monitor": monitor.state_dict() if monitor else {},
+                                  "reward_normalization": normalization},
                                  keep=cfg.keep_checkpoints)
         if stopped_by_monitor:
             log.warning("stopping at step %d: --stop-on-hacking", done)
             break
     bar.close()
 
-    # 8. Final policy (LoRA merged) + value head; best/ was kept by the monitor.
+    # 9. Final policy (LoRA merged) + value head; best/ was kept by the monitor.
     metrics.close()
     final = save_policy(parts, tokenizer, output, "final", keep_training=False)
     log.info("saved %s", final)
