@@ -1,6 +1,7 @@
 """Parity with the peer: on identical token ids, model weights and reference, alignkit's DPO loss,
 implicit rewards and log-probs equal TRL ``DPOTrainer``'s own (its ``_compute_loss``) to 1e-5,
-for every loss both implement. TRL is a dev dependency, so this runs in CI."""
+for every loss both implement. TRL is pinned in the [dev] extra, so this runs wherever the suite
+runs; without it the module fails to import (a loud error, never a silent skip)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import json
 
 import pytest
 import torch
+import trl  # noqa: F401  (the peer under comparison: its absence must fail, not skip)
 
 pytestmark = pytest.mark.smoke
 
-trl = pytest.importorskip("trl")  # pinned in the [dev] extra: present wherever the suite runs
 
 PAIRS = [
     {"prompt": "Name a colour of the sky.", "chosen": "Blue on a clear day.",
