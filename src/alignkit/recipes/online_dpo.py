@@ -7,8 +7,9 @@ feedback"). Each round:
 2. a labeler picks the better and the worse answer of each prompt: the reward model (or ensemble)
    by its combined reward, or the simulated annotator panel (the gold scorer's noisy raters);
 3. with an ensemble, pairs it is unsure of can be dropped (std of the members' margins above
-   ``--max-std``, or the mean margin below ``--min-margin``) or given the members' mean
-   preference probability as a soft label (``--uncertain soft``, the cDPO form per pair);
+   ``--max-std``, or the mean margin below ``--min-margin``, both in normalised reward units) or
+   given the members' mean Bradley-Terry preference probability as a soft label (``--uncertain
+   soft``, the cDPO form per pair; from each member's raw reward, see ``Labeler``);
 4. the pairs keep the exact sampled tokens (no re-tokenisation: the data are on-policy), the
    reference scores them (adapter-free policy with ``--lora``, else a frozen copy), and DPO takes
    ``--dpo-epochs`` passes over them (one optimiser step per micro-batch of
@@ -35,7 +36,7 @@ from alignkit.errors import UserError
 from alignkit.evaluation.policy import RewardFunction, decode_responses, load_prompts
 from alignkit.generation.sampler import SamplingConfig, sample
 from alignkit.models import checkpoint as ckpt
-from alignkit.models.lora import add_lora, count_parameters, is_lora
+from alignkit.models.lora import add_lora, count_parameters, disable_dropout, is_lora
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes.common import autocast, make_optimizer, prepare_output, progress_bar
 from alignkit.recipes.dpo import PolicySampler, dpo_step, make_batch, reference_logps
@@ -52,9 +53,34 @@ def sequence_with_targets(prompt: list[int], response: list[int]) -> tuple[list[
     return ids, targets
 
 
+def trained_logits(model, scores) -> torch.Tensor:
+    """(M, B) each member's reward on the scale its Bradley-Terry loss was trained on, so that
+    ``sigmoid(r_m(a) - r_m(b))`` is member m's probability that a beats b.
+
+    ``scores`` holds normalised rewards, ``(raw - offset) / scale`` per member and aspect; the
+    normalisation is undone here. One aspect: the raw head output. Several aspects: the aspect
+    combination (weights, floors) applied to the raw head outputs, which is the reward an untagged
+    comparison trains (``recipes.reward.pair_margins``); with aspect-tagged data only, it is the
+    weighted sum of the per-aspect Bradley-Terry logits."""
+    members = scores.members.float()  # (M, B, A)
+    offset = torch.tensor(model.spec.offset, dtype=members.dtype, device=members.device)
+    scale = torch.tensor(model.spec.scale, dtype=members.dtype, device=members.device)
+    raw = members * scale[:, None, :] + offset[:, None, :]
+    return raw[..., 0] if raw.shape[-1] == 1 else model.combine(raw).per_member
+
+
 class Labeler:
     """(prompt texts, categories, K answers each, ended flags) -> per prompt the indices of the
-    better and worse answer, the soft label, and (ensemble) the spread of the members' margins."""
+    better and worse answer, the soft label, and (ensemble) the spread of the members' margins.
+
+    Reward-model labeler: the better and worse answers are the best and worst by the combined
+    (normalised) reward, the quantity the policy is asked to raise. ``margin`` and ``std`` are the
+    mean and std over members of their normalised margins (``--min-margin`` and ``--max-std`` are
+    in these units: each member's rewards have std 1 on its reference responses, so the spread
+    measures disagreement rather than differences in the members' reward scales). ``label`` is
+    the members' mean Bradley-Terry probability ``mean_m sigmoid(r_m(better) - r_m(worse))`` on
+    their raw (trained) scale, see ``trained_logits``: a normalised margin is the raw one divided
+    by the member's scale, and its sigmoid is not a probability the member was trained to give."""
 
     def __init__(self, cfg: OnlineDPOConfig, tokenizer, device: str):
         self.cfg = cfg
@@ -72,13 +98,16 @@ class Labeler:
             flat_texts = [t for t in texts for _ in range(k)]
             flat_answers = [a for row in answers for a in row]
             scores = self.reward.model.score(flat_texts, flat_answers)
+            m = scores.per_member.shape[0]
             combined = scores.combined.float().cpu().view(-1, k)
-            members = scores.per_member.float().cpu().view(scores.per_member.shape[0], -1, k)
+            members = scores.per_member.float().cpu().view(m, -1, k)
+            logits = trained_logits(self.reward.model, scores).cpu().view(m, -1, k)
             for i in range(len(texts)):
                 best, worst = int(combined[i].argmax()), int(combined[i].argmin())
-                margins = members[:, i, best] - members[:, i, worst]  # (M,)
+                margins = members[:, i, best] - members[:, i, worst]  # (M,) normalised
+                logit_margins = logits[:, i, best] - logits[:, i, worst]  # (M,) raw
                 out.append({"better": best, "worse": worst,
-                            "label": float(torch.sigmoid(margins).mean()),
+                            "label": float(torch.sigmoid(logit_margins).mean()),
                             "margin": float(margins.mean()),
                             "std": float(margins.std()) if len(margins) > 1 else 0.0,
                             "reward": float(combined[i].mean())})
@@ -123,6 +152,10 @@ def main(cfg: OnlineDPOConfig) -> dict:
     model, tokenizer = load_model_and_tokenizer(cfg.model, device)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if not cfg.keep_dropout:
+        # the reference (and the sampler) run in eval mode: training forwards with dropout would
+        # compute another function, and the first DPO loss would not be ln 2
+        disable_dropout(model)
     reference = None if is_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
     trainable, total_params = count_parameters(model)
