@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +19,64 @@ from typing import Any, Optional
 from alignkit.errors import UserError
 
 
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A config field with its help text (shown by ``--help``) and optional allowed values."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option allows: a lower and an upper bound (each closed or open),
+    single values allowed besides (``also``: e.g. -1 for "use --epochs"), and whether an infinite
+    value counts (NaN never does)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+    inf: bool = False
+
+    def allows(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not self.inf)):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """``>= 1``, ``in [0, 1)``, ``-1 or >= 1``; empty when every number is allowed."""
+        if self.low is not None and self.high is not None:
+            bounds = (f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                      f"{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            bounds = f"{'>' if self.low_open else '>='} {self.low}"
+        elif self.high is not None:
+            bounds = f"{'<' if self.high_open else '<='} {self.high}"
+        else:
+            bounds = ""
+        return " or ".join([*(str(v) for v in self.also), *([bounds] if bounds else [])])
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None,
+        also: tuple = (), inf: bool = False, unbounded: bool = False) -> Any:
+    """A config field with its help text (shown by ``--help``), optional allowed values and, for
+    numbers, the allowed range: ``ge``/``gt`` (lower bound, closed/open), ``le``/``lt`` (upper
+    bound), ``also`` (single values allowed besides, such as -1 or 0 with a special meaning),
+    ``inf`` (an infinite float is allowed) or ``unbounded`` (any finite number). ``build_config``
+    rejects a value outside it, and NaN / inf in every float field. A subclass that redefines a
+    field only to change its default keeps the range of the base class's field."""
+    bounded = any(b is not None for b in (ge, gt, le, lt)) or also or inf
+    if ge is not None and gt is not None or le is not None and lt is not None:
+        raise TypeError("give one lower bound (ge or gt) and one upper bound (le or lt)")
+    rng = (Range(ge if gt is None else gt, le if lt is None else lt, gt is not None,
+                 lt is not None, tuple(also), inf) if bounded or unbounded else None)
+    return field(default=default, metadata={"help": help, "choices": choices, "range": rng})
+
+
+# numpy takes only non-negative seeds; 32 bits keep the derived torch seeds
+# (seed * 1_000_003 + epoch) inside 64 bits
+SEED = {"ge": 0, "le": 2**32 - 1}
 
 
 @dataclass
@@ -28,9 +84,9 @@ class ModelArgs:
     model: str = opt("default", "Model to start from: 'default' (packaged SmolLM2-135M-Instruct), "
                      "a local Hugging Face folder, a .gguf file, or a hub id.")
     lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights.")
-    lora_r: int = opt(16, "LoRA rank.")
-    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.")
+    lora_r: int = opt(16, "LoRA rank.", ge=1)
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r).", ge=1)
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj",
                             "Comma-separated module names that get LoRA adapters.")
     device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
@@ -45,32 +101,33 @@ class DataArgs:
     eval_data: Optional[str] = opt(None, "Held-out data file; without it --eval-fraction of --data "
                                    "is held out.")
     eval_fraction: float = opt(0.05, "Fraction of --data held out for evaluation when --eval-data "
-                               "is not given (0 disables evaluation).")
+                               "is not given (0 disables evaluation).", ge=0, lt=1)
     max_length: int = opt(512, "Longest tokenised example; longer ones are an error unless "
-                          "--skip-invalid.")
+                          "--skip-invalid.", ge=1)
     skip_invalid: bool = opt(False, "Drop invalid records (counted and reported) instead of "
                              "stopping.")
 
 
 @dataclass
 class OptimArgs:
-    lr: float = opt(2e-5, "Peak learning rate.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    warmup_steps: int = opt(0, "Linear warm-up steps.")
+    lr: float = opt(2e-5, "Peak learning rate.", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
+    warmup_steps: int = opt(0, "Linear warm-up steps.", ge=0)
     schedule: str = opt("cosine", "Learning-rate decay after warm-up.",
                         ("cosine", "linear", "constant"))
-    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this (0 disables).")
-    batch_size: int = opt(8, "Examples per micro-batch.")
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step.")
-    max_steps: int = opt(-1, "Optimiser steps to run; -1 means --epochs full passes.")
-    epochs: float = opt(1.0, "Passes over the training data when --max-steps is -1.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this (0 disables).", ge=0)
+    batch_size: int = opt(8, "Examples per micro-batch.", ge=1)
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step.", ge=1)
+    max_steps: int = opt(-1, "Optimiser steps to run; -1 means --epochs full passes.",
+                         ge=1, also=(-1,))
+    epochs: float = opt(1.0, "Passes over the training data when --max-steps is -1.", gt=0)
 
 
 @dataclass
 class PackingArgs:
     packing: bool = opt(True, "Padding-free batches: several examples share a row, each attending "
                         "only to itself (used for a batch when it is clearly cheaper).")
-    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).")
+    pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).", ge=0)
     share_prefix: bool = opt(True, "With packing, run a shared prompt prefix once (a chat "
                              "template's system prompt per row; for reward models also each "
                              "prompt once for all its responses); every example still computes "
@@ -81,11 +138,11 @@ class PackingArgs:
 class RunArgs:
     output: str = opt("runs/run", "Output folder (config.yaml, metrics.jsonl, checkpoints/, "
                       "final/).")
-    seed: int = opt(42, "Seed for data order, initialisation and sampling.")
-    log_every: int = opt(1, "Write metrics every N steps.")
-    eval_every: int = opt(50, "Held-out evaluation every N steps (0: only at start and end).")
-    save_every: int = opt(100, "Checkpoint every N steps (0: only final/).")
-    keep_checkpoints: int = opt(2, "Keep the newest N checkpoints (0 keeps all).")
+    seed: int = opt(42, "Seed for data order, initialisation and sampling.", **SEED)
+    log_every: int = opt(1, "Write metrics every N steps.", ge=1)
+    eval_every: int = opt(50, "Held-out evaluation every N steps (0: only at start and end).", ge=0)
+    save_every: int = opt(100, "Checkpoint every N steps (0: only final/).", ge=0)
+    keep_checkpoints: int = opt(2, "Keep the newest N checkpoints (0 keeps all).", ge=0)
     resume: bool = opt(False, "Continue from the newest checkpoint in --output exactly where it "
                        "stopped.")
     overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output (without it, "
@@ -114,30 +171,31 @@ class DemoConfig(SFTConfig):
                          "demo's prompts and sampled answers; prints the URL and sign-in tokens.")
     label_prompts: int = opt(254, "Stage 2: training prompts whose sampled answers the simulated "
                              "panel ranks (254: all the shipped ones; 96 left the reward model "
-                             "near chance on held-out pairs).")
-    labels_per_prompt: int = opt(2, "Stage 2: rankings per prompt (different annotators).")
-    num_responses: int = opt(4, "Stage 2: answers sampled per prompt (K).")
-    gold_scale: float = opt(2.0, "Stage 2: gold scale of the simulated annotators.")
-    reward_ensemble: int = opt(3, "Stage 2: members of the MiniLM reward ensemble.")
-    reward_steps: int = opt(40, "Stage 2: reward-model optimiser steps.")
-    reward_lr: float = opt(1e-4, "Stage 2: reward-model learning rate.")
+                             "near chance on held-out pairs).", ge=1)
+    labels_per_prompt: int = opt(2, "Stage 2: rankings per prompt (different annotators).", ge=1)
+    num_responses: int = opt(4, "Stage 2: answers sampled per prompt (K).", ge=2)
+    gold_scale: float = opt(2.0, "Stage 2: gold scale of the simulated annotators.", ge=0)
+    reward_ensemble: int = opt(3, "Stage 2: members of the MiniLM reward ensemble.", ge=1)
+    reward_steps: int = opt(40, "Stage 2: reward-model optimiser steps.", ge=1)
+    reward_lr: float = opt(1e-4, "Stage 2: reward-model learning rate.", gt=0)
     ppo_steps: int = opt(16, "Stage 3: PPO steps (rollout batches) with LoRA against the reward "
-                         "ensemble (0 skips stage 3).")
-    ppo_batch_size: int = opt(8, "Stage 3: prompts per PPO rollout batch.")
-    ppo_lr: float = opt(5e-4, "Stage 3: PPO learning rate (LoRA).")
-    ppo_kl_coef: float = opt(0.05, "Stage 3: KL penalty coefficient beta.")
+                         "ensemble (0 skips stage 3).", ge=0)
+    ppo_batch_size: int = opt(8, "Stage 3: prompts per PPO rollout batch.", ge=1)
+    ppo_lr: float = opt(5e-4, "Stage 3: PPO learning rate (LoRA).", gt=0)
+    ppo_kl_coef: float = opt(0.05, "Stage 3: KL penalty coefficient beta.", ge=0)
     ppo_combine: str = opt("mean_minus_std", "Stage 3: how the ensemble's members combine into "
                            "the reward PPO maximises.", ("mean", "min", "mean_minus_std",
                                                           "mean_minus_var"))
-    dpo_steps: int = opt(24, "Stage 4: DPO steps with LoRA on the panel's rankings (0 skips it).")
-    dpo_lr: float = opt(3e-4, "Stage 4: DPO learning rate (LoRA).")
-    dpo_beta: float = opt(0.1, "Stage 4: DPO beta.")
+    dpo_steps: int = opt(24, "Stage 4: DPO steps with LoRA on the panel's rankings (0 skips it).",
+                         ge=0)
+    dpo_lr: float = opt(3e-4, "Stage 4: DPO learning rate (LoRA).", gt=0)
+    dpo_beta: float = opt(0.1, "Stage 4: DPO beta.", gt=0)
     best_of: int = opt(4, "Stage 4: n of the best-of-n baseline (SFT samples, reward ensemble "
-                       "picks).")
+                       "picks).", ge=1)
     compare_prompts: int = opt(32, "Held-out prompts on which base, SFT, PPO, DPO and best-of-n "
-                               "are compared (gold score, KL to SFT).")
-    samples: int = opt(4, "Held-out prompts to answer before and after training.")
-    max_new_tokens: int = opt(48, "Length limit of the sampled answers.")
+                               "are compared (gold score, KL to SFT).", ge=1)
+    samples: int = opt(4, "Held-out prompts to answer before and after training.", ge=1)
+    max_new_tokens: int = opt(48, "Length limit of the sampled answers.", ge=1)
     data: Optional[str] = opt("demo", DataArgs.__dataclass_fields__["data"].metadata["help"])
     lora: bool = opt(True, ModelArgs.__dataclass_fields__["lora"].metadata["help"])
     lr: float = opt(1e-3, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
@@ -186,8 +244,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         choices = f.metadata.get("choices")
         shown = f.default if f.default is not dataclasses.MISSING else None
+        allowed = field_range(cls, f.name)
+        allowed = allowed.describe() if allowed is not None else ""
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{help_text} (default: {shown})"}
+                                  "help": f"{help_text} (default: {shown}"
+                                          f"{'; allowed: ' + allowed if allowed else ''})"}
         if tp is bool:
             group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             continue
@@ -243,7 +304,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def read_yaml_overrides(cls: type, path: str) -> dict[str, Any]:
+def read_yaml_overrides(cls: type, path: str, where: dict[str, str] | None = None
+                        ) -> dict[str, Any]:
+    """The options of a YAML file, typed. ``where`` (when given) receives, per option, how an
+    error names it: ``file.yaml:LINE: option 'key'``."""
     import yaml
 
     p = Path(path)
@@ -264,10 +328,12 @@ def read_yaml_overrides(cls: type, path: str) -> dict[str, Any]:
     for key, value in raw.items():
         k = str(key).replace("-", "_")
         line_no = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip().startswith(f"{key}:")), 0)
-        where = f"{path}:{line_no}: option {key!r}" if line_no else f"{path}: option {key!r}"
+        at = f"{path}:{line_no}: option {key!r}" if line_no else f"{path}: option {key!r}"
         if k not in names:
-            raise UserError(f"{where} is not an option of this stage (see --help)")
-        out[k] = _coerce(value, types[k], where)
+            raise UserError(f"{at} is not an option of this stage (see --help)")
+        out[k] = _coerce(value, types[k], at)
+        if where is not None:
+            where[k] = at
     return out
 
 
@@ -279,16 +345,62 @@ def validate_choices(cfg: Any) -> None:
             raise UserError(f"option {f.name!r}: {value!r} is not one of {', '.join(choices)}")
 
 
+def field_range(cls: type, name: str) -> Range | None:
+    """The range of a numeric field: its own, else that of the nearest base class that declares
+    one (a subclass may redefine a field only to change its default)."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get("range") is not None:
+            return f.metadata["range"]
+    return None
+
+
+def range_problems(cfg: Any, where: dict[str, str] | None = None) -> list[str]:
+    """Every numeric value outside its field's range, and NaN or inf in any float field (unless
+    the range allows inf), as ``<where> must be <range>, got <value>`` in field order; ``where``
+    maps a field to how the user gave it (``--batch-size``, ``run.yaml:3: option 'batch_size'``)."""
+    cls, types, out = type(cfg), _field_types(type(cfg)), []
+    for f in dataclasses.fields(cfg):
+        base, value = _base_type(types[f.name]), getattr(cfg, f.name)
+        if base not in (int, float) or value is None or isinstance(value, bool):
+            continue
+        rng = field_range(cls, f.name)
+        if rng is None:
+            if base is int:
+                continue
+            rng = Range()
+        if rng.allows(value):
+            continue
+        allowed = rng.describe()
+        if base is float and not rng.inf:
+            allowed = f"a finite number {allowed}".rstrip()
+        name = (where or {}).get(f.name, f"option {f.name!r}")
+        out.append(f"{name} must be {allowed}, got {value!r}")
+    return out
+
+
+def validate_ranges(cfg: Any, where: dict[str, str] | None = None) -> None:
+    """``UserError`` naming every out-of-range value (one line, the problems joined by "; ")."""
+    problems = range_problems(cfg, where)
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
     """Defaults < YAML (``args.config``) < flags given on the command line < ``extra``."""
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}  # how each value was given, for error messages
     if getattr(args, "config", None):
-        values.update(read_yaml_overrides(cls, args.config))
+        values.update(read_yaml_overrides(cls, args.config, where))
     names = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    values.update(flags)
+    where.update({k: flag_name(k) for k in flags})
     values.update(extra or {})
+    where.update({k: f"option {k!r}" for k in extra or {}})
     cfg = cls(**values)
     validate_choices(cfg)
+    validate_ranges(cfg, where)
     return cfg
 
 
@@ -320,30 +432,30 @@ class RewardConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
                         "pooling), causal (chat-rendered, last token), or auto.",
                         ("auto", "encoder", "causal"))
     ensemble: int = opt(1, "Members of the reward ensemble (different seeds and bootstrap "
-                        "resamples).")
+                        "resamples).", ge=1)
     shared_backbone: bool = opt(False, "Ensemble members share one frozen backbone (heads only: "
                                 "cheap, but only the heads learn).")
     bootstrap: bool = opt(True, "With --ensemble > 1, each member sees a Poisson(1) bootstrap "
                           "resample of the prompts.")
     reinit_layers: int = opt(0, "Each member draws its own random weights for the top N "
                              "transformer blocks of its backbone (more diverse members: their "
-                             "spread then tracks what the data leave open).")
+                             "spread then tracks what the data leave open).", ge=0)
     aspects: str = opt("", "Comma-separated reward heads (e.g. helpful,harmless,honest); empty: "
                        "the aspects tagged in the data, or one 'reward' head.")
     loss: str = opt("bradley_terry", "Loss of K-way rankings: bradley_terry on their K(K-1)/2 "
                     "pairs (InstructGPT), or plackett_luce on the whole ranking (pairwise "
                     "records always use Bradley-Terry).", ("bradley_terry", "plackett_luce"))
     label_smoothing: float = opt(0.0, "Label smoothing for noisy labels (0 = plain "
-                                 "Bradley-Terry).")
+                                 "Bradley-Terry).", ge=0, le=0.5)
     annotator_weights: str = opt("", "Per-annotator loss weights, e.g. 'ann-0=1,ann-4=0.3'.")
     combine: str = opt("mean", "How ensemble members combine into the reward to optimise.",
                        ("mean", "min", "mean_minus_std", "mean_minus_var"))
-    uncertainty_penalty: float = opt(1.0, "lambda of mean_minus_std / mean_minus_var.")
+    uncertainty_penalty: float = opt(1.0, "lambda of mean_minus_std / mean_minus_var.", ge=0)
     aspect_weights: str = opt("", "Weights of the aspects, e.g. 'helpful=1,honest=0.5' (empty: "
                               "equal).")
     aspect_floor: str = opt("", "Constraint mode: floors of gated aspects, e.g. 'harmless=0'; "
                             "below it the reward is the shortfall minus --gate-penalty.")
-    gate_penalty: float = opt(1.0, "Penalty under a broken aspect floor.")
+    gate_penalty: float = opt(1.0, "Penalty under a broken aspect floor.", ge=0)
     chat: str = opt("auto", "Render prompts with the chat template (causal backbones).",
                     ("auto", "always", "never"))
     lr: float = opt(5e-5, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
@@ -366,47 +478,70 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
                               "'demo-prompts' are the shipped ones.")
     eval_data: Optional[str] = opt("demo-prompts-heldout", "Held-out prompts for the monitor "
                                    "(none: no monitor).")
-    eval_prompts: int = opt(32, "Held-out prompts the monitor samples each time (0: all).")
+    eval_prompts: int = opt(32, "Held-out prompts the monitor samples each time (0: all).", ge=0)
     advantage: str = opt("gae", "Advantage estimator: gae (PPO with a value head), rloo, grpo "
                          "(k samples per prompt, group baselines) or reinforce++ (global "
                          "baseline).", ("gae", "rloo", "grpo", "reinforce++"))
     batch_size: int = opt(16, "Prompts per rollout batch (one PPO step).")
-    samples_per_prompt: int = opt(1, "Responses sampled per prompt (rloo / grpo need >= 2).")
-    minibatch_size: int = opt(8, "Rollouts per PPO minibatch (one optimiser step each).")
-    ppo_epochs: int = opt(2, "Passes over each rollout batch.")
+    samples_per_prompt: int = opt(1, "Responses sampled per prompt (rloo / grpo need >= 2).", ge=1)
+    minibatch_size: int = opt(8, "Rollouts per PPO minibatch (one optimiser step each).", ge=1)
+    ppo_epochs: int = opt(2, "Passes over each rollout batch.", ge=1)
     grad_accum: int = opt(1, "Micro-batches per minibatch (minibatch_size / grad_accum each).")
-    max_steps: int = opt(40, "Rollout batches (PPO steps) to run.")
+    max_steps: int = opt(40, "Rollout batches (PPO steps) to run.", ge=1)
     lr: float = opt(1e-5, "Peak learning rate (LoRA usually wants ~1e-4).")
     warmup_steps: int = opt(0, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
     schedule: str = opt("constant", "Learning-rate decay after warm-up.",
                         ("cosine", "linear", "constant"))
-    max_new_tokens: int = opt(48, "Longest sampled response.")
+    max_new_tokens: int = opt(48, "Longest sampled response.", ge=1)
     max_prompt_length: int = opt(256, "Longest tokenised prompt (longer ones are an error unless "
-                                 "--skip-invalid).")
-    temperature: float = opt(1.0, "Sampling temperature (also divides the training logits).")
-    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
-    top_k: int = opt(0, "Top-k sampling (0: off).")
-    kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive).")
+                                 "--skip-invalid).", ge=1)
+    # the policy gradient needs sampled rollouts (greedy ones have no log-probs to ratio)
+    temperature: float = opt(1.0, "Sampling temperature (also divides the training logits).", gt=0)
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).", gt=0, le=1)
+    top_k: int = opt(0, "Top-k sampling (0: off).", ge=0)
+    kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive).", ge=0)
     kl_estimator: str = opt("k1", "Per-token KL in the reward: k1 (log-ratio) or k3 "
                             "((r - 1) - log r); both are logged.", ("k1", "k2", "k3"))
     adaptive_kl: bool = opt(False, "Adapt beta towards --kl-target (Ziegler et al. 2019).")
-    kl_target: float = opt(6.0, "Target KL (nats per response) of the adaptive controller.")
-    kl_horizon: int = opt(10000, "Horizon of the adaptive controller (samples).")
-    clip: float = opt(0.2, "PPO ratio clip epsilon.")
-    value_clip: float = opt(0.2, "Value clip epsilon.")
-    vf_coef: float = opt(0.1, "Value loss coefficient.")
-    entropy_coef: float = opt(0.0, "Entropy bonus coefficient.")
-    gamma: float = opt(1.0, "Discount.")
-    lam: float = opt(0.95, "GAE lambda.")
+    kl_target: float = opt(6.0, "Target KL (nats per response) of the adaptive controller.", gt=0)
+    kl_horizon: int = opt(10000, "Horizon of the adaptive controller (samples).", ge=1)
+    clip: float = opt(0.2, "PPO ratio clip epsilon.", gt=0)
+    value_clip: float = opt(0.2, "Value clip epsilon.", gt=0)
+    vf_coef: float = opt(0.1, "Value loss coefficient.", ge=0)
+    entropy_coef: float = opt(0.0, "Entropy bonus coefficient.", ge=0)
+    gamma: float = opt(1.0, "Discount.", ge=0, le=1)
+    lam: float = opt(0.95, "GAE lambda.", ge=0, le=1)
     whiten_rewards: bool = opt(False, "Whiten the token rewards of each batch (keeping their "
                                "mean).")
-    whiten_advantages: bool = opt(True, "Whiten advantages per batch.")
+    whiten_advantages: Optional[bool] = opt(None, "Whiten advantages per batch (default: on for "
+                                            "gae; off for rloo, whose leave-one-out baseline is "
+                                            "the whole point, as Ahmadian et al. 2024 and TRL; "
+                                            "grpo and reinforce++ normalise their own way).")
+    kl_penalty: str = opt("auto", "Where the KL to the reference acts: in the reward (a "
+                          "per-token penalty, Ziegler et al. 2019) or as a separate k3 loss term "
+                          "(GRPO, Shao et al. 2024); auto: loss for grpo, reward otherwise.",
+                          ("auto", "reward", "loss"))
+    loss_aggregation: str = opt("token_mean", "How per-token losses reduce: token_mean (every "
+                                "token of the minibatch weighs the same) or sequence_mean (each "
+                                "response's own mean, then the mean over responses, as the "
+                                "GRPO paper).", ("token_mean", "sequence_mean"))
+    reward_normalization: str = opt("saved", "saved: the reward model's own normalisation "
+                                    "(alignkit reward fits it on its training responses); "
+                                    "reference: before training, refit every member's offset "
+                                    "and scale so fresh samples of the starting policy score "
+                                    "mean 0, std 1 (Huang et al. 2024).", ("saved", "reference"))
+    normalization_prompts: int = opt(64, "With --reward-normalization reference: training "
+                                     "prompts the starting policy answers for the fit.", ge=1)
     target_kl: float = opt(0.0, "Stop a step's PPO epochs early when the approximate KL to the "
-                           "rollout policy exceeds 1.5x this (0: never).")
+                           "rollout policy exceeds 1.5x this (0: never).", ge=0)
     missing_eos_penalty: float = opt(1.0, "Subtracted from the score of a response cut at "
-                                     "--max-new-tokens (it never ended).")
-    critic: str = opt("shared", "Value head on the policy's backbone (shared) or on a separate "
-                      "copy (separate).", ("shared", "separate"))
+                                     "--max-new-tokens (it never ended).", ge=0)
+    critic: str = opt("shared", "Value head on the policy's backbone (shared), on a separate "
+                      "copy of the starting policy with a zero head (separate), or a separate "
+                      "value model initialised from the reward model: its backbone and its "
+                      "(normalised) head, Huang et al. 2024 (reward_model; needs a causal reward "
+                      "model with the policy's tokenizer).", ("shared", "separate",
+                                                              "reward_model"))
     keep_dropout: bool = opt(False, "Keep the model's dropout on while training (default: off in "
                              "the policy, critic and LoRA adapters, so the rollout, old, reference "
                              "and training forwards compute the same function: the first ratio is "
@@ -414,14 +549,15 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     combine: Optional[str] = opt(None, "Override how the reward ensemble combines: mean, min, "
                                  "mean_minus_std (uncertainty-weighted, Coste et al. 2023), "
                                  "mean_minus_var.")
-    uncertainty_penalty: Optional[float] = opt(None, "Override lambda of mean_minus_std.")
+    uncertainty_penalty: Optional[float] = opt(None, "Override lambda of mean_minus_std.", ge=0)
     gold: bool = opt(True, "Score held-out samples with the gold scorer in the monitor "
                      "(simulated-annotator experiments).")
+    # inf is allowed in the monitor's thresholds: it never warns
     kl_budget: float = opt(0.0, "Monitor: warn when held-out KL (nats per response) exceeds this "
-                           "(0: no budget).")
+                           "(0: no budget).", ge=0, inf=True)
     length_drift: float = opt(2.0, "Monitor: warn when mean response length moves beyond this "
-                              "factor of its start value.")
-    min_entropy: float = opt(0.05, "Monitor: warn when mean token entropy falls below this.")
+                              "factor of its start value.", ge=1, inf=True)
+    min_entropy: float = opt(0.05, "Monitor: warn when mean token entropy falls below this.", ge=0)
     stop_on_hacking: bool = opt(False, "Stop the run when the monitor warns.")
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     eval_every: int = opt(10, "Run the monitor every N steps (0: only at start and end).")
@@ -440,10 +576,10 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
                               "ranking gives all its K(K-1)/2 pairs.")
     loss: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC) or robust (rDPO); "
                     "--label-smoothing with sigmoid is cDPO.", ("sigmoid", "ipo", "hinge", "robust"))
-    beta: float = opt(0.1, "KL strength beta (IPO: tau).")
+    beta: float = opt(0.1, "KL strength beta (IPO: tau).", gt=0)
     label_smoothing: float = opt(0.0, "Assumed label-flip rate: cDPO with --loss sigmoid, the "
-                                 "noise rate of --loss robust.")
-    rpo_alpha: float = opt(0.0, "Add alpha * per-token NLL of the chosen response (RPO).")
+                                 "noise rate of --loss robust.", ge=0, le=0.5)
+    rpo_alpha: float = opt(0.0, "Add alpha * per-token NLL of the chosen response (RPO).", ge=0)
     reference_free: bool = opt(False, "No reference model (its log-probs taken as 0).")
     keep_dropout: bool = opt(False, "Keep the model's dropout on while training (default: off, "
                              "LoRA dropout included, so the policy and the reference log-probs "
@@ -453,8 +589,8 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     sample_prompts: Optional[str] = opt("demo-prompts-heldout", "Held-out prompts the policy "
                                         "answers at each evaluation, for its KL to the reference "
                                         "(and gold score with --gold); none: skip.")
-    sample_count: int = opt(16, "How many of --sample-prompts to answer (0: all).")
-    max_new_tokens: int = opt(48, "Longest sampled answer at evaluation.")
+    sample_count: int = opt(16, "How many of --sample-prompts to answer (0: all).", ge=0)
+    max_new_tokens: int = opt(48, "Longest sampled answer at evaluation.", ge=1)
     gold: bool = opt(True, "Score the sampled answers with the gold scorer (simulated-annotator "
                      "experiments).")
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
@@ -480,22 +616,25 @@ class OnlineDPOConfig(DPOConfig):
                        ("reward_model", "simulated"))
     combine: Optional[str] = opt(None, "Override how the ensemble combines (mean, min, "
                                  "mean_minus_std, mean_minus_var).")
-    rounds: int = opt(8, "Sample -> label -> train rounds (--max-steps N > 0 overrides).")
-    prompts_per_round: int = opt(16, "Prompts answered per round.")
-    samples_per_prompt: int = opt(2, "Answers sampled per prompt (>= 2).")
-    dpo_epochs: int = opt(1, "Passes over a round's pairs (one optimiser step per micro-batch).")
+    rounds: int = opt(8, "Sample -> label -> train rounds (--max-steps N > 0 overrides).", ge=1)
+    prompts_per_round: int = opt(16, "Prompts answered per round.", ge=1)
+    samples_per_prompt: int = opt(2, "Answers sampled per prompt (>= 2).", ge=2)
+    dpo_epochs: int = opt(1, "Passes over a round's pairs (one optimiser step per micro-batch).",
+                          ge=1)
     uncertain: str = opt("keep", "Pairs the ensemble is unsure of: keep, drop (std of the "
                          "members' margins above --max-std, or mean margin below --min-margin), "
-                         "or soft (the members' mean preference probability as the label).",
-                         ("keep", "drop", "soft"))
+                         "or soft (the members' mean Bradley-Terry probability, from their raw "
+                         "trained rewards, as the label).", ("keep", "drop", "soft"))
     max_std: float = opt(0.0, "With --uncertain drop: drop a pair whose member-margin std "
-                         "exceeds this (0: no limit).")
+                         "exceeds this, in normalised reward units (0: no limit).", ge=0)
     min_margin: float = opt(0.0, "With --uncertain drop: drop a pair whose mean margin is below "
-                            "this.")
-    gold_scale: float = opt(2.0, "--labeler simulated: gold scale of the panel.")
-    temperature: float = opt(1.0, "Sampling temperature.")
-    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
-    max_prompt_length: int = opt(256, "Longest tokenised prompt.")
+                            "this, in normalised reward units (those of the combined reward).",
+                            unbounded=True)
+    gold_scale: float = opt(2.0, "--labeler simulated: gold scale of the panel.", ge=0)
+    # greedy answers to one prompt are all the same: no pair to learn from
+    temperature: float = opt(1.0, "Sampling temperature.", gt=0)
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).", gt=0, le=1)
+    max_prompt_length: int = opt(256, "Longest tokenised prompt.", ge=1)
     eval_every: int = opt(2, "Held-out sampling every N rounds (0: only at start and end).")
     save_every: int = opt(2, "Checkpoint every N rounds (0: only final/).")
     output: str = opt("runs/online-dpo", RunArgs.__dataclass_fields__["output"].metadata["help"])
@@ -510,25 +649,26 @@ class BestOfNConfig:
     reward_model: str = opt("runs/demo/reward/final", "Reward model folder that picks the best.")
     data: Optional[str] = opt("demo-prompts-heldout", "Prompts ({prompt[, category]}).")
     output: str = opt("runs/best-of-n", "Output folder (best.jsonl, metrics.jsonl, config.yaml).")
-    n: int = opt(4, "Candidates sampled per prompt.")
-    max_prompts: int = opt(0, "Use only the first N prompts (0: all).")
+    n: int = opt(4, "Candidates sampled per prompt.", ge=1)
+    max_prompts: int = opt(0, "Use only the first N prompts (0: all).", ge=0)
     combine: Optional[str] = opt(None, "Override how an ensemble combines (mean, min, "
                                  "mean_minus_std, mean_minus_var).")
-    max_new_tokens: int = opt(48, "Longest sampled answer.")
+    max_new_tokens: int = opt(48, "Longest sampled answer.", ge=1)
     max_prompt_length: int = opt(256, "Longest tokenised prompt (longer: an error unless "
-                                 "--skip-invalid).")
-    temperature: float = opt(1.0, "Sampling temperature.")
-    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
-    batch_size: int = opt(32, "Sequences sampled per generate call.")
+                                 "--skip-invalid).", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature.", ge=0)
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).", gt=0, le=1)
+    batch_size: int = opt(32, "Sequences sampled per generate call.", ge=1)
     gold: bool = opt(True, "Also report the gold score of the picked and of a single sample "
                      "(simulated-annotator experiments).")
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     skip_invalid: bool = opt(False, "Drop invalid prompts (counted) instead of stopping.")
-    seed: int = opt(42, "Seed of the sampling.")
+    seed: int = opt(42, "Seed of the sampling.", **SEED)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
     precision: str = opt("auto", "Numerics: auto, fp32, bf16.", ("auto", "fp32", "bf16"))
     overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
+                         unbounded=True)
 
 
 @dataclass
@@ -539,7 +679,7 @@ class ScoreConfig:
     data: Optional[str] = opt(None, "Records with prompt and response (or chosen/rejected, or "
                               "responses).")
     output: str = opt("scores.jsonl", "Where to write one JSON line of rewards per record.")
-    batch_size: int = opt(32, "Responses per forward pass.")
+    batch_size: int = opt(32, "Responses per forward pass.", ge=1)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
     combine: Optional[str] = opt(None, "Override the saved ensemble combination "
                                  "(mean, min, mean_minus_std, mean_minus_var).")
@@ -559,33 +699,35 @@ class LabelConfig:
     panel: Optional[str] = opt(None, "YAML/JSON file describing the simulated panel "
                                "(annotators, gold_scale, assignment); default: 5 annotators.")
     gold_scale: float = opt(2.0, "Multiplies gold scores before Bradley-Terry noise (higher: "
-                            "annotators agree with gold more often).")
-    num_responses: int = opt(4, "Responses sampled per prompt (K).")
+                            "annotators agree with gold more often).", ge=0)
+    num_responses: int = opt(4, "Responses sampled per prompt (K).", ge=2)
     labels_per_prompt: int = opt(1, "Annotators who label each prompt (R >= 2 measures "
-                                 "agreement).")
+                                 "agreement).", ge=1)
     format: str = opt("rankings", "Write K-way rankings or pairwise records.",
                       ("rankings", "pairs"))
-    max_prompts: int = opt(0, "Use only the first N prompts (0: all).")
-    max_new_tokens: int = opt(48, "Length limit of sampled responses.")
-    temperature: float = opt(1.0, "Sampling temperature.")
-    top_p: float = opt(1.0, "Nucleus sampling threshold.")
-    batch_size: int = opt(16, "Prompts sampled per generate call.")
-    seed: int = opt(42, "Seed for sampling and for the panel.")
+    max_prompts: int = opt(0, "Use only the first N prompts (0: all).", ge=0)
+    max_new_tokens: int = opt(48, "Length limit of sampled responses.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature.", ge=0)
+    top_p: float = opt(1.0, "Nucleus sampling threshold.", gt=0, le=1)
+    batch_size: int = opt(16, "Prompts sampled per generate call.", ge=1)
+    seed: int = opt(42, "Seed for sampling and for the panel.", **SEED)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
+                         unbounded=True)
     judge: Optional[str] = opt(None, "RLAIF: an AI judge labels instead of the simulated panel: "
                                "http(s)://HOST:PORT/v1#MODEL (any OpenAI-compatible endpoint), "
                                "local:PATH (a causal LM's verdict-token log-probs), reward:PATH "
                                "(a reward model) or gold.")
-    judge_workers: int = opt(4, "Pairs judged at once (HTTP judges; thread pool).")
+    judge_workers: int = opt(4, "Pairs judged at once (HTTP judges; thread pool).", ge=1)
     judge_cache: Optional[str] = opt(None, "Folder of the HTTP judge's response cache (default: "
                                      "<output>.judge-cache beside the output).")
     judge_both_orders: bool = opt(True, "Ask the judge both orders of every pair (cancels and "
                                   "measures position bias; twice the requests).")
-    judge_max_tokens: int = opt(16, "max_tokens of each HTTP judge request.")
-    judge_retries: int = opt(4, "Retries of a failed HTTP judge request (exponential backoff).")
-    judge_rate: float = opt(0.0, "Most HTTP judge requests per second (0: no limit).")
-    judge_timeout: float = opt(60.0, "Seconds to wait for one HTTP judge answer.")
+    judge_max_tokens: int = opt(16, "max_tokens of each HTTP judge request.", ge=1)
+    judge_retries: int = opt(4, "Retries of a failed HTTP judge request (exponential backoff).",
+                             ge=0)
+    judge_rate: float = opt(0.0, "Most HTTP judge requests per second (0: no limit).", ge=0)
+    judge_timeout: float = opt(60.0, "Seconds to wait for one HTTP judge answer.", gt=0)
     judge_logprobs: bool = opt(True, "HTTP judges: ask for token log-probs and take a verdict's "
                                "confidence from them (p(A) / (p(A) + p(B)) at the verdict "
                                "token); off: the confidence the judge writes (1.0 for a bare "
@@ -609,13 +751,14 @@ class ServeConfig:
     model: str = opt("runs/demo/sft/final", "Policy to serve: a model folder, 'default', a .gguf "
                      "file or a hub id.")
     host: str = opt("127.0.0.1", "Interface to listen on (0.0.0.0: every interface).")
-    port: int = opt(8000, "TCP port (0: any free port; the URL is printed).")
+    port: int = opt(8000, "TCP port (0: any free port; the URL is printed).", ge=0, le=65535)
     model_name: str = opt("", "Model id clients send and /v1/models lists (default: the folder "
                           "name, or the run stage for .../final).")
-    max_tokens_limit: int = opt(1024, "Largest max_tokens a request may ask for.")
-    default_max_tokens: int = opt(256, "max_tokens of a request that gives none.")
+    max_tokens_limit: int = opt(1024, "Largest max_tokens a request may ask for.", ge=1)
+    default_max_tokens: int = opt(256, "max_tokens of a request that gives none.", ge=1)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
+                         unbounded=True)
 
 
 @dataclass
@@ -631,15 +774,17 @@ class CritiqueConfig:
     constitution: str = opt("default", "Constitution YAML (principles with a critique and a "
                             "revision request); 'default' is the shipped helpful / harmless / "
                             "honest one.")
-    revisions: int = opt(1, "Critique -> revise rounds per answer (each with a fresh principle).")
-    max_prompts: int = opt(0, "Use only the first N prompts (0: all).")
-    max_new_tokens: int = opt(64, "Length limit of answers, critiques and revisions.")
-    temperature: float = opt(1.0, "Sampling temperature (0: greedy).")
-    top_p: float = opt(1.0, "Nucleus sampling threshold.")
-    batch_size: int = opt(16, "Prompts per generate call.")
-    seed: int = opt(42, "Seed of the sampling and of the principle draws.")
+    revisions: int = opt(1, "Critique -> revise rounds per answer (each with a fresh principle).",
+                         ge=1)
+    max_prompts: int = opt(0, "Use only the first N prompts (0: all).", ge=0)
+    max_new_tokens: int = opt(64, "Length limit of answers, critiques and revisions.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature (0: greedy).", ge=0)
+    top_p: float = opt(1.0, "Nucleus sampling threshold.", gt=0, le=1)
+    batch_size: int = opt(16, "Prompts per generate call.", ge=1)
+    seed: int = opt(42, "Seed of the sampling and of the principle draws.", **SEED)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
+                         unbounded=True)
 
 
 @dataclass
@@ -647,11 +792,11 @@ class TinyModelConfig:
     """Write a tiny random Llama-style model + tokenizer folder (for tests, benchmarks, trials)."""
 
     output: str = opt("tiny-model", "Folder to write.")
-    seed: int = opt(0, "Initialisation seed.")
-    hidden_size: int = opt(64, "Hidden size.")
-    num_layers: int = opt(2, "Decoder layers.")
-    num_heads: int = opt(4, "Attention heads.")
-    intermediate_size: int = opt(128, "MLP width.")
+    seed: int = opt(0, "Initialisation seed.", **SEED)
+    hidden_size: int = opt(64, "Hidden size.", ge=1)
+    num_layers: int = opt(2, "Decoder layers.", ge=1)
+    num_heads: int = opt(4, "Attention heads.", ge=1)
+    intermediate_size: int = opt(128, "MLP width.", ge=1)
 
 
 @dataclass
@@ -678,26 +823,28 @@ class EvalConfig:
                      "both orders.")
     gold: bool = opt(True, "Report the gold score (the simulated-annotator stand-in for "
                      "people).")
-    max_prompts: int = opt(0, "Use only the first N held-out prompts (0: all).")
-    max_adversarial: int = opt(0, "Use only the first N prompts of each suite category (0: all).")
-    bootstrap: int = opt(2000, "Bootstrap resamples of the win-rate interval.")
-    confidence: float = opt(0.95, "Coverage of the win-rate interval.")
-    max_new_tokens: int = opt(48, "Longest sampled answer.")
+    max_prompts: int = opt(0, "Use only the first N held-out prompts (0: all).", ge=0)
+    max_adversarial: int = opt(0, "Use only the first N prompts of each suite category (0: all).",
+                               ge=0)
+    bootstrap: int = opt(2000, "Bootstrap resamples of the win-rate interval.", ge=1)
+    confidence: float = opt(0.95, "Coverage of the win-rate interval.", gt=0, lt=1)
+    max_new_tokens: int = opt(48, "Longest sampled answer.", ge=1)
     max_prompt_length: int = opt(256, "Longest tokenised prompt (longer: an error unless "
-                                 "--skip-invalid).")
-    temperature: float = opt(1.0, "Sampling temperature (0: greedy).")
-    top_p: float = opt(1.0, "Nucleus sampling (1: off).")
-    batch_size: int = opt(16, "Sequences sampled per generate call.")
+                                 "--skip-invalid).", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature (0: greedy).", ge=0)
+    top_p: float = opt(1.0, "Nucleus sampling (1: off).", gt=0, le=1)
+    batch_size: int = opt(16, "Sequences sampled per generate call.", ge=1)
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     skip_invalid: bool = opt(False, "Drop invalid prompts (counted) instead of stopping.")
     seed: int = opt(42, "Seed of the sampling (every policy draws with the same seed) and of "
-                    "the bootstrap.")
+                    "the bootstrap.", **SEED)
     output: str = opt("runs/eval", "Output folder (eval.json, eval.csv, samples.jsonl, "
                       "config.yaml).")
     overwrite: bool = opt(False, "Replace the outputs of an earlier evaluation in --output.")
     device: str = opt("auto", "Device: auto, cpu, cuda.")
     precision: str = opt("auto", "Numerics: auto, fp32, bf16.", ("auto", "fp32", "bf16"))
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
+                         unbounded=True)
 
 
 @dataclass
@@ -711,8 +858,9 @@ class ReportConfig:
                                 "RUN_DIR/report).")
     frontier: Optional[str] = opt(None, "A frontier CSV to plot (default: RUN_DIR/frontier.csv "
                                   "or RUN_DIR/*/frontier.csv when present).")
-    samples: int = opt(6, "Samples shown side by side per table.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).")
+    samples: int = opt(6, "Samples shown side by side per table.", ge=0)
+    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
+                         unbounded=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,7 +879,7 @@ class AnnotateServeConfig(AnnotateDBArgs):
     """Serve the annotation web app (FastAPI + uvicorn)."""
 
     host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
-    port: int = opt(8765, "Port to listen on (0: a free one, printed on start).")
+    port: int = opt(8765, "Port to listen on (0: a free one, printed on start).", ge=0, le=65535)
     admin_token_env: str = opt("ALIGNKIT_ADMIN_TOKEN", "Environment variable holding the "
                                "bootstrap admin's sign-in token (at least 16 characters); the "
                                "'admin' user gets it on start. Unset: no bootstrap.")
@@ -746,7 +894,7 @@ class AnnotateProjectConfig(AnnotateDBArgs):
                                     "(examples of good and bad responses).")
     aspects: str = opt("overall", "Comma-separated aspects judged on pairwise tasks (e.g. "
                        "helpful,harmless,honest).")
-    labels_per_item: int = opt(2, "R: distinct annotators who label each item.")
+    labels_per_item: int = opt(2, "R: distinct annotators who label each item.", ge=1)
     reward_model: Optional[str] = opt(None, "Reward-model folder (alignkit reward) for active "
                                       "learning: the queue serves first what it is unsure of.")
     al_strategy: str = opt("std", "Active-learning score: std (ensemble members' disagreement "
@@ -779,15 +927,15 @@ class AnnotateTasksConfig(AnnotateDBArgs):
     model: Optional[str] = opt(None, "Policy folder that writes K candidates for records that "
                                "have only a prompt (see sft --model).")
     num_responses: int = opt(2, "K: responses sampled per prompt (2: a pairwise task, more: a "
-                             "ranking).")
-    max_prompts: int = opt(0, "Use only the first N records (0: all).")
+                             "ranking).", ge=2)
+    max_prompts: int = opt(0, "Use only the first N records (0: all).", ge=0)
     shuffle_pairs: bool = opt(True, "Show the two responses of a pair in a random (seeded) order "
                               "so that position does not give the answer away.")
-    max_new_tokens: int = opt(48, "Length limit of sampled responses.")
-    temperature: float = opt(1.0, "Sampling temperature.")
-    top_p: float = opt(1.0, "Nucleus sampling threshold.")
-    batch_size: int = opt(16, "Sequences per generate call.")
-    seed: int = opt(42, "Seed of sampling and of the pair order.")
+    max_new_tokens: int = opt(48, "Length limit of sampled responses.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature.", ge=0)
+    top_p: float = opt(1.0, "Nucleus sampling threshold.", gt=0, le=1)
+    batch_size: int = opt(16, "Sequences per generate call.", ge=1)
+    seed: int = opt(42, "Seed of sampling and of the pair order.", **SEED)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
 
 

@@ -10,11 +10,27 @@ class UserError(Exception):
     """
 
 
+def in_file_order(problems: list[str]) -> list[str]:
+    """``file:line: message`` strings sorted by line within each file, files in the order they
+    first appear; problems of one line, and any without a line number, keep their order."""
+    import re
+
+    files: dict[str, int] = {}
+    keys = []
+    for i, text in enumerate(problems):
+        m = re.match(r"(.*?):(\d+): ", text)
+        source, line = (m.group(1), int(m.group(2))) if m else (f"#{i}", 0)
+        keys.append((files.setdefault(source, len(files)), line))
+    return [p for _, p in sorted(zip(keys, problems), key=lambda kp: kp[0])]
+
+
 class DataError(UserError):
-    """One or more bad data records; ``problems`` lists ``file:line: message`` strings."""
+    """One or more bad data records; ``problems`` lists ``file:line: message`` strings, kept in
+    file order (a reader's problems and the field problems of other lines come out interleaved,
+    as a user fixing the file top to bottom meets them)."""
 
     def __init__(self, problems: list[str], max_shown: int = 20):
-        self.problems = list(problems)
+        self.problems = in_file_order(list(problems))
         shown = self.problems[:max_shown]
         more = len(self.problems) - len(shown)
         text = "\n".join(shown)

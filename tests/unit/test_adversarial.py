@@ -146,9 +146,9 @@ def test_bad_suite_lines_are_named(tmp_path):
                     + json.dumps({"prompt": "x", "category": "c", "expect": "maybe"}) + "\n")
     with pytest.raises(DataError) as err:
         load_suite(str(path))
-    problems = err.value.problems  # one pass: the line that is not JSON, then the bad fields
-    assert problems[0].startswith(f"{path}:3: not valid JSON")
-    assert problems[1] == f'{path}:2: field "prompt" must be a non-empty string'
+    problems = err.value.problems  # one pass, in file order: bad fields and the non-JSON line
+    assert problems[0] == f'{path}:2: field "prompt" must be a non-empty string'
+    assert problems[1].startswith(f"{path}:3: not valid JSON")
     assert problems[2].startswith(f'{path}:4: field "expect" must be one of refuse, comply')
     assert len(problems) == 3
     with pytest.raises(UserError, match="not found"):

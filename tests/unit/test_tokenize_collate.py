@@ -115,11 +115,72 @@ def test_chat_messages_need_a_template(plain_tok):
     with pytest.raises(UserError) as info:
         tokenize_sft(ex, plain_tok, chat="auto")
     assert str(info.value) == (
-        "d.jsonl:3: chat messages need a model with a chat template, and this tokenizer has none "
-        "(give plain strings, or use --chat never with string fields)")
-    with pytest.raises(UserError, match="^chat messages need a model with a chat template"):
-        tokenize_sft(SFTExample("prompt_completion", prompt="Q?", completion="A."), plain_tok,
-                     chat="always")
+        "d.jsonl:3: chat messages need a model with a chat template, and this tokenizer has none: "
+        "use a chat model, or give plain strings instead of message lists")
+    # a {"messages"} record too (it went to the template unchecked before)
+    msgs = SFTExample("messages", messages=[{"role": "user", "content": "Q?"},
+                                            {"role": "assistant", "content": "A."}],
+                      where="d.jsonl:4")
+    with pytest.raises(UserError, match="^d.jsonl:4: chat messages need a model with a chat "
+                                        "template"):
+        tokenize_sft(msgs, plain_tok, chat="never")
+    with pytest.raises(UserError) as info:
+        tokenize_sft(SFTExample("prompt_completion", prompt="Q?", completion="A.",
+                                where="d.jsonl:5"), plain_tok, chat="always")
+    assert str(info.value) == (
+        "d.jsonl:5: --chat always needs a model with a chat template, and this tokenizer has "
+        "none: use a chat model, or --chat never (plain text)")
+
+
+MSG_PROMPT = [{"role": "user", "content": "Q?"}]
+
+
+def _no_template_readers():
+    """reader -> (read(spec, tokenizer), a plain record, a record with chat messages)."""
+    from alignkit.data.preferences import load_preference_groups
+    from alignkit.data.sft import tokenize_file
+    from alignkit.evaluation.policy import load_prompts
+    from alignkit.recipes.label import read_prompts, sample_responses
+
+    def label(spec, tok):  # checked before the (absent) model samples
+        sample_responses(None, tok, read_prompts(spec, 0), 2, 8, 1.0, 1.0, 2, 0)
+
+    pair = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    chat_pair = {**pair, "prompt": MSG_PROMPT}
+    return {
+        "sft": (lambda spec, tok: tokenize_file(spec, tok, "auto", False, 512, False),
+                {"prompt": "q", "completion": "a"},
+                {"messages": [*MSG_PROMPT, {"role": "assistant", "content": "A."}]}),
+        "preferences": (lambda spec, tok: load_preference_groups(spec, tok), pair, chat_pair),
+        "dpo": (lambda spec, tok: load_preference_groups(spec, tok, backbone="policy"), pair,
+                chat_pair),
+        "prompts": (lambda spec, tok: load_prompts(spec, tok), {"prompt": "q"},
+                    {"prompt": MSG_PROMPT}),
+        "label": (label, {"prompt": "q"}, {"prompt": MSG_PROMPT}),
+    }
+
+
+@pytest.mark.parametrize("reader", ["sft", "preferences", "dpo", "prompts", "label"])
+def test_chat_records_without_a_template_name_file_and_line(in_tmp, plain_tok, reader):
+    """At data-loading time (no transformers error from deep inside a stage)."""
+    read, plain, chat_record = _no_template_readers()[reader]
+    (in_tmp / "d.jsonl").write_text(json.dumps(plain) + "\n" + json.dumps(chat_record) + "\n",
+                                    encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        read("d.jsonl", plain_tok)
+    assert str(info.value) == (
+        "d.jsonl:2: chat messages need a model with a chat template, and this tokenizer has none: "
+        "use a chat model, or give plain strings instead of message lists")
+
+
+def test_chat_always_without_a_template_names_the_prompt(in_tmp, plain_tok):
+    from alignkit.evaluation.policy import load_prompts
+
+    (in_tmp / "p.jsonl").write_text('{"prompt": "q"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"^p\.jsonl:1: --chat always needs a model with a chat "
+                                        r"template.*--chat never \(plain text\)$"):
+        load_prompts("p.jsonl", plain_tok, chat="always")
+    assert load_prompts("p.jsonl", plain_tok, chat="never").texts == ["q"]
 
 
 def test_message_list_prompt_uses_template_even_with_chat_never(tok):

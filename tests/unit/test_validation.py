@@ -347,6 +347,115 @@ def test_tokenize_file_empty_file(in_tmp, tiny_tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------
+# every reader a stage uses: a line that is not JSON does not hide the other lines' problems
+
+
+def _sft(spec, tok):
+    from alignkit.data.sft import tokenize_file
+
+    return tokenize_file(spec, tok, "auto", False, 512, skip_invalid=False)
+
+
+def _preferences(spec, tok):
+    from alignkit.data.preferences import load_preference_groups
+
+    return load_preference_groups(spec, tok)
+
+
+def _prompts(spec, tok):  # ppo, online-dpo, best-of-n, eval (load_prompts), label, critique
+    from alignkit.evaluation.policy import load_prompts
+
+    return load_prompts(spec, tok)
+
+
+def _judge_items(spec, tok):  # label --judge
+    from alignkit.recipes.label import read_judge_items
+
+    return read_judge_items(spec, 0, 0)
+
+
+def _score(spec, tok):
+    from alignkit.config import ScoreConfig
+    from alignkit.recipes.score import main
+
+    return main(ScoreConfig(reward_model="no-such-folder", data=spec))  # data are checked first
+
+
+def _tasks(spec, tok):  # annotate add-tasks
+    from alignkit.feedback.tasks import read_task_records
+
+    return read_task_records(spec)
+
+
+def _suite(spec, tok):  # eval --adversarial FILE
+    from alignkit.evaluation.adversarial import load_suite
+
+    return load_suite(spec)
+
+
+PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
+SUITE_OK = {"prompt": "q", "category": "harmful", "expect": "refuse"}
+
+
+@pytest.mark.parametrize("read,good,bad", [
+    (_sft, OK, {"prompt": "q"}),
+    (_preferences, PAIR, {"prompt": "q", "chosen": "a"}),
+    (_prompts, {"prompt": "q"}, {"prompt": 3}),
+    (_judge_items, PAIR, {"prompt": "q", "chosen": "a"}),
+    (_score, {"prompt": "q", "response": "a"}, {"prompt": "q"}),
+    (_tasks, {"prompt": "q"}, {"prompt": "q", "gold": "yes"}),
+    (_suite, SUITE_OK, {**SUITE_OK, "expect": "maybe"}),
+], ids=["sft", "preferences", "prompts", "judge-items", "score", "annotate-tasks", "suite"])
+def test_reader_reports_json_and_field_problems_in_file_order(in_tmp, tiny_tokenizer, read, good,
+                                                              bad):
+    write_jsonl(in_tmp / "d.jsonl", [bad, '{"prompt": "a",}', good, bad, "[1]", good])
+    with pytest.raises(DataError) as info:
+        read("d.jsonl", tiny_tokenizer)
+    problems = info.value.problems
+    assert [p.split(":")[1] for p in problems] == ["1", "2", "4", "5"]
+    assert problems[1] == ("d.jsonl:2: not valid JSON (Expecting property name enclosed in double "
+                           "quotes at column 16)")
+    assert problems[3] == "d.jsonl:5: expected a JSON object, got list"
+    # the field problem of line 1 is line 4's too
+    assert problems[0].startswith("d.jsonl:1: ") and "JSON" not in problems[0]
+    assert problems[2] == problems[0].replace("d.jsonl:1: ", "d.jsonl:4: ")
+
+
+def test_only_bad_json_lines_are_reported_not_no_records(in_tmp, tiny_tokenizer):
+    write_jsonl(in_tmp / "d.jsonl", ["{", "nope"])
+    with pytest.raises(DataError) as info:
+        _sft("d.jsonl", tiny_tokenizer)
+    assert [p.split(":")[1] for p in info.value.problems] == ["1", "2"]
+
+
+def test_skip_invalid_drops_bad_json_lines_with_the_others(in_tmp, tiny_tokenizer):
+    from alignkit.data.sft import tokenize_file
+
+    write_jsonl(in_tmp / "d.jsonl", [{"prompt": "q"}, "{", OK])
+    kept, problems = tokenize_file("d.jsonl", tiny_tokenizer, "auto", False, 512,
+                                   skip_invalid=True)
+    assert [t.where for t in kept] == ["d.jsonl:3"]
+    assert problems == ['d.jsonl:1: field "completion" is missing',
+                        "d.jsonl:2: not valid JSON (Expecting property name enclosed in double "
+                        "quotes at column 2)"]
+
+
+def test_csv_extra_cells_and_field_problems_together(in_tmp, tiny_tokenizer):
+    (in_tmp / "d.csv").write_text("prompt,completion\nq,a,extra\nq,\nq,a\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        _sft("d.csv", tiny_tokenizer)
+    assert info.value.problems == ["d.csv:2: more cells than header columns",
+                                   'd.csv:3: field "completion" is missing']
+
+
+def test_data_error_sorts_problems_by_file_then_line():
+    err = DataError(["b.jsonl:3: z", "a.jsonl:10: x", "a.jsonl:2: y", "b.jsonl:1: w",
+                     "a.jsonl:2: v"])
+    assert err.problems == ["b.jsonl:1: w", "b.jsonl:3: z", "a.jsonl:2: y", "a.jsonl:2: v",
+                            "a.jsonl:10: x"]
+
+
+# ---------------------------------------------------------------------------------------------
 # the CLI: exit code 2, one clear message, no traceback
 
 

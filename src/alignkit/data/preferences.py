@@ -29,7 +29,7 @@ from alignkit.data.readers import Record, read_records
 from alignkit.data.schemas import (PreferenceExample, RankingExample, RecordProblem, SFTExample,
                                    Text, parse_preference, parse_ranking, validate)
 from alignkit.data.tokenize import IGNORE, as_messages, tokenize_sft, use_chat_template
-from alignkit.errors import DataError, UserError
+from alignkit.errors import DataError, UserError, in_file_order
 from alignkit.losses.reward import ranking_to_pairs
 
 BACKBONES = ("causal", "encoder")  # reward-model backbones; "policy" encodes for DPO
@@ -266,13 +266,14 @@ def load_preference_groups(spec: str, tokenizer, backbone: str = "causal", chat:
     """Read a preference or ranking file (both kinds may be mixed), validate every record and
     tokenise it into groups. Record and length problems are collected together; ``DataError``
     lists them all unless ``skip_invalid`` (then they are dropped and returned)."""
-    records = read_records(spec)
-    if not records:
+    problems: list[str] = []
+    records = read_records(spec, problems)
+    if not records and not problems:
         raise UserError(f"{spec}: no records")
-    examples, problems = validate(records, parse_comparison, skip_invalid=True)
+    examples, problems = validate(records, parse_comparison, skip_invalid=True, problems=problems)
     groups, more = build_groups(examples, tokenizer, backbone, chat, max_length,
                                 annotator_weights, merge_prompts)
-    problems = problems + more
+    problems = in_file_order(problems + more)
     if problems and not skip_invalid:
         raise DataError(problems)
     return groups, problems

@@ -54,9 +54,10 @@ def resolve_data_path(spec: str) -> Path:
 def read_records(spec: str, problems: list[str] | None = None) -> list[Record]:
     """Read every record of a data file or saved ``datasets`` folder, in order.
 
-    Lines that are not JSON objects raise one ``DataError`` naming them all; pass a ``problems``
-    list instead to collect them there and get the good records back (a caller that validates
-    fields next reports both kinds of problem in one pass)."""
+    Lines that cannot be records (not a JSON object, a CSV row with too many cells) raise one
+    ``DataError`` naming them all; pass a ``problems`` list instead to collect them there and get
+    the good records back, so that a caller that validates fields next reports both kinds of
+    problem in one pass (``schemas.validate(..., problems=...)``)."""
     path = resolve_data_path(spec)
     shown = spec if spec not in SHIPPED else str(path)
     if path.is_dir():
@@ -67,7 +68,7 @@ def read_records(spec: str, problems: list[str] | None = None) -> list[Record]:
     if suffix == ".parquet":
         return _read_parquet(path, shown)
     if suffix in (".csv", ".tsv"):
-        return _read_csv(path, shown, delimiter="\t" if suffix == ".tsv" else ",")
+        return _read_csv(path, shown, "\t" if suffix == ".tsv" else ",", problems)
     raise UserError(f"{shown}: unsupported data format {suffix!r} (use .jsonl, .parquet, .csv or "
                     "a saved datasets folder)")
 
@@ -121,8 +122,10 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _read_csv(path: Path, shown: str, delimiter: str) -> list[Record]:
-    records = []
+def _read_csv(path: Path, shown: str, delimiter: str,
+              collect: list[str] | None = None) -> list[Record]:
+    records: list[Record] = []
+    problems = collect if collect is not None else []
     with path.open("r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         if reader.fieldnames is None:
@@ -131,10 +134,13 @@ def _read_csv(path: Path, shown: str, delimiter: str) -> list[Record]:
         for row in reader:
             extra = row.pop(None, None)
             if extra:
-                raise DataError([f"{shown}:{start}: more cells than header columns"])
-            fields = {k: _maybe_json(v) for k, v in row.items() if v is not None and v != ""}
-            records.append(Record(shown, start, fields))
+                problems.append(f"{shown}:{start}: more cells than header columns")
+            else:
+                fields = {k: _maybe_json(v) for k, v in row.items() if v is not None and v != ""}
+                records.append(Record(shown, start, fields))
             start = reader.line_num + 1
+    if problems and collect is None:
+        raise DataError(problems)
     return records
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from alignkit.data.readers import Record
-from alignkit.errors import DataError
+from alignkit.errors import DataError, in_file_order
 
 ROLES = ("system", "user", "assistant", "tool")
 Text = Union[str, list]  # a string or a list of {"role", "content"} messages
@@ -175,15 +175,19 @@ def parse_ranking(rec: Record) -> RankingExample:
                           _optional_str(f, "aspect"), where=rec.where)
 
 
-def validate(records: list[Record], parse, skip_invalid: bool = False) -> tuple[list, list[str]]:
-    """Parse every record; return (examples, problems). Raises ``DataError`` listing all
-    problems unless ``skip_invalid`` (then the bad records are dropped and reported)."""
-    examples, problems = [], []
+def validate(records: list[Record], parse, skip_invalid: bool = False,
+             problems: list[str] | None = None) -> tuple[list, list[str]]:
+    """Parse every record; return (examples, problems). ``problems``: those the reader already
+    found in the same file (lines that are not records, see ``read_records``); they join the
+    report, everything in file order. Raises ``DataError`` listing all problems unless
+    ``skip_invalid`` (then the bad records are dropped and reported)."""
+    examples, found = [], list(problems or [])
     for rec in records:
         try:
             examples.append(parse(rec))
         except RecordProblem as p:
-            problems.append(f"{rec.where}: {p}")
-    if problems and not skip_invalid:
-        raise DataError(problems)
-    return examples, problems
+            found.append(f"{rec.where}: {p}")
+    found = in_file_order(found)
+    if found and not skip_invalid:
+        raise DataError(found)
+    return examples, found

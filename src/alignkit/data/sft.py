@@ -9,7 +9,7 @@ import torch
 from alignkit.data.readers import read_records
 from alignkit.data.schemas import parse_sft, validate
 from alignkit.data.tokenize import TokenizedExample, tokenize_sft
-from alignkit.errors import DataError, UserError
+from alignkit.errors import DataError, UserError, in_file_order
 
 
 @dataclass
@@ -21,11 +21,12 @@ class SFTData:
 
 def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_length: int,
                   skip_invalid: bool) -> tuple[list[TokenizedExample], list[str]]:
-    records = read_records(spec)
-    if not records:
+    problems: list[str] = []
+    records = read_records(spec, problems)
+    if not records and not problems:
         raise UserError(f"{spec}: no records")
-    # collect record problems and tokenisation problems together: one pass fixes a file
-    examples, problems = validate(records, parse_sft, skip_invalid=True)
+    # collect reader, record and tokenisation problems together: one pass fixes a file
+    examples, problems = validate(records, parse_sft, skip_invalid=True, problems=problems)
     tokenized = []
     for ex in examples:
         tok = tokenize_sft(ex, tokenizer, chat=chat, train_on_prompt=train_on_prompt)
@@ -37,6 +38,7 @@ def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_le
                             "tokenisation)")
         else:
             tokenized.append(tok)
+    problems = in_file_order(problems)
     if problems and not skip_invalid:
         raise DataError(problems)
     return tokenized, problems

@@ -31,12 +31,20 @@ class TokenizedExample:
 
 
 def use_chat_template(tokenizer, mode: str, needs_chat: bool, where: str = "") -> bool:
-    """Decide whether string prompts are rendered as a chat turn. ``mode``: auto|always|never."""
+    """Decide whether string prompts are rendered as a chat turn. ``mode``: auto|always|never.
+    ``needs_chat``: the record holds chat messages (lists of turns), which only a chat template
+    can render. Without a template either is a ``UserError`` naming ``where`` (file:line)."""
     has = bool(getattr(tokenizer, "chat_template", None))
     if (mode == "always" or needs_chat) and not has:
-        raise UserError(f"{where + ': ' if where else ''}chat messages need a model with a chat "
-                        "template, and this tokenizer has none (give plain strings, or use "
-                        "--chat never with string fields)")
+        name = getattr(tokenizer, "name_or_path", "")
+        whose = f"the tokenizer of {name}" if name else "this tokenizer"
+        at = f"{where}: " if where else ""
+        if needs_chat:
+            raise UserError(f"{at}chat messages need a model with a chat template, and {whose} "
+                            "has none: use a chat model, or give plain strings instead of "
+                            "message lists")
+        raise UserError(f"{at}--chat always needs a model with a chat template, and {whose} has "
+                        "none: use a chat model, or --chat never (plain text)")
     if needs_chat:
         return True
     return has if mode == "auto" else mode == "always"
@@ -89,8 +97,7 @@ def tokenize_sft(example: SFTExample, tokenizer, chat: str = "auto",
         else:
             needs_chat = isinstance(example.prompt, list) or isinstance(example.completion, list)
             messages = None
-        if example.kind == "messages" or use_chat_template(tokenizer, chat, needs_chat,
-                                                           example.where):
+        if use_chat_template(tokenizer, chat, needs_chat, example.where):
             if messages is None:
                 messages = as_messages(example.prompt, "user") + as_messages(example.completion,
                                                                            "assistant")
@@ -113,8 +120,9 @@ def tokenize_sft(example: SFTExample, tokenizer, chat: str = "auto",
     return TokenizedExample(input_ids, targets, example.where)
 
 
-def render_prompt(tokenizer, prompt, chat: str = "auto") -> str:
-    """The text a policy continues for ``prompt``: a chat generation prompt or the plain string."""
-    if use_chat_template(tokenizer, chat, isinstance(prompt, list)):
+def render_prompt(tokenizer, prompt, chat: str = "auto", where: str = "") -> str:
+    """The text a policy continues for ``prompt``: a chat generation prompt or the plain string.
+    ``where`` (file:line) locates the prompt in errors."""
+    if use_chat_template(tokenizer, chat, isinstance(prompt, list), where):
         return _render(tokenizer, as_messages(prompt, "user"), generation_prompt=True)
     return prompt

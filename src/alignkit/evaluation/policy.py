@@ -38,7 +38,7 @@ def load_prompts(spec: str, tokenizer, chat: str = "auto", max_prompt_length: in
     texts, ids, cats, problems = [], [], [], []
     bos = not getattr(tokenizer, "chat_template", None)
     for row in rows:
-        rendered = render_prompt(tokenizer, row["prompt"], chat)
+        rendered = render_prompt(tokenizer, row["prompt"], chat, row["where"])
         toks = tokenizer(rendered, add_special_tokens=bos)["input_ids"]
         if len(toks) > max_prompt_length:
             problems.append(f"{row['where']}: field \"prompt\" is {len(toks)} tokens, longer than "

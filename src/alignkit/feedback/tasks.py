@@ -31,7 +31,7 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
     """Records -> ``{"prompt", "responses" | None, "gold", "meta", ...}`` (responses None: to be
     sampled). Raises ``DataError`` listing every bad record."""
     out, problems = [], []
-    for rec in read_records(spec):
+    for rec in read_records(spec, problems):
         f = rec.fields
         try:
             gold = _gold_flag(f)

@@ -305,6 +305,13 @@ class RewardModel(nn.Module):
         scale = torch.tensor(self.spec.scale, dtype=raw.dtype, device=raw.device)[:, None, :]
         return (raw - offset) / scale
 
+    def denormalise(self, members: torch.Tensor) -> torch.Tensor:
+        """(M, N, A) normalised rewards -> the raw head outputs they came from (the scale each
+        member's Bradley-Terry loss was trained on)."""
+        offset = torch.tensor(self.spec.offset, dtype=members.dtype, device=members.device)
+        scale = torch.tensor(self.spec.scale, dtype=members.dtype, device=members.device)
+        return members * scale[:, None, :] + offset[:, None, :]
+
     def combine(self, members: torch.Tensor) -> RewardScores:
         from alignkit.losses.reward import combine_aspects, combine_ensemble
 
@@ -348,10 +355,7 @@ class RewardModel(nn.Module):
         samples of the policy RL starts from) score mean 0 and std 1: the reward normalisation
         of Huang et al. 2024 ("The N Implementation Details of RLHF with PPO", sec. 4), in place
         of the fit on the reward model's training responses. Returns the old and new values."""
-        scores = self.score(prompts, responses)
-        offset = torch.tensor(self.spec.offset, dtype=torch.float32)[:, None, :]
-        scale = torch.tensor(self.spec.scale, dtype=torch.float32)[:, None, :]
-        raw = scores.members.float().cpu() * scale + offset  # (M, N, A) undo the old fit
+        raw = self.denormalise(self.score(prompts, responses).members.float().cpu())  # (M, N, A)
         before = {"offset": self.spec.offset, "scale": self.spec.scale}
         self.spec.offset = raw.mean(1).tolist()
         self.spec.scale = raw.std(1, unbiased=False).clamp(min=1e-6).tolist()

@@ -70,10 +70,14 @@ def build_tiny_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_
     return model
 
 
-def save_tiny_model(output: str | Path, seed: int = 0, **sizes) -> Path:
-    """Build a tiny model + tokenizer and save them as a normal Hugging Face folder."""
+def save_tiny_model(output: str | Path, seed: int = 0, chat_template: bool = True,
+                    **sizes) -> Path:
+    """Build a tiny model + tokenizer and save them as a normal Hugging Face folder;
+    ``chat_template=False`` leaves the template out (like a base model's tokenizer)."""
     out = Path(output)
     tok = build_tiny_tokenizer()
+    if not chat_template:
+        tok.chat_template = None
     model = build_tiny_model(tok, seed=seed, **sizes)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))

@@ -18,7 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from alignkit.config import DemoConfig
+from alignkit.config import DemoConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
 from alignkit.data.readers import read_records
 from alignkit.generation.simple import generate
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
@@ -52,8 +52,22 @@ def side_by_side(left: str, right: str, width: int) -> str:
     return "\n".join(f"  {x:<{width}} | {y}" for x, y in zip(a, b))
 
 
+def sft_config_from_demo(cfg: DemoConfig, root: Path) -> SFTConfig:
+    """Stage 1's own config: the demo's values of every SFTConfig field, so that the stage's
+    config.yaml holds only SFT options and loads again with ``alignkit sft --config``."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)}
+    return SFTConfig(**{**shared, "output": str(root / "sft")})
+
+
+def reward_config_from_demo(cfg: DemoConfig, root: Path, labels: Path) -> RewardConfig:
+    return RewardConfig(model="minilm", data=str(labels), output=str(root / "reward"),
+                        ensemble=cfg.reward_ensemble, max_steps=cfg.reward_steps,
+                        lr=cfg.reward_lr, warmup_steps=2, eval_fraction=0.2, eval_every=0,
+                        save_every=0, seed=cfg.seed, progress=cfg.progress, overwrite=True,
+                        device=cfg.device)
+
+
 def preference_stage(cfg: DemoConfig, root: Path, policy, tokenizer) -> dict:
-    from alignkit.config import RewardConfig
     from alignkit.feedback.simulated import SimulatedPanel
     from alignkit.judges.gold import GoldScorer
     from alignkit.recipes import label, reward
@@ -66,12 +80,7 @@ def preference_stage(cfg: DemoConfig, root: Path, policy, tokenizer) -> dict:
     labels_path = root / "prefs.jsonl"
     report = label.write_labels(label.label_items(items, scorer, panel, cfg.labels_per_prompt),
                                 labels_path, panel)
-    rcfg = RewardConfig(model="minilm", data=str(labels_path), output=str(root / "reward"),
-                        ensemble=cfg.reward_ensemble, max_steps=cfg.reward_steps,
-                        lr=cfg.reward_lr, warmup_steps=2, eval_fraction=0.2, eval_every=0,
-                        save_every=0, seed=cfg.seed, progress=cfg.progress, overwrite=True,
-                        device=cfg.device)
-    out = reward.main(rcfg)
+    out = reward.main(reward_config_from_demo(cfg, root, labels_path))
     return {"report": report, "eval": out["eval"], "final": out["final"], "labels": labels_path,
             "prompts": len(items)}
 
@@ -104,12 +113,9 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
     return png
 
 
-def ppo_stage(cfg: DemoConfig, root: Path, sft_final: Path, reward_final: Path) -> dict:
-    """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble."""
-    from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
-
-    pcfg = PPOConfig(model=str(sft_final), reward_model=str(reward_final), lora=True,
+def ppo_config_from_demo(cfg: DemoConfig, root: Path, sft_final: Path,
+                         reward_final: Path) -> PPOConfig:
+    return PPOConfig(model=str(sft_final), reward_model=str(reward_final), lora=True,
                      lr=cfg.ppo_lr, batch_size=cfg.ppo_batch_size,
                      minibatch_size=max(1, cfg.ppo_batch_size // 2), ppo_epochs=2,
                      max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens,
@@ -118,22 +124,31 @@ def ppo_stage(cfg: DemoConfig, root: Path, sft_final: Path, reward_final: Path) 
                      eval_every=max(1, cfg.ppo_steps // 4), save_every=0,
                      output=str(root / "ppo"), seed=cfg.seed, progress=cfg.progress,
                      overwrite=True, device=cfg.device, precision=cfg.precision)
-    out = ppo.main(pcfg)
+
+
+def ppo_stage(cfg: DemoConfig, root: Path, sft_final: Path, reward_final: Path) -> dict:
+    """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble."""
+    from alignkit.recipes import ppo
+
+    out = ppo.main(ppo_config_from_demo(cfg, root, sft_final, reward_final))
     png = plot_monitor(out["metrics"], root / "ppo" / "monitor.png")
     return {"final": out["final"], "best": out["best"], "png": png, "monitor": out["monitor"]}
 
 
+def dpo_config_from_demo(cfg: DemoConfig, root: Path, sft_final: Path, labels: Path) -> DPOConfig:
+    return DPOConfig(model=str(sft_final), data=str(labels), lora=True, lr=cfg.dpo_lr,
+                     beta=cfg.dpo_beta, max_steps=cfg.dpo_steps, batch_size=8,
+                     warmup_steps=min(2, cfg.dpo_steps), eval_fraction=0.1,
+                     eval_every=0, save_every=0, sample_prompts=None,
+                     output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress,
+                     overwrite=True, device=cfg.device, precision=cfg.precision)
+
+
 def dpo_stage(cfg: DemoConfig, root: Path, sft_final: Path, labels: Path) -> dict:
     """Stage 4: DPO with LoRA on the SFT policy, from the same simulated rankings."""
-    from alignkit.config import DPOConfig
     from alignkit.recipes import dpo
 
-    out = dpo.main(DPOConfig(model=str(sft_final), data=str(labels), lora=True, lr=cfg.dpo_lr,
-                             beta=cfg.dpo_beta, max_steps=cfg.dpo_steps, batch_size=8,
-                             warmup_steps=min(2, cfg.dpo_steps), eval_fraction=0.1,
-                             eval_every=0, save_every=0, sample_prompts=None,
-                             output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress,
-                             overwrite=True, device=cfg.device, precision=cfg.precision))
+    out = dpo.main(dpo_config_from_demo(cfg, root, sft_final, labels))
     last = out["eval"][max(out["eval"])] if out["eval"] else {}
     return {"final": out["final"], "eval": last}
 
@@ -211,7 +226,7 @@ def main(cfg: DemoConfig) -> dict:
     del base_model
 
     # 3. Stage 1: SFT with LoRA on the shipped demonstrations.
-    result = sft.main(dataclasses.replace(cfg, output=str(root / "sft")))
+    result = sft.main(sft_config_from_demo(cfg, root))
 
     # 4. Answers of the fine-tuned model to the same prompts.
     after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens)

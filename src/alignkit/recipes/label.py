@@ -25,12 +25,14 @@ from pathlib import Path
 from alignkit.config import LabelConfig
 from alignkit.data.readers import read_records
 from alignkit.data.schemas import RecordProblem, _text
+from alignkit.data.tokenize import use_chat_template
 from alignkit.errors import DataError, UserError
 from alignkit.recipes.common import log
 
 
 def read_prompts(spec: str, limit: int) -> list[dict]:
-    records, problems, out = read_records(spec), [], []
+    problems: list[str] = []
+    records, out = read_records(spec, problems), []
     for rec in records:
         try:
             prompt = _text(rec.fields, "prompt")
@@ -69,6 +71,8 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
     need = [i for i in items if i.get("responses") is None]
     if not need:
         return
+    for item in need:  # a chat-message prompt on a model without a chat template: name its line
+        use_chat_template(tokenizer, "auto", isinstance(item["prompt"], list), item.get("where", ""))
     flat = [i["prompt"] for i in need for _ in range(num_responses)]
     gens = generate(model, tokenizer, flat, max_new_tokens, do_sample=True,
                     temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed)
@@ -172,12 +176,13 @@ def read_judge_items(spec: str, limit: int, seed: int) -> list[dict]:
     order only cannot score by position; ``human`` says which slot the label preferred."""
     import random
 
-    records = read_records(spec)
+    problems: list[str] = []
+    records = read_records(spec, problems)
     if not any("chosen" in r.fields for r in records):
         return read_prompts(spec, limit)
     from alignkit.data.preferences import parse_pair
 
-    problems, out = [], []
+    out = []
     for index, rec in enumerate(records):
         try:
             if "chosen" not in rec.fields:

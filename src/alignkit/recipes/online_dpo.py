@@ -62,10 +62,7 @@ def trained_logits(model, scores) -> torch.Tensor:
     combination (weights, floors) applied to the raw head outputs, which is the reward an untagged
     comparison trains (``recipes.reward.pair_margins``); with aspect-tagged data only, it is the
     weighted sum of the per-aspect Bradley-Terry logits."""
-    members = scores.members.float()  # (M, B, A)
-    offset = torch.tensor(model.spec.offset, dtype=members.dtype, device=members.device)
-    scale = torch.tensor(model.spec.scale, dtype=members.dtype, device=members.device)
-    raw = members * scale[:, None, :] + offset[:, None, :]
+    raw = model.denormalise(scores.members.float())  # (M, B, A)
     return raw[..., 0] if raw.shape[-1] == 1 else model.combine(raw).per_member
 
 

@@ -41,11 +41,10 @@ def responses_of(fields: dict) -> dict[str, object]:
 def main(cfg: ScoreConfig) -> Path:
     if not cfg.reward_model or not cfg.data:
         raise UserError("--reward-model and --data are required")
-    model = RewardModel.load(cfg.reward_model, pick_device(cfg.device))
-    if cfg.combine:
-        model.spec.combine = cfg.combine
-    # 1. Validate every record first: nothing is written for a file with mistakes.
-    records, problems, items = read_records(cfg.data), [], []
+    # 1. Validate every record first (before the model loads): nothing is written for a file
+    #    with mistakes.
+    problems: list[str] = []
+    records, items = read_records(cfg.data, problems), []
     for rec in records:
         try:
             prompt = _text(rec.fields, "prompt")
@@ -55,6 +54,9 @@ def main(cfg: ScoreConfig) -> Path:
             problems.append(f"{rec.where}: {p}")
     if problems:
         raise DataError(problems)
+    model = RewardModel.load(cfg.reward_model, pick_device(cfg.device))
+    if cfg.combine:
+        model.spec.combine = cfg.combine
     # 2. Score in batches; 3. write one line per record, atomically.
     scores = model.score([i[3] for i in items], [i[4] for i in items], cfg.batch_size).records()
     per_record: dict[int, dict] = {}
