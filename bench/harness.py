@@ -16,17 +16,47 @@ from pathlib import Path
 BUSY_SHARE = 0.10  # warn when other processes used more than this share of the CPUs in a run
 
 
-def tiny_model_folder(sizes: dict) -> str:
-    """The benchmarks' random tiny Llama (``alignkit.models.tiny``), built once and cached."""
+def tiny_model_key(sizes: dict, seed: int = 0) -> dict:
+    """What the benchmarks' tiny model is a function of: its sizes and seed, the code that builds
+    it (``alignkit.models.tiny``), the text its tokenizer is trained on, and the libraries that
+    initialise and save it."""
+    from importlib.metadata import version
+
+    import alignkit.models.tiny as tiny
+    from alignkit.data.readers import shipped_data_path
+    from alignkit.utils.fingerprint import file_digest
+
+    return {"sizes": dict(sorted(sizes.items())), "seed": seed,
+            "builder": file_digest(tiny.__file__),
+            "corpus": file_digest(shipped_data_path("demo")),
+            **{lib: version(lib) for lib in ("torch", "transformers", "tokenizers")}}
+
+
+def tiny_model_folder(sizes: dict, seed: int = 0) -> str:
+    """The benchmarks' random tiny Llama (``alignkit.models.tiny``), built once per
+    ``tiny_model_key`` and cached; the key is written last, so a folder without it (a killed
+    build) is never used."""
+    import shutil
+
     from alignkit.models.loading import cache_dir
     from alignkit.models.tiny import save_tiny_model
+    from alignkit.utils.fingerprint import json_digest
 
+    key = tiny_model_key(sizes, seed)
     folder = cache_dir() / "bench" / (f"tiny-h{sizes['hidden_size']}-l{sizes['num_layers']}"
-                                      f"-a{sizes['num_heads']}-i{sizes['intermediate_size']}")
-    if not (folder / "config.json").is_file():
-        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        save_tiny_model(tmp, seed=0, **sizes)
+                                      f"-a{sizes['num_heads']}-i{sizes['intermediate_size']}"
+                                      f"-{json_digest(key)[:10]}")
+    record = folder / "alignkit-build.json"
+    if record.is_file() and json.loads(record.read_text()) == key:
+        return str(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # unfinished: no record
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    save_tiny_model(tmp, seed=seed, **sizes)
+    (tmp / record.name).write_text(json.dumps(key))
+    try:
         tmp.rename(folder)
+    except OSError:  # another benchmark built the same key first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(folder)
 
 

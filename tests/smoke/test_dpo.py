@@ -1,11 +1,14 @@
 """``alignkit dpo`` on a tiny random policy: every loss learns an easy preference, LoRA keeps the
-reference as the adapter-free model, bad pairs get file:line errors or counted skips, and a killed
-run resumes exactly."""
+reference as the adapter-free model, bad pairs get file:line errors or counted skips, a killed
+run resumes exactly, and an output folder reused by another run never hands it the earlier run's
+reference log-probs."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,6 +171,71 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
     a = load_file(str(ref / "final" / "model.safetensors"))
     b = load_file(str(killed / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def same_shape_other_data(prefs: Path, path: Path) -> Path:
+    """The prompts of ``prefs`` with other responses: as many groups of two responses each."""
+    recs = [json.loads(ln) for ln in prefs.read_text().splitlines()]
+    return write(path, [{"prompt": r["prompt"], "chosen": "Sure: " + r["chosen"][::-1],
+                         "rejected": "No."} for r in recs])
+
+
+def assert_starts_at_the_reference(metrics: Path) -> None:
+    """Policy == reference at step 0: the DPO loss is ln 2 and every implicit reward 0 (exactly
+    on held-out pairs, batched as the reference pass batches them; up to float32 rounding of
+    the summed log-probs in the first training step, whose micro-batch packs other groups)."""
+    first_eval = [r for r in rows(metrics, "eval") if r["step"] == 0][0]
+    first_train = rows(metrics)[0]
+    for row, tolerance in ((first_eval, 0.0), (first_train, 1e-4)):
+        assert row["loss"] == pytest.approx(math.log(2), abs=1e-5)
+        for name in ("rewards_chosen", "rewards_rejected", "reward_margin"):
+            assert row[name] == pytest.approx(0.0, abs=tolerance), (row["split"], name)
+
+
+def test_reference_cache_is_reused_only_for_the_same_computation(tiny_model_dir, tmp_path,
+                                                                 caplog):
+    from alignkit.config import DPOConfig
+    from alignkit.recipes import dpo
+
+    caplog.set_level(logging.INFO, logger="alignkit.dpo")
+    first = write_prefs(tmp_path / "first.jsonl", 16)
+    second = same_shape_other_data(first, tmp_path / "second.jsonl")
+    out = tmp_path / "run"
+    cache = out / "reference_logps.pt"
+
+    def run(data, **kw):
+        caplog.clear()
+        return dpo.main(DPOConfig(**settings(
+            tiny_model_dir, data, out, **{"max_steps": 2, "batch_size": 4, "eval_every": 0,
+                                          "eval_fraction": 0.25, "sample_prompts": None, **kw})))
+
+    run(first)
+    assert_starts_at_the_reference(out / "metrics.jsonl")
+    # --overwrite with other data of the same shape: the earlier cache is deleted
+    run(second, overwrite=True)
+    assert_starts_at_the_reference(out / "metrics.jsonl")
+    assert "computed and cached" in caplog.text
+
+    # a run killed after caching leaves only config.yaml and the cache; the next run into the
+    # folder needs no flag, and another --seed splits the data differently: recomputed
+    for name in ("metrics.jsonl", "final", "checkpoints", "tensorboard"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "reference_logps.pt"]
+    run(second, seed=5, save_every=1, keep_checkpoints=0)
+    assert_starts_at_the_reference(out / "metrics.jsonl")
+    assert "recomputing" in caplog.text and "the data" in caplog.text
+
+    # a resumed run is the same computation: the cache is read, not written
+    stamp = cache.stat().st_mtime_ns
+    keys = ("step", "loss", "reward_margin", "logps_chosen", "grad_norm")
+    want = [{k: r[k] for k in keys} for r in rows(out / "metrics.jsonl")]
+    run(second, seed=5, save_every=1, keep_checkpoints=0, resume=True)
+    assert "resuming from" in caplog.text and "reusing" in caplog.text
+    assert "computed and cached" not in caplog.text and cache.stat().st_mtime_ns == stamp
+    assert [{k: r[k] for k in keys} for r in rows(out / "metrics.jsonl")] == want
 
 
 def test_ties_are_soft_labels_for_sigmoid_and_skipped_for_other_losses():

@@ -145,7 +145,8 @@ def test_response_cache_round_trip_and_torn_files(tmp_path):
     cache.put(req, "A")
     assert cache.read(req).text == "A"
     assert cache.read({**req, "model": "other"}) is None  # the model is part of the key
-    path = tmp_path / ResponseCache.key(req)[:2] / f"{ResponseCache.key(req)}.json"
+    path = cache.path(req)
+    assert path == tmp_path / ResponseCache.key(req)[:2] / f"{ResponseCache.key(req)}.json"
     path.write_text('{"text": "A"')  # a write cut by a kill
     assert cache.read(req) is None
 
@@ -245,10 +246,9 @@ def test_cached_logprobs_and_old_text_only_cache_files(tmp_path):
     content = [lp("A", 0.6, ("A", 0.6), ("B", 0.2), ("The", 0.1))]
     judge.cache.put(bodies[0], "A", letter_entries(content))
     # a file written before log-probs existed: {"request", "text"} only
-    key = ResponseCache.key(bodies[1])
-    (cache_dir / key[:2]).mkdir(parents=True, exist_ok=True)
-    (cache_dir / key[:2] / f"{key}.json").write_text(
-        json.dumps({"request": bodies[1], "text": "B"}))
+    old = judge.cache.path(bodies[1])
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text(json.dumps({"request": bodies[1], "text": "B"}))
     assert judge.cache.read(bodies[1]) == Answer("B", None)
     assert judge.cache.read(bodies[1]).text == "B"
     first, second = [judge.judge(*pair) for pair in pairs]
@@ -256,8 +256,7 @@ def test_cached_logprobs_and_old_text_only_cache_files(tmp_path):
     assert second == Verdict("b", 1.0, "B")  # no log-probs: the parsed confidence
     assert judge.stats["cache_hits"] == 2 and judge.stats["requests"] == 0
     # the stored entries hold what the confidence reads, nothing more (no bytes)
-    stored = json.loads((cache_dir / ResponseCache.key(bodies[0])[:2]
-                         / f"{ResponseCache.key(bodies[0])}.json").read_text())
+    stored = json.loads(judge.cache.path(bodies[0]).read_text())
     assert stored["text"] == "A" and "bytes" not in stored["logprobs"][0]
     assert [t["token"] for t in stored["logprobs"][0]["top_logprobs"]] == ["A", "B", "The"]
 

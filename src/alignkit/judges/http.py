@@ -32,7 +32,9 @@ Around each request:
 
 - **cache**: an on-disk cache (one JSON file per request, written atomically) keyed by the
   SHA-256 of the request body (model, messages, temperature, max_tokens, and the log-prob
-  fields when asked: asking with and without log-probs are different entries): re-running a
+  fields when asked: asking with and without log-probs are different entries) and the endpoint's
+  URL (an unnamed model is whatever that server serves; a server that swaps the model behind the
+  same URL and name needs another cache folder): re-running a
   labelling job, or resuming one, costs no request for what was asked before. A file holds the
   answer text and the log-probs of its candidate verdict tokens (those whose stripped text is a
   or b -- all the confidence reads); a file from before log-probs holds text only and loads as
@@ -179,39 +181,53 @@ def letter_probability(entries: Optional[list], winner: str) -> Optional[float]:
     return mass[winner] / total if total > 0 else None
 
 
-class ResponseCache:
-    """Judge answers on disk, one ``<key[:2]>/<key>.json`` file per request key: ``{"request",
-    "text", "logprobs"}`` (``logprobs``: the ``letter_entries``, or null; files written before
-    log-probs have no such field and read as null)."""
+# bump when what a cache file holds for the same request changes (e.g. ``letter_entries``)
+CACHE_FORMAT = 2
 
-    def __init__(self, folder: str | os.PathLike):
+
+class ResponseCache:
+    """Judge answers on disk, one ``<key[:2]>/<key>.json`` file per request key: ``{"endpoint",
+    "request", "text", "logprobs"}`` (``logprobs``: the ``letter_entries``, or null; files written
+    before log-probs have no such field and read as null). The key is the whole request body
+    (whatever is sent is in it) plus the endpoint it goes to (two servers of an unnamed model
+    answer differently) and the file format; a file whose stored request or endpoint differs
+    from the one asked is not an answer to it."""
+
+    def __init__(self, folder: str | os.PathLike, endpoint: str = ""):
         self.folder = Path(folder)
+        self.endpoint = endpoint
 
     @staticmethod
-    def key(request: dict) -> str:
-        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    def key(request: dict, endpoint: str = "") -> str:
+        material = {"format": CACHE_FORMAT, "endpoint": endpoint, "request": request}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
 
+    def path(self, request: dict) -> Path:
+        """The file that holds (or would hold) the answer to ``request``."""
+        return self._path(self.key(request, self.endpoint))
+
     def read(self, request: dict) -> Optional[Answer]:
-        path = self._path(self.key(request))
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(self.path(request).read_text(encoding="utf-8"))
             text = record["text"]
+            same = (record["request"] == request
+                    and record.get("endpoint", self.endpoint) == self.endpoint)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent, or a torn file from a killed writer: ask again
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not same:
             return None
         entries = record.get("logprobs")
         return Answer(text, entries if isinstance(entries, list) else None)
 
     def put(self, request: dict, text: str, logprobs: Optional[list] = None) -> None:
-        path = self._path(self.key(request))
+        path = self.path(request)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"request": request, "text": text, "logprobs": logprobs}),
-                       encoding="utf-8")
+        tmp.write_text(json.dumps({"endpoint": self.endpoint, "request": request, "text": text,
+                                   "logprobs": logprobs}), encoding="utf-8")
         tmp.replace(path)
 
 
@@ -245,7 +261,7 @@ class HTTPJudge:
         self.max_tokens, self.temperature = max_tokens, temperature
         self.timeout, self.retries = timeout, retries
         self.backoff, self.max_backoff = backoff, max_backoff
-        self.cache = ResponseCache(cache_dir) if cache_dir else None
+        self.cache = ResponseCache(cache_dir, base_url) if cache_dir else None
         self.limiter = RateLimiter(rate)
         self.api_key_env = api_key_env
         self.top_logprobs = top_logprobs

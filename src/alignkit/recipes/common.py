@@ -12,6 +12,10 @@ from alignkit.errors import UserError
 log = logging.getLogger("alignkit")
 
 
+# what stages cache inside their output folder (recomputed when missing)
+OUTPUT_CACHES = ("reference_logps.pt", "reference_logps.pt.tmp")
+
+
 def prepare_output(cfg) -> Path:
     """Refuse to clobber an earlier run unless --resume or --overwrite."""
     import shutil
@@ -23,8 +27,9 @@ def prepare_output(cfg) -> Path:
     if existing and not (resume or cfg.overwrite):
         raise UserError(f"{out}: holds an earlier run; pass --resume to continue it or "
                         "--overwrite to replace it")
-    if existing and cfg.overwrite and not resume:
-        for name in ("checkpoints", "final", "metrics.jsonl", "tensorboard"):
+    if out.exists() and cfg.overwrite and not resume:
+        # caches go too: a replaced run must not start from what the earlier one computed
+        for name in ("checkpoints", "final", "metrics.jsonl", "tensorboard", *OUTPUT_CACHES):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -34,12 +39,16 @@ def prepare_output(cfg) -> Path:
     return out
 
 
+def uses_bf16(device: str, precision: str) -> bool:
+    """Whether ``--precision`` on ``device`` means bf16 autocast."""
+    return precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
+
+
 def autocast(device: str, precision: str):
     """bf16 autocast on CUDA by default; fp32 on CPU (this CPU class has no fast bf16)."""
     import torch
 
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
-    if not use_bf16:
+    if not uses_bf16(device, precision):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 

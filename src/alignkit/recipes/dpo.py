@@ -6,7 +6,8 @@ Chosen and rejected responses of a prompt go through the model in one forward: a
 whole prompt groups, packed without padding, each prompt run once for all of its responses (the
 prefix-tree layout of ``data.preferences.collate_groups_packed``), and the LM head runs only at
 the positions that predict response tokens. The reference's log-probs are computed once before
-training and cached in ``<output>/reference_logps.pt`` (with ``--lora`` the reference is the
+training and cached in ``<output>/reference_logps.pt``, reused only when its key (the data's
+token ids, the reference's weights, the numerics) matches (with ``--lora`` the reference is the
 adapter-free policy; with full fine-tuning it is the starting weights, so no second copy is
 needed to train). Held-out evaluation: the DPO loss, implicit-reward accuracy and margins on
 held-out pairs, and the KL to the reference (and gold score) of answers sampled on held-out
@@ -16,6 +17,8 @@ prompts.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import time
@@ -34,10 +37,11 @@ from alignkit.generation.sampler import SamplingConfig, response_logprobs
 from alignkit.losses import dpo as losses
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.lm import hidden_states, logits_at
-from alignkit.models.lora import add_lora, count_parameters, is_lora
+from alignkit.models.lora import add_lora, count_parameters, disable_dropout, is_lora
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes.common import (autocast, make_optimizer, optimizer_step, prepare_output,
-                                     progress_bar)
+                                     progress_bar, uses_bf16)
+from alignkit.utils.fingerprint import json_digest, module_digest, update_with_ints
 from alignkit.utils.metrics import MetricsLog
 from alignkit.utils.schedule import make_scheduler
 
@@ -159,25 +163,99 @@ def reference_logps(model, groups: list[PreferenceGroup], cfg: DPOConfig, pad_id
     return out
 
 
+REFERENCE_CACHE = "reference_logps.pt"
+# bump when what reference_logps computes from the same inputs changes
+REFERENCE_CACHE_FORMAT = 2
+
+
+def reference_cache_key(model, train, heldout, cfg: DPOConfig, pad_id: int,
+                        device: str) -> dict:
+    """Everything the reference log-probs are a function of, in three parts so that a mismatch
+    can say what changed:
+
+    - ``data``: a digest of every group's token ids and targets, train then held-out, in order
+      (so the split seed, ``--chat``, ``--max-length``, skipped records and the data itself);
+    - ``reference``: a digest of the reference as it computes: every byte of every parameter
+      and buffer (adapters left out under LoRA, where the reference is the adapter-free model)
+      and the model config (its path left out: the same weights elsewhere are the same model);
+    - ``numerics``: what decides the arithmetic around them: device type, bf16 autocast, the
+      batch layout (batch size, packing, shared prefixes, row capacity, pad id) and the torch
+      and transformers versions.
+
+    The loss is not part of it: every loss reads the same summed log-probs (IPO divides by the
+    token counts, which follow from the targets, at loss time). Dropout is not either: the
+    reference pass runs in eval mode."""
+    import transformers
+
+    data = hashlib.sha256()
+    for split, groups in (("train", train), ("heldout", heldout)):
+        data.update(f"{split} {len(groups)}\n".encode())
+        for g in groups:
+            data.update(len(g.input_ids).to_bytes(8, "little"))
+            for i, ids in enumerate(g.input_ids):
+                update_with_ints(data, ids)
+                update_with_ints(data, g.targets[i] if g.targets else None)
+                update_with_ints(data, g.token_type_ids[i] if g.token_type_ids else None)
+    lora = is_lora(model)
+    base = model.get_base_model() if lora else model
+    config = {k: v for k, v in json.loads(base.config.to_json_string(use_diff=False)).items()
+              if k not in ("_name_or_path", "transformers_version")}
+    config["attn_implementation"] = getattr(base.config, "_attn_implementation", None)
+    weights = module_digest(model, skip=(lambda name: "lora_" in name) if lora else
+                            (lambda name: False))
+    numerics = {"format": REFERENCE_CACHE_FORMAT, "device": torch.device(device).type,
+                "bf16_autocast": uses_bf16(device, cfg.precision), "batch_size": cfg.batch_size,
+                "packing": cfg.packing, "share_prefix": cfg.share_prefix,
+                "capacity": cfg.pack_length or cfg.max_length, "pad_id": pad_id,
+                "torch": str(torch.__version__), "transformers": str(transformers.__version__)}
+    return {"data": data.hexdigest(),
+            "reference": json_digest({"adapter_free": lora, "config": config,
+                                      "weights": weights}),
+            "numerics": numerics}
+
+
+def _cache_mismatch(saved, key: dict) -> str:
+    """Why a loaded cache file does not hold the log-probs ``key`` describes ('' when it does)."""
+    stored = saved.get("key") if isinstance(saved, dict) else None
+    if not isinstance(stored, dict):
+        return "it holds no cache key: written by an older alignkit"
+    changed = []
+    if stored.get("data") != key["data"]:
+        changed.append("the data (token ids, targets or the train/held-out split)")
+    if stored.get("reference") != key["reference"]:
+        changed.append("the reference model (weights or config)")
+    old = stored.get("numerics") if isinstance(stored.get("numerics"), dict) else {}
+    changed += [f"{name} {old.get(name)!r} -> {value!r}" for name, value in key["numerics"].items()
+                if old.get(name) != value]
+    return "changed: " + ", ".join(changed) if changed else ""
+
+
 def cached_reference(model, train, heldout, cfg: DPOConfig, pad_id: int, device: str,
                      output: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Reference log-probs of every train and held-out response, from the cache file when it
-    matches the data (a resumed run), else computed now (before any update) and cached."""
-    path = output / "reference_logps.pt"
-    shapes = ([len(g.input_ids) for g in train], [len(g.input_ids) for g in heldout])
+    """Reference log-probs of every train and held-out response, from the cache file when its
+    key (``reference_cache_key``: the data, the reference's weights and the numerics) equals
+    this run's -- a resumed run -- else computed now (before any update) and cached with it."""
+    path = output / REFERENCE_CACHE
+    key = reference_cache_key(model, train, heldout, cfg, pad_id, device)
     if path.is_file():
-        saved = torch.load(path)
-        if saved.get("shapes") == shapes:
+        try:
+            saved = torch.load(path, weights_only=True)
+            why = _cache_mismatch(saved, key)
+        except Exception as e:  # unreadable: recompute, whatever broke it
+            why = f"unreadable: {type(e).__name__}: {e}"
+        if not why:
+            log.info("reference log-probs: reusing %s (same data, reference weights and "
+                     "numerics)", path)
             return saved["train"], saved["heldout"]
-        log.warning("%s does not match the data; recomputing", path)
+        log.warning("%s is not this run's computation (%s); recomputing", path, why)
     t0 = time.time()
     tr = reference_logps(model, train, cfg, pad_id, device)
     ho = reference_logps(model, heldout, cfg, pad_id, device)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"shapes": shapes, "train": tr, "heldout": ho}, tmp)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "train": tr, "heldout": ho}, tmp)
     tmp.replace(path)
-    log.info("reference log-probs of %d responses cached in %.1fs", sum(map(sum, shapes)),
-             time.time() - t0)
+    log.info("reference log-probs of %d responses computed and cached in %.1fs",
+             sum(len(t) for t in tr + ho), time.time() - t0)
     return tr, ho
 
 
@@ -308,6 +386,10 @@ def main(cfg: DPOConfig) -> dict:
     model, tokenizer = load_model_and_tokenizer(cfg.model, device)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if not cfg.keep_dropout:
+        # the reference log-probs come from an eval-mode forward: with dropout on, training
+        # forwards would compute another function and the step-0 loss would not be ln 2
+        disable_dropout(model)
     model.train()
     trainable, total_params = count_parameters(model)
     pad_id = tokenizer.pad_token_id
