@@ -205,6 +205,18 @@ def test_refusals(pairs_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "label", "--data", pairs_file, "--judge", "gpt4", "--output",
                      tmp_path / "y.jsonl")
     assert rc == 2 and "--judge 'gpt4'" in err
+    # a finished file resumed with judging options that change the labels is refused, not mixed
+    done = tmp_path / "done.jsonl"
+    rc, _, err = cli(capsys, "label", "--data", pairs_file, "--judge", "gold", "--output", done,
+                     "--max-prompts", "3")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "label", "--data", pairs_file, "--judge", "gold", "--output", done,
+                     "--max-prompts", "3", "--resume")
+    assert rc == 0, err  # the same settings: nothing left to do
+    for changed in (["--format", "pairs"], ["--no-judge-both-orders"], ["--seed", "7"]):
+        rc, _, err = cli(capsys, "label", "--data", pairs_file, "--judge", "gold", "--output",
+                         done, "--max-prompts", "3", "--resume", *changed)
+        assert rc == 2 and "other data or settings" in err, changed
 
 
 def test_agreement_with_human_labels(tmp_path, capsys):

@@ -42,6 +42,11 @@ def test_units_skip_prompts_without_two_distinct_responses():
     again, _ = plan_units([{"prompt": "p", "responses": ["x", "z"]}], "pairs")
     assert other[0]["id"] == again[0]["id"] != plan_units(
         [{"prompt": "p", "responses": ["z", "x"]}], "pairs")[0][0]["id"]
+    # ... and the settings that decide the label: another judge, another id
+    judged = plan_units([{"prompt": "p", "responses": ["x", "z"]}], "pairs", {"judge": "gold"})
+    assert judged[0][0]["id"] != plan_units([{"prompt": "p", "responses": ["x", "z"]}], "pairs",
+                                            {"judge": "local:m"})[0][0]["id"]
+    assert judged[0][0]["id"][:6] == "000000"
 
 
 def readable(rec):

@@ -203,19 +203,31 @@ def read_judge_items(spec: str, limit: int, seed: int) -> list[dict]:
     return out[:limit] if limit > 0 else out
 
 
-def unit_id(index: int, prompt, responses: list) -> str:
-    """A record id that names the input position and its content (a resume against different
-    data is caught, not silently mixed)."""
+def unit_id(index: int, prompt, responses: list, settings: dict | None = None) -> str:
+    """A record id that names the input position, its content and the labelling settings that
+    decide its label (a resume against different data, another judge or other judging options is
+    caught, not silently mixed)."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps([prompt, responses]).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps([prompt, responses, settings or {}],
+                                       sort_keys=True).encode()).hexdigest()[:10]
     return f"{index:06d}-{digest}"
 
 
-def plan_units(items: list[dict], fmt: str) -> tuple[list[dict], int]:
+def labelling_settings(cfg: LabelConfig) -> dict:
+    """The options of ``alignkit label --judge`` that change what a record says (not how fast
+    or where it is cached)."""
+    return {"judge": cfg.judge, "format": cfg.format, "principles": cfg.principles,
+            "both_orders": cfg.judge_both_orders, "logprobs": cfg.judge_logprobs,
+            "max_tokens": cfg.judge_max_tokens, "seed": cfg.seed}
+
+
+def plan_units(items: list[dict], fmt: str,
+               settings: dict | None = None) -> tuple[list[dict], int]:
     """One labelling unit per prompt: a pair (the first two responses) or a K-way ranking of its
     distinct responses. Prompts with fewer than two distinct responses are skipped (counted):
-    a comparison needs two different responses."""
+    a comparison needs two different responses. ``settings`` (``labelling_settings``) enter
+    every unit's id."""
     units, skipped = [], 0
     for index, item in enumerate(items):
         distinct = list(dict.fromkeys(json.dumps(r) for r in item["responses"]))
@@ -225,7 +237,8 @@ def plan_units(items: list[dict], fmt: str) -> tuple[list[dict], int]:
         if len(responses) < 2:
             skipped += 1
             continue
-        units.append({"id": unit_id(index, item["prompt"], responses), "prompt": item["prompt"],
+        units.append({"id": unit_id(index, item["prompt"], responses, settings),
+                      "prompt": item["prompt"],
                       "responses": responses, "category": item.get("category"),
                       "human": item.get("human") if len(responses) == 2 else None})
     return units, skipped
@@ -448,7 +461,7 @@ def main_judge(cfg: LabelConfig) -> dict:
         sample_responses(model, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
                          cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed)
         del model
-    units, skipped = plan_units(items, cfg.format)
+    units, skipped = plan_units(items, cfg.format, labelling_settings(cfg))
     for u in units:
         u["format"] = cfg.format
     # 2. What an earlier run already labelled.
