@@ -304,30 +304,65 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def read_yaml_overrides(cls: type, path: str, where: dict[str, str] | None = None
-                        ) -> dict[str, Any]:
-    """The options of a YAML file, typed. ``where`` (when given) receives, per option, how an
-    error names it: ``file.yaml:LINE: option 'key'``."""
+def read_yaml_file(path: str, what: str) -> tuple[Any, dict[tuple, int]]:
+    """A YAML file's data, and the 1-based line of every mapping key and list item by its path
+    (``("principles", 2)``; keys as strings) for messages. A file that is missing, a folder,
+    unreadable, not UTF-8 or not YAML is a ``UserError`` naming it (``what``: "config file" ...)
+    and the line where there is one."""
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path}: a folder, not a {what}")
     if not p.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: {what} not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark is not part of the first key
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the "
+                        "file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    lines: dict[tuple, int] = {}
+    todo = [((), root)] if root is not None else []
+    while todo:
+        at, node = todo.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines[at + (key.value,)] = key.start_mark.line + 1
+                    todo.append((at + (key.value,), value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[at + (i,)] = item.start_mark.line + 1
+                todo.append((at + (i,), item))
+    return data, lines
+
+
+def read_yaml_overrides(cls: type, path: str, where: dict[str, str] | None = None
+                        ) -> dict[str, Any]:
+    """The options of a YAML file, typed. ``where`` (when given) receives, per option, how an
+    error names it: ``file.yaml:LINE: option 'key'``."""
+    raw, lines = read_yaml_file(path, "config file")
+    raw = raw or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of option: value")
     names = {f.name for f in dataclasses.fields(cls)}
     types = _field_types(cls)
-    lines = p.read_text(encoding="utf-8").splitlines()
     out = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")
-        line_no = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip().startswith(f"{key}:")), 0)
+        line_no = lines.get((str(key),), 0)
         at = f"{path}:{line_no}: option {key!r}" if line_no else f"{path}: option {key!r}"
         if k not in names:
             raise UserError(f"{at} is not an option of this stage (see --help)")
@@ -542,6 +577,10 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
                       "(normalised) head, Huang et al. 2024 (reward_model; needs a causal reward "
                       "model with the policy's tokenizer).", ("shared", "separate",
                                                               "reward_model"))
+    value_model: Optional[str] = opt(None, "With --critic reward_model: the reward-model folder "
+                                     "the value model starts from (default: --reward-model), "
+                                     "e.g. a causal reward model beside an encoder ensemble "
+                                     "that gives the reward.")
     keep_dropout: bool = opt(False, "Keep the model's dropout on while training (default: off in "
                              "the policy, critic and LoRA adapters, so the rollout, old, reference "
                              "and training forwards compute the same function: the first ratio is "

@@ -290,6 +290,14 @@ def test_value_model_from_the_reward_model(tiny_model_dir, tiny_reward_model, tm
     assert "value model initialised from the reward model" in setup["mode"]
     train = rows(out["metrics"])
     assert len(train) == 2 and all(math.isfinite(r["value_loss"]) for r in train)
+    # --value-model: the critic from one reward-model folder, the reward from another source
+    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+                             value_model=str(tiny_reward_model),
+                             data=str(write_prompts(tmp_path / "p.jsonl", 8)), eval_data=None,
+                             critic="reward_model", batch_size=4, minibatch_size=4, max_steps=1,
+                             max_new_tokens=8, lr=1e-3, output=str(tmp_path / "run2"),
+                             save_every=0, progress=False), reward_fn=space_share)
+    assert "value model initialised" in rows(out["metrics"], "setup")[0]["mode"]
 
 
 def test_value_model_needs_a_causal_reward_model():

@@ -93,12 +93,22 @@ def reference_logprobs(parts: PolicyAndValue, reference: nn.Module | None, rollo
                              rollout.response_mask, cfg.temperature or 1.0)["logprobs"]
 
 
-def value_model_from_reward(reward_fn, tokenizer) -> tuple[nn.Module, nn.Linear]:
-    """``--critic reward_model``: the value model starts as the reward model's first member (its
-    causal backbone and its normalised head), which must read the policy's own tokens."""
-    model = getattr(reward_fn, "model", None)
+def value_model_from_reward(reward_fn, tokenizer, cfg: PPOConfig,
+                            device: str) -> tuple[nn.Module, nn.Linear]:
+    """``--critic reward_model``: the value model starts as a reward model's first member (its
+    causal backbone and its normalised head), which must read the policy's own tokens: the
+    ``--value-model`` folder, else the reward model that gives the reward."""
+    if cfg.value_model:
+        from alignkit.models.reward import RewardModel
+
+        if not Path(cfg.value_model).is_dir():
+            raise UserError(f"--value-model {cfg.value_model!r}: not a reward-model folder")
+        model = RewardModel.load(cfg.value_model, device)
+    else:
+        model = getattr(reward_fn, "model", None)
     if model is None:
-        raise UserError("--critic reward_model needs --reward-model (a reward-model folder)")
+        raise UserError("--critic reward_model needs --reward-model or --value-model (a "
+                        "reward-model folder)")
     if model.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise UserError("--critic reward_model: the reward model's tokenizer differs from the "
                         "policy's, so it cannot value the policy's tokens; train the reward "
@@ -464,7 +474,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     value_head, critic = None, None
     if cfg.advantage == "gae":
         if cfg.critic == "reward_model":
-            critic, value_head = value_model_from_reward(reward_fn, tokenizer)
+            critic, value_head = value_model_from_reward(reward_fn, tokenizer, cfg, device)
             mode += "; value model initialised from the reward model"
         else:
             value_head = nn.Linear(policy.config.hidden_size, 1).to(device)
