@@ -295,7 +295,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UserError(f"{where}: expected a number, got {value!r}")
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float range
             raise UserError(f"{where}: expected a number, got {value!r}") from None
     if base is str:
         if isinstance(value, (dict, list)):
@@ -333,6 +333,10 @@ def read_yaml_file(path: str, what: str) -> tuple[Any, dict[tuple, int]]:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"{path}: not valid YAML (a number with too many digits)") from None
     lines: dict[tuple, int] = {}
     todo = [((), root)] if root is not None else []
     while todo:

@@ -12,7 +12,7 @@ from alignkit.data.readers import (SHIPPED, Record, read_records, resolve_data_p
                                    shipped_data_path)
 from alignkit.data.schemas import (parse_preference, parse_prompt, parse_ranking, parse_sft,
                                    validate)
-from alignkit.errors import UserError
+from alignkit.errors import DataError, UserError
 
 pytestmark = pytest.mark.unit
 
@@ -82,9 +82,37 @@ def test_jsonl_with_utf8_bom(in_tmp):
 
 
 def test_non_utf8_jsonl_is_a_user_error(in_tmp):
-    (in_tmp / "data.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
-    with pytest.raises(UserError, match=r"^data\.jsonl: not UTF-8 text \(invalid continuation "
-                                        r"byte at byte 15\)$"):
+    """Each line that is not UTF-8 is named (with the other problems of the file)."""
+    (in_tmp / "data.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n{"prompt": "ok"}\n[1]\n')
+    with pytest.raises(DataError) as info:
+        read_records("data.jsonl")
+    assert info.value.problems == [
+        "data.jsonl:1: not UTF-8 text (byte 0xe9 at column 16); save the file as UTF-8",
+        "data.jsonl:3: expected a JSON object, got list"]
+
+
+def test_unreadable_files_are_user_errors(in_tmp, monkeypatch):
+    """Permission bits cannot deny root (which CI may be): the refusal is simulated."""
+    from pathlib import Path
+
+    from alignkit.config import read_yaml_file
+
+    (in_tmp / "data.jsonl").write_text('{"prompt": "a"}\n', encoding="utf-8")
+    (in_tmp / "c.yaml").write_text("lr: 1\n", encoding="utf-8")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(UserError, match=r"^data\.jsonl: cannot read the file \(Permission "):
+        read_records("data.jsonl")
+    with pytest.raises(UserError, match=r"^c\.yaml: cannot read the config file \(Permission "):
+        read_yaml_file("c.yaml", "config file")
+
+
+def test_utf16_file_is_a_user_error(in_tmp):
+    (in_tmp / "data.jsonl").write_bytes('{"prompt": "a"}\n'.encode("utf-16"))
+    with pytest.raises(UserError, match=r"^data\.jsonl: UTF-16 text; save the file as UTF-8$"):
         read_records("data.jsonl")
 
 
@@ -146,6 +174,29 @@ def test_csv_ranking_columns_hold_json_lists(in_tmp):
     examples, problems = validate(read_records("rank.csv"), parse_ranking, skip_invalid=True)
     assert problems == []
     assert [(e.responses, e.ranking) for e in examples] == [(["x", "y"], [1, 0])]
+
+
+def test_lines_that_are_not_text_or_past_decoder_limits_are_named(in_tmp):
+    """Bytes that are not UTF-8, a NUL, a cell over the csv module's size limit (it cannot read
+    on after that one), and JSON past the decoder's limits, are data problems."""
+    (in_tmp / "data.csv").write_bytes(b"prompt,completion\ncaf\xe9,a\nb\0,c\n" + b"[" * 100_000
+                                      + b",d\nok,e\n" + b"x" * 200_000 + b",f\nnever,read\n")
+    with pytest.raises(DataError) as info:
+        read_records("data.csv")
+    assert info.value.problems == [
+        "data.csv:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        "data.csv:3: a NUL character (binary data, not text)",
+        f"data.csv:6: a cell is longer than {csv.field_size_limit()} characters"]
+    (in_tmp / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (in_tmp / "deep.json").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (in_tmp / "long.jsonl").write_text('{"n": ' + "1" * 5000 + "}\n")
+    for name, problem in [("deep.jsonl", "deep.jsonl:1: not valid JSON (nested too deeply)"),
+                          ("deep.json", "deep.json: not valid JSON (nested too deeply)"),
+                          ("long.jsonl", "long.jsonl:1: not valid JSON (a number with too many "
+                                         "digits)")]:
+        with pytest.raises(UserError) as info:
+            read_records(name)
+        assert str(info.value).endswith(problem)
 
 
 def test_csv_with_utf8_bom(in_tmp):

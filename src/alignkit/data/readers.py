@@ -7,6 +7,7 @@ Every record keeps where it came from (file and 1-based line or row) so that val
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,29 +65,68 @@ def read_records(spec: str, problems: list[str] | None = None) -> list[Record]:
         return _read_hf_folder(path, shown)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        return _read_jsonl(path, shown, problems)
+        return _read_jsonl(_read_bytes(path, shown), path, shown, problems)
     if suffix == ".parquet":
         return _read_parquet(path, shown)
     if suffix in (".csv", ".tsv"):
-        return _read_csv(path, shown, "\t" if suffix == ".tsv" else ",", problems)
+        return _read_csv(_read_bytes(path, shown), shown, "\t" if suffix == ".tsv" else ",",
+                         problems)
     raise UserError(f"{shown}: unsupported data format {suffix!r} (use .jsonl, .parquet, .csv or "
                     "a saved datasets folder)")
 
 
-def _read_jsonl(path: Path, shown: str, collect: list[str] | None = None) -> list[Record]:
+def _read_bytes(path: Path, shown: str) -> bytes:
+    """The file's bytes, without a UTF-8 byte-order mark (Windows editors and Excel write one);
+    a file that cannot be read, or is UTF-16 text, is a ``UserError``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{shown}: cannot read the file ({e.strerror or e})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{shown}: UTF-16 text; save the file as UTF-8")
+    return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+
+
+def _not_utf8(line: str, column: bool = True) -> str | None:
+    """Why a line decoded with ``surrogateescape`` is not UTF-8 text (None: it is)."""
+    for at, ch in enumerate(line, 1):
+        if "\udc80" <= ch <= "\udcff":
+            return (f"not UTF-8 text (byte 0x{ord(ch) - 0xDC00:02x}"
+                    f"{f' at column {at}' if column else ''}); save the file as UTF-8")
+    return None
+
+
+def _loads(text: str):
+    """``json.loads``; text past the decoder's limits is a ``ValueError`` that says which (a
+    ``JSONDecodeError`` is one too, with the position)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:  # the C decoder recurses once per nesting level
+        raise ValueError("nested too deeply") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise ValueError("a number with too many digits") from None
+
+
+def _read_jsonl(raw: bytes, path: Path, shown: str,
+                collect: list[str] | None = None) -> list[Record]:
     records: list[Record] = []
     problems = collect if collect is not None else []
-    with path.open("r", encoding="utf-8-sig") as fh:  # -sig: tolerate a byte-order mark
-        try:
-            lines = list(fh)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{shown}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    # bytes.splitlines breaks at \n, \r and \r\n only, as text files count lines; a line that is
+    # not UTF-8 is reported with the others instead of ending the read
+    lines = [b.decode("utf-8", "surrogateescape") for b in raw.splitlines()]
     if path.suffix.lower() == ".json" and "".join(lines).lstrip().startswith("["):
         # a JSON array file: records are its elements; we report element numbers
+        bad = [f"{shown}:{i}: {why}" for i, ln in enumerate(lines, 1) if (why := _not_utf8(ln))]
+        if bad:
+            raise DataError(bad)
         try:
-            items = json.loads("".join(lines))
+            items = _loads("\n".join(lines))
         except json.JSONDecodeError as e:
             raise UserError(f"{shown}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except ValueError as e:
+            raise UserError(f"{shown}: not valid JSON ({e})") from None
         for i, item in enumerate(items, 1):
             if not isinstance(item, dict):
                 problems.append(f"{shown}:{i}: expected a JSON object, got {type(item).__name__}")
@@ -96,10 +136,17 @@ def _read_jsonl(path: Path, shown: str, collect: list[str] | None = None) -> lis
         for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            why = _not_utf8(line)
+            if why:
+                problems.append(f"{shown}:{i}: {why}")
+                continue
             try:
-                item = json.loads(line.rstrip("\r\n"))
+                item = _loads(line)
             except json.JSONDecodeError as e:
                 problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            except ValueError as e:
+                problems.append(f"{shown}:{i}: not valid JSON ({e})")
                 continue
             if not isinstance(item, dict):
                 problems.append(f"{shown}:{i}: expected a JSON object, got {type(item).__name__}")
@@ -115,30 +162,58 @@ def _maybe_json(value: Any) -> Any:
     those that parse as a JSON list, keep all other text as it is."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            decoded = json.loads(value)
-        except json.JSONDecodeError:
+            decoded = _loads(value)
+        except ValueError:
             return value
         return decoded if isinstance(decoded, list) else value
     return value
 
 
-def _read_csv(path: Path, shown: str, delimiter: str,
+def _cell_problem(cells) -> str | None:
+    """Why CSV cells are not text: bytes that are not UTF-8, or a NUL (a binary file)."""
+    for cell in cells:
+        if cell is None:
+            continue
+        why = _not_utf8(cell, column=False)  # a cell may span lines: no column
+        if why:
+            return why
+        if "\0" in cell:
+            return "a NUL character (binary data, not text)"
+    return None
+
+
+def _read_csv(raw: bytes, shown: str, delimiter: str,
               collect: list[str] | None = None) -> list[Record]:
     records: list[Record] = []
     problems = collect if collect is not None else []
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
+    text = io.StringIO(raw.decode("utf-8", "surrogateescape"), newline="")
+    reader = csv.DictReader(text, delimiter=delimiter)
+    start = 1
+    try:
         if reader.fieldnames is None:
             return []
+        why = _cell_problem(reader.fieldnames)
+        if why:
+            raise DataError([f"{shown}:1: header: {why}"])
         start = reader.line_num + 1
         for row in reader:
             extra = row.pop(None, None)
-            if extra:
+            why = _cell_problem([*row.values(), *(extra or [])])
+            if why:
+                problems.append(f"{shown}:{start}: {why}")
+            elif extra:
                 problems.append(f"{shown}:{start}: more cells than header columns")
             else:
                 fields = {k: _maybe_json(v) for k, v in row.items() if v is not None and v != ""}
                 records.append(Record(shown, start, fields))
             start = reader.line_num + 1
+    except csv.Error as e:
+        # the csv module cannot go on after this (a cell over its size limit): report the row
+        # and what was read before it
+        limit = "field larger than field limit"
+        msg = (f"a cell is longer than {csv.field_size_limit()} characters" if limit in str(e)
+               else f"not valid CSV ({e})")
+        problems.append(f"{shown}:{start}: {msg}")
     if problems and collect is None:
         raise DataError(problems)
     return records

@@ -7,6 +7,8 @@ file in one pass.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -64,6 +66,19 @@ class PromptExample:
     extra: dict = field(default_factory=dict)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogate(text: str, name: str, label: str) -> str:
+    """JSON may escape half of a UTF-16 pair (``"\\ud83d"``, text cut inside an emoji); that is
+    not text, and a tokenizer cannot encode it."""
+    m = _SURROGATE.search(text)
+    if m:
+        raise RecordProblem(name, f"field {label} holds a lone surrogate escape "
+                            f"(\\u{ord(m.group()):04x}), not text")
+    return text
+
+
 def _messages(value: Any, name: str, label: str | None = None) -> list:
     """Check a chat message list; ``label`` is how the field is named in messages."""
     label = label or f'"{name}"'
@@ -78,6 +93,22 @@ def _messages(value: Any, name: str, label: str | None = None) -> list:
                                 f'{", ".join(ROLES)}, got {msg.get("role")!r}')
         if not isinstance(msg.get("content"), str):
             raise RecordProblem(name, f"field {label}[{i}].content must be a string")
+        _no_surrogate(msg["content"], name, f"{label}[{i}].content")
+    return value
+
+
+def check_responses(value: Any, name: str = "responses", minimum: int = 2) -> list:
+    """A list of at least ``minimum`` responses, each a string or a list of chat messages."""
+    if not isinstance(value, list) or len(value) < minimum:
+        raise RecordProblem(name, f'field "{name}" must be a list of at least {minimum} '
+                            f"response{'s' if minimum > 1 else ''}")
+    for i, r in enumerate(value):
+        if isinstance(r, list):
+            _messages(r, name, label=f'"{name}"[{i}]')
+        elif isinstance(r, str):
+            _no_surrogate(r, name, f'"{name}"[{i}]')
+        else:
+            raise RecordProblem(name, f'field "{name}"[{i}] must be a string or messages')
     return value
 
 
@@ -88,7 +119,7 @@ def _text(fields: dict, name: str, allow_empty: bool = False) -> Text:
     if isinstance(value, str):
         if not value.strip() and not allow_empty:
             raise RecordProblem(name, f'field "{name}" is empty')
-        return value
+        return _no_surrogate(value, name, f'"{name}"')
     if isinstance(value, list):
         return _messages(value, name)
     raise RecordProblem(name, f'field "{name}" must be a string or a list of chat messages, got '
@@ -120,6 +151,7 @@ def parse_sft(rec: Record) -> SFTExample:
             raise RecordProblem("text", 'field "text" must be a string')
         if not value.strip():
             raise RecordProblem("text", 'field "text" is empty')
+        _no_surrogate(value, "text", '"text"')
         return SFTExample("text", text=value, where=rec.where, extra=extra)
     if "prompt" not in f and "completion" not in f:
         raise RecordProblem(None, 'no training fields: expected "prompt" and "completion", '
@@ -150,6 +182,12 @@ def parse_preference(rec: Record) -> PreferenceExample:
             pass
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise RecordProblem("margin", 'field "margin" must be a number')
+    try:
+        margin = float(margin)
+    except OverflowError:  # an integer past the float range
+        margin = math.inf
+    if not math.isfinite(margin):  # JSON as Python writes it may hold NaN and Infinity
+        raise RecordProblem("margin", f'field "margin" must be a finite number, got {margin}')
     return PreferenceExample(prompt, chosen, rejected, float(margin), _optional_str(f, "annotator"),
                              _optional_str(f, "aspect"), where=rec.where)
 
@@ -157,14 +195,7 @@ def parse_preference(rec: Record) -> PreferenceExample:
 def parse_ranking(rec: Record) -> RankingExample:
     f = rec.fields
     prompt = _text(f, "prompt")
-    responses = f.get("responses")
-    if not isinstance(responses, list) or len(responses) < 2:
-        raise RecordProblem("responses", 'field "responses" must be a list of at least 2 responses')
-    for i, r in enumerate(responses):
-        if isinstance(r, list):
-            _messages(r, "responses", label=f'"responses"[{i}]')
-        elif not isinstance(r, str):
-            raise RecordProblem("responses", f'field "responses"[{i}] must be a string or messages')
+    responses = check_responses(f.get("responses"))
     ranking = f.get("ranking")
     if (not isinstance(ranking, list) or any(isinstance(x, bool) or not isinstance(x, int)
                                              for x in ranking)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from alignkit.data.readers import read_records
+from alignkit.data.schemas import RecordProblem, _no_surrogate
 from alignkit.errors import DataError, UserError
 from alignkit.judges.gold import acknowledges_uncertainty, is_refusal
 
@@ -98,6 +99,11 @@ def load_suite(spec: str = "shipped") -> list[SuitePrompt]:
         rec, where = record.fields, record.where
         bad = [f'field "{k}" must be a non-empty string' for k in ("prompt", "category")
                if not isinstance(rec.get(k), str) or not rec[k].strip()]
+        if not bad:
+            try:
+                _no_surrogate(rec["prompt"], "prompt", '"prompt"')
+            except RecordProblem as p:
+                bad.append(str(p))
         if rec.get("expect") not in EXPECTATIONS:
             bad.append(f'field "expect" must be one of {", ".join(EXPECTATIONS)} '
                        f"(got {rec.get('expect')!r})")

@@ -292,7 +292,7 @@ def frontier_section(page: Page, run_dir: Path, frontier: str | None, evaluation
     if path is not None:
         try:
             points = read_frontier_csv(path)
-        except (OSError, csv.Error, KeyError) as e:
+        except (OSError, csv.Error, KeyError, ValueError) as e:  # ValueError: not UTF-8
             points = []
             parts.append(page.note(f"{path}: unreadable frontier CSV ({e})"))
         plot = plots.frontier_plot(

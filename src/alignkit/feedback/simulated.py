@@ -106,6 +106,15 @@ DEFAULT_ANNOTATORS = (
 )
 
 
+class PanelError(UserError):
+    """A mistake in a panel's configuration; ``key`` is where it is (``("annotators", 2)``,
+    ``("gold_scale",)``), for a message that names the line of a panel file."""
+
+    def __init__(self, key: tuple, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass
 class PanelConfig:
     """A panel as configuration (a YAML section): annotators, gold scale, how labels are
@@ -118,10 +127,20 @@ class PanelConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "PanelConfig":
         values = dict(values or {})
-        unknown = sorted(set(values) - {"annotators", "gold_scale", "assignment"})
+        unknown = sorted(str(k) for k in set(values) - {"annotators", "gold_scale", "assignment"})
         if unknown:
-            raise UserError(f"annotator panel config: unknown field(s) {', '.join(unknown)} "
-                            "(known: annotators, gold_scale, assignment)")
+            raise PanelError((unknown[0],), f"annotator panel config: unknown field(s) "
+                             f"{', '.join(unknown)} (known: annotators, gold_scale, assignment)")
+        scale = values.get("gold_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise PanelError(("gold_scale",), f"gold_scale must be a number > 0, got {scale!r}")
+        try:
+            values["gold_scale"] = float(scale)
+        except OverflowError:
+            raise PanelError(("gold_scale",), "gold_scale is too large") from None
+        if not isinstance(values.get("annotators", []), list):
+            raise PanelError(("annotators",), "annotators must be a list of mappings with id, "
+                             "temperature, careless_rate")
         return cls(**values)
 
     def build_annotators(self) -> list[Annotator]:
@@ -130,15 +149,28 @@ class PanelConfig:
             if isinstance(a, Annotator):
                 out.append(a)
             elif isinstance(a, Mapping):
-                extra = sorted(set(a) - {"id", "temperature", "careless_rate"})
+                extra = sorted(str(k) for k in set(a) - {"id", "temperature", "careless_rate"})
                 if extra:
-                    raise UserError(f"annotator {i}: unknown field(s) {', '.join(extra)} "
-                                    "(known: id, temperature, careless_rate)")
-                out.append(Annotator(str(a.get("id", f"sim-{i}")), float(a.get("temperature", 1.0)),
-                                     float(a.get("careless_rate", 0.0))))
+                    raise PanelError(("annotators", i), f"annotator {i}: unknown field(s) "
+                                     f"{', '.join(extra)} (known: id, temperature, careless_rate)")
+                numbers = {}
+                for name, default in (("temperature", 1.0), ("careless_rate", 0.0)):
+                    value = a.get(name, default)
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise PanelError(("annotators", i), f"annotator {i}: {name} must be a "
+                                         f"number, got {value!r}")
+                    try:
+                        numbers[name] = float(value)
+                    except OverflowError:
+                        raise PanelError(("annotators", i), f"annotator {i}: {name} is too "
+                                         "large") from None
+                try:
+                    out.append(Annotator(str(a.get("id", f"sim-{i}")), **numbers))
+                except UserError as e:
+                    raise PanelError(("annotators", i), str(e)) from None
             else:
-                raise UserError(f"annotator {i}: expected a mapping with id, temperature, "
-                                f"careless_rate, got {type(a).__name__}")
+                raise PanelError(("annotators", i), f"annotator {i}: expected a mapping with id, "
+                                 f"temperature, careless_rate, got {type(a).__name__}")
         return out
 
 
@@ -153,14 +185,15 @@ class SimulatedPanel:
                  gold_scale: float = 1.0, assignment: str = "random", scorer: Any = None):
         self.annotators = list(annotators if annotators is not None else DEFAULT_ANNOTATORS)
         if not self.annotators:
-            raise UserError("a simulated panel needs at least one annotator")
+            raise PanelError(("annotators",), "a simulated panel needs at least one annotator")
         ids = [a.id for a in self.annotators]
         if len(set(ids)) != len(ids):
-            raise UserError(f"annotator ids must be unique, got {ids}")
+            raise PanelError(("annotators",), f"annotator ids must be unique, got {ids}")
         if not (gold_scale > 0 and math.isfinite(gold_scale)):
-            raise UserError(f"gold_scale must be > 0, got {gold_scale}")
+            raise PanelError(("gold_scale",), f"gold_scale must be > 0, got {gold_scale}")
         if assignment not in ("random", "round_robin"):
-            raise UserError(f"assignment must be 'random' or 'round_robin', got {assignment!r}")
+            raise PanelError(("assignment",), "assignment must be 'random' or 'round_robin', "
+                             f"got {assignment!r}")
         self.by_id = {a.id: a for a in self.annotators}
         self.seed = seed
         self.gold_scale = float(gold_scale)

@@ -16,8 +16,8 @@ import random
 
 from alignkit.data.preferences import parse_pair, parse_ranked
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import RecordProblem, _text
-from alignkit.errors import DataError
+from alignkit.data.schemas import RecordProblem, _optional_str, _text
+from alignkit.errors import DataError, UserError
 
 
 def _gold_flag(fields: dict) -> bool:
@@ -37,7 +37,7 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
             gold = _gold_flag(f)
             meta = {"source": rec.where}
             if f.get("category") is not None:
-                meta["category"] = f.get("category")
+                meta["category"] = _optional_str(f, "category")
             if "chosen" in f or "rejected" in f:
                 ex = parse_pair(rec)
                 out.append({"prompt": ex.prompt, "responses": [ex.chosen, ex.rejected],
@@ -66,6 +66,8 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
             problems.append(f"{rec.where}: {p}")
     if problems:
         raise DataError(problems)
+    if not out:
+        raise UserError(f"{spec}: no records")
     return out[:limit] if limit > 0 else out
 
 

@@ -59,28 +59,23 @@ def default_constitution_path() -> Path:
 def load_constitution(spec: str = "default") -> Constitution:
     """Read and validate a constitution (``default`` or a YAML path); every problem names the
     file, the principle and the field."""
-    import yaml
+    from alignkit.config import read_yaml_file
 
     path = default_constitution_path() if spec in ("default", "", None) else Path(spec)
-    if not path.is_file():
-        raise UserError(f"{spec}: constitution file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    raw, lines = read_yaml_file(str(path), "constitution file")
     if not isinstance(raw, dict) or not isinstance(raw.get("principles"), list) \
             or not raw["principles"]:
-        raise UserError(f"{path}: expected a mapping with a non-empty list 'principles'")
+        line = f":{lines[('principles',)]}" if ("principles",) in lines else ""
+        raise UserError(f"{path}{line}: expected a mapping with a non-empty list 'principles'")
     principles, seen = [], set()
     for i, entry in enumerate(raw["principles"]):
-        where = f"{path}: principles[{i}]"
+        where = f"{path}:{lines[('principles', i)]}: principles[{i}]"
         if not isinstance(entry, dict):
             raise UserError(f"{where}: expected a mapping with {', '.join(REQUIRED)}")
-        unknown = sorted(set(entry) - {"name", "critique", "revision", "preference", "aspect"})
+        unknown = sorted(str(k) for k in set(entry) - {"name", "critique", "revision",
+                                                       "preference", "aspect"})
         if unknown:
-            raise UserError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
+            raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}")
         for key in REQUIRED:
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise UserError(f"{where}: field {key!r} must be a non-empty string")

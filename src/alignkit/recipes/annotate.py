@@ -86,7 +86,15 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
         path = Path(cfg.guidelines)
         if not path.is_file():
             raise UserError(f"{cfg.guidelines}: guidelines file not found")
-        guidelines = path.read_text(encoding="utf-8")
+        try:
+            guidelines = path.read_bytes().decode("utf-8-sig")
+        except OSError as e:
+            raise UserError(f"{cfg.guidelines}: cannot read the guidelines file "
+                            f"({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise UserError(f"{cfg.guidelines}:{line}: not UTF-8 text; save the file as "
+                            "UTF-8") from None
     if cfg.reward_model and not (Path(cfg.reward_model) / "reward_config.json").exists() \
             and not Path(cfg.reward_model).is_dir():
         raise UserError(f"--reward-model {cfg.reward_model}: not a reward-model folder")

@@ -423,11 +423,12 @@ def main(cfg: DPOConfig) -> dict:
                         "learns ties as soft labels)", ties, cfg.loss)
     if not train:
         raise UserError(f"{cfg.data}: no training comparisons left")
+    # the --sample-prompts file is data too: checked before the reference log-probs are computed
+    sampler = PolicySampler(model, tokenizer, cfg, device) if cfg.sample_prompts else None
 
     # 4. Reference log-probs, once, before any update (cached for a resumed run).
     ref_train, ref_heldout = ([], []) if cfg.reference_free else cached_reference(
         model, train, heldout, cfg, pad_id, device, output)
-    sampler = PolicySampler(model, tokenizer, cfg, device) if cfg.sample_prompts else None
 
     # 5. Optimiser and schedule; the step count follows --max-steps or --epochs.
     per_epoch = -(-len(train) // cfg.batch_size)

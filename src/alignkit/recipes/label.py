@@ -24,7 +24,7 @@ from pathlib import Path
 
 from alignkit.config import LabelConfig
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import RecordProblem, _text
+from alignkit.data.schemas import RecordProblem, _optional_str, _text, check_responses
 from alignkit.data.tokenize import use_chat_template
 from alignkit.errors import DataError, UserError
 from alignkit.recipes.common import log
@@ -37,29 +37,40 @@ def read_prompts(spec: str, limit: int) -> list[dict]:
         try:
             prompt = _text(rec.fields, "prompt")
             responses = rec.fields.get("responses")
-            if responses is not None and (not isinstance(responses, list) or len(responses) < 2):
-                raise RecordProblem("responses", 'field "responses" must list at least 2 responses')
-            out.append({"prompt": prompt, "category": rec.fields.get("category"),
+            if responses is not None:
+                check_responses(responses)
+            out.append({"prompt": prompt, "category": _optional_str(rec.fields, "category"),
                         "responses": responses, "where": rec.where})
         except RecordProblem as p:
             problems.append(f"{rec.where}: {p}")
     if problems:
         raise DataError(problems)
+    if not out:
+        raise UserError(f"{spec}: no prompts")
     return out[:limit] if limit > 0 else out
 
 
 def load_panel(cfg: LabelConfig, scorer):
-    from alignkit.feedback.simulated import PanelConfig, SimulatedPanel
+    from alignkit.config import read_yaml_file
+    from alignkit.feedback.simulated import PanelConfig, PanelError, SimulatedPanel
 
-    values = {}
+    values, lines = {}, {}
     if cfg.panel:
-        import yaml
-        path = Path(cfg.panel)
-        if not path.is_file():
-            raise UserError(f"{cfg.panel}: panel file not found")
-        values = yaml.safe_load(path.read_text()) or {}
-    values.setdefault("gold_scale", cfg.gold_scale)
-    return SimulatedPanel.from_config(PanelConfig.from_dict(values), seed=cfg.seed, scorer=scorer)
+        values, lines = read_yaml_file(cfg.panel, "panel file")
+        values = {} if values is None else values  # an empty file: the default panel
+        if not isinstance(values, dict):
+            raise UserError(f"{cfg.panel}: expected a mapping of annotators, gold_scale, "
+                            "assignment")
+    in_file = {str(k) for k in values}
+    values = {"gold_scale": cfg.gold_scale, **values}
+    try:
+        return SimulatedPanel.from_config(PanelConfig.from_dict(values), seed=cfg.seed,
+                                          scorer=scorer)
+    except PanelError as e:
+        if e.key[0] not in in_file:  # from --gold-scale, not the file
+            raise
+        line = lines.get(e.key) or lines.get(e.key[:1])
+        raise UserError(f"{cfg.panel}{f':{line}' if line else ''}: {e}") from None
 
 
 def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
@@ -139,8 +150,9 @@ def main(cfg: LabelConfig) -> dict:
         raise UserError("--data is required")
     if cfg.num_responses < 2:
         raise UserError(f"--num-responses must be >= 2, got {cfg.num_responses}")
-    # 1. Prompts (and any responses they carry).
+    # 1. Prompts (and any responses they carry); the panel is checked before any sampling.
     items = read_prompts(cfg.data, cfg.max_prompts)
+    panel = load_panel(cfg, None)
     # 2. Sample K responses per prompt that has none.
     tokenizer = None
     if any(i["responses"] is None for i in items):
@@ -151,7 +163,7 @@ def main(cfg: LabelConfig) -> dict:
                          cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed)
     # 3. Gold scores and the simulated panel (R annotators per prompt).
     scorer = GoldScorer(token_counter=tokenizer)
-    panel = load_panel(cfg, scorer)
+    panel.scorer = scorer
     records = label_items(items, scorer, panel, cfg.labels_per_prompt, cfg.format)
     # 4. Labels and the agreement report.
     report = write_labels(records, cfg.output, panel)
@@ -189,6 +201,7 @@ def read_judge_items(spec: str, limit: int, seed: int) -> list[dict]:
                 raise RecordProblem("chosen", 'field "chosen" is missing (a file with labelled '
                                     "pairs must label every record)")
             pair = parse_pair(rec)
+            category = _optional_str(rec.fields, "category")
         except RecordProblem as p:
             problems.append(f"{rec.where}: {p}")
             continue
@@ -196,7 +209,7 @@ def read_judge_items(spec: str, limit: int, seed: int) -> list[dict]:
         responses = [pair.chosen, pair.rejected] if chosen_first else [pair.rejected,
                                                                         pair.chosen]
         human = "tie" if pair.tie else ("a" if chosen_first else "b")
-        out.append({"prompt": pair.prompt, "category": rec.fields.get("category"),
+        out.append({"prompt": pair.prompt, "category": category,
                     "responses": responses, "human": human, "where": rec.where})
     if problems:
         raise DataError(problems)
@@ -257,11 +270,14 @@ def read_done(path: Path) -> dict[str, dict]:
             break
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
+        except (ValueError, RecursionError):  # bad JSON, or bytes that are not UTF-8
+            rec = None
         if not isinstance(rec, dict) or "id" not in rec:
+            # only an unfinished last line (no newline) can be a torn write: anything else is a
+            # file this stage did not write, and is left as it is
             line_no = raw[:good].count(b"\n") + 1
-            raise UserError(f"{path}:{line_no}: not a labelling record (no id); was it written "
+            why = "no id" if isinstance(rec, dict) else "not a JSON object"
+            raise UserError(f"{path}:{line_no}: not a labelling record ({why}); was it written "
                             "by alignkit label --judge?")
         done.setdefault(rec["id"], rec)
         good += len(line)

@@ -161,10 +161,12 @@ def main(cfg: OnlineDPOConfig) -> dict:
     # 3. Prompts, the labeler, held-out sampling.
     prompts = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length,
                            cfg.skip_invalid)
-    labeler = Labeler(cfg, tokenizer, device)
-    proxy = labeler.reward if cfg.labeler == "reward_model" else None
-    sampler = (PolicySampler(model, tokenizer, cfg, device, proxy, reference)
+    # the --sample-prompts file is data too: checked before the labeler's reward model loads
+    sampler = (PolicySampler(model, tokenizer, cfg, device, None, reference)
                if cfg.sample_prompts else None)
+    labeler = Labeler(cfg, tokenizer, device)
+    if sampler is not None and cfg.labeler == "reward_model":
+        sampler.reward_fn = labeler.reward
 
     # 4. Optimiser and schedule over every optimiser step of the run.
     per_round = cfg.dpo_epochs * -(-cfg.prompts_per_round // cfg.batch_size)

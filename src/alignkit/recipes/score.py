@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alignkit.config import ScoreConfig
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import RecordProblem, _text
+from alignkit.data.schemas import RecordProblem, _text, check_responses
 from alignkit.errors import DataError, UserError
 from alignkit.models.loading import pick_device
 from alignkit.models.reward import RewardModel
@@ -29,8 +29,8 @@ def responses_of(fields: dict) -> dict[str, object]:
     for name in RESPONSE_FIELDS:
         if name in fields:
             found[name] = _text(fields, name, allow_empty=True)
-    if isinstance(fields.get("responses"), list):
-        for i, r in enumerate(fields["responses"]):
+    if "responses" in fields:
+        for i, r in enumerate(check_responses(fields["responses"], minimum=1)):
             found[f"responses[{i}]"] = r
     if not found:
         raise RecordProblem(None, 'nothing to score: expected "response", "completion", '
@@ -45,6 +45,8 @@ def main(cfg: ScoreConfig) -> Path:
     #    with mistakes.
     problems: list[str] = []
     records, items = read_records(cfg.data, problems), []
+    if not records and not problems:
+        raise UserError(f"{cfg.data}: no records")
     for rec in records:
         try:
             prompt = _text(rec.fields, "prompt")
@@ -64,10 +66,11 @@ def main(cfg: ScoreConfig) -> Path:
         per_record.setdefault(id(rec), {"line": rec.line, **rec.fields, "rewards": {}})
         per_record[id(rec)]["rewards"][name] = s
     out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as fh:
         for row in per_record.values():
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json.dumps(row, default=str) + "\n")  # Parquet dates, bytes ... as text
     tmp.replace(out)
     log.info("scored %d response(s) of %d record(s) -> %s", len(items), len(per_record), out)
     return out
