@@ -41,3 +41,54 @@ def run_cli_until_killed(*args: str, when: Path, timeout: float = 300) -> None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+# One interpreter runs many CLI cases through the real entry point (a subprocess per case would
+# take minutes): each case's stderr (log lines included) is captured on its own. A case with
+# "config_only" must be refused while its config is built: the stage itself is never run.
+CLI_BATCH = r"""
+import contextlib, io, json, logging, sys, traceback
+import alignkit.cli as cli
+
+
+class ToCurrentStderr(logging.Handler):
+    # each case captures sys.stderr; a log line belongs to the case that writes it
+    def emit(self, record):
+        sys.stderr.write(self.format(record) + "\n")
+
+
+logging.getLogger().addHandler(ToCurrentStderr())
+logging.getLogger().setLevel(logging.INFO)
+run_stage = cli.run_stage
+
+
+def ran(name, cfg):
+    raise RuntimeError(f"stage {name} ran: its --config was accepted")
+
+
+cases, results = json.load(open(sys.argv[1])), []
+for case in cases:
+    cli.run_stage = ran if case.get("config_only") else run_stage
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(case["argv"])
+        except SystemExit as e:
+            rc = e.code
+        except BaseException:
+            traceback.print_exc()
+            rc = None
+    results.append({"rc": rc, "err": err.getvalue()})
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+def run_cli_batch(cases: list[dict], cwd: Path, timeout: float = 600) -> list[dict]:
+    """``cases``: ``{"argv": [...], "config_only": bool}`` -> per case ``{"rc", "err"}``."""
+    import json
+
+    (cwd / "cases.json").write_text(json.dumps(cases))
+    proc = subprocess.run([sys.executable, "-c", CLI_BATCH, "cases.json", "results.json"],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads((cwd / "results.json").read_text())

@@ -14,15 +14,13 @@ import dataclasses
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from alignkit.cli import STAGES
 from alignkit.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_batch
 
 pytestmark = pytest.mark.smoke
 
@@ -316,41 +314,6 @@ def config_files(d: Path, stage: str) -> list[tuple[str, Path, list[int]]]:
 # ---------------------------------------------------------------------------------------------
 # the cases
 
-BATCH = r"""
-import contextlib, io, json, logging, sys, traceback
-import alignkit.cli as cli
-
-
-class ToCurrentStderr(logging.Handler):
-    # each case captures sys.stderr; a log line belongs to the case that writes it
-    def emit(self, record):
-        sys.stderr.write(self.format(record) + "\n")
-
-
-logging.getLogger().addHandler(ToCurrentStderr())
-logging.getLogger().setLevel(logging.INFO)
-run_stage = cli.run_stage
-
-
-def ran(name, cfg):
-    raise RuntimeError(f"stage {name} ran: its --config was accepted")
-
-
-cases, results = json.load(open(sys.argv[1])), []
-for case in cases:
-    cli.run_stage = ran if case.get("config_only") else run_stage
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = cli.main(case["argv"])
-        except SystemExit as e:
-            rc = e.code
-        except BaseException:
-            traceback.print_exc()
-            rc = None
-    results.append({"rc": rc, "err": err.getvalue()})
-json.dump(results, open(sys.argv[2], "w"))
-"""
 
 
 def data_slots(tiny: str, d: Path) -> list[dict]:
@@ -534,11 +497,7 @@ def test_no_bad_data_file_gives_a_traceback(tiny_model_dir, tmp_path):
     assert len(cases) > 500
     db = f"sqlite:///{tmp_path / 'extra' / 'annotate.db'}"
     setup = {"argv": ["annotate", "create-project", "--db", db, "--name", "p"]}
-    (tmp_path / "cases.json").write_text(json.dumps([setup, *cases]))
-    proc = subprocess.run([sys.executable, "-c", BATCH, "cases.json", "results.json"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_cli_batch([setup, *cases], tmp_path, timeout=900)
     assert results[0]["rc"] == 0, results[0]["err"]
     wrong = [w for case, res in zip(cases, results[1:]) if (w := check(case, res))]
     assert not wrong, f"{len(wrong)} of {len(cases)} cases:\n" + "\n".join(wrong)

@@ -8,15 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 import typing
 
 import pytest
 
 from alignkit.cli import STAGES, build_parser
 from alignkit.config import build_config, flag_name
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_batch
 
 pytestmark = pytest.mark.smoke
 
@@ -88,36 +86,13 @@ def all_cases() -> tuple[list[dict], list[dict]]:
     return rejected, accepted
 
 
-# one interpreter runs every rejected case through the real entry point, stderr captured per
-# case (a subprocess per case would take minutes)
-BATCH = r"""
-import contextlib, io, json, sys, traceback
-from alignkit.cli import main
-cases, results = json.load(open(sys.argv[1])), []
-for argv in cases:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as e:
-            rc = e.code
-        except BaseException:
-            traceback.print_exc()
-            rc = None
-    results.append({"rc": rc, "err": err.getvalue()})
-json.dump(results, open(sys.argv[2], "w"))
-"""
 
 
 def test_every_out_of_range_numeric_flag_exits_2_naming_the_flag(tmp_path):
     rejected, _ = all_cases()
     assert len(rejected) > 300  # the walk covers every stage
     argvs = [[*user_argv(c["stage"]), *value_args(c["flag"], c["text"])] for c in rejected]
-    (tmp_path / "cases.json").write_text(json.dumps(argvs))
-    proc = subprocess.run([sys.executable, "-c", BATCH, "cases.json", "results.json"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_cli_batch([{"argv": a} for a in argvs], tmp_path)
     wrong = []
     for case, argv, res in zip(rejected, argvs, results):
         err = res["err"]
