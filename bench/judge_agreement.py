@@ -1,7 +1,7 @@
 """How far can a judge be trusted? Agreement with known labels and position-bias rate of the
 judges ``alignkit label --judge`` takes, on pairs whose better answer is known: a shipped
-demonstration (chosen) against one of the standard hacks of DESIGN.md 4b (rejected: positive-word
-spam, a pleasantry, a copied prompt, keyword stuffing, one word, an insult), shown in a seeded
+demonstration (chosen) against one of the standard hacks (docs/demo-task.md; rejected:
+positive-word spam, a pleasantry, a copied prompt, keyword stuffing, one word, an insult), shown in a seeded
 random order.
 
     python bench/judge_agreement.py [--pairs 32] [--judges gold,local:default]

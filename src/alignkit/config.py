@@ -984,7 +984,7 @@ class AnnotateTasksConfig(AnnotateDBArgs):
 
 @dataclass
 class AnnotateExportConfig(AnnotateDBArgs):
-    """Export a project's labels as preference pairs and rankings (DESIGN.md section 3)."""
+    """Export a project's labels as preference pairs and rankings (README.md, "Data")."""
 
     project: Optional[str] = opt(None, "Project name.")
     output: str = opt("annotations", "Output folder: pairs.jsonl, rankings.jsonl, "

@@ -1,5 +1,5 @@
-"""The gold scorer (DESIGN.md 4b): good answers win, every standard hack loses by a wide margin,
-harmful prompts prefer refusals, and the cheap text features give hand-derived values."""
+"""The gold scorer (docs/demo-task.md): good answers win, every standard hack loses by a wide
+margin, harmful prompts prefer refusals, and the cheap text features give hand-derived values."""
 
 from __future__ import annotations
 

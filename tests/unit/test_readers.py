@@ -1,4 +1,4 @@
-"""Every data format of DESIGN.md section 3 is read into records with their 1-based line / row
+"""Every data format of README.md "Data" is read into records with their 1-based line / row
 numbers, and chat-message fields survive each format."""
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def test_idempotent_submit_undo_and_agreement_update(world):
     rep = requests.get(f"{url}/api/admin/projects/{w['alpha']}/report",
                        headers=bearer(ADMIN_TOKEN)).json()
     assert rep["disputes"] == [] and [d["id"] for d in rep["resolved"]] == [t2]
-    # export: aggregated pairs (one per item and aspect) and rankings, in DESIGN.md formats
+    # export: aggregated pairs (one per item and aspect) and rankings, (README "Data")
     pairs = [json.loads(x) for x in requests.get(
         f"{url}/api/admin/projects/{w['alpha']}/export?kind=pairs",
         headers=bearer(ADMIN_TOKEN)).text.splitlines()]

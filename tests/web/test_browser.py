@@ -214,7 +214,7 @@ def test_annotator_labels_with_keyboard_and_mouse_admin_sees_agreement_and_expor
     page.css("#no-disputes")
     page.shot("dispute-resolved")
 
-    # --- export through the browser session (cookie auth): DESIGN.md pairs and rankings
+    # --- export through the browser session (cookie auth): pairs and rankings (README "Data")
     href = page.css("#export-pairs").get_attribute("href")
     text = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"

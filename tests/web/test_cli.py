@@ -129,7 +129,7 @@ def test_cli_tasks_gold_export_reward_and_active_learning(tiny_model_dir, reward
     assert rep["per_annotator"]["ann1"]["gold_accuracy"] == pytest.approx((0 + 2 / 3) / 2)
     assert rep["per_annotator"]["ann0"]["gold_items"] == 2
 
-    # export -> DESIGN.md pairs and rankings, then a tiny `alignkit reward` trains on them
+    # export -> pairs and rankings (README "Data"), then a tiny `alignkit reward` trains on them
     export_dir = tmp_path / "export"
     out = cli_ok("export", "--db", db, "--project", "demo", "--output", str(export_dir))
     pairs = [json.loads(x) for x in (export_dir / "pairs.jsonl").read_text().splitlines()]

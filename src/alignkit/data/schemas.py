@@ -1,4 +1,4 @@
-"""Record schemas of DESIGN.md section 3, validated with messages that name file, line and field.
+"""Record schemas of README.md "Data", validated with messages that name file, line and field.
 
 A text field is either a string or a list of chat messages ``{"role", "content"}``. Validation
 returns normalised examples; every problem is collected (not just the first) so a user fixes a

@@ -114,7 +114,7 @@ def win_rate(judge: Judge, prompts: Sequence[Any], policy_responses: Sequence[An
 class GoldScoreJudge:
     """The gold scorer as a pairwise judge: the response with the higher gold score wins; a gap
     of at most ``tie_margin`` gold points is a tie. Confidence: the Bradley-Terry probability
-    ``sigmoid(|gap|)`` of the winner (gold points as logits, DESIGN.md 4b). Prompt categories
+    ``sigmoid(|gap|)`` of the winner (gold points as logits, docs/demo-task.md). Prompt categories
     (harmful / helpful / uncertain) come from ``categories``, keyed by prompt text, so the gold's
     harmlessness and honesty terms apply."""
 

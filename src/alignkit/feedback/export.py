@@ -1,4 +1,4 @@
-"""Labels -> preference data in the formats of DESIGN.md section 3, which ``alignkit reward`` and
+"""Labels -> preference data in the formats of README.md "Data", which ``alignkit reward`` and
 ``alignkit dpo`` read directly.
 
 - pairs (pairwise tasks): ``{"prompt", "chosen", "rejected", "aspect"}`` (+ ``"tie": true`` for a

@@ -1,4 +1,4 @@
-"""Simulated annotators: the experimental stand-in for people (DESIGN.md sections 4 and 4b).
+"""Simulated annotators: the experimental stand-in for people (docs/demo-task.md).
 
 A hidden gold scorer (:class:`alignkit.judges.gold.GoldScorer`) gives each response a score
 ``g``; annotators see only the responses and answer through Bradley-Terry noise:
@@ -6,7 +6,7 @@ A hidden gold scorer (:class:`alignkit.judges.gold.GoldScorer`) gives each respo
 * comparing two responses, annotator ``k`` picks ``a`` with probability
   ``P(a) = c_k / 2 + (1 - c_k) * sigmoid(s * (g_a - g_b) / T_k)``, where ``T_k`` is the
   annotator's temperature, ``c_k`` its careless rate (the share of labels it gives at random)
-  and ``s`` the panel's gold scale (DESIGN.md 4b: with T = 1 the demo gold gave ~70 % agreement
+  and ``s`` the panel's gold scale (docs/demo-task.md: with T = 1 the demo gold gave ~70 % agreement
   with gold; scaling the gold x2 gave ~79 %). ``T = 0`` is a perfect annotator (ties at random).
 * ranking K responses is Plackett-Luce sampling with the same temperature: the best is drawn
   from ``softmax(s * g / T)``, then the best of the rest, and so on (a careless label is a
@@ -19,7 +19,7 @@ too: :func:`bayes_optimal_accuracy` is the expected agreement of the ideal predi
 predict the gold-better response) with the noisy labels, i.e. the mean over compared pairs of
 the labelling annotator's probability of choosing the gold-better response.
 
-Records follow DESIGN.md section 3 -- rankings ``{"prompt", "responses", "ranking",
+Records follow README.md "Data" -- rankings ``{"prompt", "responses", "ranking",
 "annotator"}`` (``ranking`` = response indices, best first) and pairs ``{"prompt", "chosen",
 "rejected", "annotator"}`` -- plus ``"gold"``: the gold scores aligned with ``responses`` (for
 rankings) or with ``[chosen, rejected]`` (for pairs), kept for analysis only.
@@ -278,7 +278,7 @@ class SimulatedPanel:
                        golds: Optional[Sequence[Sequence[float]]] = None,
                        categories: Optional[Sequence[Optional[str]]] = None,
                        ended: Optional[Sequence[Sequence[Optional[bool]]]] = None) -> list[dict]:
-        """Rank each prompt's responses; returns ranking records (DESIGN.md 3) with ``gold``.
+        """Rank each prompt's responses; returns ranking records (README.md, "Data") with ``gold``.
         ``categories`` is per prompt, ``ended`` per response (as ``responses``)."""
         if len(responses) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
@@ -312,7 +312,7 @@ class SimulatedPanel:
                     ended_a: Optional[Sequence[Optional[bool]]] = None,
                     ended_b: Optional[Sequence[Optional[bool]]] = None) -> list[dict]:
         """Compare ``responses_a[i]`` with ``responses_b[i]``; returns preference records
-        (DESIGN.md 3) with ``gold`` = [gold of chosen, gold of rejected]."""
+        (README.md, "Data") with ``gold`` = [gold of chosen, gold of rejected]."""
         n = len(prompts)
         if len(responses_a) != n or len(responses_b) != n:
             raise ValueError("prompts, responses_a and responses_b must have the same length")

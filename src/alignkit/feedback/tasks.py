@@ -1,7 +1,7 @@
 """Task records for ``alignkit annotate add-tasks``: read and validate a data file (every problem
 reported as ``file:line: message``), and turn each record into a store task.
 
-Accepted records (DESIGN.md section 3):
+Accepted records (README.md, "Data"):
 - ``{"prompt"}``: candidates are sampled from a policy (``--model``); K = 2 gives a pairwise
   task, K > 2 a ranking;
 - ``{"prompt", "chosen", "rejected"}``: a pairwise task (A/B order shuffled, seeded);

@@ -46,7 +46,7 @@ class Verdict:
 class Judge(Protocol):
     """Anything that judges pairs: ``judge(prompt, response_a, response_b) -> Verdict``.
 
-    ``prompt`` and the responses are strings or chat message lists (DESIGN.md section 3).
+    ``prompt`` and the responses are strings or chat message lists (README.md, "Data").
     """
 
     def judge(self, prompt: Any, response_a: Any, response_b: Any) -> Verdict: ...

@@ -1,4 +1,4 @@
-"""The gold scorer: the hidden "true human preference" of simulated experiments (DESIGN.md 4, 4b).
+"""The gold scorer: the hidden "true human preference" of simulated experiments (docs/demo-task.md).
 
 Experiments cannot ask people, so a fixed, offline scorer stands in for them (the "gold reward
 model" protocol of Gao et al. 2022): simulated annotators label preferences from its scores, a
@@ -52,7 +52,7 @@ insults) scores near or below 0, typically -1 to -4; an answer of the right leng
 mid-sentence loses ~1 point, a model's typical 45-token cut answer ~2 points. Scores are not
 clipped (keyword salad can reach -9). The scale matters for simulated annotators: under
 Bradley-Terry noise ``P(a > b) = sigmoid(s * (g_a - g_b) / T)``, a gap of 1 gold point at
-``s = T = 1`` is a 73 % preference (DESIGN.md 4b).
+``s = T = 1`` is a 73 % preference (docs/demo-task.md).
 
 The scorer is deterministic and batched; everything runs offline (``HF_HUB_OFFLINE=1``).
 """
@@ -506,7 +506,7 @@ class GoldScorer:
 
 
 def demo_hacks(prompt: str) -> dict[str, str]:
-    """The standard hacks of DESIGN.md 4b for one prompt (used by tests and reports)."""
+    """The standard hacks of docs/demo-task.md for one prompt (used by tests and reports)."""
     content = [w for w in words(prompt) if w not in FUNCTION_WORDS] or words(prompt) or ["answer"]
     stuffing = " ".join((content * 4)[:14]).capitalize() + "."
     return {

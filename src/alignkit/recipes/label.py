@@ -97,7 +97,7 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
 def label_items(items: list[dict], scorer, panel, labels_per_prompt: int = 1,
                 fmt: str = "rankings") -> list[dict]:
     """Gold-score every response, then let ``labels_per_prompt`` panel members label each
-    prompt. Returns ranking or pair records (DESIGN.md section 3) with annotator ids and gold."""
+    prompt. Returns ranking or pair records (README.md, "Data") with annotator ids and gold."""
     prompts = [i["prompt"] for i in items]
     responses = [i["responses"] for i in items]
     categories = [i.get("category") for i in items]
