@@ -305,6 +305,12 @@ class RewardModel(nn.Module):
         scale = torch.tensor(self.spec.scale, dtype=raw.dtype, device=raw.device)[:, None, :]
         return (raw - offset) / scale
 
+    def set_normalisation(self, raw: torch.Tensor) -> None:
+        """Offset and scale of every member and aspect so that these (M, N, A) raw rewards score
+        mean 0, std 1."""
+        self.spec.offset = raw.mean(1).tolist()
+        self.spec.scale = raw.std(1, unbiased=False).clamp(min=1e-6).tolist()
+
     def denormalise(self, members: torch.Tensor) -> torch.Tensor:
         """(M, N, A) normalised rewards -> the raw head outputs they came from (the scale each
         member's Bradley-Terry loss was trained on)."""
@@ -357,8 +363,7 @@ class RewardModel(nn.Module):
         of the fit on the reward model's training responses. Returns the old and new values."""
         raw = self.denormalise(self.score(prompts, responses).members.float().cpu())  # (M, N, A)
         before = {"offset": self.spec.offset, "scale": self.spec.scale}
-        self.spec.offset = raw.mean(1).tolist()
-        self.spec.scale = raw.std(1, unbiased=False).clamp(min=1e-6).tolist()
+        self.set_normalisation(raw)
         return {"before": before, "after": {"offset": self.spec.offset,
                                             "scale": self.spec.scale}}
 

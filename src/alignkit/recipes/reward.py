@@ -221,9 +221,7 @@ def fit_normalisation(model: RewardModel, groups: list[PreferenceGroup], cfg, de
     for i in range(0, len(groups), cfg.batch_size):
         batch = preference_batch(groups[i:i + cfg.batch_size], model, cfg)
         outs.append(model.raw(batch.to(device)).cpu())
-    raw = torch.cat(outs, 1)  # (M, N, A)
-    model.spec.offset = raw.mean(1).tolist()
-    model.spec.scale = raw.std(1, unbiased=False).clamp(min=1e-6).tolist()
+    model.set_normalisation(torch.cat(outs, 1))  # (M, N, A)
 
 
 def print_table(rows: dict[str, dict]) -> None:
