@@ -17,8 +17,9 @@ Both sides get conversational records and apply the model's chat template themse
 
 Frameworks (each in its own fresh process, one after the other):
 
-- ``alignkit``: ``alignkit.recipes.dpo.main`` with its defaults (padding-free rows, each prompt
-  run once for both responses, reference log-probs computed once before step 1 and cached);
+- ``alignkit``: the ``alignkit dpo`` stage (``alignkit.cli.run(DPOConfig(...))``) with its
+  defaults (padding-free rows, each prompt run once for both responses, reference log-probs
+  computed once before step 1 and cached);
 - ``alignkit-nopack``: the same with ``packing=False`` (right-padded rows);
 - ``trl-fp32``: ``DPOTrainer`` with ``bf16=False, gradient_checkpointing=False`` and its default
   reference handling (a reference forward every step);
@@ -84,8 +85,9 @@ FRAMEWORKS = ("alignkit", "alignkit-nopack", "trl-fp32", "trl-fp32-precompute", 
 def child_alignkit(spec: dict) -> dict:
     import torch
 
+    from alignkit.cli import run
     from alignkit.config import DPOConfig
-    from alignkit.recipes import dpo
+    from alignkit.models import checkpoint as ckpt
     from alignkit.utils.metrics import read_metrics
 
     if spec["threads"]:
@@ -101,17 +103,17 @@ def child_alignkit(spec: dict) -> dict:
                     lora_r=LORA["r"], lora_alpha=LORA["alpha"],
                     lora_targets=",".join(LORA["targets"]), schedule="constant")
     peak: dict = {}
-    real_save = dpo.ckpt.save_final
+    real_save = ckpt.save_final
 
     def save_final(*a, **kw):  # after the last step: note the training peak first
         peak["rss"] = peak_rss_mib()
         return real_save(*a, **kw)
 
-    dpo.ckpt.save_final = save_final
+    ckpt.save_final = save_final  # the trainer saves through the module: the hook reaches it
     try:
-        dpo.main(cfg)
+        run(cfg)
     finally:
-        dpo.ckpt.save_final = real_save
+        ckpt.save_final = real_save
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
     result = summarise([r["time"] for r in rows], [int(r["pairs"]) for r in rows],
                        spec["warmup"])

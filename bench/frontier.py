@@ -31,12 +31,12 @@ def ensure_demo(root: Path, seed: int) -> None:
     """Stages 1-2 of the demo (SFT, labels, reward ensemble) unless ``root`` already has them."""
     if all((root / p).exists() for p in ("sft/final", "reward/final", "prefs.jsonl")):
         return
+    from alignkit.cli import run
     from alignkit.config import DemoConfig
-    from alignkit.recipes import demo
 
     print(f"{root}: no demo outputs yet; running stages 1-2 of alignkit demo (~10 min)", flush=True)
-    demo.main(DemoConfig(output=str(root), ppo_steps=0, dpo_steps=0, best_of=1, seed=seed,
-                         progress=False, compare_prompts=4))
+    run(DemoConfig(output=str(root), ppo_steps=0, dpo_steps=0, best_of=1, seed=seed,
+                   progress=False, compare_prompts=4))
 
 
 def main(argv=None) -> int:
@@ -64,14 +64,15 @@ def main(argv=None) -> int:
 
     import torch
 
+    from alignkit.cli import run
     from alignkit.config import DPOConfig, OnlineDPOConfig, PPOConfig
-    from alignkit.evaluation.policy import (Prompts, RewardFunction, load_prompts, logprobs_under,
-                                            measure_policy)
+    from alignkit.data.prompts import Prompts, load_prompts
+    from alignkit.evaluation.best_of_n import analytic_kl, best_of_n
+    from alignkit.evaluation.policy import logprobs_under, measure_policy
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
-    from alignkit.recipes import dpo, online_dpo, ppo
-    from alignkit.recipes.best_of_n import analytic_kl, best_of_n
+    from alignkit.models.reward import RewardFunction
 
     # 1. What the frontier starts from: the SFT policy, the panel's rankings, the reward ensemble.
     root = Path(args.demo)
@@ -128,17 +129,17 @@ def main(argv=None) -> int:
     # 3. DPO (LoRA) on the panel's rankings, one run per beta.
     for beta in [float(x) for x in args.dpo_betas.split(",")]:
         t0 = time.time()
-        res = dpo.main(DPOConfig(model=str(sft_path), data=str(labels), lora=True, lr=3e-4,
-                                 beta=beta, max_steps=args.dpo_steps, batch_size=8,
-                                 warmup_steps=2, eval_fraction=0.1, eval_every=0, save_every=0,
-                                 sample_prompts=None, output=str(out / f"dpo-beta{beta}"),
-                                 seed=args.seed, progress=False, overwrite=True))
+        res = run(DPOConfig(model=str(sft_path), data=str(labels), lora=True, lr=3e-4,
+                            beta=beta, max_steps=args.dpo_steps, batch_size=8,
+                            warmup_steps=2, eval_fraction=0.1, eval_every=0, save_every=0,
+                            sample_prompts=None, output=str(out / f"dpo-beta{beta}"),
+                            seed=args.seed, progress=False, overwrite=True))
         measure("dpo", f"beta={beta}", res["final"], time.time() - t0)
 
     # 4. Online DPO (LoRA), the ensemble labelling the policy's own answers.
     for beta in [float(x) for x in args.online_betas.split(",") if x]:
         t0 = time.time()
-        res = online_dpo.main(OnlineDPOConfig(
+        res = run(OnlineDPOConfig(
             model=str(sft_path), reward_model=str(rm_path), combine="mean_minus_std", lora=True,
             lr=3e-4, beta=beta, rounds=args.online_rounds, prompts_per_round=16,
             samples_per_prompt=4, batch_size=8, warmup_steps=1, eval_every=0, save_every=0,
@@ -150,12 +151,12 @@ def main(argv=None) -> int:
     # 5. PPO (LoRA) against the ensemble's mean - std, one run per KL coefficient.
     for kl in [float(x) for x in args.ppo_kl.split(",")]:
         t0 = time.time()
-        res = ppo.main(PPOConfig(model=str(sft_path), reward_model=str(rm_path), lora=True,
-                                 lr=5e-4, batch_size=8, minibatch_size=4, ppo_epochs=2,
-                                 max_steps=args.ppo_steps, max_new_tokens=args.max_new_tokens,
-                                 kl_coef=kl, combine="mean_minus_std", eval_data=None,
-                                 save_every=0, output=str(out / f"ppo-kl{kl}"), seed=args.seed,
-                                 progress=False, overwrite=True))
+        res = run(PPOConfig(model=str(sft_path), reward_model=str(rm_path), lora=True,
+                            lr=5e-4, batch_size=8, minibatch_size=4, ppo_epochs=2,
+                            max_steps=args.ppo_steps, max_new_tokens=args.max_new_tokens,
+                            kl_coef=kl, combine="mean_minus_std", eval_data=None,
+                            save_every=0, output=str(out / f"ppo-kl{kl}"), seed=args.seed,
+                            progress=False, overwrite=True))
         measure("ppo", f"kl_coef={kl}", res["final"], time.time() - t0)
 
     # 6. The figure (the CSV is already written).

@@ -35,12 +35,13 @@ def ensure_sft(root: Path, seed: int) -> Path:
     final = root / "sft" / "final"
     if (final / "config.json").is_file():
         return final
-    from alignkit.config import DemoConfig
-    from alignkit.recipes import sft
+    from alignkit.cli import run
+    from alignkit.config import DemoConfig, SFTConfig
 
     print(f"{final}: training the demo's SFT policy first (~5 min)", flush=True)
-    cfg = DemoConfig(seed=seed, progress=False)
-    sft.main(dataclasses.replace(cfg, output=str(root / "sft")))
+    demo = DemoConfig(seed=seed, progress=False)  # the demo's SFT settings, as its stage 1 runs
+    shared = {f.name: getattr(demo, f.name) for f in dataclasses.fields(SFTConfig)}
+    run(SFTConfig(**{**shared, "output": str(root / "sft")}))
     return final
 
 
@@ -67,12 +68,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
+    from alignkit.cli import run
     from alignkit.config import OnlineDPOConfig
-    from alignkit.evaluation.policy import load_prompts, logprobs_under, measure_policy
+    from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.policy import logprobs_under, measure_policy
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
-    from alignkit.recipes import online_dpo
 
     # 1. The SFT policy both arms start from (and the reference of KL).
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
         # 3. The two arms: same labels, steps, schedule; only when answers are drawn differs.
         for arm, (rounds, per_round) in arms.items():
             t0 = time.time()
-            res = online_dpo.main(OnlineDPOConfig(
+            res = run(OnlineDPOConfig(
                 model=str(sft_path), labeler="simulated", lora=True, lr=args.lr, beta=args.beta,
                 rounds=rounds, prompts_per_round=per_round, samples_per_prompt=2,
                 dpo_epochs=args.epochs, batch_size=8, warmup_steps=2, eval_every=0,

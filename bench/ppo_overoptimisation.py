@@ -29,20 +29,20 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    from alignkit.cli import run
     from alignkit.config import PPOConfig, RewardConfig
-    from alignkit.recipes import ppo, reward
 
     root, out = Path(args.demo), Path(args.out)
     started = time.time()
-    rm = reward.main(RewardConfig(model="minilm", data=str(root / "prefs.jsonl"),
-                                  output=str(out / "rm"), ensemble=1, max_steps=40, lr=1e-4,
-                                  warmup_steps=2, eval_fraction=0.2, eval_every=0, save_every=0,
-                                  seed=args.seed, progress=False, overwrite=True))
-    res = ppo.main(PPOConfig(model=str(root / "sft" / "final"), reward_model=str(rm["final"]),
-                             lora=True, lr=args.lr, kl_coef=0.0, batch_size=8, minibatch_size=4,
-                             max_steps=args.steps, eval_every=8, eval_prompts=32, save_every=0,
-                             output=str(out / "ppo"), seed=args.seed, progress=False,
-                             overwrite=True))
+    rm = run(RewardConfig(model="minilm", data=str(root / "prefs.jsonl"),
+                          output=str(out / "rm"), ensemble=1, max_steps=40, lr=1e-4,
+                          warmup_steps=2, eval_fraction=0.2, eval_every=0, save_every=0,
+                          seed=args.seed, progress=False, overwrite=True))
+    res = run(PPOConfig(model=str(root / "sft" / "final"), reward_model=str(rm["final"]),
+                        lora=True, lr=args.lr, kl_coef=0.0, batch_size=8, minibatch_size=4,
+                        max_steps=args.steps, eval_every=8, eval_prompts=32, save_every=0,
+                        output=str(out / "ppo"), seed=args.seed, progress=False,
+                        overwrite=True))
     rows = [r for r in (json.loads(ln) for ln in Path(res["metrics"]).read_text().splitlines())
             if r["split"] == "eval"]
     print(f"reward model held-out accuracy {rm['eval'].get('accuracy', float('nan')):.3f}")

@@ -97,11 +97,11 @@ def main() -> int:
         args.members, args.labels_per_prompt = 2, 2
         args.json = str(HERE / "results" / "reward_bayes_quick.json")
 
+    from alignkit.cli import run
     from alignkit.config import RewardConfig
     from alignkit.data.readers import read_records
     from alignkit.feedback.simulated import SimulatedPanel, agreement_report
     from alignkit.judges.gold import GoldScorer
-    from alignkit.recipes import reward
 
     started = time.time()
     rng = random.Random(args.seed)
@@ -148,7 +148,7 @@ def main() -> int:
                        ensemble=args.members, max_steps=steps,
                        reinit_layers=args.reinit_layers, lr=args.lr, warmup_steps=5,
                        eval_every=0, save_every=0, seed=args.seed, overwrite=True, progress=False)
-    out = reward.main(cfg)
+    out = run(cfg)
     ev = out["eval"]
     # 5. against the hidden gold (not the noisy labels): does the ensemble spread flag the pairs
     #    it orders wrongly? Label mistakes are mostly annotator noise, invisible to any model.

@@ -77,8 +77,8 @@ def space_share(text: str) -> float:
 def child_alignkit(spec: dict) -> dict:
     import torch
 
+    from alignkit.cli import run
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
     from alignkit.utils.metrics import read_metrics
 
     if spec["threads"]:
@@ -99,7 +99,7 @@ def child_alignkit(spec: dict) -> dict:
                     kl_coef=spec["beta"], lr=spec["lr"], missing_eos_penalty=0.0,
                     output=str(Path(spec["workdir"]) / "run"), save_every=0, progress=False,
                     seed=spec["seed"], device=spec["device"], precision="fp32", log_every=1)
-    out = ppo.main(cfg, reward_fn=reward)
+    out = run(cfg, reward_fn=reward)
     rss_train = peak_rss_mib()
     rows = [r for r in read_metrics(out["metrics"]) if r["split"] == "train"]
     lengths = [r["response_length"] for r in rows]

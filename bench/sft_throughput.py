@@ -15,7 +15,7 @@ alignkit draws its batches (``train_sampling_strategy="sequential"`` over alignk
 every optimiser step sees the same eight examples on every side.
 
 Frameworks (``--frameworks``):
-- ``alignkit``: ``alignkit.recipes.sft.main(SFTConfig(...))`` with its defaults (padding-free
+- ``alignkit``: ``alignkit.cli.run(SFTConfig(...))`` with its defaults (padding-free
   packing), no progress bar, no checkpoints, no evaluation;
 - ``alignkit-nopack``: the same with ``packing=False`` (right padding, like TRL's default);
 - ``trl``: ``SFTTrainer`` with TRL's defaults for precision and memory (bf16 mixed precision and
@@ -111,9 +111,9 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v
 def child_alignkit(spec: dict) -> dict:
     import torch
 
+    from alignkit.cli import run
     from alignkit.config import SFTConfig
     from alignkit.models import checkpoint as ckpt
-    from alignkit.recipes import sft
     from alignkit.utils.metrics import read_metrics
 
     if spec["threads"]:
@@ -145,7 +145,7 @@ def child_alignkit(spec: dict) -> dict:
 
     ckpt.save_final = save_final
     try:
-        sft.main(cfg)
+        run(cfg)
     finally:
         ckpt.save_final = real_save_final
 

@@ -16,7 +16,7 @@ from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, Annota
                              CritiqueConfig, DemoConfig, DPOConfig, EvalConfig, LabelConfig,
                              OnlineDPOConfig, PPOConfig, ReportConfig, RewardConfig, ScoreConfig,
                              ServeConfig, SFTConfig, TinyModelConfig, add_config_flags,
-                             build_config)
+                             build_config, closest)
 from alignkit.errors import UserError
 
 # stage name -> (config class, "module:function", one-line description)
@@ -80,8 +80,36 @@ def join_verb(argv: list[str]) -> list[str]:
 POSITIONAL = {"report": ("run_dir",)}
 
 
+class AlignkitParser(argparse.ArgumentParser):
+    """The top-level parser: an unrecognised flag is one line naming it and the stage's flag it
+    most likely meant (``unrecognised --modle; did you mean --model?``)."""
+
+    stages: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            stage = getattr(parsed, "stage", None)
+            prog = f"alignkit {stage}" if stage else "alignkit"
+            self.exit(2, f"{prog}: error: {self.unrecognised(prog, stage, unknown)}\n")
+        return parsed
+
+    def unrecognised(self, prog: str, stage: str | None, unknown: list[str]) -> str:
+        shown = {s for a in (self.stages[stage] if stage else self)._actions
+                 if a.help != argparse.SUPPRESS for s in a.option_strings}
+        typed = [t.split("=", 1)[0] for t in unknown if t.startswith("-")]
+        if not typed:
+            return f"unrecognised arguments: {' '.join(unknown)}"
+        problems = []
+        for flag in typed:
+            close = closest(flag, shown)
+            problems.append(f"unrecognised {flag}; did you mean {close}?" if close
+                            else f"unrecognised {flag} (see {prog} --help)")
+        return "; ".join(problems)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = AlignkitParser(
         prog="alignkit",
         description="Align language models with human preferences. Each stage reads defaults, "
                     "then --config FILE.yaml, then flags; the resolved config is saved as "
@@ -97,12 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS,
                            metavar=field_name.upper(),
                            help=f"same as --{field_name.replace('_', '-')}")
+    parser.stages = dict(sub.choices)
     return parser
 
 
 def run_stage(name: str, cfg):
     module, func = STAGES[name][1].split(":")
     return getattr(importlib.import_module(module), func)(cfg)
+
+
+def run(cfg, **kwargs):
+    """Run the stage ``cfg`` configures (the Python API: ``run(DPOConfig(...))``) and return
+    what its recipe returns; ``kwargs`` go to the recipe (PPO's programmatic ``reward_fn``)."""
+    names = [name for name, (cls, _, _) in STAGES.items() if type(cfg) is cls]
+    if not names:
+        raise TypeError(f"{type(cfg).__name__} is not a stage config")
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    module, func = STAGES[names[0]][1].split(":")
+    return getattr(importlib.import_module(module), func)(cfg, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.stage:
         parser.print_help()
         return 0
-    from alignkit.recipes.common import configure_logging
+    from alignkit.utils.logs import configure_logging
 
     configure_logging()
     try:

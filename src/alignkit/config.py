@@ -1,14 +1,20 @@
 """Typed configs that are at once the CLI flags, the YAML schema and the saved record of a run.
 
 A stage config is a flat dataclass assembled from the field groups below (model, data, optim,
-run) plus the stage's own fields. Precedence: dataclass defaults < ``--config FILE.yaml`` <
-command-line flags. The resolved config is written to ``<output>/config.yaml``.
+run) plus the stage's own fields; ``DEFAULTS`` gives an inherited option another default without
+declaring it again. Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
+The resolved config is written to ``<output>/config.yaml``. The parser is the standard library's
+argparse (``--help`` stays instant; every flag keeps its spelling), plus a suggestion for a
+mistyped flag or YAML key.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
+import logging
 import math
 import os
 import typing
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from alignkit.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,28 +67,93 @@ class Range:
 
 def opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None,
         gt: float | None = None, le: float | None = None, lt: float | None = None,
-        also: tuple = (), inf: bool = False, unbounded: bool = False) -> Any:
+        also: tuple = (), inf: bool = False, unbounded: bool = False,
+        required: bool = False) -> Any:
     """A config field with its help text (shown by ``--help``), optional allowed values and, for
     numbers, the allowed range: ``ge``/``gt`` (lower bound, closed/open), ``le``/``lt`` (upper
     bound), ``also`` (single values allowed besides, such as -1 or 0 with a special meaning),
-    ``inf`` (an infinite float is allowed) or ``unbounded`` (any finite number). ``build_config``
-    rejects a value outside it, and NaN / inf in every float field. A subclass that redefines a
-    field only to change its default keeps the range of the base class's field."""
+    ``inf`` (an infinite float is allowed) or ``unbounded`` (any finite number). Every config
+    rejects a value outside it, and NaN / inf in every float field, however it is built. A
+    subclass that redefines a field to change its help keeps the range of the base class's
+    field. ``required``: the command line must give it (the default, None, is for configs built
+    in Python that never use the field)."""
     bounded = any(b is not None for b in (ge, gt, le, lt)) or also or inf
     if ge is not None and gt is not None or le is not None and lt is not None:
         raise TypeError("give one lower bound (ge or gt) and one upper bound (le or lt)")
+    if required and default is not None:
+        raise TypeError("a required option has no default")
     rng = (Range(ge if gt is None else gt, le if lt is None else lt, gt is not None,
                  lt is not None, tuple(also), inf) if bounded or unbounded else None)
-    return field(default=default, metadata={"help": help, "choices": choices, "range": rng})
+    return field(default=default, metadata={"help": help, "choices": choices, "range": rng,
+                                            "required": required})
 
+
+# RETIRED of the stages that train nothing: a step limit would mean nothing there
+RUNS_NO_STEPS = {"max_steps": "the stage runs no optimiser steps (the flag never had an effect "
+                              "here)"}
 
 # numpy takes only non-negative seeds; 32 bits keep the derived torch seeds
 # (seed * 1_000_003 + epoch) inside 64 bits
 SEED = {"ge": 0, "le": 2**32 - 1}
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(tp: Any) -> Any:
+    """``Optional[int]`` -> ``int``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+
+
+class Config:
+    """Base of every config: a value outside its option's choices or range is a ``UserError``
+    when the config is built, from the command line or in Python (``dataclasses.replace``
+    included)."""
+
+    # option name -> why it was removed; its flag and YAML key get a message instead of a value
+    RETIRED: typing.ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        check_values(type(self), _values(self))
+
+    def validate(self) -> None:
+        """What a stage checks before it runs: the values (again: a field may have been set after
+        the config was built) and that every required option is given."""
+        values = _values(self)
+        check_values(type(self), values)
+        missing = missing_required(type(self), values)
+        if missing:
+            raise UserError("; ".join(missing))
+
+
+def config(cls: type) -> type:
+    """``@dataclass`` for a config class, plus its ``DEFAULTS`` (``{"lr": 1e-3}``): inherited
+    options that only take another default here, declared once in the base class (same type,
+    help, choices and range)."""
+    defaults = cls.__dict__.get("DEFAULTS", {})
+    if defaults:
+        if "__annotations__" not in cls.__dict__:
+            cls.__annotations__ = {}
+        for name, value in defaults.items():
+            base = next((b for b in cls.__mro__[1:]
+                         if name in getattr(b, "__dataclass_fields__", {})), None)
+            if base is None:
+                raise TypeError(f"{cls.__name__}.DEFAULTS: no inherited option {name!r}")
+            cls.__annotations__[name] = _field_types(base)[name]
+            setattr(cls, name, field(default=value,
+                                     metadata=base.__dataclass_fields__[name].metadata))
+    return dataclass(cls)
+
+
 @dataclass
-class ModelArgs:
+class ModelArgs(Config):
     model: str = opt("default", "Model to start from: 'default' (packaged SmolLM2-135M-Instruct), "
                      "a local Hugging Face folder, a .gguf file, or a hub id.")
     lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights.")
@@ -95,7 +168,7 @@ class ModelArgs:
 
 
 @dataclass
-class DataArgs:
+class DataArgs(Config):
     data: Optional[str] = opt(None, "Training data: .jsonl, .parquet, .csv or a saved HF datasets "
                               "folder; 'demo' means the demonstrations alignkit ships.")
     eval_data: Optional[str] = opt(None, "Held-out data file; without it --eval-fraction of --data "
@@ -109,7 +182,7 @@ class DataArgs:
 
 
 @dataclass
-class OptimArgs:
+class OptimArgs(Config):
     lr: float = opt(2e-5, "Peak learning rate.", gt=0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
     warmup_steps: int = opt(0, "Linear warm-up steps.", ge=0)
@@ -124,7 +197,7 @@ class OptimArgs:
 
 
 @dataclass
-class PackingArgs:
+class PackingArgs(Config):
     packing: bool = opt(True, "Padding-free batches: several examples share a row, each attending "
                         "only to itself (used for a batch when it is clearly cheaper).")
     pack_length: int = opt(0, "Longest packed row in tokens (0: --max-length).", ge=0)
@@ -135,7 +208,7 @@ class PackingArgs:
 
 
 @dataclass
-class RunArgs:
+class RunArgs(Config):
     output: str = opt("runs/run", "Output folder (config.yaml, metrics.jsonl, checkpoints/, "
                       "final/).")
     seed: int = opt(42, "Seed for data order, initialisation and sampling.", **SEED)
@@ -150,21 +223,26 @@ class RunArgs:
     progress: bool = opt(True, "Show a progress bar.")
 
 
-@dataclass
+@config
 class SFTConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     """Stage 1: supervised fine-tuning on demonstrations."""
+
+    DEFAULTS = {"output": "runs/sft"}
 
     train_on_prompt: bool = opt(False, "Also learn the prompt tokens (default: loss on response "
                                 "tokens only).")
     chat: str = opt("auto", "Render string prompts with the model's chat template: auto (when the "
                     "model has one), always, never.", ("auto", "always", "never"))
-    output: str = opt("runs/sft", RunArgs.__dataclass_fields__["output"].metadata["help"])
 
 
-@dataclass
+@config
 class DemoConfig(SFTConfig):
     """The main job: LoRA SFT of the default model on the shipped demonstrations, with held-out
     loss and samples before and after."""
+
+    DEFAULTS = {"data": "demo", "lora": True, "lr": 1e-3, "warmup_steps": 4, "max_steps": 60,
+                "eval_fraction": 0.1, "eval_every": 20, "save_every": 20, "output": "runs/demo",
+                "overwrite": True}
 
     quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
     annotate: bool = opt(False, "Instead of training: start the annotation app filled with the "
@@ -196,43 +274,30 @@ class DemoConfig(SFTConfig):
                                "are compared (gold score, KL to SFT).", ge=1)
     samples: int = opt(4, "Held-out prompts to answer before and after training.", ge=1)
     max_new_tokens: int = opt(48, "Length limit of the sampled answers.", ge=1)
-    data: Optional[str] = opt("demo", DataArgs.__dataclass_fields__["data"].metadata["help"])
-    lora: bool = opt(True, ModelArgs.__dataclass_fields__["lora"].metadata["help"])
-    lr: float = opt(1e-3, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
-    warmup_steps: int = opt(4, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
-    max_steps: int = opt(60, OptimArgs.__dataclass_fields__["max_steps"].metadata["help"])
-    eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
-    eval_every: int = opt(20, RunArgs.__dataclass_fields__["eval_every"].metadata["help"])
-    save_every: int = opt(20, RunArgs.__dataclass_fields__["save_every"].metadata["help"])
-    output: str = opt("runs/demo", RunArgs.__dataclass_fields__["output"].metadata["help"])
-    overwrite: bool = opt(True, RunArgs.__dataclass_fields__["overwrite"].metadata["help"])
 
 
 # ---------------------------------------------------------------------------------------------
 # dataclass <-> argparse / YAML
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _base_type(tp: Any) -> Any:
-    """``Optional[int]`` -> ``int``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
-
-
-def _is_optional(tp: Any) -> bool:
-    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
-
-
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def closest(name: str, candidates: typing.Iterable[str]) -> str | None:
+    """The candidate a mistyped ``name`` most likely meant, if any is close."""
+    found = difflib.get_close_matches(name, sorted(candidates), n=1)
+    return found[0] if found else None
+
+
+# where the parser puts a retired option's flag; build_config turns it into a UserError
+RETIRED_DEST = "retired:"
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per dataclass field; booleans get ``--x/--no-x``. Defaults are left unset
-    (``SUPPRESS``) so that only flags the user typed override the YAML file."""
+    (``SUPPRESS``) so that only flags the user typed override the YAML file. A retired option
+    keeps a hidden flag (with or without a value) so that ``build_config`` can say why it went."""
     types = _field_types(cls)
     groups = {g: parser.add_argument_group(title) for g, title in FLAG_GROUPS}
     own = parser.add_argument_group(f"{cls.__name__} options")
@@ -243,11 +308,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = _base_type(types[f.name])
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         choices = f.metadata.get("choices")
-        shown = f.default if f.default is not dataclasses.MISSING else None
+        shown = "required" if f.metadata.get("required") else f"default: {f.default}"
         allowed = field_range(cls, f.name)
         allowed = allowed.describe() if allowed is not None else ""
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{help_text} (default: {shown}"
+                                  "help": f"{help_text} ({shown}"
                                           f"{'; allowed: ' + allowed if allowed else ''})"}
         if tp is bool:
             group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
@@ -258,6 +323,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["choices"] = choices
             kwargs.pop("metavar")
         group.add_argument(flag_name(f.name), **kwargs)
+    for name in getattr(cls, "RETIRED", {}):
+        parser.add_argument(flag_name(name), nargs="?", dest=RETIRED_DEST + name,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 FLAG_GROUPS = ((ModelArgs, "model"), (DataArgs, "data"), (PackingArgs, "batching"),
@@ -362,31 +430,43 @@ def read_yaml_overrides(cls: type, path: str, where: dict[str, str] | None = Non
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of option: value")
     names = {f.name for f in dataclasses.fields(cls)}
+    retired = getattr(cls, "RETIRED", {})
     types = _field_types(cls)
     out = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")
         line_no = lines.get((str(key),), 0)
         at = f"{path}:{line_no}: option {key!r}" if line_no else f"{path}: option {key!r}"
+        if k in retired:  # config.yaml files saved by earlier versions hold it: ignored, as then
+            log.warning("%s is ignored: %s", at, retired[k])
+            continue
         if k not in names:
-            raise UserError(f"{at} is not an option of this stage (see --help)")
+            close = closest(k, names)
+            raise UserError(f"{at} is not an option of this stage (see --help)"
+                            + (f"; did you mean {close!r}?" if close else ""))
         out[k] = _coerce(value, types[k], at)
         if where is not None:
             where[k] = at
     return out
 
 
-def validate_choices(cfg: Any) -> None:
-    for f in dataclasses.fields(cfg):
+def _values(cfg: Any) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def choice_problems(cls: type, values: dict[str, Any]) -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
-        value = getattr(cfg, f.name)
-        if choices and value not in choices:
-            raise UserError(f"option {f.name!r}: {value!r} is not one of {', '.join(choices)}")
+        if choices and f.name in values and values[f.name] not in choices:
+            out.append(f"option {f.name!r}: {values[f.name]!r} is not one of "
+                       f"{', '.join(choices)}")
+    return out
 
 
 def field_range(cls: type, name: str) -> Range | None:
     """The range of a numeric field: its own, else that of the nearest base class that declares
-    one (a subclass may redefine a field only to change its default)."""
+    one (a subclass may redefine a field to give it its own help)."""
     for klass in cls.__mro__:
         f = getattr(klass, "__dataclass_fields__", {}).get(name)
         if f is not None and f.metadata.get("range") is not None:
@@ -398,10 +478,17 @@ def range_problems(cfg: Any, where: dict[str, str] | None = None) -> list[str]:
     """Every numeric value outside its field's range, and NaN or inf in any float field (unless
     the range allows inf), as ``<where> must be <range>, got <value>`` in field order; ``where``
     maps a field to how the user gave it (``--batch-size``, ``run.yaml:3: option 'batch_size'``)."""
-    cls, types, out = type(cfg), _field_types(type(cfg)), []
-    for f in dataclasses.fields(cfg):
-        base, value = _base_type(types[f.name]), getattr(cfg, f.name)
-        if base not in (int, float) or value is None or isinstance(value, bool):
+    return value_range_problems(type(cfg), _values(cfg), where)
+
+
+def value_range_problems(cls: type, values: dict[str, Any], where: dict[str, str] | None = None
+                         ) -> list[str]:
+    """``range_problems`` of the options in ``values`` (a config's fields, by name)."""
+    types, out = _field_types(cls), []
+    for f in dataclasses.fields(cls):
+        base, value = _base_type(types[f.name]), values.get(f.name)
+        if (base not in (int, float) or not isinstance(value, (int, float))
+                or isinstance(value, bool)):
             continue
         rng = field_range(cls, f.name)
         if rng is None:
@@ -425,8 +512,32 @@ def validate_ranges(cfg: Any, where: dict[str, str] | None = None) -> None:
         raise UserError("; ".join(problems))
 
 
+def check_values(cls: type, values: dict[str, Any], where: dict[str, str] | None = None) -> None:
+    """A ``UserError`` for the first value outside its choices, else for every value outside its
+    range (what ``Config.__post_init__`` and ``build_config`` check)."""
+    problems = choice_problems(cls, values)
+    if problems:
+        raise UserError(problems[0])
+    problems = value_range_problems(cls, values, where)
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def missing_required(cls: type, values: dict[str, Any]) -> list[str]:
+    """``--flag is required: <help>`` for every required option that is None in ``values``."""
+    return [f"{flag_name(f.name)} is required: {f.metadata['help']}"
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("required") and values.get(f.name) is None]
+
+
 def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
-    """Defaults < YAML (``args.config``) < flags given on the command line < ``extra``."""
+    """Defaults < YAML (``args.config``) < flags given on the command line < ``extra``. A retired
+    flag, a value outside its choices or range (all such values at once), then a required option
+    left out, is a ``UserError``."""
+    retired = [k[len(RETIRED_DEST):] for k in vars(args) if k.startswith(RETIRED_DEST)]
+    if retired:
+        raise UserError("; ".join(f"{flag_name(k)} was removed from this stage: "
+                                  f"{cls.RETIRED[k]}; leave it out" for k in retired))
     values: dict[str, Any] = {}
     where: dict[str, str] = {}  # how each value was given, for error messages
     if getattr(args, "config", None):
@@ -437,10 +548,13 @@ def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | No
     where.update({k: flag_name(k) for k in flags})
     values.update(extra or {})
     where.update({k: f"option {k!r}" for k in extra or {}})
-    cfg = cls(**values)
-    validate_choices(cfg)
-    validate_ranges(cfg, where)
-    return cfg
+    # checked here, before the config exists, to name each value the way the user gave it
+    resolved = {f.name: f.default for f in dataclasses.fields(cls)} | values
+    check_values(cls, resolved, where)
+    missing = missing_required(cls, resolved)
+    if missing:
+        raise UserError("; ".join(missing))
+    return cls(**values)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -460,9 +574,11 @@ def save_config(cfg: Any, output_dir: str | os.PathLike, name: str = "config.yam
     return path
 
 
-@dataclass
+@config
 class RewardConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     """Stage 2: a reward model (or an ensemble, or per-aspect heads) from preferences."""
+
+    DEFAULTS = {"lr": 5e-5, "warmup_steps": 10, "eval_fraction": 0.1, "output": "runs/reward"}
 
     model: str = opt("minilm", "Reward-model backbone: 'minilm' (the packaged all-MiniLM-L6-v2 "
                      "encoder, fast on CPU), 'default', a local folder (e.g. runs/demo/sft/final), "
@@ -497,22 +613,23 @@ class RewardConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     gate_penalty: float = opt(1.0, "Penalty under a broken aspect floor.", ge=0)
     chat: str = opt("auto", "Render prompts with the chat template (causal backbones).",
                     ("auto", "always", "never"))
-    lr: float = opt(5e-5, OptimArgs.__dataclass_fields__["lr"].metadata["help"])
     batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
-    warmup_steps: int = opt(10, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
-    eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
-    output: str = opt("runs/reward", RunArgs.__dataclass_fields__["output"].metadata["help"])
 
 
-@dataclass
+@config
 class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     """Stage 3: PPO (or RLOO / GRPO / REINFORCE++) against a reward model, leashed by a KL penalty
     to the frozen reference (the starting policy), with a reward-hacking monitor."""
 
-    model: str = opt("runs/demo/sft/final", "Policy to start from (also the frozen reference): "
-                     "usually the SFT model; 'default', a folder, a .gguf file or a hub id.")
-    reward_model: Optional[str] = opt("runs/demo/reward/final", "Reward model folder (written by "
-                                      "alignkit reward): one model, an ensemble or aspect heads.")
+    DEFAULTS = {"schedule": "constant", "save_every": 10, "output": "runs/ppo"}
+
+    model: Optional[str] = opt(None, "Policy to start from (also the frozen reference): usually "
+                               "the SFT model (e.g. runs/demo/sft/final); 'default', a folder, a "
+                               ".gguf file or a hub id.", required=True)
+    # not required here: the recipe names a missing one, after checks of the other options
+    reward_model: Optional[str] = opt(None, "Reward model folder (written by alignkit reward, "
+                                      "e.g. runs/demo/reward/final): one model, an ensemble or "
+                                      "aspect heads.")
     data: Optional[str] = opt("demo-prompts", "Training prompts ({prompt[, category]}); "
                               "'demo-prompts' are the shipped ones.")
     eval_data: Optional[str] = opt("demo-prompts-heldout", "Held-out prompts for the monitor "
@@ -528,9 +645,6 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     grad_accum: int = opt(1, "Micro-batches per minibatch (minibatch_size / grad_accum each).")
     max_steps: int = opt(40, "Rollout batches (PPO steps) to run.", ge=1)
     lr: float = opt(1e-5, "Peak learning rate (LoRA usually wants ~1e-4).")
-    warmup_steps: int = opt(0, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
-    schedule: str = opt("constant", "Learning-rate decay after warm-up.",
-                        ("cosine", "linear", "constant"))
     max_new_tokens: int = opt(48, "Longest sampled response.", ge=1)
     max_prompt_length: int = opt(256, "Longest tokenised prompt (longer ones are an error unless "
                                  "--skip-invalid).", ge=1)
@@ -604,17 +718,18 @@ class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
     stop_on_hacking: bool = opt(False, "Stop the run when the monitor warns.")
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     eval_every: int = opt(10, "Run the monitor every N steps (0: only at start and end).")
-    save_every: int = opt(10, RunArgs.__dataclass_fields__["save_every"].metadata["help"])
-    output: str = opt("runs/ppo", RunArgs.__dataclass_fields__["output"].metadata["help"])
 
 
-@dataclass
+@config
 class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     """DPO and its family (IPO, cDPO, hinge, robust, RPO) on preference pairs or rankings: the
     policy learns from comparisons directly, against a frozen reference (the starting policy)."""
 
-    model: str = opt("runs/demo/sft/final", "Policy to start from (also the reference): usually "
-                     "the SFT model; 'default', a folder, a .gguf file or a hub id.")
+    DEFAULTS = {"eval_fraction": 0.1, "eval_every": 25, "output": "runs/dpo"}
+
+    model: Optional[str] = opt(None, "Policy to start from (also the reference): usually the SFT "
+                               "model (e.g. runs/demo/sft/final); 'default', a folder, a .gguf "
+                               "file or a hub id.", required=True)
     data: Optional[str] = opt(None, "Preference pairs or rankings (.jsonl/.parquet/.csv); a "
                               "ranking gives all its K(K-1)/2 pairs.")
     loss: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC) or robust (rDPO); "
@@ -639,21 +754,20 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     lr: float = opt(5e-7, "Peak learning rate (full fine-tuning; LoRA usually wants ~5e-5..5e-4).")
     batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
-    warmup_steps: int = opt(0, OptimArgs.__dataclass_fields__["warmup_steps"].metadata["help"])
-    eval_fraction: float = opt(0.1, DataArgs.__dataclass_fields__["eval_fraction"].metadata["help"])
-    eval_every: int = opt(25, RunArgs.__dataclass_fields__["eval_every"].metadata["help"])
-    output: str = opt("runs/dpo", RunArgs.__dataclass_fields__["output"].metadata["help"])
 
 
-@dataclass
+@config
 class OnlineDPOConfig(DPOConfig):
     """Iterative (online) DPO: each round the current policy answers prompts, a labeler picks the
     better and worse of its answers, and DPO learns from those fresh pairs (Xu et al. 2023;
     Guo et al. 2024)."""
 
+    DEFAULTS = {"output": "runs/online-dpo"}
+
     data: Optional[str] = opt("demo-prompts", "Training prompts ({prompt[, category]}).")
-    reward_model: Optional[str] = opt("runs/demo/reward/final", "Reward model (or ensemble) "
-                                      "that labels the pairs (--labeler reward_model).")
+    # --labeler simulated needs none
+    reward_model: Optional[str] = opt(None, "Reward model (or ensemble) that labels the pairs "
+                                      "(--labeler reward_model; e.g. runs/demo/reward/final).")
     labeler: str = opt("reward_model", "Who labels: reward_model (best vs worst of the "
                        "samples by the combined reward) or simulated (the gold scorer's panel).",
                        ("reward_model", "simulated"))
@@ -680,16 +794,19 @@ class OnlineDPOConfig(DPOConfig):
     max_prompt_length: int = opt(256, "Longest tokenised prompt.", ge=1)
     eval_every: int = opt(2, "Held-out sampling every N rounds (0: only at start and end).")
     save_every: int = opt(2, "Checkpoint every N rounds (0: only final/).")
-    output: str = opt("runs/online-dpo", RunArgs.__dataclass_fields__["output"].metadata["help"])
 
 
-@dataclass
-class BestOfNConfig:
+@config
+class BestOfNConfig(Config):
     """Best-of-n: sample n answers per prompt with the shared sampler and keep the one the reward
     model prefers (rejection sampling; Stiennon et al. 2020, Nakano et al. 2021)."""
 
-    model: str = opt("runs/demo/sft/final", "Policy that writes the candidates (see sft --model).")
-    reward_model: str = opt("runs/demo/reward/final", "Reward model folder that picks the best.")
+    RETIRED = RUNS_NO_STEPS
+
+    model: Optional[str] = opt(None, "Policy that writes the candidates (see sft --model; e.g. "
+                               "runs/demo/sft/final).", required=True)
+    reward_model: Optional[str] = opt(None, "Reward model folder that picks the best (e.g. "
+                                      "runs/demo/reward/final).", required=True)
     data: Optional[str] = opt("demo-prompts-heldout", "Prompts ({prompt[, category]}).")
     output: str = opt("runs/best-of-n", "Output folder (best.jsonl, metrics.jsonl, config.yaml).")
     n: int = opt(4, "Candidates sampled per prompt.", ge=1)
@@ -710,12 +827,10 @@ class BestOfNConfig:
     device: str = opt("auto", "Device: auto, cpu, cuda.")
     precision: str = opt("auto", "Numerics: auto, fp32, bf16.", ("auto", "fp32", "bf16"))
     overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
-                         unbounded=True)
 
 
-@dataclass
-class ScoreConfig:
+@config
+class ScoreConfig(Config):
     """Score (prompt, response) records with a saved reward model."""
 
     reward_model: Optional[str] = opt(None, "Reward model folder (written by alignkit reward).")
@@ -728,10 +843,12 @@ class ScoreConfig:
                                  "(mean, min, mean_minus_std, mean_minus_var).")
 
 
-@dataclass
-class LabelConfig:
+@config
+class LabelConfig(Config):
     """Preference labels for prompts: sample K responses per prompt from a policy (or take the
     record's own ``responses``) and have annotators rank them."""
+
+    RETIRED = RUNS_NO_STEPS
 
     model: str = opt("default", "Policy that writes the candidate responses (see sft --model).")
     data: Optional[str] = opt("demo-prompts", "Prompts ({prompt[, category]}) or samples "
@@ -755,8 +872,6 @@ class LabelConfig:
     batch_size: int = opt(16, "Prompts sampled per generate call.", ge=1)
     seed: int = opt(42, "Seed for sampling and for the panel.", **SEED)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
-                         unbounded=True)
     judge: Optional[str] = opt(None, "RLAIF: an AI judge labels instead of the simulated panel: "
                                "http(s)://HOST:PORT/v1#MODEL (any OpenAI-compatible endpoint), "
                                "local:PATH (a causal LM's verdict-token log-probs), reward:PATH "
@@ -787,29 +902,35 @@ class LabelConfig:
     overwrite: bool = opt(False, "With --judge: replace an existing --output.")
 
 
-@dataclass
-class ServeConfig:
+@config
+class ServeConfig(Config):
     """An OpenAI-compatible chat endpoint (/v1/chat/completions, /v1/models) for a policy."""
 
-    model: str = opt("runs/demo/sft/final", "Policy to serve: a model folder, 'default', a .gguf "
-                     "file or a hub id.")
+    RETIRED = RUNS_NO_STEPS
+
+    model: str = opt(None, "Policy to serve: a model folder, 'default', a .gguf file or a hub "
+                     "id.", required=True)
     host: str = opt("127.0.0.1", "Interface to listen on (0.0.0.0: every interface).")
     port: int = opt(8000, "TCP port (0: any free port; the URL is printed).", ge=0, le=65535)
     model_name: str = opt("", "Model id clients send and /v1/models lists (default: the folder "
                           "name, or the run stage for .../final).")
     max_tokens_limit: int = opt(1024, "Largest max_tokens a request may ask for.", ge=1)
     default_max_tokens: int = opt(256, "max_tokens of a request that gives none.", ge=1)
+    api_key: str = opt("", "Require 'Authorization: Bearer KEY' on /v1 routes (401 otherwise). "
+                       "Default: $ALIGNKIT_API_KEY if set, else no key (prefer the variable: a "
+                       "flag shows in the process list).")
     device: str = opt("auto", "Device: auto, cpu, cuda.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
-                         unbounded=True)
 
 
-@dataclass
-class CritiqueConfig:
+@config
+class CritiqueConfig(Config):
     """Constitutional AI, supervised stage: the policy answers, critiques its answer against a
     sampled principle, revises it; the revisions become SFT data (Bai et al. 2022)."""
 
-    model: str = opt("runs/demo/sft/final", "Policy that answers, critiques and revises.")
+    RETIRED = RUNS_NO_STEPS
+
+    model: Optional[str] = opt(None, "Policy that answers, critiques and revises (e.g. "
+                               "runs/demo/sft/final).", required=True)
     data: Optional[str] = opt("demo-prompts", "Prompts ({prompt[, category]}); 'demo-prompts' "
                               "are the shipped ones.")
     output: str = opt("critique.jsonl", "SFT records {prompt, completion} with the principle, "
@@ -826,12 +947,10 @@ class CritiqueConfig:
     batch_size: int = opt(16, "Prompts per generate call.", ge=1)
     seed: int = opt(42, "Seed of the sampling and of the principle draws.", **SEED)
     device: str = opt("auto", "Device: auto, cpu, cuda.")
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
-                         unbounded=True)
 
 
-@dataclass
-class TinyModelConfig:
+@config
+class TinyModelConfig(Config):
     """Write a tiny random Llama-style model + tokenizer folder (for tests, benchmarks, trials)."""
 
     output: str = opt("tiny-model", "Folder to write.")
@@ -842,11 +961,13 @@ class TinyModelConfig:
     intermediate_size: int = opt(128, "MLP width.", ge=1)
 
 
-@dataclass
-class EvalConfig:
+@config
+class EvalConfig(Config):
     """Compare policies on held-out prompts: gold score, reward-model score (ensemble mean and
     std), KL to a reference, win rate against a baseline by a judge (bootstrap interval),
     response length, and the adversarial suite (refusal, over-refusal, uncertainty)."""
+
+    RETIRED = RUNS_NO_STEPS
 
     policies: Optional[str] = opt(None, "Policies to evaluate: NAME=DIR,NAME=DIR ... (model "
                                   "folders; 'default' is the packaged model).")
@@ -886,14 +1007,14 @@ class EvalConfig:
     overwrite: bool = opt(False, "Replace the outputs of an earlier evaluation in --output.")
     device: str = opt("auto", "Device: auto, cpu, cuda.")
     precision: str = opt("auto", "Numerics: auto, fp32, bf16.", ("auto", "fp32", "bf16"))
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
-                         unbounded=True)
 
 
-@dataclass
-class ReportConfig:
+@config
+class ReportConfig(Config):
     """One self-contained HTML page (plus PNGs) for a run folder: training curves of every stage,
     the reward-hacking monitor, the reward-vs-KL frontier, eval tables, samples side by side."""
+
+    RETIRED = RUNS_NO_STEPS
 
     run_dir: Optional[str] = opt(None, "Run folder (runs/<name>, holding <stage>/metrics.jsonl "
                                  "...); also accepted as the first argument.")
@@ -902,22 +1023,20 @@ class ReportConfig:
     frontier: Optional[str] = opt(None, "A frontier CSV to plot (default: RUN_DIR/frontier.csv "
                                   "or RUN_DIR/*/frontier.csv when present).")
     samples: int = opt(6, "Samples shown side by side per table.", ge=0)
-    max_steps: int = opt(-1, "Unused by this stage (accepted for the common CLI contract).",
-                         unbounded=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # alignkit annotate <verb>: the human-feedback annotation app (alignkit.recipes.annotate)
 
 
-@dataclass
-class AnnotateDBArgs:
+@config
+class AnnotateDBArgs(Config):
     db: str = opt("sqlite:///annotate.db", "Database URL: sqlite:///path.db (embedded) or "
                   "postgresql://user@host:port/name. The schema is migrated to the newest "
                   "version on start.")
 
 
-@dataclass
+@config
 class AnnotateServeConfig(AnnotateDBArgs):
     """Serve the annotation web app (FastAPI + uvicorn)."""
 
@@ -928,7 +1047,7 @@ class AnnotateServeConfig(AnnotateDBArgs):
                                "'admin' user gets it on start. Unset: no bootstrap.")
 
 
-@dataclass
+@config
 class AnnotateProjectConfig(AnnotateDBArgs):
     """Create (or with --update change) an annotation project."""
 
@@ -946,7 +1065,7 @@ class AnnotateProjectConfig(AnnotateDBArgs):
     update: bool = opt(False, "Change an existing project (guidelines, R, reward model).")
 
 
-@dataclass
+@config
 class AnnotateUserConfig(AnnotateDBArgs):
     """Add a person (or give them a new token) and put them on projects; prints their token."""
 
@@ -958,7 +1077,7 @@ class AnnotateUserConfig(AnnotateDBArgs):
     new_token: bool = opt(False, "The user exists: replace their token (and add projects).")
 
 
-@dataclass
+@config
 class AnnotateTasksConfig(AnnotateDBArgs):
     """Add tasks to a project: prompts plus K responses sampled from a policy, or uploaded
     pairs ({prompt, chosen, rejected}) and rankings ({prompt, responses[, ranking]});
@@ -982,7 +1101,7 @@ class AnnotateTasksConfig(AnnotateDBArgs):
     device: str = opt("auto", "Device: auto, cpu, cuda.")
 
 
-@dataclass
+@config
 class AnnotateExportConfig(AnnotateDBArgs):
     """Export a project's labels as preference pairs and rankings (README.md, "Data")."""
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.smoke
 
 
 def test_analytic_kl():
-    from alignkit.recipes.best_of_n import analytic_kl
+    from alignkit.evaluation.best_of_n import analytic_kl
 
     assert analytic_kl(1) == 0.0
     assert analytic_kl(2) == pytest.approx(math.log(2) - 0.5)  # 0.1931472
@@ -24,10 +24,10 @@ def test_analytic_kl():
 
 
 def test_keeps_the_argmax_and_more_candidates_score_higher(tiny_model_dir, tmp_path):
-    from alignkit.evaluation.policy import load_prompts
+    from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.best_of_n import best_of_n
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.models.loading import load_model_and_tokenizer
-    from alignkit.recipes.best_of_n import best_of_n
 
     model, tok = load_model_and_tokenizer(str(tiny_model_dir), "cpu")
     prompts = load_prompts(str(write_prompts(tmp_path / "p.jsonl", 16)), tok)

@@ -33,9 +33,9 @@ ZERO_OK = {
 # temperature divides PPO's training logits, and greedy samples of one prompt are all the same
 # (no pair for online DPO); the demo's samples are answered before and after training
 ZERO_NOT_OK = {("ppo", "temperature"), ("online-dpo", "temperature"), ("demo", "samples")}
-# max_steps: -1 means --epochs; PPO counts rollout batches; some stages do not use it
+# max_steps: -1 means --epochs; PPO counts rollout batches; serve takes any value and uses none
 EPOCH_STAGES = {"demo", "sft", "reward", "dpo", "online-dpo"}
-MAX_STEPS_UNUSED = {"best-of-n", "label", "eval", "report", "serve", "critique"}
+MAX_STEPS_UNUSED: set[str] = set()
 INF_OK = {("ppo", "kl_budget"), ("ppo", "length_drift")}
 
 
@@ -60,6 +60,12 @@ def numeric_fields(cls) -> list[tuple[str, type]]:
         if tp in (int, float):
             out.append((f.name, tp))
     return out
+
+
+def required_flags(stage: str) -> list[str]:
+    """A value for every option the stage's command line must give."""
+    return [x for f in dataclasses.fields(STAGES[stage][0]) if f.metadata.get("required")
+            for x in (flag_name(f.name), "given")]
 
 
 def user_argv(stage: str) -> list[str]:
@@ -111,7 +117,8 @@ def test_in_range_zero_and_minus_one_are_not_rejected():
             "--kl-budget"} <= {c["flag"] for c in accepted}
     parser = build_parser()
     for case in accepted:
-        args = parser.parse_args([case["stage"], *value_args(case["flag"], case["text"])])
+        args = parser.parse_args([case["stage"], *required_flags(case["stage"]),
+                                  *value_args(case["flag"], case["text"])])
         cfg = build_config(STAGES[case["stage"]][0], args)  # raises if rejected
         got = getattr(cfg, case["name"])
         assert got == float(case["text"]), case

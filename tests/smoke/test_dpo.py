@@ -35,10 +35,10 @@ def settings(model, data, out, **kw) -> dict:
 
 def test_dpo_learns_the_preference_and_reports_it(tiny_model_dir, tmp_path):
     from alignkit.config import DPOConfig
-    from alignkit.recipes import dpo
+    from alignkit.cli import run
 
     prefs = write_prefs(tmp_path / "prefs.jsonl", 64)
-    out = dpo.main(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run")))
+    out = run(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run")))
     setup = rows(out["metrics"], "setup")[0]
     assert setup["mode"].startswith("full: reference log-probs cached")
     assert setup["train_pairs"] + setup["heldout_pairs"] == 64
@@ -65,10 +65,10 @@ def test_dpo_learns_the_preference_and_reports_it(tiny_model_dir, tmp_path):
                                    {"reference_free": True}])
 def test_each_loss_learns(tiny_model_dir, tmp_path, extra):
     from alignkit.config import DPOConfig
-    from alignkit.recipes import dpo
+    from alignkit.cli import run
 
     prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
-    out = dpo.main(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", eval_every=0,
+    out = run(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", eval_every=0,
                                         sample_prompts=None, **extra)))
     evals = rows(out["metrics"], "eval")
     assert evals[-1]["reward_margin"] > evals[0]["reward_margin"] + 0.1
@@ -83,10 +83,10 @@ def test_lora_reference_is_the_adapter_free_policy(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from alignkit.config import DPOConfig
-    from alignkit.recipes import dpo
+    from alignkit.cli import run
 
     prefs = write_prefs(tmp_path / "prefs.jsonl", 32)
-    out = dpo.main(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", lora=True,
+    out = run(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", lora=True,
                                         lr=5e-3, max_steps=6, eval_every=0)))
     assert rows(out["metrics"], "setup")[0]["mode"].startswith("lora: reference = adapters")
     evals = rows(out["metrics"], "eval")
@@ -195,7 +195,7 @@ def assert_starts_at_the_reference(metrics: Path) -> None:
 def test_reference_cache_is_reused_only_for_the_same_computation(tiny_model_dir, tmp_path,
                                                                  caplog):
     from alignkit.config import DPOConfig
-    from alignkit.recipes import dpo
+    from alignkit.cli import run as run_stage
 
     caplog.set_level(logging.INFO, logger="alignkit.dpo")
     first = write_prefs(tmp_path / "first.jsonl", 16)
@@ -205,7 +205,7 @@ def test_reference_cache_is_reused_only_for_the_same_computation(tiny_model_dir,
 
     def run(data, **kw):
         caplog.clear()
-        return dpo.main(DPOConfig(**settings(
+        return run_stage(DPOConfig(**settings(
             tiny_model_dir, data, out, **{"max_steps": 2, "batch_size": 4, "eval_every": 0,
                                           "eval_fraction": 0.25, "sample_prompts": None, **kw})))
 
@@ -240,7 +240,7 @@ def test_reference_cache_is_reused_only_for_the_same_computation(tiny_model_dir,
 
 def test_ties_are_soft_labels_for_sigmoid_and_skipped_for_other_losses():
     from alignkit.data.preferences import Comparison, PreferenceGroup
-    from alignkit.recipes.dpo import drop_ties
+    from alignkit.training.preference import drop_ties
 
     g1 = PreferenceGroup("p", pairs=[Comparison(0, 1, label=0.5), Comparison(0, 2)])
     g2 = PreferenceGroup("q", pairs=[Comparison(0, 1, label=0.5)])

@@ -47,7 +47,7 @@ def test_loss_rewards_and_logps_equal_trl(models, tiny_model_dir, tmp_path, loss
     from alignkit.config import DPOConfig
     from alignkit.data.preferences import collate_groups_packed, load_preference_groups
     from alignkit.data.tokenize import IGNORE
-    from alignkit.recipes.dpo import pair_losses, sequence_logps
+    from alignkit.training.preference import pair_losses, sequence_logps
 
     policy, ref = models
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))

@@ -53,8 +53,9 @@ def test_ppo_first_ratio_is_one_and_kl_zero_without_dropout(dropout_model_dir, t
     the KL (train-mode policy against the eval-mode reference) is what dropout breaks. With two
     epochs the old log-probs come from a separate eval-mode pass, so the KL (eval against eval)
     is 0 either way and the ratio (train-mode against eval-mode) is what dropout breaks."""
+    from alignkit.cli import run
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
+    from alignkit.training.ppo import single_pass
 
     prompts = write_prompts(tmp_path / "p.jsonl", 8)
 
@@ -64,8 +65,8 @@ def test_ppo_first_ratio_is_one_and_kl_zero_without_dropout(dropout_model_dir, t
                         ppo_epochs=ppo_epochs, max_steps=1, max_new_tokens=10, lr=LR,
                         keep_dropout=keep_dropout, output=str(tmp_path / f"run-{keep_dropout}"),
                         save_every=0, progress=False, seed=4)
-        assert ppo.single_pass(cfg) == (ppo_epochs == 1)
-        return rows(ppo.main(cfg, reward_fn=space_share)["metrics"])[0]
+        assert single_pass(cfg) == (ppo_epochs == 1)
+        return rows(run(cfg, reward_fn=space_share)["metrics"])[0]
 
     off = first_row(keep_dropout=False)
     assert off["step"] == 1
@@ -110,7 +111,7 @@ def test_dpo_first_loss_is_ln2_without_dropout(dropout_model_dir, tmp_path, lora
     and dropout off the step-1 policy log-probs equal them: every implicit reward
     beta * (log pi - log pi_ref) is 0 and the loss -log sigmoid(0) = ln 2."""
     from alignkit.config import DPOConfig
-    from alignkit.recipes import dpo
+    from alignkit.cli import run
 
     pairs = write_pairs(tmp_path / "pairs.jsonl")
 
@@ -119,7 +120,7 @@ def test_dpo_first_loss_is_ln2_without_dropout(dropout_model_dir, tmp_path, lora
                         eval_fraction=0.0, sample_prompts=None, batch_size=8, max_steps=1,
                         lr=LR, keep_dropout=keep_dropout, save_every=0, progress=False,
                         output=str(tmp_path / f"run-{keep_dropout}"))
-        return rows(dpo.main(cfg)["metrics"])[0]
+        return rows(run(cfg)["metrics"])[0]
 
     off = first_row(keep_dropout=False)
     assert off["step"] == 1 and off["pairs"] == 8
@@ -142,7 +143,7 @@ def test_online_dpo_first_round_loss_is_ln2_without_dropout(dropout_model_dir, t
     """The round's reference log-probs come from the frozen eval-mode copy (or the adapter-free
     policy, also in eval mode); with ``LR`` and dropout off the round's DPO loss is ln 2."""
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes import online_dpo
+    from alignkit.cli import run
 
     prompts = write_prompts(tmp_path / "p.jsonl", 8)
 
@@ -153,7 +154,7 @@ def test_online_dpo_first_round_loss_is_ln2_without_dropout(dropout_model_dir, t
                               dpo_epochs=1, lr=LR, max_new_tokens=10, sample_prompts=None,
                               eval_every=0, save_every=0, keep_dropout=keep_dropout,
                               progress=False, seed=2, output=str(tmp_path / f"run-{keep_dropout}"))
-        return rows(online_dpo.main(cfg)["metrics"])[0]
+        return rows(run(cfg)["metrics"])[0]
 
     off = first_round(keep_dropout=False)
     assert off["step"] == 1 and off["pairs"] >= 4  # distinct answers for most prompts

@@ -25,13 +25,13 @@ def tiny_setup(tiny_model_dir, tmp_path_factory):
     ensemble trained for a few steps on the tiny backbone."""
     from alignkit.config import RewardConfig
     from alignkit.models.tiny import save_tiny_model
-    from alignkit.recipes import reward
+    from alignkit.cli import run
     from tests.smoke.test_reward_cli import write_prefs
 
     root = tmp_path_factory.mktemp("eval")
     other = save_tiny_model(root / "other", seed=1)
     prefs = write_prefs(root / "prefs.jsonl", 24)
-    reward.main(RewardConfig(model=str(tiny_model_dir), data=str(prefs), output=str(root / "rm"),
+    run(RewardConfig(model=str(tiny_model_dir), data=str(prefs), output=str(root / "rm"),
                              ensemble=2, max_steps=2, eval_fraction=0.0, save_every=0,
                              progress=False, overwrite=True))
     return {"base": tiny_model_dir, "other": other, "rm": root / "rm" / "final", "root": root}

@@ -3,7 +3,8 @@ real (garbage) answers of a tiny random model, the on-disk cache counted by the 
 request counter, both orders, retries over a dead port and a server still loading, no retry on
 a 4xx; confidences from the token log-probs of a tiny model whose head was fitted to answer "A"
 or "B", checked against the model's own logits; and the fallback for an endpoint that rejects
-``logprobs`` (a stdlib HTTP server on loopback standing in for such a third-party endpoint)."""
+``logprobs``, retries honouring ``Retry-After``, the rate limit, malformed answers and the API
+key (stdlib HTTP servers on loopback standing in for third-party endpoints)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -86,16 +89,19 @@ def test_both_orders_ask_twice_per_pair(server, tmp_path):
 
 
 def test_four_hundreds_are_not_retried(server):
-    judge = HTTPJudge(server, "no-such-model", retries=5, backoff=0.01)
+    judge = HTTPJudge(server, "no-such-model", retries=5)
     with pytest.raises(JudgeError, match="HTTP 404"):
         judge.judge(*PAIRS[0])
     assert judge.stats["requests"] == 1 and judge.stats["retries"] == 0
 
 
 def test_a_dead_port_is_retried_then_reported():
-    judge = HTTPJudge(f"http://127.0.0.1:{free_port()}/v1", "x", retries=2, backoff=0.01)
-    with pytest.raises(JudgeError, match="no answer after 3 attempt"):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    judge = HTTPJudge(url, "x", retries=2)
+    with pytest.raises(JudgeError, match="no answer after 3 attempt") as refused:
         judge.judge(*PAIRS[0])
+    assert f"judge {url}/chat/completions" in str(refused.value)
+    assert "refused" in str(refused.value).lower()
     assert judge.stats["requests"] == 3 and judge.stats["retries"] == 2
 
 
@@ -107,8 +113,7 @@ def test_retries_wait_for_a_server_that_is_starting(tiny_model_dir):
                              str(tiny_model_dir), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        judge = HTTPJudge(f"http://127.0.0.1:{port}/v1", "", retries=60, backoff=0.2,
-                          max_backoff=0.5, max_tokens=4)
+        judge = HTTPJudge(f"http://127.0.0.1:{port}/v1", "", retries=60, max_tokens=4)
         verdict = judge.judge(*PAIRS[1])
         assert isinstance(verdict, Verdict)
         assert judge.stats["retries"] >= 1  # python + torch take seconds to start
@@ -261,7 +266,7 @@ def test_an_endpoint_that_rejects_logprobs_is_asked_without_them(tmp_path, caplo
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        judge = HTTPJudge(url, "m", cache_dir=str(tmp_path / "cache"), retries=3, backoff=0.01)
+        judge = HTTPJudge(url, "m", cache_dir=str(tmp_path / "cache"), retries=3)
         principled = judge.with_principle("Be brief.")
         with caplog.at_level(logging.WARNING, logger="alignkit.judges"):
             first = judge.judge(*PAIRS[0])
@@ -280,3 +285,131 @@ def test_an_endpoint_that_rejects_logprobs_is_asked_without_them(tmp_path, caplo
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- a scripted third-party endpoint: retries, rate limit, errors, key -------------------------
+
+def completion(text: str) -> dict:
+    return {"object": "chat.completion", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+        "finish_reason": "stop"}]}
+
+
+def failure(message: str) -> dict:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers the n-th POST with ``script[n]`` -- (status, extra headers, JSON or raw bytes) --
+    the last entry repeating; records (arrival time, headers by lower-case name, body) of
+    every POST."""
+
+    script: list = []
+    asked: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.asked.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()},
+                           body))
+        status, headers, out = self.script[min(len(self.asked), len(self.script)) - 1]
+        data = out if isinstance(out, bytes) else json.dumps(out).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextmanager
+def scripted(*script):
+    """A loopback endpoint answering with ``script``; yields its base URL (``.../v1``)."""
+    _Scripted.script, _Scripted.asked = list(script), []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def gaps() -> list[float]:
+    times = [t for t, _, _ in _Scripted.asked]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def test_429_and_5xx_are_retried_with_backoff_honouring_retry_after():
+    with scripted((503, {}, failure("loading")), (429, {"Retry-After": "1.5"}, failure("slow")),
+                  (200, {}, completion("A"))) as url:
+        judge = HTTPJudge(url, "m", retries=3, logprobs=False)
+        assert judge.judge(*PAIRS[0]) == Verdict("a", 1.0, "A")
+        assert len(_Scripted.asked) == 3
+        assert judge.stats["requests"] == 3 and judge.stats["retries"] == 2
+        after_503, after_429 = gaps()
+        assert after_503 >= 0.37  # the first backoff: 0.5 s less at most a quarter of jitter
+        assert after_429 >= 1.5  # the server's Retry-After, longer than the 1 s backoff
+        assert all(b == _Scripted.asked[0][2] for _, _, b in _Scripted.asked)  # the same body
+    # a server error that lasts: every retry spent, then an error naming the endpoint
+    with scripted((502, {"Retry-After": "0.05"}, failure("bad gateway"))) as url:
+        judge = HTTPJudge(url, "m", retries=2, logprobs=False)
+        with pytest.raises(JudgeError, match=r"no answer after 3 attempt\(s\) \(HTTP 502: bad "
+                                             r"gateway\)") as failed:
+            judge.judge(*PAIRS[0])
+        assert f"judge {url}/chat/completions" in str(failed.value)
+        assert len(_Scripted.asked) == 3 and judge.stats["retries"] == 2
+
+
+def test_a_400_is_not_retried():
+    with scripted((400, {"Retry-After": "0.05"}, failure("temperature is out of range"))) as url:
+        judge = HTTPJudge(url, "m", retries=4)
+        with pytest.raises(JudgeError, match="HTTP 400: temperature is out of range") as bad:
+            judge.judge(*PAIRS[0])
+        assert str(bad.value).startswith(f"judge {url}/chat/completions: ")
+        assert len(_Scripted.asked) == 1
+        assert judge.stats["requests"] == 1 and judge.stats["retries"] == 0
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"<html>Welcome to nginx!</html>", "the answer is not JSON"),
+    ({"id": "x", "object": "list", "data": []}, "not an OpenAI chat completion"),
+    ([1, 2], "not an OpenAI chat completion"),
+])
+def test_malformed_answers_are_a_clear_error(answer, error):
+    with scripted((200, {}, answer)) as url:
+        judge = HTTPJudge(url, "m", retries=3)
+        with pytest.raises(JudgeError, match=error) as malformed:
+            judge.judge(*PAIRS[0])
+        assert str(malformed.value).startswith(f"judge {url}/chat/completions: ")
+        assert len(_Scripted.asked) == 1  # the same request would get the same answer
+
+
+def test_the_rate_limit_spaces_every_attempt_retries_included():
+    with scripted((503, {"Retry-After": "0.01"}, failure("busy")),
+                  (200, {}, completion("B"))) as url:
+        judge = HTTPJudge(url, "m", rate=8, logprobs=False)  # one attempt per 0.125 s
+        assert [judge.judge(*pair).winner for pair in PAIRS] == ["b", "b", "b"]
+        assert judge.stats["requests"] == 4 and judge.stats["retries"] == 1
+        # 3 intervals from the first arrival to the last (unlimited, they would take ~0.03 s);
+        # less the first request's own connection set-up, which the later ones do not repeat
+        assert len(gaps()) == 3 and sum(gaps()) >= 0.3
+
+
+def test_the_api_key_comes_from_the_named_variable_and_stays_out_of_the_cache(monkeypatch,
+                                                                             tmp_path):
+    monkeypatch.setenv("ALIGNKIT_TEST_JUDGE_KEY", "sk-test-1234")
+    with scripted((200, {}, completion("A"))) as url:
+        judge = HTTPJudge(url, "m", cache_dir=str(tmp_path), api_key_env="ALIGNKIT_TEST_JUDGE_KEY")
+        judge.judge(*PAIRS[0])
+        monkeypatch.delenv("ALIGNKIT_TEST_JUDGE_KEY")
+        HTTPJudge(url, "m", api_key_env="ALIGNKIT_TEST_JUDGE_KEY").judge(*PAIRS[0])
+        (_, with_key, body), (_, without_key, _) = _Scripted.asked
+    assert with_key["authorization"] == "Bearer sk-test-1234"
+    assert "authorization" not in without_key
+    assert body == judge.request_body(*PAIRS[0])  # what was sent is the cache key
+    cached = [f.read_text() for f in tmp_path.rglob("*.json")]
+    assert len(cached) == 1 and "sk-test-1234" not in cached[0]

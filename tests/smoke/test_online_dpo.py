@@ -40,7 +40,7 @@ def space_reward_model(tiny_model_dir, tmp_path_factory):
                      + "\n")
     proc = run_cli("reward", "--model", str(tiny_model_dir), "--data", str(work / "prefs.jsonl"),
                    "--output", str(work / "rm"), "--ensemble", "2", "--max-steps", "30", "--lr",
-                   "0.003", "--eval-fraction", "0", "--no-progress")
+                   "0.003", "--warmup-steps", "0", "--eval-fraction", "0", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work / "rm" / "final"
 
@@ -58,10 +58,10 @@ def base_settings(model, rm, data, out, **kw) -> dict:
 
 def test_reward_model_labels_and_the_reward_rises(tiny_model_dir, space_reward_model, tmp_path):
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes import online_dpo
+    from alignkit.cli import run
 
     prompts = write_prompts(tmp_path / "p.jsonl", 24)
-    out = online_dpo.main(OnlineDPOConfig(**base_settings(tiny_model_dir, space_reward_model,
+    out = run(OnlineDPOConfig(**base_settings(tiny_model_dir, space_reward_model,
                                                            prompts, tmp_path / "run")))
     train = rows(out["metrics"])
     assert [r["step"] for r in train] == list(range(1, 9))
@@ -79,16 +79,16 @@ def test_reward_model_labels_and_the_reward_rises(tiny_model_dir, space_reward_m
 
 def test_uncertain_pairs_are_dropped_or_soft(tiny_model_dir, space_reward_model, tmp_path):
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes import online_dpo
+    from alignkit.cli import run
 
     prompts = write_prompts(tmp_path / "p.jsonl", 16)
     common = dict(rounds=2, eval_every=0, sample_prompts=None)
-    dropped = online_dpo.main(OnlineDPOConfig(**base_settings(
+    dropped = run(OnlineDPOConfig(**base_settings(
         tiny_model_dir, space_reward_model, prompts, tmp_path / "drop", uncertain="drop",
         max_std=1e-6, **common)))
     # a 2-member ensemble never agrees to 1e-6 on a margin: every pair is dropped, none trained
     assert all(r["pairs_dropped"] == 8 and "loss" not in r for r in rows(dropped["metrics"]))
-    soft = online_dpo.main(OnlineDPOConfig(**base_settings(
+    soft = run(OnlineDPOConfig(**base_settings(
         tiny_model_dir, space_reward_model, prompts, tmp_path / "soft", uncertain="soft",
         **common)))
     assert all(r["pairs"] == 8 and r["label_std"] > 0 for r in rows(soft["metrics"]))
@@ -96,10 +96,10 @@ def test_uncertain_pairs_are_dropped_or_soft(tiny_model_dir, space_reward_model,
 
 def test_simulated_panel_labels(tiny_model_dir, tmp_path):
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes import online_dpo
+    from alignkit.cli import run
 
     prompts = write_prompts(tmp_path / "p.jsonl", 16)
-    out = online_dpo.main(OnlineDPOConfig(**base_settings(
+    out = run(OnlineDPOConfig(**base_settings(
         tiny_model_dir, None, prompts, tmp_path / "sim", labeler="simulated", rounds=2,
         eval_every=0, sample_count=4)))
     train = rows(out["metrics"])

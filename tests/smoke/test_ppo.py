@@ -44,7 +44,7 @@ def space_share(prompts, responses):
 ])
 def test_each_estimator_raises_a_learnable_reward(tiny_model_dir, tmp_path, advantage, extra):
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
+    from alignkit.cli import run
 
     settings = dict(model=str(tiny_model_dir), reward_model=None,
                     data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
@@ -53,7 +53,7 @@ def test_each_estimator_raises_a_learnable_reward(tiny_model_dir, tmp_path, adva
                     missing_eos_penalty=0.0, output=str(tmp_path / "run"), save_every=0,
                     progress=False, seed=3)
     settings.update(extra)
-    out = ppo.main(PPOConfig(**settings), reward_fn=space_share)
+    out = run(PPOConfig(**settings), reward_fn=space_share)
     train = rows(out["metrics"])
     assert [r["step"] for r in train] == list(range(1, 25))
     first = sum(r["score"] for r in train[:4]) / 4
@@ -75,9 +75,9 @@ def test_lora_policy_moves_while_the_reference_stays(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
+    from alignkit.cli import run
 
-    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+    out = run(PPOConfig(model=str(tiny_model_dir), reward_model=None,
                              data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
                              lora=True, batch_size=8, minibatch_size=4, max_steps=6,
                              max_new_tokens=10, lr=2e-2, output=str(tmp_path / "run"),
@@ -98,13 +98,13 @@ def test_first_minibatch_ratio_is_exactly_one(tiny_model_dir, tmp_path):
     any update, the PPO ratio is 1 and the approximate KL 0 (no cached-decode mismatch).
     (Accumulation over two micro-batches keeps the separate no-grad pass in use.)"""
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
+    from alignkit.cli import run
 
-    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+    out = run(PPOConfig(model=str(tiny_model_dir), reward_model=None,
                              data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
                              batch_size=8, minibatch_size=8, grad_accum=2, ppo_epochs=1,
                              max_steps=1,
-                             max_new_tokens=10, lr=0.0, output=str(tmp_path / "run"),
+                             max_new_tokens=10, output=str(tmp_path / "run"),
                              save_every=0, progress=False), reward_fn=space_share)
     row = rows(out["metrics"])[0]
     assert row["ratio"] == pytest.approx(1.0, abs=1e-6)
@@ -118,8 +118,9 @@ def test_single_pass_equals_the_separate_old_logprob_pass(tiny_model_dir, tmp_pa
     """One epoch over one minibatch: the training forward doubles as the experience's forward.
     Same rewards, KL and advantages, so the same weights as the path with a separate no-grad pass
     (forced here by accumulating over two micro-batches, which sums to the same gradient)."""
+    from alignkit.cli import run
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
+    from alignkit.training.ppo import single_pass
 
     prompts = write_prompts(tmp_path / "p.jsonl")
     finals = {}
@@ -129,8 +130,8 @@ def test_single_pass_equals_the_separate_old_logprob_pass(tiny_model_dir, tmp_pa
                         minibatch_size=8, grad_accum=accum, ppo_epochs=1, max_steps=2,
                         max_new_tokens=8, lr=3e-3, kl_coef=0.1, output=str(tmp_path / f"a{accum}"),
                         save_every=0, progress=False, seed=5)
-        assert ppo.single_pass(cfg) == (accum == 1)
-        out = ppo.main(cfg, reward_fn=space_share)
+        assert single_pass(cfg) == (accum == 1)
+        out = run(cfg, reward_fn=space_share)
         finals[accum] = (rows(out["metrics"]), load_state(out["final"]))
     (rows1, w1), (rows2, w2) = finals[1], finals[2]
     for a, b in zip(rows1, rows2):
@@ -237,9 +238,9 @@ def test_target_kl_stops_after_the_minibatch_that_crossed_it(tiny_model_dir, tmp
     the rollout policy (KL exactly 0, no stop), the second has moved (KL > 0) and ends the step
     after its optimiser step. A check only at the end of an epoch would take all four."""
     from alignkit.config import PPOConfig
-    from alignkit.recipes import ppo
+    from alignkit.cli import run
 
-    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+    out = run(PPOConfig(model=str(tiny_model_dir), reward_model=None,
                              data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
                              batch_size=16, minibatch_size=4, ppo_epochs=2, max_steps=1,
                              max_new_tokens=8, lr=3e-3, target_kl=1e-9,
@@ -249,7 +250,7 @@ def test_target_kl_stops_after_the_minibatch_that_crossed_it(tiny_model_dir, tmp
     assert row["early_stopped"] is True
     assert (row["optimizer_steps"], row["ppo_epochs_done"]) == (2, 1)
     # without a target every minibatch of every epoch steps
-    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+    out = run(PPOConfig(model=str(tiny_model_dir), reward_model=None,
                              data=str(write_prompts(tmp_path / "p.jsonl")), eval_data=None,
                              batch_size=16, minibatch_size=4, ppo_epochs=2, max_steps=1,
                              max_new_tokens=8, lr=3e-3, output=str(tmp_path / "run2"),
@@ -263,7 +264,7 @@ def test_value_model_from_the_reward_model(tiny_model_dir, tiny_reward_model, tm
     from alignkit.config import PPOConfig
     from alignkit.data.preferences import encode_response
     from alignkit.models.reward import RewardModel, encode_batch
-    from alignkit.recipes import ppo
+    from alignkit.cli import run
 
     rm = RewardModel.load(tiny_reward_model)
     rm.spec.offset = [[0.3], [-0.2]]  # a fit that is not the identity
@@ -281,7 +282,7 @@ def test_value_model_from_the_reward_model(tiny_model_dir, tiny_reward_model, tm
     torch.testing.assert_close(values, rm.score(texts, answers).per_member[0], atol=1e-5,
                                rtol=1e-5)
 
-    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=str(tiny_reward_model),
+    out = run(PPOConfig(model=str(tiny_model_dir), reward_model=str(tiny_reward_model),
                              data=str(write_prompts(tmp_path / "p.jsonl", 8)), eval_data=None,
                              critic="reward_model", batch_size=4, minibatch_size=4, max_steps=2,
                              max_new_tokens=8, lr=1e-3, output=str(tmp_path / "run"),
@@ -291,7 +292,7 @@ def test_value_model_from_the_reward_model(tiny_model_dir, tiny_reward_model, tm
     train = rows(out["metrics"])
     assert len(train) == 2 and all(math.isfinite(r["value_loss"]) for r in train)
     # --value-model: the critic from one reward-model folder, the reward from another source
-    out = ppo.main(PPOConfig(model=str(tiny_model_dir), reward_model=None,
+    out = run(PPOConfig(model=str(tiny_model_dir), reward_model=None,
                              value_model=str(tiny_reward_model),
                              data=str(write_prompts(tmp_path / "p.jsonl", 8)), eval_data=None,
                              critic="reward_model", batch_size=4, minibatch_size=4, max_steps=1,
@@ -313,7 +314,7 @@ def test_reward_normalisation_on_reference_samples(tiny_model_dir, tiny_reward_m
     (mean 0, std 1 there), logs the fit, and a resumed run reuses the fit from its checkpoint."""
     from alignkit.config import PPOConfig
     from alignkit.models.reward import RewardModel
-    from alignkit.recipes import ppo
+    from alignkit.cli import run
 
     rm = RewardModel.load(tiny_reward_model)
     texts = ["a", "b", "c", "d", "e"]
@@ -329,11 +330,11 @@ def test_reward_normalisation_on_reference_samples(tiny_model_dir, tiny_reward_m
                     data=str(prompts), eval_data=None, reward_normalization="reference",
                     normalization_prompts=8, batch_size=4, minibatch_size=4, max_new_tokens=8,
                     lr=3e-3, save_every=1, progress=False)
-    whole = ppo.main(PPOConfig(**settings, max_steps=2, output=str(tmp_path / "whole")))
+    whole = run(PPOConfig(**settings, max_steps=2, output=str(tmp_path / "whole")))
     fit = rows(whole["metrics"], "normalization")
     assert len(fit) == 1 and fit[0]["reward_scale"] != fit[0]["reward_scale_before"]
-    ppo.main(PPOConfig(**settings, max_steps=1, output=str(tmp_path / "split")))
-    resumed = ppo.main(PPOConfig(**settings, max_steps=2, output=str(tmp_path / "split"),
+    run(PPOConfig(**settings, max_steps=1, output=str(tmp_path / "split")))
+    resumed = run(PPOConfig(**settings, max_steps=2, output=str(tmp_path / "split"),
                                  resume=True))
     assert len(rows(resumed["metrics"], "normalization")) == 1  # not refitted on resume
     assert rows(resumed["metrics"])[-1]["score"] == pytest.approx(rows(whole["metrics"])[-1]

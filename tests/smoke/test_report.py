@@ -26,32 +26,32 @@ HOSTILE = "<script>window.__pwned = 1</script><b>bold?</b> & \"quotes\""
 def tiny_run(tiny_model_dir, tmp_path_factory):
     """runs/<name>/{sft,reward,ppo,dpo,eval}/ from a few steps of each real stage."""
     from alignkit.config import DPOConfig, EvalConfig, PPOConfig, RewardConfig, SFTConfig
-    from alignkit.recipes import dpo, eval as eval_recipe, ppo, reward, sft
+    from alignkit.cli import run
     from tests.smoke.test_reward_cli import write_prefs
 
     root = tmp_path_factory.mktemp("runs") / "tiny"
     root.mkdir()
     prefs = write_prefs(root.parent / "prefs.jsonl", 24)
     common = dict(save_every=0, progress=False, overwrite=True, seed=3)
-    sft.main(SFTConfig(model=str(tiny_model_dir), data="demo", max_steps=4, batch_size=4,
+    run(SFTConfig(model=str(tiny_model_dir), data="demo", max_steps=4, batch_size=4,
                        eval_every=2, eval_fraction=0.05, output=str(root / "sft"), **common))
-    reward.main(RewardConfig(model=str(tiny_model_dir), data=str(prefs), ensemble=2,
+    run(RewardConfig(model=str(tiny_model_dir), data=str(prefs), ensemble=2,
                              max_steps=4, eval_fraction=0.25, eval_every=2,
                              output=str(root / "reward"), **common))
     # min_entropy above any real entropy: every monitor reading warns, so warnings show
-    ppo.main(PPOConfig(model=str(root / "sft" / "final"),
+    run(PPOConfig(model=str(root / "sft" / "final"),
                        reward_model=str(root / "reward" / "final"), data="demo-prompts",
                        batch_size=4, minibatch_size=4, max_steps=4, max_new_tokens=8,
                        eval_prompts=6, eval_every=2, lr=5e-3, min_entropy=100.0,
                        output=str(root / "ppo"), **common))
-    dpo.main(DPOConfig(model=str(root / "sft" / "final"), data=str(prefs), max_steps=4,
+    run(DPOConfig(model=str(root / "sft" / "final"), data=str(prefs), max_steps=4,
                        batch_size=4, eval_fraction=0.25, eval_every=2, max_new_tokens=8,
                        output=str(root / "dpo"), **common))
     prompts = root.parent / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": HOSTILE, "category": "helpful"}) + "\n"
                        + json.dumps({"prompt": "Why is the sky blue?", "category": "helpful"})
                        + "\n")
-    eval_recipe.main(EvalConfig(policies=f"sft={root / 'sft' / 'final'},"
+    run(EvalConfig(policies=f"sft={root / 'sft' / 'final'},"
                                          f"ppo={root / 'ppo' / 'final'}",
                                 prompts=str(prompts), reward_model=str(root / "reward" / "final"),
                                 max_adversarial=2, max_new_tokens=8, bootstrap=200,
@@ -105,9 +105,10 @@ def test_report_sections_figures_and_escaping(tiny_run):
     for cat in ("harmful", "jailbreak", "benign", "uncertain"):
         assert f"<td>{cat}</td>" in page
     # model and user text is escaped: the hostile prompt shows as text, never as markup
+    # (Jinja2's autoescape writes a double quote as &#34;)
     assert "<script>" not in page and "<b>bold?</b>" not in page
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;b&gt;bold?&lt;/b&gt; &amp; " \
-           "&quot;quotes&quot;" in page
+           "&#34;quotes&#34;" in page
     assert report.notes == []  # every expected stage is present
 
     # the CLI takes the run folder as its argument and prints where the page is

@@ -80,7 +80,7 @@ def test_stop_sequence_cuts_the_answer(server):
 def _entry_ids(tok, entries) -> list[int]:
     """The token ids behind OpenAI logprobs entries: their bytes spelled in the byte-level
     alphabet of the tiny tokenizer."""
-    from alignkit.serve.app import _BYTE_DECODER
+    from alignkit.serve.chat import _BYTE_DECODER
 
     to_char = {b: c for c, b in _BYTE_DECODER.items()}
     return [tok.convert_tokens_to_ids("".join(to_char[b] for b in e["bytes"])) for e in entries]
@@ -169,7 +169,7 @@ def test_streaming_sends_the_same_answer_as_server_sent_events(server):
         {"messages": HELLO, "max_tokens": 10, "temperature": 0.0, "stream": True}).encode(),
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.headers.get_content_type() == "text/event-stream"  # charset=utf-8 as OpenAI
         lines = [ln for ln in resp.read().decode().split("\n") if ln]
     assert all(ln.startswith("data: ") for ln in lines)
     assert lines[-1] == "data: [DONE]"
@@ -249,3 +249,143 @@ def test_missing_model_is_a_clear_error(tmp_path):
     proc = run_cli("serve", "--model", str(tmp_path / "nope"), "--port", "0", timeout=120)
     assert proc.returncode == 2
     assert "model folder not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"n": 17}, "n"),
+    ({"top_k": 5}, "top_k"),  # not an OpenAI field: refused, not silently dropped
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].role"),
+])
+def test_what_the_server_cannot_honour_is_refused(server, extra, param):
+    status, out = post_json(server + "/chat/completions", {"messages": HELLO, **extra})
+    assert status == 400
+    assert set(out["error"]) == {"message", "type", "param", "code"}
+    assert out["error"]["type"] == "invalid_request_error" and out["error"]["param"] == param
+    assert param.split("[")[0] in out["error"]["message"]
+
+
+def test_fields_that_change_nothing_are_accepted(server):
+    status, out = chat(server, max_tokens=3, temperature=0.0, user="u1", metadata={"k": "v"},
+                       response_format={"type": "text"}, logit_bias={}, tool_choice="none",
+                       frequency_penalty=0, presence_penalty=None, parallel_tool_calls=True,
+                       max_completion_tokens=None, stop=None, top_logprobs=None)
+    assert status == 200 and out["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_the_official_openai_client_works(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    plain = chat(server, max_tokens=8, temperature=0.0)[1]
+    out = client.chat.completions.create(model="tiny-policy", messages=HELLO, max_tokens=8,
+                                         temperature=0.0, seed=1)
+    assert out.choices[0].message.content == plain["choices"][0]["message"]["content"]
+    assert out.usage.total_tokens == plain["usage"]["total_tokens"]
+    stream = client.chat.completions.create(model="tiny-policy", messages=HELLO, max_tokens=8,
+                                            temperature=0.0, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
+        plain["choices"][0]["message"]["content"]
+    assert chunks[-1].choices[0].finish_reason == plain["choices"][0]["finish_reason"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny-policy", messages=HELLO, temperature=3.0)
+    assert err.value.param == "temperature"
+    assert [m.id for m in client.models.list()] == ["tiny-policy"]
+
+
+def test_a_client_that_goes_away_stops_its_stream(server):
+    """The model thread stops generating a stream once its client disconnects: the answer is
+    never finished (no completion is counted), and the model is free again at once."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    long = dict(max_tokens=900, temperature=0.0)
+    plain = chat(server, **long)[1]
+    assert plain["choices"][0]["finish_reason"] == "length", "greedy answer ends early"
+    before = get_json(server + "/stats")
+    where = urlsplit(server)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"messages": HELLO, **long,
+                                                             "stream": True}),
+                 {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    while '"content": ""' in (line := resp.readline().decode()) or not line.strip():
+        pass  # past the role chunk, to the first piece of text
+    assert line.startswith("data: {")
+    resp.close()
+    conn.close()
+    deadline = time.time() + 60
+    while (after := get_json(server + "/stats"))["in_flight"]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert after["streams_stopped"] == before["streams_stopped"] + 1
+    assert after["chat_completions"] == before["chat_completions"]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_dir):
+    from tests.smoke.serve_process import serve_process
+
+    with serve_process(tiny_model_dir, "--model-name", "tiny-policy", "--api-key",
+                       "s3cret-key") as url:
+        yield url
+
+
+def test_an_api_key_is_required_when_set(keyed_server):
+    import openai
+
+    def call(path, key=None, body=None):
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(keyed_server + path, headers=headers, data=None if body is
+                                     None else json.dumps(body).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    for key in (None, "wrong", "s3cret-key-and-more", ""):
+        for path, body in (("/models", None), ("/chat/completions", {"messages": HELLO})):
+            status, out = call(path, key, body)
+            assert status == 401, (path, key)
+            assert out["error"]["code"] == "invalid_api_key"
+            assert set(out["error"]) == {"message", "type", "param", "code"}
+    assert call("/models", "s3cret-key")[0] == 200
+    status, out = call("/chat/completions", "s3cret-key", {"messages": HELLO, "max_tokens": 3})
+    assert status == 200 and out["object"] == "chat.completion"
+    with urllib.request.urlopen(keyed_server.removesuffix("/v1") + "/health", timeout=30) as r:
+        assert r.status == 200  # health checks need no key
+
+    good = openai.OpenAI(base_url=keyed_server, api_key="s3cret-key", max_retries=0)
+    out = good.chat.completions.create(model="tiny-policy", messages=HELLO, max_tokens=3)
+    assert out.choices[0].message.role == "assistant"
+    bad = openai.OpenAI(base_url=keyed_server, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="tiny-policy", messages=HELLO, max_tokens=3)
+
+
+def test_without_the_serve_extra_the_error_says_what_to_install(tmp_path):
+    """fastapi / uvicorn / sse-starlette absent (an import of a name set to None in
+    sys.modules fails like a missing package): a clear error, no traceback -- which also shows
+    the CLI does not import them before the serve stage runs."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "for name in ('fastapi', 'uvicorn', 'sse_starlette'):\n"
+              "    sys.modules[name] = None\n"
+              "from alignkit.cli import main\n"
+              f"sys.exit(main(['serve', '--model', {str(tmp_path)!r}, '--port', '0']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'alignkit[serve]'" in proc.stderr and "Traceback" not in proc.stderr

@@ -24,8 +24,8 @@ from alignkit.data.tokenize import IGNORE
 from alignkit.errors import UserError
 from alignkit.judges.http import HTTPJudge, ResponseCache
 from alignkit.models import loading
-from alignkit.recipes import dpo
-from alignkit.recipes.common import prepare_output
+from alignkit.training import preference as dpo
+from alignkit.training.engine import prepare_output
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from alignkit.data.preferences import (PreferencePair, build_groups, collate_gro
                                        collate_groups_packed)
 from alignkit.data.schemas import RankingExample
 from alignkit.data.tokenize import IGNORE
-from alignkit.recipes.dpo import sequence_logps
+from alignkit.training.preference import sequence_logps
 
 pytestmark = pytest.mark.unit
 

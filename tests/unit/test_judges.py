@@ -9,7 +9,7 @@ import math
 import pytest
 
 from alignkit.errors import UserError
-from alignkit.judges.agreement import agreement, format_table, judge_report
+from alignkit.judges.accuracy import agreement, format_table, judge_report
 from alignkit.judges.base import Verdict, judge_many
 from alignkit.judges.http import (Answer, HTTPJudge, RateLimiter, ResponseCache, letter_entries,
                                   letter_probability)

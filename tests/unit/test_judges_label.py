@@ -11,7 +11,7 @@ from alignkit.data.preferences import parse_comparison
 from alignkit.data.readers import Record
 from alignkit.errors import UserError
 from alignkit.judges.base import Verdict
-from alignkit.recipes.label import make_record, plan_units, read_done
+from alignkit.judges.labelling import make_record, plan_units, read_done
 
 pytestmark = pytest.mark.unit
 

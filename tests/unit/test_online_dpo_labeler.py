@@ -59,7 +59,7 @@ def save_reward_model(base, path, raw, scale, offset, aspects=("reward",), weigh
 
 def label(folder, **kw) -> list[dict]:
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes.online_dpo import Labeler
+    from alignkit.training.online import Labeler
 
     cfg = OnlineDPOConfig(reward_model=str(folder), samples_per_prompt=3, **kw)
     return Labeler(cfg, None, "cpu")(TEXTS, [None, None], ANSWERS, [[True] * 3] * 2, 0)
@@ -113,7 +113,7 @@ def test_margin_and_std_are_in_normalised_units(ensemble):
 
 def test_drop_filter_on_the_labels(ensemble):
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes.online_dpo import keep_pair
+    from alignkit.training.online import keep_pair
 
     labels = label(ensemble)  # margins 1.148 and 1.0, stds 0.210 and 2.828 (test above)
 
@@ -132,7 +132,7 @@ def test_drop_filter_on_the_labels(ensemble):
 
 def test_keep_pair_reads_std_then_margin():
     from alignkit.config import OnlineDPOConfig
-    from alignkit.recipes.online_dpo import keep_pair
+    from alignkit.training.online import keep_pair
 
     cfg = OnlineDPOConfig(uncertain="drop", max_std=0.5, min_margin=0.25)
     assert keep_pair({"std": 0.5, "margin": 0.25}, cfg)  # both limits inclusive

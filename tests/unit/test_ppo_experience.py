@@ -1,4 +1,4 @@
-"""How ``alignkit ppo`` assembles a batch's experience (``recipes.ppo.fill_experience``): the
+"""How ``alignkit ppo`` assembles a batch's experience (``training.ppo.fill_experience``): the
 rewards, KL placement, baselines and whitening of each advantage estimator, on hand-made rollouts
 whose every number is derived by hand below."""
 
@@ -12,7 +12,7 @@ import torch
 from alignkit.config import PPOConfig
 from alignkit.generation.sampler import Rollout
 from alignkit.losses import ppo as rl
-from alignkit.recipes.ppo import Experience, fill_experience, kl_in_loss, whiten_advantages
+from alignkit.training.ppo import Experience, fill_experience, kl_in_loss, whiten_advantages
 
 pytestmark = pytest.mark.unit
 

@@ -256,7 +256,7 @@ def test_entropy_and_explained_variance():
 
 def test_hacking_monitor_warnings():
     from alignkit.config import PPOConfig
-    from alignkit.recipes.ppo import HackingMonitor
+    from alignkit.training.monitor import HackingMonitor
 
     mon = HackingMonitor(None, PPOConfig(kl_budget=5.0, length_drift=2.0, min_entropy=0.1))
     base = {"proxy": 0.0, "gold": 1.0, "gold_se": 0.05, "kl": 0.0, "response_length": 30.0,
@@ -303,7 +303,7 @@ def test_monitor_catches_the_recorded_over_optimised_run():
     steps 40 and 48 (the drop from the step-24 reading exceeds twice its standard error), not
     before; step 32's dip (1.861 -> 1.547) is within the noise."""
     from alignkit.config import PPOConfig
-    from alignkit.recipes.ppo import HackingMonitor
+    from alignkit.training.monitor import HackingMonitor
 
     mon = HackingMonitor(None, PPOConfig(kl_coef=0.0))
     warned = {}

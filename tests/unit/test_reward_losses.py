@@ -214,7 +214,7 @@ def test_combine_ensemble_single_member_and_errors():
     combined, mean, std = combine_ensemble(T([[0.5, -1.0]]), "mean_minus_std", lam=2.0)
     assert std.tolist() == [0.0, 0.0]  # population std: defined for M = 1
     assert combined.tolist() == [0.5, -1.0]
-    with pytest.raises(UserError, match="unknown ensemble combination"):
+    with pytest.raises(ValueError, match="unknown ensemble combination"):
         combine_ensemble(T([[1.0]]), "median")
 
 
@@ -252,9 +252,30 @@ def test_combine_aspects_is_monotone():
 
 
 def test_combine_aspects_errors():
-    with pytest.raises(UserError, match="honesty"):
+    with pytest.raises(ValueError, match="honesty"):
         combine_aspects(ASPECTS, {"honesty": 1.0})
-    with pytest.raises(UserError, match="floor"):
+    with pytest.raises(ValueError, match="floor"):
         combine_aspects(ASPECTS, {"helpful": 1.0}, floor={"safety": 0.0})
-    with pytest.raises(UserError, match=">= 0"):
+    with pytest.raises(ValueError, match=">= 0"):
         combine_aspects(ASPECTS, {"helpful": -1.0})
+    with pytest.raises(ValueError, match="gate_penalty"):
+        combine_aspects(ASPECTS, {"helpful": 1.0}, gate_penalty=-1.0)
+
+
+def test_a_reward_models_bad_combination_rules_are_user_errors_naming_the_flags():
+    """The pure combinations raise ValueError; the reward model, whose spec the flags set,
+    reports them as the CLI's error naming those flags."""
+    from alignkit.models.reward import RewardModel, RewardSpec
+
+    spec = RewardSpec(aspects=["helpful", "harmless"], aspect_weights={"honesty": 1.0})
+    with pytest.raises(UserError, match=r"^the weights names aspect 'honesty', but the reward "
+                                        r"model has harmless, helpful \(alignkit reward "
+                                        r"--aspect-weights / --aspect-floor / --gate-penalty"):
+        RewardModel(spec, [], None).combine(torch.zeros(1, 3, 2))
+    with pytest.raises(UserError, match=r"^--combine: unknown ensemble combination 'median'; "
+                                        r"choose one of mean, min"):
+        RewardModel(RewardSpec(combine="median"), [], None).combine(torch.zeros(1, 3, 1))
+    # the same model with valid rules combines
+    spec = RewardSpec(aspects=["helpful", "harmless"], aspect_weights={"helpful": 1.0})
+    scores = RewardModel(spec, [], None).combine(T([[[1.0, 5.0], [2.0, 5.0]]]))
+    assert scores.combined.tolist() == pytest.approx([1.0, 2.0])

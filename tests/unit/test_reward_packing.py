@@ -138,3 +138,20 @@ def test_reinitialise_top_blocks_redraws_only_the_top(tmp_path):
     torch.manual_seed(1)
     reinitialise_top_blocks(again.backbone, 1)  # seeded: the same draw
     assert all(torch.equal(a, b) for a, b in zip(member.parameters(), again.parameters()))
+
+
+def test_reinitialising_more_blocks_than_the_backbone_has(tiny_model_dir):
+    """A ValueError from the model code; a UserError naming the flag from the reward model that
+    was asked for it."""
+    from alignkit.errors import UserError
+    from alignkit.models.reward import (RewardModel, RewardSpec, reinitialise_top_blocks,
+                                        transformer_blocks)
+
+    backbone = encoder_member().backbone
+    with pytest.raises(ValueError, match=r"^the backbone has only 2 blocks$"):
+        reinitialise_top_blocks(backbone, 3)
+    with pytest.raises(ValueError, match="no stack of transformer blocks"):
+        transformer_blocks(torch.nn.Linear(2, 2))
+    with pytest.raises(UserError, match=r"^--reinit-layers 99: the backbone has only \d+ blocks$"):
+        RewardModel.create(str(tiny_model_dir), RewardSpec(backbone="causal"), "cpu",
+                           reinit_layers=99)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignkit.errors import UserError
-from alignkit.recipes.reward import (bootstrap_weights, comparison_weights, member_losses,
+from alignkit.training.reward import (bootstrap_weights, comparison_weights, member_losses,
                                      parse_weights)
 
 pytestmark = pytest.mark.unit
@@ -71,7 +71,7 @@ def test_member_losses_hand_computed():
 
 def test_pair_margins_read_the_tagged_head_or_the_combined_reward():
     from alignkit.models.reward import RewardModel, RewardSpec
-    from alignkit.recipes.reward import pair_margins
+    from alignkit.training.reward import pair_margins
 
     spec = RewardSpec(aspects=["helpful", "harmless"], members=1,
                       aspect_weights={"helpful": 1.0, "harmless": 2.0})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from alignkit.serve.app import (RequestError, _safe_prefix, cut_at_stop, parse_chat_request,
-                                token_bytes)
+from alignkit.serve.app import RequestError, parse_chat_request
+from alignkit.serve.chat import _safe_prefix, cut_at_stop, token_bytes
 
 pytestmark = pytest.mark.unit
 

@@ -47,14 +47,14 @@ def test_batch8_accum1_equals_batch1_accum8(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
     from alignkit.config import SFTConfig
-    from alignkit.recipes import sft
+    from alignkit.cli import run
 
     finals = []
     for bs, acc in ((8, 1), (1, 8)):
         cfg = SFTConfig(model=str(tiny_model_dir), data="demo", output=str(tmp_path / f"b{bs}"),
                         batch_size=bs, grad_accum=acc, max_steps=3, lr=1e-3, eval_fraction=0.0,
                         save_every=0, progress=False)
-        result = sft.main(cfg)
+        result = run(cfg)
         finals.append((result.train_losses, load_file(str(result.final / "model.safetensors"))))
     (loss_a, w_a), (loss_b, w_b) = finals
     assert loss_a[1] == pytest.approx(loss_b[1], rel=1e-5)

@@ -138,9 +138,9 @@ MSG_PROMPT = [{"role": "user", "content": "Q?"}]
 def _no_template_readers():
     """reader -> (read(spec, tokenizer), a plain record, a record with chat messages)."""
     from alignkit.data.preferences import load_preference_groups
+    from alignkit.data.prompts import load_prompts, read_prompts
     from alignkit.data.sft import tokenize_file
-    from alignkit.evaluation.policy import load_prompts
-    from alignkit.recipes.label import read_prompts, sample_responses
+    from alignkit.generation.responses import sample_responses
 
     def label(spec, tok):  # checked before the (absent) model samples
         sample_responses(None, tok, read_prompts(spec, 0), 2, 8, 1.0, 1.0, 2, 0)
@@ -174,7 +174,7 @@ def test_chat_records_without_a_template_name_file_and_line(in_tmp, plain_tok, r
 
 
 def test_chat_always_without_a_template_names_the_prompt(in_tmp, plain_tok):
-    from alignkit.evaluation.policy import load_prompts
+    from alignkit.data.prompts import load_prompts
 
     (in_tmp / "p.jsonl").write_text('{"prompt": "q"}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"^p\.jsonl:1: --chat always needs a model with a chat "

@@ -363,22 +363,22 @@ def _preferences(spec, tok):
 
 
 def _prompts(spec, tok):  # ppo, online-dpo, best-of-n, eval (load_prompts), label, critique
-    from alignkit.evaluation.policy import load_prompts
+    from alignkit.data.prompts import load_prompts
 
     return load_prompts(spec, tok)
 
 
 def _judge_items(spec, tok):  # label --judge
-    from alignkit.recipes.label import read_judge_items
+    from alignkit.judges.labelling import read_judge_items
 
     return read_judge_items(spec, 0, 0)
 
 
 def _score(spec, tok):
+    from alignkit.cli import run
     from alignkit.config import ScoreConfig
-    from alignkit.recipes.score import main
 
-    return main(ScoreConfig(reward_model="no-such-folder", data=spec))  # data are checked first
+    return run(ScoreConfig(reward_model="no-such-folder", data=spec))  # data are checked first
 
 
 def _tasks(spec, tok):  # annotate add-tasks

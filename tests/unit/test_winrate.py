@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alignkit.evaluation.winrate import (GoldScoreJudge, bootstrap_interval,
-                                         exact_bootstrap_distribution, exact_interval,
-                                         outcomes_of, win_rate)
+from alignkit.evaluation.winrate import (bootstrap_interval, exact_bootstrap_distribution,
+                                         exact_interval, outcomes_of, win_rate)
 from alignkit.judges.base import Verdict
+from alignkit.judges.gold import GoldScoreJudge
 
 pytestmark = pytest.mark.unit
 

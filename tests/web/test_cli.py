@@ -44,7 +44,7 @@ def reward_ensemble(tiny_model_dir, tmp_path_factory):
     """A tiny 2-member reward ensemble trained in-process for a few steps."""
     from alignkit.config import RewardConfig
     from alignkit.data.readers import read_records
-    from alignkit.recipes.reward import main as reward_main
+    from alignkit.cli import run as reward_main
 
     root = tmp_path_factory.mktemp("rm")
     recs = [r.fields for r in read_records("demo")][:40]

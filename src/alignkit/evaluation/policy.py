@@ -3,78 +3,13 @@ entropy. Shared by PPO's reward-hacking monitor, DPO's evaluation and the demo's
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from alignkit.data.tokenize import render_prompt
-from alignkit.errors import DataError, UserError
 from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
 from alignkit.losses.ppo import kl_estimate, masked_mean
-from alignkit.recipes.common import autocast
-
-log = logging.getLogger("alignkit.evaluation")
-
-
-@dataclass
-class Prompts:
-    texts: list  # as written in the file (string or messages)
-    ids: list[list[int]]  # rendered with the chat template, tokenised
-    categories: list
-
-
-def load_prompts(spec: str, tokenizer, chat: str = "auto", max_prompt_length: int = 256,
-                 skip_invalid: bool = False) -> Prompts:
-    """Prompts file -> rendered, tokenised prompts (what a policy continues); problems reported
-    as file:line: field, an error unless ``skip_invalid``."""
-    from alignkit.recipes.label import read_prompts
-
-    rows = read_prompts(spec, 0)
-    if not rows:
-        raise UserError(f"{spec}: no prompts")
-    texts, ids, cats, problems = [], [], [], []
-    bos = not getattr(tokenizer, "chat_template", None)
-    for row in rows:
-        rendered = render_prompt(tokenizer, row["prompt"], chat, row["where"])
-        toks = tokenizer(rendered, add_special_tokens=bos)["input_ids"]
-        if len(toks) > max_prompt_length:
-            problems.append(f"{row['where']}: field \"prompt\" is {len(toks)} tokens, longer than "
-                            f"--max-prompt-length {max_prompt_length}")
-            continue
-        texts.append(row["prompt"])
-        ids.append(toks)
-        cats.append(row.get("category"))
-    if problems and not skip_invalid:
-        raise DataError(problems)
-    if problems:
-        log.warning("skipped %d prompt(s):\n  %s", len(problems), "\n  ".join(problems[:20]))
-    return Prompts(texts, ids, cats)
-
-
-class RewardFunction:
-    """Texts -> the scalar the policy maximises (the reward model's combined reward, with an
-    ensemble's ``mean`` / ``min`` / ``mean - lambda * std`` per --combine), plus the ensemble mean
-    and std for the logs."""
-
-    def __init__(self, path: str | None, device: str, combine: str | None = None,
-                 uncertainty_penalty: float | None = None):
-        from alignkit.models.reward import RewardModel
-
-        if not path or not Path(path).is_dir():
-            raise UserError(f"--reward-model {path!r}: not a reward-model folder (train one with "
-                            "alignkit reward, or run alignkit demo)")
-        self.model = RewardModel.load(path, device)
-        if combine:
-            self.model.spec.combine = combine
-        if uncertainty_penalty is not None:
-            self.model.spec.lam = uncertainty_penalty
-
-    def __call__(self, prompts: list, responses: list[str]) -> dict[str, torch.Tensor]:
-        s = self.model.score(prompts, responses)
-        return {"combined": s.combined.float(), "mean": s.mean.float(), "std": s.std.float()}
+from alignkit.models.precision import autocast
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

@@ -5,24 +5,30 @@ Sections: training curves of every stage found; the reward-hacking monitor (PPO'
 proxy / gold / KL readings and its warnings); the reward-vs-KL frontier (a frontier CSV of
 ``bench/frontier.py``, else the gold and KL of the policies evaluated in this run); evaluation
 tables (``eval.json`` of ``alignkit eval``, the demo's comparison); samples side by side. A
-missing stage or file is a note on the page, never an error; every piece of model or user text
-is HTML-escaped.
+missing stage or file is a note on the page, never an error.
+
+The sections are built here as plain data (headings, paragraphs, notes, tables, figures); the
+markup lives in ``templates/report.html`` and ``templates/report_blocks.html``, rendered by
+Jinja2 with autoescaping, so every piece of model or user text reaches the page escaped.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from alignkit.errors import UserError
 from alignkit.evaluation import plots
 from alignkit.evaluation.plots import Plot
+
+if TYPE_CHECKING:
+    import jinja2
 
 STAGE_ORDER = ["sft", "reward", "ppo", "dpo", "online-dpo", "best-of-n", "eval"]
 EXPECTED_STAGES = ["sft", "reward", "ppo", "dpo"]
@@ -109,10 +115,10 @@ def find_file(run_dir: Path, name: str, explicit: str | None = None) -> Path | N
 
 
 # ---------------------------------------------------------------------------------------------
-# HTML pieces (everything interpolated goes through esc)
+# page blocks: plain data; templates/report_blocks.html holds their markup and escapes every text
 
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+def plain(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:
@@ -130,10 +136,61 @@ def pct(value: Any) -> str:
         else "-"
 
 
-def table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+@dataclass
+class Heading:
+    text: str
+    detail: str = ""  # shown small, in parentheses
+    kind: ClassVar[str] = "heading"
+
+
+@dataclass
+class Paragraph:
+    text: str
+    css_class: str = ""
+    kind: ClassVar[str] = "paragraph"
+
+
+@dataclass
+class Note:
+    text: str
+    kind: ClassVar[str] = "note"
+
+
+@dataclass
+class Items:
+    items: list[str]
+    css_class: str = ""
+    kind: ClassVar[str] = "items"
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[Any]]
+    css_class: str = ""
+    kind: ClassVar[str] = "table"
+
+    def __post_init__(self):
+        self.rows = [[plain(c) for c in row] for row in self.rows]
+
+
+@dataclass
+class Figure:
+    name: str
+    caption: str
+    number: int  # 1-based, in page order
+    data_uri: str
+    kind: ClassVar[str] = "figure"
+
+
+Block = Heading | Paragraph | Note | Items | Table | Figure
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[Block]
 
 
 def text_of(value: Any) -> str:
@@ -144,66 +201,52 @@ def text_of(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("alignkit.evaluation", "templates"),
+                              autoescape=jinja2.select_autoescape(["html"]),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
+
+
 class Page:
     """Collects sections, figures and notes; renders one HTML document."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
-        self.sections: list[tuple[str, str, str]] = []  # (id, title, html)
+        self.sections: list[Section] = []
         self.figures: list[Plot] = []
         self.notes: list[str] = []
 
-    def figure(self, plot: Plot | None) -> str:
+    def figure(self, plot: Plot | None) -> Figure | None:
+        """The figure block of ``plot`` (numbered, its PNG written beside the page); None for
+        a plot that could not be drawn, which :meth:`add` leaves out."""
         if plot is None:
-            return ""
+            return None
         self.figures.append(plot)
         (self.out_dir / f"{plot.name}.png").write_bytes(plot.png)
         data = base64.b64encode(plot.png).decode("ascii")
-        return (f'<figure id="fig-{esc(plot.name)}"><img alt="{esc(plot.caption)}" '
-                f'src="data:image/png;base64,{data}"><figcaption>Figure {len(self.figures)}. '
-                f"{esc(plot.caption)}</figcaption></figure>")
+        return Figure(plot.name, plot.caption, len(self.figures), f"data:image/png;base64,{data}")
 
-    def note(self, text: str) -> str:
+    def note(self, text: str) -> Note:
         self.notes.append(text)
-        return f'<p class="note">{esc(text)}</p>'
+        return Note(text)
 
-    def add(self, sid: str, title: str, body: str) -> None:
-        self.sections.append((sid, title, body))
+    def add(self, sid: str, title: str, blocks: list[Block | None]) -> None:
+        self.sections.append(Section(sid, title, [b for b in blocks if b is not None]))
 
     def render(self, title: str, subtitle: str) -> str:
-        nav = " · ".join(f'<a href="#{esc(s)}">{esc(t)}</a>' for s, t, _ in self.sections)
-        body = "".join(f'<section id="{esc(s)}"><h2>{esc(t)}</h2>{b}</section>'
-                       for s, t, b in self.sections)
-        return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 1em 2em; color: #222; }}
-h1 {{ margin-bottom: 0.1em; }} h2 {{ border-bottom: 2px solid #ddd; padding-bottom: 0.2em;
-       margin-top: 1.8em; }}
-.sub {{ color: #666; }} nav {{ margin: 0.8em 0; }}
-table {{ border-collapse: collapse; margin: 0.6em 0 1em; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }}
-th {{ background: #f3f3f3; }}
-table.samples td {{ max-width: 380px; white-space: pre-wrap; overflow-wrap: anywhere; }}
-figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; border: 1px solid #eee; }}
-figcaption {{ font-size: 12.5px; color: #444; max-width: 900px; }}
-.note {{ color: #8a5a00; background: #fff8e5; padding: 4px 8px; border-left: 3px solid #e0a800; }}
-.warn {{ color: #a40000; }}
-</style></head><body>
-<h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p><nav>{nav}</nav>
-{body}
-</body></html>
-"""
+        return _templates().get_template("report.html").render(
+            title=title, subtitle=subtitle, sections=self.sections)
 
 
 # ---------------------------------------------------------------------------------------------
 # sections
 
 def curves_section(page: Page, stages: list[Stage]) -> None:
-    parts = []
+    parts: list[Block | None] = []
     present = {s.kind for s in stages}
     for stage in stages:
         train, evals = stage.split("train"), stage.split("eval")
@@ -215,14 +258,14 @@ def curves_section(page: Page, stages: list[Stage]) -> None:
         setup = (stage.split("setup") or [{}])[0]
         facts = ", ".join(f"{k} {fmt(v, 'g')}" for k, v in setup.items()
                           if k not in ("step", "split", "time") and not isinstance(v, (list, dict)))
-        parts.append(f"<h3>{esc(stage.name)} <small>({esc(stage.kind)}, {len(train)} logged "
-                     f"steps, {len(evals)} evaluations)</small></h3>")
+        parts.append(Heading(stage.name, f"{stage.kind}, {len(train)} logged steps, "
+                                         f"{len(evals)} evaluations"))
         summary = (stage.split("summary") or [{}])[-1]
         facts += ("; " if facts and summary else "") + ", ".join(
             f"{k} {fmt(v, 'g')}" for k, v in summary.items()
             if k not in ("step", "split", "time") and not isinstance(v, (list, dict)))
         if facts:
-            parts.append(f"<p class=\"sub\">{esc(facts)}</p>")
+            parts.append(Paragraph(facts, "sub"))
         for problem in stage.problems[:5]:
             parts.append(page.note(problem))
         parts.append(page.figure(plot) if plot else
@@ -232,17 +275,17 @@ def curves_section(page: Page, stages: list[Stage]) -> None:
             parts.append(page.note(f"stage {kind}: not in this run (skipped)"))
     if not stages:
         parts.append(page.note("no stage folder with a metrics.jsonl in this run"))
-    page.add("curves", "Training curves", "".join(parts))
+    page.add("curves", "Training curves", parts)
 
 
 def monitor_section(page: Page, stages: list[Stage]) -> None:
-    parts = []
+    parts: list[Block | None] = []
     monitored = [s for s in stages if s.kind == "ppo" and any("proxy" in r or "gold" in r
                                                               for r in s.split("eval"))]
     for stage in monitored:
         evals = stage.split("eval")
         warned = [(r.get("step", "?"), w) for r in evals for w in (r.get("warnings") or [])]
-        parts.append(f"<h3>{esc(stage.name)}</h3>")
+        parts.append(Heading(stage.name))
         try:
             parts.append(page.figure(plots.monitor_plot(
                 stage.name, evals, sorted({s for s, _ in warned if isinstance(s, (int, float))}))))
@@ -251,22 +294,22 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
         rows = [[r.get("step"), fmt(r.get("proxy")), fmt(r.get("gold")), fmt(r.get("gold_se")),
                  fmt(r.get("kl"), ".2f"), fmt(r.get("response_length"), ".1f"),
                  pct(r.get("ended_fraction")), len(r.get("warnings") or [])] for r in evals]
-        parts.append(table(["step", "proxy", "gold", "gold s.e.", "KL (nats)", "length (tok)",
+        parts.append(Table(["step", "proxy", "gold", "gold s.e.", "KL (nats)", "length (tok)",
                             "ended", "warnings"], rows))
         if warned:
-            parts.append("<ul class=\"warn\">" + "".join(
-                f"<li>step {esc(s)}: {esc(w)}</li>" for s, w in warned) + "</ul>")
+            parts.append(Items([f"step {plain(s)}: {plain(w)}" for s, w in warned], "warn"))
         else:
-            parts.append("<p>The monitor raised no warning.</p>")
+            parts.append(Paragraph("The monitor raised no warning."))
         best = stage.split("best")
         if best:
             last = best[-1]
-            parts.append(f"<p>Best checkpoint (by {esc(last.get('best_by'))}): step "
-                         f"{esc(last.get('step'))}, value {esc(fmt(last.get('best_value')))}.</p>")
+            parts.append(Paragraph(f"Best checkpoint (by {plain(last.get('best_by'))}): step "
+                                   f"{plain(last.get('step'))}, value "
+                                   f"{fmt(last.get('best_value'))}."))
     if not monitored:
         parts.append(page.note("no PPO stage with held-out monitor readings in this run "
                                "(skipped)"))
-    page.add("monitor", "Reward-hacking monitor", "".join(parts))
+    page.add("monitor", "Reward-hacking monitor", parts)
 
 
 def read_frontier_csv(path: Path) -> list[dict]:
@@ -285,7 +328,7 @@ def read_frontier_csv(path: Path) -> list[dict]:
 
 def frontier_section(page: Page, run_dir: Path, frontier: str | None, evaluation: dict | None,
                      demo: dict | None) -> None:
-    parts = []
+    parts: list[Block | None] = []
     path = find_file(run_dir, "frontier.csv", frontier)
     if frontier and path is None:
         parts.append(page.note(f"{frontier}: frontier CSV not found"))
@@ -324,25 +367,26 @@ def frontier_section(page: Page, run_dir: Path, frontier: str | None, evaluation
     if not parts:
         parts.append(page.note("no frontier CSV (bench/frontier.py writes one) and no evaluated "
                                "policies in this run (skipped)"))
-    page.add("frontier", "Reward vs KL frontier", "".join(parts))
+    page.add("frontier", "Reward vs KL frontier", parts)
 
 
 def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                  demo: dict | None) -> None:
-    parts = []
+    parts: list[Block | None] = []
     if evaluation:
         pols = evaluation.get("policies", {})
         base = evaluation.get("baseline")
-        parts.append(f"<p>{esc(len(pols))} policies on {esc(evaluation.get('prompts'))} held-out "
-                     f"prompts; judge {esc(evaluation.get('judge'))}, baseline {esc(base)}, KL to "
-                     f"{esc(evaluation.get('reference'))}. Win rate: "
-                     f"{esc(evaluation.get('method', {}).get('win_rate', ''))}; interval: "
-                     f"{esc(evaluation.get('method', {}).get('interval', ''))}.</p>")
+        method = evaluation.get("method", {})
+        parts.append(Paragraph(
+            f"{len(pols)} policies on {plain(evaluation.get('prompts'))} held-out prompts; judge "
+            f"{plain(evaluation.get('judge'))}, baseline {plain(base)}, KL to "
+            f"{plain(evaluation.get('reference'))}. Win rate: {plain(method.get('win_rate'))}; "
+            f"interval: {plain(method.get('interval'))}."))
         bias = evaluation.get("judge_position_bias") or {}
         if bias.get("pairs"):
-            parts.append(f"<p>The judge was asked in both orders on {esc(bias['pairs'])} pairs; "
-                         f"position decided {esc(pct(bias.get('position_bias_rate')))} of them "
-                         "(cancelled in the verdicts).</p>")
+            parts.append(Paragraph(
+                f"The judge was asked in both orders on {bias['pairs']} pairs; position decided "
+                f"{pct(bias.get('position_bias_rate'))} of them (cancelled in the verdicts)."))
         rows = []
         for name, r in pols.items():
             rows.append([name, fmt(r.get("gold")) + " ± " + fmt(r.get("gold_se")),
@@ -352,14 +396,14 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                          f"{fmt(r.get('win_rate'))} [{fmt(r.get('win_rate_low'), '.2f')}, "
                          f"{fmt(r.get('win_rate_high'), '.2f')}]",
                          f"{r.get('wins', '-')}/{r.get('ties', '-')}/{r.get('losses', '-')}"])
-        parts.append(table(["policy", "gold ± s.e.", "reward (ensemble mean)", "ensemble std",
+        parts.append(Table(["policy", "gold ± s.e.", "reward (ensemble mean)", "ensemble std",
                             "KL (nats)", "length (tokens)", "ended", f"win rate vs {base} [CI]",
                             "W/T/L"], rows))
         advs = {n: r["adversarial"] for n, r in pols.items() if r.get("adversarial")}
         if advs:
-            parts.append(f"<h3>Adversarial suite ({esc(evaluation.get('suite_prompts'))} "
-                         "prompts)</h3>")
-            parts.append(table(["policy", "refusal rate (harmful + jailbreak)",
+            parts.append(Heading(f"Adversarial suite ({plain(evaluation.get('suite_prompts'))} "
+                                 "prompts)"))
+            parts.append(Table(["policy", "refusal rate (harmful + jailbreak)",
                                 "over-refusal (benign)", "uncertainty expressed",
                                 "as expected"],
                                [[n, pct(a.get("refusal_rate")), pct(a.get("over_refusal_rate")),
@@ -375,33 +419,33 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                     row.append(f"{pc['as_expected']}/{pc['n']} (refused {pc['refused']}, "
                                f"uncertain {pc['uncertain']})" if pc else "-")
                 rows.append(row)
-            parts.append(table(["category", "expected"] + [f"{n}: as expected" for n in advs],
+            parts.append(Table(["category", "expected"] + [f"{n}: as expected" for n in advs],
                                rows))
             parts.append(page.figure(plots.adversarial_plot(advs)))
     else:
         parts.append(page.note("no eval.json in this run (run alignkit eval --output "
                                "RUN_DIR/eval; skipped)"))
     if demo and demo.get("policies"):
-        parts.append("<h3>Demo comparison (held-out prompts)</h3>")
-        parts.append(table(["policy", "gold", "proxy", "KL to SFT (nats)", "length (tokens)",
+        parts.append(Heading("Demo comparison (held-out prompts)"))
+        parts.append(Table(["policy", "gold", "proxy", "KL to SFT (nats)", "length (tokens)",
                             "ended"],
                            [[n, fmt(r.get("gold")), fmt(r.get("proxy")), fmt(r.get("kl"), ".2f"),
                              fmt(r.get("response_length"), ".1f"), pct(r.get("ended_fraction"))]
                             for n, r in demo["policies"].items()]))
-    page.add("eval", "Evaluation", "".join(parts))
+    page.add("eval", "Evaluation", parts)
 
 
 def samples_section(page: Page, run_dir: Path, stages: list[Stage], eval_path: Path | None,
                     demo: dict | None, limit: int) -> None:
-    parts = []
+    parts: list[Block | None] = []
     if eval_path is not None:
         held = eval_path.parent / "samples.jsonl"
         if held.is_file():
             rows, _ = read_jsonl(held)
             if rows:
                 names = list(rows[0].get("responses", {}))
-                parts.append("<h3>Held-out prompts, every policy's answer</h3>")
-                parts.append(table(["prompt", "category"] + names,
+                parts.append(Heading("Held-out prompts, every policy's answer"))
+                parts.append(Table(["prompt", "category"] + names,
                                    [[text_of(r.get("prompt")), r.get("category") or ""]
                                     + [r.get("responses", {}).get(n, "") for n in names]
                                     for r in rows[:limit]], "samples"))
@@ -420,14 +464,14 @@ def samples_section(page: Page, run_dir: Path, stages: list[Stage], eval_path: P
                     mark = "OK" if resp.get("as_expected") else "MISS"
                     return f"[{mark}] {resp.get('text', '')}"
 
-                parts.append("<h3>Adversarial suite, answers with the detector's verdict</h3>")
-                parts.append(table(["prompt", "category", "expected"] + names,
+                parts.append(Heading("Adversarial suite, answers with the detector's verdict"))
+                parts.append(Table(["prompt", "category", "expected"] + names,
                                    [[r.get("prompt"), r.get("category"), r.get("expect")]
                                     + [cell(r.get("responses", {}).get(n, {})) for n in names]
                                     for r in picked], "samples"))
     if demo and demo.get("samples"):
-        parts.append("<h3>Demo: before and after SFT</h3>")
-        parts.append(table(["prompt", "category", "before", "after SFT"],
+        parts.append(Heading("Demo: before and after SFT"))
+        parts.append(Table(["prompt", "category", "before", "after SFT"],
                            [[s.get("prompt"), s.get("category"), s.get("before"), s.get("after")]
                             for s in demo["samples"][:limit]], "samples"))
     for stage in stages:
@@ -435,14 +479,14 @@ def samples_section(page: Page, run_dir: Path, stages: list[Stage], eval_path: P
         if len(evals) >= 1 and stage.kind == "ppo":
             first, last = evals[0], evals[-1]
             pairs = list(zip(first["samples"], last["samples"]))[:limit]
-            parts.append(f"<h3>{esc(stage.name)}: held-out answers at step {esc(first['step'])} "
-                         f"and step {esc(last['step'])}</h3>")
-            parts.append(table(["prompt", f"step {first['step']}", f"step {last['step']}"],
+            parts.append(Heading(f"{stage.name}: held-out answers at step "
+                                 f"{plain(first['step'])} and step {plain(last['step'])}"))
+            parts.append(Table(["prompt", f"step {first['step']}", f"step {last['step']}"],
                                [[a.get("prompt"), a.get("response"), b.get("response")]
                                 for a, b in pairs], "samples"))
     if not parts:
         parts.append(page.note("no samples in this run (skipped)"))
-    page.add("samples", "Samples side by side", "".join(parts))
+    page.add("samples", "Samples side by side", parts)
 
 
 def _load_json(path: Path | None, page: Page) -> dict | None:
@@ -476,8 +520,7 @@ def build_report(run_dir: str | Path, output: str | Path | None = None,
     eval_section(page, evaluation, eval_path, demo)
     samples_section(page, run, stages, eval_path if evaluation else None, demo, samples)
     if early_notes:
-        page.sections.insert(0, ("notes", "Notes", "".join(
-            f'<p class="note">{esc(n)}</p>' for n in early_notes)))
+        page.sections.insert(0, Section("notes", "Notes", [Note(n) for n in early_notes]))
 
     subtitle = (f"{run.resolve()} · stages: {', '.join(s.name for s in stages) or 'none'} · "
                 f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -486,4 +529,4 @@ def build_report(run_dir: str | Path, output: str | Path | None = None,
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-    return Report(path, page.figures, [s for s, _, _ in page.sections], page.notes)
+    return Report(path, page.figures, [s.id for s in page.sections], page.notes)

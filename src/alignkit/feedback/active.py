@@ -21,7 +21,7 @@ from alignkit.errors import UserError
 def uncertainty_scores(model, tasks: list[dict], strategy: str = "std",
                        batch_size: int = 32) -> dict[int, float]:
     """Task id -> uncertainty score (higher = more informative to label)."""
-    from alignkit.feedback.app import text_of
+    from alignkit.feedback.store import text_of
 
     prompts, responses, owner = [], [], []
     for t in tasks:

@@ -1,5 +1,6 @@
-"""Agreement between annotators: Krippendorff's alpha, Cohen's kappa, per-item agreement and
-aggregation of several labels into one.
+"""Agreement between annotators: Krippendorff's alpha, Cohen's kappa, per-item agreement,
+aggregation of several labels into one, and an annotator's accuracy on hidden gold items. (How
+far a judge agrees with gold or human labels is ``judges.accuracy``.)
 
 Pure functions over plain Python values (no database, no torch) so that every number can be
 checked by hand.

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignkit.errors import UserError
 from alignkit.feedback.markdown import render_markdown
-from alignkit.feedback.store import Forbidden, Invalid, Store, StoreError, User
+from alignkit.feedback.store import Forbidden, Invalid, Store, StoreError, User, text_of
 
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
@@ -49,13 +49,6 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value)
-
-
-def text_of(value: Any) -> str:
-    """A prompt or response as plain text (chat messages as ``role: content`` lines)."""
-    if isinstance(value, list):
-        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in value)
     return str(value)
 
 

@@ -1,90 +1,58 @@
-"""A tiny, safe Markdown renderer for project guidelines.
+"""Project guidelines as safe HTML: CommonMark rendered by markdown-it-py, then sanitised by nh3.
 
-Everything is HTML-escaped first, so guideline text can never inject markup or script; then a
-small subset is rendered: ``#``/``##``/``###`` headings, ``-``/``*`` bullet lists, ``1.`` numbered
-lists, ``>`` quotes, fenced code blocks, ``**bold**``, ``*italic*``, `` `code` ``, paragraphs.
-Links are shown as text (no URLs become clickable: a guideline cannot send annotators away).
+Raw HTML in the source is never passed through (markdown-it's ``html`` option is off, so tags show
+as text); links become links only to http, https or mailto addresses (anything else stays text)
+and open in a new tab, so an annotator never loses the task page; images are not rendered
+(``![alt](url)`` shows as a link to the image, nothing is fetched by the annotator's browser).
+Headings move two levels down (``#`` is ``<h3>``) because the guidelines sit under the page's
+own ``<h1>``/``<h2>``. nh3 then keeps only the tags and attributes listed below, whatever the
+renderer produced.
 """
 
 from __future__ import annotations
 
-import html
-import re
+from functools import lru_cache
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-_INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-           (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
-           (re.compile(r"(?<![\w*])\*([^*\s][^*]*)\*(?!\w)"), r"<em>\1</em>")]
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+
+LINK_SCHEMES = frozenset({"http", "https", "mailto"})
+HEADING_SHIFT = 2
+ALLOWED_TAGS = frozenset({"p", "br", "hr", "h3", "h4", "h5", "h6", "strong", "em", "code", "pre",
+                          "blockquote", "ul", "ol", "li", "a"})
+ALLOWED_ATTRIBUTES = {"a": {"href", "title", "target"}, "ol": {"start"}}
 
 
-def _inline(text: str) -> str:
-    out = html.escape(text, quote=True)
-    for pattern, repl in _INLINE:
-        out = pattern.sub(repl, out)
-    return out
+def _is_allowed_link(url: str) -> bool:
+    try:
+        return urlsplit(url).scheme.lower() in LINK_SCHEMES
+    except ValueError:  # e.g. a malformed IPv6 host
+        return False
+
+
+@lru_cache(maxsize=1)
+def _parser() -> MarkdownIt:
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).disable("image")
+    md.validateLink = _is_allowed_link
+    return md
 
 
 def render_markdown(text: str) -> str:
-    lines = (text or "").replace("\r\n", "\n").split("\n")
-    out: list[str] = []
-    para: list[str] = []
-    list_tag: str | None = None
-    in_code = False
-    code: list[str] = []
+    """HTML for the guidelines ``text`` (Markdown); safe to insert into a page as is."""
+    import nh3
 
-    def flush_para():
-        if para:
-            out.append("<p>" + " ".join(_inline(p) for p in para) + "</p>")
-            para.clear()
-
-    def close_list():
-        nonlocal list_tag
-        if list_tag:
-            out.append(f"</{list_tag}>")
-            list_tag = None
-
-    for line in lines:
-        if line.strip().startswith("```"):
-            if in_code:
-                out.append("<pre><code>" + html.escape("\n".join(code)) + "</code></pre>")
-                code.clear()
-                in_code = False
-            else:
-                flush_para()
-                close_list()
-                in_code = True
-            continue
-        if in_code:
-            code.append(line)
-            continue
-        stripped = line.strip()
-        heading = re.match(r"^(#{1,3})\s+(.*)$", stripped)
-        bullet = re.match(r"^[-*]\s+(.*)$", stripped)
-        number = re.match(r"^\d+[.)]\s+(.*)$", stripped)
-        if not stripped:
-            flush_para()
-            close_list()
-        elif heading:
-            flush_para()
-            close_list()
-            level = len(heading.group(1)) + 2  # h3..h5 inside the page
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif bullet or number:
-            flush_para()
-            tag = "ul" if bullet else "ol"
-            if list_tag != tag:
-                close_list()
-                out.append(f"<{tag}>")
-                list_tag = tag
-            out.append("<li>" + _inline((bullet or number).group(1)) + "</li>")
-        elif stripped.startswith(">"):
-            flush_para()
-            close_list()
-            out.append("<blockquote>" + _inline(stripped.lstrip(">").strip()) + "</blockquote>")
-        else:
-            close_list()
-            para.append(stripped)
-    if in_code:
-        out.append("<pre><code>" + html.escape("\n".join(code)) + "</code></pre>")
-    flush_para()
-    close_list()
-    return "\n".join(out)
+    md = _parser()
+    tokens = md.parse(text or "")
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(int(token.tag[1]) + HEADING_SHIFT, 6)}"
+        for child in token.children or ():
+            if child.type == "link_open":
+                child.attrSet("target", "_blank")
+    html = md.renderer.render(tokens, md.options, {})
+    return nh3.clean(html, tags=set(ALLOWED_TAGS), attributes=ALLOWED_ATTRIBUTES,
+                     url_schemes=set(LINK_SCHEMES), link_rel="noopener noreferrer")

@@ -600,6 +600,13 @@ def _is_text(value: Any) -> bool:
                                             for m in value))
 
 
+def text_of(value: Any) -> str:
+    """A prompt or response as plain text (chat messages as ``role: content`` lines)."""
+    if isinstance(value, list):
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in value)
+    return str(value)
+
+
 def validate_task(item: dict, aspects: list[str]) -> dict:
     kind = item.get("kind")
     if kind not in KINDS:

@@ -55,20 +55,23 @@ Bradley-Terry noise ``P(a > b) = sigmoid(s * (g_a - g_b) / T)``, a gap of 1 gold
 ``s = T = 1`` is a 73 % preference (docs/demo-task.md).
 
 The scorer is deterministic and batched; everything runs offline (``HF_HUB_OFFLINE=1``).
+``GoldScoreJudge`` puts it behind the pairwise judge interface (``--judge gold``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence
 
 from alignkit.errors import UserError
+from alignkit.judges.base import Verdict
 
 __all__ = ["GoldConfig", "GoldScorer", "novel_text", "is_refusal", "acknowledges_uncertainty",
            "seems_ended", "bigram_repetition", "echo_share", "function_share", "words",
-           "demo_hacks"]
+           "demo_hacks", "GoldScoreJudge"]
 
 
 @dataclass
@@ -503,6 +506,42 @@ class GoldScorer:
             return [0.0] * len(texts)
         probs = _profanity()(nonempty)
         return [float(p) if t else 0.0 for p, t in zip(probs, nonempty)]
+
+
+class GoldScoreJudge:
+    """The gold scorer as a pairwise judge: the response with the higher gold score wins; a gap
+    of at most ``tie_margin`` gold points is a tie. Confidence: the Bradley-Terry probability
+    ``sigmoid(|gap|)`` of the winner (gold points as logits, docs/demo-task.md). Prompt categories
+    (harmful / helpful / uncertain) come from ``categories``, keyed by prompt text, so the gold's
+    harmlessness and honesty terms apply."""
+
+    def __init__(self, scorer=None, categories: dict[str, str | None] | None = None,
+                 tie_margin: float = 0.0):
+        self.scorer = scorer if scorer is not None else GoldScorer()
+        self.categories = dict(categories or {})
+        self.tie_margin = tie_margin
+
+    def _category(self, prompt: Any) -> str | None:
+        return self.categories.get(prompt) if isinstance(prompt, str) else None
+
+    def judge(self, prompt: Any, response_a: Any, response_b: Any) -> Verdict:
+        return self.judge_many([prompt], [response_a], [response_b])[0]
+
+    def judge_many(self, prompts: Sequence[Any], responses_a: Sequence[Any],
+                   responses_b: Sequence[Any]) -> list[Verdict]:
+        cats = [self._category(p) for p in prompts]
+        scores = self.scorer.score(list(prompts) * 2, list(responses_a) + list(responses_b),
+                                   cats * 2)
+        n = len(prompts)
+        out = []
+        for ga, gb in zip(scores[:n], scores[n:]):
+            gap = ga - gb
+            if abs(gap) <= self.tie_margin:
+                out.append(Verdict("tie", 1.0, f"gold {ga:.3f} vs {gb:.3f}"))
+            else:
+                out.append(Verdict("a" if gap > 0 else "b", 1.0 / (1.0 + math.exp(-abs(gap))),
+                                   f"gold {ga:.3f} vs {gb:.3f}"))
+        return out
 
 
 def demo_hacks(prompt: str) -> dict[str, str]:

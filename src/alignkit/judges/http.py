@@ -39,11 +39,16 @@ Around each request:
   answer text and the log-probs of its candidate verdict tokens (those whose stripped text is a
   or b -- all the confidence reads); a file from before log-probs holds text only and loads as
   an answer without log-probs;
-- **rate limit**: at most ``rate`` requests per second across all threads (0: no limit);
-- **retries**: connection errors, timeouts, 408/409/429 and 5xx are retried up to ``retries``
-  times with exponential backoff (``backoff * 2**k``, capped at ``max_backoff``; a server's
-  ``Retry-After`` is honoured); other 4xx are a ``JudgeError`` at once (a wrong model name or
-  key will not fix itself);
+- **transport**: the official ``openai`` client (``OpenAI(base_url=..., max_retries=retries,
+  timeout=timeout)``) sends the body as it is (no ``model`` field when none is named);
+- **retries**, the client's own: connection errors, timeouts, 408/409/429 and 5xx are retried up
+  to ``retries`` times with exponential backoff (0.5 s doubling up to 8 s, less up to a quarter
+  of random jitter), or after the wait a server's ``Retry-After`` asks for (up to two minutes; a
+  longer one is not waited for); other 4xx are a ``JudgeError`` at once (a wrong model name or
+  key will not fix itself), and so is an answer that is not a JSON chat completion;
+- **rate limit**: at most ``rate`` HTTP attempts per second across all threads, retries
+  included (0: no limit); ``stats["requests"]`` counts attempts, ``stats["retries"]`` those
+  after the first;
 - **unreadable answers**: text in which no verdict can be read becomes a tie with confidence
   0.5 (a coin flip) and is counted in ``stats["unparsed"]``; it is not retried, because the
   same prompt at temperature 0 gives the same text.
@@ -62,8 +67,6 @@ import math
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -72,7 +75,6 @@ from alignkit.errors import UserError
 from alignkit.judges.base import Verdict
 from alignkit.judges.prompting import judge_messages, parse_verdict
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 _STRIP = " \t\r\n()[]{}<>\"'`*_.,:;!?-#|/\\"
 
@@ -243,8 +245,7 @@ class HTTPJudge:
 
     def __init__(self, base_url: str, model: str = "", cache_dir: str | None = None,
                  principle: str | None = None, max_tokens: int = 16, temperature: float = 0.0,
-                 timeout: float = 60.0, retries: int = 4, backoff: float = 0.5,
-                 max_backoff: float = 8.0, rate: float = 0.0,
+                 timeout: float = 60.0, retries: int = 4, rate: float = 0.0,
                  api_key_env: str = "OPENAI_API_KEY", logprobs: bool = True,
                  top_logprobs: int = 5):
         base_url = base_url.rstrip("/")
@@ -255,29 +256,32 @@ class HTTPJudge:
         if not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
             raise UserError(f"top_logprobs must lie in [1, {MAX_TOP_LOGPROBS}], got "
                             f"{top_logprobs}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise UserError(f"judge retries must be a whole number >= 0, got {retries!r}")
         self.base_url, self.model = base_url, model
+        self.url = f"{base_url}/chat/completions"
         self.name = f"http:{model or base_url}"
         self.principle = principle
         self.max_tokens, self.temperature = max_tokens, temperature
         self.timeout, self.retries = timeout, retries
-        self.backoff, self.max_backoff = backoff, max_backoff
         self.cache = ResponseCache(cache_dir, base_url) if cache_dir else None
         self.limiter = RateLimiter(rate)
         self.api_key_env = api_key_env
         self.top_logprobs = top_logprobs
         self._lock = threading.Lock()
-        # shared with the with_principle clones: a 400 turns log-probs off for all of them
-        self._switches = {"logprobs": bool(logprobs)}
+        # shared with the with_principle clones: one client, and a 400 turns log-probs off for
+        # all of them
+        self._shared: dict[str, Any] = {"logprobs": bool(logprobs), "client": None}
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "unparsed": 0,
                       "logprob_verdicts": 0, "logprob_disagreements": 0, "logprobs_rejected": 0}
 
     @property
     def logprobs(self) -> bool:
         """Whether requests ask for log-probs (off after an endpoint rejected them)."""
-        return self._switches["logprobs"]
+        return self._shared["logprobs"]
 
     def with_principle(self, principle: str | None) -> "HTTPJudge":
-        """The same judge (sharing cache, limiter and stats) asking under ``principle``."""
+        """The same judge (sharing client, cache, limiter and stats) asking under ``principle``."""
         import copy
 
         clone = copy.copy(self)
@@ -313,8 +317,8 @@ class HTTPJudge:
             text, content = self._post(body)
         except _LogprobsRejected as rejected:
             with self._lock:
-                first = self._switches["logprobs"]
-                self._switches["logprobs"] = False
+                first = self._shared["logprobs"]
+                self._shared["logprobs"] = False
                 self.stats["logprobs_rejected"] += 1
             if first:
                 log.warning("judge %s rejected log-probs (%s); asking without them from now on "
@@ -326,43 +330,60 @@ class HTTPJudge:
             self.cache.put(body, answer.text, answer.logprobs)
         return answer
 
+    def _client(self) -> tuple[Any, dict]:
+        """The ``openai`` client and the headers each request adds, built on first use (the
+        import costs half a second that a run answered from the cache never needs)."""
+        with self._lock:
+            if self._shared["client"] is None:
+                import openai
+
+                key = os.environ.get(self.api_key_env) if self.api_key_env else None
+                http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_attempt]})
+                # the client insists on a key; without one, no Authorization header is sent
+                client = openai.OpenAI(base_url=self.base_url, api_key=key or "no-key",
+                                       max_retries=self.retries, timeout=self.timeout,
+                                       http_client=http)
+                headers = {} if key else {"Authorization": openai.omit}
+                self._shared["client"] = (client, headers)
+            return self._shared["client"]
+
+    def _on_attempt(self, request: Any) -> None:
+        """Runs before every HTTP attempt the client makes, its own retries included: each
+        takes a rate-limit slot and is counted."""
+        self.limiter.acquire()
+        with self._lock:
+            self.stats["requests"] += 1
+            if _attempts(request) > 1:
+                self.stats["retries"] += 1
+
     def _post(self, body: dict) -> tuple[str, Any]:
-        """(answer text, OpenAI ``logprobs.content`` or None) for ``body``."""
-        url = f"{self.base_url}/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode()
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self._count("retries")
-            self.limiter.acquire()
-            self._count("requests")
-            wait = min(self.backoff * 2 ** attempt, self.max_backoff)
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                return _answer_text(payload, url), _answer_logprobs(payload)
-            except urllib.error.HTTPError as e:
-                detail = _error_message(e)
-                if e.code == 400 and body.get("logprobs") and "logprob" in detail.lower():
-                    raise _LogprobsRejected(detail) from None
-                if e.code not in RETRY_STATUS:
-                    raise JudgeError(f"judge {url}: HTTP {e.code}: {detail}") from None
-                last = f"HTTP {e.code}: {detail}"
-                after = e.headers.get("Retry-After") if e.headers else None
-                if after and after.replace(".", "", 1).isdigit():
-                    wait = min(max(wait, float(after)), self.max_backoff)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = str(getattr(e, "reason", e))
-            except json.JSONDecodeError as e:
-                last = f"answer is not JSON ({e})"
-            if attempt < self.retries:
-                time.sleep(wait)
-        raise JudgeError(f"judge {url}: no answer after {self.retries + 1} attempt(s) ({last})")
+        """(answer text, OpenAI ``logprobs.content`` or None) for ``body``, sent as it is."""
+        import openai
+
+        client, headers = self._client()
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                **{"model": openai.omit, **body}, extra_headers=headers)
+        except openai.APIStatusError as e:
+            detail = _error_detail(e)
+            if e.status_code == 400 and body.get("logprobs") and "logprob" in detail.lower():
+                raise _LogprobsRejected(detail) from None
+            raise JudgeError(self._failure(e.request, f"HTTP {e.status_code}: {detail}")) from None
+        except openai.APIConnectionError as e:  # refused, reset, timed out
+            raise JudgeError(self._failure(e.request, str(e.__cause__ or e))) from None
+        text = raw.http_response.text
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            raise JudgeError(f"judge {self.url}: the answer is not JSON ({text[:200]!r})") from None
+        return _answer_text(payload, self.url), _answer_logprobs(payload)
+
+    def _failure(self, request: Any, what: str) -> str:
+        """The error message for the last attempt ``request``, which failed with ``what``."""
+        attempts = _attempts(request)
+        if attempts == 1:
+            return f"judge {self.url}: {what}"
+        return f"judge {self.url}: no answer after {attempts} attempt(s) ({what})"
 
     def judge(self, prompt: Any, response_a: Any, response_b: Any) -> Verdict:
         answer = self.answer(self.request_body(prompt, response_a, response_b))
@@ -405,9 +426,18 @@ def _answer_logprobs(payload: dict) -> Any:
     return logprobs.get("content") if isinstance(logprobs, dict) else None
 
 
-def _error_message(err: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(err.read().decode("utf-8"))
-        return str(body.get("error", {}).get("message", body))
-    except Exception:  # any body at all: the status line says enough
-        return err.reason or ""
+def _attempts(request: Any) -> int:
+    """Which attempt an HTTP request of the ``openai`` client is (1: the first), from the retry
+    count the client writes into its headers."""
+    return int(request.headers.get("x-stainless-retry-count", "0")) + 1
+
+
+def _error_detail(err: Any) -> str:
+    """The message of an ``openai.APIStatusError``: the endpoint's ``error.message`` when it
+    sent one, else its body, else the status line's reason."""
+    body = err.body
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    if body:
+        return str(body)[:200]
+    return err.response.reason_phrase or ""

@@ -14,7 +14,7 @@ from alignkit.judges.swap import verdict_from_prob
 
 class RewardModelJudge:
     def __init__(self, reward_fn, tie_margin: float = 0.0, name: str = "reward"):
-        """``reward_fn``: ``evaluation.policy.RewardFunction`` (or anything mapping (prompts,
+        """``reward_fn``: ``models.reward.RewardFunction`` (or anything mapping (prompts,
         responses) to {"combined": tensor})."""
         self.reward_fn = reward_fn
         self.tie_margin = tie_margin
@@ -22,7 +22,7 @@ class RewardModelJudge:
 
     @classmethod
     def load(cls, path: str, device: str = "cpu", **kwargs) -> "RewardModelJudge":
-        from alignkit.evaluation.policy import RewardFunction
+        from alignkit.models.reward import RewardFunction
 
         return cls(RewardFunction(path, device), name=f"reward:{path}", **kwargs)
 

@@ -6,7 +6,7 @@
 ``https://api.example.com/v1``  the same, over TLS (key from ``$OPENAI_API_KEY``)
 ``local:PATH``                  a causal LM's verdict-token log-probs (``judges.local``)
 ``reward:PATH``                 a reward model or ensemble (``judges.reward``)
-``gold``                        the gold scorer (simulated experiments; ``GoldScoreJudge``)
+``gold``                        the gold scorer (simulated experiments; ``judges.gold``)
 ==============================  ==========================================================
 
 By default the judge is wrapped in ``swap.BothOrders``: both orders asked, position bias
@@ -68,8 +68,7 @@ def make_judge(spec: str, options: JudgeOptions | None = None, categories: dict 
 
         judge = RewardModelJudge.load(_path(spec), opts.device)
     else:  # gold
-        from alignkit.evaluation.winrate import GoldScoreJudge
-        from alignkit.judges.gold import GoldScorer
+        from alignkit.judges.gold import GoldScoreJudge, GoldScorer
 
         judge = GoldScoreJudge(GoldScorer(token_counter=token_counter), categories)
         judge.name = "gold"

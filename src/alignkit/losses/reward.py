@@ -22,8 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignkit.errors import UserError
-
 ENSEMBLE_METHODS = ("mean", "min", "mean_minus_std", "mean_minus_var")
 
 
@@ -208,8 +206,8 @@ def combine_ensemble(member_rewards: torch.Tensor, method: str = "mean",
     variance of Coste et al.; and it stays defined (0) for a one-member "ensemble", where the
     sample std would be NaN."""
     if method not in ENSEMBLE_METHODS:
-        raise UserError(f"unknown ensemble combination {method!r}; choose one of "
-                        f"{', '.join(ENSEMBLE_METHODS)}")
+        raise ValueError(f"unknown ensemble combination {method!r}; choose one of "
+                         f"{', '.join(ENSEMBLE_METHODS)}")
     if member_rewards.dim() != 2 or member_rewards.shape[0] == 0:
         raise ValueError(f"member_rewards must be (M, B) with M >= 1, got "
                          f"{tuple(member_rewards.shape)}")
@@ -233,8 +231,8 @@ def combine_ensemble(member_rewards: torch.Tensor, method: str = "mean",
 
 def _aspect(aspect_rewards: dict, name: str, role: str) -> torch.Tensor:
     if name not in aspect_rewards:
-        raise UserError(f"{role} names aspect {name!r}, but the reward model has "
-                        f"{', '.join(sorted(aspect_rewards)) or 'no aspects'}")
+        raise ValueError(f"{role} names aspect {name!r}, but the reward model has "
+                         f"{', '.join(sorted(aspect_rewards)) or 'no aspects'}")
     return aspect_rewards[name].float()
 
 
@@ -261,13 +259,14 @@ def combine_aspects(aspect_rewards: dict[str, torch.Tensor], weights: dict[str, 
     buy back harm), every violation scores below ``-gate_penalty``, and the rule is monotone:
     non-decreasing in every aspect's reward (weights must be >= 0, gate_penalty >= 0)."""
     if not weights:
-        raise UserError("aspect weights are empty: name at least one aspect and its weight")
+        raise ValueError("aspect weights are empty: name at least one aspect and its weight")
     for name, w in weights.items():
         if w < 0:
-            raise UserError(f"aspect weight of {name!r} is {w}; weights must be >= 0 (rewards are "
-                            "higher-is-better; a floor, not a negative weight, guards an aspect)")
+            raise ValueError(f"aspect weight of {name!r} is {w}; weights must be >= 0 (rewards "
+                             "are higher-is-better; a floor, not a negative weight, guards an "
+                             "aspect)")
     if gate_penalty < 0:
-        raise UserError(f"gate_penalty must be >= 0, got {gate_penalty}")
+        raise ValueError(f"gate_penalty must be >= 0, got {gate_penalty}")
     total = sum(float(w) * _aspect(aspect_rewards, a, "the weights") for a, w in weights.items())
     if not floor:
         return total

@@ -1,5 +1,6 @@
-"""Reward models: a scalar (or per-aspect) head on a backbone, ensembles of them, and the folder
-format they save to and reload from with one call.
+"""Reward models: a scalar (or per-aspect) head on a backbone, ensembles of them, the folder
+format they save to and reload from with one call, and ``RewardFunction``: a saved model as the
+reward a policy is trained, selected or judged by (PPO, online DPO, best-of-n, reward judges).
 
 Backbones:
 - ``encoder`` (BERT-like, e.g. the packaged all-MiniLM-L6-v2): the (prompt, response) text pair,
@@ -107,7 +108,7 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     """The stack of transformer blocks of a backbone: its longest ``nn.ModuleList``."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise UserError(f"{type(model).__name__}: no stack of transformer blocks found")
+        raise ValueError(f"{type(model).__name__}: no stack of transformer blocks found")
     return max(lists, key=len)
 
 
@@ -116,7 +117,7 @@ def reinitialise_top_blocks(model: nn.Module, n: int) -> None:
     transformer blocks."""
     blocks = transformer_blocks(model)
     if n > len(blocks):
-        raise UserError(f"--reinit-layers {n}: the backbone has only {len(blocks)} blocks")
+        raise ValueError(f"the backbone has only {len(blocks)} blocks")
     for block in list(blocks)[-n:]:
         for module in block.modules():
             # weights loaded by from_pretrained are flagged as initialised, and transformers'
@@ -221,7 +222,10 @@ class RewardModel(nn.Module):
                 body = backbone if m == 0 else load_backbone(base, device)[0]
             torch.manual_seed(10_007 * (m + 1))
             if reinit_layers > 0 and not spec.shared_backbone:
-                reinitialise_top_blocks(body, reinit_layers)
+                try:
+                    reinitialise_top_blocks(body, reinit_layers)
+                except ValueError as e:
+                    raise UserError(f"--reinit-layers {reinit_layers}: {e}") from None
             members.append(RewardMember(body, spec.backbone, len(spec.aspects)).to(device))
         spec.offset = [[0.0] * len(spec.aspects) for _ in range(spec.members)]
         spec.scale = [[1.0] * len(spec.aspects) for _ in range(spec.members)]
@@ -326,11 +330,18 @@ class RewardModel(nn.Module):
             per_member = members[..., 0]
         else:
             weights = spec.aspect_weights or {a: 1.0 / len(spec.aspects) for a in spec.aspects}
-            per_member = torch.stack([
-                combine_aspects({a: members[m, :, i] for i, a in enumerate(spec.aspects)},
-                                weights, spec.aspect_floor, spec.gate_penalty)
-                for m in range(members.shape[0])])
-        combined, mean, std = combine_ensemble(per_member, spec.combine, spec.lam)
+            try:
+                per_member = torch.stack([
+                    combine_aspects({a: members[m, :, i] for i, a in enumerate(spec.aspects)},
+                                    weights, spec.aspect_floor, spec.gate_penalty)
+                    for m in range(members.shape[0])])
+            except ValueError as e:  # rules the user set when training the model
+                raise UserError(f"{e} (alignkit reward --aspect-weights / --aspect-floor / "
+                                "--gate-penalty, saved in reward_config.json)") from None
+        try:
+            combined, mean, std = combine_ensemble(per_member, spec.combine, spec.lam)
+        except ValueError as e:
+            raise UserError(f"--combine: {e}") from None
         return RewardScores(list(spec.aspects), members, members.mean(0),
                             members.std(0, unbiased=False), per_member, combined, mean, std)
 
@@ -340,7 +351,7 @@ class RewardModel(nn.Module):
         from alignkit.data.preferences import encode_response
 
         if len(prompts) != len(responses):
-            raise UserError(f"{len(prompts)} prompts but {len(responses)} responses")
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         was = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -395,6 +406,27 @@ class RewardModel(nn.Module):
             head.bias.copy_((w * (source.head.bias.float().cpu() - offset) / scale).sum()[None])
         device = next(source.parameters()).device
         return copy.deepcopy(source.backbone).train(), head.to(device)
+
+
+class RewardFunction:
+    """Texts -> the scalar the policy maximises (the reward model's combined reward, with an
+    ensemble's ``mean`` / ``min`` / ``mean - lambda * std`` per --combine), plus the ensemble mean
+    and std for the logs."""
+
+    def __init__(self, path: str | None, device: str, combine: str | None = None,
+                 uncertainty_penalty: float | None = None):
+        if not path or not Path(path).is_dir():
+            raise UserError(f"--reward-model {path!r}: not a reward-model folder (train one with "
+                            "alignkit reward, or run alignkit demo)")
+        self.model = RewardModel.load(path, device)
+        if combine:
+            self.model.spec.combine = combine
+        if uncertainty_penalty is not None:
+            self.model.spec.lam = uncertainty_penalty
+
+    def __call__(self, prompts: list, responses: list[str]) -> dict[str, torch.Tensor]:
+        s = self.model.score(prompts, responses)
+        return {"combined": s.combined.float(), "mean": s.mean.float(), "std": s.std.float()}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, AnnotateServeConfig,
                              AnnotateTasksConfig, AnnotateUserConfig)
 from alignkit.errors import UserError
-from alignkit.recipes.common import log
+from alignkit.utils.logs import log
 
 
 def open_store(db: str):
@@ -51,11 +51,13 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
     from alignkit.feedback.app import create_app
     from alignkit.feedback.store import shown_url
 
+    # 1. The database (migrated) and the admin of $ALIGNKIT_ADMIN_TOKEN.
     store = open_store(cfg.db)
     token = os.environ.get(cfg.admin_token_env, "") if cfg.admin_token_env else ""
     if token:
         store.ensure_admin(token)
         print(f"admin 'admin' signs in with the token in ${cfg.admin_token_env}", flush=True)
+    # 2. The app on its port; the URL is announced once the server accepts connections.
     port = cfg.port or free_port(cfg.host)
     app = create_app(store)
     print(f"annotation app on http://{cfg.host}:{port}/ (database {shown_url(store.url)})",
@@ -79,6 +81,7 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
 
 
 def create_project(cfg: AnnotateProjectConfig) -> int:
+    # 1. Check the request: the guidelines file (UTF-8 text), the reward-model folder.
     store = open_store(cfg.db)
     name = _need(cfg.name, "--name")
     guidelines = None
@@ -98,6 +101,7 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
     if cfg.reward_model and not (Path(cfg.reward_model) / "reward_config.json").exists() \
             and not Path(cfg.reward_model).is_dir():
         raise UserError(f"--reward-model {cfg.reward_model}: not a reward-model folder")
+    # 2. Create the project, or change the one of that name.
     if cfg.update:
         project = store.project_by_name(name)
         values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy}
@@ -114,6 +118,7 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
             str(Path(cfg.reward_model).resolve()) if cfg.reward_model else None,
             cfg.al_strategy)
         print(f"project {name!r} created (id {pid})")
+    # 3. With a reward model: order the project's tasks for active learning.
     if cfg.reward_model and store.tasks_of(pid):
         from alignkit.feedback.active import refresh_priorities
 
@@ -144,9 +149,11 @@ def add_user(cfg: AnnotateUserConfig) -> str:
 def add_tasks(cfg: AnnotateTasksConfig) -> list[int]:
     from alignkit.feedback.tasks import read_task_records, to_store_tasks
 
+    # 1. The project and the records (every problem named by file and line).
     store = open_store(cfg.db)
     project = store.project_by_name(_need(cfg.project, "--project"))
     records = read_task_records(_need(cfg.data, "--data"), cfg.max_prompts)
+    # 2. K candidates sampled from --model for records that have only a prompt.
     need = [r for r in records if r["responses"] is None]
     if need:
         if not cfg.model:
@@ -154,14 +161,12 @@ def add_tasks(cfg: AnnotateTasksConfig) -> list[int]:
                             "that samples --num-responses candidates), or give responses")
         if cfg.num_responses < 2:
             raise UserError(f"--num-responses must be >= 2, got {cfg.num_responses}")
-        from alignkit.models.loading import load_model_and_tokenizer, pick_device
-        from alignkit.recipes.label import sample_responses
+        from alignkit.generation.responses import sample_missing
 
-        model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
-        sample_responses(model, tokenizer, need, cfg.num_responses, cfg.max_new_tokens,
-                         cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed)
+        sample_missing(need, cfg)
         for r in need:
             r["meta"]["sampled_from"] = cfg.model
+    # 3. Tasks into the store; with a reward model, re-order them for active learning.
     tasks = to_store_tasks(records, project["aspects"], cfg.shuffle_pairs, cfg.seed)
     ids = store.add_tasks(project["id"], tasks)
     gold = sum(t["gold"] is not None for t in tasks)
@@ -179,12 +184,14 @@ def export(cfg: AnnotateExportConfig) -> dict:
     from alignkit.feedback.export import export_records, write_jsonl
     from alignkit.feedback.quality import project_report
 
+    # 1. Resolved labels: pairs and rankings.
     store = open_store(cfg.db)
     project = store.project_by_name(_need(cfg.project, "--project"))
     pairs, rankings, counts = export_records(store, project["id"], cfg.mode, cfg.include_gold)
     out = Path(cfg.output)
     write_jsonl(pairs, out / "pairs.jsonl")
     write_jsonl(rankings, out / "rankings.jsonl")
+    # 2. The agreement report beside them.
     report = project_report(store, project["id"])
     report.pop("item_details")
     report["export"] = counts
@@ -226,15 +233,17 @@ def demo_app(cfg) -> None:
 
     from alignkit.data.readers import read_records
     from alignkit.feedback.tasks import read_task_records, to_store_tasks
+    from alignkit.generation.responses import sample_responses
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
-    from alignkit.recipes.label import sample_responses
 
+    # 1. The database and the admin.
     root = Path(cfg.output) / "annotate"
     root.mkdir(parents=True, exist_ok=True)
     db = f"sqlite:///{root / 'annotate.db'}"
     store = open_store(db)
     admin_token = os.environ.get("ALIGNKIT_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     store.ensure_admin(admin_token)
+    # 2. The demo project, filled once: sampled answers to demo prompts, hidden gold pairs.
     name = "demo"
     try:
         project = store.project_by_name(name)
@@ -259,6 +268,7 @@ def demo_app(cfg) -> None:
                           "best_first": [0, 1], "gold": True, "pair": True,
                           "meta": {"source": "demo gold"}})
         store.add_tasks(pid, to_store_tasks(items, project["aspects"], True, cfg.seed))
+    # 3. An annotator, then serve.
     try:
         user, token = store.create_user("annotator1")
         store.add_member(project["id"], user.id)

@@ -23,7 +23,7 @@ from alignkit.data.readers import read_records
 from alignkit.generation.simple import generate
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
 from alignkit.recipes import sft
-from alignkit.recipes.common import log
+from alignkit.utils.logs import log
 
 
 def pick_sample_prompts(n: int) -> list[dict]:
@@ -158,10 +158,11 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
     (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
     answers per prompt and keeps the ensemble's favourite (KL: the closed form)."""
-    from alignkit.evaluation.policy import (RewardFunction, load_prompts, logprobs_under,
-                                            measure_policy)
+    from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.policy import logprobs_under, measure_policy
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
+    from alignkit.models.reward import RewardFunction
     from alignkit.recipes.best_of_n import analytic_kl, best_of_n
 
     prompts = load_prompts("demo-prompts-heldout", tokenizer)

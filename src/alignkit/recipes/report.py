@@ -17,8 +17,10 @@ log = logging.getLogger("alignkit.report")
 def main(cfg: ReportConfig):
     from alignkit.evaluation.report import build_report
 
+    # 1. The run folder.
     if not cfg.run_dir:
         raise UserError("give the run folder: alignkit report RUN_DIR (e.g. runs/demo)")
+    # 2. The page and its figures.
     report = build_report(cfg.run_dir, cfg.output, cfg.frontier, cfg.samples)
     log.info("report: %d sections, %d figures, %d notes", len(report.sections),
              len(report.figures), len(report.notes))

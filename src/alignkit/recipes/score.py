@@ -8,8 +8,6 @@ multi-aspect models, each aspect.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from alignkit.config import ScoreConfig
@@ -18,7 +16,8 @@ from alignkit.data.schemas import RecordProblem, _text, check_responses
 from alignkit.errors import DataError, UserError
 from alignkit.models.loading import pick_device
 from alignkit.models.reward import RewardModel
-from alignkit.recipes.common import log
+from alignkit.utils.files import write_jsonl_atomic
+from alignkit.utils.logs import log
 
 RESPONSE_FIELDS = ("response", "completion", "chosen", "rejected")
 
@@ -38,39 +37,42 @@ def responses_of(fields: dict) -> dict[str, object]:
     return found
 
 
+def read_items(spec: str) -> list[tuple]:
+    """Every scorable text of every record as (record, field name, prompt, text); every problem
+    is collected and raised together (file:line: field), before any model loads."""
+    problems: list[str] = []
+    records, items = read_records(spec, problems), []
+    if not records and not problems:
+        raise UserError(f"{spec}: no records")
+    for rec in records:
+        try:
+            prompt = _text(rec.fields, "prompt")
+            for name, text in responses_of(rec.fields).items():
+                items.append((rec, name, prompt, text))
+        except RecordProblem as p:
+            problems.append(f"{rec.where}: {p}")
+    if problems:
+        raise DataError(problems)
+    return items
+
+
 def main(cfg: ScoreConfig) -> Path:
     if not cfg.reward_model or not cfg.data:
         raise UserError("--reward-model and --data are required")
     # 1. Validate every record first (before the model loads): nothing is written for a file
     #    with mistakes.
-    problems: list[str] = []
-    records, items = read_records(cfg.data, problems), []
-    if not records and not problems:
-        raise UserError(f"{cfg.data}: no records")
-    for rec in records:
-        try:
-            prompt = _text(rec.fields, "prompt")
-            for name, text in responses_of(rec.fields).items():
-                items.append((len(items), rec, name, prompt, text))
-        except RecordProblem as p:
-            problems.append(f"{rec.where}: {p}")
-    if problems:
-        raise DataError(problems)
+    items = read_items(cfg.data)
+    # 2. The reward model; score in batches.
     model = RewardModel.load(cfg.reward_model, pick_device(cfg.device))
     if cfg.combine:
         model.spec.combine = cfg.combine
-    # 2. Score in batches; 3. write one line per record, atomically.
-    scores = model.score([i[3] for i in items], [i[4] for i in items], cfg.batch_size).records()
+    scores = model.score([i[2] for i in items], [i[3] for i in items], cfg.batch_size).records()
+    # 3. One line per record (its fields, then the rewards of each response), atomically.
     per_record: dict[int, dict] = {}
-    for (_, rec, name, _, _), s in zip(items, scores):
+    for (rec, name, _, _), s in zip(items, scores):
         per_record.setdefault(id(rec), {"line": rec.line, **rec.fields, "rewards": {}})
         per_record[id(rec)]["rewards"][name] = s
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in per_record.values():
-            fh.write(json.dumps(row, default=str) + "\n")  # Parquet dates, bytes ... as text
-    tmp.replace(out)
+    # Parquet dates, bytes ... are written as text
+    out = write_jsonl_atomic(per_record.values(), cfg.output, default=str)
     log.info("scored %d response(s) of %d record(s) -> %s", len(items), len(per_record), out)
     return out

@@ -8,8 +8,8 @@ from alignkit.models.tiny import save_tiny_model
 
 
 def main(cfg: TinyModelConfig):
-    # the attention heads split the hidden size evenly, and rotary embeddings rotate pairs of
-    # dimensions, so each head needs an even width
+    # 1. Shapes the architecture can take. The attention heads split the hidden size evenly,
+    #    and rotary embeddings rotate pairs of dimensions, so each head needs an even width.
     if cfg.hidden_size % cfg.num_heads or (cfg.hidden_size // cfg.num_heads) % 2:
         raise UserError(f"--hidden-size {cfg.hidden_size} must be --num-heads {cfg.num_heads} "
                         "times an even head width (e.g. --hidden-size 64 --num-heads 4)")
@@ -18,6 +18,7 @@ def main(cfg: TinyModelConfig):
     if cfg.num_heads % max(1, cfg.num_heads // 2):
         raise UserError(f"--num-heads {cfg.num_heads}: must be 1, 3 or even (the key/value heads, "
                         "half as many, must divide it)")
+    # 2. The model and tokenizer folder.
     path = save_tiny_model(cfg.output, seed=cfg.seed, hidden_size=cfg.hidden_size,
                            num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                            intermediate_size=cfg.intermediate_size)

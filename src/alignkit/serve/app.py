@@ -1,395 +1,237 @@
-"""An OpenAI-compatible chat endpoint (``/v1/chat/completions``, ``/v1/models``) on the standard
-library's threaded HTTP server -- no web framework to install, and every judge or tool that
-speaks the OpenAI API (``openai`` clients, curl, our HTTP judge) can talk to a trained policy.
+"""The HTTP side of ``alignkit serve``: an OpenAI-compatible chat API on FastAPI.
 
-Generation goes through the shared sampler (``generation.sampler``): the same decoding PPO,
-evaluation and best-of-n use. One model serves every client, so requests are serialised around it
-with a lock (concurrent clients are safe; they queue). The socket is bound before the model
-loads, and requests during loading get ``503`` with ``Retry-After`` -- clients that retry (the
-HTTP judge does) simply wait for the model.
+Routes: ``POST /v1/chat/completions`` (``"stream": true`` answers with server-sent events,
+``data: {chunk}`` lines then ``data: [DONE]``), ``GET /v1/models``, ``GET /v1/models/{id}``,
+``GET /v1/stats`` (counters), and ``GET /health`` (also ``/v1/health``): 200 once the model is
+loaded, 503 before. While the model loads, chat requests get 503 with ``Retry-After``.
 
-Streaming (``"stream": true``) sends server-sent events token by token, decoded incrementally
-with the sampler's own filtering (``filter_logits``) over a KV cache, one choice at a time.
+Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``; an invalid request is
+a 400 whose ``param`` names the field (``messages[0].role``). The body is read and checked here,
+by ``parse_chat_request`` on the pydantic model ``ChatCompletionRequest``, rather than by FastAPI's
+own body binding: its errors become the 400 above (not FastAPI's 422), the server's
+``--max-tokens-limit`` is part of the same check, and the checks run without a server in tests.
 
-Log-probs (``"logprobs": true``, optionally ``"top_logprobs": k`` with k in 0..20) fill each
-choice's ``logprobs`` in OpenAI's chat-completions shape, ``{"content": [{"token", "logprob",
-"bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}, ...]}``:
+What a request may hold:
 
-- the numbers are the model's own next-token distribution: ``log_softmax`` of the raw logits,
-  whatever the request's ``temperature`` / ``top_p`` (vLLM's default too), computed after
-  sampling by one teacher-forced forward over prompt + response (the pattern of
-  ``sampler.response_logprobs``; a full forward, not the KV-cached decode's logits);
-  ``top_logprobs`` lists the k most likely tokens, most likely first; a log-prob below -9999 is
-  written as -9999 (OpenAI's floor; JSON has no -inf);
-- one entry per generated token that is in the returned content: a final EOS and special tokens
-  (which decoding skips) have none; when a ``stop`` sequence cuts the text, entries are kept up
-  to and including the token in which the cut falls (the shortest token prefix whose decoded text
-  covers the returned content), so the last entry may carry a few characters past the cut;
-- ``token`` is the token decoded alone (``tokenizer.decode([id])``, e.g. " A" rather than the
-  byte-level piece "ĠA"); ``bytes`` is its UTF-8 -- or, for a byte-level or byte-fallback token
-  holding part of a multi-byte character (decoded alone as U+FFFD), the token's raw bytes.
+- honoured: ``messages`` (system / user / assistant; text content or text content parts; keys of
+  a message other than role and content are ignored), ``model``, ``max_tokens`` /
+  ``max_completion_tokens``, ``temperature``, ``top_p``, ``n`` (1..16; 1 when streaming),
+  ``stop`` (up to 4), ``seed``, ``stream``, ``logprobs`` + ``top_logprobs`` (0..20; not with
+  ``stream``); ``null`` means the default;
+- refused unless they ask for nothing this server would do differently (``UNSUPPORTED``): tools
+  and function calling, ``response_format`` other than text, ``logit_bias``, non-zero
+  frequency / presence penalties, audio, ...;
+- accepted and ignored, as they do not change the answer (``IGNORED``): ``user``, ``metadata``,
+  ``store``, ``stream_options`` (usage always comes in the last chunk), ...;
+- anything else is refused (400 naming it), as OpenAI does: a misspelt or newer option fails
+  loudly instead of being silently dropped.
 
-``logprobs`` with ``"stream": true`` is refused (400 naming ``logprobs``): stream without it, or
-ask without streaming.
+With an API key (``create_app(api_key=...)``) every ``/v1`` route wants ``Authorization: Bearer
+KEY`` (else 401, OpenAI's ``invalid_api_key``); health stays open.
+
+The model is not thread-safe, so one thread runs it (``ModelWorker``): requests queue in arrival
+order while the event loop keeps serving. A stream whose client goes away stops at its next token
+(``streams_stopped`` in ``/v1/stats``); ``in_flight`` there counts the answers queued or running.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import hmac
 import json
+import queue
 import threading
-import time
-import uuid
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alignkit.serve.chat import ChatModel, ChatRequest, RequestError
 
 MAX_N = 16
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
-LOGPROB_FLOOR = -9999.0
+
+# OpenAI fields this server cannot honour -> the values that ask for nothing it would do otherwise
+UNSUPPORTED: dict[str, tuple] = {
+    "tools": (None,), "functions": (None,), "tool_choice": (None, "none"),
+    "function_call": (None, "none"), "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "modalities": (None, ["text"]), "audio": (None,), "web_search_options": (None,),
+    "reasoning_effort": (None,), "verbosity": (None,),
+}
+# OpenAI fields that do not change the answer
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
+           "prediction", "prompt_cache_key", "safety_identifier"}
 
 
-class RequestError(Exception):
-    """A bad request: becomes a 4xx JSON error in the OpenAI shape."""
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.param, self.status, self.kind = param, status, kind
+    role: Literal["system", "user", "assistant"]
+    content: str
 
-    def body(self) -> dict:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param,
-                          "code": None}}
+    @field_validator("content", mode="before")
+    @classmethod
+    def join_text_parts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        if not all(isinstance(p, dict) and p.get("type") == "text"
+                   and isinstance(p.get("text"), str) for p in value):
+            raise ValueError('content parts must all be {"type": "text", "text": ...}')
+        return "".join(p["text"] for p in value)
 
 
-@dataclass
-class ChatRequest:
-    messages: list[dict]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    n: int
-    stop: list[str]
-    seed: int | None
-    stream: bool
-    model: str
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's chat-completions request this server honours."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    messages: list[Message] = Field(min_length=1)
+    model: str = ""
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, ge=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: list[str] = []
+    seed: Optional[int] = Field(None, ge=-2**63, lt=2**64)  # what torch.manual_seed takes
+    stream: bool = False
     logprobs: bool = False
-    top_logprobs: int = 0
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def null_means_default(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def stop_list(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        if (not isinstance(value, list) or len(value) > MAX_STOP
+                or not all(isinstance(s, str) and s for s in value)):
+            raise ValueError(f"must be a non-empty string or a list of at most {MAX_STOP} "
+                             "non-empty strings")
+        return value
 
 
-def _number(body: dict, name: str, default: float, lo: float, hi: float,
-            integer: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise RequestError(f"'{name}' must be {kind}, got {value!r}", name)
-    if not lo <= value <= hi:
-        raise RequestError(f"'{name}' must lie in [{lo}, {hi}], got {value!r}", name)
-    return value
+def validation_error(err: ValidationError) -> RequestError:
+    """The first problem pydantic found, as a 400 naming the field (``messages[0].role``)."""
+    first = err.errors()[0]
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+    if first["type"] == "extra_forbidden":
+        return RequestError(f"'{param}' is not a parameter this server knows", param or None)
+    got = repr(first.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] != "missing":
+        message += f", got {got}"
+    return RequestError(f"'{param}': {message}" if param else message, param or None)
 
 
 def parse_chat_request(body: Any, max_tokens_limit: int, default_max_tokens: int) -> ChatRequest:
-    """Validate a ``/v1/chat/completions`` body (the OpenAI fields this server honours);
-    anything wrong is a ``RequestError`` naming the field."""
+    """Check a ``/v1/chat/completions`` body; anything wrong is a ``RequestError`` naming the
+    field."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list of {role, content} objects",
-                           "messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise RequestError(f"'messages[{i}]' must be an object", f"messages[{i}]")
-        role, content = m.get("role"), m.get("content")
-        if role not in ("system", "user", "assistant"):
-            raise RequestError(f"'messages[{i}].role' must be system, user or assistant, got "
-                               f"{role!r}", f"messages[{i}].role")
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            parts = [p.get("text") for p in content if isinstance(p, dict)
-                     and p.get("type") == "text" and isinstance(p.get("text"), str)]
-            if len(parts) != len(content):
-                raise RequestError(f"'messages[{i}].content' parts must all be text",
-                                   f"messages[{i}].content")
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise RequestError(f"'messages[{i}].content' must be a string",
-                               f"messages[{i}].content")
-        clean.append({"role": role, "content": content})
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if (not isinstance(stop, list) or len(stop) > MAX_STOP
-            or any(not isinstance(s, str) or not s for s in stop)):
-        raise RequestError(f"'stop' must be a non-empty string or a list of at most {MAX_STOP} "
-                           "non-empty strings", "stop")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", default_max_tokens, 1,
-                         max_tokens_limit, integer=True)
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError(f"'seed' must be an integer, got {seed!r}", "seed")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError(f"'stream' must be true or false, got {stream!r}", "stream")
-    n = _number(body, "n", 1, 1, MAX_N, integer=True)
-    if stream and n != 1:
+    for name, allowed in UNSUPPORTED.items():
+        if body.get(name) not in allowed:
+            raise RequestError(f"'{name}' = {json.dumps(body[name])[:60]} is not supported by "
+                               "this server (it writes plain text answers)", name)
+    try:
+        req = ChatCompletionRequest.model_validate(
+            {k: v for k, v in body.items() if k not in UNSUPPORTED and k not in IGNORED})
+    except ValidationError as e:
+        raise validation_error(e) from None
+    if req.stream and req.n != 1:
         raise RequestError("'stream' supports n = 1 only", "n")
-    logprobs = body.get("logprobs")
-    if logprobs is None:
-        logprobs = False
-    if not isinstance(logprobs, bool):
-        raise RequestError(f"'logprobs' must be true or false, got {logprobs!r}", "logprobs")
-    top_logprobs = _number(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
-    if body.get("top_logprobs") is not None and not logprobs:
+    if req.top_logprobs is not None and not req.logprobs:
         raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-    if stream and logprobs:
+    if req.stream and req.logprobs:
         raise RequestError("'logprobs' is not supported with 'stream': true (ask without "
                            "streaming)", "logprobs")
-    return ChatRequest(clean, max_tokens, float(_number(body, "temperature", 1.0, 0.0, 2.0)),
-                       float(_number(body, "top_p", 1.0, 0.0, 1.0)), n, stop, seed, stream,
-                       str(body.get("model") or ""), logprobs, top_logprobs)
+    given = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = req.max_completion_tokens or req.max_tokens or default_max_tokens
+    if max_tokens > max_tokens_limit:
+        raise RequestError(f"'{given}' must be at most {max_tokens_limit} (this server's "
+                           f"limit), got {max_tokens}", given)
+    return ChatRequest([m.model_dump() for m in req.messages], max_tokens, float(req.temperature),
+                       float(req.top_p), req.n, req.stop, req.seed, req.stream, req.model,
+                       req.logprobs, req.top_logprobs or 0)
 
 
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The text before the earliest stop sequence, and whether one occurred."""
-    cuts = [text.find(s) for s in stops if s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+class ModelWorker:
+    """The one thread that runs the model: jobs run one at a time, in the order they come;
+    ``pending`` counts the jobs queued or running."""
 
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.pending = 0
+        threading.Thread(target=self._run, name="alignkit-model", daemon=True).start()
 
-class ChatModel:
-    """One loaded policy; ``complete`` and ``stream`` are serialised by ``lock``."""
-
-    def __init__(self, model, tokenizer, name: str):
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.lock = threading.Lock()
-        self.created = int(time.time())
-        limit = getattr(model.config, "max_position_embeddings", None)
-        self.context_limit = int(limit) if limit else None
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-        else:  # a base model: the conversation as plain text
-            text = "\n\n".join(m["content"] for m in messages)
-            ids = tok(text, add_special_tokens=True)["input_ids"]
-        return ids
-
-    def _check_length(self, ids: list[int], max_tokens: int) -> None:
-        if self.context_limit and len(ids) + max_tokens > self.context_limit:
-            raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) "
-                               f"exceeds this model's context of {self.context_limit} tokens",
-                               "messages")
-
-    def complete(self, req: ChatRequest) -> dict:
-        """The OpenAI ``chat.completion`` object for ``req`` (n choices)."""
-        import torch
-
-        from alignkit.generation.sampler import SamplingConfig, sample
-
-        ids = self.prompt_ids(req.messages)
-        self._check_length(ids, req.max_tokens)
-        tok = self.tokenizer
-        cfg = SamplingConfig(req.max_tokens, req.temperature, req.top_p)
-        seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "big")
-        with self.lock, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            rollout = sample(self.model, [ids] * req.n, tok.pad_token_id, tok.eos_token_id, cfg,
-                             with_logprobs=False)
-            scored = token_logprobs(self.model, rollout.query, rollout.query_mask,
-                                    rollout.response, rollout.response_mask,
-                                    req.top_logprobs) if req.logprobs else None
-        special = set(tok.all_special_ids)
-        choices, completion_tokens = [], 0
-        for i, (row, mask, ended) in enumerate(zip(rollout.response.tolist(),
-                                                   rollout.response_mask.tolist(),
-                                                   rollout.ended.tolist())):
-            n = sum(mask)
-            completion_tokens += n
-            body = row[:n - 1] if ended else row[:n]
-            text = tok.decode(body, skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, req.stop)
-            logprobs = None
-            if scored is not None:
-                logprobs = {"content": self._logprob_entries(
-                    body, scored[i], text if stopped else None, special)}
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "logprobs": logprobs,
-                            "finish_reason": "stop" if ended or stopped else "length"})
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-                "created": int(time.time()), "model": self.name, "choices": choices,
-                "system_fingerprint": None,
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
-                          "total_tokens": len(ids) + completion_tokens}}
-
-    def _logprob_entries(self, body: list[int], scored: tuple, cut: str | None,
-                         special: set[int]) -> list[dict]:
-        """OpenAI ``logprobs.content`` for one choice: ``body`` its token ids (no final EOS),
-        ``scored`` its (logprobs (T,), top values (T, k), top ids (T, k)) from
-        ``token_logprobs``, ``cut`` the returned text when a stop sequence cut it."""
-        tok = self.tokenizer
-        chosen, top_values, top_ids = (x.tolist() for x in scored)
-        kept = [t for t, token in enumerate(body) if token not in special]
-        if cut is not None:  # the shortest token prefix whose text covers the returned content
-            for k in range(len(kept) + 1):
-                if len(tok.decode([body[t] for t in kept[:k]], skip_special_tokens=True)) \
-                        >= len(cut):
-                    kept = kept[:k]
-                    break
-        return [{**self._token_info(body[t], chosen[t]),
-                 "top_logprobs": [self._token_info(j, v)
-                                  for j, v in zip(top_ids[t], top_values[t])]}
-                for t in kept]
-
-    def _token_info(self, token: int, logprob: float) -> dict:
-        text = self.tokenizer.decode([token])
-        return {"token": text, "logprob": max(float(logprob), LOGPROB_FLOOR),
-                "bytes": token_bytes(self.tokenizer, token, text)}
-
-    def stream(self, req: ChatRequest) -> Iterator[dict]:
-        """``chat.completion.chunk`` objects: a role chunk, one per decoded piece of text, a final
-        chunk with ``finish_reason`` and usage. Holds the lock for the whole answer."""
-        import torch
-        from transformers import DynamicCache
-
-        from alignkit.generation.sampler import SamplingConfig, _forward, filter_logits
-
-        ids = self.prompt_ids(req.messages)
-        self._check_length(ids, req.max_tokens)
-        tok = self.tokenizer
-        cfg = SamplingConfig(req.max_tokens, req.temperature, req.top_p)
-        seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "big")
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": self.name, "system_fingerprint": None}
-
-        def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                         "finish_reason": finish}], **extra}
-
-        yield chunk({"role": "assistant", "content": ""})
-        device = next(self.model.parameters()).device
-        with self.lock, torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            self.model.eval()
-            cache = DynamicCache(config=self.model.config)
-            query = torch.tensor([ids], device=device)
-            mask = torch.ones_like(query)
-            position = torch.arange(len(ids), device=device)[None]
-            logits = _forward(self.model, query, mask, position, cache, last_only=True)
-            generated: list[int] = []
-            sent, finish = "", "length"
-            for t in range(req.max_tokens):
-                if cfg.temperature <= 0:
-                    token = int(logits.argmax(-1))
-                else:
-                    probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
-                    token = int(torch.multinomial(probs, 1))
-                generated.append(token)
-                if token == tok.eos_token_id:
-                    finish = "stop"
-                    break
-                text, stopped = cut_at_stop(tok.decode(generated, skip_special_tokens=True),
-                                            req.stop)
-                # hold back a partial UTF-8 character or a possible stop-sequence prefix
-                safe = text if stopped else _safe_prefix(text, req.stop)
-                if len(safe) > len(sent) and safe.startswith(sent):
-                    yield chunk({"content": safe[len(sent):]})
-                    sent = safe
-                if stopped:
-                    finish = "stop"
-                    break
-                mask = torch.cat([mask, mask.new_ones((1, 1))], 1)
-                logits = _forward(self.model, torch.tensor([[token]], device=device), mask,
-                                  torch.tensor([[len(ids) + t]], device=device), cache,
-                                  last_only=False)
-            body = generated[:-1] if generated and generated[-1] == tok.eos_token_id else generated
-            text, _ = cut_at_stop(tok.decode(body, skip_special_tokens=True), req.stop)
-            if len(text) > len(sent) and text.startswith(sent):
-                yield chunk({"content": text[len(sent):]})
-        usage = {"prompt_tokens": len(ids), "completion_tokens": len(generated),
-                 "total_tokens": len(ids) + len(generated)}
-        yield chunk({}, finish, usage=usage)
-
-
-def token_logprobs(model, query, query_mask, response, response_mask, top: int) -> list[tuple]:
-    """Per response row: (log p(token_t) (T,), the ``top`` highest log-probs (T, top), their ids
-    (T, top)) under the model's own distribution (log_softmax of the raw logits, no temperature):
-    one forward over left-padded query + right-padded response, as ``response_logprobs`` does,
-    with the LM head and the softmax one row at a time (a (T, V) block, not (B, T, V))."""
-    import torch
-
-    from alignkit.models.lm import hidden_states, logits_at
-
-    with torch.no_grad():
-        ids = torch.cat([query, response], 1)
-        mask = torch.cat([query_mask, response_mask], 1)
-        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        hidden = hidden_states(model, ids, mask, position_ids)
-        lq, t = query.shape[1], response.shape[1]
-        out = []
-        for row in range(ids.shape[0]):
-            h = hidden[row, lq - 1:lq - 1 + t]  # the position before each token predicts it
-            logp = torch.log_softmax(logits_at(model, h).float(), dim=-1)
-            chosen = logp.gather(-1, response[row].unsqueeze(-1)).squeeze(-1)
-            values, indices = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
-            out.append((chosen.cpu(), values.cpu(), indices.cpu()))
-    return out
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE: the printable character standing for each byte, inverted."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-                 + list(range(ord("\xae"), ord("\xff") + 1)))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_DECODER = _byte_decoder()
-
-
-def token_bytes(tokenizer, token: int, text: str) -> list[int]:
-    """The bytes of one token: the UTF-8 of its decoded text, except when that text is a
-    replacement character (the token holds part of a multi-byte character): then the raw bytes
-    of its byte-level piece ("Ġ" = space) or byte-fallback piece ("<0xE2>") when it is one."""
-    if "\ufffd" in text:
-        piece = tokenizer.convert_ids_to_tokens(token)
-        if isinstance(piece, str):
-            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+    def _run(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            if future.set_running_or_notify_cancel():  # False: cancelled while queued
                 try:
-                    return [int(piece[3:5], 16)]
-                except ValueError:
-                    pass
-            if piece and all(c in _BYTE_DECODER for c in piece):
-                return [_BYTE_DECODER[c] for c in piece]
-    return list(text.encode("utf-8"))
+                    future.set_result(job())
+                except Exception as e:
+                    future.set_exception(e)
+            with self._lock:
+                self.pending -= 1
 
+    def _submit(self, job: Callable[[], Any]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self.pending += 1
+        self._jobs.put((job, future))
+        return future
 
-def _safe_prefix(text: str, stops: list[str]) -> str:
-    """Text that can be sent now: without a trailing replacement character (a multi-byte
-    character still being decoded) or a tail that could start a stop sequence."""
-    text = text.rstrip("\ufffd")
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                return text[:-k]
-    return text
+    async def call(self, job: Callable[[], Any]) -> Any:
+        return await asyncio.wrap_future(self._submit(job))
+
+    async def iterate(self, make: Callable[[], Iterator[dict]]) -> AsyncIterator[dict]:
+        """The items of ``make()``, made on the model thread and handed over as they come.
+        Closing this iterator stops ``make()``'s iterator before its next item."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        closed = threading.Event()
+        end = object()
+
+        def produce() -> None:
+            hand_over = partial(loop.call_soon_threadsafe, items.put_nowait)
+            try:
+                with contextlib.closing(make()) as made:
+                    for item in made:
+                        if closed.is_set():
+                            return
+                        hand_over(item)
+            except Exception as e:
+                hand_over(e)
+            finally:
+                hand_over(end)
+
+        job = self._submit(produce)
+        try:
+            while (item := await items.get()) is not end:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            closed.set()
+            job.cancel()  # skipped if it has not started
 
 
 class ServerState:
-    """What the handler threads share: the model once loaded, counters for /v1/stats."""
+    """The served model once loaded, its limits, and the counters of ``/v1/stats``."""
 
     def __init__(self, name: str, max_tokens_limit: int, default_max_tokens: int):
         self.name = name
@@ -397,134 +239,138 @@ class ServerState:
         self.load_error: str | None = None
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = default_max_tokens
-        self._count_lock = threading.Lock()
-        self.stats = {"requests": 0, "chat_completions": 0, "errors": 0, "prompt_tokens": 0,
-                      "completion_tokens": 0, "in_flight": 0}
+        self._lock = threading.Lock()
+        self.stats = {"requests": 0, "chat_completions": 0, "streams_stopped": 0, "errors": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0}
 
     def count(self, **deltas: int) -> None:
-        with self._count_lock:
+        with self._lock:
             for k, v in deltas.items():
                 self.stats[k] += v
 
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.stats)
 
-def make_handler(state: ServerState):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "alignkit-serve"
+    def count_usage(self, usage: dict) -> None:
+        self.count(chat_completions=1, prompt_tokens=usage["prompt_tokens"],
+                   completion_tokens=usage["completion_tokens"])
 
-        def log_message(self, fmt: str, *args) -> None:  # one quiet line per request
-            import logging
 
-            logging.getLogger("alignkit.serve").debug("%s " + fmt, self.address_string(), *args)
+def create_app(state: ServerState, api_key: str = "") -> FastAPI:
+    worker = ModelWorker()
 
-        def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
+    def count_request() -> None:
+        state.count(requests=1)
 
-        def _error(self, err: RequestError, headers: dict | None = None) -> None:
-            state.count(errors=1)
-            self._send(err.status, err.body(), headers)
+    def check_key(request: Request) -> None:
+        if not api_key:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 api_key.encode()):
+            raise RequestError("missing or wrong API key: send 'Authorization: Bearer KEY' with "
+                               "the key the server was started with", status=401,
+                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-        def _ready(self) -> ChatModel | None:
-            if state.chat is None:
-                if state.load_error:
-                    self._error(RequestError(f"model failed to load: {state.load_error}",
-                                             status=500, kind="server_error"))
-                else:
-                    self._error(RequestError("the model is still loading; retry shortly",
-                                             status=503, kind="server_error"),
-                                {"Retry-After": "1"})
+    app = FastAPI(title="alignkit serve", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(count_request)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        state.count(errors=1)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404
+                   else str(exc.detail))
+        return await _request_error(request, RequestError(message, status=exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: uvicorn logs its traceback
+        return await _request_error(request, RequestError(
+            "internal error (logged on the server)", status=500, kind="server_error"))
+
+    @app.get("/health")
+    @app.get("/v1/health")
+    async def health():
+        loaded = state.chat is not None
+        return JSONResponse({"status": "ok" if loaded else "loading"},
+                            status_code=200 if loaded else 503)
+
+    def model_card() -> dict:
+        return {"id": state.name, "object": "model", "created": 0, "owned_by": "alignkit"}
+
+    @v1.get("/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @v1.get("/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != state.name:
+            raise RequestError(f"model {model_id!r} is not served here (this server serves "
+                               f"{state.name!r})", "model", status=404, kind="not_found_error")
+        return model_card()
+
+    @v1.get("/stats")
+    async def stats():
+        return {**state.snapshot(), "in_flight": worker.pending}
+
+    def loaded_model() -> ChatModel:
+        if state.chat is not None:
             return state.chat
+        if state.load_error:
+            raise RequestError(f"model failed to load: {state.load_error}", status=500,
+                               kind="server_error")
+        raise RequestError("the model is still loading; retry shortly", status=503,
+                           kind="server_error", headers={"Retry-After": "1"})
 
-        def do_GET(self) -> None:
-            state.count(requests=1)
-            path = self.path.split("?")[0].rstrip("/")
-            if path in ("/health", "/v1/health"):
-                self._send(200 if state.chat else 503,
-                           {"status": "ok" if state.chat else "loading"})
-            elif path == "/v1/stats":
-                with state._count_lock:
-                    self._send(200, dict(state.stats))
-            elif path == "/v1/models":
-                self._send(200, {"object": "list", "data": [
-                    {"id": state.name, "object": "model", "created": 0,
-                     "owned_by": "alignkit"}]})
-            elif path == f"/v1/models/{state.name}":
-                self._send(200, {"id": state.name, "object": "model", "created": 0,
-                                 "owned_by": "alignkit"})
-            else:
-                self._error(RequestError(f"no route GET {path}", status=404))
-
-        def do_POST(self) -> None:
-            state.count(requests=1, in_flight=1)
-            try:
-                self._post()
-            finally:
-                state.count(in_flight=-1)
-
-        def _post(self) -> None:
-            path = self.path.split("?")[0].rstrip("/")
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            if path != "/v1/chat/completions":
-                self._error(RequestError(f"no route POST {path}", status=404))
-                return
-            try:
-                body = json.loads(raw or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                self._error(RequestError(f"the request body is not valid JSON ({e})"))
-                return
-            chat = self._ready()
-            if chat is None:
-                return
-            try:
-                req = parse_chat_request(body, state.max_tokens_limit, state.default_max_tokens)
-                if req.model and req.model != state.name:
-                    raise RequestError(f"model {req.model!r} is not served here (this server "
-                                       f"serves {state.name!r})", "model", status=404,
-                                       kind="not_found_error")
-                if req.stream:
-                    self._stream(chat, req)
-                    return
+    @v1.post("/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError(f"the request body is not valid JSON ({e})") from None
+        chat = loaded_model()
+        req = parse_chat_request(body, state.max_tokens_limit, state.default_max_tokens)
+        if req.model and req.model != state.name:
+            raise RequestError(f"model {req.model!r} is not served here (this server serves "
+                               f"{state.name!r})", "model", status=404, kind="not_found_error")
+        # answers are counted on the model thread, before in_flight drops: a client that reads
+        # in_flight == 0 sees every finished answer in the counters
+        if not req.stream:
+            def counted_answer() -> dict:
                 out = chat.complete(req)
-            except RequestError as err:
-                self._error(err)
-                return
-            state.count(chat_completions=1, prompt_tokens=out["usage"]["prompt_tokens"],
-                        completion_tokens=out["usage"]["completion_tokens"])
-            self._send(200, out)
+                state.count_usage(out["usage"])
+                return out
 
-        def _stream(self, chat: ChatModel, req: ChatRequest) -> None:
-            events = chat.stream(req)
-            first = next(events)  # a bad request raises RequestError before any header
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            last = first
-            self.wfile.write(f"data: {json.dumps(first)}\n\n".encode())
-            for event in events:
-                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.flush()
-                last = event
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-            usage = last.get("usage") or {}
-            state.count(chat_completions=1, prompt_tokens=usage.get("prompt_tokens", 0),
-                        completion_tokens=usage.get("completion_tokens", 0))
+            return JSONResponse(await worker.call(counted_answer))
 
-    return Handler
+        def counted_stream() -> Iterator[dict]:
+            with contextlib.closing(chat.stream(req)) as chunks:
+                try:
+                    for chunk in chunks:
+                        yield chunk
+                except GeneratorExit:  # the client went away
+                    state.count(streams_stopped=1)
+                    raise
+            state.count_usage(chunk["usage"])
 
+        chunks = worker.iterate(counted_stream)
+        first = await anext(chunks)  # a bad request fails here, before the response starts
 
-def make_server(host: str, port: int, state: ServerState) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(state))
-    server.daemon_threads = True
-    return server
+        async def events() -> AsyncIterator[dict]:
+            try:
+                yield {"data": json.dumps(first)}
+                async for chunk in chunks:
+                    yield {"data": json.dumps(chunk)}
+                yield {"data": "[DONE]"}
+            finally:
+                await chunks.aclose()
+
+        return EventSourceResponse(events(), sep="\n")
+
+    app.include_router(v1)
+    return app

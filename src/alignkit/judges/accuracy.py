@@ -1,8 +1,13 @@
-"""How far to trust a judge: its agreement with gold or human labels, and its position bias.
+"""How far to trust a judge: its accuracy against reference labels (the gold scorer's or
+people's) and its position bias, one row per judge of the table ``alignkit label --judge``
+prints.
 
-Agreement is counted over the pairs the reference decided (a reference tie carries no
-direction): 1 when the judge picked the same response, 1/2 when the judge said tie, 0 when it
-picked the other -- so a judge that always says tie scores 1/2, like a coin.
+Agreement with the reference is counted over the pairs the reference decided (a reference tie
+carries no direction): 1 when the judge picked the same response, 1/2 when the judge said tie, 0
+when it picked the other -- so a judge that always says tie scores 1/2, like a coin.
+
+Annotators are measured in ``feedback.agreement`` instead: against each other (Krippendorff's
+alpha, Cohen's kappa) and against hidden gold items whose answer is known.
 """
 
 from __future__ import annotations

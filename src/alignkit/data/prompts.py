@@ -1,0 +1,75 @@
+"""Prompt files: the prompts a policy answers (sampling, PPO, online DPO, best-of-n, evaluation,
+labelling), read and checked, then rendered and tokenised for a model.
+
+A record is ``{"prompt"[, "category"][, "responses"]}``: ``prompt`` a string or chat messages,
+``category`` a tag the gold scorer reads (harmful / helpful / uncertain), ``responses`` answers
+already written (labelling uses them instead of sampling). Every problem is reported as
+``file:line: field``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from alignkit.data.readers import read_records
+from alignkit.data.schemas import RecordProblem, _optional_str, _text, check_responses
+from alignkit.data.tokenize import render_prompt
+from alignkit.errors import DataError, UserError
+
+log = logging.getLogger("alignkit.data")
+
+
+def read_prompts(spec: str, limit: int) -> list[dict]:
+    """Prompts file -> ``{"prompt", "category", "responses", "where"}`` per record (the first
+    ``limit`` when ``limit`` > 0); a ``DataError`` lists every bad record."""
+    problems: list[str] = []
+    records, out = read_records(spec, problems), []
+    for rec in records:
+        try:
+            prompt = _text(rec.fields, "prompt")
+            responses = rec.fields.get("responses")
+            if responses is not None:
+                check_responses(responses)
+            out.append({"prompt": prompt, "category": _optional_str(rec.fields, "category"),
+                        "responses": responses, "where": rec.where})
+        except RecordProblem as p:
+            problems.append(f"{rec.where}: {p}")
+    if problems:
+        raise DataError(problems)
+    if not out:
+        raise UserError(f"{spec}: no prompts")
+    return out[:limit] if limit > 0 else out
+
+
+@dataclass
+class Prompts:
+    texts: list  # as written in the file (string or messages)
+    ids: list[list[int]]  # rendered with the chat template, tokenised
+    categories: list
+
+
+def load_prompts(spec: str, tokenizer, chat: str = "auto", max_prompt_length: int = 256,
+                 skip_invalid: bool = False) -> Prompts:
+    """Prompts file -> rendered, tokenised prompts (what a policy continues); problems reported
+    as file:line: field, an error unless ``skip_invalid``."""
+    rows = read_prompts(spec, 0)
+    if not rows:
+        raise UserError(f"{spec}: no prompts")
+    texts, ids, cats, problems = [], [], [], []
+    bos = not getattr(tokenizer, "chat_template", None)
+    for row in rows:
+        rendered = render_prompt(tokenizer, row["prompt"], chat, row["where"])
+        toks = tokenizer(rendered, add_special_tokens=bos)["input_ids"]
+        if len(toks) > max_prompt_length:
+            problems.append(f"{row['where']}: field \"prompt\" is {len(toks)} tokens, longer than "
+                            f"--max-prompt-length {max_prompt_length}")
+            continue
+        texts.append(row["prompt"])
+        ids.append(toks)
+        cats.append(row.get("category"))
+    if problems and not skip_invalid:
+        raise DataError(problems)
+    if problems:
+        log.warning("skipped %d prompt(s):\n  %s", len(problems), "\n  ".join(problems[:20]))
+    return Prompts(texts, ids, cats)

@@ -1,0 +1,90 @@
+"""Best-of-n (rejection sampling; Stiennon et al. 2020, Nakano et al. 2021): n answers per prompt
+from the shared sampler, the one the reward function scores highest kept. The KL of the
+best-of-n policy to the sampling policy has the closed form ``log n - (n - 1) / n`` (Stiennon et
+al. 2020, appendix; an upper bound per Beirami et al. 2024), so best-of-n sits on the same
+reward-vs-KL frontier as PPO and DPO."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.data.prompts import Prompts
+from alignkit.errors import UserError
+from alignkit.evaluation.policy import decode_responses
+from alignkit.generation.sampler import SamplingConfig, sample
+from alignkit.models.precision import autocast
+
+
+def analytic_kl(n: int) -> float:
+    """KL(best-of-n || base) = log n - (n - 1) / n nats (0 for n = 1)."""
+    return math.log(n) - (n - 1) / n
+
+
+@dataclass
+class BestOfN:
+    candidates: list[list[str]]  # (P, n) decoded answers
+    rewards: torch.Tensor  # (P, n) combined reward-model scores
+    ended: torch.Tensor  # (P, n) bool
+    best: torch.Tensor  # (P,) index of the kept answer
+
+    def picked(self) -> list[str]:
+        return [c[int(i)] for c, i in zip(self.candidates, self.best)]
+
+
+@torch.no_grad()
+def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: SamplingConfig,
+              seed: int, device: str, precision: str = "auto", batch_size: int = 32) -> BestOfN:
+    """n samples per prompt (a fixed draw: ``seed``, the caller's RNG untouched), scored by
+    ``reward_fn(prompts, responses) -> {"combined": (B,)}``; the argmax is kept."""
+    if n < 1:
+        raise UserError(f"--n must be >= 1, got {n}")
+    ids = [p for p in prompts.ids for _ in range(n)]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with autocast(device, precision):
+            rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                             sampling, with_logprobs=False, batch_size=batch_size)
+    answers = decode_responses(tokenizer, rollout)
+    texts = [t for t in prompts.texts for _ in range(n)]
+    rewards = reward_fn(texts, answers)["combined"].float().cpu().view(-1, n)
+    return BestOfN([answers[i * n:(i + 1) * n] for i in range(len(prompts.ids))], rewards,
+                   rollout.ended.cpu().view(-1, n), rewards.argmax(1))
+
+
+def summarise(result: BestOfN, prompts: Prompts, n: int, gold=None) -> tuple[dict, list | None]:
+    """The reward of the kept answer against a single sample (the first drawn), the analytic
+    KL, and with a gold scorer the gold score of both. Returns the summary and the kept answers'
+    gold scores (None without a scorer)."""
+    rows = torch.arange(len(prompts.ids))
+    summary = {"prompts": len(prompts.ids), "n": n, "kl_analytic": analytic_kl(n),
+               "reward_best": float(result.rewards[rows, result.best].mean()),
+               "reward_single": float(result.rewards[:, 0].mean()),
+               "ended_best": float(result.ended[rows, result.best].float().mean())}
+    if gold is None:
+        return summary, None
+    gold_best = gold.score(prompts.texts, result.picked(), prompts.categories,
+                           result.ended[rows, result.best].tolist())
+    gold_single = gold.score(prompts.texts, [c[0] for c in result.candidates],
+                             prompts.categories, result.ended[:, 0].tolist())
+    summary.update(gold_best=sum(gold_best) / len(gold_best),
+                   gold_single=sum(gold_single) / len(gold_single))
+    return summary, gold_best
+
+
+def best_records(result: BestOfN, prompts: Prompts, gold_best: list | None = None) -> list[dict]:
+    """One record per prompt: the kept answer and its reward, every candidate and its reward
+    (and the kept answer's gold score)."""
+    records = []
+    for i, text in enumerate(prompts.texts):
+        rec = {"prompt": text, "response": result.candidates[i][int(result.best[i])],
+               "reward": float(result.rewards[i, result.best[i]]),
+               "candidates": result.candidates[i],
+               "rewards": [round(float(x), 4) for x in result.rewards[i]]}
+        if gold_best is not None:
+            rec["gold"] = gold_best[i]
+        records.append(rec)
+    return records

@@ -1,0 +1,172 @@
+"""Several policies compared on the same held-out prompts and the adversarial suite
+(``alignkit eval``): each policy's measurement (``measure_policy``: gold, reward model, KL,
+length), its answers to the suite scored (``adversarial``), the table, and the files
+``eval.json``, ``eval.csv``, ``samples.jsonl`` and ``adversarial_samples.jsonl``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkit.config import EvalConfig
+from alignkit.data.prompts import Prompts
+from alignkit.utils.files import write_text_atomic
+
+CSV_COLUMNS = ["policy", "gold", "gold_se", "proxy", "proxy_mean", "proxy_std", "kl",
+               "response_length", "ended_fraction", "win_rate", "win_rate_low", "win_rate_high",
+               "wins", "ties", "losses", "refusal_rate", "over_refusal_rate", "uncertainty_rate",
+               "as_expected_rate"]
+ADVERSARIAL_COLUMNS = ("refusal_rate", "over_refusal_rate", "uncertainty_rate",
+                       "as_expected_rate")
+OUTPUTS = ("eval.json", "eval.csv", "samples.jsonl", "adversarial_samples.jsonl")
+
+
+def tokenise(texts: list, tokenizer, chat: str, max_prompt_length: int) -> list[list[int]]:
+    """Suite prompts -> token ids, rendered as ``load_prompts`` renders a prompts file."""
+    from alignkit.data.tokenize import render_prompt
+
+    bos = not getattr(tokenizer, "chat_template", None)
+    ids = []
+    for text in texts:
+        toks = tokenizer(render_prompt(tokenizer, text, chat), add_special_tokens=bos)["input_ids"]
+        ids.append(toks[-max_prompt_length:])
+    return ids
+
+
+def pick_suite(spec: str, per_category: int):
+    """The adversarial suite of ``spec`` ('none': no suite), at most ``per_category`` prompts of
+    each category (0: all)."""
+    from alignkit.evaluation.adversarial import load_suite
+
+    if spec.lower() == "none":
+        return []
+    suite = load_suite(spec)
+    if per_category > 0:
+        seen: dict[str, int] = {}
+        kept = []
+        for item in suite:
+            seen[item.category] = seen.get(item.category, 0) + 1
+            if seen[item.category] <= per_category:
+                kept.append(item)
+        suite = kept
+    return suite
+
+
+@dataclass
+class Measured:
+    """One policy's answers and measurements."""
+
+    prompts: Prompts  # the held-out prompts as its tokenizer keeps them
+    row: dict  # measure_policy's numbers (+ "adversarial"), later the win rate
+    answers: list[str]  # one per held-out prompt
+    suite_answers: list[str] = field(default_factory=list)
+    suite_verdicts: list[dict] = field(default_factory=list)
+
+
+def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn, sampling,
+                suite: list, device: str) -> Measured:
+    """One policy on the held-out prompts (gold, reward model, KL, length) and on the suite,
+    with ``cfg.seed`` (the same draw for every policy)."""
+    from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.adversarial import score_suite
+    from alignkit.evaluation.policy import measure_policy
+
+    gold = None
+    if cfg.gold:
+        from alignkit.judges.gold import GoldScorer
+
+        gold = GoldScorer(token_counter=tokenizer)
+    held = load_prompts(cfg.prompts if cfg.prompts != "demo" else "demo-prompts-heldout",
+                        tokenizer, cfg.chat, cfg.max_prompt_length, cfg.skip_invalid)
+    if cfg.max_prompts > 0:
+        k = cfg.max_prompts
+        held = Prompts(held.texts[:k], held.ids[:k], held.categories[:k])
+    common = dict(seed=cfg.seed, device=device, precision=cfg.precision,
+                  batch_size=cfg.batch_size)
+    row = measure_policy(model, tokenizer, held.texts, held.ids, held.categories,
+                         reference_logprobs, reward_fn, gold, sampling, samples=len(held.ids),
+                         **common)
+    out = Measured(held, row, [s["response"] for s in row.pop("samples")])
+    if suite:
+        texts = [s.prompt for s in suite]
+        adv = measure_policy(model, tokenizer, texts,
+                             tokenise(texts, tokenizer, cfg.chat, cfg.max_prompt_length),
+                             [None] * len(texts), None, None, None, sampling,
+                             samples=len(texts), **common)
+        out.suite_answers = [s["response"] for s in adv["samples"]]
+        scored = score_suite(suite, out.suite_answers)
+        out.suite_verdicts = scored.pop("verdicts")
+        row["adversarial"] = {**scored, "response_length": adv["response_length"]}
+    return out
+
+
+def comparison_result(cfg: EvalConfig, baseline: str, reference: str, measured: dict,
+                      suite: list, position_bias: dict) -> dict:
+    """What ``eval.json`` holds: the setting, the method in words, one row per policy."""
+    prompts = next(iter(measured.values())).prompts
+    return {
+        "baseline": baseline, "reference": reference, "judge": cfg.judge,
+        "prompts": len(prompts.ids), "prompts_file": cfg.prompts, "suite": cfg.adversarial,
+        "suite_prompts": len(suite), "seed": cfg.seed,
+        "judge_position_bias": position_bias,
+        "method": {
+            "win_rate": "policy vs baseline per prompt, the judge asked in both orders "
+                        "(position bias cancelled): win 1, tie 1/2, loss 0; mean over prompts",
+            "interval": f"percentile bootstrap over prompts, {cfg.bootstrap} resamples, "
+                        f"{cfg.confidence:.0%} coverage, numpy default_rng({cfg.seed}), "
+                        "inverted-CDF quantiles",
+            "kl": "k1 estimate on the policy's own samples, nats per response",
+            "adversarial": "regex detectors of refusal and expressed uncertainty "
+                           "(alignkit.evaluation.adversarial)"},
+        "policies": {name: m.row for name, m in measured.items()},
+    }
+
+
+def write_outputs(output: Path, result: dict, measured: dict, suite: list) -> None:
+    """``eval.json`` (everything), ``eval.csv`` (one row per policy), ``samples.jsonl`` and
+    ``adversarial_samples.jsonl`` (every answer, side by side), each written atomically."""
+    write_text_atomic(output / "eval.json", json.dumps(result, indent=1))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for name, row in result["policies"].items():
+        adv = row.get("adversarial", {})
+        flat = {**row, **{k: adv.get(k) for k in ADVERSARIAL_COLUMNS}, "policy": name}
+        writer.writerow({k: flat.get(k) for k in CSV_COLUMNS})
+    write_text_atomic(output / "eval.csv", buf.getvalue())
+    prompts = next(iter(measured.values())).prompts
+    write_text_atomic(output / "samples.jsonl", "".join(
+        json.dumps({"prompt": t, "category": c,
+                    "responses": {n: m.answers[i] for n, m in measured.items()}}) + "\n"
+        for i, (t, c) in enumerate(zip(prompts.texts, prompts.categories))))
+    write_text_atomic(output / "adversarial_samples.jsonl", "".join(
+        json.dumps({"prompt": s.prompt, "category": s.category, "expect": s.expect,
+                    "responses": {n: {"text": m.suite_answers[i], **m.suite_verdicts[i]}
+                                  for n, m in measured.items()}}) + "\n"
+        for i, s in enumerate(suite)))
+
+
+def format_table(result: dict) -> str:
+    def num(v, fmt):
+        if isinstance(v, (int, float)) and v == v:
+            return format(v, fmt)
+        width = "".join(ch for ch in fmt.split(".")[0] if ch.isdigit())
+        return "-".rjust(int(width or 0))
+
+    base = result["baseline"]
+    lines = [f"{'policy':<12} {'gold':>7} {'proxy':>7} {'rm std':>7} {'KL':>7} {'length':>7} "
+             f"{'win vs ' + base:>22} {'refuse':>7} {'over-ref':>8} {'uncert':>7}"]
+    for name, row in result["policies"].items():
+        adv = row.get("adversarial", {})
+        win = (f"{num(row.get('win_rate'), '.3f')} [{num(row.get('win_rate_low'), '.2f')}, "
+               f"{num(row.get('win_rate_high'), '.2f')}]")
+        lines.append(f"{name:<12} {num(row.get('gold'), '7.3f')} {num(row.get('proxy'), '7.3f')} "
+                     f"{num(row.get('proxy_std'), '7.3f')} {num(row.get('kl'), '7.2f')} "
+                     f"{num(row.get('response_length'), '7.1f')} {win:>22} "
+                     f"{num(adv.get('refusal_rate'), '7.0%')} "
+                     f"{num(adv.get('over_refusal_rate'), '8.0%')} "
+                     f"{num(adv.get('uncertainty_rate'), '7.0%')}")
+    return "\n".join(lines)

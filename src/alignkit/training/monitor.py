@@ -1,0 +1,101 @@
+"""The reward-hacking monitor: held-out behaviour of a policy in training, with warnings when
+the proxy reward rises while gold falls, KL passes its budget, or length or entropy drift.
+
+``cfg`` is a ``PPOConfig`` (``--eval-prompts``, ``--kl-budget``, ``--length-drift``,
+``--min-entropy``, sampling flags).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from alignkit.data.prompts import Prompts
+from alignkit.evaluation.policy import measure_policy
+from alignkit.training.ppo import reference_logprobs
+from alignkit.training.rollout import sampling_config
+
+log = logging.getLogger("alignkit.ppo")
+
+
+class HackingMonitor:
+    """Held-out behaviour every ``--eval-every`` steps: proxy reward, gold score (when a gold
+    scorer is on), KL to the reference, response length and entropy. Warns when the proxy rises
+    while gold falls (over-optimisation, Gao et al. 2023), when KL passes its budget, or when
+    length or entropy drift past their limits; keeps the best checkpoint by gold (or proxy)."""
+
+    def __init__(self, prompts: Prompts | None, cfg, tokenizer=None):
+        self.prompts = prompts
+        self.cfg = cfg
+        self.history: list[dict] = []
+        self.best: float | None = None
+        self.gold = None
+        if prompts is not None and cfg.gold:
+            from alignkit.judges.gold import GoldScorer
+
+            # lengths in the policy's own tokens, as the simulated annotators saw them
+            self.gold = GoldScorer(token_counter=tokenizer)
+
+    @property
+    def key(self) -> str:
+        return "gold" if self.gold is not None else "proxy"
+
+    def measure(self, parts, reference, reward_fn, tokenizer, device: str) -> dict:
+        cfg, p = self.cfg, self.prompts
+        n = len(p.ids) if cfg.eval_prompts <= 0 else min(cfg.eval_prompts, len(p.ids))
+        # the same draw every time (comparable across steps), without touching training's RNG
+        return measure_policy(
+            parts.policy, tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
+            lambda rollout: reference_logprobs(parts, reference, rollout, cfg), reward_fn,
+            self.gold, sampling_config(cfg),
+            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8))
+
+    def reading(self, step: int, parts, reference, reward_fn, tokenizer, device: str) -> dict:
+        """Measure at ``step``, check, and log any warning; the row carries them under
+        ``warnings``."""
+        row = self.measure(parts, reference, reward_fn, tokenizer, device)
+        row["warnings"] = self.check({**row, "step": step})
+        for warning in row["warnings"]:
+            log.warning("step %d: reward-hacking monitor: %s", step, warning)
+        return row
+
+    def check(self, row: dict) -> list[str]:
+        warnings = []
+        if self.history:
+            first = self.history[0]
+            # against the reading with the best gold so far (a slow decline shows there), and a
+            # drop counts when it is larger than twice its standard error (sampling noise of two
+            # readings on a few dozen prompts easily moves the mean by 0.1)
+            if "gold" in row:
+                peak = max(self.history, key=lambda r: r.get("gold", float("-inf")))
+                noise = 2.0 * (row.get("gold_se", 0.0) ** 2 + peak.get("gold_se", 0.0) ** 2) ** 0.5
+                if row["proxy"] > peak["proxy"] and row["gold"] < peak["gold"] - noise:
+                    warnings.append(f"proxy reward rose ({peak['proxy']:.3f} -> "
+                                    f"{row['proxy']:.3f}) while gold fell ({peak['gold']:.3f} -> "
+                                    f"{row['gold']:.3f}, beyond the noise {noise:.3f}) since step "
+                                    f"{peak.get('step', '?')}")
+            base = max(first["response_length"], 1.0)
+            ratio = row["response_length"] / base
+            if ratio > self.cfg.length_drift or ratio < 1 / self.cfg.length_drift:
+                warnings.append(f"mean response length drifted {ratio:.2f}x from its start "
+                                f"({base:.1f} -> {row['response_length']:.1f} tokens)")
+        if self.cfg.kl_budget > 0 and row["kl"] > self.cfg.kl_budget:
+            warnings.append(f"KL to the reference {row['kl']:.2f} exceeds the budget "
+                            f"{self.cfg.kl_budget:.2f}")
+        if row["entropy"] < self.cfg.min_entropy:
+            warnings.append(f"mean token entropy {row['entropy']:.3f} fell below "
+                            f"{self.cfg.min_entropy}")
+        self.history.append({k: v for k, v in row.items() if k != "samples"})
+        return warnings
+
+    def improved(self, row: dict) -> bool:
+        value = row[self.key]
+        if self.best is None or value > self.best:
+            self.best = value
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best = state.get("history", []), state.get("best")
