@@ -14,7 +14,7 @@ import torch
 from alignkit.data.prompts import Prompts
 from alignkit.errors import UserError
 from alignkit.evaluation.policy import decode_responses
-from alignkit.generation.sampler import SamplingConfig, sample
+from alignkit.generation.sampler import SamplingConfig, fixed_draw, sample
 from alignkit.models.precision import autocast
 
 
@@ -42,12 +42,9 @@ def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: 
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     ids = [p for p in prompts.ids for _ in range(n)]
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        with autocast(device, precision):
-            rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                             sampling, with_logprobs=False, batch_size=batch_size)
+    with fixed_draw(seed), autocast(device, precision):
+        rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling,
+                         with_logprobs=False, batch_size=batch_size)
     answers = decode_responses(tokenizer, rollout)
     texts = [t for t in prompts.texts for _ in range(n)]
     rewards = reward_fn(texts, answers)["combined"].float().cpu().view(-1, n)

@@ -7,7 +7,8 @@ from typing import Callable
 
 import torch
 
-from alignkit.generation.sampler import Rollout, SamplingConfig, response_logprobs, sample
+from alignkit.generation.sampler import (Rollout, SamplingConfig, fixed_draw, response_logprobs,
+                                         sample)
 from alignkit.losses.ppo import kl_estimate, masked_mean
 from alignkit.models.precision import autocast
 
@@ -39,12 +40,9 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
     nats per response (k1 on the policy's own samples), response length in tokens, mean token
     entropy, the share of answers that ended, and a few samples. ``gold_se``: the standard error
     of the gold mean over prompts."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        with autocast(device, precision):
-            rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                             sampling, with_logprobs=False, batch_size=batch_size)
+    with fixed_draw(seed), autocast(device, precision):
+        rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling,
+                         with_logprobs=False, batch_size=batch_size)
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()

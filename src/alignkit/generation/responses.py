@@ -17,7 +17,8 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
     if not need:
         return
     for item in need:  # a chat-message prompt on a model without a chat template: name its line
-        use_chat_template(tokenizer, "auto", isinstance(item["prompt"], list), item.get("where", ""))
+        use_chat_template(tokenizer, "auto", isinstance(item["prompt"], list),
+                          item.get("where", ""))
     flat = [i["prompt"] for i in need for _ in range(num_responses)]
     gens = generate(model, tokenizer, flat, max_new_tokens, do_sample=True,
                     temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed)

@@ -14,6 +14,7 @@ at step 0).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -171,6 +172,17 @@ def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingCo
                           last_only=False)
         next_position = next_position + 1
     return out
+
+
+@contextlib.contextmanager
+def fixed_draw(seed: int):
+    """Inside: the torch RNG seeded with ``seed``; after: the caller's RNG state (CPU and the
+    current CUDA device) as it was. The same seed gives the same answers at every call, and the
+    training's random stream does not move."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()

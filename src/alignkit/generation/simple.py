@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from alignkit.data.tokenize import render_prompt
-from alignkit.generation.sampler import SamplingConfig, sample
+from alignkit.generation.sampler import SamplingConfig, fixed_draw, sample
 
 
 @dataclass
@@ -29,9 +27,7 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, do_sampl
     ids = [tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=bos)["input_ids"]
            for p in prompts]
     cfg = SamplingConfig(max_new_tokens, temperature if do_sample else 0.0, top_p)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with fixed_draw(seed):
         rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg,
                          with_logprobs=False, batch_size=batch_size)
     out = []

@@ -1,6 +1,6 @@
 """RLAIF labelling (``alignkit label --judge SPEC``): an AI judge (``judges.spec``) labels the
-responses to each prompt. Every pair is judged (both orders by default), K-way rankings are ordered by each
-response's summed win probability, and each record keeps the judge's confidence.
+responses to each prompt. Every pair is judged (both orders by default), K-way rankings are
+ordered by each response's summed win probability, and each record keeps the judge's confidence.
 
 Labels are appended to the output one fsync'ed JSON line at a time as they complete, so a killed
 run loses at most the line being written; a resumed run reads the finished record ids back

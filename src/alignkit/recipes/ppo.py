@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from alignkit.config import PPOConfig
 from alignkit.data.prompts import load_prompts
 from alignkit.data.sft import stream_batch_indices
@@ -30,8 +28,8 @@ from alignkit.training.engine import Trainer, start_run
 from alignkit.training.monitor import HackingMonitor
 from alignkit.training.policy import frozen_reference, load_policy, reference_mode
 from alignkit.training.ppo import (PolicyAndValue, RewardNormalisation, build_value_model,
-                                   fit_reward_normalisation, make_experience,
-                                   optimizer_steps_per_batch, ppo_update, save_policy)
+                                   fit_reward_normalisation, optimizer_steps_per_batch,
+                                   ppo_step, save_policy)
 
 log = logging.getLogger("alignkit.ppo")
 
@@ -97,20 +95,11 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                        "heldout_prompts": len(heldout.ids) if heldout else 0,
                        "mode": reference_mode(policy) + critic_mode, "advantage": cfg.advantage})
 
-    # 6. A step: sample -> score -> advantages -> PPO epochs; the KL controller sees the batch's
-    #    mean KL per response (Ziegler et al. 2019).
+    # 6. A step: sample -> score -> advantages -> PPO epochs -> the KL controller.
     def train_step(step: int) -> dict:
         indices = stream_batch_indices(step, len(train.ids), cfg.batch_size, cfg.seed)
-        exp, stats = make_experience(parts, reference, reward_fn, tokenizer, train, indices,
-                                     kl_ctl, cfg, device)
-        stats.update(ppo_update(parts, trainer, exp, cfg, step))
-        if exp.returns is not None:
-            with torch.no_grad():
-                stats["explained_variance"] = rl.explained_variance(
-                    exp.old_values, exp.returns, exp.rollout.response_mask)
-        stats["rollouts"] = exp.rollout.response.shape[0]
-        kl_ctl.update(stats["kl"], stats["rollouts"])
-        return stats
+        return ppo_step(parts, reference, reward_fn, tokenizer, train, indices, kl_ctl, trainer,
+                        cfg, step)
 
     # 7. The monitor before training, every --eval-every steps and at the end; it keeps best/.
     def run_monitor(step: int) -> dict | None:

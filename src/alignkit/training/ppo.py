@@ -20,7 +20,7 @@ from torch import nn
 from alignkit.data.prompts import Prompts
 from alignkit.errors import UserError
 from alignkit.evaluation.policy import decode_responses
-from alignkit.generation.sampler import Rollout, response_logprobs
+from alignkit.generation.sampler import Rollout, fixed_draw, response_logprobs
 from alignkit.losses import ppo as rl
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.lm import hidden_states
@@ -115,9 +115,7 @@ def fit_reward_normalisation(policy, reward_fn, tokenizer, prompts: Prompts, cfg
     n = min(cfg.normalization_prompts, len(prompts.ids))
     picks = torch.randperm(len(prompts.ids), generator=torch.Generator().manual_seed(
         cfg.seed + 4242))[:n].tolist()
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(cfg.seed + 4243)
+    with fixed_draw(cfg.seed + 4243), torch.no_grad():
         was = policy.training
         policy.eval()
         answers = sample_rollout(policy, [prompts.ids[i] for i in picks], tokenizer,
@@ -384,3 +382,19 @@ def optimizer_steps_per_batch(cfg) -> int:
     """Optimiser steps of one PPO step: ``--ppo-epochs`` passes over the batch's minibatches."""
     rollouts = cfg.batch_size * cfg.samples_per_prompt
     return cfg.ppo_epochs * -(-rollouts // max(1, min(cfg.minibatch_size, rollouts)))
+
+
+def ppo_step(parts, reference, reward_fn, tokenizer, prompts: Prompts, indices: list[int],
+             kl_ctl, trainer, cfg, step: int) -> dict:
+    """One PPO step on the prompts ``indices``: a batch of experience, the clipped update over
+    it, and the KL controller fed the batch's mean KL per response (Ziegler et al. 2019)."""
+    exp, stats = make_experience(parts, reference, reward_fn, tokenizer, prompts, indices,
+                                 kl_ctl, cfg, trainer.device)
+    stats.update(ppo_update(parts, trainer, exp, cfg, step))
+    if exp.returns is not None:
+        with torch.no_grad():
+            stats["explained_variance"] = rl.explained_variance(
+                exp.old_values, exp.returns, exp.rollout.response_mask)
+    stats["rollouts"] = exp.rollout.response.shape[0]
+    kl_ctl.update(stats["kl"], stats["rollouts"])
+    return stats
