@@ -35,7 +35,7 @@ def ensure_demo(root: Path, seed: int) -> None:
     from alignkit.config import DemoConfig
 
     print(f"{root}: no demo outputs yet; running stages 1-2 of alignkit demo (~10 min)", flush=True)
-    run(DemoConfig(output=str(root), ppo_steps=0, dpo_steps=0, best_of=1, seed=seed,
+    run(DemoConfig(output=str(root), skip_ppo=True, skip_dpo=True, best_of=1, seed=seed,
                    progress=False, compare_prompts=4))
 
 

@@ -36,12 +36,13 @@ def ensure_sft(root: Path, seed: int) -> Path:
     if (final / "config.json").is_file():
         return final
     from alignkit.cli import run
-    from alignkit.config import DemoConfig, SFTConfig
+    from alignkit.config import DemoConfig
 
     print(f"{final}: training the demo's SFT policy first (~5 min)", flush=True)
     demo = DemoConfig(seed=seed, progress=False)  # the demo's SFT settings, as its stage 1 runs
-    shared = {f.name: getattr(demo, f.name) for f in dataclasses.fields(SFTConfig)}
-    run(SFTConfig(**{**shared, "output": str(root / "sft")}))
+    run(dataclasses.replace(demo.sft, model=demo.model, output=str(root / "sft"), seed=demo.seed,
+                            device=demo.device, precision=demo.precision, progress=demo.progress,
+                            overwrite=demo.overwrite))
     return final
 
 

@@ -2,7 +2,9 @@
 
 A stage config is a flat dataclass assembled from the field groups below (model, data, optim,
 run) plus the stage's own fields; ``DEFAULTS`` gives an inherited option another default without
-declaring it again. Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
+declaring it again. A pipeline's config (the demo's) nests one stage config per stage it runs:
+options ``ppo.max_steps``, flags ``--ppo.max-steps``, YAML ``ppo: {max_steps: ...}``.
+Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
 The resolved config is written to ``<output>/config.yaml``. The parser is the standard library's
 argparse (``--help`` stays instant; every flag keeps its spelling), plus a suggestion for a
 mistyped flag or YAML key.
@@ -115,13 +117,29 @@ def _is_optional(tp: Any) -> bool:
 class Config:
     """Base of every config: a value outside its option's choices or range is a ``UserError``
     when the config is built, from the command line or in Python (``dataclasses.replace``
-    included)."""
+    included).
+
+    A field whose type is itself a ``Config`` (the demo's ``ppo: PPOConfig``) is a nested config:
+    its options are ``ppo.max_steps`` (flag ``--ppo.max-steps``, YAML ``ppo: {max_steps: 16}``),
+    checked like the config's own, except those in ``FILLED``."""
 
     # option name -> why it was removed; its flag and YAML key get a message instead of a value
     RETIRED: typing.ClassVar[dict[str, str]] = {}
+    # nested config -> its options that this config sets itself (paths between stages, say) ->
+    # from what; they have no flag and no YAML key, are not saved, and keep their defaults
+    FILLED: typing.ClassVar[dict[str, dict[str, str]]] = {}
+    # an earlier spelling of an option -> the option (``"ppo_steps": "ppo.max_steps"``): a flag
+    # and YAML key that keep working (``alias_values`` says what they set)
+    ALIASES: typing.ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        check_nested(self)
         check_values(type(self), _values(self))
+
+    @classmethod
+    def alias_values(cls, old: str, value: Any) -> dict[str, Any]:
+        """The options an earlier spelling ``old`` given ``value`` sets: the one it names."""
+        return {cls.ALIASES[old]: value}
 
     def validate(self) -> None:
         """What a stage checks before it runs: the values (again: a field may have been set after
@@ -235,47 +253,6 @@ class SFTConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
                     "model has one), always, never.", ("auto", "always", "never"))
 
 
-@config
-class DemoConfig(SFTConfig):
-    """The main job: LoRA SFT of the default model on the shipped demonstrations, with held-out
-    loss and samples before and after."""
-
-    DEFAULTS = {"data": "demo", "lora": True, "lr": 1e-3, "warmup_steps": 4, "max_steps": 60,
-                "eval_fraction": 0.1, "eval_every": 20, "save_every": 20, "output": "runs/demo",
-                "overwrite": True}
-
-    quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
-    annotate: bool = opt(False, "Instead of training: start the annotation app filled with the "
-                         "demo's prompts and sampled answers; prints the URL and sign-in tokens.")
-    label_prompts: int = opt(254, "Stage 2: training prompts whose sampled answers the simulated "
-                             "panel ranks (254: all the shipped ones; 96 left the reward model "
-                             "near chance on held-out pairs).", ge=1)
-    labels_per_prompt: int = opt(2, "Stage 2: rankings per prompt (different annotators).", ge=1)
-    num_responses: int = opt(4, "Stage 2: answers sampled per prompt (K).", ge=2)
-    gold_scale: float = opt(2.0, "Stage 2: gold scale of the simulated annotators.", ge=0)
-    reward_ensemble: int = opt(3, "Stage 2: members of the MiniLM reward ensemble.", ge=1)
-    reward_steps: int = opt(40, "Stage 2: reward-model optimiser steps.", ge=1)
-    reward_lr: float = opt(1e-4, "Stage 2: reward-model learning rate.", gt=0)
-    ppo_steps: int = opt(16, "Stage 3: PPO steps (rollout batches) with LoRA against the reward "
-                         "ensemble (0 skips stage 3).", ge=0)
-    ppo_batch_size: int = opt(8, "Stage 3: prompts per PPO rollout batch.", ge=1)
-    ppo_lr: float = opt(5e-4, "Stage 3: PPO learning rate (LoRA).", gt=0)
-    ppo_kl_coef: float = opt(0.05, "Stage 3: KL penalty coefficient beta.", ge=0)
-    ppo_combine: str = opt("mean_minus_std", "Stage 3: how the ensemble's members combine into "
-                           "the reward PPO maximises.", ("mean", "min", "mean_minus_std",
-                                                          "mean_minus_var"))
-    dpo_steps: int = opt(24, "Stage 4: DPO steps with LoRA on the panel's rankings (0 skips it).",
-                         ge=0)
-    dpo_lr: float = opt(3e-4, "Stage 4: DPO learning rate (LoRA).", gt=0)
-    dpo_beta: float = opt(0.1, "Stage 4: DPO beta.", gt=0)
-    best_of: int = opt(4, "Stage 4: n of the best-of-n baseline (SFT samples, reward ensemble "
-                       "picks).", ge=1)
-    compare_prompts: int = opt(32, "Held-out prompts on which base, SFT, PPO, DPO and best-of-n "
-                               "are compared (gold score, KL to SFT).", ge=1)
-    samples: int = opt(4, "Held-out prompts to answer before and after training.", ge=1)
-    max_new_tokens: int = opt(48, "Length limit of the sampled answers.", ge=1)
-
-
 # ---------------------------------------------------------------------------------------------
 # dataclass <-> argparse / YAML
 
@@ -294,35 +271,164 @@ def closest(name: str, candidates: typing.Iterable[str]) -> str | None:
 RETIRED_DEST = "retired:"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per dataclass field; booleans get ``--x/--no-x``. Defaults are left unset
-    (``SUPPRESS``) so that only flags the user typed override the YAML file. A retired option
-    keeps a hidden flag (with or without a value) so that ``build_config`` can say why it went."""
+# where the parser puts the value of an option's earlier spelling (``ALIASES``): build_config
+# translates it and names it as the user typed it
+ALIAS_DEST = "alias:"
+
+
+class Option(typing.NamedTuple):
+    """One option of a config: a field of its own, or of one of its nested configs."""
+
+    path: str      # "lr"; "ppo.max_steps" for the option max_steps of the nested config ppo
+    owner: type    # the config class that declares the field
+    field: dataclasses.Field
+    default: Any   # its default in the config that holds it (a nested config's: the parent's)
+
+
+def nested_configs(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are configs themselves, by name."""
     types = _field_types(cls)
+    return {f.name: types[f.name] for f in dataclasses.fields(cls)
+            if isinstance(types[f.name], type) and issubclass(types[f.name], Config)}
+
+
+def nested_default(cls: type, name: str) -> Any:
+    """The default value of the nested config field ``name`` of ``cls``."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@functools.cache
+def config_options(cls: type, filled: bool = False) -> tuple[Option, ...]:
+    """Every option of ``cls`` in field order, a nested config's in its place; without those the
+    config fills in itself (``FILLED``) unless ``filled``."""
+    nested, out = nested_configs(cls), []
+    for f in dataclasses.fields(cls):
+        if f.name not in nested:
+            out.append(Option(f.name, cls, f, f.default))
+            continue
+        sub, default = nested[f.name], nested_default(cls, f.name)
+        skip = () if filled else getattr(cls, "FILLED", {}).get(f.name, {})
+        out += [Option(f"{f.name}.{g.name}", sub, g, getattr(default, g.name))
+                for g in dataclasses.fields(sub) if g.name not in skip]
+    return tuple(out)
+
+
+def default_values(cls: type) -> dict[str, Any]:
+    """Every option's default, nested and filled-in ones included, by path."""
+    return {o.path: o.default for o in config_options(cls, filled=True)}
+
+
+def check_nested(cfg: Any) -> None:
+    """Each nested config is of its declared class, with the options its parent fills in left at
+    their defaults (a value given there would be silently replaced)."""
+    cls = type(cfg)
+    for name, sub in nested_configs(cls).items():
+        value = getattr(cfg, name)
+        if type(value) is not sub:
+            raise UserError(f"option {name!r}: expected a {sub.__name__}, got "
+                            f"{type(value).__name__}")
+        filled = cls.FILLED.get(name, {})
+        if filled:
+            default = nested_default(cls, name)
+            for key, source in filled.items():
+                if getattr(value, key) != getattr(default, key):
+                    raise UserError(f"option '{name}.{key}' is filled in by the pipeline "
+                                    f"({source}); leave it out")
+
+
+class _AliasedStore(argparse.Action):
+    """Stores a flag's value under ``dest``, or under ``ALIAS_DEST + <earlier name>`` when the user
+    typed an earlier spelling (``old_names``: option string -> earlier name)."""
+
+    def __init__(self, option_strings, dest, old_names=None, **kwargs):
+        self.old_names = old_names or {}
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        old = self.old_names.get(option_string)
+        setattr(namespace, ALIAS_DEST + old if old else self.dest, values)
+
+
+class _Switch(_AliasedStore):
+    """A boolean flag with its negative spellings (``--ppo.gold`` / ``--ppo.no-gold``)."""
+
+    def __init__(self, option_strings, dest, negatives=(), **kwargs):
+        self.negatives = set(negatives)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, option_string not in self.negatives, option_string)
+
+
+def _negative(path: str) -> str:
+    """``--no-lora``; ``--sft.no-lora`` for a nested option."""
+    head, _, name = path.rpartition(".")
+    return f"--{head}.no-{name.replace('_', '-')}" if head else f"--no-{name.replace('_', '-')}"
+
+
+def _add_option(group, option: Option, old_names: typing.Sequence[str]) -> None:
+    f, path = option.field, option.path
+    tp = _base_type(_field_types(option.owner)[f.name])
+    help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
+    choices = f.metadata.get("choices")
+    shown = "required" if f.metadata.get("required") else f"default: {option.default}"
+    allowed = field_range(option.owner, f.name)
+    allowed = allowed.describe() if allowed is not None else ""
+    kwargs: dict[str, Any] = {"dest": path, "default": argparse.SUPPRESS,
+                              "help": f"{help_text} ({shown}"
+                                      f"{'; allowed: ' + allowed if allowed else ''})"}
+    plain = "." not in path and not old_names
+    if tp is bool:
+        if plain:
+            group.add_argument(flag_name(path), action=argparse.BooleanOptionalAction, **kwargs)
+            return
+        strings = [s for name in (path, *old_names) for s in (flag_name(name), _negative(name))]
+        old = {s: name for name in old_names for s in (flag_name(name), _negative(name))}
+        group.add_argument(*strings, action=_Switch, old_names=old,
+                           negatives=[_negative(n) for n in (path, *old_names)], **kwargs)
+        return
+    kwargs["type"] = tp if tp in (int, float, str) else str
+    kwargs["metavar"] = tp.__name__.upper() if tp in (int, float, str) else "VALUE"
+    if choices:
+        kwargs["choices"] = choices
+        kwargs.pop("metavar")
+    if not plain:
+        kwargs["action"] = _AliasedStore
+        kwargs["old_names"] = {flag_name(name): name for name in old_names}
+    group.add_argument(*(flag_name(n) for n in (path, *old_names)), **kwargs)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per option; booleans get ``--x/--no-x``; a nested config's options are
+    ``--name.x`` in a group of their own; an earlier spelling (``ALIASES``) is a second flag of
+    the option it names. Defaults are left unset (``SUPPRESS``) so that only flags the user typed
+    override the YAML file. A retired option keeps a hidden flag (with or without a value) so
+    that ``build_config`` can say why it went."""
+    old_names: dict[str, list[str]] = {}
+    for old, path in getattr(cls, "ALIASES", {}).items():
+        old_names.setdefault(path, []).append(old)
+    nested = nested_configs(cls)
+    if nested:  # one usage entry per option would run to a hundred lines
+        parser.usage = (f"%(prog)s [-h] [--config FILE.yaml] [--OPTION VALUE ...] "
+                        f"[--{{{','.join(nested)}}}.OPTION VALUE ...]")
     groups = {g: parser.add_argument_group(title) for g, title in FLAG_GROUPS}
     own = parser.add_argument_group(f"{cls.__name__} options")
-    fields = sorted(dataclasses.fields(cls), key=lambda f: _group_index(cls, f.name))
-    for f in fields:
+    options = config_options(cls)
+    for o in sorted((o for o in options if "." not in o.path),
+                    key=lambda o: _group_index(cls, o.path)):
         group = next((groups[g] for g, _ in FLAG_GROUPS
-                      if issubclass(cls, g) and f.name in g.__dataclass_fields__), own)
-        tp = _base_type(types[f.name])
-        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
-        choices = f.metadata.get("choices")
-        shown = "required" if f.metadata.get("required") else f"default: {f.default}"
-        allowed = field_range(cls, f.name)
-        allowed = allowed.describe() if allowed is not None else ""
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{help_text} ({shown}"
-                                          f"{'; allowed: ' + allowed if allowed else ''})"}
-        if tp is bool:
-            group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        kwargs["type"] = tp if tp in (int, float, str) else str
-        kwargs["metavar"] = tp.__name__.upper() if tp in (int, float, str) else "VALUE"
-        if choices:
-            kwargs["choices"] = choices
-            kwargs.pop("metavar")
-        group.add_argument(flag_name(f.name), **kwargs)
+                      if issubclass(cls, g) and o.path in g.__dataclass_fields__), own)
+        _add_option(group, o, old_names.get(o.path, ()))
+    for name, sub in nested.items():
+        filled = getattr(cls, "FILLED", {}).get(name, {})
+        title = cls.__dataclass_fields__[name].metadata.get("help") or f"{sub.__name__} options"
+        group = parser.add_argument_group(
+            f"{name}: {title}", "Set by the pipeline, not here: " + "; ".join(
+                f"{k} ({v})" for k, v in filled.items()) if filled else None)
+        for o in sorted((o for o in options if o.path.startswith(name + ".")),
+                        key=lambda o: _group_index(sub, o.field.name)):
+            _add_option(group, o, old_names.get(o.path, ()))
     for name in getattr(cls, "RETIRED", {}):
         parser.add_argument(flag_name(name), nargs="?", dest=RETIRED_DEST + name,
                             default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -429,37 +535,94 @@ def read_yaml_overrides(cls: type, path: str, where: dict[str, str] | None = Non
     raw = raw or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of option: value")
-    names = {f.name for f in dataclasses.fields(cls)}
-    retired = getattr(cls, "RETIRED", {})
-    types = _field_types(cls)
-    out = {}
+    options = {o.path: o for o in config_options(cls)}
+    nested = nested_configs(cls)
+    aliases = getattr(cls, "ALIASES", {})
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # option -> how the file gave it, to name a second setting
+
+    def put(option: str, value: Any, at: str) -> None:
+        if option in given:
+            raise UserError(f"{at} sets {option!r} again (already {given[option]})")
+        out[option], given[option] = value, at
+        if where is not None:
+            where[option] = at
+
+    def typed(option: str, value: Any, at: str) -> Any:
+        o = options[option]
+        return _coerce(value, _field_types(o.owner)[o.field.name], at)
+
+    def unknown(at: str, name: str, candidates: typing.Iterable[str]) -> UserError:
+        close = closest(name, candidates)
+        now = f" (now {aliases[close]!r})" if close in aliases else ""
+        return UserError(f"{at} is not an option of this stage (see --help)"
+                         + (f"; did you mean {close!r}{now}?" if close else ""))
+
     for key, value in raw.items():
         k = str(key).replace("-", "_")
         line_no = lines.get((str(key),), 0)
         at = f"{path}:{line_no}: option {key!r}" if line_no else f"{path}: option {key!r}"
-        if k in retired:  # config.yaml files saved by earlier versions hold it: ignored, as then
-            log.warning("%s is ignored: %s", at, retired[k])
+        if k in getattr(cls, "RETIRED", {}):  # earlier config.yaml files hold it: ignored
+            log.warning("%s is ignored: %s", at, cls.RETIRED[k])
             continue
-        if k not in names:
-            close = closest(k, names)
-            raise UserError(f"{at} is not an option of this stage (see --help)"
-                            + (f"; did you mean {close!r}?" if close else ""))
-        out[k] = _coerce(value, types[k], at)
-        if where is not None:
-            where[k] = at
+        if k in nested:
+            _read_nested(cls, k, str(key), value, lines, path, put, typed, unknown)
+        elif k in aliases:
+            for option, v in cls.alias_values(k, typed(aliases[k], value, at)).items():
+                put(option, v, at)
+        elif k in options:
+            put(k, typed(k, value, at), at)
+        else:
+            raise unknown(at, k, [*options, *nested, *aliases])
     return out
 
 
+def _read_nested(cls: type, name: str, key: str, value: Any, lines: dict, path: str, put, typed,
+                 unknown) -> None:
+    """The block ``name: {option: value ...}`` of a nested config in a YAML file."""
+    sub = nested_configs(cls)[name]
+    line_no = lines.get((key,), 0)
+    if value is None:  # `ppo:` with nothing under it
+        return
+    if not isinstance(value, dict):
+        raise UserError(f"{path}:{line_no}: option {key!r}: expected a mapping of option: value "
+                        f"(the {sub.__name__} options), got {value!r}")
+    filled = getattr(cls, "FILLED", {}).get(name, {})
+    own = [f"{name}.{f.name}" for f in dataclasses.fields(sub) if f.name not in filled]
+    for sub_key, sub_value in value.items():
+        k = str(sub_key).replace("-", "_")
+        shown = f"{key}.{sub_key}"
+        line_no = lines.get((key, str(sub_key)), 0)
+        at = f"{path}:{line_no}: option {shown!r}" if line_no else f"{path}: option {shown!r}"
+        if k in getattr(sub, "RETIRED", {}):
+            log.warning("%s is ignored: %s", at, sub.RETIRED[k])
+        elif k in filled:
+            raise UserError(f"{at} is filled in by the pipeline ({filled[k]}); leave it out")
+        elif f"{name}.{k}" in own:
+            put(f"{name}.{k}", typed(f"{name}.{k}", sub_value, at), at)
+        else:
+            raise unknown(at, f"{name}.{k}", own)
+
+
 def _values(cfg: Any) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    """Every option's value by path, those of nested configs (all of them) included."""
+    nested = nested_configs(type(cfg))
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in nested and dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in _values(value).items()})
+        else:
+            out[f.name] = value
+    return out
 
 
 def choice_problems(cls: type, values: dict[str, Any]) -> list[str]:
     out = []
-    for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        if choices and f.name in values and values[f.name] not in choices:
-            out.append(f"option {f.name!r}: {values[f.name]!r} is not one of "
+    for o in config_options(cls, filled=True):
+        choices = o.field.metadata.get("choices")
+        if choices and o.path in values and values[o.path] not in choices:
+            out.append(f"option {o.path!r}: {values[o.path]!r} is not one of "
                        f"{', '.join(choices)}")
     return out
 
@@ -483,14 +646,15 @@ def range_problems(cfg: Any, where: dict[str, str] | None = None) -> list[str]:
 
 def value_range_problems(cls: type, values: dict[str, Any], where: dict[str, str] | None = None
                          ) -> list[str]:
-    """``range_problems`` of the options in ``values`` (a config's fields, by name)."""
-    types, out = _field_types(cls), []
-    for f in dataclasses.fields(cls):
-        base, value = _base_type(types[f.name]), values.get(f.name)
+    """``range_problems`` of the options in ``values`` (a config's options, by path)."""
+    out = []
+    for o in config_options(cls, filled=True):
+        name = o.field.name
+        base, value = _base_type(_field_types(o.owner)[name]), values.get(o.path)
         if (base not in (int, float) or not isinstance(value, (int, float))
                 or isinstance(value, bool)):
             continue
-        rng = field_range(cls, f.name)
+        rng = field_range(o.owner, name)
         if rng is None:
             if base is int:
                 continue
@@ -500,8 +664,8 @@ def value_range_problems(cls: type, values: dict[str, Any], where: dict[str, str
         allowed = rng.describe()
         if base is float and not rng.inf:
             allowed = f"a finite number {allowed}".rstrip()
-        name = (where or {}).get(f.name, f"option {f.name!r}")
-        out.append(f"{name} must be {allowed}, got {value!r}")
+        shown = (where or {}).get(o.path, f"option {o.path!r}")
+        out.append(f"{shown} must be {allowed}, got {value!r}")
     return out
 
 
@@ -524,10 +688,11 @@ def check_values(cls: type, values: dict[str, Any], where: dict[str, str] | None
 
 
 def missing_required(cls: type, values: dict[str, Any]) -> list[str]:
-    """``--flag is required: <help>`` for every required option that is None in ``values``."""
-    return [f"{flag_name(f.name)} is required: {f.metadata['help']}"
-            for f in dataclasses.fields(cls)
-            if f.metadata.get("required") and values.get(f.name) is None]
+    """``--flag is required: <help>`` for every required option that is None in ``values`` (a
+    nested config's required options that its parent fills in are its parent's business)."""
+    return [f"{flag_name(o.path)} is required: {o.field.metadata['help']}"
+            for o in config_options(cls)
+            if o.field.metadata.get("required") and values.get(o.path) is None]
 
 
 def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
@@ -542,23 +707,51 @@ def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | No
     where: dict[str, str] = {}  # how each value was given, for error messages
     if getattr(args, "config", None):
         values.update(read_yaml_overrides(cls, args.config, where))
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {o.path for o in config_options(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
+    typed = {k: flag_name(k) for k in flags}
+    for key, value in vars(args).items():
+        if not key.startswith(ALIAS_DEST):
+            continue
+        old = key[len(ALIAS_DEST):]
+        for option, v in cls.alias_values(old, value).items():
+            if option in flags:
+                raise UserError(f"{flag_name(old)} and {typed[option]} both set {option!r}; "
+                                "give one")
+            flags[option], typed[option] = v, flag_name(old)
     values.update(flags)
-    where.update({k: flag_name(k) for k in flags})
+    where.update(typed)
     values.update(extra or {})
     where.update({k: f"option {k!r}" for k in extra or {}})
     # checked here, before the config exists, to name each value the way the user gave it
-    resolved = {f.name: f.default for f in dataclasses.fields(cls)} | values
+    resolved = default_values(cls) | values
     check_values(cls, resolved, where)
     missing = missing_required(cls, resolved)
     if missing:
         raise UserError("; ".join(missing))
-    return cls(**values)
+    return assemble(cls, values)
+
+
+def assemble(cls: type, values: dict[str, Any]) -> Any:
+    """``cls`` from option values by path: ``ppo.max_steps`` goes to the nested config ``ppo``
+    (its other options keep the parent's defaults for it)."""
+    top = {k: v for k, v in values.items() if "." not in k}
+    for name in nested_configs(cls):
+        own = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")}
+        if own:
+            base = top.get(name, None) or nested_default(cls, name)
+            top[name] = dataclasses.replace(base, **own)
+    return cls(**top)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as saved: nested configs as mappings, without the options their parent fills
+    in (they are not options of the parent)."""
+    out = dataclasses.asdict(cfg)
+    for name, filled in getattr(type(cfg), "FILLED", {}).items():
+        for key in filled:
+            out[name].pop(key, None)
+    return out
 
 
 def save_config(cfg: Any, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
@@ -794,6 +987,170 @@ class OnlineDPOConfig(DPOConfig):
     max_prompt_length: int = opt(256, "Longest tokenised prompt.", ge=1)
     eval_every: int = opt(2, "Held-out sampling every N rounds (0: only at start and end).")
     save_every: int = opt(2, "Checkpoint every N rounds (0: only final/).")
+
+
+@config
+class DemoLabelConfig(Config):
+    """The demo's stage 2 labels: the SFT policy answers training prompts K times and the
+    simulated panel ranks the answers."""
+
+    prompts: int = opt(254, "Training prompts whose sampled answers the simulated panel ranks "
+                       "(254: all the shipped ones; 96 left the reward model near chance on "
+                       "held-out pairs).", ge=1)
+    labels_per_prompt: int = opt(2, "Rankings per prompt (different annotators).", ge=1)
+    num_responses: int = opt(4, "Answers sampled per prompt (K).", ge=2)
+    gold_scale: float = opt(2.0, "Gold scale of the simulated annotators.", ge=0)
+
+
+# what the demo sets in every stage's config from its own options
+_DEMO_RUN = {"seed": "--seed", "device": "--device", "progress": "--progress"}
+# options of stage 1 that the flat demo config had as its own flags (--lr: stage 1's lr)
+_DEMO_SFT_FLAGS = (
+    "data", "eval_data", "eval_fraction", "max_length", "skip_invalid", "lora", "lora_r",
+    "lora_alpha", "lora_dropout", "lora_targets", "lr", "weight_decay", "warmup_steps", "schedule",
+    "max_grad_norm", "batch_size", "grad_accum", "max_steps", "epochs", "packing", "pack_length",
+    "share_prefix", "log_every", "eval_every", "save_every", "keep_checkpoints", "resume",
+    "train_on_prompt", "chat")
+
+
+# the simulated panel's rankings of the demo, beside its stage folders
+DEMO_LABELS = "prefs.jsonl"
+
+
+@config
+class DemoConfig(Config):
+    """The main job: the whole pipeline on the packaged model. Demo-wide options, then one
+    nested config per stage with the demo's defaults (``--ppo.max-steps 10``, in YAML
+    ``ppo: {max_steps: 10}``); the demo fills in the paths between stages and its seed, device,
+    precision and progress."""
+
+    FILLED = {
+        "sft": {"model": "--model", "output": "<output>/sft", "precision": "--precision",
+                "overwrite": "--overwrite", **_DEMO_RUN},
+        "reward": {"data": "the panel's rankings, <output>/prefs.jsonl",
+                   "output": "<output>/reward", "overwrite": "always", **_DEMO_RUN},
+        "ppo": {"model": "the SFT policy, <output>/sft/final",
+                "reward_model": "the reward ensemble, <output>/reward/final",
+                "output": "<output>/ppo", "minibatch_size": "half of ppo.batch_size",
+                "max_new_tokens": "--max-new-tokens",
+                "eval_prompts": "--compare-prompts, at most 16",
+                "eval_every": "a quarter of ppo.max_steps", "precision": "--precision",
+                "overwrite": "always", **_DEMO_RUN},
+        "dpo": {"model": "the SFT policy, <output>/sft/final",
+                "data": "the panel's rankings, <output>/prefs.jsonl", "output": "<output>/dpo",
+                "precision": "--precision", "overwrite": "always", **_DEMO_RUN},
+    }
+    # the flat demo flags (and YAML keys) of earlier versions
+    ALIASES = {
+        **{name: f"sft.{name}" for name in _DEMO_SFT_FLAGS},
+        "label_prompts": "label.prompts", "labels_per_prompt": "label.labels_per_prompt",
+        "num_responses": "label.num_responses", "gold_scale": "label.gold_scale",
+        "reward_ensemble": "reward.ensemble", "reward_steps": "reward.max_steps",
+        "reward_lr": "reward.lr", "ppo_steps": "ppo.max_steps", "ppo_batch_size": "ppo.batch_size",
+        "ppo_lr": "ppo.lr", "ppo_kl_coef": "ppo.kl_coef", "ppo_combine": "ppo.combine",
+        "dpo_steps": "dpo.max_steps", "dpo_lr": "dpo.lr", "dpo_beta": "dpo.beta",
+    }
+
+    model: str = opt("default", "Model to start from: 'default' (packaged SmolLM2-135M-Instruct), "
+                     "a local Hugging Face folder, a .gguf file, or a hub id.")
+    output: str = opt("runs/demo", "Output folder: config.yaml, one folder per stage (sft/, "
+                      "reward/, ppo/, dpo/), prefs.jsonl, demo_summary.json, report/.")
+    seed: int = opt(42, "Seed of every stage (data order, initialisation, sampling, the panel).",
+                    **SEED)
+    device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
+    precision: str = opt("auto", "Numerics of the policies: auto (fp32 on CPU, bf16 autocast on "
+                         "CUDA), fp32, bf16.", ("auto", "fp32", "bf16"))
+    progress: bool = opt(True, "Show progress bars.")
+    overwrite: bool = opt(True, "Replace an earlier demo's stage 1 in --output (the later "
+                          "stages are always replaced).")
+    quick: bool = opt(False, "A short version (fewer steps, prompts and samples).")
+    annotate: bool = opt(False, "Instead of training: start the annotation app filled with the "
+                         "demo's prompts and sampled answers; prints the URL and sign-in tokens.")
+    samples: int = opt(4, "Held-out prompts to answer before and after training.", ge=1)
+    max_new_tokens: int = opt(48, "Length limit of the sampled answers (every stage).", ge=1)
+    compare_prompts: int = opt(32, "Held-out prompts on which base, SFT, PPO, DPO and best-of-n "
+                               "are compared (gold score, KL to SFT).", ge=1)
+    best_of: int = opt(4, "n of the best-of-n baseline (SFT samples, reward ensemble picks).",
+                       ge=1)
+    skip_ppo: bool = opt(False, "Leave out stage 3, PPO (as --ppo-steps 0 did).")
+    skip_dpo: bool = opt(False, "Leave out stage 4, DPO (as --dpo-steps 0 did).")
+    sft: SFTConfig = field(
+        default_factory=functools.partial(
+            SFTConfig, data="demo", lora=True, lr=1e-3, warmup_steps=4, max_steps=60,
+            eval_fraction=0.1, eval_every=20, save_every=20),
+        metadata={"help": "stage 1, LoRA SFT on the shipped demonstrations"})
+    label: DemoLabelConfig = field(
+        default_factory=DemoLabelConfig,
+        metadata={"help": "stage 2, the SFT policy's answers ranked by a simulated panel"})
+    reward: RewardConfig = field(
+        default_factory=functools.partial(
+            RewardConfig, model="minilm", ensemble=3, max_steps=40, lr=1e-4, warmup_steps=2,
+            eval_fraction=0.2, eval_every=0, save_every=0),
+        metadata={"help": "stage 2, the MiniLM reward ensemble learned from the rankings"})
+    ppo: PPOConfig = field(
+        default_factory=functools.partial(
+            PPOConfig, lora=True, lr=5e-4, batch_size=8, ppo_epochs=2, max_steps=16,
+            kl_coef=0.05, combine="mean_minus_std", save_every=0),
+        metadata={"help": "stage 3, PPO with LoRA against the ensemble (its combine also "
+                          "scores the comparison)"})
+    dpo: DPOConfig = field(
+        default_factory=functools.partial(
+            DPOConfig, lora=True, lr=3e-4, beta=0.1, max_steps=24, batch_size=8, warmup_steps=2,
+            eval_fraction=0.1, eval_every=0, save_every=0, sample_prompts=None),
+        metadata={"help": "stage 4, DPO with LoRA on the panel's rankings (warm-up at most "
+                          "dpo.max_steps)"})
+
+    @classmethod
+    def alias_values(cls, old: str, value: Any) -> dict[str, Any]:
+        stage = {"ppo_steps": "ppo", "dpo_steps": "dpo"}.get(old)
+        if stage is None:
+            return super().alias_values(old, value)
+        # the step counts of earlier versions took 0 for "leave the stage out"
+        if value == 0:
+            return {f"skip_{stage}": True}
+        return {f"{stage}.max_steps": value, f"skip_{stage}": False}
+
+    def shortened(self) -> "DemoConfig":
+        """``--quick``: fewer steps, prompts and samples in every stage."""
+        replace = dataclasses.replace
+        return replace(
+            self, samples=min(self.samples, 2), compare_prompts=min(self.compare_prompts, 6),
+            sft=replace(self.sft, max_steps=min(self.sft.max_steps, 8), eval_every=0,
+                        save_every=0, warmup_steps=min(self.sft.warmup_steps, 2)),
+            label=replace(self.label, prompts=min(self.label.prompts, 10)),
+            reward=replace(self.reward, max_steps=min(self.reward.max_steps, 4)),
+            ppo=replace(self.ppo, max_steps=min(self.ppo.max_steps, 2),
+                        batch_size=min(self.ppo.batch_size, 4)),
+            dpo=replace(self.dpo, max_steps=min(self.dpo.max_steps, 2)))
+
+    def stage_configs(self, root: str | Path) -> dict[str, Config]:
+        """Each stage's own config under the demo folder ``root``: the demo's nested one with
+        what the demo fills in (``DemoConfig.FILLED``), so that each stage's config.yaml loads
+        again with ``alignkit <stage> --config``."""
+        replace = dataclasses.replace
+        root = Path(root)
+        run_wide = {"seed": self.seed, "device": self.device, "progress": self.progress}
+        sft_final, reward_final = str(root / "sft" / "final"), str(root / "reward" / "final")
+        labels = str(root / DEMO_LABELS)
+        dpo_warmup = self.dpo.warmup_steps  # never longer than the run
+        if self.dpo.max_steps > 0:
+            dpo_warmup = min(dpo_warmup, self.dpo.max_steps)
+        return {
+            "sft": replace(self.sft, model=self.model, output=str(root / "sft"),
+                           precision=self.precision, overwrite=self.overwrite, **run_wide),
+            "reward": replace(self.reward, data=labels, output=str(root / "reward"),
+                              overwrite=True, **run_wide),
+            "ppo": replace(self.ppo, model=sft_final, reward_model=reward_final,
+                           output=str(root / "ppo"),
+                           minibatch_size=max(1, self.ppo.batch_size // 2),
+                           max_new_tokens=self.max_new_tokens,
+                           eval_prompts=min(self.compare_prompts, 16),
+                           eval_every=max(1, self.ppo.max_steps // 4), precision=self.precision,
+                           overwrite=True, **run_wide),
+            "dpo": replace(self.dpo, model=sft_final, data=labels, output=str(root / "dpo"),
+                           warmup_steps=dpo_warmup, precision=self.precision, overwrite=True,
+                           **run_wide),
+        }
 
 
 @config

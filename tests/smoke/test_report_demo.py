@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
+from alignkit.cli import build_parser
+from alignkit.config import DemoConfig, build_config
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.smoke
@@ -14,9 +17,23 @@ pytestmark = pytest.mark.smoke
 
 def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--model", str(tiny_model_dir), "--quick", "--output", str(out),
-                   "--no-progress")
+    # a nested stage option and a flat flag of earlier versions (an alias of reward.max_steps)
+    argv = ["demo", "--model", str(tiny_model_dir), "--quick", "--output", str(out),
+            "--no-progress", "--ppo.kl-coef", "0.1", "--reward-steps", "3"]
+    proc = run_cli(*argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each stage ran with the config the demo derived from its nested one
+    stage = {name: yaml.safe_load((out / name / "config.yaml").read_text())
+             for name in ("sft", "reward", "ppo", "dpo")}
+    assert (stage["ppo"]["kl_coef"], stage["reward"]["max_steps"]) == (0.1, 3)
+    assert stage["ppo"]["model"] == str(out / "sft" / "final") == stage["dpo"]["model"]
+    assert stage["sft"]["model"] == str(tiny_model_dir)
+    # the demo's own record is nested and loads again with --config
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["ppo"]["kl_coef"] == 0.1 and "model" not in saved["ppo"]
+    parser = build_parser()
+    again = parser.parse_args(["demo", "--config", str(out / "config.yaml")])
+    assert build_config(DemoConfig, again) == build_config(DemoConfig, parser.parse_args(argv))
     page_path = out / "report" / "report.html"
     lines = proc.stdout.rstrip().splitlines()
     assert lines[-1] == f"report: {page_path}"

@@ -99,3 +99,45 @@ def test_label_simulated_panel_writes_rankings_and_report(tiny_model_dir, tmp_pa
     from alignkit.data.schemas import parse_ranking, validate
     examples, problems = validate(read_records(str(out)), parse_ranking)
     assert len(examples) == 12 and not problems
+
+
+def test_reward_run_resumes_exactly_from_its_checkpoint(tiny_model_dir, tmp_path):
+    """The reward stage trains on the one loop, so --save-every and --resume work as in every
+    trainer: an ensemble resumed from step 3 reproduces the uninterrupted run's per-member losses
+    and its final scores exactly."""
+    import shutil
+
+    from alignkit.cli import run
+    from alignkit.config import RewardConfig
+    from alignkit.models.reward import RewardModel
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
+
+    def settings(out, **kw):
+        return RewardConfig(model=str(tiny_model_dir), data=str(prefs), output=str(out),
+                            ensemble=2, max_steps=6, save_every=3, batch_size=8, lr=0.003,
+                            eval_fraction=0.0, warmup_steps=2, progress=False, **kw)
+
+    def losses(out):
+        return {r["step"]: (r["loss_member0"], r["loss_member1"])
+                for r in (json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines())
+                if r["split"] == "train"}
+
+    whole = tmp_path / "whole"
+    run(settings(whole))
+    killed = tmp_path / "killed"
+    run(settings(killed))
+    assert [p.name for p in (killed / "checkpoints").iterdir()] == ["step-3"]
+    # as if killed after the checkpoint of step 3: its final model and later metrics lost
+    shutil.rmtree(killed / "final")
+    rows = [ln for ln in (killed / "metrics.jsonl").read_text().splitlines()
+            if json.loads(ln)["step"] <= 3]
+    (killed / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    run(settings(killed, resume=True))
+    assert sorted(losses(killed)) == list(range(1, 7))
+    assert losses(killed) == losses(whole)
+    texts = [json.loads(ln) for ln in prefs.read_text().splitlines()[:4]]
+    scores = [RewardModel.load(out / "final").score([t["prompt"] for t in texts],
+                                                    [t["chosen"] for t in texts]).members
+              for out in (whole, killed)]
+    assert scores[0].tolist() == scores[1].tolist()

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from alignkit.cli import STAGES, build_parser, main
-from alignkit.config import DemoConfig, PPOConfig, SFTConfig, build_config, flag_name
+from alignkit.config import (DemoConfig, DPOConfig, OnlineDPOConfig, PPOConfig, RewardConfig,
+                             SFTConfig, build_config, flag_name)
 from alignkit.errors import UserError
 
 pytestmark = pytest.mark.unit
@@ -37,6 +38,62 @@ EXPECTED_FLAGS = {
         '--quick', '--resume', '--reward-ensemble', '--reward-lr', '--reward-steps', '--samples',
         '--save-every', '--schedule', '--seed', '--share-prefix', '--skip-invalid',
         '--train-on-prompt', '--warmup-steps', '--weight-decay',
+        # added with the nested stage configs (the flat flags above are their aliases)
+        '--dpo.batch-size', '--dpo.beta', '--dpo.chat', '--dpo.epochs', '--dpo.eval-data',
+        '--dpo.eval-every', '--dpo.eval-fraction', '--dpo.gold', '--dpo.grad-accum',
+        '--dpo.keep-checkpoints', '--dpo.keep-dropout', '--dpo.keep-empty',
+        '--dpo.label-smoothing', '--dpo.log-every', '--dpo.lora', '--dpo.lora-alpha',
+        '--dpo.lora-dropout', '--dpo.lora-r', '--dpo.lora-targets', '--dpo.loss', '--dpo.lr',
+        '--dpo.max-grad-norm', '--dpo.max-length', '--dpo.max-new-tokens', '--dpo.max-steps',
+        '--dpo.no-gold', '--dpo.no-keep-dropout', '--dpo.no-keep-empty', '--dpo.no-lora',
+        '--dpo.no-packing', '--dpo.no-reference-free', '--dpo.no-resume', '--dpo.no-share-prefix',
+        '--dpo.no-skip-invalid', '--dpo.pack-length', '--dpo.packing', '--dpo.reference-free',
+        '--dpo.resume', '--dpo.rpo-alpha', '--dpo.sample-count', '--dpo.sample-prompts',
+        '--dpo.save-every', '--dpo.schedule', '--dpo.share-prefix', '--dpo.skip-invalid',
+        '--dpo.warmup-steps', '--dpo.weight-decay', '--label.gold-scale',
+        '--label.labels-per-prompt', '--label.num-responses', '--label.prompts', '--no-skip-dpo',
+        '--no-skip-ppo', '--ppo.adaptive-kl', '--ppo.advantage', '--ppo.batch-size', '--ppo.chat',
+        '--ppo.clip', '--ppo.combine', '--ppo.critic', '--ppo.data', '--ppo.entropy-coef',
+        '--ppo.epochs', '--ppo.eval-data', '--ppo.eval-fraction', '--ppo.gamma', '--ppo.gold',
+        '--ppo.grad-accum', '--ppo.keep-checkpoints', '--ppo.keep-dropout', '--ppo.kl-budget',
+        '--ppo.kl-coef', '--ppo.kl-estimator', '--ppo.kl-horizon', '--ppo.kl-penalty',
+        '--ppo.kl-target', '--ppo.lam', '--ppo.length-drift', '--ppo.log-every', '--ppo.lora',
+        '--ppo.lora-alpha', '--ppo.lora-dropout', '--ppo.lora-r', '--ppo.lora-targets',
+        '--ppo.loss-aggregation', '--ppo.lr', '--ppo.max-grad-norm', '--ppo.max-length',
+        '--ppo.max-prompt-length', '--ppo.max-steps', '--ppo.min-entropy',
+        '--ppo.missing-eos-penalty', '--ppo.no-adaptive-kl', '--ppo.no-gold',
+        '--ppo.no-keep-dropout', '--ppo.no-lora', '--ppo.no-resume', '--ppo.no-skip-invalid',
+        '--ppo.no-stop-on-hacking', '--ppo.no-whiten-advantages', '--ppo.no-whiten-rewards',
+        '--ppo.normalization-prompts', '--ppo.ppo-epochs', '--ppo.resume',
+        '--ppo.reward-normalization', '--ppo.samples-per-prompt', '--ppo.save-every',
+        '--ppo.schedule', '--ppo.skip-invalid', '--ppo.stop-on-hacking', '--ppo.target-kl',
+        '--ppo.temperature', '--ppo.top-k', '--ppo.top-p', '--ppo.uncertainty-penalty',
+        '--ppo.value-clip', '--ppo.value-model', '--ppo.vf-coef', '--ppo.warmup-steps',
+        '--ppo.weight-decay', '--ppo.whiten-advantages', '--ppo.whiten-rewards',
+        '--reward.annotator-weights', '--reward.aspect-floor', '--reward.aspect-weights',
+        '--reward.aspects', '--reward.backbone', '--reward.batch-size', '--reward.bootstrap',
+        '--reward.chat', '--reward.combine', '--reward.ensemble', '--reward.epochs',
+        '--reward.eval-data', '--reward.eval-every', '--reward.eval-fraction',
+        '--reward.gate-penalty', '--reward.grad-accum', '--reward.keep-checkpoints',
+        '--reward.label-smoothing', '--reward.log-every', '--reward.lora', '--reward.lora-alpha',
+        '--reward.lora-dropout', '--reward.lora-r', '--reward.lora-targets', '--reward.loss',
+        '--reward.lr', '--reward.max-grad-norm', '--reward.max-length', '--reward.max-steps',
+        '--reward.model', '--reward.no-bootstrap', '--reward.no-lora', '--reward.no-packing',
+        '--reward.no-resume', '--reward.no-share-prefix', '--reward.no-shared-backbone',
+        '--reward.no-skip-invalid', '--reward.pack-length', '--reward.packing',
+        '--reward.precision', '--reward.reinit-layers', '--reward.resume', '--reward.save-every',
+        '--reward.schedule', '--reward.share-prefix', '--reward.shared-backbone',
+        '--reward.skip-invalid', '--reward.uncertainty-penalty', '--reward.warmup-steps',
+        '--reward.weight-decay', '--sft.batch-size', '--sft.chat', '--sft.data', '--sft.epochs',
+        '--sft.eval-data', '--sft.eval-every', '--sft.eval-fraction', '--sft.grad-accum',
+        '--sft.keep-checkpoints', '--sft.log-every', '--sft.lora', '--sft.lora-alpha',
+        '--sft.lora-dropout', '--sft.lora-r', '--sft.lora-targets', '--sft.lr',
+        '--sft.max-grad-norm', '--sft.max-length', '--sft.max-steps', '--sft.no-lora',
+        '--sft.no-packing', '--sft.no-resume', '--sft.no-share-prefix', '--sft.no-skip-invalid',
+        '--sft.no-train-on-prompt', '--sft.pack-length', '--sft.packing', '--sft.resume',
+        '--sft.save-every', '--sft.schedule', '--sft.share-prefix', '--sft.skip-invalid',
+        '--sft.train-on-prompt', '--sft.warmup-steps', '--sft.weight-decay', '--skip-dpo',
+        '--skip-ppo',
     ),
     'sft': (
         '--batch-size', '--chat', '--config', '--data', '--device', '--epochs', '--eval-data',
@@ -193,7 +250,7 @@ def flags_in_help(text: str) -> set[str]:
     for line in text.splitlines():
         m = re.match(r"^  (-[^ ].*?)(?:  |$)", line)
         if m:
-            flags.update(re.findall(r"--[a-z0-9][a-z0-9-]*", m.group(1)))
+            flags.update(re.findall(r"--[a-z0-9][a-z0-9.-]*", m.group(1)))
     return flags
 
 
@@ -291,12 +348,19 @@ def test_unrecognised_yaml_option_suggests_the_closest(in_tmp):
 # configs built in Python are checked like the command line's
 
 
+def changed_after_building(cfg, **changes):
+    for name, value in changes.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
 @pytest.mark.parametrize("build,message", [
     (lambda: SFTConfig(batch_size=0), "option 'batch_size' must be >= 1, got 0"),
     (lambda: SFTConfig(lr=math.nan, seed=-1),  # every problem, in field order
      "option 'seed' must be in [0, 4294967295], got -1; "
      "option 'lr' must be a finite number > 0, got nan"),
-    (lambda: DemoConfig(max_steps=0), "option 'max_steps' must be -1 or >= 1, got 0"),
+    (lambda: DemoConfig(sft=changed_after_building(SFTConfig(), max_steps=0)),
+     "option 'sft.max_steps' must be -1 or >= 1, got 0"),
     (lambda: PPOConfig(max_steps=-1), "option 'max_steps' must be >= 1, got -1"),
     (lambda: dataclasses.replace(PPOConfig(), top_p=1.5),
      "option 'top_p' must be a finite number in (0, 1], got 1.5"),
@@ -324,7 +388,9 @@ def test_validate_also_wants_the_required_options():
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_stage_config_builds_with_its_defaults(stage):
     cls = STAGES[stage][0]
-    assert dataclasses.asdict(cls()) == {f.name: f.default for f in dataclasses.fields(cls)}
+    assert dataclasses.asdict(cls()) == {
+        f.name: f.default if f.default_factory is dataclasses.MISSING  # a nested config
+        else dataclasses.asdict(f.default_factory()) for f in dataclasses.fields(cls)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,11 +398,14 @@ def test_every_stage_config_builds_with_its_defaults(stage):
 
 
 def test_stage_defaults_keep_the_base_option():
-    demo, sft = DemoConfig.__dataclass_fields__, SFTConfig.__dataclass_fields__
-    assert (DemoConfig().lr, SFTConfig().lr, DemoConfig().output, SFTConfig().output) == (
-        1e-3, 2e-5, "runs/demo", "runs/sft")
-    assert demo["lr"].metadata == sft["lr"].metadata  # help, choices and range
-    assert [f.name for f in dataclasses.fields(DemoConfig)][:len(sft)] == list(sft)
+    reward, sft = RewardConfig.__dataclass_fields__, SFTConfig.__dataclass_fields__
+    assert (RewardConfig().lr, SFTConfig().lr, RewardConfig().output, SFTConfig().output) == (
+        5e-5, 2e-5, "runs/reward", "runs/sft")
+    assert reward["lr"].metadata == sft["lr"].metadata  # help, choices and range
+    dpo = DPOConfig.__dataclass_fields__
+    assert [f.name for f in dataclasses.fields(OnlineDPOConfig)][:len(dpo)] == list(dpo)
+    # the demo's stage 1: SFT's own options with the demo's defaults
+    assert (DemoConfig().sft.lr, DemoConfig().output) == (1e-3, "runs/demo")
     with pytest.raises(TypeError, match="no inherited option 'learning_rate'"):
         from alignkit.config import config
 

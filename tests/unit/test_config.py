@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from alignkit.cli import STAGES, build_parser, main
-from alignkit.config import (DemoConfig, PPOConfig, Range, SFTConfig, TinyModelConfig,
-                             add_config_flags, build_config, config_to_dict, field_range,
-                             flag_name, opt, range_problems, read_yaml_overrides, save_config)
+from alignkit.config import (DemoConfig, DPOConfig, PPOConfig, Range, RewardConfig, SFTConfig,
+                             TinyModelConfig, add_config_flags, build_config, config_options,
+                             config_to_dict, field_range, flag_name, nested_configs,
+                             nested_default, opt, range_problems, read_yaml_overrides,
+                             save_config)
 from alignkit.errors import UserError
 
 pytestmark = pytest.mark.unit
@@ -61,21 +65,27 @@ def test_flag_name():
     assert flag_name("lr") == "--lr"
 
 
+def negative(path: str) -> str:
+    """``--no-lora``; ``--sft.no-lora`` for an option of a nested config."""
+    head, _, name = path.rpartition(".")
+    return f"--{head + '.' if head else ''}no-{name.replace('_', '-')}"
+
+
 @pytest.mark.parametrize("cls", CLASSES)
 def test_every_field_has_a_flag(cls):
     parser = argparse.ArgumentParser()
     add_config_flags(parser, cls)
     by_flag = {s: a for a in parser._actions for s in a.option_strings}
-    types = field_types(cls)
-    for f in dataclasses.fields(cls):
-        action = by_flag[flag_name(f.name)]
-        assert action.dest == f.name
+    for o in config_options(cls):
+        tp = field_types(o.owner)[o.field.name]
+        action = by_flag[flag_name(o.path)]
+        assert action.dest == o.path
         assert action.default is argparse.SUPPRESS
-        if types[f.name] is bool:
-            assert "--no-" + flag_name(f.name)[2:] in by_flag
+        if tp is bool:
+            assert negative(o.path) in by_flag
         else:
-            assert action.type is types[f.name]
-            assert action.choices == f.metadata.get("choices")
+            assert action.type is tp
+            assert action.choices == o.field.metadata.get("choices")
     # nothing typed -> nothing set, so YAML values are not overridden by flag defaults
     assert vars(parser.parse_args([])) == {}
 
@@ -85,8 +95,8 @@ def test_every_stage_parser_has_every_field(stage):
     cls = STAGES[stage][0]
     flags = {s for a in stage_parser(stage)._actions for s in a.option_strings}
     assert "--config" in flags
-    for f in dataclasses.fields(cls):
-        assert flag_name(f.name) in flags
+    for o in config_options(cls):
+        assert flag_name(o.path) in flags
 
 
 def test_flag_values_are_typed():
@@ -136,8 +146,9 @@ def test_defaults():
     assert (cfg.data, cfg.output, cfg.lr, cfg.packing, cfg.chat, cfg.lora) == (
         None, "runs/sft", 2e-5, True, "auto", False)
     demo = build_config(DemoConfig, parse("demo", []))
-    assert (demo.data, demo.lora, demo.lr, demo.max_steps, demo.output, demo.eval_fraction) == (
-        "demo", True, 1e-3, 60, "runs/demo", 0.1)
+    assert demo == DemoConfig()
+    assert (demo.sft.data, demo.sft.lora, demo.sft.lr, demo.sft.max_steps, demo.output,
+            demo.sft.eval_fraction) == ("demo", True, 1e-3, 60, "runs/demo", 0.1)
 
 
 def test_precedence_defaults_yaml_flags(in_tmp):
@@ -254,7 +265,6 @@ def test_cli_bad_yaml_exits_2(in_tmp, capsys):
     SFTConfig(lr=0.001, batch_size=3, data="x.jsonl", eval_data="123", packing=False,
               chat="never", model="null", output="yes", lora_targets="q_proj", seed=0,
               eval_fraction=1e-10, epochs=2.5),
-    DemoConfig(quick=True, samples=2),
     TinyModelConfig(output="tiny", hidden_size=32),
 ])
 def test_save_config_round_trips(tmp_path, cfg):
@@ -276,13 +286,21 @@ def test_saved_config_can_be_given_back_with_flags(tmp_path):
     assert again == dataclasses.replace(cfg, seed=5)
 
 
-def varied(cls):
+def varied(cls, defaults=None, keep=()):
     """A config of ``cls`` with every field off its default (still valid), so that a round trip
-    that dropped or retyped any field would show."""
+    that dropped or retyped any field would show; a nested config's options too, except those its
+    parent fills in (``keep``: they stay at ``defaults``, the parent's defaults for it)."""
     types, values = field_types(cls), {}
+    nested = nested_configs(cls)
     for f in dataclasses.fields(cls):
-        tp, default = types[f.name], f.default
-        if f.metadata.get("choices"):
+        tp = types[f.name]
+        default = f.default if defaults is None else getattr(defaults, f.name)
+        if f.name in keep:
+            values[f.name] = default
+        elif f.name in nested:
+            values[f.name] = varied(nested[f.name], nested_default(cls, f.name),
+                                    cls.FILLED.get(f.name, {}))
+        elif f.metadata.get("choices"):
             values[f.name] = next((c for c in f.metadata["choices"] if c != default), default)
         elif tp is bool:
             values[f.name] = not default if default is not None else True
@@ -297,8 +315,10 @@ def varied(cls):
             values[f.name] = f"{default or 'x'}-2"
     cfg = cls(**values)
     assert range_problems(cfg) == []
-    assert all(getattr(cfg, f.name) != f.default for f in dataclasses.fields(cls)
-               if len(f.metadata.get("choices") or "ab") > 1)
+    assert all(getattr(cfg, f.name) != (f.default if defaults is None else
+                                         getattr(defaults, f.name))
+               for f in dataclasses.fields(cls)
+               if len(f.metadata.get("choices") or "ab") > 1 and f.name not in keep)
     return cfg
 
 
@@ -351,9 +371,9 @@ def test_every_numeric_field_declares_a_range_and_defaults_fit(stage):
 
 
 def test_redefined_field_keeps_the_base_range():
-    # DemoConfig gives lr / max_steps only other defaults (its DEFAULTS)
-    assert field_range(DemoConfig, "lr") == field_range(SFTConfig, "lr") == Range(0, low_open=True)
-    assert field_range(DemoConfig, "max_steps") == Range(low=1, also=(-1,))
+    # RewardConfig gives lr only another default (its DEFAULTS)
+    assert field_range(RewardConfig, "lr") == field_range(SFTConfig, "lr") == Range(0, low_open=True)
+    assert field_range(RewardConfig, "max_steps") == Range(low=1, also=(-1,))
     # PPO's max_steps means rollout batches: no -1
     assert field_range(PPOConfig, "max_steps") == Range(low=1)
 
@@ -366,6 +386,13 @@ def test_redefined_field_keeps_the_base_range():
     ("sft", ["--max-steps", "0"], "--max-steps must be -1 or >= 1, got 0"),
     ("sft", ["--eval-fraction", "1"], "--eval-fraction must be a finite number in [0, 1), got 1.0"),
     ("demo", ["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    ("demo", ["--sft.lr", "0"], "--sft.lr must be a finite number > 0, got 0.0"),
+    ("demo", ["--ppo.max-steps", "0"], "--ppo.max-steps must be >= 1, got 0"),
+    ("demo", ["--ppo-steps", "-1"], "--ppo-steps must be >= 1, got -1"),  # its earlier spelling
+    ("demo", ["--reward.label-smoothing", "0.6", "--samples", "0"],
+     "--samples must be >= 1, got 0; --reward.label-smoothing must be a finite number in "
+     "[0, 0.5], got 0.6"),
+    ("demo", ["--label.num-responses", "1"], "--label.num-responses must be >= 2, got 1"),
     ("ppo", ["--max-steps", "-1"], "--max-steps must be >= 1, got -1"),
     ("ppo", ["--top-p", "0"], "--top-p must be a finite number in (0, 1], got 0.0"),
     ("ppo", ["--kl-budget", "nan"], "--kl-budget must be >= 0, got nan"),
@@ -440,62 +467,297 @@ def test_help_shows_the_allowed_range(capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# the demo's sub-stages write configs their own stage loads
+# the demo: a pipeline of stages, each with a nested config in DemoConfig
+
+# The flat DemoConfig that came before the nested one (57 options): its own options and the
+# SFT options it gave other defaults. Its scripts and saved config.yaml files keep working.
+FLAT_DEMO_DEFAULTS = {
+    "data": "demo", "lora": True, "lr": 1e-3, "warmup_steps": 4, "max_steps": 60,
+    "eval_fraction": 0.1, "eval_every": 20, "save_every": 20, "output": "runs/demo",
+    "overwrite": True, "quick": False, "annotate": False, "label_prompts": 254,
+    "labels_per_prompt": 2, "num_responses": 4, "gold_scale": 2.0, "reward_ensemble": 3,
+    "reward_steps": 40, "reward_lr": 1e-4, "ppo_steps": 16, "ppo_batch_size": 8, "ppo_lr": 5e-4,
+    "ppo_kl_coef": 0.05, "ppo_combine": "mean_minus_std", "dpo_steps": 24, "dpo_lr": 3e-4,
+    "dpo_beta": 0.1, "best_of": 4, "compare_prompts": 32, "samples": 4, "max_new_tokens": 48,
+}
 
 
-def demo_sub_configs(cfg: DemoConfig, root) -> dict:
-    from alignkit.recipes import demo
-
-    return {"sft": demo.sft_config_from_demo(cfg, root),
-            "reward": demo.reward_config_from_demo(cfg, root, root / "prefs.jsonl"),
-            "ppo": demo.ppo_config_from_demo(cfg, root, root / "sft" / "final",
-                                             root / "reward" / "final"),
-            "dpo": demo.dpo_config_from_demo(cfg, root, root / "sft" / "final",
-                                             root / "prefs.jsonl")}
+def flat_demo(**changes) -> SimpleNamespace:
+    values = {**dataclasses.asdict(SFTConfig()), **FLAT_DEMO_DEFAULTS}
+    assert len(values) == 57 and set(changes) <= set(values)
+    return SimpleNamespace(**{**values, **changes})
 
 
-@pytest.mark.parametrize("demo_cfg", [
-    DemoConfig(),
-    DemoConfig(quick=True, samples=1, max_steps=-1, epochs=0.5, seed=7, lora_r=4, ppo_steps=1,
-               ppo_batch_size=1, dpo_steps=1, compare_prompts=1, progress=False,
-               device="cpu", precision="fp32"),
-])
-def test_demo_sub_stage_configs_load_with_their_own_stage(tmp_path, demo_cfg):
+def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
+    """What the flat demo handed each stage (its code, kept here as the reference)."""
+    if cfg.quick:
+        cfg = SimpleNamespace(**{
+            **vars(cfg), "max_steps": min(cfg.max_steps, 8), "samples": min(cfg.samples, 2),
+            "eval_every": 0, "save_every": 0, "warmup_steps": min(cfg.warmup_steps, 2),
+            "label_prompts": min(cfg.label_prompts, 10), "reward_steps": min(cfg.reward_steps, 4),
+            "ppo_steps": min(cfg.ppo_steps, 2), "ppo_batch_size": min(cfg.ppo_batch_size, 4),
+            "dpo_steps": min(cfg.dpo_steps, 2), "compare_prompts": min(cfg.compare_prompts, 6)})
+    sft_final, labels = root / "sft" / "final", root / "prefs.jsonl"
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)}
+    out = {
+        "sft": SFTConfig(**{**shared, "output": str(root / "sft")}),
+        "reward": RewardConfig(
+            model="minilm", data=str(labels), output=str(root / "reward"),
+            ensemble=cfg.reward_ensemble, max_steps=cfg.reward_steps, lr=cfg.reward_lr,
+            warmup_steps=2, eval_fraction=0.2, eval_every=0, save_every=0, seed=cfg.seed,
+            progress=cfg.progress, overwrite=True, device=cfg.device),
+        "ppo": None if cfg.ppo_steps == 0 else PPOConfig(
+            model=str(sft_final), reward_model=str(root / "reward" / "final"), lora=True,
+            lr=cfg.ppo_lr, batch_size=cfg.ppo_batch_size,
+            minibatch_size=max(1, cfg.ppo_batch_size // 2), ppo_epochs=2,
+            max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.ppo_kl_coef,
+            combine=cfg.ppo_combine, eval_prompts=min(cfg.compare_prompts, 16),
+            eval_every=max(1, cfg.ppo_steps // 4), save_every=0, output=str(root / "ppo"),
+            seed=cfg.seed, progress=cfg.progress, overwrite=True, device=cfg.device,
+            precision=cfg.precision),
+        "dpo": None if cfg.dpo_steps == 0 else DPOConfig(
+            model=str(sft_final), data=str(labels), lora=True, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
+            max_steps=cfg.dpo_steps, batch_size=8, warmup_steps=min(2, cfg.dpo_steps),
+            eval_fraction=0.1, eval_every=0, save_every=0, sample_prompts=None,
+            output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress, overwrite=True,
+            device=cfg.device, precision=cfg.precision),
+        # the labelling and the comparison, which run inside the demo
+        "label": (cfg.label_prompts, cfg.num_responses, cfg.labels_per_prompt, cfg.gold_scale),
+        "demo": (cfg.model, cfg.seed, cfg.device, cfg.precision, cfg.max_new_tokens, cfg.samples,
+                 cfg.compare_prompts, cfg.best_of, cfg.ppo_combine),
+    }
+    return out
+
+
+def demo_stages(cfg: DemoConfig, root: Path) -> dict:
+    """What the demo hands each stage now (``DemoConfig.stage_configs``)."""
+    run_cfg = cfg.shortened() if cfg.quick else cfg
+    configs = run_cfg.stage_configs(root)
+    label = run_cfg.label
+    return {
+        "sft": configs["sft"], "reward": configs["reward"],
+        "ppo": None if run_cfg.skip_ppo else configs["ppo"],
+        "dpo": None if run_cfg.skip_dpo else configs["dpo"],
+        "label": (label.prompts, label.num_responses, label.labels_per_prompt, label.gold_scale),
+        "demo": (run_cfg.model, run_cfg.seed, run_cfg.device, run_cfg.precision,
+                 run_cfg.max_new_tokens, run_cfg.samples, run_cfg.compare_prompts,
+                 run_cfg.best_of, run_cfg.ppo.combine),
+    }
+
+
+def differences(old: dict, new: dict) -> dict:
+    """Field by field: stage -> {option: (flat demo's value, nested demo's value)}."""
+    out = {}
+    for stage in old:
+        a, b = old[stage], new[stage]
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+            a, b = dataclasses.asdict(a), dataclasses.asdict(b)
+            diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        else:
+            diff = {} if a == b else {"": (a, b)}
+        if diff:
+            out[stage] = diff
+    return out
+
+
+def flat_argv(values: dict) -> list[str]:
+    """The flat demo's command line for these option values."""
+    out = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            out.append(flag_name(name) if value else "--no-" + flag_name(name)[2:])
+        else:
+            out += [f"{flag_name(name)}={value}"]
+    return out
+
+
+FLAT_CASES = {
+    "defaults": {},
+    "quick": {"quick": True},
+    "no ppo, no dpo": {"ppo_steps": 0, "dpo_steps": 0},
+    "every demo option": {
+        "quick": True, "samples": 1, "max_steps": -1, "epochs": 0.5, "seed": 7, "lora_r": 4,
+        "ppo_steps": 1, "ppo_batch_size": 1, "dpo_steps": 1, "compare_prompts": 1,
+        "progress": False, "device": "cpu", "precision": "fp32", "overwrite": False,
+        "resume": True, "lr": 0.01, "label_prompts": 5, "labels_per_prompt": 3,
+        "num_responses": 3, "gold_scale": 1.5, "reward_ensemble": 2, "reward_steps": 9,
+        "reward_lr": 0.002, "ppo_lr": 0.003, "ppo_kl_coef": 0.2, "ppo_combine": "min",
+        "dpo_lr": 0.004, "dpo_beta": 0.3, "best_of": 2, "max_new_tokens": 20, "model": "m",
+        "data": "d.jsonl", "chat": "never", "packing": False, "batch_size": 2},
+    "long runs": {"ppo_steps": 40, "ppo_batch_size": 16, "dpo_steps": 1, "reward_steps": 100,
+                  "compare_prompts": 100, "max_steps": 200, "warmup_steps": 10},
+}
+
+
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_the_nested_demo_hands_each_stage_what_the_flat_one_did(tmp_path, in_tmp, case):
+    """Default DemoConfig(), --quick, and the flat demo's flags or YAML keys: every stage gets
+    the config the flat demo built, field by field."""
     root = tmp_path / "demo"
-    for stage, sub in demo_sub_configs(demo_cfg, root).items():
-        cls = STAGES[stage][0]
-        assert type(sub) is cls
-        assert range_problems(sub) == []
-        path = save_config(sub, tmp_path / stage)
-        assert build_config(cls, parse(stage, ["--config", str(path)])) == sub, stage
-    sft_cfg = demo_sub_configs(demo_cfg, root)["sft"]
-    # stage 1 is the demo's own SFT settings, under <output>/sft
-    shared = {f.name for f in dataclasses.fields(SFTConfig)} - {"output"}
-    assert {n: getattr(sft_cfg, n) for n in shared} == {n: getattr(demo_cfg, n) for n in shared}
-    assert sft_cfg.output == str(root / "sft")
+    values = FLAT_CASES[case]
+    expected = flat_demo_stages(flat_demo(**values), root)
+    from_flags = build_config(DemoConfig, parse("demo", flat_argv(values)))
+    (in_tmp / "flat.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
+    from_yaml = build_config(DemoConfig, parse("demo", ["--config", "flat.yaml"]))
+    assert from_yaml == from_flags
+    if case == "defaults":
+        assert from_flags == DemoConfig()
+    assert differences(expected, demo_stages(from_flags, root)) == {}
 
 
-def test_demo_passes_an_sft_config_to_stage_1(tmp_path, monkeypatch):
-    """What ``alignkit demo`` hands stage 1 (intercepted before any training)."""
-    from alignkit.recipes import demo
+def test_an_old_saved_flat_demo_config_loads(in_tmp):
+    """A runs/demo/config.yaml of the flat demo: all 57 options, each mapped to its new place."""
+    (in_tmp / "old.yaml").write_text(
+        yaml.safe_dump({**vars(flat_demo(ppo_steps=3, lr=0.01)), "seed": 5}, sort_keys=False),
+        encoding="utf-8")
+    cfg = build_config(DemoConfig, parse("demo", ["--config", "old.yaml"]))
+    assert cfg == dataclasses.replace(
+        DemoConfig(), seed=5, ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3),
+        sft=dataclasses.replace(DemoConfig().sft, lr=0.01))
 
-    class Stop(Exception):
-        pass
 
-    def fake_sft_main(cfg):
-        seen.append(cfg)
-        raise Stop
+def test_every_flat_demo_flag_is_an_alias_of_its_nested_option():
+    options = {o.path: o for o in config_options(DemoConfig)}
+    for old, path in DemoConfig.ALIASES.items():
+        o = options[path]
+        tp, choices = field_types(o.owner)[o.field.name], o.field.metadata.get("choices")
+        if choices:
+            new = next(c for c in choices if c != o.default)
+        elif tp is bool:
+            new = not o.default
+        else:
+            new = {int: o.default + 1 if tp is int else 0, float: 0.5}.get(tp, "other")
+        if tp is bool:
+            via_old = [flag_name(old) if new else "--no-" + flag_name(old)[2:]]
+            via_new = [flag_name(path) if new else negative(path)]
+        else:
+            via_old, via_new = [f"{flag_name(old)}={new}"], [f"{flag_name(path)}={new}"]
+        cfg = build_config(DemoConfig, parse("demo", via_old))
+        assert cfg == build_config(DemoConfig, parse("demo", via_new)) != DemoConfig(), old
+        sub, _, name = path.partition(".")
+        assert getattr(getattr(cfg, sub), name) == new, old
+    assert len(DemoConfig.ALIASES) == 44  # 57 flat options less the 13 the demo keeps itself
 
-    seen = []
-    monkeypatch.setattr(demo, "resolve_model", lambda model: None)
-    monkeypatch.setattr(demo, "load_model_and_tokenizer", lambda *a, **k: (None, None))
-    monkeypatch.setattr(demo, "generate", lambda *a, **k: [])
-    monkeypatch.setattr(demo.sft, "main", fake_sft_main)
-    cfg = DemoConfig(output=str(tmp_path / "d"), device="cpu")
-    with pytest.raises(Stop):
-        demo.main(cfg)
-    (sft_cfg,) = seen
-    assert type(sft_cfg) is SFTConfig
-    path = save_config(sft_cfg, tmp_path / "saved")
-    again = build_config(SFTConfig, parse("sft", ["--config", str(path)]))
-    assert again == sft_cfg and again.lora is True and again.data == "demo"
+
+def test_a_zero_step_count_leaves_the_stage_out():
+    cfg = build_config(DemoConfig, parse("demo", ["--ppo-steps", "0"]))
+    assert (cfg.skip_ppo, cfg.skip_dpo, cfg.ppo) == (True, False, DemoConfig().ppo)
+    assert build_config(DemoConfig, parse("demo", ["--skip-dpo"])).skip_dpo
+    # the nested step count is PPOConfig's own: it has no "off"
+    with pytest.raises(UserError, match=r"^--ppo.max-steps must be >= 1, got 0$"):
+        build_config(DemoConfig, parse("demo", ["--ppo.max-steps", "0"]))
+    with pytest.raises(UserError, match=r"^--ppo-steps and --ppo.max-steps both set "
+                                        r"'ppo.max_steps'; give one$"):
+        build_config(DemoConfig, parse("demo", ["--ppo-steps", "3", "--ppo.max-steps", "4"]))
+
+
+def test_nested_yaml_precedence(in_tmp):
+    (in_tmp / "c.yaml").write_text("seed: 3\nppo:\n  max_steps: 10\n  lr: 0.01\nreward:\n"
+                                   "  lr: 0.0002\nlabel: {prompts: 20}\ndpo:\n",
+                                   encoding="utf-8")
+    cfg = build_config(DemoConfig, parse("demo", ["--config", "c.yaml", "--ppo.lr", "0.02",
+                                                  "--reward-lr", "0.003"]))
+    assert (cfg.seed, cfg.ppo.max_steps, cfg.ppo.lr, cfg.reward.lr, cfg.label.prompts) == (
+        3, 10, 0.02, 0.003, 20)
+    # the nested config's other options keep the demo's defaults, not the stage's
+    assert (cfg.ppo.lora, cfg.ppo.combine, cfg.dpo) == (True, "mean_minus_std", DemoConfig().dpo)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("seed: 1\nppo:\n  lr: 0.1\n  max_stpes: 3\n",
+     "c.yaml:4: option 'ppo.max_stpes' is not an option of this stage (see --help); did you "
+     "mean 'ppo.max_steps'?"),
+    ("ppo:\n  max_steps: many\n", "c.yaml:2: option 'ppo.max_steps': expected an integer, got "
+                                  "'many'"),
+    ("seed: 1\ndpo:\n  beta: 0\n", "c.yaml:3: option 'dpo.beta' must be a finite number > 0, "
+                                   "got 0.0"),
+    ("ppo:\n  model: runs/x\n", "c.yaml:2: option 'ppo.model' is filled in by the pipeline (the "
+                                "SFT policy, <output>/sft/final); leave it out"),
+    ("sft:\n  output: elsewhere\n", "c.yaml:2: option 'sft.output' is filled in by the pipeline "
+                                    "(<output>/sft); leave it out"),
+    ("seed: 1\nppo: 16\n", "c.yaml:2: option 'ppo': expected a mapping of option: value (the "
+                           "PPOConfig options), got 16"),
+    ("ppo:\n  max_steps: 5\nppo_steps: 7\n",
+     "c.yaml:3: option 'ppo_steps' sets 'ppo.max_steps' again (already c.yaml:2: option "
+     "'ppo.max_steps')"),
+    ("ppo_stesp: 3\n", "c.yaml:1: option 'ppo_stesp' is not an option of this stage (see --help); "
+                       "did you mean 'ppo_steps' (now 'ppo.max_steps')?"),
+    ("labels:\n  prompts: 3\n", "c.yaml:1: option 'labels' is not an option of this stage (see "
+                                "--help); did you mean 'label'?"),
+])
+def test_nested_yaml_errors_name_file_line_and_option(in_tmp, text, message):
+    (in_tmp / "c.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        build_config(DemoConfig, parse("demo", ["--config", "c.yaml"]))
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: DemoConfig(ppo=dataclasses.replace(DemoConfig().ppo, model="runs/x")),
+     "option 'ppo.model' is filled in by the pipeline (the SFT policy, <output>/sft/final); "
+     "leave it out"),
+    (lambda: DemoConfig(ppo={"max_steps": 3}), "option 'ppo': expected a PPOConfig, got dict"),
+    (lambda: dataclasses.replace(DemoConfig(), label=dataclasses.replace(
+        DemoConfig().label, prompts=0)), "option 'prompts' must be >= 1, got 0"),
+])
+def test_python_built_demo_configs_are_checked(build, message):
+    with pytest.raises(UserError) as info:
+        build()
+    assert str(info.value) == message
+
+
+def test_a_nested_config_changed_after_it_was_built_is_named_by_its_path():
+    cfg = DemoConfig()
+    cfg.ppo.top_p = 2.0
+    with pytest.raises(UserError, match=r"^option 'ppo.top_p' must be a finite number in "
+                                        r"\(0, 1\], got 2.0$"):
+        cfg.validate()
+    with pytest.raises(UserError, match=r"^option 'ppo.top_p'"):
+        dataclasses.replace(cfg, seed=1)
+
+
+@pytest.mark.parametrize("cfg", [
+    DemoConfig(),
+    DemoConfig(quick=True, samples=2, skip_dpo=True,
+               ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3, kl_coef=0.1)),
+])
+def test_the_saved_demo_config_is_nested_and_loads_again(tmp_path, cfg):
+    path = save_config(cfg, tmp_path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert list(raw) == [f.name for f in dataclasses.fields(DemoConfig)]
+    assert raw["ppo"]["max_steps"] == cfg.ppo.max_steps and raw["sft"]["lr"] == 1e-3
+    # what the demo fills in is not an option of it
+    for stage, filled in DemoConfig.FILLED.items():
+        assert set(filled) & set(raw[stage]) == set(), stage
+        assert set(raw[stage]) == {f.name for f in dataclasses.fields(type(getattr(cfg, stage)))
+                                   } - set(filled)
+    assert build_config(DemoConfig, parse("demo", ["--config", str(path)])) == cfg
+
+
+def test_demo_help_lists_the_nested_options_by_stage(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    titles = [line.split(":")[0] for line in out.splitlines()
+              if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles[-5:] == ["sft", "label", "reward", "ppo", "dpo"]
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "--ppo.max-steps INT, --ppo-steps INT" in lines
+    assert "--sft.lora, --sft.no-lora, --lora, --no-lora" in lines
+    assert "--reward.lr FLOAT, --reward-lr FLOAT" in lines
+    assert "--ppo.whiten-rewards, --ppo.no-whiten-rewards" in lines
+    assert "--ppo.model" not in out and "--sft.output" not in out  # filled in by the demo
+    text = " ".join(out.split())
+    assert "(default: 16; allowed: >= 1)" in text  # the demo's default, PPO's range
+    assert "Set by the pipeline, not here: model (the SFT policy, <output>/sft/final)" in text
+
+
+def test_the_demo_stage_configs_load_with_their_own_stage(tmp_path):
+    for cfg in (DemoConfig(), build_config(DemoConfig, parse("demo", flat_argv(
+            FLAT_CASES["every demo option"])))):
+        for stage, sub in cfg.stage_configs(tmp_path / "demo").items():
+            cls = STAGES[stage][0]
+            assert type(sub) is cls
+            sub.validate()
+            path = save_config(sub, tmp_path / stage)
+            assert build_config(cls, parse(stage, ["--config", str(path)])) == sub, stage

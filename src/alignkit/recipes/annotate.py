@@ -254,11 +254,11 @@ def demo_app(cfg) -> None:
         items = read_task_records("demo-prompts", n)
         sft = Path(cfg.output) / "sft" / "final"
         policy = str(sft) if sft.is_dir() else cfg.model
-        print(f"sampling {cfg.num_responses} answers to {n} demo prompts with {policy} ...",
+        print(f"sampling {cfg.label.num_responses} answers to {n} demo prompts with {policy} ...",
               flush=True)
         model, tokenizer = load_model_and_tokenizer(policy, pick_device(cfg.device))
-        sample_responses(model, tokenizer, items, max(2, cfg.num_responses), cfg.max_new_tokens,
-                         1.0, 1.0, 16, cfg.seed)
+        sample_responses(model, tokenizer, items, max(2, cfg.label.num_responses),
+                         cfg.max_new_tokens, 1.0, 1.0, 16, cfg.seed)
         for i, item in enumerate(items):  # half pairwise (first two answers), half rankings
             if i % 2 == 0:
                 item["responses"] = item["responses"][:2]

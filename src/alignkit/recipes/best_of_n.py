@@ -12,7 +12,6 @@ import time
 
 from alignkit.config import BestOfNConfig, save_config
 from alignkit.data.prompts import Prompts, load_prompts
-from alignkit.evaluation.best_of_n import analytic_kl  # noqa: F401 (demo reads it)
 from alignkit.evaluation.best_of_n import best_of_n, best_records, summarise
 from alignkit.generation.sampler import SamplingConfig
 from alignkit.models.loading import load_model_and_tokenizer, pick_device

@@ -1,12 +1,15 @@
 """``alignkit demo``: the main job, end to end on the packaged default model.
 
-It grows with every stage. Today: (1) LoRA SFT of SmolLM2-135M-Instruct on the demonstrations
-alignkit ships (complete, concise answers; polite refusals of harmful requests; honest
-uncertainty), with held-out loss before and after and answers to unseen prompts side by side;
-(2) the SFT policy's answers ranked by a simulated panel and a MiniLM reward ensemble learned from
-them; (3) PPO with LoRA against that ensemble, with a plot of the reward-hacking monitor; (4) DPO
-with LoRA on the same rankings; then base, SFT, PPO, DPO and best-of-n (SFT samples picked by the
-ensemble) compared on unseen prompts by gold score and KL to the SFT policy.
+A pipeline of the other stages, each run by its recipe's ``main`` with its own config: the
+demo's nested one (``cfg.sft``, ``cfg.reward``, ``cfg.ppo``, ``cfg.dpo``) with the paths between
+stages and the demo-wide seed, device and precision filled in. (1) LoRA SFT of
+SmolLM2-135M-Instruct on the demonstrations alignkit ships (complete, concise answers; polite
+refusals of harmful requests; honest uncertainty), with held-out loss before and after and
+answers to unseen prompts side by side; (2) the SFT policy's answers ranked by a simulated panel
+and a MiniLM reward ensemble learned from them; (3) PPO with LoRA against that ensemble, with a
+plot of the reward-hacking monitor; (4) DPO with LoRA on the same rankings; then base, SFT, PPO,
+DPO and best-of-n (SFT samples picked by the ensemble) compared on unseen prompts by gold score
+and KL to the SFT policy.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ import textwrap
 import time
 from pathlib import Path
 
-from alignkit.config import DemoConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from alignkit.config import DEMO_LABELS, DemoConfig, save_config
 from alignkit.data.readers import read_records
 from alignkit.generation.simple import generate
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
-from alignkit.recipes import sft
+from alignkit.recipes import dpo, ppo, reward, sft
 from alignkit.utils.logs import log
-
 
 def pick_sample_prompts(n: int) -> list[dict]:
     """Unseen held-out prompts, alternating categories so refusals and uncertainty show up."""
@@ -52,37 +54,23 @@ def side_by_side(left: str, right: str, width: int) -> str:
     return "\n".join(f"  {x:<{width}} | {y}" for x, y in zip(a, b))
 
 
-def sft_config_from_demo(cfg: DemoConfig, root: Path) -> SFTConfig:
-    """Stage 1's own config: the demo's values of every SFTConfig field, so that the stage's
-    config.yaml holds only SFT options and loads again with ``alignkit sft --config``."""
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)}
-    return SFTConfig(**{**shared, "output": str(root / "sft")})
-
-
-def reward_config_from_demo(cfg: DemoConfig, root: Path, labels: Path) -> RewardConfig:
-    return RewardConfig(model="minilm", data=str(labels), output=str(root / "reward"),
-                        ensemble=cfg.reward_ensemble, max_steps=cfg.reward_steps,
-                        lr=cfg.reward_lr, warmup_steps=2, eval_fraction=0.2, eval_every=0,
-                        save_every=0, seed=cfg.seed, progress=cfg.progress, overwrite=True,
-                        device=cfg.device)
-
-
-def preference_stage(cfg: DemoConfig, root: Path, policy, tokenizer) -> dict:
+def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path) -> tuple[dict, int]:
+    """Stage 2's labels: the policy answers training prompts K times, the hidden gold scorer
+    scores the answers and the simulated panel ranks them; returns the agreement report and the
+    number of prompts."""
+    from alignkit.data.prompts import read_prompts
+    from alignkit.feedback.labelling import label_items, write_labels
     from alignkit.feedback.simulated import SimulatedPanel
+    from alignkit.generation.responses import sample_responses
     from alignkit.judges.gold import GoldScorer
-    from alignkit.recipes import label, reward
 
-    items = label.read_prompts("demo-prompts", cfg.label_prompts)
-    label.sample_responses(policy, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
-                           temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed)
+    items = read_prompts("demo-prompts", cfg.label.prompts)
+    sample_responses(policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
+                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed)
     scorer = GoldScorer(token_counter=tokenizer)
-    panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.gold_scale, scorer=scorer)
-    labels_path = root / "prefs.jsonl"
-    report = label.write_labels(label.label_items(items, scorer, panel, cfg.labels_per_prompt),
-                                labels_path, panel)
-    out = reward.main(reward_config_from_demo(cfg, root, labels_path))
-    return {"report": report, "eval": out["eval"], "final": out["final"], "labels": labels_path,
-            "prompts": len(items)}
+    panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.label.gold_scale, scorer=scorer)
+    records = label_items(items, scorer, panel, cfg.label.labels_per_prompt)
+    return write_labels(records, path, panel), len(items)
 
 
 def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
@@ -113,63 +101,23 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
     return png
 
 
-def ppo_config_from_demo(cfg: DemoConfig, root: Path, sft_final: Path,
-                         reward_final: Path) -> PPOConfig:
-    return PPOConfig(model=str(sft_final), reward_model=str(reward_final), lora=True,
-                     lr=cfg.ppo_lr, batch_size=cfg.ppo_batch_size,
-                     minibatch_size=max(1, cfg.ppo_batch_size // 2), ppo_epochs=2,
-                     max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens,
-                     kl_coef=cfg.ppo_kl_coef, combine=cfg.ppo_combine,
-                     eval_prompts=min(cfg.compare_prompts, 16),
-                     eval_every=max(1, cfg.ppo_steps // 4), save_every=0,
-                     output=str(root / "ppo"), seed=cfg.seed, progress=cfg.progress,
-                     overwrite=True, device=cfg.device, precision=cfg.precision)
-
-
-def ppo_stage(cfg: DemoConfig, root: Path, sft_final: Path, reward_final: Path) -> dict:
-    """Stage 3: PPO with LoRA on the SFT policy against the reward ensemble."""
-    from alignkit.recipes import ppo
-
-    out = ppo.main(ppo_config_from_demo(cfg, root, sft_final, reward_final))
-    png = plot_monitor(out["metrics"], root / "ppo" / "monitor.png")
-    return {"final": out["final"], "best": out["best"], "png": png, "monitor": out["monitor"]}
-
-
-def dpo_config_from_demo(cfg: DemoConfig, root: Path, sft_final: Path, labels: Path) -> DPOConfig:
-    return DPOConfig(model=str(sft_final), data=str(labels), lora=True, lr=cfg.dpo_lr,
-                     beta=cfg.dpo_beta, max_steps=cfg.dpo_steps, batch_size=8,
-                     warmup_steps=min(2, cfg.dpo_steps), eval_fraction=0.1,
-                     eval_every=0, save_every=0, sample_prompts=None,
-                     output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress,
-                     overwrite=True, device=cfg.device, precision=cfg.precision)
-
-
-def dpo_stage(cfg: DemoConfig, root: Path, sft_final: Path, labels: Path) -> dict:
-    """Stage 4: DPO with LoRA on the SFT policy, from the same simulated rankings."""
-    from alignkit.recipes import dpo
-
-    out = dpo.main(dpo_config_from_demo(cfg, root, sft_final, labels))
-    last = out["eval"][max(out["eval"])] if out["eval"] else {}
-    return {"final": out["final"], "eval": last}
-
-
 def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
                      reward_final: Path, device: str) -> tuple[dict, int]:
     """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
     (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
     answers per prompt and keeps the ensemble's favourite (KL: the closed form)."""
     from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.best_of_n import analytic_kl, best_of_n
     from alignkit.evaluation.policy import logprobs_under, measure_policy
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
     from alignkit.models.reward import RewardFunction
-    from alignkit.recipes.best_of_n import analytic_kl, best_of_n
 
     prompts = load_prompts("demo-prompts-heldout", tokenizer)
     n = min(cfg.compare_prompts, len(prompts.ids))
     prompts = dataclasses.replace(prompts, texts=prompts.texts[:n], ids=prompts.ids[:n],
                                   categories=prompts.categories[:n])
-    reward_fn = RewardFunction(str(reward_final), device, cfg.ppo_combine)
+    reward_fn = RewardFunction(str(reward_final), device, cfg.ppo.combine)
     gold = GoldScorer(token_counter=tokenizer)
     sft_model.eval()
 
@@ -198,51 +146,65 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     return table, n
 
 
+def validated(cfg):
+    """A stage config the pipeline built, checked as the command line checks it."""
+    cfg.validate()
+    return cfg
+
+
 def main(cfg: DemoConfig) -> dict:
     started = time.time()
     if cfg.annotate:  # the annotation app instead of training (alignkit.recipes.annotate)
         from alignkit.recipes.annotate import demo_app
 
         return demo_app(cfg)
-    if cfg.quick:
-        cfg = dataclasses.replace(cfg, max_steps=min(cfg.max_steps, 8), samples=min(cfg.samples, 2),
-                                  eval_every=0, save_every=0, warmup_steps=min(cfg.warmup_steps, 2),
-                                  label_prompts=min(cfg.label_prompts, 10),
-                                  reward_steps=min(cfg.reward_steps, 4),
-                                  ppo_steps=min(cfg.ppo_steps, 2),
-                                  ppo_batch_size=min(cfg.ppo_batch_size, 4),
-                                  dpo_steps=min(cfg.dpo_steps, 2),
-                                  compare_prompts=min(cfg.compare_prompts, 6))
+    given, cfg = cfg, cfg.shortened() if cfg.quick else cfg
     root = Path(cfg.output)
-    # 1. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
+    # 1. Every stage's own config, derived from the nested one.
+    configs = cfg.stage_configs(root)
+
+    # 2. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
     t0 = time.time()
     resolve_model(cfg.model)
     log.info("model %s ready in %.1fs", cfg.model, time.time() - t0)
 
-    # 2. Answers of the starting model to unseen prompts.
+    # 3. Answers of the starting model to unseen prompts.
     device = pick_device(cfg.device)
     prompts = pick_sample_prompts(cfg.samples)
     base_model, tokenizer = load_model_and_tokenizer(cfg.model, device)
     before = generate(base_model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens)
     del base_model
 
-    # 3. Stage 1: SFT with LoRA on the shipped demonstrations.
-    result = sft.main(sft_config_from_demo(cfg, root))
+    # 4. Stage 1: SFT with LoRA on the shipped demonstrations; once it has run (an earlier run
+    #    it refused to replace keeps its record), the demo's resolved config beside the stages.
+    result = sft.main(validated(configs["sft"]))
+    save_config(given, root)
 
-    # 4. Answers of the fine-tuned model to the same prompts.
+    # 5. Answers of the fine-tuned model to the same prompts.
     after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens)
 
-    # 5. Stage 2: the SFT policy answers training prompts K times, a simulated panel ranks the
+    # 6. Stage 2: the SFT policy answers training prompts K times, a simulated panel ranks the
     #    answers, and a MiniLM reward ensemble learns from the rankings.
-    stage2 = preference_stage(cfg, root, result.model, tokenizer)
+    report, n_labelled = label_answers(cfg, result.model, tokenizer, root / DEMO_LABELS)
+    trained = reward.main(validated(configs["reward"]))
+    stage2 = {"report": report, "eval": trained["eval"], "final": trained["final"],
+              "labels": root / DEMO_LABELS, "prompts": n_labelled}
 
-    # 6. Stage 3: PPO (LoRA) on the SFT policy against the ensemble.
-    stage3 = ppo_stage(cfg, root, result.final, stage2["final"]) if cfg.ppo_steps > 0 else None
+    # 7. Stage 3: PPO (LoRA) on the SFT policy against the ensemble, and its monitor's plot.
+    stage3 = None
+    if not cfg.skip_ppo:
+        rl = ppo.main(validated(configs["ppo"]))
+        stage3 = {"final": rl["final"], "best": rl["best"], "monitor": rl["monitor"],
+                  "png": plot_monitor(rl["metrics"], root / "ppo" / "monitor.png")}
 
-    # 7. Stage 4: DPO (LoRA) on the same rankings.
-    stage4 = dpo_stage(cfg, root, result.final, stage2["labels"]) if cfg.dpo_steps > 0 else None
+    # 8. Stage 4: DPO (LoRA) on the same rankings.
+    stage4 = None
+    if not cfg.skip_dpo:
+        direct = dpo.main(validated(configs["dpo"]))
+        stage4 = {"final": direct["final"],
+                  "eval": direct["eval"][max(direct["eval"])] if direct["eval"] else {}}
 
-    # 8. Every policy on the same unseen prompts: gold score and KL to SFT.
+    # 9. Every policy on the same unseen prompts: gold score and KL to SFT.
     policies = {"base": cfg.model, "sft": None}
     if stage3 is not None:
         policies["ppo"] = str(stage3["final"])
@@ -251,8 +213,8 @@ def main(cfg: DemoConfig) -> dict:
     table, n_compare = compare_policies(cfg, result.model, tokenizer, policies, stage2["final"],
                                         device)
 
-    # 9. Report: held-out loss before/after, the answers side by side, the reward ensemble,
-    #    the policies compared.
+    # 10. Report: held-out loss before/after, the answers side by side, the reward ensemble,
+    #     the policies compared.
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
     width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
@@ -272,11 +234,11 @@ def main(cfg: DemoConfig) -> dict:
         lines.append("")
     ev, rep = stage2["eval"], stage2["report"]
     lines += ["-" * (2 * width + 5),
-              f"stage 2: {stage2['prompts']} prompts x {cfg.num_responses} SFT answers, ranked by a "
+              f"stage 2: {stage2['prompts']} prompts x {cfg.label.num_responses} SFT answers, ranked by a "
               f"simulated panel ({len(rep['per_annotator'])} annotators labelled) -> {rep['pairs']} pairs",
               f"labels agree with the hidden gold scorer: {rep['gold_agreement']:.3f}   "
               f"Bayes-optimal accuracy (ceiling): {rep['bayes_optimal']:.3f}",
-              f"{cfg.reward_ensemble}-member MiniLM reward ensemble, held-out pairs {ev.get('pairs', 0)}: "
+              f"{cfg.reward.ensemble}-member MiniLM reward ensemble, held-out pairs {ev.get('pairs', 0)}: "
               f"accuracy {ev.get('accuracy', float('nan')):.3f} "
               f"({ev.get('accuracy', float('nan')) / max(rep['bayes_optimal'], 1e-9):.0%} of the ceiling), "
               f"log-loss {ev.get('log_loss', float('nan')):.3f}, ECE {ev.get('ece', float('nan')):.3f}"
@@ -284,12 +246,12 @@ def main(cfg: DemoConfig) -> dict:
                  if "std_auroc_vs_mistakes" in ev else ""), ""]
     lines += ["-" * (2 * width + 5)]
     if stage3 is not None:
-        lines.append(f"stage 3: PPO with LoRA, {cfg.ppo_steps} steps x {cfg.ppo_batch_size} "
-                     f"prompts, reward = ensemble {cfg.ppo_combine}, KL coefficient "
-                     f"{cfg.ppo_kl_coef}")
+        lines.append(f"stage 3: PPO with LoRA, {cfg.ppo.max_steps} steps x {cfg.ppo.batch_size} "
+                     f"prompts, reward = ensemble {cfg.ppo.combine}, KL coefficient "
+                     f"{cfg.ppo.kl_coef}")
     if stage4 is not None:
         ev4 = stage4["eval"]
-        lines.append(f"stage 4: DPO with LoRA, {cfg.dpo_steps} steps, beta {cfg.dpo_beta}, on the "
+        lines.append(f"stage 4: DPO with LoRA, {cfg.dpo.max_steps} steps, beta {cfg.dpo.beta}, on the "
                      f"panel's rankings; held-out pairs: implicit-reward accuracy "
                      f"{ev4.get('reward_accuracy', float('nan')):.3f}")
     lines += [f"held-out comparison on {n_compare} unseen prompts (one sampled answer each, same "
@@ -327,7 +289,7 @@ def main(cfg: DemoConfig) -> dict:
     lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
     print("\n".join(lines))
 
-    # 10. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
+    # 11. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
     from alignkit.evaluation.report import build_report
 
     # the adversarial suite and judged win rates take another ~12 min on 2 cores: offered, not

@@ -24,7 +24,6 @@ from alignkit.data.prompts import read_prompts
 from alignkit.errors import UserError
 from alignkit.feedback.labelling import label_items, load_panel, print_report, write_labels
 from alignkit.generation.responses import sample_missing
-from alignkit.generation.responses import sample_responses  # noqa: F401 (demo reads it)
 from alignkit.judges.labelling import (append_labels, check_output, judge_table,
                                        labelling_settings, make_label_judge, pending_units,
                                        plan_units, read_done, read_judge_items, write_in_order)
