@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from alignkit import __version__
@@ -134,6 +135,20 @@ def run_stage(name: str, cfg):
     return getattr(importlib.import_module(module), func)(cfg)
 
 
+# the stages that run data-parallel under torchrun (each rank trains on its share of a step)
+DATA_PARALLEL = {"sft", "reward", "dpo"}
+
+
+def leave_process_group() -> None:
+    """Under torchrun: every rank waits for the others to finish, then leaves the group (a
+    plain run never imported torch.distributed)."""
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def run(cfg, **kwargs):
     """Run the stage ``cfg`` configures (the Python API: ``run(DPOConfig(...))``) and return
     what its recipe returns; ``kwargs`` go to the recipe (PPO's programmatic ``reward_fn``)."""
@@ -160,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     from alignkit.utils.logs import configure_logging
 
     configure_logging()
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes > 1 and args.stage not in DATA_PARALLEL:
+        print(f"alignkit {args.stage}: error: launched as {processes} processes, but this stage "
+              f"runs in one process (under torchrun: {', '.join(sorted(DATA_PARALLEL))}); "
+              "launch it without torchrun", file=sys.stderr)
+        return 2
     try:
         cfg = build_config(STAGES[args.stage][0], args)
         run_stage(args.stage, cfg)
@@ -170,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignkit {args.stage}: interrupted (checkpoints already written are intact; "
               "continue with --resume)", file=sys.stderr)
         return 130
+    finally:
+        leave_process_group()
     return 0
 
 

@@ -212,6 +212,9 @@ class OptimArgs(Config):
     max_steps: int = opt(-1, "Optimiser steps to run; -1 means --epochs full passes.",
                          ge=1, also=(-1,))
     epochs: float = opt(1.0, "Passes over the training data when --max-steps is -1.", gt=0)
+    gradient_checkpointing: bool = opt(False, "Recompute each transformer layer's activations in "
+                                       "the backward pass instead of keeping them: less memory "
+                                       "for about a third more compute (works with LoRA).")
 
 
 @dataclass

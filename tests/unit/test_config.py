@@ -482,8 +482,13 @@ FLAT_DEMO_DEFAULTS = {
 }
 
 
+# SFT options added after the flat demo was replaced (so never among its options)
+NEWER_SFT_OPTIONS = {"gradient_checkpointing"}
+
+
 def flat_demo(**changes) -> SimpleNamespace:
-    values = {**dataclasses.asdict(SFTConfig()), **FLAT_DEMO_DEFAULTS}
+    values = {**{k: v for k, v in dataclasses.asdict(SFTConfig()).items()
+                 if k not in NEWER_SFT_OPTIONS}, **FLAT_DEMO_DEFAULTS}
     assert len(values) == 57 and set(changes) <= set(values)
     return SimpleNamespace(**{**values, **changes})
 
@@ -498,7 +503,8 @@ def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
             "ppo_steps": min(cfg.ppo_steps, 2), "ppo_batch_size": min(cfg.ppo_batch_size, 4),
             "dpo_steps": min(cfg.dpo_steps, 2), "compare_prompts": min(cfg.compare_prompts, 6)})
     sft_final, labels = root / "sft" / "final", root / "prefs.jsonl"
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)}
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)
+              if f.name not in NEWER_SFT_OPTIONS}
     out = {
         "sft": SFTConfig(**{**shared, "output": str(root / "sft")}),
         "reward": RewardConfig(

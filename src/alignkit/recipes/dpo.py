@@ -96,7 +96,7 @@ def main(cfg: DPOConfig) -> dict:
 
     # 4. Reference log-probs, once, before any update (cached for a resumed run).
     ref_train, ref_heldout = ([], []) if cfg.reference_free else cached_reference(
-        model, train, heldout, cfg, pad_id, device, run.output)
+        model, train, heldout, cfg, pad_id, device, run.output, write=run.is_main)
 
     # 5. The loop: optimiser, schedule, resume; the data position is a function of the step.
     trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="dpo", counter="pairs")
@@ -113,7 +113,7 @@ def main(cfg: DPOConfig) -> dict:
         micro = [(make_batch([train[i] for i in ids], model, cfg, pad_id),
                   None if cfg.reference_free else torch.cat([ref_train[i] for i in ids]))
                  for ids in trainer.micro_batches(step, len(train))]
-        return preference_step(model, micro, cfg, device, trainer.backward)
+        return preference_step(model, micro, cfg, trainer)
 
     def evaluate(step: int) -> dict:
         row = evaluate_pairs(model, heldout, ref_heldout, cfg, pad_id, device) if heldout else {}

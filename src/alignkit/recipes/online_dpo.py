@@ -113,7 +113,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
                     ids = order[s0:s0 + cfg.batch_size]
                     batch = make_batch([groups[i] for i in ids], model, cfg, pad_id)
                     step = preference_step(model, [(batch, torch.cat([refs[i] for i in ids]))],
-                                           cfg, device, trainer.backward)
+                                           cfg, trainer)
                     steps.append({**step, **trainer.optimizer_step()})
             for key in ("loss", "reward_margin", "reward_accuracy", "grad_norm", "lr"):
                 row[key] = sum(s[key] for s in steps) / len(steps)

@@ -85,7 +85,8 @@ def main(cfg: RewardConfig) -> dict:
 
     # 5. The loop: optimiser, schedule, resume (weights, optimiser, RNG, data position).
     trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="reward",
-                      counter="pairs")
+                      counter="pairs",
+                      idle_parameters=cfg.ensemble > 1 and not cfg.shared_backbone)
     trainer.resume()
     trainer.log_setup({"train_prompts": len(train), "heldout_prompts": len(heldout),
                        "train_pairs": sum(len(g.pairs) for g in train),
@@ -110,8 +111,10 @@ def main(cfg: RewardConfig) -> dict:
     if result:
         trainer.log(trainer.total_steps, result, split="eval")
     trainer.finish()
-    final = model.save(Path(run.output) / "final")
-    if result:
-        print_table({"held-out": result})
-    log.info("saved %s", final)
+    final = Path(run.output) / "final"
+    if run.is_main:
+        model.save(final)
+        if result:
+            print_table({"held-out": result})
+        log.info("saved %s", final)
     return {"final": final, "model": model, "eval": result}

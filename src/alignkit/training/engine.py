@@ -39,6 +39,8 @@ from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device
 from alignkit.models.lora import count_parameters
 from alignkit.models.precision import autocast
+from alignkit.training.distributed import (World, barrier, init_world, no_sync, sum_across,
+                                           wrap)
 from alignkit.utils.logs import progress_bar
 from alignkit.utils.metrics import MetricsLog
 
@@ -59,19 +61,23 @@ class Stateful(Protocol):
 
 @dataclass
 class Run:
-    """Where a stage writes and what it computes on."""
+    """Where a stage writes, what it computes on, and this process's place among the ranks."""
 
     cfg: Any
     output: Path
     device: str
-    # the process that writes files (checkpoints, final model, metrics): one process today
-    is_main: bool = True
+    world: World = field(default_factory=World)
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes files (checkpoints, final model, metrics) and prints."""
+        return self.world.is_main
 
 
-def prepare_output(cfg) -> Path:
+def prepare_output(cfg, write: bool = True) -> Path:
     """Create the output folder; refuse to clobber an earlier run unless --resume or --overwrite
     (which removes that run's outputs and caches first: a replaced run must not start from what
-    the earlier one computed)."""
+    the earlier one computed). ``write=False`` (ranks other than the first): the check only."""
     import shutil
 
     out = Path(cfg.output)
@@ -81,6 +87,8 @@ def prepare_output(cfg) -> Path:
     if existing and not (resume or cfg.overwrite):
         raise UserError(f"{out}: holds an earlier run; pass --resume to continue it or "
                         "--overwrite to replace it")
+    if not write:
+        return out
     if out.exists() and cfg.overwrite and not resume:
         for name in RUN_OUTPUTS:
             target = out / name
@@ -97,10 +105,13 @@ def start_run(cfg, validate: Callable[[], None] | None = None) -> Run:
     written, then the output folder, the resolved config beside it, the seed and the device."""
     if validate is not None:
         validate()
-    output = prepare_output(cfg)
-    save_config(cfg, output)
+    world, device = init_world(pick_device(cfg.device))
+    output = prepare_output(cfg, write=world.is_main)
+    if world.is_main:
+        save_config(cfg, output)
+    barrier(world)
     ckpt.seed_everything(cfg.seed)
-    return Run(cfg, output, pick_device(cfg.device))
+    return Run(cfg, output, device, world)
 
 
 def steps_for_epochs(cfg, examples: int) -> int:
@@ -129,6 +140,32 @@ def make_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int):
                          num_training_steps=total_steps)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
+    """Activation (gradient) checkpointing in every Hugging Face model inside ``model`` (a
+    policy, its critic, the backbones of a reward ensemble): each layer's activations are
+    recomputed in the backward pass instead of kept. Non-reentrant torch checkpointing: it needs
+    no input that requires grad, so it works with LoRA and frozen embeddings. Returns how many
+    models it was switched on in."""
+    from transformers import PreTrainedModel
+
+    covered: set[int] = set()
+    count = 0
+    for module in model.modules():
+        if id(module) in covered or not isinstance(module, PreTrainedModel):
+            continue
+        if not module.supports_gradient_checkpointing:
+            continue
+        enable = getattr(module, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers < 5
+            module.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        covered.update(id(m) for m in module.modules())
+        count += 1
+    return count
+
+
 @dataclass
 class TrainerState:
     """What a checkpoint carries beyond the weights, optimiser, schedule and RNG."""
@@ -147,12 +184,13 @@ class Trainer:
     default ``None`` the trainer steps once after each ``train_step``. ``extra_state``: objects
     with ``state_dict``/``load_state_dict`` saved in every checkpoint under their key.
     ``checkpoint_at_end``: also write a checkpoint after the last step (so that a later
-    ``--resume`` with more ``--max-steps`` continues the run)."""
+    ``--resume`` with more ``--max-steps`` continues the run). ``idle_parameters``: some
+    trainable parameters sit out some micro-batches (under torchrun DDP then looks for them)."""
 
     def __init__(self, run: Run, model: torch.nn.Module, total_steps: int, *, name: str,
                  counter: str = "tokens", optimizer_steps_per_step: int | None = None,
                  extra_state: dict[str, Stateful] | None = None,
-                 checkpoint_at_end: bool = False):
+                 checkpoint_at_end: bool = False, idle_parameters: bool = False):
         cfg = run.cfg
         self.run, self.cfg, self.model, self.name = run, cfg, model, name
         self.log_to = logging.getLogger(f"alignkit.{name.replace('-', '_')}")
@@ -162,6 +200,22 @@ class Trainer:
         self.steps_itself = optimizer_steps_per_step is not None
         self.extra_state = dict(extra_state or {})
         self.checkpoint_at_end = checkpoint_at_end
+        checkpointing = getattr(cfg, "gradient_checkpointing", False)
+        if checkpointing and not enable_gradient_checkpointing(model):
+            raise UserError("--gradient-checkpointing: this model has no Hugging Face layers that "
+                            "support it")
+        self.world = run.world
+        self.ddp = None
+        if self.world.distributed:
+            if self.steps_itself:
+                raise UserError(f"alignkit {name} runs in one process for now (its rollouts are "
+                                "not sharded yet); launch it without torchrun")
+            if cfg.grad_accum % self.world.size:
+                raise UserError(f"--grad-accum {cfg.grad_accum} must be a multiple of the "
+                                f"{self.world.size} processes: each runs --grad-accum / "
+                                f"{self.world.size} of a step's micro-batches, so that the "
+                                "step's batch is the same at every world size")
+            self.ddp = wrap(model, self.device, idle_parameters)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps,
@@ -213,7 +267,9 @@ class Trainer:
         if self.state.step == 0:
             trainable, total = count_parameters(self.model)
             self.log(0, {**row, "trainable_params": trainable, "total_params": total,
-                         "total_steps": self.total_steps, "device": self.device}, split="setup")
+                         "total_steps": self.total_steps, "device": self.device,
+                         "gradient_checkpointing": getattr(self.cfg, "gradient_checkpointing",
+                                                           False)}, split="setup")
 
     # ------------------------------------------------------------------ one step
 
@@ -223,15 +279,35 @@ class Trainer:
 
     def micro_batches(self, step: int, examples: int, seed: int | None = None
                       ) -> list[list[int]]:
-        """Example indices of the ``--grad-accum`` micro-batches of optimiser step ``step``
-        (shuffled epochs, a pure function of the step and seed)."""
+        """Example indices of this process's micro-batches of optimiser step ``step``: the
+        step's ``--grad-accum`` micro-batches (shuffled epochs, a pure function of the step and
+        seed), every ``world size``-th of them from this rank on."""
         seed = self.cfg.seed if seed is None else seed
         return [micro_batch_indices(step * self.cfg.grad_accum + j, examples,
                                     self.cfg.batch_size, seed)
-                for j in range(self.cfg.grad_accum)]
+                for j in range(self.world.rank, self.cfg.grad_accum, self.world.size)]
+
+    def sum(self, values):
+        """``values`` (a list of numbers or a tensor) summed over every process: the whole
+        step's counts and loss sums, from each process's share."""
+        return sum_across(values, self.world, self.device)
+
+    def forward(self, compute, *args, **kwargs):
+        """``compute(model, *args)``, through DistributedDataParallel when there are several
+        processes (so that the backward synchronises the gradients)."""
+        if self.ddp is None:
+            return compute(self.model, *args, **kwargs)
+        return self.ddp(compute, *args, **kwargs)
+
+    def accumulate(self, last: bool):
+        """Around the forward and backward of one micro-batch: gradients stay local until the
+        step's ``last`` micro-batch, whose backward averages them over the processes."""
+        return no_sync(self.ddp, last)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        """``loss`` is this process's share of the step's loss (normalised by the whole step's
+        count); DDP averages the processes' gradients, so each is scaled by their number."""
+        (loss * self.world.size if self.world.distributed else loss).backward()
 
     def optimizer_step(self) -> dict[str, float]:
         """Clip (when --max-grad-norm > 0), step, advance the schedule, clear gradients.
@@ -269,10 +345,11 @@ class Trainer:
         cfg, counter = self.cfg, self.counter
         seen_key = f"{counter}_seen"
         if self.metrics is None and self.run.is_main:
-            self.resume()
+            raise RuntimeError("call Trainer.resume() before fit()")
         if self.state.step == 0:
             self.evaluate_now(evaluate, 0)
-        bar = progress_bar(self.total_steps, self.state.step, cfg.progress, self.name)
+        bar = progress_bar(self.total_steps, self.state.step, cfg.progress and self.run.is_main,
+                           self.name)
         self._started, self._seen_at_start = time.time(), self.state.counters[seen_key]
         for step in range(self.state.step, self.total_steps):
             t0 = time.time()

@@ -214,7 +214,8 @@ def _cache_mismatch(saved, key: dict) -> str:
 
 
 def cached_reference(model, train, heldout, cfg, pad_id: int, device: str,
-                     output: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                     output: Path, write: bool = True
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Reference log-probs of every train and held-out response, from the cache file when its
     key (``reference_cache_key``: the data, the reference's weights and the numerics) equals
     this run's -- a resumed run -- else computed now (before any update) and cached with it."""
@@ -234,29 +235,34 @@ def cached_reference(model, train, heldout, cfg, pad_id: int, device: str,
     t0 = time.time()
     tr = reference_logps(model, train, cfg, pad_id, device)
     ho = reference_logps(model, heldout, cfg, pad_id, device)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, "train": tr, "heldout": ho}, tmp)
-    tmp.replace(path)
+    if write:  # one process writes the cache; the others computed the same values
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "train": tr, "heldout": ho}, tmp)
+        tmp.replace(path)
     log.info("reference log-probs of %d responses computed and cached in %.1fs",
              sum(len(t) for t in tr + ho), time.time() - t0)
     return tr, ho
 
 
 def preference_step(model, micro: list[tuple[PreferenceBatch, torch.Tensor | None]], cfg,
-                    device: str, backward) -> dict:
-    """Forward and backward passes of one optimiser step over micro-batches of (batch, reference
-    log-probs of its responses or None): the loss is the weighted mean over all the step's
-    comparisons, each micro-batch's share handed to ``backward``. Returns the step's metrics
-    (loss, DPO loss, implicit rewards, margin, accuracy, log-probs, pairs, tokens)."""
-    weight_total = sum(float(b.weight.sum()) for b, _ in micro)
+                    trainer) -> dict:
+    """Forward and backward passes of one optimiser step over this process's micro-batches of
+    (batch, reference log-probs of its responses or None): the loss is the weighted mean over
+    all the step's comparisons (across processes too). Returns the step's metrics (loss, DPO
+    loss, implicit rewards, margin, accuracy, log-probs, pairs, tokens)."""
+    device = trainer.device
+    local = [sum(float(b.weight.sum()) for b, _ in micro), sum(b.num_pairs for b, _ in micro),
+             sum(b.num_tokens for b, _ in micro), sum(b.computed_tokens for b, _ in micro)]
+    weight_total, pairs, tokens, computed = trainer.sum(local)
     sums: dict[str, float] = {}
-    for batch, ref in micro:
+    for i, (batch, ref) in enumerate(micro):
         batch = batch.to(device)
-        with autocast(device, cfg.precision):
-            logps, counts = sequence_logps(model, batch)
-        out = pair_losses(logps, None if ref is None else ref.to(device), counts, batch, cfg)
-        w = batch.weight
-        backward((out["total"] * w).sum() / max(weight_total, 1e-9))
+        with trainer.accumulate(last=i == len(micro) - 1):
+            with trainer.autocast():
+                logps, counts = trainer.forward(sequence_logps, batch)
+            out = pair_losses(logps, None if ref is None else ref.to(device), counts, batch, cfg)
+            w = batch.weight
+            trainer.backward((out["total"] * w).sum() / max(weight_total, 1e-9))
         margin = out["chosen_rewards"] - out["rejected_rewards"]
         parts = {"loss": out["total"], "dpo_loss": out["dpo"],
                  "rewards_chosen": out["chosen_rewards"],
@@ -267,10 +273,10 @@ def preference_step(model, micro: list[tuple[PreferenceBatch, torch.Tensor | Non
             parts["rpo_loss"] = out["rpo"]
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + float((value.detach().float() * w).sum())
-    row = {k: v / max(weight_total, 1e-9) for k, v in sums.items()}
-    row.update(pairs=sum(b.num_pairs for b, _ in micro),
-               tokens=sum(b.num_tokens for b, _ in micro),
-               computed_tokens=sum(b.computed_tokens for b, _ in micro))
+    keys = sorted(sums)
+    totals = trainer.sum([sums[k] for k in keys])
+    row = {k: v / max(weight_total, 1e-9) for k, v in zip(keys, totals)}
+    row.update(pairs=int(pairs), tokens=int(tokens), computed_tokens=int(computed))
     return row
 
 

@@ -245,20 +245,34 @@ def reward_step(model: RewardModel, trainer, train: list[PreferenceGroup], boot:
     weights_total = torch.zeros(cfg.ensemble)
     for members, _, w in work:
         weights_total[members] += w.sum((1, 2))
+    weights_total = trainer.sum(weights_total).float().cpu()
     loss_by_member = torch.zeros(cfg.ensemble)
-    for members, batch, w in work:
+    for i, (members, batch, w) in enumerate(work):
         batch = batch.to(trainer.device)
-        raw = (model.raw(batch) if len(members) == cfg.ensemble
-               else model.members[members[0]](batch).unsqueeze(0))
-        loss_sum = member_losses(raw, batch, w.to(trainer.device), cfg.label_smoothing, cfg.loss)
-        norm = weights_total[members].clamp(min=1e-9).to(loss_sum.device)
-        trainer.backward((loss_sum / norm).sum())
+        with trainer.accumulate(last=i == len(work) - 1):
+            raw = trainer.forward(member_rewards, batch, members if len(members) < cfg.ensemble
+                                  else None)
+            loss_sum = member_losses(raw, batch, w.to(trainer.device), cfg.label_smoothing,
+                                     cfg.loss)
+            norm = weights_total[members].clamp(min=1e-9).to(loss_sum.device)
+            trainer.backward((loss_sum / norm).sum())
         loss_by_member[members] += loss_sum.detach().cpu()
+    loss_by_member = trainer.sum(loss_by_member).float().cpu()
     member_loss = loss_by_member / weights_total.clamp(min=1e-9)
-    row = {"loss": float(member_loss.mean()),
-           "pairs": sum(batch.num_pairs for _, batch, _ in work),
-           "tokens": sum(batch.num_tokens for _, batch, _ in work),
-           "computed_tokens": sum(batch.computed_tokens for _, batch, _ in work)}
+    pairs, tokens, computed = trainer.sum([
+        sum(batch.num_pairs for _, batch, _ in work), sum(batch.num_tokens for _, batch, _ in work),
+        sum(batch.computed_tokens for _, batch, _ in work)])
+    row = {"loss": float(member_loss.mean()), "pairs": int(pairs), "tokens": int(tokens),
+           "computed_tokens": int(computed)}
     if cfg.ensemble > 1:
         row.update({f"loss_member{m}": float(v) for m, v in enumerate(member_loss)})
     return row
+
+
+def member_rewards(model: RewardModel, batch, members: list[int] | None) -> torch.Tensor:
+    """(M, N, A) raw rewards of the batch's responses from every member (``None``), or (1, N, A)
+    from the one member ``members`` names."""
+    if members is None:
+        return model.raw(batch)
+    (m,) = members
+    return model.members[m](batch).unsqueeze(0)

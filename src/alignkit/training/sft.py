@@ -40,21 +40,25 @@ def batch_loss_sum(model, batch: LMBatch) -> tuple[torch.Tensor, int]:
 
 
 def sft_step(model, trainer, examples: list[TokenizedExample], pad_id: int, step: int) -> dict:
-    """Forward and backward passes of one optimiser step: the step's micro-batches, each loss
-    sum divided by the target tokens of the whole step (so accumulation is exact)."""
+    """Forward and backward passes of one optimiser step: this process's micro-batches, each
+    loss sum divided by the target tokens of the whole step, across processes too (so that
+    accumulation and data parallelism are exact)."""
     micro = [make_batch([examples[i] for i in ids], trainer.cfg, pad_id)
              for ids in trainer.micro_batches(step, len(examples))]
-    step_targets = sum(b.num_targets for b in micro)
+    local = [sum(b.num_targets for b in micro), sum(b.num_tokens for b in micro),
+             sum(b.computed_tokens for b in micro)]
+    step_targets, step_tokens, step_computed = trainer.sum(local)
     loss_total = 0.0
-    for batch in micro:
+    for i, batch in enumerate(micro):
         batch = batch.to(trainer.device)
-        with trainer.autocast():
-            loss_sum, _ = batch_loss_sum(model, batch)
-        trainer.backward(loss_sum / step_targets)
+        with trainer.accumulate(last=i == len(micro) - 1):
+            with trainer.autocast():
+                loss_sum, _ = trainer.forward(batch_loss_sum, batch)
+            trainer.backward(loss_sum / step_targets)
         loss_total += float(loss_sum.detach())
-    return {"loss": loss_total / step_targets, "tokens": sum(b.num_tokens for b in micro),
-            "target_tokens": step_targets,
-            "computed_tokens": sum(b.computed_tokens for b in micro)}
+    (loss_total,) = trainer.sum([loss_total])
+    return {"loss": loss_total / step_targets, "tokens": int(step_tokens),
+            "target_tokens": int(step_targets), "computed_tokens": int(step_computed)}
 
 
 @torch.no_grad()

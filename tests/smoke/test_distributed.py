@@ -1,0 +1,159 @@
+"""Data parallelism under torchrun (2 processes, gloo on CPU): the same command on 2 ranks
+computes what it computes in one process. Each rank runs half of a step's micro-batches, the
+losses are normalised by the whole step's counts, and DDP averages the gradients, so the per-step
+losses and the final weights equal the one-process run's up to the order of float sums. Only the
+first rank writes: one ``final/``, one ``metrics.jsonl`` with one row per step and global
+counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.smoke
+
+# rank-independent float sums differ from one process's in the last bits only
+REL = 1e-5
+
+
+def run_ranks(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc_per_node={nproc}", "-m", "alignkit"] if nproc > 1
+                else [sys.executable, "-m", "alignkit"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def rows(out: Path, split: str = "train") -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in (json.loads(ln) for ln in lines) if r["split"] == split]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.rglob("*.safetensors")):
+        out.update({f"{f.relative_to(folder)}:{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
+def assert_same_training(one: Path, two: Path, keys: tuple[str, ...],
+                         counts: tuple[str, ...]) -> None:
+    a, b = rows(one), rows(two)
+    assert [r["step"] for r in b] == [r["step"] for r in a] and len(a) >= 3
+    for key in keys:
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=REL, abs=1e-7), key
+    for key in counts:  # global counts, not one rank's
+        assert [r[key] for r in b] == [r[key] for r in a], key
+    wa, wb = weights(one / "final"), weights(two / "final")
+    assert wa.keys() == wb.keys() and wa
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=REL, atol=1e-6, msg=name)
+    assert not list(two.glob("*rank*")) and [p.name for p in two.iterdir() if p.name == "final"]
+
+
+def test_sft_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
+    common = ["sft", "--model", str(tiny_model_dir), "--data", "demo", "--max-steps", "4",
+              "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3", "--eval-every", "2",
+              "--save-every", "0", "--no-progress"]
+    run_ranks(1, *common, "--output", str(tmp_path / "one"))
+    proc = run_ranks(2, *common, "--output", str(tmp_path / "two"))
+    assert_same_training(tmp_path / "one", tmp_path / "two", ("loss", "grad_norm"),
+                         ("tokens", "target_tokens"))
+    # held-out evaluation as in one process, written once
+    assert [r["loss"] for r in rows(tmp_path / "two", "eval")] == pytest.approx(
+        [r["loss"] for r in rows(tmp_path / "one", "eval")], rel=REL)
+    assert proc.stderr.count("saved ") == 1
+
+
+def test_dpo_with_lora_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
+    from tests.smoke.test_dpo import write_prefs
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 32)
+    common = ["dpo", "--model", str(tiny_model_dir), "--data", str(prefs), "--max-steps", "4",
+              "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-2", "--lora",
+              "--eval-fraction", "0.25", "--eval-every", "2", "--save-every", "0",
+              "--no-progress"]
+    run_ranks(1, *common, "--output", str(tmp_path / "one"))
+    run_ranks(2, *common, "--output", str(tmp_path / "two"))
+    assert_same_training(tmp_path / "one", tmp_path / "two",
+                         ("loss", "grad_norm", "reward_margin", "reward_accuracy"),
+                         ("pairs", "tokens"))
+    assert (tmp_path / "two" / "reference_logps.pt").is_file()
+
+
+def test_reward_ensemble_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
+    from tests.smoke.test_reward_cli import write_prefs
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
+    common = ["reward", "--model", str(tiny_model_dir), "--data", str(prefs), "--ensemble", "2",
+              "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3",
+              "--eval-fraction", "0", "--save-every", "0", "--no-progress"]
+    run_ranks(1, *common, "--output", str(tmp_path / "one"))
+    run_ranks(2, *common, "--output", str(tmp_path / "two"))
+    assert_same_training(tmp_path / "one", tmp_path / "two",
+                         ("loss", "loss_member0", "loss_member1", "grad_norm"), ("pairs",))
+
+
+def test_a_grad_accum_the_ranks_cannot_share_is_refused(tiny_model_dir, tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "alignkit"]
+    proc = subprocess.run([*launcher, "sft", "--model", str(tiny_model_dir), "--data", "demo",
+                           "--max-steps", "2", "--grad-accum", "3", "--output",
+                           str(tmp_path / "out"), "--no-progress"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "--grad-accum 3 must be a multiple of the 2 processes" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("alignkit sft: error")[0][-2000:]
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_at_another_world_size_continues_the_same_run(tiny_model_dir, tmp_path, first,
+                                                             then):
+    """A checkpoint holds the whole state whatever the world size that wrote it: a run killed
+    after step 2 on ``first`` processes, resumed on ``then``, has the per-step losses and the
+    final weights of the uninterrupted one-process run."""
+    common = ["sft", "--model", str(tiny_model_dir), "--data", "demo", "--max-steps", "4",
+              "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3", "--eval-every", "0",
+              "--no-progress"]
+    run_ranks(1, *common, "--save-every", "0", "--output", str(tmp_path / "whole"))
+    split = tmp_path / "split"
+    run_ranks(first, *common, "--save-every", "2", "--keep-checkpoints", "0",
+              "--output", str(split))
+    # as if killed after the checkpoint of step 2: the later metrics and final/ never written
+    import shutil
+
+    shutil.rmtree(split / "final")
+    kept = [ln for ln in (split / "metrics.jsonl").read_text().splitlines()
+            if json.loads(ln)["step"] <= 2]
+    (split / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    proc = run_ranks(then, *common, "--save-every", "2", "--keep-checkpoints", "0", "--resume",
+                     "--output", str(split))
+    assert "resuming from" in proc.stderr
+    assert_same_training(tmp_path / "whole", split, ("loss", "grad_norm"), ("tokens",))
+
+
+@pytest.mark.parametrize("stage", ["ppo", "online-dpo", "label", "eval", "best-of-n"])
+def test_stages_that_do_not_shard_yet_refuse_several_processes(stage, tmp_path, capsys,
+                                                               monkeypatch):
+    """Under torchrun a stage that is not data-parallel would run N copies writing the same
+    files; it stops with one clear line instead, before anything is written."""
+    from alignkit.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    assert main([stage, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alignkit {stage}: error: launched as 2 processes")
+    assert "launch it without torchrun" in err and not out.exists()
