@@ -181,8 +181,9 @@ class ModelArgs(Config):
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj",
                             "Comma-separated module names that get LoRA adapters.")
     device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
-    precision: str = opt("auto", "Numerics: auto (fp32 on CPU, bf16 autocast on CUDA), fp32, bf16.",
-                         ("auto", "fp32", "bf16"))
+    precision: str = opt("auto", "Numerics: auto (fp32 on CPU, bf16 autocast on CUDA), fp32, "
+                         "bf16, fp16 (autocast with loss scaling). Weights stay fp32.",
+                         ("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass

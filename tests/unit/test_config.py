@@ -109,7 +109,7 @@ def test_flag_values_are_typed():
 
 @pytest.mark.parametrize("argv", [["--batch-size", "four"], ["--lr", "x"],
                                   ["--schedule", "bogus"], ["--chat", "sometimes"],
-                                  ["--precision", "fp16"], ["--no-such-flag", "1"]])
+                                  ["--precision", "fp8"], ["--no-such-flag", "1"]])
 def test_bad_flags_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         parse("sft", argv)

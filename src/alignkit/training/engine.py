@@ -2,23 +2,27 @@
 
 A stage does three things with it:
 
-1. ``run = start_run(cfg, "dpo")``: the output folder (refusing to clobber an earlier run), the
-   resolved config beside it, the seed, the device.
-2. ``trainer = Trainer(run, model, total_steps)``: the optimiser (AdamW) and schedule
+1. ``run = start_run(cfg, validate=check_flags)``: the flag checks, the output folder (refusing
+   to clobber an earlier run), the resolved config beside it, the seed, the device, and under
+   ``torchrun`` the process group.
+2. ``trainer = Trainer(run, model, total_steps, name="dpo")``: the optimiser (AdamW) and schedule
    (``transformers.get_scheduler``) over the model's trainable parameters, the metrics log, and
    -- with ``--resume`` -- parameters, optimiser, schedule, RNG, the counters and any extra state
    (a KL controller, a monitor) restored from the newest checkpoint.
 3. ``trainer.fit(train_step, evaluate)``: for each step, ``train_step(step)`` runs the forward
-   and backward passes of that step's micro-batches (through ``trainer.backward``) and returns
+   and backward passes of this process's micro-batches of the step (``trainer.micro_batches``,
+   ``trainer.forward``, ``trainer.backward``, counts summed with ``trainer.sum``) and returns
    its metrics; the trainer clips and steps the optimiser, logs every ``--log-every`` steps,
    evaluates every ``--eval-every`` steps and at the end, writes a checkpoint every
    ``--save-every`` steps (atomically: a killed run never leaves a half-written one), and
    finally logs the run's summary.
 
 It is the single place where a model trains: where gradients are clipped and the optimiser
-steps, where bf16 autocast is switched on, where the process that writes files is decided and
-where a stage's data position follows from the step number alone (which is what makes a resumed
-run exact).
+steps, where autocast (bf16, or fp16 with a gradient scaler) and gradient checkpointing are
+switched on, where the model is wrapped in DistributedDataParallel under ``torchrun`` and each
+process's share of a step is decided (``distributed.py``), where only the first process writes,
+and where a stage's data position follows from the step number alone (which is what makes a
+resumed run exact, at any number of processes).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from alignkit.errors import UserError
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device
 from alignkit.models.lora import count_parameters
-from alignkit.models.precision import autocast
+from alignkit.models.precision import autocast, uses_fp16
 from alignkit.training.distributed import (World, barrier, init_world, no_sync, sum_across,
                                            wrap)
 from alignkit.utils.logs import progress_bar
@@ -217,6 +221,12 @@ class Trainer:
                                 "step's batch is the same at every world size")
             self.ddp = wrap(model, self.device, idle_parameters)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # fp16 gradients underflow: the loss is scaled up before the backward, the gradients
+        # unscaled before clipping, and a step with inf/NaN gradients skipped (scale halved)
+        self.scaler = (torch.amp.GradScaler(torch.device(self.device).type)
+                       if uses_fp16(cfg.precision) else None)
+        if self.scaler is not None:
+            self.extra_state["grad_scaler"] = self.scaler
         self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps,
                                         total_steps * (optimizer_steps_per_step or 1))
@@ -307,19 +317,28 @@ class Trainer:
     def backward(self, loss: torch.Tensor) -> None:
         """``loss`` is this process's share of the step's loss (normalised by the whole step's
         count); DDP averages the processes' gradients, so each is scaled by their number."""
-        (loss * self.world.size if self.world.distributed else loss).backward()
+        loss = loss * self.world.size if self.world.distributed else loss
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def optimizer_step(self) -> dict[str, float]:
         """Clip (when --max-grad-norm > 0), step, advance the schedule, clear gradients.
         Returns the gradient norm before clipping and the learning rate used."""
         max_norm = self.cfg.max_grad_norm
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = (float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
                      if max_norm > 0 else 0.0)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        row = {"grad_norm": grad_norm, "lr": lr}
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            row["loss_scale"] = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": grad_norm, "lr": lr}
+        return row
 
     def stop(self, reason: str) -> None:
         """End the run after the current step (its checkpoint is written first)."""
@@ -397,6 +416,9 @@ class Trainer:
         seen_key = f"{self.counter}_seen"
         took = time.time() - self._started
         seen = self.state.counters[seen_key]
+        if self.device.startswith("cuda"):
+            summary = {**(summary or {}),
+                       "cuda_peak_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
         self.log(self.state.step, {seen_key: seen, "train_time_s": took,
                                    f"{self.counter}_per_s": (seen - self._seen_at_start)
                                    / max(took, 1e-9), **(summary or {})}, split="summary")

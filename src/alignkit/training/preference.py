@@ -25,7 +25,7 @@ from alignkit.generation.sampler import SamplingConfig, response_logprobs
 from alignkit.losses import dpo as losses
 from alignkit.models.lm import hidden_states, logits_at
 from alignkit.models.lora import is_lora
-from alignkit.models.precision import autocast, uses_bf16
+from alignkit.models.precision import autocast, uses_bf16, uses_fp16
 from alignkit.utils.fingerprint import json_digest, module_digest, update_with_ints
 
 log = logging.getLogger("alignkit.dpo")
@@ -187,7 +187,8 @@ def reference_cache_key(model, train, heldout, cfg, pad_id: int,
     weights = module_digest(model, skip=(lambda name: "lora_" in name) if lora else
                             (lambda name: False))
     numerics = {"format": REFERENCE_CACHE_FORMAT, "device": torch.device(device).type,
-                "bf16_autocast": uses_bf16(device, cfg.precision), "batch_size": cfg.batch_size,
+                "bf16_autocast": uses_bf16(device, cfg.precision),
+                "fp16_autocast": uses_fp16(cfg.precision), "batch_size": cfg.batch_size,
                 "packing": cfg.packing, "share_prefix": cfg.share_prefix,
                 "capacity": cfg.pack_length or cfg.max_length, "pad_id": pad_id,
                 "torch": str(torch.__version__), "transformers": str(transformers.__version__)}

@@ -250,10 +250,11 @@ def reward_step(model: RewardModel, trainer, train: list[PreferenceGroup], boot:
     for i, (members, batch, w) in enumerate(work):
         batch = batch.to(trainer.device)
         with trainer.accumulate(last=i == len(work) - 1):
-            raw = trainer.forward(member_rewards, batch, members if len(members) < cfg.ensemble
-                                  else None)
-            loss_sum = member_losses(raw, batch, w.to(trainer.device), cfg.label_smoothing,
-                                     cfg.loss)
+            with trainer.autocast():
+                raw = trainer.forward(member_rewards, batch,
+                                      members if len(members) < cfg.ensemble else None)
+            loss_sum = member_losses(raw.float(), batch, w.to(trainer.device),
+                                     cfg.label_smoothing, cfg.loss)
             norm = weights_total[members].clamp(min=1e-9).to(loss_sum.device)
             trainer.backward((loss_sum / norm).sum())
         loss_by_member[members] += loss_sum.detach().cpu()

@@ -1,6 +1,8 @@
-"""``--gradient-checkpointing`` is switched on in one place (the training engine) for every trainer,
-and it changes memory, not arithmetic: the recomputed forward is the same fp32 computation, so
-each step's loss and gradient norm equal the run without it, and so do the final weights."""
+"""The training engine's numerics and memory knobs, switched on in one place for every trainer.
+
+``--gradient-checkpointing`` changes memory, not arithmetic: the recomputed forward is the same
+fp32 computation, so each step's loss and gradient norm equal the run without it, and so do the
+final weights. ``--precision fp16`` autocasts with fp32 weights and a gradient scaler."""
 
 from __future__ import annotations
 
@@ -76,33 +78,60 @@ def test_sft_full_fine_tuning(tiny_model_dir, tmp_path, monkeypatch):
     assert_same_weights(outs[False] / "final", outs[True] / "final")
 
 
-def test_dpo_with_lora(tiny_model_dir, tmp_path):
+def with_and_without_checkpointing(make_config, root: Path) -> dict[bool, Path]:
+    """Run the stage ``make_config(output, gradient_checkpointing)`` configures both ways."""
     from alignkit.cli import run
+
+    outs = {on: root / f"checkpointing-{on}" for on in (False, True)}
+    for on, out in outs.items():
+        run(make_config(str(out), on))
+    return outs
+
+
+def test_dpo_with_lora(tiny_model_dir, tmp_path):
     from alignkit.config import DPOConfig
     from tests.smoke.test_dpo import write_prefs
 
     prefs = write_prefs(tmp_path / "prefs.jsonl", 24)
-    outs = {}
-    for on in (False, True):
-        outs[on] = tmp_path / f"dpo-{on}"
-        run(DPOConfig(model=str(tiny_model_dir), data=str(prefs), output=str(outs[on]),
-                      max_steps=4, lr=1e-2, batch_size=8, lora=True, eval_every=0, save_every=0,
-                      sample_prompts=None, progress=False, gradient_checkpointing=on))
+    outs = with_and_without_checkpointing(lambda out, on: DPOConfig(
+        model=str(tiny_model_dir), data=str(prefs), output=out, max_steps=4, lr=1e-2,
+        batch_size=8, lora=True, eval_every=0, save_every=0, sample_prompts=None,
+        progress=False, gradient_checkpointing=on), tmp_path)
     assert_same_run(outs[False], outs[True], keys=("loss", "grad_norm", "reward_margin"))
     assert_same_weights(outs[False] / "final", outs[True] / "final")
 
 
 def test_reward_ensemble(tiny_model_dir, tmp_path):
-    from alignkit.cli import run
     from alignkit.config import RewardConfig
     from tests.smoke.test_reward_cli import write_prefs
 
     prefs = write_prefs(tmp_path / "prefs.jsonl", 32)
-    outs = {}
-    for on in (False, True):
-        outs[on] = tmp_path / f"rm-{on}"
-        run(RewardConfig(model=str(tiny_model_dir), data=str(prefs), output=str(outs[on]),
-                         ensemble=2, max_steps=4, batch_size=8, lr=3e-3, eval_fraction=0.0,
-                         save_every=0, progress=False, gradient_checkpointing=on))
+    outs = with_and_without_checkpointing(lambda out, on: RewardConfig(
+        model=str(tiny_model_dir), data=str(prefs), output=out, ensemble=2, max_steps=4,
+        batch_size=8, lr=3e-3, eval_fraction=0.0, save_every=0, progress=False,
+        gradient_checkpointing=on), tmp_path)
     assert_same_run(outs[False], outs[True], keys=("loss", "grad_norm", "loss_member0"))
     assert_same_weights(outs[False] / "final", outs[True] / "final")
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_its_scale(tiny_model_dir, tmp_path):
+    """``--precision fp16``: autocast in fp16 with fp32 weights and a grad scaler. The losses
+    follow the fp32 run's closely (fp16 rounding, not another computation), the scale is logged,
+    and it is part of the checkpoint (a resumed run continues with the same scale)."""
+    from alignkit.cli import run
+    from alignkit.config import SFTConfig
+
+    def settings(out, **kw):
+        return SFTConfig(model=str(tiny_model_dir), data="demo", max_steps=4, batch_size=4,
+                         lr=3e-3, eval_every=0, progress=False, output=str(out), **kw)
+
+    run(settings(tmp_path / "fp32", save_every=0, precision="fp32"))
+    run(settings(tmp_path / "fp16", save_every=2, keep_checkpoints=0, precision="fp16"))
+    a, b = train_rows(tmp_path / "fp32"), train_rows(tmp_path / "fp16")
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=2e-2)
+    assert [r["loss"] for r in b] != [r["loss"] for r in a]  # it really ran in fp16
+    assert all(r["loss_scale"] > 1 for r in b) and "loss_scale" not in a[0]
+    state = json.loads((tmp_path / "fp16" / "checkpoints" / "step-2" / "state.json").read_text())
+    assert state["grad_scaler"]["scale"] == b[1]["loss_scale"]
+    weights = final_weights(tmp_path / "fp16" / "final")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
