@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(name: str, cfg):
+def run_stage(name: str, cfg, **kwargs):
     module, func = STAGES[name][1].split(":")
-    return getattr(importlib.import_module(module), func)(cfg)
+    return getattr(importlib.import_module(module), func)(cfg, **kwargs)
 
 
 # the stages that run data-parallel under torchrun (each rank trains on its share of a step)
@@ -140,8 +140,8 @@ DATA_PARALLEL = {"sft", "reward", "dpo"}
 
 
 def leave_process_group() -> None:
-    """Under torchrun: every rank waits for the others to finish, then leaves the group (a
-    plain run never imported torch.distributed)."""
+    """Under torchrun: leave the process group when the stage is over (a plain run never
+    imported torch.distributed)."""
     if "torch.distributed" in sys.modules:
         import torch.distributed as dist
 
@@ -155,10 +155,8 @@ def run(cfg, **kwargs):
     names = [name for name, (cls, _, _) in STAGES.items() if type(cfg) is cls]
     if not names:
         raise TypeError(f"{type(cfg).__name__} is not a stage config")
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    module, func = STAGES[names[0]][1].split(":")
-    return getattr(importlib.import_module(module), func)(cfg, **kwargs)
+    cfg.validate()
+    return run_stage(names[0], cfg, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import RecordProblem, _optional_str, _text, check_responses
+from alignkit.data.schemas import RecordProblem, _optional_str, _text, checked_rows, check_responses
 from alignkit.data.tokenize import render_prompt
 from alignkit.errors import DataError, UserError
 
@@ -35,11 +35,7 @@ def read_prompts(spec: str, limit: int) -> list[dict]:
                         "responses": responses, "where": rec.where})
         except RecordProblem as p:
             problems.append(f"{rec.where}: {p}")
-    if problems:
-        raise DataError(problems)
-    if not out:
-        raise UserError(f"{spec}: no prompts")
-    return out[:limit] if limit > 0 else out
+    return checked_rows(out, problems, spec, "prompts", limit)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from alignkit.data.readers import Record
-from alignkit.errors import DataError, in_file_order
+from alignkit.errors import DataError, UserError, in_file_order
 
 ROLES = ("system", "user", "assistant", "tool")
 Text = Union[str, list]  # a string or a list of {"role", "content"} messages
@@ -222,3 +222,13 @@ def validate(records: list[Record], parse, skip_invalid: bool = False,
     if found and not skip_invalid:
         raise DataError(found)
     return examples, found
+
+
+def checked_rows(rows: list, problems: list[str], spec: str, what: str, limit: int = 0) -> list:
+    """The rows read from ``spec``: every problem at once as a ``DataError`` (file:line: field),
+    none at all as a ``UserError``, else the first ``limit`` rows (0: all)."""
+    if problems:
+        raise DataError(problems)
+    if not rows:
+        raise UserError(f"{spec}: no {what}")
+    return rows[:limit] if limit > 0 else rows

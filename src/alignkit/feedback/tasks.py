@@ -16,8 +16,7 @@ import random
 
 from alignkit.data.preferences import parse_pair, parse_ranked
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import RecordProblem, _optional_str, _text
-from alignkit.errors import DataError, UserError
+from alignkit.data.schemas import RecordProblem, _optional_str, _text, checked_rows
 
 
 def _gold_flag(fields: dict) -> bool:
@@ -64,11 +63,7 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
                             "best_first": None, "pair": False, "meta": meta})
         except RecordProblem as p:
             problems.append(f"{rec.where}: {p}")
-    if problems:
-        raise DataError(problems)
-    if not out:
-        raise UserError(f"{spec}: no records")
-    return out[:limit] if limit > 0 else out
+    return checked_rows(out, problems, spec, "records", limit)
 
 
 def to_store_tasks(records: list[dict], aspects: list[str], shuffle_pairs: bool = True,

@@ -121,12 +121,3 @@ def barrier(world: World) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def close_world(world: World) -> None:
-    if world.distributed:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()

@@ -235,7 +235,6 @@ class Trainer:
         self.train_history: dict[int, dict] = {}
         self.stop_reason: str | None = None
         self.metrics: MetricsLog | None = None
-        self.resumed_from: Path | None = None
         self._started = time.time()
         self._seen_at_start = 0.0
         self._evaluated: set[int] = set()
@@ -255,7 +254,6 @@ class Trainer:
             for key, obj in self.extra_state.items():
                 if saved.get(key) is not None:
                     obj.load_state_dict(saved[key])
-            self.resumed_from = found[-1]
             self.log_to.info("resuming from %s (step %d of %d)", found[-1], self.state.step,
                              self.total_steps)
         resuming = getattr(self.cfg, "resume", False)
