@@ -15,6 +15,7 @@ at step 0).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -135,13 +136,38 @@ def _forward(model, ids, mask, position_ids, cache, last_only: bool):
     return model(**kwargs).logits[:, -1]
 
 
+def row_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (run seed, step, prompt index, sample number): the seed
+    of one response's own random stream."""
+    digest = hashlib.blake2b(repr(tuple(int(k) for k in keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def row_generators(seeds: list[int], device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator] | None,
+         rows: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities -> (B,) sampled tokens. With ``generators`` each live row draws
+    from its own response's stream (``rows``: the original row of each), so a response's tokens
+    do not depend on which other prompts share its batch, or which process samples it."""
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(1)
+    return torch.cat([torch.multinomial(probs[i], 1, generator=generators[int(r)])
+                      for i, r in enumerate(rows.tolist())])
+
+
 def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingConfig,
-           pad_id: int, eos_id: int | None) -> torch.Tensor:
+           pad_id: int, eos_id: int | None, row_seeds: list[int] | None = None) -> torch.Tensor:
     """KV-cached decoding of left-padded prompts -> (B, T) new tokens (``pad_id`` after EOS).
-    Finished sequences leave the batch; draws use the global torch RNG (seed it to repeat)."""
+    Finished sequences leave the batch. Draws use the global torch RNG (seed it to repeat), or
+    with ``row_seeds`` one generator per row seeded with its seed."""
     from transformers import DynamicCache
 
     batch = query.shape[0]
+    generators = (row_generators(row_seeds, query.device) if row_seeds is not None
+                  and cfg.temperature > 0 else None)
     cache = DynamicCache(config=model.config)
     mask = query_mask
     position = (mask.cumsum(1) - 1).clamp(min=0)
@@ -154,7 +180,7 @@ def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingCo
             token = logits.argmax(-1)
         else:
             probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
-            token = torch.multinomial(probs, 1).squeeze(1)
+            token = draw(probs, generators, alive)
         out[alive, t] = token
         if t == cfg.max_new_tokens - 1:
             break
@@ -188,14 +214,18 @@ def fixed_draw(seed: int):
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
            cfg: SamplingConfig = SamplingConfig(), with_logprobs: bool = True,
-           batch_size: int = 0) -> Rollout:
+           batch_size: int = 0, row_seeds: list[int] | None = None) -> Rollout:
     """Sample one response per tokenised prompt (repeat a prompt for several samples). Seed the
-    global torch RNG beforehand for a reproducible draw; ``batch_size`` splits the generation
-    into chunks (0: all at once)."""
+    global torch RNG beforehand for a reproducible draw, or give each response its own seed
+    (``row_seeds``, see ``row_seed``): then a response is the same whatever batch or process
+    draws it. ``batch_size`` splits the generation into chunks (0: all at once)."""
     if not prompts:
         raise ValueError("no prompts to sample from")
+    if row_seeds is not None and len(row_seeds) != len(prompts):
+        raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
     if batch_size and len(prompts) > batch_size:
-        parts = [sample(model, prompts[i:i + batch_size], pad_id, eos_id, cfg, with_logprobs)
+        parts = [sample(model, prompts[i:i + batch_size], pad_id, eos_id, cfg, with_logprobs,
+                        row_seeds=None if row_seeds is None else row_seeds[i:i + batch_size])
                  for i in range(0, len(prompts), batch_size)]
         return concat_rollouts(parts, pad_id)
     device = next(model.parameters()).device
@@ -204,7 +234,7 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
     try:
         query, query_mask = left_pad(prompts, pad_id)
         query, query_mask = query.to(device), query_mask.to(device)
-        response = decode(model, query, query_mask, cfg, pad_id, eos_id)
+        response = decode(model, query, query_mask, cfg, pad_id, eos_id, row_seeds)
         # real tokens: everything up to and including the first EOS
         if eos_id is not None:
             is_eos = response == eos_id

@@ -18,9 +18,10 @@ def sampling_config(cfg) -> SamplingConfig:
 
 def sample_rollout(model, prompt_ids: list[list[int]], tokenizer, sampling: SamplingConfig, *,
             device: str, precision: str, with_logprobs: bool = False,
-            batch_size: int = 0) -> Rollout:
+            batch_size: int = 0, row_seeds: list[int] | None = None) -> Rollout:
     """One sampled response per prompt (repeat a prompt for several samples); the global torch
-    RNG decides the draw."""
+    RNG decides the draw, or each response's own seed (``row_seeds``)."""
     with autocast(device, precision):
         return sample(model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                      sampling, with_logprobs=with_logprobs, batch_size=batch_size)
+                      sampling, with_logprobs=with_logprobs, batch_size=batch_size,
+                      row_seeds=row_seeds)
