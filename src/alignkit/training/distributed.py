@@ -13,36 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the ranks of a run."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """The one process that writes files and prints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-
-def launched_world() -> World:
-    """What ``torchrun`` (or any launcher that sets its environment variables) asked for."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World()
-    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+from alignkit.utils.distributed import World, launched_world
 
 
 def init_world(device: str) -> tuple[World, str]:
@@ -62,25 +36,6 @@ def init_world(device: str) -> tuple[World, str]:
     if not world.is_main:  # one voice: the first rank reports, the others only warn
         logging.getLogger("alignkit").setLevel(logging.WARNING)
     return world, device
-
-
-def shard(indices: list[int], world: World) -> list[int]:
-    """This rank's share of a micro-batch: every ``size``-th example from ``rank`` on (the shares
-    of all ranks together are the micro-batch, whatever the world size)."""
-    return indices[world.rank::world.size]
-
-
-def sum_across(values: list[float] | torch.Tensor, world: World, device: str = "cpu"):
-    """Elementwise sum of ``values`` over every rank (the values themselves in one process)."""
-    if not world.distributed:
-        return values
-    import torch.distributed as dist
-
-    as_list = not isinstance(values, torch.Tensor)
-    t = (torch.tensor(values, dtype=torch.float64, device=device) if as_list
-         else values.detach().to(device=device, dtype=torch.float64).clone())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist() if as_list else t
 
 
 class StepForward(torch.nn.Module):
@@ -113,11 +68,3 @@ def no_sync(ddp, sync: bool):
     if ddp is None or sync:
         return contextlib.nullcontext()
     return ddp.no_sync()
-
-
-def barrier(world: World) -> None:
-    """Wait until every rank is here (rank 0 has written what the others read next)."""
-    if world.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()

@@ -43,8 +43,8 @@ from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device
 from alignkit.models.lora import count_parameters
 from alignkit.models.precision import autocast, uses_fp16
-from alignkit.training.distributed import (World, barrier, init_world, no_sync, sum_across,
-                                           wrap)
+from alignkit.training.distributed import init_world, no_sync, wrap
+from alignkit.utils.distributed import World, barrier, sum_across
 from alignkit.utils.logs import progress_bar
 from alignkit.utils.metrics import MetricsLog
 
@@ -211,10 +211,8 @@ class Trainer:
         self.world = run.world
         self.ddp = None
         if self.world.distributed:
-            if self.steps_itself:
-                raise UserError(f"alignkit {name} runs in one process for now (its rollouts are "
-                                "not sharded yet); launch it without torchrun")
-            if cfg.grad_accum % self.world.size:
+            # stages that step themselves (PPO, online DPO) share out their own micro-batches
+            if not self.steps_itself and cfg.grad_accum % self.world.size:
                 raise UserError(f"--grad-accum {cfg.grad_accum} must be a multiple of the "
                                 f"{self.world.size} processes: each runs --grad-accum / "
                                 f"{self.world.size} of a step's micro-batches, so that the "
