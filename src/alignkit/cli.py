@@ -135,8 +135,9 @@ def run_stage(name: str, cfg, **kwargs):
     return getattr(importlib.import_module(module), func)(cfg, **kwargs)
 
 
-# the stages that run data-parallel under torchrun (each rank trains on its share of a step)
-DATA_PARALLEL = {"sft", "reward", "dpo"}
+# the stages that run data-parallel under torchrun (each rank trains on, samples or scores its
+# share of the work)
+DATA_PARALLEL = {"sft", "reward", "dpo", "ppo", "online-dpo", "label", "eval", "best-of-n"}
 
 
 def leave_process_group() -> None:

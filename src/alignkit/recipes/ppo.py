@@ -30,6 +30,7 @@ from alignkit.training.policy import frozen_reference, load_policy, reference_mo
 from alignkit.training.ppo import (PolicyAndValue, RewardNormalisation, build_value_model,
                                    fit_reward_normalisation, optimizer_steps_per_batch,
                                    ppo_step, save_policy)
+from alignkit.utils.distributed import launched_world
 
 log = logging.getLogger("alignkit.ppo")
 
@@ -40,6 +41,10 @@ def check_flags(cfg: PPOConfig) -> None:
                         "--samples-per-prompt 2 or more")
     if cfg.ppo_epochs < 1 or cfg.batch_size < 1 or cfg.minibatch_size < 1:
         raise UserError("--ppo-epochs, --batch-size and --minibatch-size must be >= 1")
+    processes = launched_world().size
+    if cfg.batch_size < processes:
+        raise UserError(f"--batch-size {cfg.batch_size} is fewer prompts than the {processes} "
+                        "processes that share them out; raise it or launch fewer")
 
 
 def main(cfg: PPOConfig, reward_fn=None) -> dict:
@@ -106,7 +111,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         if monitor is None:
             return None
         row = monitor.reading(step, parts, reference, reward_fn, tokenizer, device)
-        if monitor.improved(row):
+        if monitor.improved(row) and run.is_main:
             save_policy(parts, tokenizer, run.output, "best", keep_training=True)
             trainer.log(step, {"best_by": monitor.key, "best_value": monitor.best}, split="best")
         if row["warnings"] and cfg.stop_on_hacking:
@@ -117,9 +122,12 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                 progress=lambda row: {"score": f"{row['score']:.2f}", "kl": f"{row['kl']:.2f}"})
     trainer.finish()
 
-    # 8. Final policy (LoRA merged) + value head; best/ was kept by the monitor.
-    final = save_policy(parts, tokenizer, run.output, "final", keep_training=False)
-    log.info("saved %s", final)
+    # 8. Final policy (LoRA merged) + value head, by the first process; best/ was kept by the
+    #    monitor.
+    final = run.output / "final"
+    if run.is_main:
+        final = save_policy(parts, tokenizer, run.output, "final", keep_training=False)
+        log.info("saved %s", final)
     best = run.output / "best"
     return {"final": final, "best": best if best.exists() else None,
             "metrics": run.output / "metrics.jsonl",

@@ -20,13 +20,15 @@ from torch import nn
 from alignkit.data.prompts import Prompts
 from alignkit.errors import UserError
 from alignkit.evaluation.policy import decode_responses
-from alignkit.generation.sampler import Rollout, fixed_draw, response_logprobs
+from alignkit.generation.sampler import (Rollout, concat_rollouts, fixed_draw,
+                                         response_logprobs, row_seed)
 from alignkit.losses import ppo as rl
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.lm import hidden_states
 from alignkit.models.lora import is_lora
 from alignkit.models.precision import autocast
 from alignkit.training.rollout import sample_rollout, sampling_config
+from alignkit.utils.distributed import World, gather_objects, share
 
 
 # ----------------------------------------------------------------------------- parts
@@ -154,48 +156,101 @@ def whiten_advantages(cfg) -> bool:
     return cfg.advantage == "gae" if cfg.whiten_advantages is None else cfg.whiten_advantages
 
 
-def single_pass(cfg) -> bool:
-    """One epoch over one minibatch, no accumulation: the "old" log-probs are those of the one
-    training forward (its ratio is exactly 1), so that forward also fills the experience and the
-    separate no-grad policy pass is skipped (as TRL's GRPO does with num_iterations=1)."""
+def single_pass(cfg, world: World = World()) -> bool:
+    """One epoch over one minibatch, no accumulation, one process: the "old" log-probs are those
+    of the one training forward (its ratio is exactly 1), so that forward also fills the
+    experience and the separate no-grad policy pass is skipped (as TRL's GRPO does with
+    num_iterations=1). With several processes each holds only part of that forward, so the
+    experience gets its own pass."""
     n = cfg.batch_size * cfg.samples_per_prompt
-    return cfg.ppo_epochs == 1 and cfg.minibatch_size >= n and max(cfg.grad_accum, 1) == 1
+    return (cfg.ppo_epochs == 1 and cfg.minibatch_size >= n and max(cfg.grad_accum, 1) == 1
+            and not world.distributed)
 
 
 def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
-                    indices: list[int], kl_ctl, cfg, device: str):
+                    indices: list[int], kl_ctl, cfg, device: str, step: int = 0,
+                    world: World = World()):
     """Sample, score, take the reference's log-probs and (unless ``single_pass``) the policy's
-    and turn rewards into advantages. Returns (Experience, stats)."""
+    and turn rewards into advantages. Returns (Experience, stats).
+
+    Each response draws from its own seeded stream, keyed by (seed, step, the prompt's place in
+    the batch, sample number), so the tokens do not depend on the number of processes. Under
+    torchrun each process samples, scores and runs the no-grad passes for its contiguous share
+    of the batch's prompts (a prompt's samples stay together), and the shares are gathered: every
+    process then holds the whole batch's experience, so advantages, whitening and the KL the
+    controller sees are those of one process."""
     k = cfg.samples_per_prompt
-    prompt_ids = [prompts.ids[i] for i in indices for _ in range(k)]
+    first = world.rank * len(indices) // world.size
+    mine = share(indices, world)
+    prompt_ids = [prompts.ids[i] for i in mine for _ in range(k)]
+    seeds = [row_seed(cfg.seed, step, first + p, j) for p in range(len(mine)) for j in range(k)]
     t0 = time.time()
     rollout = sample_rollout(parts.policy, prompt_ids, tokenizer, sampling_config(cfg),
-                             device=device, precision=cfg.precision)
+                             device=device, precision=cfg.precision, row_seeds=seeds)
     gen_time = time.time() - t0
-    texts = [prompts.texts[i] for i in indices for _ in range(k)]
+    texts = [prompts.texts[i] for i in mine for _ in range(k)]
     responses = decode_responses(tokenizer, rollout)
     scored = reward_fn(texts, responses)
     score = scored["combined"].float().to(device)
-    ended = rollout.ended.to(device)
-    score = score - cfg.missing_eos_penalty * (~ended).float()
+    score = score - cfg.missing_eos_penalty * (~rollout.ended.to(device)).float()
     with torch.no_grad(), autocast(device, cfg.precision):
         parts.eval()
         ref_logprobs = reference_logprobs(parts, reference, rollout, cfg)
-        fwd = None if single_pass(cfg) else policy_forward(parts, rollout, cfg, with_entropy=True)
+        fwd = (None if single_pass(cfg, world)
+               else policy_forward(parts, rollout, cfg, with_entropy=True))
         parts.train()
+    reward_mean = scored.get("mean", scored["combined"]).float().to(device)
+    reward_std = scored["std"].float().to(device) if "std" in scored else None
+    if world.distributed:
+        rollout, score, ref_logprobs, fwd, reward_mean, reward_std = gather_experience(
+            rollout, score, ref_logprobs, fwd, reward_mean, reward_std, tokenizer.pad_token_id,
+            world, device)
     exp = Experience(rollout, None, None, None, None, score, ref_logprobs, kl_ctl.value)
     lengths = rollout.response_mask.float().sum(1)
     stats = {
         "score": float(score.mean()), "score_std": float(score.std()) if len(score) > 1 else 0.0,
-        "reward_model_mean": float(scored.get("mean", scored["combined"]).float().mean()),
-        "reward_model_std": float(scored["std"].float().mean()) if "std" in scored else 0.0,
+        "reward_model_mean": float(reward_mean.mean()),
+        "reward_model_std": float(reward_std.mean()) if reward_std is not None else 0.0,
         "kl_coef": exp.beta, "response_length": float(lengths.mean()),
-        "ended_fraction": float(ended.float().mean()),
+        "ended_fraction": float(rollout.ended.float().mean()),
         "gen_tokens_per_s": float(lengths.sum()) / max(gen_time, 1e-9),
     }
     if fwd is not None:
         stats.update(fill_experience(exp, fwd, cfg))
     return exp, stats
+
+
+def gather_experience(rollout: Rollout, score, ref_logprobs, fwd, reward_mean, reward_std,
+                      pad_id: int, world: World, device: str):
+    """Every process's share of a batch's experience, concatenated in rank order (the batch's
+    order) on every process; (B, T) tensors are re-padded to the widest response."""
+    def cpu(x):
+        return None if x is None else x.detach().cpu()
+
+    mine = {"rollout": Rollout(*(cpu(getattr(rollout, f)) for f in (
+                "query", "query_mask", "response", "response_mask", "logprobs", "ended"))),
+            "score": cpu(score), "ref": cpu(ref_logprobs), "mean": cpu(reward_mean),
+            "std": cpu(reward_std),
+            "fwd": None if fwd is None else {key: cpu(v) for key, v in fwd.items()}}
+    parts = gather_objects(mine, world)
+    whole = concat_rollouts([p["rollout"] for p in parts], pad_id)
+    width = whole.response.shape[1]
+
+    def stack(tensors):
+        if tensors[0] is None:
+            return None
+        if tensors[0].dim() == 1:
+            return torch.cat(tensors).to(device)
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]))
+                          for t in tensors]).to(device)
+
+    fwd_all = (None if parts[0]["fwd"] is None else
+               {key: stack([p["fwd"][key] for p in parts]) for key in parts[0]["fwd"]})
+    rollout_all = Rollout(*(None if getattr(whole, f) is None else getattr(whole, f).to(device)
+                            for f in ("query", "query_mask", "response", "response_mask",
+                                      "logprobs", "ended")))
+    return (rollout_all, stack([p["score"] for p in parts]), stack([p["ref"] for p in parts]),
+            fwd_all, stack([p["mean"] for p in parts]), stack([p["std"] for p in parts]))
 
 
 def fill_experience(exp: Experience, fwd: dict[str, torch.Tensor],
@@ -245,7 +300,17 @@ def ppo_update(parts, trainer, exp: Experience, cfg, step: int) -> dict[str, flo
     ``single_pass`` the experience has no old log-probs yet: the one forward provides them.
     ``--target-kl``: after each minibatch's step, the approximate KL of that minibatch to the
     rollout policy is checked and the remaining minibatches and epochs are skipped past
-    1.5x the target."""
+    1.5x the target.
+
+    Under torchrun every process holds the whole experience and runs every ``world size``-th
+    micro-batch of each minibatch; each micro-batch's loss is weighted by its share of the whole
+    minibatch, so the gradients DDP averages (times the number of processes) are one process's.
+    """
+    world = trainer.world
+
+    def forward(model, part, with_entropy):  # what DDP runs: the policy (and value) forward
+        return policy_forward(model, part, cfg, with_entropy)
+
     fused_stats: dict[str, float] = {}
     n = exp.rollout.response.shape[0]
     mb = max(1, min(cfg.minibatch_size, n))
@@ -267,38 +332,29 @@ def ppo_update(parts, trainer, exp: Experience, cfg, step: int) -> dict[str, flo
             mb_weight = rl.aggregation_weight(mb_mask, agg).clamp(min=1)
             mb_tokens = mb_mask.sum().clamp(min=1)
             minibatch_kl = 0.0
-            for m0 in range(0, len(idx), micro):
+            starts = list(range(0, len(idx), micro))
+            # this process's micro-batches; one with none still joins the gradient average
+            # with a zero-weighted pass over the first (DDP waits for every process)
+            mine = starts[world.rank::world.size]
+            for position, m0 in enumerate(mine or starts[:1]):
                 sub = idx[m0:m0 + micro].to(device)
                 part = exp.rollout.select(sub)
                 mask = part.response_mask.float()
                 fused = exp.old_logprobs is None
-                with trainer.autocast():
-                    out = policy_forward(parts, part, cfg,
-                                         with_entropy=cfg.entropy_coef > 0 or fused)
-                if fused:  # single_pass: this forward is also the experience's (sub = all)
-                    fused_stats = fill_experience(exp, out, cfg)
-                # each micro-batch's aggregate, weighted by its share of what the minibatch
-                # averages over (tokens, or responses with --loss-aggregation sequence_mean)
-                share = rl.aggregation_weight(mask, agg) / mb_weight
-                pg, pstats = rl.policy_loss(out["logprobs"], exp.old_logprobs[sub],
-                                            exp.advantages[sub], mask, cfg.clip, agg)
-                loss = pg
-                stats = {"policy_loss": float(pg.detach()), **pstats}
-                if cfg.advantage == "gae":
-                    vl, vstats = rl.value_loss(out["values"], exp.old_values[sub],
-                                               exp.returns[sub], mask, cfg.value_clip, agg)
-                    loss = loss + cfg.vf_coef * vl
-                    stats.update(value_loss=float(vl.detach()), **vstats)
-                if kl_in_loss(cfg):
-                    kl_term = rl.kl_penalty_loss(out["logprobs"], exp.ref_logprobs[sub], mask,
-                                                 "k3", agg)
-                    loss = loss + exp.beta * kl_term
-                    stats["kl_loss"] = float(kl_term.detach())
-                if cfg.entropy_coef > 0:
-                    ent = rl.aggregate(out["entropy"], mask, agg)
-                    loss = loss - cfg.entropy_coef * ent
-                trainer.backward(loss * share)
-                minibatch_kl += pstats["approx_kl"] * float(mask.sum() / mb_tokens)
+                with trainer.accumulate(last=position == max(len(mine), 1) - 1):
+                    with trainer.autocast():
+                        out = trainer.forward(forward, part, cfg.entropy_coef > 0 or fused)
+                    if fused:  # single_pass: this forward is also the experience's (sub = all)
+                        fused_stats = fill_experience(exp, out, cfg)
+                    # each micro-batch's aggregate, weighted by its share of what the minibatch
+                    # averages over (tokens, or responses with --loss-aggregation sequence_mean)
+                    share_of_minibatch = (rl.aggregation_weight(mask, agg) / mb_weight
+                                          if mine else 0.0)
+                    loss, stats = micro_batch_loss(out, exp, sub, mask, cfg)
+                    trainer.backward(loss * share_of_minibatch)
+                if not mine:
+                    continue
+                minibatch_kl += stats["approx_kl"] * float(mask.sum() / mb_tokens)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
@@ -306,17 +362,46 @@ def ppo_update(parts, trainer, exp: Experience, cfg, step: int) -> dict[str, flo
             update = trainer.optimizer_step()
             grad_norms.append(update["grad_norm"])
             lr = update["lr"]
+            if world.distributed:  # every process must take the same early stop
+                minibatch_kl = trainer.sum([minibatch_kl])[0]
             if cfg.target_kl > 0 and minibatch_kl > 1.5 * cfg.target_kl:
                 stopped = True
                 break
         epochs_done += 1
         if stopped:
             break
-    out = {k: v / max(count, 1) for k, v in sums.items()}
+    keys = sorted(sums)
+    totals = trainer.sum([float(count), float(tokens), *(sums[k] for k in keys)])
+    count, tokens = int(totals[0]), int(totals[1])
+    out = {k: v / max(count, 1) for k, v in zip(keys, totals[2:])}
     out.update(lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), optimizer_steps=len(grad_norms),
                ppo_epochs_done=epochs_done, early_stopped=stopped,
                train_tokens_per_s=tokens / max(time.time() - t0, 1e-9), **fused_stats)
     return out
+
+
+def micro_batch_loss(out: dict[str, torch.Tensor], exp: Experience, sub: torch.Tensor,
+                     mask: torch.Tensor, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's loss (rows ``sub`` of the experience, the policy forward ``out``): the
+    clipped policy loss, plus the clipped value loss (GAE), the k3 KL term (``--kl-penalty
+    loss``) and minus the entropy bonus; and its statistics."""
+    agg = cfg.loss_aggregation
+    pg, pstats = rl.policy_loss(out["logprobs"], exp.old_logprobs[sub], exp.advantages[sub],
+                                mask, cfg.clip, agg)
+    loss = pg
+    stats = {"policy_loss": float(pg.detach()), **pstats}
+    if cfg.advantage == "gae":
+        vl, vstats = rl.value_loss(out["values"], exp.old_values[sub], exp.returns[sub], mask,
+                                   cfg.value_clip, agg)
+        loss = loss + cfg.vf_coef * vl
+        stats.update(value_loss=float(vl.detach()), **vstats)
+    if kl_in_loss(cfg):
+        kl_term = rl.kl_penalty_loss(out["logprobs"], exp.ref_logprobs[sub], mask, "k3", agg)
+        loss = loss + exp.beta * kl_term
+        stats["kl_loss"] = float(kl_term.detach())
+    if cfg.entropy_coef > 0:
+        loss = loss - cfg.entropy_coef * rl.aggregate(out["entropy"], mask, agg)
+    return loss, stats
 
 
 def save_policy(parts: PolicyAndValue, tokenizer, output: Path, name: str,
@@ -389,7 +474,7 @@ def ppo_step(parts, reference, reward_fn, tokenizer, prompts: Prompts, indices: 
     """One PPO step on the prompts ``indices``: a batch of experience, the clipped update over
     it, and the KL controller fed the batch's mean KL per response (Ziegler et al. 2019)."""
     exp, stats = make_experience(parts, reference, reward_fn, tokenizer, prompts, indices,
-                                 kl_ctl, cfg, trainer.device)
+                                 kl_ctl, cfg, trainer.device, step, trainer.world)
     stats.update(ppo_update(parts, trainer, exp, cfg, step))
     if exp.returns is not None:
         with torch.no_grad():
