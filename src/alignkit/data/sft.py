@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -92,3 +93,30 @@ def micro_batch_indices(k: int, n: int, batch_size: int, seed: int) -> list[int]
     per_epoch = -(-n // batch_size)
     epoch, i = divmod(k, per_epoch)
     return epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
+
+
+def token_budget_split(indices: list[int], lengths: Sequence[int], budget: int, ranks: int,
+                       rank: int) -> list[list[int]]:
+    """A step's examples (``indices`` into ``lengths``) cut into micro-batches by memory rather
+    than by count: first shared out over ``ranks`` processes so that each gets about the same
+    number of tokens (longest first, each to the process holding the fewest so far), then this
+    ``rank``'s share cut, longest first, into micro-batches whose padded size (examples x the
+    longest) stays within ``budget`` tokens. An example longer than the budget is a micro-batch
+    of its own. Deterministic, and the same examples whatever the split: the losses are
+    normalised by the whole step's counts, so only float rounding depends on it."""
+    # by length, ties in step order (an example can appear twice when a step spans two epochs)
+    by_length = [i for _, i in sorted(enumerate(indices), key=lambda p: (-lengths[p[1]], p[0]))]
+    loads = [0] * ranks
+    mine: list[int] = []
+    for i in by_length:
+        target = min(range(ranks), key=lambda r: (loads[r], r))
+        loads[target] += lengths[i]
+        if target == rank:
+            mine.append(i)
+    micro: list[list[int]] = []
+    for i in mine:  # longest first: a micro-batch's first example is its longest
+        if micro and (len(micro[-1]) + 1) * lengths[micro[-1][0]] <= budget:
+            micro[-1].append(i)
+        else:
+            micro.append([i])
+    return micro
