@@ -216,6 +216,20 @@ class OptimArgs(Config):
     gradient_checkpointing: bool = opt(False, "Recompute each transformer layer's activations in "
                                        "the backward pass instead of keeping them: less memory "
                                        "for about a third more compute (works with LoRA).")
+    max_tokens_per_micro_batch: int = opt(0, "Cut each step's examples into micro-batches by "
+                                          "memory instead of --batch-size: at most this many "
+                                          "(padded) tokens each, longest first, shared evenly "
+                                          "across processes; the step's batch and loss stay the "
+                                          "same (0: off).", ge=0)
+    distributed: str = opt("ddp", "Data parallelism under torchrun (ignored in one process): ddp "
+                           "(every process holds the whole model, optimiser and gradients) or "
+                           "fsdp (FSDP2: each holds 1/N of them and gathers one decoder layer at "
+                           "a time; for models whose training state does not fit one device).",
+                           ("ddp", "fsdp"))
+    fsdp_cpu_offload: bool = opt(False, "With --distributed fsdp: keep the sharded parameters, "
+                                 "gradients and optimiser state in CPU memory and step the "
+                                 "optimiser there (less accelerator memory, slower steps; a run "
+                                 "on the CPU has them there already).")
 
 
 @dataclass

@@ -483,7 +483,8 @@ FLAT_DEMO_DEFAULTS = {
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
-NEWER_SFT_OPTIONS = {"gradient_checkpointing"}
+NEWER_SFT_OPTIONS = {"gradient_checkpointing", "distributed", "fsdp_cpu_offload",
+                     "max_tokens_per_micro_batch"}
 
 
 def flat_demo(**changes) -> SimpleNamespace:

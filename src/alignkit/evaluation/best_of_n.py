@@ -14,8 +14,9 @@ import torch
 from alignkit.data.prompts import Prompts
 from alignkit.errors import UserError
 from alignkit.evaluation.policy import decode_responses
-from alignkit.generation.sampler import SamplingConfig, fixed_draw, sample
+from alignkit.generation.sampler import SamplingConfig, row_seed, sample
 from alignkit.models.precision import autocast
+from alignkit.utils.distributed import World, gather_shares, share
 
 
 def analytic_kl(n: int) -> float:
@@ -36,20 +37,36 @@ class BestOfN:
 
 @torch.no_grad()
 def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: SamplingConfig,
-              seed: int, device: str, precision: str = "auto", batch_size: int = 32) -> BestOfN:
-    """n samples per prompt (a fixed draw: ``seed``, the caller's RNG untouched), scored by
-    ``reward_fn(prompts, responses) -> {"combined": (B,)}``; the argmax is kept."""
+              seed: int, device: str, precision: str = "auto", batch_size: int = 32,
+              world: World = World()) -> BestOfN:
+    """n samples per prompt (sample j of prompt i draws from its own stream, seeded by
+    (``seed``, i, j): the same candidates whatever the batch, the caller's RNG untouched),
+    scored by ``reward_fn(prompts, responses) -> {"combined": (B,)}``; the argmax is kept.
+
+    Under torchrun (``world``) each process samples and scores its contiguous share of the
+    prompts, and every process gets the whole result in prompt order."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
-    ids = [p for p in prompts.ids for _ in range(n)]
-    with fixed_draw(seed), autocast(device, precision):
-        rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling,
-                         with_logprobs=False, batch_size=batch_size)
-    answers = decode_responses(tokenizer, rollout)
-    texts = [t for t in prompts.texts for _ in range(n)]
-    rewards = reward_fn(texts, answers)["combined"].float().cpu().view(-1, n)
-    return BestOfN([answers[i * n:(i + 1) * n] for i in range(len(prompts.ids))], rewards,
-                   rollout.ended.cpu().view(-1, n), rewards.argmax(1))
+    mine = share(list(range(len(prompts.ids))), world)
+    part: list[tuple[list[str], list[float], list[bool]]] = []
+    if mine:
+        ids = [prompts.ids[i] for i in mine for _ in range(n)]
+        seeds = [row_seed(seed, i, j) for i in mine for j in range(n)]
+        with autocast(device, precision):
+            rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                             sampling, with_logprobs=False, batch_size=batch_size,
+                             row_seeds=seeds)
+        answers = decode_responses(tokenizer, rollout)
+        texts = [prompts.texts[i] for i in mine for _ in range(n)]
+        rewards = reward_fn(texts, answers)["combined"].float().cpu().tolist()
+        ended = rollout.ended.cpu().tolist()
+        part = [(answers[p * n:(p + 1) * n], rewards[p * n:(p + 1) * n], ended[p * n:(p + 1) * n])
+                for p in range(len(mine))]
+    every = gather_shares(part, world)
+    rewards_all = torch.tensor([r for _, r, _ in every], dtype=torch.float32).view(-1, n)
+    return BestOfN([c for c, _, _ in every], rewards_all,
+                   torch.tensor([e for _, _, e in every], dtype=torch.bool).view(-1, n),
+                   rewards_all.argmax(1))
 
 
 def summarise(result: BestOfN, prompts: Prompts, n: int, gold=None) -> tuple[dict, list | None]:

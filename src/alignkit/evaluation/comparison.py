@@ -13,6 +13,7 @@ from pathlib import Path
 
 from alignkit.config import EvalConfig
 from alignkit.data.prompts import Prompts
+from alignkit.utils.distributed import World, gather_objects
 from alignkit.utils.files import write_text_atomic
 
 CSV_COLUMNS = ["policy", "gold", "gold_se", "proxy", "proxy_mean", "proxy_std", "kl",
@@ -67,9 +68,10 @@ class Measured:
 
 
 def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn, sampling,
-                suite: list, device: str) -> Measured:
+                suite: list, device: str, world: World = World()) -> Measured:
     """One policy on the held-out prompts (gold, reward model, KL, length) and on the suite,
-    with ``cfg.seed`` (the same draw for every policy)."""
+    with ``cfg.seed`` (the same draw for every policy); under torchrun each process its share of
+    the prompts (``measure_policy``), every process with the whole result."""
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.adversarial import score_suite
     from alignkit.evaluation.policy import measure_policy
@@ -85,7 +87,7 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
         k = cfg.max_prompts
         held = Prompts(held.texts[:k], held.ids[:k], held.categories[:k])
     common = dict(seed=cfg.seed, device=device, precision=cfg.precision,
-                  batch_size=cfg.batch_size)
+                  batch_size=cfg.batch_size, world=world)
     row = measure_policy(model, tokenizer, held.texts, held.ids, held.categories,
                          reference_logprobs, reward_fn, gold, sampling, samples=len(held.ids),
                          **common)
@@ -101,6 +103,19 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
         out.suite_verdicts = scored.pop("verdicts")
         row["adversarial"] = {**scored, "response_length": adv["response_length"]}
     return out
+
+
+def position_bias(judge, world: World = World()) -> dict:
+    """How often the judge's two orders disagreed by position alone, over every pair it saw (on
+    every process): its ``PositionTally`` counts summed over the processes."""
+    tally = getattr(judge, "tally", None)
+    if tally is None:
+        return {}
+    merged = type(tally)()
+    for part in gather_objects(tally, world):
+        for name in ("pairs", "same_position", "first_votes", "decisive_votes"):
+            setattr(merged, name, getattr(merged, name) + getattr(part, name))
+    return merged.as_dict()
 
 
 def comparison_result(cfg: EvalConfig, baseline: str, reference: str, measured: dict,

@@ -7,10 +7,11 @@ from typing import Callable
 
 import torch
 
-from alignkit.generation.sampler import (Rollout, SamplingConfig, fixed_draw, response_logprobs,
+from alignkit.generation.sampler import (Rollout, SamplingConfig, response_logprobs, row_seed,
                                          sample)
-from alignkit.losses.ppo import kl_estimate, masked_mean
+from alignkit.losses.ppo import kl_estimate
 from alignkit.models.precision import autocast
+from alignkit.utils.distributed import World, gather_shares, share
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
@@ -34,15 +35,50 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
                    reference_logprobs: Callable[[Rollout], torch.Tensor] | None,
                    reward_fn=None, gold=None, sampling: SamplingConfig = SamplingConfig(),
                    seed: int = 0, device: str = "cpu", precision: str = "auto",
-                   batch_size: int = 16, samples: int = 3) -> dict:
-    """Sample one answer per prompt (a fixed draw: ``seed``, the caller's RNG untouched), then
-    report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the reference in
-    nats per response (k1 on the policy's own samples), response length in tokens, mean token
-    entropy, the share of answers that ended, and a few samples. ``gold_se``: the standard error
-    of the gold mean over prompts."""
-    with fixed_draw(seed), autocast(device, precision):
-        rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling,
-                         with_logprobs=False, batch_size=batch_size)
+                   batch_size: int = 16, samples: int = 3, world: World = World()) -> dict:
+    """Sample one answer per prompt (prompt i draws from its own stream, seeded by (``seed``,
+    i): the same answers at every call and whatever the batch, the caller's RNG untouched),
+    then report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the
+    reference in nats per response (k1 on the policy's own samples), response length in tokens,
+    mean token entropy, the share of answers that ended, and a few samples. ``gold_se``: the
+    standard error of the gold mean over prompts.
+
+    Under torchrun (``world``) each process samples and scores its contiguous share of the
+    prompts and the per-prompt results are gathered, so every process returns the same row,
+    the one a single process computes (up to float rounding)."""
+    if not ids:
+        raise ValueError("no prompts to measure the policy on")
+    mine = share(list(range(len(ids))), world)
+    per_prompt = (_measure_prompts(policy, tokenizer, texts, ids, categories, mine,
+                                   reference_logprobs, reward_fn, gold, sampling, seed, device,
+                                   precision, batch_size) if mine else [])
+    every = gather_shares(per_prompt, world)
+    tokens = sum(p["length"] for p in every)
+    row = {"response_length": tokens / len(every),
+           "entropy": sum(p["entropy"] for p in every) / max(tokens, 1.0),
+           "ended_fraction": sum(p["ended"] for p in every) / len(every), "prompts": len(ids)}
+    for key in ("kl", "proxy", "proxy_mean", "proxy_std"):
+        if key in every[0]:
+            row[key] = sum(p[key] for p in every) / len(every)
+    if gold is not None:
+        scores = torch.tensor([p["gold"] for p in every], dtype=torch.float64)
+        row["gold"] = float(scores.mean())
+        # standard error of that mean over prompts: how much of a change is noise
+        row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
+    row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"],
+                       "response": p["response"], "ended": p["ended"]}
+                      for t, p in zip(texts[:samples], every[:samples])]
+    return row
+
+
+def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
+                     reference_logprobs, reward_fn, gold, sampling: SamplingConfig, seed: int,
+                     device: str, precision: str, batch_size: int) -> list[dict]:
+    """``measure_policy``'s numbers for the prompts ``rows``, one dict per prompt."""
+    with autocast(device, precision):
+        rollout = sample(policy, [ids[i] for i in rows], tokenizer.pad_token_id,
+                         tokenizer.eos_token_id, sampling, with_logprobs=False,
+                         batch_size=batch_size, row_seeds=[row_seed(seed, i) for i in rows])
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()
@@ -53,26 +89,24 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
         ref = reference_logprobs(rollout) if reference_logprobs is not None else None
     policy.train(was)
     responses = decode_responses(tokenizer, rollout)
-    row = {"response_length": float(mask.sum(1).mean()),
-           "entropy": float(masked_mean(fwd["entropy"].float(), mask)),
-           "ended_fraction": float(rollout.ended.float().mean()), "prompts": len(ids)}
+    ended = rollout.ended.tolist()
+    out = [{"length": float(n), "entropy": float(e), "ended": bool(d), "response": r}
+           for n, e, d, r in zip(mask.sum(1).tolist(), (fwd["entropy"].float() * mask).sum(1)
+                                 .tolist(), ended, responses)]
     if ref is not None:
-        row["kl"] = float((kl_estimate(fwd["logprobs"], ref, "k1") * mask).sum(1).mean())
+        kl = (kl_estimate(fwd["logprobs"], ref, "k1") * mask).sum(1)
+        for p, v in zip(out, kl.tolist()):
+            p["kl"] = v
+    texts_mine = [texts[i] for i in rows]
     if reward_fn is not None:
-        rewards = reward_fn(texts, responses)
-        row["proxy"] = float(rewards["combined"].float().mean())
+        rewards = reward_fn(texts_mine, responses)
         # an ensemble's mean and member spread (std across members, averaged over prompts)
-        if "mean" in rewards:
-            row["proxy_mean"] = float(rewards["mean"].float().mean())
-        if "std" in rewards:
-            row["proxy_std"] = float(rewards["std"].float().mean())
+        for key, name in (("combined", "proxy"), ("mean", "proxy_mean"), ("std", "proxy_std")):
+            if key in rewards:
+                for p, v in zip(out, rewards[key].float().tolist()):
+                    p[name] = v
     if gold is not None:
-        scores = torch.tensor(gold.score(texts, responses, categories, rollout.ended.tolist()))
-        row["gold"] = float(scores.mean())
-        # standard error of that mean over prompts: how much of a change is noise
-        row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
-    row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"], "response": r,
-                       "ended": bool(e)}
-                      for t, r, e in zip(texts[:samples], responses[:samples],
-                                         rollout.ended.tolist()[:samples])]
-    return row
+        scores = gold.score(texts_mine, responses, [categories[i] for i in rows], ended)
+        for p, v in zip(out, scores):
+            p["gold"] = float(v)
+    return out

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from alignkit.judges.base import Judge, Verdict, judge_many
+from alignkit.utils.distributed import World, gather_shares, share
 
 OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
@@ -98,10 +99,13 @@ class WinRate:
 
 def win_rate(judge: Judge, prompts: Sequence[Any], policy_responses: Sequence[Any],
              baseline_responses: Sequence[Any], resamples: int = 2000,
-             confidence: float = 0.95, seed: int = 0) -> WinRate:
+             confidence: float = 0.95, seed: int = 0, world: World = World()) -> WinRate:
     """The policy's win rate against the baseline (policy = response A), ties 1/2, with a
-    percentile-bootstrap interval over prompts (see the module docstring)."""
-    verdicts = judge_many(judge, prompts, policy_responses, baseline_responses)
+    percentile-bootstrap interval over prompts (see the module docstring). Under torchrun
+    (``world``) each process judges its contiguous share of the prompts; the verdicts are
+    gathered in prompt order, so every process reports the same win rate."""
+    mine = [share(list(x), world) for x in (prompts, policy_responses, baseline_responses)]
+    verdicts = gather_shares(judge_many(judge, *mine) if mine[0] else [], world)
     outcomes = outcomes_of(verdicts)
     if not outcomes:
         return WinRate(math.nan, math.nan, math.nan, 0, 0, 0, confidence, resamples)

@@ -4,42 +4,55 @@
 from __future__ import annotations
 
 from alignkit.data.tokenize import use_chat_template
+from alignkit.generation.sampler import row_seed
+from alignkit.utils.distributed import World, gather_shares, share
 from alignkit.utils.logs import log
 
 
 def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
                      max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
-                     seed: int) -> None:
-    """Fill ``responses`` (and ``ended``) of the items that have none with K policy samples."""
+                     seed: int, world: World = World()) -> None:
+    """Fill ``responses`` (and ``ended``) of the items that have none with K policy samples.
+    Sample j of item i draws from its own stream, seeded by (``seed``, i, j), so an item's
+    responses do not depend on the others. Under torchrun (``world``) each process samples its
+    contiguous share of those items, and every process ends with all of them filled."""
     from alignkit.generation.simple import generate
 
-    need = [i for i in items if i.get("responses") is None]
+    need = [n for n, i in enumerate(items) if i.get("responses") is None]
     if not need:
         return
-    for item in need:  # a chat-message prompt on a model without a chat template: name its line
-        use_chat_template(tokenizer, "auto", isinstance(item["prompt"], list),
-                          item.get("where", ""))
-    flat = [i["prompt"] for i in need for _ in range(num_responses)]
-    gens = generate(model, tokenizer, flat, max_new_tokens, do_sample=True,
-                    temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed)
-    for n, item in enumerate(need):
-        chunk = gens[n * num_responses:(n + 1) * num_responses]
-        item["responses"] = [g.text for g in chunk]
-        item["ended"] = [g.ended for g in chunk]
-    log.info("sampled %d responses for %d prompts", len(gens), len(need))
+    for n in need:  # a chat-message prompt on a model without a chat template: name its line
+        use_chat_template(tokenizer, "auto", isinstance(items[n]["prompt"], list),
+                          items[n].get("where", ""))
+    mine = share(need, world)
+    part: list[tuple[list[str], list[bool]]] = []
+    if mine:
+        gens = generate(model, tokenizer,
+                        [items[n]["prompt"] for n in mine for _ in range(num_responses)],
+                        max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
+                        batch_size=batch_size, seed=seed,
+                        row_seeds=[row_seed(seed, n, j) for n in mine
+                                   for j in range(num_responses)])
+        for p in range(len(mine)):
+            chunk = gens[p * num_responses:(p + 1) * num_responses]
+            part.append(([g.text for g in chunk], [g.ended for g in chunk]))
+    for n, (texts, ended) in zip(need, gather_shares(part, world)):
+        items[n]["responses"], items[n]["ended"] = texts, ended
+    log.info("sampled %d responses for %d prompts", len(need) * num_responses, len(need))
 
 
-def sample_missing(items: list[dict], cfg):
+def sample_missing(items: list[dict], cfg, world: World = World(), device: str | None = None):
     """Load the policy ``cfg.model`` only when some item has no ``responses``, and sample them
     with the config's sampling fields (``num_responses``, ``max_new_tokens``, ``temperature``,
-    ``top_p``, ``batch_size``, ``seed``, ``device``). Returns the policy's tokenizer (it counts
-    tokens for the gold scorer), or None when nothing was sampled. The model is freed on
-    return."""
+    ``top_p``, ``batch_size``, ``seed``, ``device``), each process its share under torchrun
+    (``world``; ``device``: this process's, default ``cfg.device``). Returns the policy's
+    tokenizer (it counts tokens for the gold scorer), or None when nothing was sampled. The
+    model is freed on return."""
     if all(i.get("responses") is not None for i in items):
         return None
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device or pick_device(cfg.device))
     sample_responses(model, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
-                     cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed)
+                     cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed, world)
     return tokenizer

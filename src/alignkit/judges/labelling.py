@@ -288,13 +288,15 @@ def judge_table(records: list[dict], scorer, categories_of: dict, name: str,
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """An existing label file is continued with ``resume``, replaced with ``overwrite`` (removed
-    here), and otherwise refused."""
-    if out.exists() and not (resume or overwrite):
+    """An existing label file (or the part files of a several-process run) is continued with
+    ``resume``, replaced with ``overwrite`` (removed here), and otherwise refused."""
+    earlier = out.exists() or bool(part_files(out))
+    if earlier and not (resume or overwrite):
         raise UserError(f"{out}: exists; pass --resume to continue labelling it or --overwrite "
                         "to replace it")
-    if out.exists() and overwrite and not resume:
-        out.unlink()
+    if earlier and overwrite and not resume:
+        for path in [out, *part_files(out)]:
+            path.unlink(missing_ok=True)
 
 
 def pending_units(units: list[dict], done: dict[str, dict], out: Path) -> list[dict]:
@@ -308,9 +310,11 @@ def pending_units(units: list[dict], done: dict[str, dict], out: Path) -> list[d
     return [u for u in units if u["id"] not in done]
 
 
-def make_label_judge(cfg: LabelConfig, out: Path, categories: dict, token_counter=None):
-    """The judge of ``--judge`` with the labelling options; an HTTP judge caches its answers in
-    ``--judge-cache`` (default: ``<output>.judge-cache`` beside the output)."""
+def make_label_judge(cfg: LabelConfig, out: Path, categories: dict, token_counter=None,
+                     device: str | None = None):
+    """The judge of ``--judge`` with the labelling options (a model judge on ``device``,
+    default ``cfg.device``); an HTTP judge caches its answers in ``--judge-cache`` (default:
+    ``<output>.judge-cache`` beside the output)."""
     from alignkit.judges.spec import JudgeOptions, make_judge
     from alignkit.models.loading import pick_device
 
@@ -318,24 +322,57 @@ def make_label_judge(cfg: LabelConfig, out: Path, categories: dict, token_counte
     return make_judge(cfg.judge, JudgeOptions(
         cache_dir=cache, both_orders=cfg.judge_both_orders, max_tokens=cfg.judge_max_tokens,
         retries=cfg.judge_retries, rate=cfg.judge_rate, timeout=cfg.judge_timeout,
-        device=pick_device(cfg.device), batch_size=cfg.batch_size,
+        device=device or pick_device(cfg.device), batch_size=cfg.batch_size,
         logprobs=cfg.judge_logprobs),
         categories=categories, token_counter=token_counter)
 
 
 def append_labels(judge, todo: list[dict], out: Path, constitution, seed: int, name: str,
-                  workers: int, batch_size: int, total: int) -> None:
+                  workers: int, batch_size: int, total: int, show: bool = True) -> None:
     """Judge ``todo`` (``run_units``), appending each record to ``out`` as it completes, with a
-    progress bar over all ``total`` units."""
+    progress bar over all ``total`` units (``show``)."""
     from alignkit.utils.logs import progress_bar
 
     appender = AppendLog(out)
-    progress = progress_bar(total, total - len(todo), True, "judging")
+    progress = progress_bar(total, total - len(todo), show, "judging")
     try:
         run_units(judge, todo, appender, constitution, seed, name, workers, batch_size, progress)
     finally:
         appender.close()
         progress.close()
+
+
+def part_file(out: Path, rank: int) -> Path:
+    """Where process ``rank`` (not the first) of a torchrun launch appends its records; the
+    first process appends to ``out`` itself."""
+    return out.with_name(f"{out.name}.rank{rank}.part")
+
+
+def part_files(out: Path) -> list[Path]:
+    """The part files beside ``out`` (of any earlier launch, whatever its number of
+    processes)."""
+    return sorted(out.parent.glob(f"{out.name}.rank*.part"))
+
+
+def fold_parts(out: Path) -> None:
+    """Move the records of the part files into ``out`` (appended, fsync'ed) and remove them: a
+    killed several-process run resumes from one file, at any number of processes. A torn last
+    line of a part file is dropped, as ``read_done`` drops one of ``out``."""
+    parts = part_files(out)
+    if not parts:
+        return
+    done = read_done(out)
+    appender = AppendLog(out)
+    try:
+        for part in parts:
+            for rid, rec in read_done(part).items():
+                if rid not in done:
+                    appender.write(rec)
+                    done[rid] = rec
+    finally:
+        appender.close()
+    for part in parts:
+        part.unlink()
 
 
 def write_in_order(out: Path, units: list[dict]) -> list[dict]:

@@ -16,7 +16,9 @@ from alignkit.evaluation.best_of_n import best_of_n, best_records, summarise
 from alignkit.generation.sampler import SamplingConfig
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.models.reward import RewardFunction
+from alignkit.training.distributed import init_world
 from alignkit.training.engine import prepare_output
+from alignkit.utils.distributed import barrier
 from alignkit.utils.files import write_jsonl_atomic
 from alignkit.utils.metrics import MetricsLog
 
@@ -24,10 +26,12 @@ log = logging.getLogger("alignkit.best_of_n")
 
 
 def main(cfg: BestOfNConfig) -> dict:
-    # 1. Output folder and the resolved config; device.
-    output = prepare_output(cfg)
-    save_config(cfg, output)
-    device = pick_device(cfg.device)
+    # 1. Output folder and the resolved config (by the first process under torchrun); device.
+    world, device = init_world(pick_device(cfg.device))
+    output = prepare_output(cfg, write=world.is_main)
+    if world.is_main:
+        save_config(cfg, output)
+    barrier(world)
 
     # 2. Policy, prompts, reward model (and gold scorer).
     policy, tokenizer = load_model_and_tokenizer(cfg.model, device)
@@ -43,20 +47,24 @@ def main(cfg: BestOfNConfig) -> dict:
 
         gold = GoldScorer(token_counter=tokenizer)
 
-    # 3. Sample n per prompt, score, keep the best.
+    # 3. Sample n per prompt, score, keep the best (each process its share of the prompts).
     t0 = time.time()
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     result = best_of_n(policy, tokenizer, prompts, reward_fn, cfg.n, sampling, cfg.seed, device,
-                       cfg.precision, cfg.batch_size)
+                       cfg.precision, cfg.batch_size, world)
     elapsed = time.time() - t0
 
-    # 4. Report: reward of the kept answer vs a single sample (the first), gold of both.
+    # 4. Report: reward of the kept answer vs a single sample (the first), gold of both; the
+    #    first process writes.
     summary, gold_best = summarise(result, prompts, cfg.n, gold)
     summary["seconds"] = elapsed
+    path = output / "best.jsonl"
+    if not world.is_main:
+        return {"summary": summary, "result": result, "output": path}
     metrics = MetricsLog(output)
     metrics.log(0, summary, split="summary")
     metrics.close()
-    path = write_jsonl_atomic(best_records(result, prompts, gold_best), output / "best.jsonl")
+    write_jsonl_atomic(best_records(result, prompts, gold_best), path)
     log.info("best-of-%d on %d prompts: reward %.3f (single sample %.3f), KL %.3f nats%s; wrote %s",
              cfg.n, len(prompts.ids), summary["reward_best"], summary["reward_single"],
              summary["kl_analytic"],

@@ -92,11 +92,14 @@ def main(cfg: DPOConfig) -> dict:
     # 3. Data: validated, tokenised per prompt group, split by prompt. The --sample-prompts file
     #    is data too: checked before the reference log-probs are computed.
     train, heldout, skipped = load_pairs(cfg, tokenizer)
-    sampler = PolicySampler(model, tokenizer, cfg, device) if cfg.sample_prompts else None
+    sampler = (PolicySampler(model, tokenizer, cfg, device, world=run.world)
+               if cfg.sample_prompts else None)
 
-    # 4. Reference log-probs, once, before any update (cached for a resumed run).
+    # 4. Reference log-probs, once, before any update (cached for a resumed run; under torchrun
+    #    each process computes its share).
     ref_train, ref_heldout = ([], []) if cfg.reference_free else cached_reference(
-        model, train, heldout, cfg, pad_id, device, run.output, write=run.is_main)
+        model, train, heldout, cfg, pad_id, device, run.output, write=run.is_main,
+        world=run.world)
 
     # 5. The loop: optimiser, schedule, resume; the data position is a function of the step.
     trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="dpo", counter="pairs")
@@ -112,7 +115,8 @@ def main(cfg: DPOConfig) -> dict:
     def train_step(step: int) -> dict:
         micro = [(make_batch([train[i] for i in ids], model, cfg, pad_id),
                   None if cfg.reference_free else torch.cat([ref_train[i] for i in ids]))
-                 for ids in trainer.micro_batches(step, len(train))]
+                 for ids in trainer.micro_batches(step, len(train),
+                                                  lengths=[g.num_tokens for g in train])]
         return preference_step(model, micro, cfg, trainer)
 
     def evaluate(step: int) -> dict:

@@ -75,22 +75,25 @@ def main(cfg: EvalConfig) -> dict:
     import torch
 
     from alignkit.evaluation.comparison import (comparison_result, format_table, measure_one,
-                                                pick_suite, write_outputs)
+                                                pick_suite, position_bias, write_outputs)
     from alignkit.evaluation.policy import logprobs_under
     from alignkit.evaluation.winrate import win_rate
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.spec import JudgeOptions, make_judge
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
     from alignkit.models.reward import RewardFunction
+    from alignkit.training.distributed import init_world
 
-    # 1. Check the request before any model loads; output folder and the resolved config.
+    # 1. Check the request before any model loads; output folder and the resolved config (the
+    #    first process writes; under torchrun each process measures its share of the prompts).
     policies = parse_policies(cfg.policies)
     baseline = check_request(cfg, policies)
     suite = pick_suite(cfg.adversarial, cfg.max_adversarial)
+    world, device = init_world(pick_device(cfg.device))
     output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, output)
-    device = pick_device(cfg.device)
+    if world.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output)
     started = time.time()
 
     # 2. Shared scorers: the reference policy (KL), the reward model, the gold scorer.
@@ -113,7 +116,7 @@ def main(cfg: EvalConfig) -> dict:
         if name == baseline:
             judge_tokenizer = tok
         measured[name] = measure_one(model, tok, cfg, reference_logprobs, reward_fn, sampling,
-                                     suite, device)
+                                     suite, device, world)
         first = next(iter(measured.values())).prompts
         if measured[name].prompts.texts != first.texts:
             raise UserError(f"--policies {name}: its tokenizer keeps a different set of prompts "
@@ -131,15 +134,16 @@ def main(cfg: EvalConfig) -> dict:
                        token_counter=judge_tokenizer)
     for name, m in measured.items():
         m.row.update(win_rate(judge, prompts.texts, m.answers, measured[baseline].answers,
-                              cfg.bootstrap, cfg.confidence, cfg.seed).as_dict())
+                              cfg.bootstrap, cfg.confidence, cfg.seed, world).as_dict())
     # how often the judge's two orders disagreed by position alone, over every pair it saw
-    tally = getattr(judge, "tally", None)
-    position_bias = tally.as_dict() if tally is not None else {}
+    bias = position_bias(judge, world)
 
-    # 5. Outputs: eval.json, eval.csv, samples side by side; the table.
-    result = comparison_result(cfg, baseline, reference_dir, measured, suite, position_bias)
-    write_outputs(output, result, measured, suite)
+    # 5. Outputs: eval.json, eval.csv, samples side by side; the table (the first process).
+    result = comparison_result(cfg, baseline, reference_dir, measured, suite, bias)
     table = format_table(result)
+    if not world.is_main:
+        return {"result": result, "output": output, "table": table}
+    write_outputs(output, result, measured, suite)
     print(f"\nalignkit eval: {len(policies)} policies on {len(prompts.ids)} held-out prompts and "
           f"{len(suite)} adversarial prompts (judge: {cfg.judge}, baseline: {baseline}, "
           f"KL to {reference_dir})\n{table}\nwrote {output / 'eval.json'}, "

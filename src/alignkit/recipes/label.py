@@ -24,9 +24,13 @@ from alignkit.data.prompts import read_prompts
 from alignkit.errors import UserError
 from alignkit.feedback.labelling import label_items, load_panel, print_report, write_labels
 from alignkit.generation.responses import sample_missing
-from alignkit.judges.labelling import (append_labels, check_output, judge_table,
-                                       labelling_settings, make_label_judge, pending_units,
-                                       plan_units, read_done, read_judge_items, write_in_order)
+from alignkit.judges.labelling import (append_labels, check_output, fold_parts, judge_table,
+                                       labelling_settings, make_label_judge, part_file,
+                                       pending_units, plan_units, read_done, read_judge_items,
+                                       write_in_order)
+from alignkit.models.loading import pick_device
+from alignkit.training.distributed import init_world
+from alignkit.utils.distributed import barrier, gather_objects, share
 from alignkit.utils.logs import log
 
 
@@ -48,8 +52,11 @@ def main(cfg: LabelConfig) -> dict:
     # 1. Prompts (and any responses they carry); the panel is checked before any sampling.
     items = read_prompts(cfg.data, cfg.max_prompts)
     panel = load_panel(cfg.panel, cfg.gold_scale, cfg.seed)
-    # 2. Sample K responses per prompt that has none.
-    tokenizer = sample_missing(items, cfg)
+    # 2. Sample K responses per prompt that has none (under torchrun each process its share).
+    world, device = init_world(pick_device(cfg.device))
+    tokenizer = sample_missing(items, cfg, world, device)
+    if not world.is_main:  # the panel's draws run in order over all prompts, in one process
+        return {"output": Path(cfg.output), "report": None}
     # 3. Gold scores and the simulated panel (R annotators per prompt).
     scorer = GoldScorer(token_counter=tokenizer)
     panel.scorer = scorer
@@ -64,10 +71,14 @@ def main_judge(cfg: LabelConfig) -> dict:
     """``--judge SPEC``: an AI judge labels, resumably (``alignkit.judges.labelling``)."""
     from alignkit.judges.accuracy import format_table
 
-    # 1. Flags and the output: an earlier file is continued (--resume) or replaced (--overwrite).
+    # 1. Flags and the output: an earlier file is continued (--resume) or replaced (--overwrite),
+    #    by the first process under torchrun (each of the others only checks).
     check_flags(cfg)
     out = Path(cfg.output)
-    check_output(out, cfg.resume, cfg.overwrite)
+    world, device = init_world(pick_device(cfg.device))
+    check_output(out, cfg.resume or (cfg.overwrite and not world.is_main),
+                 cfg.overwrite and world.is_main)
+    barrier(world)
     constitution = None
     if cfg.principles:
         from alignkit.judges.constitution import load_constitution
@@ -78,20 +89,34 @@ def main_judge(cfg: LabelConfig) -> dict:
     if cfg.agreement == "human" and not any(i.get("human") for i in items):
         raise UserError(f"--agreement human: {cfg.data} holds no labelled pairs "
                         "({prompt, chosen, rejected})")
-    tokenizer = sample_missing(items, cfg)
+    tokenizer = sample_missing(items, cfg, world, device)
     units, skipped = plan_units(items, cfg.format, labelling_settings(cfg))
-    # 3. What an earlier run already labelled.
-    done = read_done(out) if cfg.resume else {}
+    # 3. What an earlier run already labelled (the part files of an earlier several-process
+    #    run folded in first), read by the first process and shared.
+    done = {}
+    if cfg.resume and world.is_main:
+        fold_parts(out)
+        done = read_done(out)
+    done = gather_objects(done, world)[0]
     todo = pending_units(units, done, out)
-    # 4. The judge labels the rest, each record appended as it completes.
+    # 4. The judge labels the rest, each record appended as it completes; under torchrun each
+    #    process judges its share, appending to its own part file (the first: to the output).
     categories = {i["prompt"]: i.get("category") for i in items if isinstance(i["prompt"], str)}
-    judge = make_label_judge(cfg, out, categories, tokenizer)
+    judge = make_label_judge(cfg, out, categories, tokenizer, device)
     name = f"judge:{getattr(judge, 'name', cfg.judge)}"
     log.info("labelling %d unit(s) with %s (%d already done, %d skipped: fewer than two distinct "
              "responses)", len(todo), name, len(done), skipped)
-    append_labels(judge, todo, out, constitution, cfg.seed, name, cfg.judge_workers,
-                  cfg.batch_size, len(units))
+    append_labels(judge, share(todo, world), out if world.is_main else part_file(out, world.rank),
+                  constitution, cfg.seed, name, cfg.judge_workers, cfg.batch_size, len(units),
+                  show=world.is_main)
+    stats = dict(getattr(getattr(judge, "inner", judge), "stats", {}) or {})
+    every_stats = gather_objects(stats, world)
+    stats = {k: sum(s.get(k, 0) for s in every_stats) for k in stats}
+    barrier(world)
+    if not world.is_main:
+        return {"output": out, "report": None}
     # 5. Every unit is done: the file in input order, then the judge's agreement report.
+    fold_parts(out)
     ordered = write_in_order(out, units)
     scorer = None
     if cfg.agreement == "gold":
@@ -99,7 +124,6 @@ def main_judge(cfg: LabelConfig) -> dict:
 
         scorer = GoldScorer(token_counter=tokenizer)
     row = judge_table(ordered, scorer, categories, name, cfg.agreement)
-    stats = dict(getattr(getattr(judge, "inner", judge), "stats", {}) or {})
     report = {"judge": cfg.judge, "records": len(ordered), "resumed_from": len(done),
               "skipped_prompts": skipped, "format": cfg.format,
               "principles": constitution.name if constitution else None,

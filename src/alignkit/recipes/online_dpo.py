@@ -16,9 +16,11 @@ feedback"). Each round:
    ``--batch-size`` prompts).
 
 Held-out answers every ``--eval-every`` rounds report KL to the reference, the proxy reward and
-the gold score. Checkpoints hold weights, optimiser, schedule and RNG; the panel of a round is
-seeded by (seed, round), so a killed run resumes exactly. The pieces live in
-``alignkit.training.online`` and ``alignkit.training.preference``.
+the gold score. Checkpoints hold weights, optimiser, schedule and RNG; every answer is drawn
+from its own stream and every prompt's panel seeded by (seed, round, the prompt's place in the
+round), so a killed run resumes exactly, and under ``torchrun`` (each process samples, labels and
+trains on its share of a round) the run is the one-process run, at any number of processes. The
+pieces live in ``alignkit.training.online`` and ``alignkit.training.preference``.
 """
 
 from __future__ import annotations
@@ -31,13 +33,10 @@ from alignkit.config import OnlineDPOConfig
 from alignkit.data.prompts import load_prompts
 from alignkit.data.sft import stream_batch_indices
 from alignkit.errors import UserError
-from alignkit.evaluation.policy import decode_responses
 from alignkit.training.engine import Trainer, start_run
-from alignkit.training.online import Labeler, round_groups
+from alignkit.training.online import Labeler, online_round, step_share
 from alignkit.training.policy import frozen_reference, load_policy, reference_mode
-from alignkit.training.preference import (PolicySampler, make_batch, preference_step,
-                                          reference_logps)
-from alignkit.training.rollout import sample_rollout, sampling_config
+from alignkit.training.preference import PolicySampler, preference_step, reference_logps
 
 
 def check_flags(cfg: OnlineDPOConfig) -> None:
@@ -69,7 +68,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
     #    labeler's reward model loads), the labeler.
     prompts = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length,
                            cfg.skip_invalid)
-    sampler = (PolicySampler(model, tokenizer, cfg, device, None, reference)
+    sampler = (PolicySampler(model, tokenizer, cfg, device, None, reference, world=run.world)
                if cfg.sample_prompts else None)
     labeler = Labeler(cfg, tokenizer, device)
     if sampler is not None and cfg.labeler == "reward_model":
@@ -77,7 +76,6 @@ def main(cfg: OnlineDPOConfig) -> dict:
 
     # 4. The loop, one step per round: optimiser and schedule over every DPO step of the run;
     #    resume (a round's prompts and labels follow from its index).
-    k = cfg.samples_per_prompt
     per_round = cfg.dpo_epochs * -(-cfg.prompts_per_round // cfg.batch_size)
     trainer = Trainer(run, model, rounds_of(cfg), name="online-dpo", counter="pairs",
                       optimizer_steps_per_step=per_round)
@@ -85,35 +83,28 @@ def main(cfg: OnlineDPOConfig) -> dict:
     trainer.log_setup({"train_prompts": len(prompts.ids), "labeler": cfg.labeler,
                        "mode": reference_mode(model), "rounds": rounds_of(cfg)})
 
-    # 5. A round: sample -> label -> (filter) -> reference log-probs -> DPO steps.
+    # 5. A round: sample -> label -> (filter) -> reference log-probs -> DPO steps. Under
+    #    torchrun each process samples, labels and scores the reference for its share of the
+    #    round's prompts (every process then holds the whole round), and each DPO step's groups
+    #    are shared out among the processes.
+    world = run.world
+
     def train_round(r: int) -> dict:
         t0 = time.time()
         idx = stream_batch_indices(r, len(prompts.ids), cfg.prompts_per_round, cfg.seed)
-        rollout = sample_rollout(model, [prompts.ids[i] for i in idx for _ in range(k)],
-                                 tokenizer, sampling_config(cfg), device=device,
-                                 precision=cfg.precision)
-        gen_s = time.time() - t0
-        flat = decode_responses(tokenizer, rollout)
-        answers = [flat[j * k:(j + 1) * k] for j in range(len(idx))]
-        labels = labeler([prompts.texts[i] for i in idx], [prompts.categories[i] for i in idx],
-                         answers, rollout.ended.view(-1, k).tolist(), r)
-        groups, skipped = round_groups(prompts, idx, rollout, answers, labels, cfg,
-                                       where=f"round {r + 1}")
-        row = {"sample_reward": sum(lab["reward"] for lab in labels) / len(labels), **skipped,
-               "label_std": sum(lab["std"] for lab in labels) / len(labels),
-               "response_length": float(rollout.response_mask.float().sum(1).mean()),
-               "gen_s": gen_s, "pairs": len(groups)}
+        groups, stats = online_round(model, tokenizer, prompts, idx, labeler, cfg, r, device,
+                                     world)
+        row = {**stats, "pairs": len(groups)}
         if groups:
-            refs = reference_logps(model, groups, cfg, pad_id, device, reference)
+            refs = reference_logps(model, groups, cfg, pad_id, device, reference, world=world)
             steps = []
             for epoch in range(cfg.dpo_epochs):
                 order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(
                     cfg.seed * 7919 + r * 31 + epoch)).tolist()
                 for s0 in range(0, len(order), cfg.batch_size):
-                    ids = order[s0:s0 + cfg.batch_size]
-                    batch = make_batch([groups[i] for i in ids], model, cfg, pad_id)
-                    step = preference_step(model, [(batch, torch.cat([refs[i] for i in ids]))],
-                                           cfg, trainer)
+                    micro = step_share(order[s0:s0 + cfg.batch_size], groups, refs, model, cfg,
+                                       pad_id, world)
+                    step = preference_step(model, micro, cfg, trainer)
                     steps.append({**step, **trainer.optimizer_step()})
             for key in ("loss", "reward_margin", "reward_accuracy", "grad_norm", "lr"):
                 row[key] = sum(s[key] for s in steps) / len(steps)

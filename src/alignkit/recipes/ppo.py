@@ -15,8 +15,6 @@ frozen reference copy. ``metrics.jsonl`` names the mode of the run.
 
 from __future__ import annotations
 
-import logging
-
 from alignkit.config import PPOConfig
 from alignkit.data.prompts import load_prompts
 from alignkit.data.sft import stream_batch_indices
@@ -29,10 +27,9 @@ from alignkit.training.monitor import HackingMonitor
 from alignkit.training.policy import frozen_reference, load_policy, reference_mode
 from alignkit.training.ppo import (PolicyAndValue, RewardNormalisation, build_value_model,
                                    fit_reward_normalisation, optimizer_steps_per_batch,
-                                   ppo_step, save_policy)
+                                   ppo_step, save_trained_policy)
 from alignkit.utils.distributed import launched_world
 
-log = logging.getLogger("alignkit.ppo")
 
 
 def check_flags(cfg: PPOConfig) -> None:
@@ -91,7 +88,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                       extra_state=state, checkpoint_at_end=True)
     trainer.resume()
     if cfg.reward_normalization == "reference" and trainer.start_step == 0:
-        refit = fit_reward_normalisation(policy, reward_fn, tokenizer, train, cfg, device)
+        with trainer.unsharded():
+            refit = fit_reward_normalisation(policy, reward_fn, tokenizer, train, cfg, device)
         trainer.log(0, {"reward_offset_before": refit["before"]["offset"],
                         "reward_scale_before": refit["before"]["scale"],
                         "reward_offset": refit["after"]["offset"],
@@ -111,8 +109,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         if monitor is None:
             return None
         row = monitor.reading(step, parts, reference, reward_fn, tokenizer, device)
-        if monitor.improved(row) and run.is_main:
-            save_policy(parts, tokenizer, run.output, "best", keep_training=True)
+        if monitor.improved(row):
+            save_trained_policy(trainer, parts, tokenizer, "best", keep_training=True)
             trainer.log(step, {"best_by": monitor.key, "best_value": monitor.best}, split="best")
         if row["warnings"] and cfg.stop_on_hacking:
             trainer.stop("--stop-on-hacking")
@@ -122,12 +120,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                 progress=lambda row: {"score": f"{row['score']:.2f}", "kl": f"{row['kl']:.2f}"})
     trainer.finish()
 
-    # 8. Final policy (LoRA merged) + value head, by the first process; best/ was kept by the
-    #    monitor.
-    final = run.output / "final"
-    if run.is_main:
-        final = save_policy(parts, tokenizer, run.output, "final", keep_training=False)
-        log.info("saved %s", final)
+    # 8. Final policy (LoRA merged) + value head (first process); the monitor kept best/.
+    final = save_trained_policy(trainer, parts, tokenizer, "final", keep_training=False)
     best = run.output / "best"
     return {"final": final, "best": best if best.exists() else None,
             "metrics": run.output / "metrics.jsonl",

@@ -105,15 +105,18 @@ def main(cfg: RewardConfig) -> dict:
                 evaluate_during, progress=lambda row: {"loss": f"{row['loss']:.3f}",
                                                        "pairs_s": f"{row['pairs_per_s']:.1f}"})
 
-    # 7. Normalise on the reference policy's responses, evaluate, save.
-    fit_normalisation(model, train, cfg, run.device)
-    result = evaluate(model, heldout, spec.aspects, cfg, run.device) if heldout else {}
+    # 7. Normalise on the reference policy's responses, evaluate, save (the full weights, by
+    #    the first process).
+    with trainer.unsharded():
+        fit_normalisation(model, train, cfg, run.device)
+        result = evaluate(model, heldout, spec.aspects, cfg, run.device) if heldout else {}
     if result:
         trainer.log(trainer.total_steps, result, split="eval")
     trainer.finish()
     final = Path(run.output) / "final"
+    plain = trainer.full_model()
     if run.is_main:
-        model.save(final)
+        plain.save(final)
         if result:
             print_table({"held-out": result})
         log.info("saved %s", final)

@@ -19,31 +19,41 @@ A stage does three things with it:
 
 It is the single place where a model trains: where gradients are clipped and the optimiser
 steps, where autocast (bf16, or fp16 with a gradient scaler) and gradient checkpointing are
-switched on, where the model is wrapped in DistributedDataParallel under ``torchrun`` and each
-process's share of a step is decided (``distributed.py``), where only the first process writes,
+switched on, where the model is wrapped for data parallelism under ``torchrun`` (DDP, or FSDP2
+with ``--distributed fsdp``) and each process's share of a step is decided (``distributed.py``),
+where only the first process writes (every process writes its own shard of an FSDP checkpoint),
 and where a stage's data position follows from the step number alone (which is what makes a
 resumed run exact, at any number of processes).
+
+Under FSDP the parameters the root owns (embeddings, final norm, LM head) are gathered only in a
+forward through ``trainer.forward``; every other forward of the trained model (held-out
+evaluation, reference log-probs, sampling) runs inside ``with trainer.unsharded():``, which
+gathers the whole model (``fit`` already does it around ``evaluate``). After training, ``trainer.full_model()`` is the model
+with its full weights (on the first process), which ``save_final`` writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from alignkit.config import save_config
-from alignkit.data.sft import micro_batch_indices
+from alignkit.data.sft import micro_batch_indices, token_budget_split
 from alignkit.errors import UserError
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device
 from alignkit.models.lora import count_parameters
 from alignkit.models.precision import autocast, uses_fp16
-from alignkit.training.distributed import init_world, no_sync, wrap
+from alignkit.training.distributed import (gathered, init_world, no_sync, plain_copy, shard,
+                                           skeleton, wrap)
 from alignkit.utils.distributed import World, barrier, sum_across
 from alignkit.utils.logs import progress_bar
 from alignkit.utils.metrics import MetricsLog
@@ -109,6 +119,8 @@ def start_run(cfg, validate: Callable[[], None] | None = None) -> Run:
     written, then the output folder, the resolved config beside it, the seed and the device."""
     if validate is not None:
         validate()
+    if getattr(cfg, "fsdp_cpu_offload", False) and getattr(cfg, "distributed", "ddp") != "fsdp":
+        raise UserError("--fsdp-cpu-offload applies to --distributed fsdp only")
     world, device = init_world(pick_device(cfg.device))
     output = prepare_output(cfg, write=world.is_main)
     if world.is_main:
@@ -127,12 +139,15 @@ def steps_for_epochs(cfg, examples: int) -> int:
     return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
 
 
-def make_optimizer(params, lr: float, weight_decay: float):
-    """AdamW; the fused kernel (one pass over all parameters) where this torch has it."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+def make_optimizer(params, lr: float, weight_decay: float, fused: bool = True):
+    """AdamW; the fused kernel (one pass over all parameters) where this torch has it and
+    ``fused``."""
+    if fused:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def make_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int):
@@ -170,6 +185,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
     return count
 
 
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (the norm of FSDP's sharded gradients); a tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 @dataclass
 class TrainerState:
     """What a checkpoint carries beyond the weights, optimiser, schedule and RNG."""
@@ -189,7 +209,12 @@ class Trainer:
     with ``state_dict``/``load_state_dict`` saved in every checkpoint under their key.
     ``checkpoint_at_end``: also write a checkpoint after the last step (so that a later
     ``--resume`` with more ``--max-steps`` continues the run). ``idle_parameters``: some
-    trainable parameters sit out some micro-batches (under torchrun DDP then looks for them)."""
+    trainable parameters sit out some micro-batches (under torchrun DDP then looks for them;
+    FSDP reduces whatever gradients were accumulated).
+
+    With ``--distributed fsdp`` under torchrun ``model`` is sharded in place: its parameters
+    become shards (DTensors) and only ``trainer.forward``, ``trainer.unsharded()`` and
+    ``trainer.full_model()`` see whole weights."""
 
     def __init__(self, run: Run, model: torch.nn.Module, total_steps: int, *, name: str,
                  counter: str = "tokens", optimizer_steps_per_step: int | None = None,
@@ -209,23 +234,48 @@ class Trainer:
             raise UserError("--gradient-checkpointing: this model has no Hugging Face layers that "
                             "support it")
         self.world = run.world
-        self.ddp = None
+        self.wrapped = None  # the DDP module or the FSDP root
+        self.sharded = False
+        self._template = None  # the model's structure, filled with the full weights at the end
+        self._unsharded_depth = 0
         if self.world.distributed:
             # stages that step themselves (PPO, online DPO) share out their own micro-batches
-            if not self.steps_itself and cfg.grad_accum % self.world.size:
+            if getattr(cfg, "max_tokens_per_micro_batch", 0) and (
+                    cfg.batch_size * cfg.grad_accum < self.world.size):
+                raise UserError(f"--batch-size x --grad-accum ({cfg.batch_size * cfg.grad_accum})"
+                                f" examples per step cannot be shared by {self.world.size} "
+                                "processes")
+            # (a token budget shares out the step's examples themselves)
+            if (not self.steps_itself and not getattr(cfg, "max_tokens_per_micro_batch", 0)
+                    and cfg.grad_accum % self.world.size):
                 raise UserError(f"--grad-accum {cfg.grad_accum} must be a multiple of the "
                                 f"{self.world.size} processes: each runs --grad-accum / "
                                 f"{self.world.size} of a step's micro-batches, so that the "
                                 "step's batch is the same at every world size")
-            self.ddp = wrap(model, self.device, idle_parameters)
+            if getattr(cfg, "distributed", "ddp") == "fsdp":
+                self._template = skeleton(model)
+                self.wrapped = shard(model, self.device, self.world,
+                                     getattr(cfg, "fsdp_cpu_offload", False), what=cfg.model)
+                self.sharded = True
+            else:
+                self.wrapped = wrap(model, self.device, idle_parameters)
+        # under FSDP these are the shards (DTensors): the optimiser state is sharded with them
         self.params = [p for p in model.parameters() if p.requires_grad]
         # fp16 gradients underflow: the loss is scaled up before the backward, the gradients
-        # unscaled before clipping, and a step with inf/NaN gradients skipped (scale halved)
-        self.scaler = (torch.amp.GradScaler(torch.device(self.device).type)
-                       if uses_fp16(cfg.precision) else None)
-        if self.scaler is not None:
+        # unscaled before clipping, and a step with inf/NaN gradients skipped (scale halved);
+        # under FSDP each rank sees a shard of the gradients, so the sharded scaler agrees on
+        # inf/NaN across ranks before skipping
+        self.scaler = None
+        if uses_fp16(cfg.precision):
+            if self.sharded:
+                from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+                self.scaler = ShardedGradScaler(torch.device(self.device).type)
+            else:
+                self.scaler = torch.amp.GradScaler(torch.device(self.device).type)
             self.extra_state["grad_scaler"] = self.scaler
-        self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
+        # the fused kernel takes plain tensors, not the shards
+        self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay,
+                                        fused=not self.sharded)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps,
                                         total_steps * (optimizer_steps_per_step or 1))
         self.state = TrainerState(counters={f"{counter}_seen": 0})
@@ -283,15 +333,23 @@ class Trainer:
         """bf16 autocast where ``--precision`` asks for it (the default on CUDA)."""
         return autocast(self.device, self.cfg.precision)
 
-    def micro_batches(self, step: int, examples: int, seed: int | None = None
-                      ) -> list[list[int]]:
+    def micro_batches(self, step: int, examples: int, seed: int | None = None,
+                      lengths: Sequence[int] | None = None) -> list[list[int]]:
         """Example indices of this process's micro-batches of optimiser step ``step``: the
         step's ``--grad-accum`` micro-batches (shuffled epochs, a pure function of the step and
-        seed), every ``world size``-th of them from this rank on."""
+        seed), every ``world size``-th of them from this rank on. With
+        ``--max-tokens-per-micro-batch`` (and the examples' token ``lengths``) the same step's
+        examples are instead shared out by tokens and cut by that budget
+        (``token_budget_split``)."""
         seed = self.cfg.seed if seed is None else seed
-        return [micro_batch_indices(step * self.cfg.grad_accum + j, examples,
-                                    self.cfg.batch_size, seed)
-                for j in range(self.world.rank, self.cfg.grad_accum, self.world.size)]
+        cfg, world = self.cfg, self.world
+        budget = getattr(cfg, "max_tokens_per_micro_batch", 0)
+        if budget and lengths is not None:
+            step_examples = [i for j in range(cfg.grad_accum) for i in micro_batch_indices(
+                step * cfg.grad_accum + j, examples, cfg.batch_size, seed)]
+            return token_budget_split(step_examples, lengths, budget, world.size, world.rank)
+        return [micro_batch_indices(step * cfg.grad_accum + j, examples, cfg.batch_size, seed)
+                for j in range(world.rank, cfg.grad_accum, world.size)]
 
     def sum(self, values):
         """``values`` (a list of numbers or a tensor) summed over every process: the whole
@@ -299,20 +357,52 @@ class Trainer:
         return sum_across(values, self.world, self.device)
 
     def forward(self, compute, *args, **kwargs):
-        """``compute(model, *args)``, through DistributedDataParallel when there are several
-        processes (so that the backward synchronises the gradients)."""
-        if self.ddp is None:
+        """``compute(model, *args)``, through the DDP or FSDP wrapper when there are several
+        processes (so that the backward synchronises the gradients, and under FSDP the root's
+        parameters are gathered)."""
+        if self.wrapped is None:
             return compute(self.model, *args, **kwargs)
-        return self.ddp(compute, *args, **kwargs)
+        return self.wrapped(compute, *args, **kwargs)
 
     def accumulate(self, last: bool):
         """Around the forward and backward of one micro-batch: gradients stay local until the
         step's ``last`` micro-batch, whose backward averages them over the processes."""
-        return no_sync(self.ddp, last)
+        return no_sync(self.wrapped, last)
+
+    @contextlib.contextmanager
+    def unsharded(self):
+        """Around forwards of the trained model that do not go through ``forward`` (held-out
+        evaluation, reference log-probs, sampling): under FSDP every parameter is gathered on
+        entry and freed on exit, so that the forwards inside need no collective and processes
+        may run different numbers of them; nothing otherwise. Nests; every process must enter
+        it (the gathering is collective), and no training step runs inside."""
+        if not self.sharded or self._unsharded_depth:
+            self._unsharded_depth += 1
+            try:
+                yield
+            finally:
+                self._unsharded_depth -= 1
+            return
+        self._unsharded_depth += 1
+        try:
+            with gathered(self.wrapped):
+                yield
+        finally:
+            self._unsharded_depth -= 1
+
+    def full_model(self) -> torch.nn.Module | None:
+        """The trained model with its full weights: the model itself, except under FSDP, where
+        every process takes part in gathering them into a new plain copy on the first process's
+        CPU (``None`` on the others): for a save (final/, PPO's best/)."""
+        if not self.sharded:
+            return self.model
+        # a new copy of the structure each time: the caller may change it (merge LoRA)
+        return plain_copy(self.model, skeleton(self._template), self.world)
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss`` is this process's share of the step's loss (normalised by the whole step's
-        count); DDP averages the processes' gradients, so each is scaled by their number."""
+        count); DDP and FSDP average the processes' gradients, so each is scaled by their
+        number."""
         loss = loss * self.world.size if self.world.distributed else loss
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
@@ -321,8 +411,12 @@ class Trainer:
         Returns the gradient norm before clipping and the learning rate used."""
         max_norm = self.cfg.max_grad_norm
         if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        grad_norm = (float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            with warnings.catch_warnings():
+                # the sharded scaler multiplies the gradient shards by its (1,)-shaped inverse
+                # scale, which DTensor replicates with a warning on every step
+                warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1")
+                self.scaler.unscale_(self.optimizer)
+        grad_norm = (float(full_value(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
                      if max_norm > 0 else 0.0)
         lr = self.scheduler.get_last_lr()[0]
         row = {"grad_norm": grad_norm, "lr": lr}
@@ -346,7 +440,8 @@ class Trainer:
         if evaluate is None:
             return
         self._evaluated.add(step)
-        row = evaluate(step)
+        with self.unsharded():
+            row = evaluate(step)
         if row:
             self.eval_history[step] = row
             self.log(step, row, split="eval")
@@ -400,12 +495,18 @@ class Trainer:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Path | None:
-        if not self.run.is_main:
+        """The checkpoint of the current step: written by the first process, or under FSDP by
+        every process (its shards) with the first writing the rest."""
+        if not self.run.is_main and not self.sharded:
             return None
         extra = {key: obj.state_dict() for key, obj in self.extra_state.items()}
+        state = {**self.state.counters, **extra}
+        if self.sharded:
+            return ckpt.save_sharded_checkpoint(
+                self.output, self.state.step, self.model, self.optimizer, self.scheduler, state,
+                keep=self.cfg.keep_checkpoints, is_main=self.run.is_main)
         return ckpt.save_checkpoint(self.output, self.state.step, self.model, self.optimizer,
-                                    self.scheduler, {**self.state.counters, **extra},
-                                    keep=self.cfg.keep_checkpoints)
+                                    self.scheduler, state, keep=self.cfg.keep_checkpoints)
 
     def finish(self, summary: dict | None = None) -> None:
         """Log the run's summary (work done, time, rate) and close the metrics log."""
@@ -422,11 +523,14 @@ class Trainer:
             self.metrics.close()
 
     def save_final(self, tokenizer, name: str = "final"):
-        """The plain Hugging Face folder ``<output>/<name>`` (LoRA merged in); returns (folder,
-        the plain model)."""
+        """The plain Hugging Face folder ``<output>/<name>`` (LoRA merged in), written once by
+        the first process from the full weights; returns (folder, the plain model; under FSDP
+        a copy on the CPU)."""
         self.model.eval()
+        model = self.full_model()
         if not self.run.is_main:
             return self.output / name, self.model
-        final, plain = ckpt.save_final(self.output, self.model, tokenizer, name=name)
+        model.eval()
+        final, plain = ckpt.save_final(self.output, model, tokenizer, name=name)
         self.log_to.info("saved %s", final)
         return final, plain

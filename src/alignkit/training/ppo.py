@@ -333,15 +333,20 @@ def ppo_update(parts, trainer, exp: Experience, cfg, step: int) -> dict[str, flo
             mb_tokens = mb_mask.sum().clamp(min=1)
             minibatch_kl = 0.0
             starts = list(range(0, len(idx), micro))
-            # this process's micro-batches; one with none still joins the gradient average
-            # with a zero-weighted pass over the first (DDP waits for every process)
+            # this process's micro-batches: every world-size-th. All processes run the same
+            # number of passes (FSDP gathers each layer in lockstep; DDP averages only when
+            # every process runs the backward): one short of a micro-batch runs a zero-weighted
+            # pass over the first
             mine = starts[world.rank::world.size]
-            for position, m0 in enumerate(mine or starts[:1]):
+            passes = -(-len(starts) // world.size)
+            for position in range(passes):
+                real = position < len(mine)
+                m0 = mine[position] if real else starts[0]
                 sub = idx[m0:m0 + micro].to(device)
                 part = exp.rollout.select(sub)
                 mask = part.response_mask.float()
                 fused = exp.old_logprobs is None
-                with trainer.accumulate(last=position == max(len(mine), 1) - 1):
+                with trainer.accumulate(last=position == passes - 1):
                     with trainer.autocast():
                         out = trainer.forward(forward, part, cfg.entropy_coef > 0 or fused)
                     if fused:  # single_pass: this forward is also the experience's (sub = all)
@@ -349,10 +354,10 @@ def ppo_update(parts, trainer, exp: Experience, cfg, step: int) -> dict[str, flo
                     # each micro-batch's aggregate, weighted by its share of what the minibatch
                     # averages over (tokens, or responses with --loss-aggregation sequence_mean)
                     share_of_minibatch = (rl.aggregation_weight(mask, agg) / mb_weight
-                                          if mine else 0.0)
+                                          if real else 0.0)
                     loss, stats = micro_batch_loss(out, exp, sub, mask, cfg)
                     trainer.backward(loss * share_of_minibatch)
-                if not mine:
+                if not real:
                     continue
                 minibatch_kl += stats["approx_kl"] * float(mask.sum() / mb_tokens)
                 for key, value in stats.items():
@@ -419,6 +424,20 @@ def save_policy(parts: PolicyAndValue, tokenizer, output: Path, name: str,
     return folder
 
 
+def save_trained_policy(trainer, parts: PolicyAndValue, tokenizer, name: str,
+                        keep_training: bool) -> Path:
+    """``save_policy`` of the trained parts into ``<output>/<name>`` by the first process; every
+    process calls it (under FSDP the whole weights are gathered into a copy first)."""
+    whole = trainer.full_model()
+    if not trainer.run.is_main:
+        return trainer.output / name
+    # (an FSDP copy is the caller's own: its adapters may be merged in place)
+    folder = save_policy(whole, tokenizer, trainer.output, name,
+                         keep_training=keep_training and whole is parts)
+    trainer.log_to.info("saved %s", folder)
+    return folder
+
+
 class RewardNormalisation:
     """The reward model's offset and scale as checkpoint state: with ``--reward-normalization
     reference`` they are refitted on the starting policy's answers, and a resumed run must keep
@@ -473,8 +492,9 @@ def ppo_step(parts, reference, reward_fn, tokenizer, prompts: Prompts, indices: 
              kl_ctl, trainer, cfg, step: int) -> dict:
     """One PPO step on the prompts ``indices``: a batch of experience, the clipped update over
     it, and the KL controller fed the batch's mean KL per response (Ziegler et al. 2019)."""
-    exp, stats = make_experience(parts, reference, reward_fn, tokenizer, prompts, indices,
-                                 kl_ctl, cfg, trainer.device, step, trainer.world)
+    with trainer.unsharded():  # sampling and no-grad passes on the whole weights
+        exp, stats = make_experience(parts, reference, reward_fn, tokenizer, prompts, indices,
+                                     kl_ctl, cfg, trainer.device, step, trainer.world)
     stats.update(ppo_update(parts, trainer, exp, cfg, step))
     if exp.returns is not None:
         with torch.no_grad():

@@ -26,6 +26,7 @@ from alignkit.losses import dpo as losses
 from alignkit.models.lm import hidden_states, logits_at
 from alignkit.models.lora import is_lora
 from alignkit.models.precision import autocast, uses_bf16, uses_fp16
+from alignkit.utils.distributed import World, gather_shares, share
 from alignkit.utils.fingerprint import json_digest, module_digest, update_with_ints
 
 log = logging.getLogger("alignkit.dpo")
@@ -118,14 +119,17 @@ def pair_losses(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None,
 
 @torch.no_grad()
 def reference_logps(model, groups: list[PreferenceGroup], cfg, pad_id: int,
-                    device: str, reference=None) -> list[torch.Tensor]:
+                    device: str, reference=None, world: World = World()) -> list[torch.Tensor]:
     """Per group, (K,) summed reference log-probs of its responses: the ``reference`` model when
-    given, else the adapter-free ``model`` (LoRA), else ``model`` itself (before any update)."""
+    given, else the adapter-free ``model`` (LoRA), else ``model`` itself (before any update).
+    The groups go in batches of ``--batch-size``; under torchrun each process computes its
+    contiguous share of those batches and every process gets all the log-probs, the very
+    numbers one process computes (the same batches)."""
     was = model.training
     model.eval()
     out: list[torch.Tensor] = []
     try:
-        for i in range(0, len(groups), cfg.batch_size):
+        for i in share(list(range(0, len(groups), cfg.batch_size)), world):
             chunk = groups[i:i + cfg.batch_size]
             batch = make_batch(chunk, model, cfg, pad_id).to(device)
             with autocast(device, cfg.precision):
@@ -143,7 +147,7 @@ def reference_logps(model, groups: list[PreferenceGroup], cfg, pad_id: int,
                 at += len(g.input_ids)
     finally:
         model.train(was)
-    return out
+    return gather_shares(out, world)
 
 
 REFERENCE_CACHE = "reference_logps.pt"
@@ -215,11 +219,13 @@ def _cache_mismatch(saved, key: dict) -> str:
 
 
 def cached_reference(model, train, heldout, cfg, pad_id: int, device: str,
-                     output: Path, write: bool = True
+                     output: Path, write: bool = True, world: World = World()
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Reference log-probs of every train and held-out response, from the cache file when its
     key (``reference_cache_key``: the data, the reference's weights and the numerics) equals
-    this run's -- a resumed run -- else computed now (before any update) and cached with it."""
+    this run's -- a resumed run -- else computed now (before any update) and cached with it.
+    Under torchrun (``world``) each process computes its share and all get every value (the
+    same numbers at any number of processes, so the key leaves the world size out)."""
     path = output / REFERENCE_CACHE
     key = reference_cache_key(model, train, heldout, cfg, pad_id, device)
     if path.is_file():
@@ -234,9 +240,9 @@ def cached_reference(model, train, heldout, cfg, pad_id: int, device: str,
             return saved["train"], saved["heldout"]
         log.warning("%s is not this run's computation (%s); recomputing", path, why)
     t0 = time.time()
-    tr = reference_logps(model, train, cfg, pad_id, device)
-    ho = reference_logps(model, heldout, cfg, pad_id, device)
-    if write:  # one process writes the cache; the others computed the same values
+    tr = reference_logps(model, train, cfg, pad_id, device, world=world)
+    ho = reference_logps(model, heldout, cfg, pad_id, device, world=world)
+    if write:  # one process writes the cache
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"key": key, "train": tr, "heldout": ho}, tmp)
         tmp.replace(path)
@@ -319,7 +325,7 @@ class PolicySampler:
     of the starting weights."""
 
     def __init__(self, model, tokenizer, cfg, device: str, reward_fn=None,
-                 reference=None):
+                 reference=None, world: World = World()):
         self.prompts = load_prompts(cfg.sample_prompts, tokenizer, cfg.chat, cfg.max_length,
                                     cfg.skip_invalid)
         self.reward_fn = reward_fn  # a proxy reward to report beside gold (online DPO)
@@ -334,6 +340,7 @@ class PolicySampler:
 
             self.gold = GoldScorer(token_counter=tokenizer)
         self.tokenizer, self.cfg, self.device = tokenizer, cfg, device
+        self.world = world  # under torchrun each process samples its share of the prompts
 
     def measure(self, model) -> dict:
         def ref_logprobs(rollout):
@@ -347,6 +354,7 @@ class PolicySampler:
         row = measure_policy(model, self.tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
                              ref_logprobs, self.reward_fn, self.gold,
                              SamplingConfig(self.cfg.max_new_tokens, 1.0), seed=self.cfg.seed + 1,
-                             device=self.device, precision=self.cfg.precision)
+                             device=self.device, precision=self.cfg.precision,
+                             world=self.world)
         row.pop("samples", None)
         return {f"sample_{k}": v for k, v in row.items()}

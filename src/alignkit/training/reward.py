@@ -237,7 +237,8 @@ def reward_step(model: RewardModel, trainer, train: list[PreferenceGroup], boot:
     (exact under gradient accumulation), all in one backward per micro-batch."""
     work = []  # (members, batch, weights (len(members), P, A))
     for members, seed in member_plans(cfg):
-        for ids in trainer.micro_batches(step, len(train), seed):
+        for ids in trainer.micro_batches(step, len(train), seed,
+                                         lengths=[g.num_tokens for g in train]):
             batch = preference_batch([train[i] for i in ids], model, cfg)
             b = boot[members][:, torch.tensor(ids)][:, batch.group]  # (m, P)
             work.append((members, batch, comparison_weights(
@@ -276,4 +277,6 @@ def member_rewards(model: RewardModel, batch, members: list[int] | None) -> torc
     if members is None:
         return model.raw(batch)
     (m,) = members
-    return model.members[m](batch).unsqueeze(0)
+    # a new tensor rather than a view: under FSDP the wrapper's forward hooks its output for the
+    # backward, which an in-place change of a view would bypass
+    return torch.stack([model.members[m](batch)])

@@ -44,10 +44,11 @@ def sft_step(model, trainer, examples: list[TokenizedExample], pad_id: int, step
     loss sum divided by the target tokens of the whole step, across processes too (so that
     accumulation and data parallelism are exact)."""
     micro = [make_batch([examples[i] for i in ids], trainer.cfg, pad_id)
-             for ids in trainer.micro_batches(step, len(examples))]
+             for ids in trainer.micro_batches(step, len(examples),
+                                              lengths=[len(e.input_ids) for e in examples])]
     local = [sum(b.num_targets for b in micro), sum(b.num_tokens for b in micro),
-             sum(b.computed_tokens for b in micro)]
-    step_targets, step_tokens, step_computed = trainer.sum(local)
+             sum(b.computed_tokens for b in micro), len(micro)]
+    step_targets, step_tokens, step_computed, step_micro = trainer.sum(local)
     loss_total = 0.0
     for i, batch in enumerate(micro):
         batch = batch.to(trainer.device)
@@ -58,7 +59,8 @@ def sft_step(model, trainer, examples: list[TokenizedExample], pad_id: int, step
         loss_total += float(loss_sum.detach())
     (loss_total,) = trainer.sum([loss_total])
     return {"loss": loss_total / step_targets, "tokens": int(step_tokens),
-            "target_tokens": int(step_targets), "computed_tokens": int(step_computed)}
+            "target_tokens": int(step_targets), "computed_tokens": int(step_computed),
+            "micro_batches": int(step_micro)}
 
 
 @torch.no_grad()
