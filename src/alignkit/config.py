@@ -725,8 +725,12 @@ def build_config(cls: type, args: argparse.Namespace, extra: dict[str, Any] | No
     where: dict[str, str] = {}  # how each value was given, for error messages
     if getattr(args, "config", None):
         values.update(read_yaml_overrides(cls, args.config, where))
-    names = {o.path for o in config_options(cls)}
-    flags = {k: v for k, v in vars(args).items() if k in names}
+    options = {o.path: o for o in config_options(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in options}
+    for key, value in flags.items():  # "none" or nothing turns an optional value off (YAML null)
+        if (isinstance(value, str) and value.strip().lower() in ("", "none", "null")
+                and _is_optional(_field_types(options[key].owner)[options[key].field.name])):
+            flags[key] = None
     typed = {k: flag_name(k) for k in flags}
     for key, value in vars(args).items():
         if not key.startswith(ALIAS_DEST):

@@ -144,6 +144,12 @@ def test_fsdp_flag_mistakes_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         "--fsdp-cpu-offload applies to --distributed fsdp only")
     assert not out.exists()
+    assert main(["sft", "--distributed", "fsdp", "--max-tokens-per-micro-batch", "512",
+                 "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--max-tokens-per-micro-batch works with --distributed ddp (under fsdp every process "
+        "must run the same number of micro-batches)")
+    assert not out.exists()
     with pytest.raises(UserError, match="no Hugging Face decoder layers to shard"):
         shard(torch.nn.Linear(2, 2), "cpu", World(0, 2, 0), what="linear")
 
@@ -181,3 +187,23 @@ def test_ppo_under_fsdp_equals_one_process(tiny_model_dir, reward_model, tmp_pat
     if "gae" in estimator:
         assert [r["step"] for r in rows(tmp_path / "two", "eval")] == [0, 2, 3]
         assert (tmp_path / "two" / "best" / "value_head.safetensors").is_file()
+
+
+def test_online_dpo_under_fsdp_equals_one_process(tiny_model_dir, tmp_path):
+    """Rounds sampled and scored by the reference on the gathered weights, DPO steps on the
+    shards; a step of one group leaves one process with an empty pass (still one forward and
+    backward, as FSDP's lockstep gathers need)."""
+    from tests.smoke.test_ppo import write_prompts
+
+    prompts = write_prompts(tmp_path / "p.jsonl", 10)
+    common = ["online-dpo", "--model", str(tiny_model_dir), "--data", str(prompts),
+              "--labeler", "simulated", "--lora", "--rounds", "3", "--prompts-per-round", "5",
+              "--samples-per-prompt", "3", "--batch-size", "4", "--lr", "1e-3",
+              "--max-new-tokens", "8", "--eval-every", "0", "--save-every", "0", "--seed", "4",
+              "--no-progress"]
+    run_ranks(1, *common, "--output", str(tmp_path / "one"))
+    run_ranks(2, *common, *FSDP, "--output", str(tmp_path / "two"))
+    assert_same_training(tmp_path / "one", tmp_path / "two",
+                         ("loss", "grad_norm", "sample_reward", "response_length"),
+                         ("pairs", "pairs_identical"))
+    assert any(r["pairs"] % 4 == 1 for r in rows(tmp_path / "two"))

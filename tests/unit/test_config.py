@@ -768,3 +768,15 @@ def test_the_demo_stage_configs_load_with_their_own_stage(tmp_path):
             sub.validate()
             path = save_config(sub, tmp_path / stage)
             assert build_config(cls, parse(stage, ["--config", str(path)])) == sub, stage
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "", "null"])
+def test_none_on_the_command_line_turns_an_optional_file_off(spelling):
+    """``--sample-prompts none`` (what the help text says) skips the sampling rather than
+    looking for a file called 'none'; options that are not optional keep the word."""
+    from alignkit.cli import build_config
+
+    cfg = build_config(DPOConfig, parse("dpo", ["--model", "m", "--sample-prompts", spelling]))
+    assert cfg.sample_prompts is None
+    cfg = build_config(PPOConfig, parse("ppo", ["--model", "m", "--eval-data", spelling]))
+    assert cfg.eval_data is None and cfg.data == "demo-prompts"

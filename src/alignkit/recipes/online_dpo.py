@@ -92,11 +92,13 @@ def main(cfg: OnlineDPOConfig) -> dict:
     def train_round(r: int) -> dict:
         t0 = time.time()
         idx = stream_batch_indices(r, len(prompts.ids), cfg.prompts_per_round, cfg.seed)
-        groups, stats = online_round(model, tokenizer, prompts, idx, labeler, cfg, r, device,
-                                     world)
+        with trainer.unsharded():  # sampling and reference passes on the whole weights
+            groups, stats = online_round(model, tokenizer, prompts, idx, labeler, cfg, r,
+                                         device, world)
+            refs = (reference_logps(model, groups, cfg, pad_id, device, reference, world=world)
+                    if groups else [])
         row = {**stats, "pairs": len(groups)}
         if groups:
-            refs = reference_logps(model, groups, cfg, pad_id, device, reference, world=world)
             steps = []
             for epoch in range(cfg.dpo_epochs):
                 order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(

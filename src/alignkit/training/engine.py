@@ -121,6 +121,11 @@ def start_run(cfg, validate: Callable[[], None] | None = None) -> Run:
         validate()
     if getattr(cfg, "fsdp_cpu_offload", False) and getattr(cfg, "distributed", "ddp") != "fsdp":
         raise UserError("--fsdp-cpu-offload applies to --distributed fsdp only")
+    if getattr(cfg, "max_tokens_per_micro_batch", 0) and getattr(cfg, "distributed", "") == "fsdp":
+        # FSDP gathers each layer in lockstep, so every process must run as many micro-batches
+        # as the others; a token budget cuts each process's share its own way
+        raise UserError("--max-tokens-per-micro-batch works with --distributed ddp (under fsdp "
+                        "every process must run the same number of micro-batches)")
     world, device = init_world(pick_device(cfg.device))
     output = prepare_output(cfg, write=world.is_main)
     if world.is_main:
