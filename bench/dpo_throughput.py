@@ -184,6 +184,19 @@ def child_trl(spec: dict) -> dict:
     return result
 
 
+def demo_pairs(records: list[dict]) -> list[dict]:
+    """One preference pair per demonstration: chosen = its completion; rejected = the completion
+    of the record half the file away (even records) or the prompt echoed back (odd records)."""
+    n = len(records)
+    pairs = []
+    for i, r in enumerate(records):
+        rejected = records[(i + n // 2) % n]["completion"] if i % 2 == 0 else r["prompt"]
+        if rejected.strip() == r["completion"].strip():
+            rejected = r["prompt"]
+        pairs.append({"prompt": r["prompt"], "chosen": r["completion"], "rejected": rejected})
+    return pairs
+
+
 def run_prepare(spec_path: str) -> None:
     """Model folders, the pair file (one pair per unique prompt) and alignkit's batch order."""
     spec = json.loads(Path(spec_path).read_text())
@@ -194,14 +207,8 @@ def run_prepare(spec_path: str) -> None:
     records = [json.loads(line) for line in shipped_data_path("demo").read_text().splitlines()
                if line.strip()]
     n = len(records)
-    pairs = []
-    for i, r in enumerate(records):
-        rejected = records[(i + n // 2) % n]["completion"] if i % 2 == 0 else r["prompt"]
-        if rejected.strip() == r["completion"].strip():
-            rejected = r["prompt"]
-        pairs.append({"prompt": r["prompt"], "chosen": r["completion"], "rejected": rejected})
     data_path = Path(spec["workdir"]) / "pairs.jsonl"
-    data_path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    data_path.write_text("".join(json.dumps(p) + "\n" for p in demo_pairs(records)))
     models = {w: tiny_model_folder(TINY) if w == "tiny" else resolve_model("default")
               for w in spec["workloads"]}
     order = [micro_batch_indices(k, n, spec["batch_size"], spec["seed"])

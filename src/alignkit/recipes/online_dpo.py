@@ -80,6 +80,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
     trainer = Trainer(run, model, rounds_of(cfg), name="online-dpo", counter="pairs",
                       optimizer_steps_per_step=per_round)
     trainer.resume()
+    trainer.hold_frozen(reference)  # under FSDP the reference copy is sharded too
     trainer.log_setup({"train_prompts": len(prompts.ids), "labeler": cfg.labeler,
                        "mode": reference_mode(model), "rounds": rounds_of(cfg)})
 

@@ -87,6 +87,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                       optimizer_steps_per_step=optimizer_steps_per_batch(cfg),
                       extra_state=state, checkpoint_at_end=True)
     trainer.resume()
+    trainer.hold_frozen(reference)  # under FSDP the reference copy is sharded too
     if cfg.reward_normalization == "reference" and trainer.start_step == 0:
         with trainer.unsharded():
             refit = fit_reward_normalisation(policy, reward_fn, tokenizer, train, cfg, device)

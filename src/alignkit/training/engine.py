@@ -243,6 +243,7 @@ class Trainer:
         self.sharded = False
         self._template = None  # the model's structure, filled with the full weights at the end
         self._unsharded_depth = 0
+        self._frozen_roots: list[torch.nn.Module] = []  # frozen models sharded beside it
         if self.world.distributed:
             # stages that step themselves (PPO, online DPO) share out their own micro-batches
             if getattr(cfg, "max_tokens_per_micro_batch", 0) and (
@@ -390,10 +391,23 @@ class Trainer:
             return
         self._unsharded_depth += 1
         try:
-            with gathered(self.wrapped):
+            with contextlib.ExitStack() as stack:
+                for root in (self.wrapped, *self._frozen_roots):
+                    stack.enter_context(gathered(root))
                 yield
         finally:
             self._unsharded_depth -= 1
+
+    def hold_frozen(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
+        """A frozen model the trained one is compared with (the reference copy of PPO or online
+        DPO with full fine-tuning): under FSDP sharded like the trained model, so that it takes
+        1/N of its memory while training steps run, and gathered beside it inside
+        ``unsharded()``; otherwise left as it is. Returns ``module``."""
+        if module is not None and self.sharded:
+            self._frozen_roots.append(shard(module, self.device, self.world,
+                                            getattr(self.cfg, "fsdp_cpu_offload", False),
+                                            what="the reference"))
+        return module
 
     def full_model(self) -> torch.nn.Module | None:
         """The trained model with its full weights: the model itself, except under FSDP, where
