@@ -140,13 +140,17 @@ def run_stage(name: str, cfg, **kwargs):
 DATA_PARALLEL = {"sft", "reward", "dpo", "ppo", "online-dpo", "label", "eval", "best-of-n"}
 
 
-def leave_process_group() -> None:
+def leave_process_group(together: bool = False) -> None:
     """Under torchrun: leave the process group when the stage is over (a plain run never
-    imported torch.distributed)."""
+    imported torch.distributed). ``together`` (the stage succeeded on this process): first wait
+    for the others, so that no process tears its connections down while another still writes
+    (the first process often has the files left to write)."""
     if "torch.distributed" in sys.modules:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -180,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
               f"runs in one process (under torchrun: {', '.join(sorted(DATA_PARALLEL))}); "
               "launch it without torchrun", file=sys.stderr)
         return 2
+    succeeded = False
     try:
         cfg = build_config(STAGES[args.stage][0], args)
         run_stage(args.stage, cfg)
+        succeeded = True
     except UserError as e:
         print(f"alignkit {args.stage}: error: {e}", file=sys.stderr)
         return 2
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
               "continue with --resume)", file=sys.stderr)
         return 130
     finally:
-        leave_process_group()
+        leave_process_group(together=succeeded)
     return 0
 
 

@@ -28,7 +28,7 @@ ZERO_OK = {
     "vf_coef", "entropy_coef", "gamma", "lam", "target_kl", "missing_eos_penalty", "kl_budget",
     "min_entropy", "rpo_alpha", "sample_count", "max_std", "min_margin", "gold_scale",
     "max_prompts", "max_adversarial", "temperature", "judge_retries", "judge_rate", "port",
-    "samples", "ppo_steps", "dpo_steps", "ppo_kl_coef",
+    "samples", "ppo_steps", "dpo_steps", "ppo_kl_coef", "max_tokens_per_micro_batch",
 }
 # temperature divides PPO's training logits, and greedy samples of one prompt are all the same
 # (no pair for online DPO); the demo's samples are answered before and after training

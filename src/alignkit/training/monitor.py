@@ -13,6 +13,7 @@ from alignkit.data.prompts import Prompts
 from alignkit.evaluation.policy import measure_policy
 from alignkit.training.ppo import reference_logprobs
 from alignkit.training.rollout import sampling_config
+from alignkit.utils.distributed import World
 
 log = logging.getLogger("alignkit.ppo")
 
@@ -23,9 +24,10 @@ class HackingMonitor:
     while gold falls (over-optimisation, Gao et al. 2023), when KL passes its budget, or when
     length or entropy drift past their limits; keeps the best checkpoint by gold (or proxy)."""
 
-    def __init__(self, prompts: Prompts | None, cfg, tokenizer=None):
+    def __init__(self, prompts: Prompts | None, cfg, tokenizer=None, world: World = World()):
         self.prompts = prompts
         self.cfg = cfg
+        self.world = world  # under torchrun each process answers its share of the prompts
         self.history: list[dict] = []
         self.best: float | None = None
         self.gold = None
@@ -47,7 +49,7 @@ class HackingMonitor:
             parts.policy, tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
             lambda rollout: reference_logprobs(parts, reference, rollout, cfg), reward_fn,
             self.gold, sampling_config(cfg),
-            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8))
+            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8), world=self.world)
 
     def reading(self, step: int, parts, reference, reward_fn, tokenizer, device: str) -> dict:
         """Measure at ``step``, check, and log any warning; the row carries them under
