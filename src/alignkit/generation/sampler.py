@@ -38,7 +38,9 @@ class Rollout:
     query: (B, Lq) prompt ids, left-padded; query_mask: (B, Lq) 1 = token. response: (B, T) sampled
     ids, right-padded after EOS; response_mask: (B, T) 1 for real response tokens (EOS included).
     logprobs: (B, T) log-prob of each sampled token under the sampling policy (0 on padding);
-    ended: (B,) True when the response stopped at EOS (False: cut at ``max_new_tokens``)."""
+    ended: (B,) True when the response stopped at EOS (False: cut at ``max_new_tokens``);
+    engine_logprobs: (B, T) the same log-probs as the rollout engine computed them while
+    sampling (vLLM; None for the own sampler), to measure its gap to the training numerics."""
 
     query: torch.Tensor
     query_mask: torch.Tensor
@@ -46,6 +48,7 @@ class Rollout:
     response_mask: torch.Tensor
     logprobs: torch.Tensor | None
     ended: torch.Tensor
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -58,7 +61,8 @@ class Rollout:
     def select(self, index: torch.Tensor) -> "Rollout":
         return Rollout(self.query[index], self.query_mask[index], self.response[index],
                        self.response_mask[index],
-                       None if self.logprobs is None else self.logprobs[index], self.ended[index])
+                       None if self.logprobs is None else self.logprobs[index], self.ended[index],
+                       None if self.engine_logprobs is None else self.engine_logprobs[index])
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,15 +218,24 @@ def fixed_draw(seed: int):
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
            cfg: SamplingConfig = SamplingConfig(), with_logprobs: bool = True,
-           batch_size: int = 0, row_seeds: list[int] | None = None) -> Rollout:
+           batch_size: int = 0, row_seeds: list[int] | None = None,
+           engine=None) -> Rollout:
     """Sample one response per tokenised prompt (repeat a prompt for several samples). Seed the
     global torch RNG beforehand for a reproducible draw, or give each response its own seed
     (``row_seeds``, see ``row_seed``): then a response is the same whatever batch or process
-    draws it. ``batch_size`` splits the generation into chunks (0: all at once)."""
+    draws it. ``batch_size`` splits the generation into chunks (0: all at once).
+
+    ``engine``: a rollout engine (``generation.vllm_engine.VLLMEngine``) that draws the tokens
+    instead of this module's decoding loop; one that follows training first takes ``model``'s
+    new weights. The log-probs are still ``model``'s (``response_logprobs``); ``model`` may be
+    None when they are not asked for."""
     if not prompts:
         raise ValueError("no prompts to sample from")
     if row_seeds is not None and len(row_seeds) != len(prompts):
         raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
+    if engine is not None:
+        return engine_sample(engine, model, prompts, pad_id, eos_id, cfg, with_logprobs,
+                             row_seeds)
     if batch_size and len(prompts) > batch_size:
         parts = [sample(model, prompts[i:i + batch_size], pad_id, eos_id, cfg, with_logprobs,
                         row_seeds=None if row_seeds is None else row_seeds[i:i + batch_size])
@@ -256,6 +269,47 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
         model.train(was_training)
 
 
+def engine_sample(engine, model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
+                  cfg: SamplingConfig, with_logprobs: bool,
+                  row_seeds: list[int] | None) -> Rollout:
+    """``sample`` through a rollout engine: the same Rollout (queries left-padded, responses up
+    to and including EOS, right-padded), plus the engine's own log-probs of the tokens. Without
+    ``row_seeds`` each answer's seed is drawn from the torch RNG."""
+    if getattr(engine, "follow_updates", False) and model is not None:
+        engine.push(model)
+    seeds = (list(row_seeds) if row_seeds is not None
+             else torch.randint(0, 2 ** 62, (len(prompts),)).tolist())
+    answers = engine.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                              cfg.top_k, eos_id, seeds)
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    query, query_mask = left_pad(prompts, pad_id)
+    width = max(max(len(a.token_ids) for a in answers), 1)
+    response = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(answers), width), dtype=torch.long)
+    engine_logprobs = torch.zeros((len(answers), width), dtype=torch.float32)
+    for r, answer in enumerate(answers):
+        n = len(answer.token_ids)
+        response[r, :n] = torch.tensor(answer.token_ids, dtype=torch.long)
+        response_mask[r, :n] = 1
+        engine_logprobs[r, :len(answer.logprobs)] = torch.tensor(answer.logprobs,
+                                                                 dtype=torch.float32)
+    ended = torch.tensor([a.ended for a in answers], dtype=torch.bool)
+    query, query_mask, response, response_mask, ended, engine_logprobs = (
+        x.to(device) for x in (query, query_mask, response, response_mask, ended,
+                               engine_logprobs))
+    logprobs = None
+    if with_logprobs:
+        was_training = model.training
+        model.eval()
+        try:
+            logprobs = response_logprobs(model, query, query_mask, response, response_mask,
+                                         cfg.temperature or 1.0)["logprobs"]
+        finally:
+            model.train(was_training)
+    return Rollout(query, query_mask, response, response_mask, logprobs, ended,
+                   engine_logprobs * response_mask)
+
+
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     """Stack rollouts of different widths (queries re-left-padded, responses re-right-padded)."""
     lq = max(p.query.shape[1] for p in parts)
@@ -275,4 +329,6 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([pad(p.response_mask, t, 0, False) for p in parts]),
         None if any(p.logprobs is None for p in parts) else
         torch.cat([pad(p.logprobs, t, 0.0, False) for p in parts]),
-        torch.cat([p.ended for p in parts]))
+        torch.cat([p.ended for p in parts]),
+        None if any(p.engine_logprobs is None for p in parts) else
+        torch.cat([pad(p.engine_logprobs, t, 0.0, False) for p in parts]))
