@@ -244,6 +244,36 @@ class PackingArgs(Config):
 
 
 @dataclass
+class RolloutArgs(Config):
+    rollout_engine: str = opt("hf", "What writes the sampled answers: hf (alignkit's own batched "
+                              "sampler on the policy) or vllm (a vLLM engine in this process "
+                              "that takes the policy's new weights after every update; pip "
+                              "install -e '.[vllm]').", ("hf", "vllm"))
+    rollout_dtype: str = opt("auto", "With --rollout-engine vllm: the engine's numerics, auto "
+                             "(fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16. Training keeps "
+                             "--precision; the log-probs that train are always the trainer's.",
+                             ("auto", "fp32", "bf16", "fp16"))
+    vllm_kv_cache_gb: float = opt(1.0, "With --rollout-engine vllm on a CPU: GiB of memory for "
+                                  "the engine's KV cache.", gt=0)
+    vllm_gpu_memory: float = opt(0.3, "With --rollout-engine vllm on CUDA: the share of the GPU's "
+                                 "memory the engine takes (the trainer uses the rest).",
+                                 gt=0, le=1)
+    vllm_max_model_len: int = opt(0, "With --rollout-engine vllm: the longest prompt + answer "
+                                  "the engine holds (0: the model's own limit).", ge=0)
+
+
+@dataclass
+class TrainedRolloutArgs(RolloutArgs):
+    """The rollout options of a stage whose policy trains while it samples."""
+
+    rollout_sync: str = opt("auto", "With --rollout-engine vllm and --lora: after an update push "
+                            "only the adapter (adapter: vLLM serves it as a LoRA request) or the "
+                            "merged weights (merged); auto: adapter on CUDA, merged on CPU "
+                            "(vLLM's CPU LoRA kernels decode ~2.5x slower).",
+                            ("auto", "adapter", "merged"))
+
+
+@dataclass
 class RunArgs(Config):
     output: str = opt("runs/run", "Output folder (config.yaml, metrics.jsonl, checkpoints/, "
                       "final/).")
@@ -832,7 +862,7 @@ class RewardConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
 
 
 @config
-class PPOConfig(ModelArgs, DataArgs, OptimArgs, RunArgs):
+class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
     """Stage 3: PPO (or RLOO / GRPO / REINFORCE++) against a reward model, leashed by a KL penalty
     to the frozen reference (the starting policy), with a reward-hacking monitor."""
 
@@ -972,7 +1002,7 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
 
 
 @config
-class OnlineDPOConfig(DPOConfig):
+class OnlineDPOConfig(TrainedRolloutArgs, DPOConfig):
     """Iterative (online) DPO: each round the current policy answers prompts, a labeler picks the
     better and worse of its answers, and DPO learns from those fresh pairs (Xu et al. 2023;
     Guo et al. 2024)."""
@@ -1176,7 +1206,7 @@ class DemoConfig(Config):
 
 
 @config
-class BestOfNConfig(Config):
+class BestOfNConfig(RolloutArgs):
     """Best-of-n: sample n answers per prompt with the shared sampler and keep the one the reward
     model prefers (rejection sampling; Stiennon et al. 2020, Nakano et al. 2021)."""
 
@@ -1223,7 +1253,7 @@ class ScoreConfig(Config):
 
 
 @config
-class LabelConfig(Config):
+class LabelConfig(RolloutArgs):
     """Preference labels for prompts: sample K responses per prompt from a policy (or take the
     record's own ``responses``) and have annotators rank them."""
 
@@ -1282,7 +1312,7 @@ class LabelConfig(Config):
 
 
 @config
-class ServeConfig(Config):
+class ServeConfig(RolloutArgs):
     """An OpenAI-compatible chat endpoint (/v1/chat/completions, /v1/models) for a policy."""
 
     RETIRED = RUNS_NO_STEPS
@@ -1302,7 +1332,7 @@ class ServeConfig(Config):
 
 
 @config
-class CritiqueConfig(Config):
+class CritiqueConfig(RolloutArgs):
     """Constitutional AI, supervised stage: the policy answers, critiques its answer against a
     sampled principle, revises it; the revisions become SFT data (Bai et al. 2022)."""
 
@@ -1341,7 +1371,7 @@ class TinyModelConfig(Config):
 
 
 @config
-class EvalConfig(Config):
+class EvalConfig(RolloutArgs):
     """Compare policies on held-out prompts: gold score, reward-model score (ensemble mean and
     std), KL to a reference, win rate against a baseline by a judge (bootstrap interval),
     response length, and the adversarial suite (refusal, over-refusal, uncertainty)."""
@@ -1457,7 +1487,7 @@ class AnnotateUserConfig(AnnotateDBArgs):
 
 
 @config
-class AnnotateTasksConfig(AnnotateDBArgs):
+class AnnotateTasksConfig(RolloutArgs, AnnotateDBArgs):
     """Add tasks to a project: prompts plus K responses sampled from a policy, or uploaded
     pairs ({prompt, chosen, rejected}) and rankings ({prompt, responses[, ranking]});
     "gold": true marks a hidden gold item whose known answer is the record's own order."""

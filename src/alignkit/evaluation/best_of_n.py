@@ -38,7 +38,7 @@ class BestOfN:
 @torch.no_grad()
 def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: SamplingConfig,
               seed: int, device: str, precision: str = "auto", batch_size: int = 32,
-              world: World = World()) -> BestOfN:
+              world: World = World(), engine=None) -> BestOfN:
     """n samples per prompt (sample j of prompt i draws from its own stream, seeded by
     (``seed``, i, j): the same candidates whatever the batch, the caller's RNG untouched),
     scored by ``reward_fn(prompts, responses) -> {"combined": (B,)}``; the argmax is kept.
@@ -55,7 +55,7 @@ def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: 
         with autocast(device, precision):
             rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
                              sampling, with_logprobs=False, batch_size=batch_size,
-                             row_seeds=seeds)
+                             row_seeds=seeds, engine=engine)
         answers = decode_responses(tokenizer, rollout)
         texts = [prompts.texts[i] for i in mine for _ in range(n)]
         rewards = reward_fn(texts, answers)["combined"].float().cpu().tolist()

@@ -68,10 +68,11 @@ class Measured:
 
 
 def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn, sampling,
-                suite: list, device: str, world: World = World()) -> Measured:
+                suite: list, device: str, world: World = World(), engine=None) -> Measured:
     """One policy on the held-out prompts (gold, reward model, KL, length) and on the suite,
     with ``cfg.seed`` (the same draw for every policy); under torchrun each process its share of
-    the prompts (``measure_policy``), every process with the whole result."""
+    the prompts (``measure_policy``), every process with the whole result. ``engine``: a rollout
+    engine serving ``model`` that writes the answers."""
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.adversarial import score_suite
     from alignkit.evaluation.policy import measure_policy
@@ -87,7 +88,7 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
         k = cfg.max_prompts
         held = Prompts(held.texts[:k], held.ids[:k], held.categories[:k])
     common = dict(seed=cfg.seed, device=device, precision=cfg.precision,
-                  batch_size=cfg.batch_size, world=world)
+                  batch_size=cfg.batch_size, world=world, engine=engine)
     row = measure_policy(model, tokenizer, held.texts, held.ids, held.categories,
                          reference_logprobs, reward_fn, gold, sampling, samples=len(held.ids),
                          **common)

@@ -35,7 +35,8 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
                    reference_logprobs: Callable[[Rollout], torch.Tensor] | None,
                    reward_fn=None, gold=None, sampling: SamplingConfig = SamplingConfig(),
                    seed: int = 0, device: str = "cpu", precision: str = "auto",
-                   batch_size: int = 16, samples: int = 3, world: World = World()) -> dict:
+                   batch_size: int = 16, samples: int = 3, world: World = World(),
+                   engine=None) -> dict:
     """Sample one answer per prompt (prompt i draws from its own stream, seeded by (``seed``,
     i): the same answers at every call and whatever the batch, the caller's RNG untouched),
     then report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the
@@ -45,13 +46,14 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
 
     Under torchrun (``world``) each process samples and scores its contiguous share of the
     prompts and the per-prompt results are gathered, so every process returns the same row,
-    the one a single process computes (up to float rounding)."""
+    the one a single process computes (up to float rounding). ``engine``: a rollout engine that
+    writes the answers (entropy and KL stay ``policy``'s own numbers)."""
     if not ids:
         raise ValueError("no prompts to measure the policy on")
     mine = share(list(range(len(ids))), world)
     per_prompt = (_measure_prompts(policy, tokenizer, texts, ids, categories, mine,
                                    reference_logprobs, reward_fn, gold, sampling, seed, device,
-                                   precision, batch_size) if mine else [])
+                                   precision, batch_size, engine) if mine else [])
     every = gather_shares(per_prompt, world)
     tokens = sum(p["length"] for p in every)
     row = {"response_length": tokens / len(every),
@@ -73,12 +75,13 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
 
 def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
                      reference_logprobs, reward_fn, gold, sampling: SamplingConfig, seed: int,
-                     device: str, precision: str, batch_size: int) -> list[dict]:
+                     device: str, precision: str, batch_size: int, engine=None) -> list[dict]:
     """``measure_policy``'s numbers for the prompts ``rows``, one dict per prompt."""
     with autocast(device, precision):
         rollout = sample(policy, [ids[i] for i in rows], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, sampling, with_logprobs=False,
-                         batch_size=batch_size, row_seeds=[row_seed(seed, i) for i in rows])
+                         batch_size=batch_size, row_seeds=[row_seed(seed, i) for i in rows],
+                         engine=engine)
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()

@@ -11,11 +11,12 @@ from alignkit.utils.logs import log
 
 def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
                      max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
-                     seed: int, world: World = World()) -> None:
+                     seed: int, world: World = World(), engine=None) -> None:
     """Fill ``responses`` (and ``ended``) of the items that have none with K policy samples.
     Sample j of item i draws from its own stream, seeded by (``seed``, i, j), so an item's
     responses do not depend on the others. Under torchrun (``world``) each process samples its
-    contiguous share of those items, and every process ends with all of them filled."""
+    contiguous share of those items, and every process ends with all of them filled.
+    ``engine``: a rollout engine that writes them (``model`` may then be None)."""
     from alignkit.generation.simple import generate
 
     need = [n for n, i in enumerate(items) if i.get("responses") is None]
@@ -32,7 +33,7 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
                         max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
                         batch_size=batch_size, seed=seed,
                         row_seeds=[row_seed(seed, n, j) for n in mine
-                                   for j in range(num_responses)])
+                                   for j in range(num_responses)], engine=engine)
         for p in range(len(mine)):
             chunk = gens[p * num_responses:(p + 1) * num_responses]
             part.append(([g.text for g in chunk], [g.ended for g in chunk]))
@@ -50,9 +51,18 @@ def sample_missing(items: list[dict], cfg, world: World = World(), device: str |
     model is freed on return."""
     if all(i.get("responses") is not None for i in items):
         return None
-    from alignkit.models.loading import load_model_and_tokenizer, pick_device
+    from alignkit.generation.vllm_engine import engine_for
+    from alignkit.models.loading import load_model_and_tokenizer, load_tokenizer, pick_device
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device or pick_device(cfg.device))
-    sample_responses(model, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
-                     cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed, world)
+    engine = engine_for(cfg, cfg.model)
+    if engine is None:
+        model, tokenizer = load_model_and_tokenizer(cfg.model, device or pick_device(cfg.device))
+    else:  # the engine holds the weights; alignkit only needs the tokenizer
+        model, tokenizer = None, load_tokenizer(cfg.model)
+    try:
+        sample_responses(model, tokenizer, items, cfg.num_responses, cfg.max_new_tokens,
+                         cfg.temperature, cfg.top_p, cfg.batch_size, cfg.seed, world, engine)
+    finally:
+        if engine is not None:
+            engine.close()
     return tokenizer

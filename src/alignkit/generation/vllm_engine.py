@@ -111,7 +111,7 @@ class VLLMEngine:
     stats: dict = field(default_factory=lambda: {"pushes": 0, "push_s": 0.0,
                                                  "adapter_pushes": 0})
     _llm: object = field(default=None, repr=False)
-    _pushed: tuple | None = field(default=None, repr=False)
+    _pushed: torch.Tensor | None = field(default=None, repr=False)
     _lora_request: object = field(default=None, repr=False)
     _scratch: str | None = field(default=None, repr=False)
 
@@ -181,7 +181,7 @@ class VLLMEngine:
         from alignkit.models.lora import is_lora
 
         mark = weights_mark(model)
-        if mark == self._pushed:
+        if self._pushed is not None and torch.equal(mark, self._pushed):
             return False
         started = time.time()
         if is_lora(model) and self.sync == "adapter":
@@ -220,10 +220,15 @@ class VLLMEngine:
         self._llm = None
 
 
-def weights_mark(model) -> tuple:
-    """What changes when the trainable weights change: every trainable tensor's identity and
-    in-place version counter (the optimiser and a checkpoint load write in place)."""
-    return tuple((id(p), p._version) for p in model.parameters() if p.requires_grad)
+@torch.no_grad()
+def weights_mark(model) -> torch.Tensor:
+    """A fingerprint of the trainable weights that changes when they change: each trainable
+    tensor's sum and sum of squares (in float64). Content, not bookkeeping: fused optimisers
+    write parameters without bumping their version counters, and a step that left the weights
+    as they were (a learning rate of 0) needs no push."""
+    sums = [torch.stack([p.double().sum(), p.double().square().sum()])
+            for p in model.parameters() if p.requires_grad]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -250,3 +255,27 @@ def merged_weights(model):
             continue
         plain = name.replace(".base_layer.", ".")
         yield plain, (tensor + deltas[plain].to(tensor.dtype)) if plain in deltas else tensor
+
+
+def engine_for(cfg, model: str, *, follow_updates: bool = False, lora_rank: int = 0):
+    """The rollout engine a stage's config asks for (``--rollout-engine``), serving ``model`` (a
+    model spec as ``--model`` takes it); None for ``hf``, alignkit's own sampler.
+    ``follow_updates``: the policy trains, so the engine takes its weights before sampling
+    (``--rollout-sync`` decides how for ``lora_rank`` > 0)."""
+    if getattr(cfg, "rollout_engine", "hf") != "vllm":
+        return None
+    from alignkit.models.loading import resolve_model
+    from alignkit.utils.distributed import launched_world
+
+    if launched_world().distributed:
+        raise UserError("--rollout-engine vllm runs in one process for now; under torchrun use "
+                        "--rollout-engine hf (every process samples its share)")
+    cuda = torch.cuda.is_available()
+    dtype = cfg.rollout_dtype if cfg.rollout_dtype != "auto" else ("bf16" if cuda else "fp32")
+    sync = getattr(cfg, "rollout_sync", "merged")
+    if sync == "auto":
+        sync = "adapter" if cuda else "merged"
+    return VLLMEngine(resolve_model(model), dtype=dtype, seed=int(getattr(cfg, "seed", 0)),
+                      lora_rank=lora_rank if follow_updates else 0, sync=sync,
+                      max_model_len=cfg.vllm_max_model_len, kv_cache_gb=cfg.vllm_kv_cache_gb,
+                      gpu_memory=cfg.vllm_gpu_memory, follow_updates=follow_updates)

@@ -14,7 +14,8 @@ from alignkit.config import BestOfNConfig, save_config
 from alignkit.data.prompts import Prompts, load_prompts
 from alignkit.evaluation.best_of_n import best_of_n, best_records, summarise
 from alignkit.generation.sampler import SamplingConfig
-from alignkit.models.loading import load_model_and_tokenizer, pick_device
+from alignkit.generation.vllm_engine import engine_for
+from alignkit.models.loading import load_model_and_tokenizer, load_tokenizer, pick_device
 from alignkit.models.reward import RewardFunction
 from alignkit.training.distributed import init_world
 from alignkit.training.engine import prepare_output
@@ -33,9 +34,13 @@ def main(cfg: BestOfNConfig) -> dict:
         save_config(cfg, output)
     barrier(world)
 
-    # 2. Policy, prompts, reward model (and gold scorer).
-    policy, tokenizer = load_model_and_tokenizer(cfg.model, device)
-    policy.eval()
+    # 2. Policy (or a vLLM engine serving it), prompts, reward model (and gold scorer).
+    engine = engine_for(cfg, cfg.model)
+    if engine is None:
+        policy, tokenizer = load_model_and_tokenizer(cfg.model, device)
+        policy.eval()
+    else:
+        policy, tokenizer = None, load_tokenizer(cfg.model)
     prompts = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length, cfg.skip_invalid)
     if cfg.max_prompts:
         k = cfg.max_prompts
@@ -51,7 +56,7 @@ def main(cfg: BestOfNConfig) -> dict:
     t0 = time.time()
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     result = best_of_n(policy, tokenizer, prompts, reward_fn, cfg.n, sampling, cfg.seed, device,
-                       cfg.precision, cfg.batch_size, world)
+                       cfg.precision, cfg.batch_size, world, engine)
     elapsed = time.time() - t0
 
     # 4. Report: reward of the kept answer vs a single sample (the first), gold of both; the

@@ -37,7 +37,8 @@ def main(cfg: CritiqueConfig) -> dict:
     from alignkit.generation.simple import generate
     from alignkit.judges.constitution import load_constitution
     from alignkit.judges.revision import critique_and_revise, revision_records
-    from alignkit.models.loading import load_model_and_tokenizer, pick_device
+    from alignkit.generation.vllm_engine import engine_for
+    from alignkit.models.loading import load_model_and_tokenizer, load_tokenizer, pick_device
 
     # 1. Flags, the constitution and the prompts, checked before the model loads.
     check_flags(cfg)
@@ -46,8 +47,13 @@ def main(cfg: CritiqueConfig) -> dict:
     if not items:
         raise UserError(f"{cfg.data}: no prompts")
 
-    # 2. The policy: critique and revision are chat turns, so it needs a chat template.
-    model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
+    # 2. The policy (or a vLLM engine serving it): critique and revision are chat turns, so it
+    #    needs a chat template.
+    engine = engine_for(cfg, cfg.model)
+    if engine is None:
+        model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
+    else:
+        model, tokenizer = None, load_tokenizer(cfg.model)
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{cfg.model}: critique and revision are chat turns, and this model's "
                         "tokenizer has no chat template")
@@ -55,7 +61,7 @@ def main(cfg: CritiqueConfig) -> dict:
     def ask(conversations: list, seed: int) -> list[str]:
         gens = generate(model, tokenizer, conversations, cfg.max_new_tokens,
                         do_sample=cfg.temperature > 0, temperature=cfg.temperature or 1.0,
-                        top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed)
+                        top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed, engine=engine)
         return [g.text for g in gens]
 
     # 3. Answer, then critique and revise --revisions times.

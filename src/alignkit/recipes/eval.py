@@ -79,6 +79,7 @@ def main(cfg: EvalConfig) -> dict:
     from alignkit.evaluation.policy import logprobs_under
     from alignkit.evaluation.winrate import win_rate
     from alignkit.generation.sampler import SamplingConfig
+    from alignkit.generation.vllm_engine import engine_for
     from alignkit.judges.spec import JudgeOptions, make_judge
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
     from alignkit.models.reward import RewardFunction
@@ -115,8 +116,13 @@ def main(cfg: EvalConfig) -> dict:
                             f"reference's ({reference_dir}); KL needs one vocabulary")
         if name == baseline:
             judge_tokenizer = tok
-        measured[name] = measure_one(model, tok, cfg, reference_logprobs, reward_fn, sampling,
-                                     suite, device, world)
+        engine = engine_for(cfg, folder)  # --rollout-engine vllm: a vLLM engine writes answers
+        try:
+            measured[name] = measure_one(model, tok, cfg, reference_logprobs, reward_fn,
+                                         sampling, suite, device, world, engine)
+        finally:
+            if engine is not None:
+                engine.close()
         first = next(iter(measured.values())).prompts
         if measured[name].prompts.texts != first.texts:
             raise UserError(f"--policies {name}: its tokenizer keeps a different set of prompts "

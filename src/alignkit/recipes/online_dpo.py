@@ -37,6 +37,7 @@ from alignkit.training.engine import Trainer, start_run
 from alignkit.training.online import Labeler, online_round, step_share
 from alignkit.training.policy import frozen_reference, load_policy, reference_mode
 from alignkit.training.preference import PolicySampler, preference_step, reference_logps
+from alignkit.training.rollout import rollout_engine
 
 
 def check_flags(cfg: OnlineDPOConfig) -> None:
@@ -73,6 +74,9 @@ def main(cfg: OnlineDPOConfig) -> dict:
     labeler = Labeler(cfg, tokenizer, device)
     if sampler is not None and cfg.labeler == "reward_model":
         sampler.reward_fn = labeler.reward
+    engine = rollout_engine(cfg, model)  # --rollout-engine vllm: it takes each round's weights
+    if sampler is not None:
+        sampler.engine = engine
 
     # 4. The loop, one step per round: optimiser and schedule over every DPO step of the run;
     #    resume (a round's prompts and labels follow from its index).
@@ -95,7 +99,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
         idx = stream_batch_indices(r, len(prompts.ids), cfg.prompts_per_round, cfg.seed)
         with trainer.unsharded():  # sampling and reference passes on the whole weights
             groups, stats = online_round(model, tokenizer, prompts, idx, labeler, cfg, r,
-                                         device, world)
+                                         device, world, engine)
             refs = (reference_logps(model, groups, cfg, pad_id, device, reference, world=world)
                     if groups else [])
         row = {**stats, "pairs": len(groups)}

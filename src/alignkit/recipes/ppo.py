@@ -28,6 +28,7 @@ from alignkit.training.policy import frozen_reference, load_policy, reference_mo
 from alignkit.training.ppo import (PolicyAndValue, RewardNormalisation, build_value_model,
                                    fit_reward_normalisation, optimizer_steps_per_batch,
                                    ppo_step, save_trained_policy)
+from alignkit.training.rollout import rollout_engine
 from alignkit.utils.distributed import launched_world
 
 
@@ -67,7 +68,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                                             cfg.uncertainty_penalty)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
-    monitor = HackingMonitor(heldout, cfg, tokenizer, run.world) if heldout is not None else None
+    engine = rollout_engine(cfg, policy)  # --rollout-engine vllm: it follows every update
+    monitor = heldout and HackingMonitor(heldout, cfg, tokenizer, run.world, engine)
 
     # 4. The value model (GAE only); dropout off everywhere unless --keep-dropout.
     value_head, critic, critic_mode = build_value_model(policy, reference, reward_fn, tokenizer,
@@ -90,7 +92,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     trainer.hold_frozen(reference)  # under FSDP the reference copy is sharded too
     if cfg.reward_normalization == "reference" and trainer.start_step == 0:
         with trainer.unsharded():
-            refit = fit_reward_normalisation(policy, reward_fn, tokenizer, train, cfg, device)
+            refit = fit_reward_normalisation(policy, reward_fn, tokenizer, train, cfg, engine)
         trainer.log(0, {"reward_offset_before": refit["before"]["offset"],
                         "reward_scale_before": refit["before"]["scale"],
                         "reward_offset": refit["after"]["offset"],
@@ -103,7 +105,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     def train_step(step: int) -> dict:
         indices = stream_batch_indices(step, len(train.ids), cfg.batch_size, cfg.seed)
         return ppo_step(parts, reference, reward_fn, tokenizer, train, indices, kl_ctl, trainer,
-                        cfg, step)
+                        cfg, step, engine)
 
     # 7. The monitor before training, every --eval-every steps and at the end; it keeps best/.
     def run_monitor(step: int) -> dict | None:

@@ -3,6 +3,12 @@
 The socket is bound first (``--port 0`` picks a free port; the line ``listening on URL`` is
 printed either way), then uvicorn serves while the model loads in a background thread: early
 requests get 503 + Retry-After, and ``ready`` is printed once the model answers. Ctrl-C stops it.
+
+``--rollout-engine vllm`` serves through vLLM's own OpenAI-compatible server instead, started
+here as a child process with the flags mapped (``vllm_command``): continuous batching, a paged
+KV cache and token streaming for many concurrent users are what vLLM is built for, and its
+server already speaks the whole chat-completions API, so alignkit does not wrap it. The same
+``listening on`` and ``ready`` lines are printed; ``/stats`` is alignkit's own and absent there.
 """
 
 from __future__ import annotations
@@ -42,7 +48,89 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def free_port(host: str) -> int:
+    with listen(host, 0) as sock:
+        return sock.getsockname()[1]
+
+
+def vllm_command(cfg: ServeConfig, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of vLLM's OpenAI server for ``cfg``: the resolved
+    model folder, the served name, host and port; ``--default-max-tokens`` as the generation
+    config's length (vLLM has no cap of its own on a request's max_tokens: the context,
+    ``--vllm-max-model-len``, bounds prompt + answer); the API key through ``VLLM_API_KEY`` (never on the command line, where the process list shows
+    it); the CPU build's environment (``generation.vllm_engine.engine_environment``)."""
+    import json
+    import sys
+
+    import torch
+
+    from alignkit.generation.vllm_engine import engine_environment
+    from alignkit.models.loading import resolve_model
+
+    cuda = torch.cuda.is_available()
+    dtype = cfg.rollout_dtype if cfg.rollout_dtype != "auto" else ("bf16" if cuda else "fp32")
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", resolve_model(cfg.model), "--served-model-name", served_name(cfg),
+               "--host", cfg.host, "--port", str(port),
+               "--dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
+               "--generation-config", "vllm", "--override-generation-config",
+               json.dumps({"max_new_tokens": min(cfg.default_max_tokens, cfg.max_tokens_limit)}),
+               "--disable-uvicorn-access-log"]
+    if cfg.vllm_max_model_len:
+        command += ["--max-model-len", str(cfg.vllm_max_model_len)]
+    if cuda:
+        command += ["--gpu-memory-utilization", str(cfg.vllm_gpu_memory)]
+    else:
+        command += ["--enforce-eager"]
+    env = {**engine_environment(cfg.vllm_kv_cache_gb), **os.environ}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server keeps vLLM's own processes
+    api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    return command, env
+
+
+def serve_with_vllm(cfg: ServeConfig) -> dict:
+    """``--rollout-engine vllm``: run vLLM's server until it stops or Ctrl-C; print when it
+    answers."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from alignkit.generation.vllm_engine import import_vllm, vllm_available
+
+    if not vllm_available():
+        import_vllm()  # the install hint
+    port = cfg.port or free_port(cfg.host)
+    command, env = vllm_command(cfg, port)
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+    print(f"listening on {url} (model {served_name(cfg)!r} loading in vLLM"
+          f"{'; API key required' if 'VLLM_API_KEY' in env else ''})", flush=True)
+    child = subprocess.Popen(command, env=env)
+    try:
+        while child.poll() is None:
+            try:
+                with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        if child.poll() is None:
+            print(f"ready: POST {url}/chat/completions (model {served_name(cfg)!r}, vLLM); "
+                  "Ctrl-C stops", flush=True)
+        code = child.wait()
+    except KeyboardInterrupt:
+        child.terminate()
+        code = child.wait()
+    if code not in (0, -2, -15):
+        raise UserError(f"vLLM's server stopped with exit code {code} (its output is above)")
+    print("stopped", flush=True)
+    return {"url": url}
+
+
 def main(cfg: ServeConfig) -> dict:
+    if cfg.rollout_engine == "vllm":
+        return serve_with_vllm(cfg)
     try:
         import uvicorn
 

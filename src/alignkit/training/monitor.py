@@ -24,8 +24,10 @@ class HackingMonitor:
     while gold falls (over-optimisation, Gao et al. 2023), when KL passes its budget, or when
     length or entropy drift past their limits; keeps the best checkpoint by gold (or proxy)."""
 
-    def __init__(self, prompts: Prompts | None, cfg, tokenizer=None, world: World = World()):
+    def __init__(self, prompts: Prompts | None, cfg, tokenizer=None, world: World = World(),
+                 engine=None):
         self.prompts = prompts
+        self.engine = engine  # the rollout engine that writes the answers (it follows training)
         self.cfg = cfg
         self.world = world  # under torchrun each process answers its share of the prompts
         self.history: list[dict] = []
@@ -49,7 +51,8 @@ class HackingMonitor:
             parts.policy, tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
             lambda rollout: reference_logprobs(parts, reference, rollout, cfg), reward_fn,
             self.gold, sampling_config(cfg),
-            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8), world=self.world)
+            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8), world=self.world,
+            engine=self.engine)
 
     def reading(self, step: int, parts, reference, reward_fn, tokenizer, device: str) -> dict:
         """Measure at ``step``, check, and log any warning; the row carries them under

@@ -140,7 +140,7 @@ def round_groups(prompts, idx: list[int], rollout, answers: list[list[str]], lab
 
 
 def online_round(model, tokenizer, prompts, idx: list[int], labeler: Labeler, cfg,
-                 round_index: int, device: str, world: World = World()
+                 round_index: int, device: str, world: World = World(), engine=None
                  ) -> tuple[list[PreferenceGroup], dict]:
     """One round's data: the policy answers the round's prompts ``idx`` ``--samples-per-prompt``
     times, the labeler picks each prompt's better and worse answer, and the pairs become
@@ -151,7 +151,8 @@ def online_round(model, tokenizer, prompts, idx: list[int], labeler: Labeler, cf
     round, p, j), and the panel labels each prompt with its own seed, so nothing depends on the
     batch. Under torchrun each process samples and labels its contiguous share of the round's
     prompts, and the groups and statistics are gathered: every process returns the whole
-    round's, as one process computes them; ``gen_s`` is the slowest process's sampling time."""
+    round's, as one process computes them; ``gen_s`` is the slowest process's sampling time.
+    ``engine``: the rollout engine that writes the answers (it takes ``model``'s weights)."""
     k = cfg.samples_per_prompt
     mine = share(list(range(len(idx))), world)
     part: dict = {"groups": [], "rewards": [], "stds": [], "lengths": [], "gen_s": 0.0,
@@ -161,7 +162,7 @@ def online_round(model, tokenizer, prompts, idx: list[int], labeler: Labeler, cf
         seeds = [row_seed(cfg.seed, round_index, p, j) for p in mine for j in range(k)]
         rollout = sample_rollout(model, [prompts.ids[idx[p]] for p in mine for _ in range(k)],
                                  tokenizer, sampling_config(cfg), device=device,
-                                 precision=cfg.precision, row_seeds=seeds)
+                                 precision=cfg.precision, row_seeds=seeds, engine=engine)
         part["gen_s"] = time.time() - t0
         flat = decode_responses(tokenizer, rollout)
         answers = [flat[j * k:(j + 1) * k] for j in range(len(mine))]

@@ -106,7 +106,7 @@ def value_model_from_reward(reward_fn, tokenizer, cfg,
 
 
 def fit_reward_normalisation(policy, reward_fn, tokenizer, prompts: Prompts, cfg,
-                             device: str) -> dict:
+                             engine=None) -> dict:
     """``--reward-normalization reference``: the starting policy answers
     ``--normalization-prompts`` training prompts (a seeded draw, the training RNG untouched) and
     every reward-model member is refitted to mean 0, std 1 on those answers."""
@@ -121,8 +121,10 @@ def fit_reward_normalisation(policy, reward_fn, tokenizer, prompts: Prompts, cfg
         was = policy.training
         policy.eval()
         answers = sample_rollout(policy, [prompts.ids[i] for i in picks], tokenizer,
-                                 sampling_config(cfg), device=device, precision=cfg.precision,
-                                 batch_size=max(cfg.batch_size, 8))
+                                 sampling_config(cfg),
+                                 device=str(next(policy.parameters()).device),
+                                 precision=cfg.precision, batch_size=max(cfg.batch_size, 8),
+                                 engine=engine)
         policy.train(was)
     return model.refit_normalisation([prompts.texts[i] for i in picks],
                                      decode_responses(tokenizer, answers))
@@ -169,7 +171,7 @@ def single_pass(cfg, world: World = World()) -> bool:
 
 def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
                     indices: list[int], kl_ctl, cfg, device: str, step: int = 0,
-                    world: World = World()):
+                    world: World = World(), engine=None):
     """Sample, score, take the reference's log-probs and (unless ``single_pass``) the policy's
     and turn rewards into advantages. Returns (Experience, stats).
 
@@ -178,7 +180,8 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
     torchrun each process samples, scores and runs the no-grad passes for its contiguous share
     of the batch's prompts (a prompt's samples stay together), and the shares are gathered: every
     process then holds the whole batch's experience, so advantages, whitening and the KL the
-    controller sees are those of one process."""
+    controller sees are those of one process. ``engine``: the rollout engine that writes the
+    answers (it takes the policy's weights first); the log-probs that train are the policy's."""
     k = cfg.samples_per_prompt
     first = world.rank * len(indices) // world.size
     mine = share(indices, world)
@@ -186,7 +189,8 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
     seeds = [row_seed(cfg.seed, step, first + p, j) for p in range(len(mine)) for j in range(k)]
     t0 = time.time()
     rollout = sample_rollout(parts.policy, prompt_ids, tokenizer, sampling_config(cfg),
-                             device=device, precision=cfg.precision, row_seeds=seeds)
+                             device=device, precision=cfg.precision, row_seeds=seeds,
+                             engine=engine)
     gen_time = time.time() - t0
     texts = [prompts.texts[i] for i in mine for _ in range(k)]
     responses = decode_responses(tokenizer, rollout)
@@ -290,9 +294,24 @@ def fill_experience(exp: Experience, fwd: dict[str, torch.Tensor],
     exp.advantages, exp.returns = advantages, returns
     out = {"kl": float(kl_k1.sum(1).mean()), "kl_k3": float(kl_k3.sum(1).mean()),
            "non_score_reward": float(-(beta * kl.sum(1)).mean())}
+    if exp.rollout.engine_logprobs is not None:
+        out.update(engine_logprob_gap(old_logprobs, exp.rollout.engine_logprobs, mask))
     if "entropy" in fwd:
         out["entropy"] = float(rl.masked_mean(fwd["entropy"].detach().float(), mask))
     return out
+
+
+def engine_logprob_gap(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
+                       mask: torch.Tensor) -> dict[str, float]:
+    """How far the rollout engine's log-probs of the sampled tokens are from the training
+    forward's: (B, T) each, ``mask`` (B, T) 1 on response tokens. Returns the mean and largest
+    absolute gap per token and the mean absolute gap of a response's summed log-prob (what the
+    sequence-level ratio sees)."""
+    gap = (trainer_logprobs.float() - engine_logprobs.to(trainer_logprobs.device).float()) * mask
+    tokens = mask.sum().clamp(min=1)
+    return {"engine_logprob_gap": float(gap.abs().sum() / tokens),
+            "engine_logprob_gap_max": float(gap.abs().max()),
+            "engine_seq_logprob_gap": float(gap.sum(1).abs().mean())}
 
 
 def ppo_update(parts, trainer, exp: Experience, cfg, step: int) -> dict[str, float]:
@@ -489,12 +508,12 @@ def optimizer_steps_per_batch(cfg) -> int:
 
 
 def ppo_step(parts, reference, reward_fn, tokenizer, prompts: Prompts, indices: list[int],
-             kl_ctl, trainer, cfg, step: int) -> dict:
+             kl_ctl, trainer, cfg, step: int, engine=None) -> dict:
     """One PPO step on the prompts ``indices``: a batch of experience, the clipped update over
     it, and the KL controller fed the batch's mean KL per response (Ziegler et al. 2019)."""
     with trainer.unsharded():  # sampling and no-grad passes on the whole weights
         exp, stats = make_experience(parts, reference, reward_fn, tokenizer, prompts, indices,
-                                     kl_ctl, cfg, trainer.device, step, trainer.world)
+                                     kl_ctl, cfg, trainer.device, step, trainer.world, engine)
     stats.update(ppo_update(parts, trainer, exp, cfg, step))
     if exp.returns is not None:
         with torch.no_grad():

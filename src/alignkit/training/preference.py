@@ -341,6 +341,7 @@ class PolicySampler:
             self.gold = GoldScorer(token_counter=tokenizer)
         self.tokenizer, self.cfg, self.device = tokenizer, cfg, device
         self.world = world  # under torchrun each process samples its share of the prompts
+        self.engine = None  # a rollout engine that follows the model (online DPO's --rollout-engine)
 
     def measure(self, model) -> dict:
         def ref_logprobs(rollout):
@@ -355,6 +356,6 @@ class PolicySampler:
                              ref_logprobs, self.reward_fn, self.gold,
                              SamplingConfig(self.cfg.max_new_tokens, 1.0), seed=self.cfg.seed + 1,
                              device=self.device, precision=self.cfg.precision,
-                             world=self.world)
+                             world=self.world, engine=self.engine)
         row.pop("samples", None)
         return {f"sample_{k}": v for k, v in row.items()}
