@@ -1056,6 +1056,9 @@ class DemoLabelConfig(Config):
 
 # what the demo sets in every stage's config from its own options
 _DEMO_RUN = {"seed": "--seed", "device": "--device", "progress": "--progress"}
+_DEMO_ROLLOUT = {name: f"--{name.replace('_', '-')}" for name in (
+    "rollout_engine", "rollout_dtype", "vllm_kv_cache_gb", "vllm_gpu_memory",
+    "vllm_max_model_len")}
 # options of stage 1 that the flat demo config had as its own flags (--lr: stage 1's lr)
 _DEMO_SFT_FLAGS = (
     "data", "eval_data", "eval_fraction", "max_length", "skip_invalid", "lora", "lora_r",
@@ -1070,7 +1073,7 @@ DEMO_LABELS = "prefs.jsonl"
 
 
 @config
-class DemoConfig(Config):
+class DemoConfig(RolloutArgs):
     """The main job: the whole pipeline on the packaged model. Demo-wide options, then one
     nested config per stage with the demo's defaults (``--ppo.max-steps 10``, in YAML
     ``ppo: {max_steps: 10}``); the demo fills in the paths between stages and its seed, device,
@@ -1087,7 +1090,7 @@ class DemoConfig(Config):
                 "max_new_tokens": "--max-new-tokens",
                 "eval_prompts": "--compare-prompts, at most 16",
                 "eval_every": "a quarter of ppo.max_steps", "precision": "--precision",
-                "overwrite": "always", **_DEMO_RUN},
+                "overwrite": "always", **_DEMO_RUN, **_DEMO_ROLLOUT},
         "dpo": {"model": "the SFT policy, <output>/sft/final",
                 "data": "the panel's rankings, <output>/prefs.jsonl", "output": "<output>/dpo",
                 "precision": "--precision", "overwrite": "always", **_DEMO_RUN},
@@ -1198,7 +1201,8 @@ class DemoConfig(Config):
                            max_new_tokens=self.max_new_tokens,
                            eval_prompts=min(self.compare_prompts, 16),
                            eval_every=max(1, self.ppo.max_steps // 4), precision=self.precision,
-                           overwrite=True, **run_wide),
+                           overwrite=True, **run_wide,
+                           **{name: getattr(self, name) for name in _DEMO_ROLLOUT}),
             "dpo": replace(self.dpo, model=sft_final, data=labels, output=str(root / "dpo"),
                            warmup_steps=dpo_warmup, precision=self.precision, overwrite=True,
                            **run_wide),

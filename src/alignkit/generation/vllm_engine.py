@@ -122,7 +122,7 @@ class VLLMEngine:
         dtypes = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
         kwargs = dict(model=self.model_path, dtype=dtypes[self.dtype], seed=self.seed,
                       enforce_eager=not torch.cuda.is_available(), enable_prefix_caching=False,
-                      skip_tokenizer_init=True, logprobs_mode="processed_logprobs",
+                      logprobs_mode="processed_logprobs",
                       disable_log_stats=True)
         if self.max_model_len:
             kwargs["max_model_len"] = self.max_model_len
@@ -194,6 +194,19 @@ class VLLMEngine:
         self.stats["push_s"] += time.time() - started
         return True
 
+    def serve_folder(self, model: str) -> None:
+        """Serve another model folder of the same architecture (a fine-tuned copy of the one it
+        started with, LoRA merged): its weights are read from disk in place, no new engine."""
+        from alignkit.models.loading import resolve_model
+
+        started = time.time()
+        self._llm.collective_rpc("reload_weights", kwargs={
+            "weights_path": resolve_model(model), "is_checkpoint_format": True})
+        self._llm.reset_prefix_cache()
+        self._pushed = None
+        self.stats["pushes"] += 1
+        self.stats["push_s"] += time.time() - started
+
     def _push_adapter(self, model) -> None:
         from vllm.lora.request import LoRARequest
 
@@ -217,7 +230,11 @@ class VLLMEngine:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
-        self._llm = None
+        if self._llm is not None:
+            import gc
+
+            self._llm = None
+            gc.collect()  # the engine's memory (its KV cache above all) goes now
 
 
 @torch.no_grad()

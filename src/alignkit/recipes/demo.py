@@ -24,6 +24,7 @@ from pathlib import Path
 from alignkit.config import DEMO_LABELS, DemoConfig, save_config
 from alignkit.data.readers import read_records
 from alignkit.generation.simple import generate
+from alignkit.generation.vllm_engine import engine_for
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
 from alignkit.recipes import dpo, ppo, reward, sft
 from alignkit.utils.logs import log
@@ -54,7 +55,8 @@ def side_by_side(left: str, right: str, width: int) -> str:
     return "\n".join(f"  {x:<{width}} | {y}" for x, y in zip(a, b))
 
 
-def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path) -> tuple[dict, int]:
+def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path,
+                  engine=None) -> tuple[dict, int]:
     """Stage 2's labels: the policy answers training prompts K times, the hidden gold scorer
     scores the answers and the simulated panel ranks them; returns the agreement report and the
     number of prompts."""
@@ -66,7 +68,7 @@ def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path) -> tuple[dict,
 
     items = read_prompts("demo-prompts", cfg.label.prompts)
     sample_responses(policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
-                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed)
+                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed, engine=engine)
     scorer = GoldScorer(token_counter=tokenizer)
     panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.label.gold_scale, scorer=scorer)
     records = label_items(items, scorer, panel, cfg.label.labels_per_prompt)
@@ -102,10 +104,12 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
 
 
 def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
-                     reward_final: Path, device: str) -> tuple[dict, int]:
+                     reward_final: Path, device: str, sft_folder: str,
+                     engine=None) -> tuple[dict, int]:
     """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
     (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
-    answers per prompt and keeps the ensemble's favourite (KL: the closed form)."""
+    answers per prompt and keeps the ensemble's favourite (KL: the closed form). ``engine``: a
+    vLLM engine that writes every policy's answers (it loads each folder in turn)."""
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.best_of_n import analytic_kl, best_of_n
     from alignkit.evaluation.policy import logprobs_under, measure_policy
@@ -126,14 +130,19 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     table = {}
     for name, spec in policies.items():
         policy = sft_model if spec is None else load_model_and_tokenizer(spec, device)[0]
+        if engine is not None:
+            engine.serve_folder(spec or sft_folder)
         table[name] = measure_policy(policy, tokenizer, prompts.texts, prompts.ids,
                                      prompts.categories, sft_logprobs, reward_fn, gold, sampling,
-                                     seed=cfg.seed + 1, device=device, precision=cfg.precision)
+                                     seed=cfg.seed + 1, device=device, precision=cfg.precision,
+                                     engine=engine)
         if spec is not None:
             del policy
     if cfg.best_of > 1:
+        if engine is not None:
+            engine.serve_folder(sft_folder)
         picked = best_of_n(sft_model, tokenizer, prompts, reward_fn, cfg.best_of, sampling,
-                           cfg.seed + 1, device, cfg.precision)
+                           cfg.seed + 1, device, cfg.precision, engine=engine)
         rows = list(range(n))
         ended = picked.ended[rows, picked.best]
         scores = gold.score(prompts.texts, picked.picked(), prompts.categories, ended.tolist())
@@ -168,11 +177,14 @@ def main(cfg: DemoConfig) -> dict:
     resolve_model(cfg.model)
     log.info("model %s ready in %.1fs", cfg.model, time.time() - t0)
 
-    # 3. Answers of the starting model to unseen prompts.
+    # 3. Answers of the starting model to unseen prompts (--rollout-engine vllm: an engine
+    #    writes every answer the demo samples itself; PPO runs its own).
     device = pick_device(cfg.device)
     prompts = pick_sample_prompts(cfg.samples)
+    engine = engine_for(cfg, cfg.model)
     base_model, tokenizer = load_model_and_tokenizer(cfg.model, device)
-    before = generate(base_model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens)
+    before = generate(base_model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens,
+                      engine=engine)
     del base_model
 
     # 4. Stage 1: SFT with LoRA on the shipped demonstrations; once it has run (an earlier run
@@ -181,11 +193,16 @@ def main(cfg: DemoConfig) -> dict:
     save_config(given, root)
 
     # 5. Answers of the fine-tuned model to the same prompts.
-    after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens)
+    if engine is not None:
+        engine.serve_folder(str(result.final))
+    after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens,
+                     engine=engine)
 
     # 6. Stage 2: the SFT policy answers training prompts K times, a simulated panel ranks the
     #    answers, and a MiniLM reward ensemble learns from the rankings.
-    report, n_labelled = label_answers(cfg, result.model, tokenizer, root / DEMO_LABELS)
+    report, n_labelled = label_answers(cfg, result.model, tokenizer, root / DEMO_LABELS, engine)
+    if engine is not None:  # PPO starts its own; one engine in memory at a time
+        engine.close()
     trained = reward.main(validated(configs["reward"]))
     stage2 = {"report": report, "eval": trained["eval"], "final": trained["final"],
               "labels": root / DEMO_LABELS, "prompts": n_labelled}
@@ -210,8 +227,11 @@ def main(cfg: DemoConfig) -> dict:
         policies["ppo"] = str(stage3["final"])
     if stage4 is not None:
         policies["dpo"] = str(stage4["final"])
+    engine = engine_for(cfg, str(result.final))
     table, n_compare = compare_policies(cfg, result.model, tokenizer, policies, stage2["final"],
-                                        device)
+                                        device, str(result.final), engine)
+    if engine is not None:
+        engine.close()
 
     # 10. Report: held-out loss before/after, the answers side by side, the reward ensemble,
     #     the policies compared.

@@ -19,7 +19,7 @@ from alignkit.evaluation.policy import decode_responses
 from alignkit.generation.sampler import row_seed
 from alignkit.models.reward import RewardFunction
 from alignkit.training.preference import make_batch
-from alignkit.training.rollout import sample_rollout, sampling_config
+from alignkit.training.rollout import rollout_engine_stats, sample_rollout, sampling_config
 from alignkit.utils.distributed import World, gather_objects, share
 
 
@@ -184,7 +184,8 @@ def online_round(model, tokenizer, prompts, idx: list[int], labeler: Labeler, cf
              "pairs_identical": sum(p["pairs_identical"] for p in every),
              "label_std": sum(stds) / len(stds),
              "response_length": sum(lengths) / len(lengths),
-             "gen_s": max(p["gen_s"] for p in every)}  # the slowest process's sampling
+             "gen_s": max(p["gen_s"] for p in every),  # the slowest process's sampling
+             **rollout_engine_stats(engine)}
     return groups, stats
 
 

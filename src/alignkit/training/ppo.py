@@ -27,7 +27,7 @@ from alignkit.models import checkpoint as ckpt
 from alignkit.models.lm import hidden_states
 from alignkit.models.lora import is_lora
 from alignkit.models.precision import autocast
-from alignkit.training.rollout import sample_rollout, sampling_config
+from alignkit.training.rollout import rollout_engine_stats, sample_rollout, sampling_config
 from alignkit.utils.distributed import World, gather_objects, share
 
 
@@ -218,6 +218,7 @@ def make_experience(parts, reference, reward_fn, tokenizer, prompts: Prompts,
         "kl_coef": exp.beta, "response_length": float(lengths.mean()),
         "ended_fraction": float(rollout.ended.float().mean()),
         "gen_tokens_per_s": float(lengths.sum()) / max(gen_time, 1e-9),
+        **rollout_engine_stats(engine),
     }
     if fwd is not None:
         stats.update(fill_experience(exp, fwd, cfg))

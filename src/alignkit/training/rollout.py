@@ -26,6 +26,13 @@ def rollout_engine(cfg, policy):
                       lora_rank=cfg.lora_r if is_lora(policy) else 0)
 
 
+def rollout_engine_stats(engine) -> dict:
+    """What a step logs about its engine: the weight pushes so far and their total seconds."""
+    if engine is None:
+        return {}
+    return {"rollout_pushes": engine.stats["pushes"], "rollout_push_s": engine.stats["push_s"]}
+
+
 def sample_rollout(model, prompt_ids: list[list[int]], tokenizer, sampling: SamplingConfig, *,
             device: str, precision: str, with_logprobs: bool = False,
             batch_size: int = 0, row_seeds: list[int] | None = None,
