@@ -19,7 +19,9 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_demo_and_test_commands():
     demo, tests = readme_commands()
     assert demo.endswith("alignkit demo") and "torch==2.13.0" in demo
-    assert tests.endswith("python -m pytest -q") and "torch==2.13.0" in tests
+    # the suite, then the vLLM rollout-engine tests in their own environment
+    assert tests.endswith("python -m pytest -q && bash scripts/test_vllm.sh")
+    assert "torch==2.13.0" in tests
     head = (ROOT / "README.md").read_text().split("```")[0]
     assert head.count("\n") < 6  # the commands come first, before any tour
 

