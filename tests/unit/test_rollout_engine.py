@@ -88,3 +88,14 @@ def test_engine_logprob_gap_by_hand():
     assert gap["engine_logprob_gap_max"] == pytest.approx(1.0)
     # per response: |0.5 - 1.0| = 0.5, |-0.25 + 0.5| = 0.25
     assert gap["engine_seq_logprob_gap"] == pytest.approx((0.5 + 0.25) / 2)
+
+
+def test_under_torchrun_the_engine_is_refused_in_one_line(monkeypatch):
+    from alignkit.config import PPOConfig
+    from alignkit.errors import UserError
+    from alignkit.generation.vllm_engine import engine_for
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="runs in one process for now; under torchrun use "
+                                        "--rollout-engine hf"):
+        engine_for(PPOConfig(rollout_engine="vllm"), "default")

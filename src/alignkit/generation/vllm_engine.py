@@ -285,6 +285,8 @@ def engine_for(cfg, model: str, *, follow_updates: bool = False, lora_rank: int 
     from alignkit.utils.distributed import launched_world
 
     if launched_world().distributed:
+        # an in-process engine takes torchrun's process group as its own world and runs
+        # collectives on it that the trainer's do not match (measured: a gloo size mismatch)
         raise UserError("--rollout-engine vllm runs in one process for now; under torchrun use "
                         "--rollout-engine hf (every process samples its share)")
     cuda = torch.cuda.is_available()
