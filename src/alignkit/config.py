@@ -934,6 +934,10 @@ class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
                            "rollout policy exceeds 1.5x this (0: never).", ge=0)
     missing_eos_penalty: float = opt(1.0, "Subtracted from the score of a response cut at "
                                      "--max-new-tokens (it never ended).", ge=0)
+    rollout_is_cap: float = opt(0.0, "With --rollout-engine vllm: weigh each token's policy loss "
+                                "by min(pi_trainer / pi_engine, CAP), truncated importance "
+                                "sampling for rollouts drawn in other numerics (e.g. "
+                                "--rollout-dtype bf16; 0: off, 2 is usual).", ge=0)
     critic: str = opt("shared", "Value head on the policy's backbone (shared), on a separate "
                       "copy of the starting policy with a zero head (separate), or a separate "
                       "value model initialised from the reward model: its backbone and its "

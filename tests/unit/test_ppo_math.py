@@ -313,3 +313,24 @@ def test_monitor_catches_the_recorded_over_optimised_run():
     assert all(not warned[s] for s in (0, 8, 16, 24, 32))
     for step in (40, 48):
         assert any("while gold fell (1.861" in w and "since step 24" in w for w in warned[step])
+
+
+def test_truncated_importance_weights_by_hand():
+    """TIS (Yao et al. 2025): w = min(pi_old / pi_engine, C) on the mask, and the policy loss
+    weighs each token by it."""
+    import math
+
+    from alignkit.losses.ppo import policy_loss, truncated_is_weights
+
+    old = torch.tensor([[math.log(0.5), math.log(0.2), 0.0]])
+    engine = torch.tensor([[math.log(0.25), math.log(0.4), -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    w = truncated_is_weights(old, engine, mask, cap=1.5)
+    # 0.5 / 0.25 = 2 -> capped at 1.5; 0.2 / 0.4 = 0.5; masked -> 0
+    torch.testing.assert_close(w, torch.tensor([[1.5, 0.5, 0.0]]))
+    # ratio 1 everywhere: per-token loss -A; weighted token mean (-(1.5 * 2) - (0.5 * -4)) / 2
+    adv = torch.tensor([[2.0, -4.0, 9.0]])
+    loss, _ = policy_loss(old, old, adv, mask, is_weights=w)
+    assert float(loss) == pytest.approx((-(1.5 * 2.0) + 0.5 * 4.0) / 2)
+    plain, _ = policy_loss(old, old, adv, mask)
+    assert float(plain) == pytest.approx((-2.0 + 4.0) / 2)

@@ -61,6 +61,21 @@ def test_rl_raises_the_reward_like_the_own_sampler(vllm_tiny_dir, tmp_path, adva
     assert abs(last4["vllm"] - last4["hf"]) < 0.06, last4
 
 
+def test_bf16_rollouts_show_their_gap_and_take_tis_weights(vllm_tiny_dir, tmp_path):
+    """bf16 rollouts beside fp32 training: the logged gap is bf16's, not fp32's, and with
+    --rollout-is-cap every token's weight min(pi_trainer / pi_engine, 2) is in (0, 2]."""
+    from alignkit.cli import run
+    from alignkit.config import PPOConfig
+
+    out = run(PPOConfig(**ppo_settings(vllm_tiny_dir, tmp_path, advantage="grpo", max_steps=4,
+                                       output=str(tmp_path / "bf16"), rollout_engine="vllm",
+                                       rollout_dtype="bf16", rollout_is_cap=2.0)),
+              reward_fn=space_share)
+    train = rows(out["metrics"])
+    assert max(r["engine_logprob_gap_max"] for r in train) > 1e-3
+    assert all(0 < r["is_weight"] <= 2.0 and 0 <= r["is_truncated"] <= 1 for r in train)
+
+
 def test_resume_with_the_engine_and_adapter_sync(vllm_tiny_dir, tmp_path):
     """A LoRA run stopped after step 1 and resumed ends where the uninterrupted run ends: the
     resumed engine starts from --model and takes the checkpoint's adapter before it samples."""

@@ -223,22 +223,40 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor,
 # ----------------------------------------------------------------------------- losses
 
 
+def truncated_is_weights(old_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Truncated importance-sampling weights for tokens a rollout engine sampled with numerics
+    other than the trainer's (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You
+    Off-Policy RL Training", the TIS correction): ``w_t = min(pi_old(a_t) / pi_engine(a_t), C)``,
+    so the policy gradient is taken under the trainer's distribution, the variance bounded by C.
+
+    old_logp, engine_logp, mask: (B, T) -> (B, T) weights, 0 off the mask, no gradient."""
+    with torch.no_grad():
+        ratio = torch.exp(old_logp.float() - engine_logp.float())
+        return torch.clamp(ratio, max=cap) * mask.to(ratio.dtype)
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip: float = 0.2,
-                aggregation: str = "token_mean") -> tuple[torch.Tensor, dict]:
+                aggregation: str = "token_mean",
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), reduced by ``aggregate``:
 
-        L = mean_t max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)),  rho = exp(logp - old)
+        L = mean_t w_t max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)),  rho = exp(logp - old)
 
-    logp, old_logp, advantages, mask: (B, T). Returns (loss, stats): ``clipfrac`` (share of tokens
-    where the clipped term is the larger), ``ratio`` mean, and ``approx_kl``: KL(old || new) per
-    token by Schulman's k3 on tokens sampled from the old policy, ``(rho - 1) - log rho``
+    logp, old_logp, advantages, mask: (B, T); ``is_weights`` (B, T): per-token importance
+    weights w_t (``truncated_is_weights``; none: 1). Returns (loss, stats): ``clipfrac`` (share of
+    tokens where the clipped term is the larger), ``ratio`` mean, and ``approx_kl``: KL(old ||
+    new) per token by Schulman's k3 on tokens sampled from the old policy, ``(rho - 1) - log rho``
     (unbiased and >= 0; its expectation under the old policy is exactly the KL)."""
     log_ratio = logp.float() - old_logp.float()
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    loss = aggregate(per_token, mask, aggregation)
     with torch.no_grad():
         stats = {"clipfrac": float(masked_mean((clipped > unclipped).float(), mask)),
                  "approx_kl": float(masked_mean(torch.expm1(log_ratio) - log_ratio, mask)),

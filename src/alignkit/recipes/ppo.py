@@ -39,6 +39,9 @@ def check_flags(cfg: PPOConfig) -> None:
                         "--samples-per-prompt 2 or more")
     if cfg.ppo_epochs < 1 or cfg.batch_size < 1 or cfg.minibatch_size < 1:
         raise UserError("--ppo-epochs, --batch-size and --minibatch-size must be >= 1")
+    if cfg.rollout_is_cap > 0 and cfg.rollout_engine != "vllm":
+        raise UserError("--rollout-is-cap corrects for a rollout engine's numerics: it needs "
+                        "--rollout-engine vllm")
     processes = launched_world().size
     if cfg.batch_size < processes:
         raise UserError(f"--batch-size {cfg.batch_size} is fewer prompts than the {processes} "

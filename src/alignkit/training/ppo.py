@@ -411,10 +411,18 @@ def micro_batch_loss(out: dict[str, torch.Tensor], exp: Experience, sub: torch.T
     clipped policy loss, plus the clipped value loss (GAE), the k3 KL term (``--kl-penalty
     loss``) and minus the entropy bonus; and its statistics."""
     agg = cfg.loss_aggregation
+    weights = None
+    if cfg.rollout_is_cap > 0 and exp.rollout.engine_logprobs is not None:
+        weights = rl.truncated_is_weights(exp.old_logprobs[sub], exp.rollout.engine_logprobs[sub],
+                                          mask, cfg.rollout_is_cap)
     pg, pstats = rl.policy_loss(out["logprobs"], exp.old_logprobs[sub], exp.advantages[sub],
-                                mask, cfg.clip, agg)
+                                mask, cfg.clip, agg, weights)
     loss = pg
     stats = {"policy_loss": float(pg.detach()), **pstats}
+    if weights is not None:
+        stats.update(is_weight=float(rl.masked_mean(weights, mask)),
+                     is_truncated=float(rl.masked_mean((weights >= cfg.rollout_is_cap).float(),
+                                                       mask)))
     if cfg.advantage == "gae":
         vl, vstats = rl.value_loss(out["values"], exp.old_values[sub], exp.returns[sub], mask,
                                    cfg.value_clip, agg)
