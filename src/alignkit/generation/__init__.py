@@ -1,1 +1,2 @@
-"""Sampling from a policy (grows into the shared sampler of the PPO stage)."""
+"""Sampling from a policy: the shared batched sampler every stage draws with, and the optional
+vLLM rollout engine behind it (``vllm_engine``)."""
