@@ -141,3 +141,31 @@ def test_packaged_model_greedy_tokens_match(tmp_path):
     gap = (vllm.engine_logprobs - vllm.logprobs).abs() * vllm.response_mask
     assert float(gap.max()) < 1e-3
     engine.close()
+
+
+def test_serve_folder_switches_to_another_models_weights(vllm_tiny_dir, tiny, tmp_path):
+    """The demo's one engine: reloading another folder of the same architecture in place gives
+    that model's greedy answers (and back)."""
+    import copy
+
+    from alignkit.generation.vllm_engine import VLLMEngine
+
+    model, tok, prompts = tiny
+    other = copy.deepcopy(model)
+    train_a_little(other, prompts, lr=5e-2)
+    other_dir = tmp_path / "other"
+    other.save_pretrained(other_dir)
+    engine = VLLMEngine(str(vllm_tiny_dir))
+    cfg = SamplingConfig(16, 0.0)
+
+    def greedy(m, with_engine):
+        return sample(m if not with_engine else None, prompts, tok.pad_token_id,
+                      tok.eos_token_id, cfg, with_logprobs=False,
+                      engine=engine if with_engine else None).response
+
+    assert not torch.equal(greedy(model, False), greedy(other, False))
+    engine.serve_folder(str(other_dir))
+    assert torch.equal(greedy(None, True), greedy(other, False))
+    engine.serve_folder(str(vllm_tiny_dir))
+    assert torch.equal(greedy(None, True), greedy(model, False))
+    engine.close()

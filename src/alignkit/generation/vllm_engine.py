@@ -195,14 +195,13 @@ class VLLMEngine:
         return True
 
     def serve_folder(self, model: str) -> None:
-        """Serve another model folder of the same architecture (a fine-tuned copy of the one it
-        started with, LoRA merged): its weights are read from disk in place, no new engine."""
-        from alignkit.models.loading import resolve_model
+        """Serve another model of the same architecture (a fine-tuned copy of the one it started
+        with, LoRA merged; a spec as ``--model`` takes it): its weights are read and pushed in
+        place like a trained policy's, no new engine."""
+        from alignkit.models.loading import load_causal_lm
 
         started = time.time()
-        self._llm.collective_rpc("reload_weights", kwargs={
-            "weights_path": resolve_model(model), "is_checkpoint_format": True})
-        self._llm.reset_prefix_cache()
+        self._reload(load_causal_lm(model).state_dict().items())
         self._pushed = None
         self.stats["pushes"] += 1
         self.stats["push_s"] += time.time() - started
