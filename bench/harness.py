@@ -101,15 +101,16 @@ def summarise(step_ends: list[float], tokens: list[int], warmup: int) -> dict:
 
 
 def spawn(script: str, mode: str, spec: dict, workdir: Path, label: str, timeout: int,
-          log_dir: Path | None = None) -> dict:
+          log_dir: Path | None = None, python: str | None = None) -> dict:
     """Run ``script`` as ``mode`` (``--child`` or ``--prepare``) on ``spec`` in a fresh process;
-    its result JSON, or RunFailed with the tail of its log."""
+    its result JSON, or RunFailed with the tail of its log. ``python``: the interpreter of the
+    child (default: this one), for a framework installed in another environment."""
     spec_path = workdir / f"{label}.spec.json"
     spec = dict(spec, result=str(workdir / f"{label}.result.json"))
     spec_path.write_text(json.dumps(spec))
     log_path = (log_dir or workdir) / f"{label}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, str(Path(script).resolve()), mode, str(spec_path)]
+    cmd = [python or sys.executable, str(Path(script).resolve()), mode, str(spec_path)]
     with open(log_path, "w") as log:
         try:
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
