@@ -131,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_stage(name: str, cfg, **kwargs):
+    from alignkit.models.chat_templates import chat_template_for_run
+
     module, func = STAGES[name][1].split(":")
-    return getattr(importlib.import_module(module), func)(cfg, **kwargs)
+    with chat_template_for_run(getattr(cfg, "chat_template", None)):
+        return getattr(importlib.import_module(module), func)(cfg, **kwargs)
 
 
 # the stages that run data-parallel under torchrun (each rank trains on, samples or scores its

@@ -171,7 +171,16 @@ def config(cls: type) -> type:
 
 
 @dataclass
-class ModelArgs(Config):
+class ChatTemplateArgs(Config):
+    chat_template: Optional[str] = opt(None, "Chat template for a model without one, or to "
+                                       "replace its own: a Jinja file or a named template "
+                                       "(chatml, llama3, zephyr, plain). Every causal LM this "
+                                       "stage loads gets it (policy, reference, local judges, "
+                                       "causal reward models); saved folders keep it.")
+
+
+@dataclass
+class ModelArgs(ChatTemplateArgs):
     model: str = opt("default", "Model to start from: 'default' (packaged SmolLM2-135M-Instruct), "
                      "a local Hugging Face folder, a .gguf file, or a hub id.")
     lora: bool = opt(False, "Train LoRA adapters (peft) instead of all weights.")
@@ -189,7 +198,9 @@ class ModelArgs(Config):
 @dataclass
 class DataArgs(Config):
     data: Optional[str] = opt(None, "Training data: .jsonl, .parquet, .csv or a saved HF datasets "
-                              "folder; 'demo' means the demonstrations alignkit ships.")
+                              "folder; 'demo' means the demonstrations alignkit ships; a hub "
+                              "id org/name[:split] or json:FILES (datasets.load_dataset); a "
+                              "mixture a.jsonl:0.7,b.jsonl:0.3 or a mixture .yaml file.")
     eval_data: Optional[str] = opt(None, "Held-out data file; without it --eval-fraction of --data "
                                    "is held out.")
     eval_fraction: float = opt(0.05, "Fraction of --data held out for evaluation when --eval-data "
@@ -198,6 +209,12 @@ class DataArgs(Config):
                           "--skip-invalid.", ge=1)
     skip_invalid: bool = opt(False, "Drop invalid records (counted and reported) instead of "
                              "stopping.")
+    oversample: Optional[str] = opt(None, "Weight records of --data by a field's value: "
+                                    "FIELD=VALUE:FACTOR[,...] (category=harmful:3 draws each "
+                                    "such record 3 times); seeded by --seed.")
+    mixture_size: Optional[int] = opt(None, "Examples drawn from --data (a mixture, or with "
+                                      "--oversample); default: all its records, each its "
+                                      "--oversample factor times.", ge=1)
 
 
 @dataclass
@@ -244,7 +261,7 @@ class PackingArgs(Config):
 
 
 @dataclass
-class RolloutArgs(Config):
+class RolloutArgs(ChatTemplateArgs):
     rollout_engine: str = opt("hf", "What writes the sampled answers: hf (alignkit's own batched "
                               "sampler on the policy) or vllm (a vLLM engine in this process "
                               "that takes the policy's new weights after every update; pip "
@@ -287,6 +304,20 @@ class RunArgs(Config):
     overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output (without it, "
                           "an existing run is never overwritten).")
     progress: bool = opt(True, "Show a progress bar.")
+    report_to: str = opt("tensorboard", "Experiment trackers that get the run's metrics and its "
+                         "resolved config besides metrics.jsonl: a comma-separated list of "
+                         "tensorboard, wandb, mlflow and trackio, or none (the last three: pip "
+                         "install -e '.[trackers]').")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the tracker names are checked where the trackers live
+        from alignkit.utils.trackers import TrackerError, parse_report_to
+
+        try:
+            parse_report_to(self.report_to)
+        except TrackerError as e:
+            raise UserError(str(e)) from None
 
 
 @config
@@ -1059,7 +1090,8 @@ class DemoLabelConfig(Config):
 
 
 # what the demo sets in every stage's config from its own options
-_DEMO_RUN = {"seed": "--seed", "device": "--device", "progress": "--progress"}
+_DEMO_RUN = {"seed": "--seed", "device": "--device", "progress": "--progress",
+             "chat_template": "--chat-template"}
 _DEMO_ROLLOUT = {name: f"--{name.replace('_', '-')}" for name in (
     "rollout_engine", "rollout_dtype", "vllm_kv_cache_gb", "vllm_gpu_memory",
     "vllm_max_model_len")}
@@ -1188,7 +1220,8 @@ class DemoConfig(RolloutArgs):
         again with ``alignkit <stage> --config``."""
         replace = dataclasses.replace
         root = Path(root)
-        run_wide = {"seed": self.seed, "device": self.device, "progress": self.progress}
+        run_wide = {"seed": self.seed, "device": self.device, "progress": self.progress,
+                    "chat_template": self.chat_template}
         sft_final, reward_final = str(root / "sft" / "final"), str(root / "reward" / "final")
         labels = str(root / DEMO_LABELS)
         dpo_warmup = self.dpo.warmup_steps  # never longer than the run

@@ -180,7 +180,8 @@ def plain_model_dir(tmp_path_factory):
 
 
 CHAT_ERROR = ("chat messages need a model with a chat template, and the tokenizer of {model} has "
-              "none: use a chat model, or give plain strings instead of message lists")
+              "none: give one with --chat-template (a Jinja file, or chatml, llama3, zephyr, "
+              "plain), use a chat model, or give plain strings instead of message lists")
 
 
 def test_sft_messages_without_chat_template_exit_2(tmp_path, plain_model_dir):

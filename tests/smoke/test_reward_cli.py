@@ -66,6 +66,29 @@ def test_reward_ensemble_trains_saves_reloads_and_scores(tiny_model_dir, tmp_pat
                for ln in lines)
     assert wins >= 100
 
+    # each member is a plain transformers sequence classifier scoring what alignkit score wrote
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    records = [json.loads(ln) for ln in prefs.read_text().splitlines()][:6]
+    for m in range(2):
+        member = AutoModelForSequenceClassification.from_pretrained(str(out / "final" /
+                                                                        f"member-{m}")).eval()
+        tok = AutoTokenizer.from_pretrained(str(out / "final" / f"member-{m}"))
+        texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                          {"role": "assistant", "content": r[side]}],
+                                         tokenize=False)
+                 for r in records for side in ("chosen", "rejected")]
+        with torch.no_grad():
+            logits = member(**tok(texts, padding=True, add_special_tokens=False,
+                                  return_tensors="pt")).logits[:, 0]
+        got = logits + member.config.score_offset[0]
+        want = [ln["rewards"][side]["members"][m] for ln in lines[:6]
+                for side in ("chosen", "rejected")]
+        assert got.tolist() == pytest.approx(want, abs=1e-5), m
+    card = (out / "final" / "README.md").read_text()
+    assert "| accuracy |" in card and "member-0/, member-1/" in card
+
 
 def test_reward_rejects_degenerate_pairs_with_location(tiny_model_dir, tmp_path):
     bad = tmp_path / "prefs.jsonl"

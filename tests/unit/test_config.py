@@ -231,7 +231,8 @@ def test_yaml_option_of_another_stage(in_tmp):
     assert build_config(DemoConfig, parse("demo", ["--config", "c.yaml"])).samples == 3
     with pytest.raises(UserError) as info:
         build_config(SFTConfig, parse("sft", ["--config", "c.yaml"]))
-    assert str(info.value) == "c.yaml:1: option 'samples' is not an option of this stage (see --help)"
+    assert str(info.value) == ("c.yaml:1: option 'samples' is not an option of this stage (see "
+                               "--help); did you mean 'oversample'?")
 
 
 def test_yaml_bad_choice(in_tmp):
@@ -302,6 +303,8 @@ def varied(cls, defaults=None, keep=()):
                                     cls.FILLED.get(f.name, {}))
         elif f.metadata.get("choices"):
             values[f.name] = next((c for c in f.metadata["choices"] if c != default), default)
+        elif f.name == "report_to":  # tracker names, checked when the config is built
+            values[f.name] = "none"
         elif tp is bool:
             values[f.name] = not default if default is not None else True
         elif tp in (int, float):
@@ -484,7 +487,8 @@ FLAT_DEMO_DEFAULTS = {
 
 # SFT options added after the flat demo was replaced (so never among its options)
 NEWER_SFT_OPTIONS = {"gradient_checkpointing", "distributed", "fsdp_cpu_offload",
-                     "max_tokens_per_micro_batch"}
+                     "max_tokens_per_micro_batch", "chat_template", "report_to",
+                     "oversample", "mixture_size"}
 
 
 def flat_demo(**changes) -> SimpleNamespace:

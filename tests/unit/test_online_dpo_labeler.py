@@ -50,7 +50,6 @@ def save_reward_model(base, path, raw, scale, offset, aspects=("reward",), weigh
         for m, member in enumerate(model.members):
             target = torch.tensor(raw[m], dtype=torch.float64).reshape(len(enc), len(aspects))
             member.head.weight.copy_((torch.linalg.pinv(features) @ target).T.float())
-            member.head.bias.zero_()
         got = model.raw(batch)  # (M, 6, A): the construction worked
     assert torch.allclose(got, torch.tensor(raw).reshape(got.shape), atol=1e-4)
     spec.scale, spec.offset = scale, offset

@@ -30,7 +30,7 @@ def encoder_member(seed=0):
     torch.manual_seed(seed)
     body = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=64, hidden_dropout_prob=0.0,
-                                attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+                                attention_probs_dropout_prob=0.0))
     return RewardMember(body, "encoder", 1).eval()
 
 
@@ -124,7 +124,7 @@ def test_reinitialise_top_blocks_redraws_only_the_top(tmp_path):
 
     encoder_member().backbone.save_pretrained(str(tmp_path / "bert"))
     # loaded like a real backbone: transformers flags these weights as already initialised
-    member = RewardMember(BertModel.from_pretrained(str(tmp_path / "bert"), add_pooling_layer=False), "encoder", 1)
+    member = RewardMember(BertModel.from_pretrained(str(tmp_path / "bert")), "encoder", 1)
     before = {n: p.clone() for n, p in member.backbone.named_parameters()}
     torch.manual_seed(1)
     reinitialise_top_blocks(member.backbone, 1)
@@ -133,7 +133,7 @@ def test_reinitialise_top_blocks_redraws_only_the_top(tmp_path):
     changed = {n for n, p in member.backbone.named_parameters()
                if not torch.equal(p, before[n])}
     assert changed and all(n.startswith("encoder.layer.1.") for n in changed)
-    again = RewardMember(BertModel.from_pretrained(str(tmp_path / "bert"), add_pooling_layer=False), "encoder", 1)
+    again = RewardMember(BertModel.from_pretrained(str(tmp_path / "bert")), "encoder", 1)
     again.head.load_state_dict(member.head.state_dict())
     torch.manual_seed(1)
     reinitialise_top_blocks(again.backbone, 1)  # seeded: the same draw

@@ -116,7 +116,8 @@ def test_chat_messages_need_a_template(plain_tok):
         tokenize_sft(ex, plain_tok, chat="auto")
     assert str(info.value) == (
         "d.jsonl:3: chat messages need a model with a chat template, and this tokenizer has none: "
-        "use a chat model, or give plain strings instead of message lists")
+        "give one with --chat-template (a Jinja file, or chatml, llama3, zephyr, plain), use a "
+        "chat model, or give plain strings instead of message lists")
     # a {"messages"} record too (it went to the template unchecked before)
     msgs = SFTExample("messages", messages=[{"role": "user", "content": "Q?"},
                                             {"role": "assistant", "content": "A."}],
@@ -129,7 +130,7 @@ def test_chat_messages_need_a_template(plain_tok):
                                 where="d.jsonl:5"), plain_tok, chat="always")
     assert str(info.value) == (
         "d.jsonl:5: --chat always needs a model with a chat template, and this tokenizer has "
-        "none: use a chat model, or --chat never (plain text)")
+        "none: give one with --chat-template, use a chat model, or --chat never (plain text)")
 
 
 MSG_PROMPT = [{"role": "user", "content": "Q?"}]
@@ -170,7 +171,8 @@ def test_chat_records_without_a_template_name_file_and_line(in_tmp, plain_tok, r
         read("d.jsonl", plain_tok)
     assert str(info.value) == (
         "d.jsonl:2: chat messages need a model with a chat template, and this tokenizer has none: "
-        "use a chat model, or give plain strings instead of message lists")
+        "give one with --chat-template (a Jinja file, or chatml, llama3, zephyr, plain), use a "
+        "chat model, or give plain strings instead of message lists")
 
 
 def test_chat_always_without_a_template_names_the_prompt(in_tmp, plain_tok):

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.data.collate import pack_rows
+from alignkit.data.mixture import Draw
 from alignkit.data.readers import Record, read_records
 from alignkit.data.schemas import (PreferenceExample, RankingExample, RecordProblem, SFTExample,
-                                   Text, parse_preference, parse_ranking, validate)
+                                   Text, parse_preference, parse_ranking, problem_of, validate)
 from alignkit.data.tokenize import IGNORE, as_messages, tokenize_sft, use_chat_template
 from alignkit.errors import DataError, UserError, in_file_order
 from alignkit.losses.reward import ranking_to_pairs
@@ -128,11 +129,23 @@ def encode_response(tokenizer, prompt: Text, response: Text, backbone: str = "ca
         messages = as_messages(prompt, "user") + as_messages(response, "assistant")
         text = tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"], None
-    eos = tokenizer.eos_token_id
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    ids = ids + tokenizer(response, add_special_tokens=False)["input_ids"]
-    return ids + ([eos] if eos is not None else []), None
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        eos = tokenizer.eos_token_id
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+        ids = ids + ([eos] if eos is not None else [])
+    return strip_padding_tail(ids, tokenizer.pad_token_id), None
+
+
+def strip_padding_tail(ids: list[int], pad_id: int | None) -> list[int]:
+    """A causal reward reads the last token that is not the padding token (as a
+    ``*ForSequenceClassification`` does): trailing padding tokens (an EOS that doubles as padding)
+    change nothing before them, so they are dropped rather than computed."""
+    end = len(ids)
+    while end > 1 and ids[end - 1] == pad_id:
+        end -= 1
+    return ids[:end]
 
 
 # ----------------------------------------------------------------------------- groups
@@ -180,6 +193,10 @@ class PreferenceGroup:
     pairs: list[Comparison] = field(default_factory=list)
     rankings: list[Ranking] = field(default_factory=list)
     where: str = ""
+    # groups of one unit (a prompt; a record without merge_prompts) are split together; copy:
+    # which draw of its records a group holds (``data.mixture`` draws a record several times)
+    unit: str = ""
+    copy: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -192,11 +209,16 @@ def _key(text: Text) -> str:
 
 def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str = "auto",
                  max_length: int | None = None, annotator_weights: dict[str, float] | None = None,
-                 merge_prompts: bool = True) -> tuple[list[PreferenceGroup], list[str]]:
+                 merge_prompts: bool = True, copies: list[int] | None = None
+                 ) -> tuple[list[PreferenceGroup], list[str]]:
     """Tokenise validated ``PreferenceExample``/``PreferencePair``/``RankingExample``s into groups.
 
     merge_prompts: records with the same prompt (exactly) share one group and identical responses
-    share one encoding; False gives one group per record. annotator_weights: a comparison's
+    share one encoding; False gives one group per record. copies: for records drawn several
+    times, which draw of its record each example is (0 first): draw k of a prompt's records
+    makes a group of its own, so that a repeated record weighs as a further prompt would (the
+    losses weigh each group the same), not as more pairs of one group. annotator_weights: a
+    comparison's
     ``weight`` is its annotator's entry (1 when absent). max_length: a record with a response
     longer than this (prompt included) is reported, not truncated (a causal reward model reads the
     last token). Returns (groups in first-seen order, problems as ``file:line: message``)."""
@@ -205,27 +227,36 @@ def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str 
     index: dict[int, dict[str, int]] = {}  # id(group) -> response key -> response index
     problems: list[str] = []
     weights = annotator_weights or {}
-    for ex in examples:
+    encodings: dict[str, tuple] = {}  # a drawn record's encoding, once for all its draws
+    for n, ex in enumerate(examples):
         if isinstance(ex, RankingExample):
             texts = list(ex.responses)
             labels = [f'"responses"[{i}]' for i in range(len(texts))]
         else:
             texts = [ex.chosen, ex.rejected]
             labels = ['"chosen"', '"rejected"']
-        encoded, too_long = [], []
-        for text, label in zip(texts, labels):
-            ids, types = encode_response(tokenizer, ex.prompt, text, backbone, chat, ex.where)
-            if max_length is not None and len(ids) > max_length:
-                too_long.append(f"field {label} is {len(ids)} tokens with the prompt")
-            encoded.append((ids, types))
+        copy = copies[n] if copies is not None else 0
+        if copy and ex.where in encodings:
+            encoded, too_long = encodings[ex.where]
+        else:
+            encoded, too_long = [], []
+            for text, label in zip(texts, labels):
+                ids, types = encode_response(tokenizer, ex.prompt, text, backbone, chat, ex.where)
+                if max_length is not None and len(ids) > max_length:
+                    too_long.append(f"field {label} is {len(ids)} tokens with the prompt")
+                encoded.append((ids, types))
+            if copies is not None:
+                encodings[ex.where] = (encoded, too_long)
         if too_long:  # one problem per record, naming every field over the limit
             problems.append(f"{ex.where}: {'; '.join(too_long)}, longer than --max-length "
                             f"{max_length}")
             continue
-        key = _key(ex.prompt) if merge_prompts else f"#{len(groups)}"
+        unit = (_key(ex.prompt) if merge_prompts else
+                f"@{ex.where}" if copies is not None else f"#{len(groups)}")
+        key = f"{copy}:{unit}"
         group = by_prompt.get(key)
         if group is None:
-            group = PreferenceGroup(ex.prompt, where=ex.where)
+            group = PreferenceGroup(ex.prompt, where=ex.where, unit=unit, copy=copy)
             by_prompt[key] = group
             groups.append(group)
             index[id(group)] = {}
@@ -262,35 +293,56 @@ def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str 
 def load_preference_groups(spec: str, tokenizer, backbone: str = "causal", chat: str = "auto",
                            max_length: int | None = None, skip_invalid: bool = False,
                            annotator_weights: dict[str, float] | None = None,
-                           merge_prompts: bool = True) -> tuple[list[PreferenceGroup], list[str]]:
+                           merge_prompts: bool = True, draw: Draw | None = None
+                           ) -> tuple[list[PreferenceGroup], list[str]]:
     """Read a preference or ranking file (both kinds may be mixed), validate every record and
     tokenise it into groups. Record and length problems are collected together; ``DataError``
-    lists them all unless ``skip_invalid`` (then they are dropped and returned)."""
+    lists them all unless ``skip_invalid`` (then they are dropped and returned). ``draw``: the
+    run's seed, oversampling and mixture size (``data.mixture``); what was drawn goes in
+    ``draw.report``."""
     problems: list[str] = []
-    records = read_records(spec, problems)
+    records = read_records(spec, problems, draw, check=problem_of(parse_comparison))
     if not records and not problems:
         raise UserError(f"{spec}: no records")
     examples, problems = validate(records, parse_comparison, skip_invalid=True, problems=problems)
+    copies = _draw_numbers(examples)
     groups, more = build_groups(examples, tokenizer, backbone, chat, max_length,
-                                annotator_weights, merge_prompts)
-    problems = in_file_order(problems + more)
+                                annotator_weights, merge_prompts,
+                                copies if any(copies) else None)
+    # a record drawn several times (a mixture, --oversample) is reported once
+    problems = in_file_order(list(dict.fromkeys(problems + more)))
     if problems and not skip_invalid:
         raise DataError(problems)
     return groups, problems
 
 
+def _draw_numbers(examples: list) -> list[int]:
+    """Which draw of its record each example is (0: the first; ``data.mixture`` may draw a
+    record several times)."""
+    seen: dict[str, int] = {}
+    out = []
+    for ex in examples:
+        out.append(seen.get(ex.where, 0))
+        seen[ex.where] = out[-1] + 1
+    return out
+
+
 def split_groups(groups: list[PreferenceGroup], eval_fraction: float,
                  seed: int) -> tuple[list[PreferenceGroup], list[PreferenceGroup]]:
-    """(train, held-out) by whole groups (no prompt on both sides), seeded like SFT's split."""
+    """(train, held-out) by whole groups (no prompt on both sides), seeded like SFT's split.
+    The groups of one unit (the further draws of a prompt's records) go to one side; the
+    held-out side keeps each record's first draw only."""
     if not 0.0 <= eval_fraction < 1.0:
         raise UserError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
-    n_eval = int(round(len(groups) * eval_fraction))
-    if eval_fraction > 0 and len(groups) > 1:
-        n_eval = min(max(n_eval, 1), len(groups) - 1)
-    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:n_eval])
-    return ([g for i, g in enumerate(groups) if i not in held],
-            [g for i, g in enumerate(groups) if i in held])
+    units = list(dict.fromkeys(g.unit or f"#{i}" for i, g in enumerate(groups)))
+    n_eval = int(round(len(units) * eval_fraction))
+    if eval_fraction > 0 and len(units) > 1:
+        n_eval = min(max(n_eval, 1), len(units) - 1)
+    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {units[i] for i in order[:n_eval]}
+    unit_of = [g.unit or f"#{i}" for i, g in enumerate(groups)]
+    return ([g for g, u in zip(groups, unit_of) if u not in held],
+            [g for g, u in zip(groups, unit_of) if u in held and g.copy == 0])
 
 
 # ----------------------------------------------------------------------------- batches

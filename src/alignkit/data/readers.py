@@ -1,18 +1,32 @@
-"""Read records from JSONL, Parquet, CSV or a saved Hugging Face ``datasets`` folder.
+"""Read records from JSONL, Parquet, CSV, a saved Hugging Face ``datasets`` folder, a hub
+dataset or a ``datasets`` builder over local files, or a mixture of those (``data.mixture``).
 
 Every record keeps where it came from (file and 1-based line or row) so that validation can say
-``data.jsonl:17: field "completion" is missing``.
+``data.jsonl:17: field "completion" is missing``; rows of a hub dataset or builder are numbered
+from 1 in their split: ``org/name[train]:17: ...``.
+
+``--data`` names, tried in this order: a shipped name (``demo``); a local file or folder that
+exists (a ``.yaml`` file is a mixture); a mixture written inline (``a.jsonl:0.7,b.jsonl:0.3``);
+``BUILDER:FILES`` with BUILDER one of ``BUILDERS`` (``json:data/train-*.jsonl``:
+``datasets.load_dataset("json", data_files=..., split="train")``); a hub id ``org/name``,
+``org/name:split`` or ``org/name:config:split`` (``datasets.load_dataset``; split "train" when
+not given, slices such as ``train[:1000]`` allowed). A name that ends like a data file is never
+taken for a hub id: a missing file stays a "not found" error.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from alignkit.data.mixture import (MIXTURE_SUFFIXES, Draw, Source, draw_records, parse_sources,
+                                   read_mixture_file)
 from alignkit.errors import DataError, UserError
 
 SHIPPED = {
@@ -52,13 +66,67 @@ def resolve_data_path(spec: str) -> Path:
     return path
 
 
-def read_records(spec: str, problems: list[str] | None = None) -> list[Record]:
-    """Read every record of a data file or saved ``datasets`` folder, in order.
+# ``datasets`` builders that read local files: ``--data json:data/*.jsonl``
+BUILDERS = ("json", "csv", "parquet", "arrow")
+_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet", ".csv", ".tsv", ".arrow",
+                  *MIXTURE_SUFFIXES)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def read_records(spec: str, problems: list[str] | None = None, draw: Draw | None = None,
+                 check: Callable[[Record], str | None] | None = None) -> list[Record]:
+    """Read every record of ``spec`` (see the module docstring), in order.
 
     Lines that cannot be records (not a JSON object, a CSV row with too many cells) raise one
     ``DataError`` naming them all; pass a ``problems`` list instead to collect them there and get
     the good records back, so that a caller that validates fields next reports both kinds of
-    problem in one pass (``schemas.validate(..., problems=...)``)."""
+    problem in one pass (``schemas.validate(..., problems=...)``).
+
+    A mixture, or a ``draw`` that oversamples or resizes, returns the drawn records instead
+    (``data.mixture``: a record may appear several times), seeded by ``draw.seed``, and puts
+    what was drawn in ``draw.report``; ``check(record)`` (why a record is invalid, None when it is
+    not) keeps invalid records out of the draw: they come back once each, after the drawn
+    ones."""
+    sources = data_sources(spec)
+    if sources is None and not (draw is not None and draw.reshapes):
+        return _read_source(spec, problems)
+    sources = sources or [Source(spec)]
+    found: list[str] = []
+    per_source = [_read_source(s.spec, found) for s in sources]
+    if found and problems is None:
+        raise DataError(found)
+    if problems is not None:
+        problems.extend(found)
+    try:
+        records, report = draw_records(sources, per_source, draw or Draw(), check)
+    except DataError as e:  # a source with no valid record: its lines that are not records too
+        raise DataError(found + e.problems) from None
+    if draw is not None:
+        draw.report.clear()
+        draw.report.update(report)
+    return records
+
+
+def data_sources(spec: str) -> list[Source] | None:
+    """The sources of a mixture (a ``.yaml`` mixture file or ``a.jsonl:0.7,b.jsonl:0.3``), None
+    when ``spec`` names one source. A local path that exists is always that file."""
+    if spec in SHIPPED:
+        return None
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix.lower() in MIXTURE_SUFFIXES:
+            return read_mixture_file(path, spec)
+        return None
+    return parse_sources(spec)
+
+
+def _read_source(spec: str, problems: list[str] | None) -> list[Record]:
+    """The records of one source: a local file or folder, a shipped name, a hub dataset or a
+    builder over local files."""
+    if spec not in SHIPPED and not Path(spec).expanduser().exists():
+        remote = hub_request(spec)
+        if remote is not None:
+            return _read_hub(spec, *remote)
     path = resolve_data_path(spec)
     shown = spec if spec not in SHIPPED else str(path)
     if path.is_dir():
@@ -241,6 +309,63 @@ def _read_parquet(path: Path, shown: str) -> list[Record]:
             for i, row in enumerate(table.to_pylist(), 1)]
 
 
+def _colon_parts(text: str) -> list[str]:
+    """``text`` split at colons outside brackets (a split may be sliced: ``train[:100]``)."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        depth += (ch == "[") - (ch == "]" and depth > 0)
+        if ch == ":" and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    return [*parts, "".join(current)]
+
+
+def hub_request(spec: str) -> tuple[tuple, dict, str] | None:
+    """How ``datasets.load_dataset`` loads ``spec`` (positional args, keyword args, the name
+    that rows are reported under), or None when ``spec`` is neither ``BUILDER:FILES`` nor a hub
+    id."""
+    builder, sep, files = spec.partition(":")
+    if sep and builder in BUILDERS:
+        if not files.strip():
+            raise UserError(f"{spec}: give the files after '{builder}:' (e.g. "
+                            f"{builder}:data/*.{'jsonl' if builder == 'json' else builder})")
+        if "://" not in files and not glob.glob(str(Path(files).expanduser()), recursive=True):
+            raise UserError(f"{spec}: no file matches {files!r}")
+        return (builder,), {"data_files": files, "split": "train"}, f"{spec}[train]"
+    parts = _colon_parts(spec)
+    repo = parts[0]
+    if (not _HUB_ID.fullmatch(repo) or repo.lower().endswith(_DATA_SUFFIXES)
+            or len(parts) > 3 or not all(p.strip() for p in parts)):
+        return None
+    config = parts[1] if len(parts) == 3 else None
+    split = parts[-1] if len(parts) > 1 else "train"
+    shown = f"{repo}{':' + config if config else ''}[{split}]"
+    return (repo,), {"name": config, "split": split}, shown
+
+
+def _read_hub(spec: str, args: tuple, kwargs: dict, shown: str) -> list[Record]:
+    try:
+        from datasets import load_dataset
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise UserError(f"{spec}: reading a hub dataset needs `pip install datasets`") from None
+    try:
+        ds = load_dataset(*args, **kwargs)
+    except Exception as e:  # the hub, the network and every builder raise their own types
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        what = ("no local file or folder of that name, and datasets.load_dataset could not load "
+                "it as a hub dataset" if args[0] not in BUILDERS
+                else "datasets.load_dataset could not read the files")
+        raise UserError(f"{spec}: {what} ({type(e).__name__}: {why})") from None
+    return _dataset_records(ds, shown)
+
+
+def _dataset_records(ds, shown: str) -> list[Record]:
+    return [Record(shown, i, {k: _clean(v) for k, v in row.items() if v is not None})
+            for i, row in enumerate(ds, 1)]
+
+
 def _read_hf_folder(path: Path, shown: str) -> list[Record]:
     try:
         from datasets import DatasetDict, load_from_disk
@@ -256,5 +381,4 @@ def _read_hf_folder(path: Path, shown: str) -> list[Record]:
                             "point --data at one split's folder")
         ds = ds["train"]
         shown = f"{shown}[train]"
-    return [Record(shown, i, {k: _clean(v) for k, v in row.items() if v is not None})
-            for i, row in enumerate(ds, 1)]
+    return _dataset_records(ds, shown)

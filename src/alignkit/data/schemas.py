@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from alignkit.data.readers import Record
 from alignkit.errors import DataError, UserError, in_file_order
@@ -169,11 +169,68 @@ def parse_prompt(rec: Record) -> PromptExample:
     return PromptExample(_text(rec.fields, "prompt"), where=rec.where, extra=extra)
 
 
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def hh_turns(text: str) -> list | None:
+    """Anthropic HH-RLHF's text form, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``, as chat
+    messages (Human -> user, Assistant -> assistant, each turn's text stripped); None when
+    ``text`` is not in that form."""
+    pieces = _HH_TURN.split(text)
+    if len(pieces) < 3 or pieces[0].strip():
+        return None
+    return [{"role": _HH_ROLES[role], "content": content.strip()}
+            for role, content in zip(pieces[1::2], pieces[2::2])]
+
+
+def implicit_prompt(fields: dict) -> tuple[list, list, list]:
+    """(prompt, chosen, rejected) of a pair written without ``prompt`` (TRL's implicit-prompt
+    layout, Anthropic HH-RLHF's): ``chosen`` and ``rejected`` are whole conversations, as chat
+    message lists or in HH's text form; the prompt is the longest run of whole messages they
+    begin with, and what follows it in each must be assistant turns only. The result equals the
+    explicit record ``{"prompt": <shared turns>, "chosen": <the rest>, "rejected": <the rest>}``.
+    """
+    chosen, rejected = fields["chosen"], fields["rejected"]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        chosen, rejected = hh_turns(chosen), hh_turns(rejected)
+    if not isinstance(chosen, list) or not isinstance(rejected, list):
+        raise RecordProblem("prompt", 'field "prompt" is missing (without it, "chosen" and '
+                            '"rejected" must both be whole conversations: chat message lists, '
+                            'or "\\n\\nHuman: ... \\n\\nAssistant: ..." text)')
+    _messages(chosen, "chosen")
+    _messages(rejected, "rejected")
+    if chosen == rejected:
+        raise RecordProblem("rejected", 'field "rejected": chosen and rejected are identical (a '
+                            "comparison needs two different responses)")
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    if k == 0:
+        raise RecordProblem("rejected", 'field "rejected" shares no leading turn with "chosen" '
+                            '(with no "prompt" field, the prompt is the turns both begin with)')
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if k == len(turns):
+            other = "rejected" if name == "chosen" else "chosen"
+            raise RecordProblem(name, f'field "{name}" has no turn after the prompt it shares '
+                                f'with "{other}" (with no "prompt" field, the prompt is the '
+                                "turns both begin with)")
+        bad = next((i for i in range(k, len(turns)) if turns[i]["role"] != "assistant"), None)
+        if bad is not None:
+            raise RecordProblem(name, f'field "{name}"[{bad}] is a {turns[bad]["role"]} turn '
+                                'after the prompt (with no "prompt" field, chosen and rejected '
+                                "must differ only in their final assistant turns)")
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
 def parse_preference(rec: Record) -> PreferenceExample:
     f = rec.fields
-    prompt = _text(f, "prompt")
-    chosen = _text(f, "chosen", allow_empty=True)
-    rejected = _text(f, "rejected", allow_empty=True)
+    if "prompt" not in f and "chosen" in f and "rejected" in f:
+        prompt, chosen, rejected = implicit_prompt(f)
+    else:
+        prompt = _text(f, "prompt")
+        chosen = _text(f, "chosen", allow_empty=True)
+        rejected = _text(f, "rejected", allow_empty=True)
     margin = f.get("margin", 0.0)
     if isinstance(margin, str):  # CSV cells are text
         try:
@@ -204,6 +261,17 @@ def parse_ranking(rec: Record) -> RankingExample:
                             f"first (a permutation of 0..{len(responses) - 1})")
     return RankingExample(prompt, responses, ranking, _optional_str(f, "annotator"),
                           _optional_str(f, "aspect"), where=rec.where)
+
+
+def problem_of(parse) -> Callable[[Record], str | None]:
+    """``record -> why parse rejects it`` (None: it parses), for ``read_records(check=...)``."""
+    def check(rec: Record) -> str | None:
+        try:
+            parse(rec)
+        except RecordProblem as p:
+            return str(p)
+        return None
+    return check
 
 
 def validate(records: list[Record], parse, skip_invalid: bool = False,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.data.mixture import Draw
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import parse_sft, validate
+from alignkit.data.schemas import parse_sft, problem_of, validate
 from alignkit.data.tokenize import TokenizedExample, tokenize_sft
 from alignkit.errors import DataError, UserError, in_file_order
 
@@ -18,19 +19,24 @@ class SFTData:
     train: list[TokenizedExample]
     heldout: list[TokenizedExample]
     skipped: list[str]  # problems of records dropped by --skip-invalid
+    drawn: dict = field(default_factory=dict)  # a mixture's or --oversample's draw (Draw.report)
 
 
 def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_length: int,
-                  skip_invalid: bool) -> tuple[list[TokenizedExample], list[str]]:
+                  skip_invalid: bool, draw: Draw | None = None
+                  ) -> tuple[list[TokenizedExample], list[str]]:
     problems: list[str] = []
-    records = read_records(spec, problems)
+    records = read_records(spec, problems, draw, check=problem_of(parse_sft))
     if not records and not problems:
         raise UserError(f"{spec}: no records")
     # collect reader, record and tokenisation problems together: one pass fixes a file
     examples, problems = validate(records, parse_sft, skip_invalid=True, problems=problems)
     tokenized = []
+    done: dict[str, TokenizedExample] = {}  # a record drawn several times is tokenised once
     for ex in examples:
-        tok = tokenize_sft(ex, tokenizer, chat=chat, train_on_prompt=train_on_prompt)
+        tok = done.get(ex.where) or tokenize_sft(ex, tokenizer, chat=chat,
+                                                 train_on_prompt=train_on_prompt)
+        done[ex.where] = tok
         if len(tok) > max_length:
             problems.append(f"{ex.where}: example is {len(tok)} tokens, longer than --max-length "
                             f"{max_length}")
@@ -39,7 +45,7 @@ def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_le
                             "tokenisation)")
         else:
             tokenized.append(tok)
-    problems = in_file_order(problems)
+    problems = in_file_order(list(dict.fromkeys(problems)))  # a record drawn twice: once
     if problems and not skip_invalid:
         raise DataError(problems)
     return tokenized, problems
@@ -47,25 +53,31 @@ def tokenize_file(spec: str, tokenizer, chat: str, train_on_prompt: bool, max_le
 
 def load_sft_data(cfg, tokenizer) -> SFTData:
     """Training and held-out examples: held out by ``--eval-data`` or by ``--eval-fraction``
-    (a seeded shuffle, so the split is the same in every run with the same seed)."""
+    (a seeded shuffle, so the split is the same in every run with the same seed). The split is
+    by record: every copy of a record drawn several times (``data.mixture``) lands on one side,
+    and the held-out side keeps one copy."""
     if not cfg.data:
         raise UserError("--data is required (a .jsonl/.parquet/.csv file, a datasets folder, or "
                         "'demo')")
+    draw = Draw.of(cfg)
     train, skipped = tokenize_file(cfg.data, tokenizer, cfg.chat, cfg.train_on_prompt,
-                                   cfg.max_length, cfg.skip_invalid)
+                                   cfg.max_length, cfg.skip_invalid, draw)
     if cfg.eval_data:
         heldout, more = tokenize_file(cfg.eval_data, tokenizer, cfg.chat, cfg.train_on_prompt,
-                                      cfg.max_length, cfg.skip_invalid)
-        return SFTData(train, heldout, skipped + more)
+                                      cfg.max_length, cfg.skip_invalid, draw.for_eval())
+        return SFTData(train, heldout, skipped + more, draw.report)
     if not 0.0 <= cfg.eval_fraction < 1.0:
         raise UserError(f"--eval-fraction must be in [0, 1), got {cfg.eval_fraction}")
-    n_eval = int(round(len(train) * cfg.eval_fraction))
-    if cfg.eval_fraction > 0 and len(train) > 1:
-        n_eval = min(max(n_eval, 1), len(train) - 1)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    held = set(order[:n_eval])
-    return SFTData([e for i, e in enumerate(train) if i not in held],
-                   [e for i, e in enumerate(train) if i in held], skipped)
+    records = list(dict.fromkeys(e.where for e in train))
+    n_eval = int(round(len(records) * cfg.eval_fraction))
+    if cfg.eval_fraction > 0 and len(records) > 1:
+        n_eval = min(max(n_eval, 1), len(records) - 1)
+    order = torch.randperm(len(records),
+                           generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    held = {records[i] for i in order[:n_eval]}
+    return SFTData([e for e in train if e.where not in held],
+                   list({e.where: e for e in train if e.where in held}.values()), skipped,
+                   draw.report)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -41,10 +41,12 @@ def use_chat_template(tokenizer, mode: str, needs_chat: bool, where: str = "") -
         at = f"{where}: " if where else ""
         if needs_chat:
             raise UserError(f"{at}chat messages need a model with a chat template, and {whose} "
-                            "has none: use a chat model, or give plain strings instead of "
-                            "message lists")
+                            "has none: give one with --chat-template (a Jinja file, or chatml, "
+                            "llama3, zephyr, plain), use a chat model, or give plain strings "
+                            "instead of message lists")
         raise UserError(f"{at}--chat always needs a model with a chat template, and {whose} has "
-                        "none: use a chat model, or --chat never (plain text)")
+                        "none: give one with --chat-template, use a chat model, or --chat never "
+                        "(plain text)")
     if needs_chat:
         return True
     return has if mode == "auto" else mode == "always"

@@ -200,18 +200,26 @@ def _load_whole_into_sharded(saved: dict[str, torch.Tensor], optim: dict, model,
                    options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def save_final(output: str | Path, model, tokenizer, name: str = "final"):
-    """Save a plain HF model folder (safetensors; LoRA merged in) atomically.
-    Returns (folder, the plain model): LoRA adapters are folded into the weights in place."""
-    from alignkit.models.lora import merged_copy_for_saving
+def save_final(output: str | Path, model, tokenizer, name: str = "final",
+               card: str | None = None):
+    """Save a plain HF model folder (safetensors; LoRA merged in) atomically; a LoRA model's
+    peft adapter goes in its ``adapter/`` too (``PeftModel.from_pretrained`` on the base, vLLM
+    LoRA requests, ``--model <folder>/adapter``); ``card``: its README.md. Returns (folder, the
+    plain model): LoRA adapters are folded into the weights in place."""
+    from alignkit.models.lora import is_lora, merged_copy_for_saving
 
     root = Path(output)
     final = root / name
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    if is_lora(model):
+        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp / "adapter"))
     plain = merged_copy_for_saving(model)
     plain.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
+    if card is not None:
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     old = root / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from alignkit.errors import UserError
+from alignkit.models.chat_templates import apply_chat_template_option
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,8 @@ def resolve_model(spec: str) -> str:
         where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
         return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{where}"))
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return str(merge_adapter_folder(path))
         if not (path / "config.json").is_file():
             raise UserError(f"{spec}: not a model folder (no config.json)")
         return str(path)
@@ -206,6 +209,56 @@ def resolve_model(spec: str) -> str:
     if looks_like_path:
         raise UserError(f"{spec}: model folder not found")
     return spec  # a hub id
+
+
+def merge_adapter_folder(adapter: Path) -> Path:
+    """A peft LoRA adapter folder -> a plain folder of its base model (``base_model_name_or_path``
+    in ``adapter_config.json``, itself resolved like ``--model``) with the adapter merged in;
+    built once per adapter content and base, beside the other converted models, and renamed into
+    place finished."""
+    import json
+
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{adapter / 'adapter_config.json'}: not readable ({e})") from None
+    base_spec = config.get("base_model_name_or_path")
+    if not base_spec:
+        raise UserError(f"{adapter / 'adapter_config.json'}: base_model_name_or_path: missing "
+                        "(the base model the adapter was trained on)")
+    base = resolve_model(base_spec)
+    digest = hashlib.sha256(base.encode())
+    for f in sorted(adapter.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    target = cache_dir() / "models" / f"adapter-{adapter.resolve().parent.name}-" \
+        f"{digest.hexdigest()[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    log.info("merging the adapter %s into %s (one time): %s", adapter, base, target)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, base, base_spec,
+                             dtype=torch.float32)
+    try:
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{adapter}: cannot apply this adapter to {base_spec} "
+                        f"({str(e).splitlines()[0]})") from None
+    tokenizer_from = adapter if (adapter / "tokenizer_config.json").is_file() else base
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tokenizer_from)).save_pretrained(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first: theirs is the same merge
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def quiet_transformers() -> None:
@@ -229,7 +282,7 @@ def load_tokenizer(spec: str, resolved: str | None = None):
     from transformers import AutoTokenizer
 
     name = resolved or resolve_model(spec)
-    tok = _from_pretrained(AutoTokenizer.from_pretrained, name, spec)
+    tok = apply_chat_template_option(_from_pretrained(AutoTokenizer.from_pretrained, name, spec))
     if tok.pad_token_id is None:
         # padding positions are always masked out; any known id will do
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token

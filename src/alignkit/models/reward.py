@@ -2,21 +2,35 @@
 format they save to and reload from with one call, and ``RewardFunction``: a saved model as the
 reward a policy is trained, selected or judged by (PPO, online DPO, best-of-n, reward judges).
 
-Backbones:
-- ``encoder`` (BERT-like, e.g. the packaged all-MiniLM-L6-v2): the (prompt, response) text pair,
-  mean-pooled final hidden states (as the sentence encoder was trained), then the head;
+A member reads a response exactly as the backbone family's own ``*ForSequenceClassification``
+does, so that every saved member is a standard Hugging Face model (``CLASSIFIER_LAYOUTS``):
 - ``causal`` (any causal LM, e.g. the SFT model): the chat-rendered conversation, the final hidden
-  state of the last non-padding token, then the head (InstructGPT; Ziegler et al. 2019).
+  state of the last token that is not padding (InstructGPT; Ziegler et al. 2019), a linear map
+  without bias (``score``);
+- ``encoder`` (BERT-like, e.g. the packaged all-MiniLM-L6-v2): the (prompt, response) text pair,
+  the first ([CLS]) token's final hidden state through the family's pooler (BERT: dense + tanh),
+  then a linear map (``classifier``).
 
 Folder layout (``RewardModel.save``/``load``)::
 
     reward_config.json      backbone kind, aspects, members, normalisation, combination rules
-    member-0/ ... member-(M-1)/   a Hugging Face backbone folder + head.safetensors each
-    (shared backbone: backbone/ + heads.safetensors holding every member's head)
+    README.md               a model card: what the folder is and how to load a member
+    member-0/ ... member-(M-1)/   each a sequence-classification folder (config.json,
+                            model.safetensors, tokenizer) with one label per aspect: plain
+                            ``AutoModelForSequenceClassification`` scores what alignkit scores
+                            for that member (normalisation folded into the final linear map)
+    (shared backbone: backbone/, one sequence-classification folder with a label per member and
+    aspect, ``member-m/aspect``)
+
+A causal family's final map has no bias, so a normalisation offset cannot be folded into it: its
+``config.json`` carries ``score_offset`` (per label), added to the logits to give alignkit's score
+(encoders fold everything; their ``score_offset`` is absent).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -26,6 +40,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import UserError
+from alignkit.models.chat_templates import apply_chat_template_option
 
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert",
                  "electra", "mpnet", "albert", "modernbert")
@@ -59,17 +74,32 @@ def backbone_kind(config) -> str:
 
 def load_backbone(path: str, device: str = "cpu"):
     """The transformer body without its LM head (``AutoModel``) and its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    return _load(AutoModel, path, device)
+
+
+def load_classifier(path: str, device: str = "cpu"):
+    """A saved member: its ``AutoModelForSequenceClassification`` and tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(AutoModelForSequenceClassification, path, device)
+
+
+def _load(auto_class, path: str, device: str):
+    from transformers import AutoTokenizer
 
     from alignkit.models.loading import quiet_transformers
 
     quiet_transformers()
     try:
-        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        model = auto_class.from_pretrained(path, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise UserError(f"{path}: cannot load a reward-model backbone ({str(e).splitlines()[0]})") \
             from None
+    if backbone_kind(model.config) == "causal":
+        apply_chat_template_option(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     # no dropout: a reward is a deterministic function of the text, and the Bradley-Terry
@@ -80,28 +110,93 @@ def load_backbone(path: str, device: str = "cpu"):
     return model.to(device), tok
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor,
-         kind: str) -> torch.Tensor:
-    """(N, L, H) -> (N, H): mean over real tokens (encoder) or the last real token (causal)."""
-    if kind == "encoder":
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+def reward_model_card(spec: RewardSpec, data: str = "", heldout: dict | None = None) -> str:
+    """README.md of a saved reward model: what it is, what it was trained on, its held-out
+    metrics and how any tool loads a member."""
+    numbers = "\n".join(f"| {k} | {v:.4g} |" for k, v in (heldout or {}).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool))
+    evaluation = ("\n## Held-out evaluation\n\n| metric | value |\n|---|---|\n" + numbers + "\n"
+                  if numbers else "")
+    members = "backbone/ (one label per member and aspect)" if spec.shared_backbone else \
+        ", ".join(f"member-{m}/" for m in range(spec.members))
+    offset = ("- The causal family's final map has no bias: add `config.score_offset` (one value "
+              "per label) to the logits to get alignkit's score; rankings and score differences "
+              "need nothing.\n" if spec.backbone == "causal" else "")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [alignkit, reward-model]
+---
+# Reward model ({spec.members} member{"s" if spec.members > 1 else ""}, trained with alignkit)
+
+- Base model: `{spec.base_model}` ({spec.backbone} backbone){f"; data: `{data}`" if data else ""}
+- Aspects (one output label each): {", ".join(spec.aspects)}
+- Members: {members}; combined by `{spec.combine}`{f" (lambda {spec.lam})" if spec.combine.startswith("mean_minus") else ""}
+- Scores are normalised per member and aspect (mean 0, std 1 on the responses they were fitted
+  on); the normalisation is folded into each member's weights.
+{offset}
+Every member folder is a standard sequence-classification model:
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("{"backbone" if spec.shared_backbone else "member-0"}")
+tokenizer = AutoTokenizer.from_pretrained("{"backbone" if spec.shared_backbone else "member-0"}")
+```
+
+{"Encoder members read the (prompt, response) text pair: `tokenizer(prompt, response)`."
+ if spec.backbone == "encoder" else
+ "Causal members read the whole conversation rendered with the chat template "
+ "(`tokenizer.apply_chat_template(messages, tokenize=False)`)."}
+`alignkit score --reward-model <this folder>` loads all members as one ensemble and applies
+`reward_config.json`'s combination rules.
+{evaluation}"""
 
 
-def pool_packed(hidden: torch.Tensor, token_response: torch.Tensor, last_index: torch.Tensor,
-                kind: str) -> torch.Tensor:
-    """(Rows, L, H) hidden states of a packed batch -> (N, H) per response: the mean over the
-    response's own tokens (encoder) or its last token (causal; ``last_index`` is flat)."""
-    flat = hidden.flatten(0, 1)
-    if kind != "encoder":
-        return flat[last_index]
-    owner = token_response.flatten()
-    keep = owner >= 0
-    n = last_index.numel()
-    sums = flat.new_zeros((n, flat.shape[-1])).index_add(0, owner[keep], flat[keep])
-    counts = torch.bincount(owner[keep], minlength=n).clamp(min=1).to(flat.dtype)
-    return sums / counts[:, None]
+@dataclass(frozen=True)
+class ClassifierLayout:
+    """How a family's ``*ForSequenceClassification`` turns a backbone's hidden states into scores.
+
+    pooling: ``last`` (the last token that is not padding) or ``first`` (the [CLS] token).
+    pre: the layer between the pooled state and the final map, by its name in the classifier:
+    ``None`` (none), ``"pooler"`` (the backbone's own pooler, BERT-style) or a submodule path
+    (``classifier.dense``), with ``act`` its activation. final: the final linear map's path."""
+
+    pooling: str
+    pre: str | None
+    act: str | None
+    final: str
+
+
+CAUSAL_LAYOUT = ClassifierLayout("last", None, None, "score")
+CLASSIFIER_LAYOUTS = {
+    "bert": ClassifierLayout("first", "pooler", None, "classifier"),
+    "albert": ClassifierLayout("first", "pooler", None, "classifier"),
+    "roberta": ClassifierLayout("first", "classifier.dense", "tanh", "classifier.out_proj"),
+    "xlm-roberta": ClassifierLayout("first", "classifier.dense", "tanh", "classifier.out_proj"),
+    "mpnet": ClassifierLayout("first", "classifier.dense", "tanh", "classifier.out_proj"),
+    "electra": ClassifierLayout("first", "classifier.dense", "gelu", "classifier.out_proj"),
+    "distilbert": ClassifierLayout("first", "pre_classifier", "relu", "classifier"),
+    "deberta": ClassifierLayout("first", "pooler.dense", "pooler_hidden_act", "classifier"),
+    "deberta-v2": ClassifierLayout("first", "pooler.dense", "pooler_hidden_act", "classifier"),
+}
+
+
+def classifier_layout(config) -> ClassifierLayout:
+    model_type = getattr(config, "model_type", "")
+    if backbone_kind(config) == "causal":
+        return CAUSAL_LAYOUT
+    if model_type not in CLASSIFIER_LAYOUTS:
+        raise UserError(f"a {model_type} encoder cannot be a reward-model backbone yet (its "
+                        "sequence-classification head is not mapped); encoders that can: "
+                        f"{', '.join(sorted(CLASSIFIER_LAYOUTS))}, or any causal LM")
+    return CLASSIFIER_LAYOUTS[model_type]
+
+
+def _activation(layout: ClassifierLayout, config) -> nn.Module:
+    from transformers.activations import ACT2FN
+
+    name = getattr(config, layout.act, "gelu") if layout.act == "pooler_hidden_act" else layout.act
+    return ACT2FN[name]
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
@@ -131,31 +226,75 @@ def reinitialise_top_blocks(model: nn.Module, n: int) -> None:
                 module.reset_parameters()
 
 
-class RewardMember(nn.Module):
-    """One backbone with a linear head per aspect: forward -> (N, A) raw rewards."""
+def first_index_packed(token_response: torch.Tensor, n: int) -> torch.Tensor:
+    """(Rows, L) owner of each token (-1: none) -> (N,) flat index of each response's first
+    token."""
+    owner = token_response.flatten()
+    keep = owner >= 0
+    positions = torch.arange(owner.numel(), device=owner.device)
+    first = torch.full((n,), owner.numel(), dtype=torch.long, device=owner.device)
+    return first.scatter_reduce(0, owner[keep], positions[keep], reduce="amin")
 
-    def __init__(self, backbone: nn.Module, kind: str, num_aspects: int):
+
+class RewardMember(nn.Module):
+    """One backbone read the way its family's sequence classifier reads it, with a linear map to
+    one output per aspect: forward -> (N, A) raw rewards. ``pre``: the classifier's dense layer
+    between the pooled state and the map for families that have one outside the backbone (shared
+    by the members of a shared backbone)."""
+
+    def __init__(self, backbone: nn.Module, kind: str, num_aspects: int,
+                 pre: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.kind = kind
-        self.head = nn.Linear(backbone.config.hidden_size, num_aspects)
-        nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
+        self.layout = CAUSAL_LAYOUT if kind == "causal" else classifier_layout(backbone.config)
+        hidden = backbone.config.hidden_size
+        if self.layout.pre not in (None, "pooler") and pre is None:
+            pre = nn.Linear(hidden, hidden)
+            std = getattr(backbone.config, "initializer_range", 0.02)
+            nn.init.normal_(pre.weight, std=std)
+            nn.init.zeros_(pre.bias)
+        self.pre = pre
+        self.act = _activation(self.layout, backbone.config) if self.layout.act else None
+        if self.layout.pre == "pooler" and getattr(backbone, "pooler", None) is None:
+            raise ValueError(f"{type(backbone).__name__} has no pooler: load it with one "
+                             "(AutoModel does)")
+        # a family without segment embeddings (DistilBERT) takes no token_type_ids
+        self.takes_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
+        self.head = nn.Linear(hidden, num_aspects, bias=kind != "causal")
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
+
+    def pooled(self, first: torch.Tensor) -> torch.Tensor:
+        """(N, H) first-token states -> (N, H) what the classifier's final map reads."""
+        if self.layout.pre == "pooler":
+            pooler = self.backbone.pooler
+            if hasattr(pooler, "dense"):  # BertPooler
+                return pooler.activation(pooler.dense(first))
+            return self.backbone.pooler_activation(pooler(first))  # ALBERT
+        return self.act(self.pre(first))
 
     def features(self, batch) -> torch.Tensor:
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if batch.token_type_ids is not None and self.kind == "encoder":
+        if batch.token_type_ids is not None and self.kind == "encoder" and self.takes_types:
             kwargs["token_type_ids"] = batch.token_type_ids
         if self.kind == "causal":
             kwargs["use_cache"] = False  # training and scoring never decode
         packed = getattr(batch, "position_ids", None) is not None
         if packed:
             kwargs["position_ids"] = batch.position_ids
-        out = self.backbone(**kwargs)
+        hidden = self.backbone(**kwargs).last_hidden_state
+        if self.kind == "causal":
+            if packed:
+                return hidden.flatten(0, 1)[batch.last_index]
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
         if packed:
-            return pool_packed(out.last_hidden_state, batch.token_response, batch.last_index,
-                               self.kind)
-        return pool(out.last_hidden_state, batch.attention_mask, batch.last_index, self.kind)
+            first = hidden.flatten(0, 1)[first_index_packed(batch.token_response,
+                                                            batch.last_index.numel())]
+        else:
+            first = hidden[:, 0]
+        return self.pooled(first)
 
     def forward(self, batch) -> torch.Tensor:
         return self.head(self.features(batch)).float()
@@ -212,7 +351,7 @@ class RewardModel(nn.Module):
         the independently pretrained members of Coste et al. 2023)."""
         backbone, tok = load_backbone(base, device)
         spec.backbone = spec.backbone if spec.backbone != "auto" else backbone_kind(backbone.config)
-        members = []
+        members, shared_pre = [], None
         for m in range(spec.members):
             if spec.shared_backbone:
                 body = backbone
@@ -226,37 +365,74 @@ class RewardModel(nn.Module):
                     reinitialise_top_blocks(body, reinit_layers)
                 except ValueError as e:
                     raise UserError(f"--reinit-layers {reinit_layers}: {e}") from None
-            members.append(RewardMember(body, spec.backbone, len(spec.aspects)).to(device))
+            member = RewardMember(body, spec.backbone, len(spec.aspects), pre=shared_pre)
+            if spec.shared_backbone:
+                shared_pre = member.pre
+            members.append(member.to(device))
         spec.offset = [[0.0] * len(spec.aspects) for _ in range(spec.members)]
         spec.scale = [[1.0] * len(spec.aspects) for _ in range(spec.members)]
         spec.base_model = base
         return cls(spec, members, tok)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the folder atomically (a temporary folder renamed into place)."""
-        from safetensors.torch import save_file
+    def classifier_folder(self, members: list[int], folder: Path) -> None:
+        """Write ``members`` (all sharing one backbone) as one standard sequence-classification
+        folder with a label per (member, aspect): the backbone, the family's pre-layer and the
+        final map with each label's normalisation folded in."""
+        from transformers import AutoModelForSequenceClassification
 
+        from alignkit.models.loading import quiet_transformers
+
+        quiet_transformers()
+        first = self.members[members[0]]
+        aspects = self.spec.aspects
+        labels = aspects if len(members) == 1 and not self.spec.shared_backbone else \
+            [f"member-{m}/{a}" for m in members for a in aspects]
+        config = copy.deepcopy(first.backbone.config)
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+        config.problem_type = "regression"
+        if self.spec.backbone == "causal":  # where the classifier reads: the last non-padding
+            config.pad_token_id = self.tokenizer.pad_token_id
+        classifier = AutoModelForSequenceClassification.from_config(config)
+        state = {k: v for k, v in first.backbone.state_dict().items()}
+        missing, _ = classifier.base_model.load_state_dict(state, strict=False)
+        if missing:
+            raise RuntimeError(f"the sequence classifier's backbone lacks {missing[:3]}")
+        layout = first.layout
+        if layout.pre not in (None, "pooler"):
+            classifier.get_submodule(layout.pre).load_state_dict(first.pre.state_dict())
+        offset = torch.tensor([self.spec.offset[m] for m in members]).flatten()
+        scale = torch.tensor([self.spec.scale[m] for m in members]).flatten()
+        weight = torch.cat([self.members[m].head.weight.detach().float().cpu() for m in members])
+        bias = torch.cat([self.members[m].head.bias.detach().float().cpu()
+                          if self.members[m].head.bias is not None
+                          else torch.zeros(len(aspects)) for m in members])
+        final = classifier.get_submodule(layout.final)
+        with torch.no_grad():
+            final.weight.copy_(weight / scale[:, None])
+            if final.bias is not None:
+                final.bias.copy_((bias - offset) / scale)
+            else:  # the family's map has no bias: the offset rides in the config
+                config.score_offset = ((bias - offset) / scale).tolist()
+                classifier.config.score_offset = config.score_offset
+        classifier.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+
+    def save(self, path: str | Path, data: str = "", heldout: dict | None = None) -> Path:
+        """Write the folder atomically (a temporary folder renamed into place); ``data`` and
+        ``heldout`` (metrics) go on its model card."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "reward_config.json").write_text(json.dumps(asdict(self.spec), indent=1))
         if self.spec.shared_backbone:
-            self.members[0].backbone.save_pretrained(str(tmp / "backbone"))
-            self.tokenizer.save_pretrained(str(tmp / "backbone"))
-            heads = {}
-            for m, member in enumerate(self.members):
-                heads[f"{m}.weight"] = member.head.weight.detach().cpu().contiguous()
-                heads[f"{m}.bias"] = member.head.bias.detach().cpu().contiguous()
-            save_file(heads, str(tmp / "heads.safetensors"))
+            self.classifier_folder(list(range(len(self.members))), tmp / "backbone")
         else:
-            for m, member in enumerate(self.members):
-                d = tmp / f"member-{m}"
-                member.backbone.save_pretrained(str(d))
-                self.tokenizer.save_pretrained(str(d))
-                save_file({"weight": member.head.weight.detach().cpu().contiguous(),
-                           "bias": member.head.bias.detach().cpu().contiguous()},
-                          str(d / "head.safetensors"))
+            for m in range(len(self.members)):
+                self.classifier_folder([m], tmp / f"member-{m}")
+        (tmp / "README.md").write_text(reward_model_card(self.spec, data, heldout))
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -267,30 +443,41 @@ class RewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "RewardModel":
-        from safetensors.torch import load_file
-
         path = Path(path)
         cfg_file = path / "reward_config.json"
         if not cfg_file.is_file():
             raise UserError(f"{path}: not a reward model folder (no reward_config.json)")
         spec = RewardSpec(**json.loads(cfg_file.read_text()))
-        members = []
-        if spec.shared_backbone:
-            body, tok = load_backbone(str(path / "backbone"), device)
-            heads = load_file(str(path / "heads.safetensors"))
-            for m in range(spec.members):
-                member = RewardMember(body, spec.backbone, len(spec.aspects))
-                member.head.load_state_dict({"weight": heads[f"{m}.weight"],
-                                             "bias": heads[f"{m}.bias"]})
-                members.append(member.to(device))
-        else:
-            tok = None
-            for m in range(spec.members):
-                body, tok_m = load_backbone(str(path / f"member-{m}"), device)
-                tok = tok or tok_m
-                member = RewardMember(body, spec.backbone, len(spec.aspects))
-                member.head.load_state_dict(load_file(str(path / f"member-{m}" /
-                                                          "head.safetensors")))
+        folders = [path / "backbone"] if spec.shared_backbone else \
+            [path / f"member-{m}" for m in range(spec.members)]
+        if any((f / "head.safetensors").exists() for f in folders):
+            raise UserError(f"{path}: saved by an earlier alignkit (a separate head.safetensors, "
+                            "mean-pooled encoders); train it again with alignkit reward")
+        members, tok = [], None
+        a = len(spec.aspects)
+        for i, folder in enumerate(folders):
+            classifier, tok_i = load_classifier(str(folder), device)
+            tok = tok or tok_i
+            body = classifier.base_model
+            layout = CAUSAL_LAYOUT if spec.backbone == "causal" else classifier_layout(body.config)
+            pre = None if layout.pre in (None, "pooler") else classifier.get_submodule(layout.pre)
+            final = classifier.get_submodule(layout.final)
+            shift = getattr(classifier.config, "score_offset", None)
+            for m in (range(spec.members) if spec.shared_backbone else [i]):
+                member = RewardMember(body, spec.backbone, a, pre=pre)
+                rows = slice(a * m, a * (m + 1)) if spec.shared_backbone else slice(0, a)
+                offset = torch.tensor(spec.offset[m], dtype=torch.float32)
+                scale = torch.tensor(spec.scale[m], dtype=torch.float32)
+                with torch.no_grad():  # unfold the normalisation: the head gives raw rewards
+                    member.head.weight.copy_(final.weight[rows].float() * scale[:, None])
+                    folded = final.bias[rows].float() if final.bias is not None else \
+                        torch.tensor(shift[rows], dtype=torch.float32)
+                    raw_bias = folded * scale + offset
+                    if member.head.bias is not None:
+                        member.head.bias.copy_(raw_bias)
+                    elif raw_bias.abs().max() > 1e-4 * (1 + offset.abs().max()):
+                        raise UserError(f"{folder}: its score offset does not match "
+                                        "reward_config.json's normalisation")
                 members.append(member.to(device))
         model = cls(spec, members, tok)
         model.eval()
@@ -403,7 +590,8 @@ class RewardModel(nn.Module):
             # sum_a w_a * (W_a h + b_a - offset_a) / scale_a as one linear map
             head.weight.copy_(((w / scale)[:, None] * source.head.weight.float().cpu()).sum(0,
                                                                                    keepdim=True))
-            head.bias.copy_((w * (source.head.bias.float().cpu() - offset) / scale).sum()[None])
+            bias = source.head.bias.float().cpu() if source.head.bias is not None else 0.0
+            head.bias.copy_((w * (bias - offset) / scale).sum()[None])
         device = next(source.parameters()).device
         return copy.deepcopy(source.backbone).train(), head.to(device)
 

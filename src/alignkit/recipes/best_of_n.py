@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from alignkit.config import BestOfNConfig, save_config
+from alignkit.config import BestOfNConfig, config_to_dict, save_config
 from alignkit.data.prompts import Prompts, load_prompts
 from alignkit.evaluation.best_of_n import best_of_n, best_records, summarise
 from alignkit.generation.sampler import SamplingConfig
@@ -66,7 +66,7 @@ def main(cfg: BestOfNConfig) -> dict:
     path = output / "best.jsonl"
     if not world.is_main:
         return {"summary": summary, "result": result, "output": path}
-    metrics = MetricsLog(output)
+    metrics = MetricsLog(output, config=config_to_dict(cfg))
     metrics.log(0, summary, split="summary")
     metrics.close()
     write_jsonl_atomic(best_records(result, prompts, gold_best), path)

@@ -21,6 +21,7 @@ import logging
 import torch
 
 from alignkit.config import DPOConfig
+from alignkit.data.mixture import Draw
 from alignkit.data.preferences import load_preference_groups, split_groups
 from alignkit.errors import UserError
 from alignkit.training.engine import Trainer, start_run, steps_for_epochs
@@ -49,18 +50,21 @@ def check_flags(cfg: DPOConfig) -> None:
 def load_pairs(cfg: DPOConfig, tokenizer):
     """Train and held-out prompt groups (file:line:field errors), without comparisons the loss
     cannot learn from: an empty response (unless --keep-empty), a tie (all losses but
-    sigmoid). Returns (train, held-out, counts of what was skipped)."""
+    sigmoid). Returns (train, held-out, counts of what was skipped and what was drawn)."""
+    draw = Draw.of(cfg)  # --seed, --oversample, --mixture-size; draw.report: what was drawn
     groups, skipped = load_preference_groups(cfg.data, tokenizer, "policy", cfg.chat,
-                                             cfg.max_length, cfg.skip_invalid)
+                                             cfg.max_length, cfg.skip_invalid, draw=draw)
     if skipped:
         log.warning("skipped %d invalid record(s):\n  %s", len(skipped), "\n  ".join(skipped[:20]))
     if cfg.eval_data:
         train = groups
         heldout, _ = load_preference_groups(cfg.eval_data, tokenizer, "policy", cfg.chat,
-                                            cfg.max_length, cfg.skip_invalid)
+                                            cfg.max_length, cfg.skip_invalid,
+                                            draw=draw.for_eval())
     else:
         train, heldout = split_groups(groups, cfg.eval_fraction, cfg.seed)
-    counts = {"skipped_records": len(skipped), "skipped_empty_pairs": 0, "skipped_ties": 0}
+    counts = {"skipped_records": len(skipped), "skipped_empty_pairs": 0, "skipped_ties": 0,
+              **draw.report}
     if not cfg.keep_empty:
         train, dropped = drop_empty_pairs(train)
         heldout, dropped_eval = drop_empty_pairs(heldout)

@@ -30,6 +30,7 @@ import time
 import torch
 
 from alignkit.config import OnlineDPOConfig
+from alignkit.data.mixture import Draw
 from alignkit.data.prompts import load_prompts
 from alignkit.data.sft import stream_batch_indices
 from alignkit.errors import UserError
@@ -68,7 +69,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
     # 3. Prompts, held-out sampling (the --sample-prompts file is data too: checked before the
     #    labeler's reward model loads), the labeler.
     prompts = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length,
-                           cfg.skip_invalid)
+                           cfg.skip_invalid, Draw.of(cfg))
     sampler = (PolicySampler(model, tokenizer, cfg, device, None, reference, world=run.world)
                if cfg.sample_prompts else None)
     labeler = Labeler(cfg, tokenizer, device)
@@ -86,7 +87,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
     trainer.resume()
     trainer.hold_frozen(reference)  # under FSDP the reference copy is sharded too
     trainer.log_setup({"train_prompts": len(prompts.ids), "labeler": cfg.labeler,
-                       "mode": reference_mode(model), "rounds": rounds_of(cfg)})
+                       "mode": reference_mode(model), "rounds": rounds_of(cfg), **prompts.drawn})
 
     # 5. A round: sample -> label -> (filter) -> reference log-probs -> DPO steps. Under
     #    torchrun each process samples, labels and scores the reference for its share of the

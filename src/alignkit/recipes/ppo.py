@@ -16,7 +16,7 @@ frozen reference copy. ``metrics.jsonl`` names the mode of the run.
 from __future__ import annotations
 
 from alignkit.config import PPOConfig
-from alignkit.data.prompts import load_prompts
+from alignkit.data.prompts import load_prompt_sets
 from alignkit.data.sft import stream_batch_indices
 from alignkit.errors import UserError
 from alignkit.losses import ppo as rl
@@ -64,9 +64,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     reference = frozen_reference(policy)
 
     # 3. Prompts (train, held-out), the reward function, the KL controller.
-    train = load_prompts(cfg.data, tokenizer, cfg.chat, cfg.max_prompt_length, cfg.skip_invalid)
-    heldout = (load_prompts(cfg.eval_data, tokenizer, cfg.chat, cfg.max_prompt_length,
-                            cfg.skip_invalid) if cfg.eval_data else None)
+    train, heldout = load_prompt_sets(cfg, tokenizer)  # held-out: None without --eval-data
     reward_fn = reward_fn or RewardFunction(cfg.reward_model, device, cfg.combine,
                                             cfg.uncertainty_penalty)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -102,7 +100,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
                         "reward_scale": refit["after"]["scale"]}, split="normalization")
     trainer.log_setup({"train_prompts": len(train.ids),
                        "heldout_prompts": len(heldout.ids) if heldout else 0,
-                       "mode": reference_mode(policy) + critic_mode, "advantage": cfg.advantage})
+                       "mode": reference_mode(policy) + critic_mode, "advantage": cfg.advantage,
+                       **train.drawn})
 
     # 6. A step: sample -> score -> advantages -> PPO epochs -> the KL controller.
     def train_step(step: int) -> dict:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignkit.config import RewardConfig
+from alignkit.data.mixture import Draw
 from alignkit.data.preferences import load_preference_groups, split_groups
 from alignkit.errors import UserError
+from alignkit.models.chat_templates import apply_chat_template_option
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
 from alignkit.training.engine import Trainer, start_run, steps_for_epochs
 from alignkit.utils.logs import log
@@ -60,17 +62,21 @@ def main(cfg: RewardConfig) -> dict:
     # 3. Data: validate, tokenise into per-prompt groups, split by prompt.
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(base)
+    if spec.backbone == "causal":
+        apply_chat_template_option(tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    draw = Draw.of(cfg)  # --seed, --oversample, --mixture-size; draw.report: what was drawn
     groups, skipped = load_preference_groups(
         cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid,
-        parse_weights(cfg.annotator_weights, "annotator-weights") or None)
+        parse_weights(cfg.annotator_weights, "annotator-weights") or None, draw=draw)
     if skipped:
         log.warning("skipped %d invalid record(s):\n  %s", len(skipped), "\n  ".join(skipped[:20]))
     if cfg.eval_data:
         train = groups
         heldout, _ = load_preference_groups(cfg.eval_data, tokenizer, spec.backbone, cfg.chat,
-                                            cfg.max_length, cfg.skip_invalid)
+                                            cfg.max_length, cfg.skip_invalid,
+                                            draw=draw.for_eval())
     else:
         train, heldout = split_groups(groups, cfg.eval_fraction, cfg.seed)
     if not train:
@@ -92,7 +98,8 @@ def main(cfg: RewardConfig) -> dict:
                        "train_pairs": sum(len(g.pairs) for g in train),
                        "heldout_pairs": sum(len(g.pairs) for g in heldout),
                        "members": cfg.ensemble, "aspects": ",".join(spec.aspects),
-                       "backbone": spec.backbone, "skipped_records": len(skipped)})
+                       "backbone": spec.backbone, "skipped_records": len(skipped),
+                       **draw.report})
 
     # 6. Train: whole prompt groups per micro-batch; every member's loss in one backward.
     #    Held-out metrics every --eval-every steps (the final ones follow the normalisation).
@@ -116,7 +123,7 @@ def main(cfg: RewardConfig) -> dict:
     final = Path(run.output) / "final"
     plain = trainer.full_model()
     if run.is_main:
-        plain.save(final)
+        plain.save(final, data=str(cfg.data), heldout=result)
         if result:
             print_table({"held-out": result})
         log.info("saved %s", final)

@@ -57,14 +57,16 @@ def vllm_command(cfg: ServeConfig, port: int) -> tuple[list[str], dict[str, str]
     """The command line and environment of vLLM's OpenAI server for ``cfg``: the resolved
     model folder, the served name, host and port; ``--default-max-tokens`` as the generation
     config's length (vLLM has no cap of its own on a request's max_tokens: the context,
-    ``--vllm-max-model-len``, bounds prompt + answer); the API key through ``VLLM_API_KEY`` (never on the command line, where the process list shows
-    it); the CPU build's environment (``generation.vllm_engine.engine_environment``)."""
+    ``--vllm-max-model-len``, bounds prompt + answer); ``--chat-template`` as a file; the API key
+    through ``VLLM_API_KEY`` (never on the command line, where the process list shows it); the
+    CPU build's environment (``generation.vllm_engine.engine_environment``)."""
     import json
     import sys
 
     import torch
 
     from alignkit.generation.vllm_engine import engine_environment
+    from alignkit.models.chat_templates import active_chat_template
     from alignkit.models.loading import resolve_model
 
     cuda = torch.cuda.is_available()
@@ -78,6 +80,13 @@ def vllm_command(cfg: ServeConfig, port: int) -> tuple[list[str], dict[str, str]
                "--disable-uvicorn-access-log"]
     if cfg.vllm_max_model_len:
         command += ["--max-model-len", str(cfg.vllm_max_model_len)]
+    template = active_chat_template()
+    if template is not None:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="alignkit-serve-")) / "chat_template.jinja"
+        path.write_text(template, encoding="utf-8")
+        command += ["--chat-template", str(path)]
     if cuda:
         command += ["--gpu-memory-utilization", str(cfg.vllm_gpu_memory)]
     else:

@@ -50,7 +50,8 @@ def main(cfg: SFTConfig) -> SFTResult:
     trainer = Trainer(run, model, steps_for_epochs(cfg, len(data.train)), name="sft")
     trainer.resume()
     trainer.log_setup({"train_examples": len(data.train), "heldout_examples": len(data.heldout),
-                       "skipped_records": len(data.skipped), "lora": is_lora(model)})
+                       "skipped_records": len(data.skipped), "lora": is_lora(model),
+                       **data.drawn})
 
     # 5. Train; held-out loss and perplexity before, every --eval-every steps, and at the end.
     trainer.fit(lambda step: sft_step(model, trainer, data.train, pad_id, step),

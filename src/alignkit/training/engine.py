@@ -45,23 +45,26 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from alignkit.config import save_config
+from alignkit.config import config_to_dict, save_config
 from alignkit.data.sft import micro_batch_indices, token_budget_split
 from alignkit.errors import UserError
 from alignkit.models import checkpoint as ckpt
-from alignkit.models.loading import pick_device
-from alignkit.models.lora import count_parameters
+from alignkit.models.loading import pick_device, resolve_model
+from alignkit.models.lora import count_parameters, is_lora
 from alignkit.models.precision import autocast, uses_fp16
 from alignkit.training.distributed import (gathered, init_world, no_sync, plain_copy, shard,
                                            skeleton, wrap)
 from alignkit.utils.distributed import World, barrier, sum_across
 from alignkit.utils.logs import progress_bar
 from alignkit.utils.metrics import MetricsLog
+from alignkit.utils.trackers import TrackerError
 
 # what stages cache inside their output folder (recomputed when missing)
 OUTPUT_CACHES = ("reference_logps.pt", "reference_logps.pt.tmp")
 # what a run writes into its output folder; --overwrite removes exactly these
-RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard", *OUTPUT_CACHES)
+RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard", *OUTPUT_CACHES,
+               # the local records of --report-to trackers (a replaced run starts new ones)
+               "wandb", "mlflow.db", "mlartifacts", "trackers.json")
 
 # --schedule -> the transformers schedule of the same shape (linear warm-up, then the decay)
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -312,8 +315,13 @@ class Trainer:
                              self.total_steps)
         resuming = getattr(self.cfg, "resume", False)
         if self.run.is_main:
-            self.metrics = MetricsLog(self.output,
-                                      resume_step=self.state.step if resuming else None)
+            try:
+                self.metrics = MetricsLog(self.output,
+                                          resume_step=self.state.step if resuming else None,
+                                          report_to=getattr(self.cfg, "report_to", "tensorboard"),
+                                          config=config_to_dict(self.cfg))
+            except TrackerError as e:  # a tracker's library is missing or its run cannot start
+                raise UserError(str(e)) from e
         return self.state.step
 
     @property
@@ -550,6 +558,26 @@ class Trainer:
         if not self.run.is_main:
             return self.output / name, self.model
         model.eval()
-        final, plain = ckpt.save_final(self.output, model, tokenizer, name=name)
+        final, plain = ckpt.save_final(self.output, model, tokenizer, name=name,
+                                       card=self.model_card(is_lora(model)))
         self.log_to.info("saved %s", final)
         return final, plain
+
+    def model_card(self, adapter: bool) -> str:
+        """README.md of a saved folder: the stage, its base, key settings and the last held-out
+        evaluation in ``metrics.jsonl``."""
+        import dataclasses
+
+        from alignkit.models.card import model_card
+        from alignkit.utils.metrics import read_metrics
+
+        path = self.output / "metrics.jsonl"
+        rows = read_metrics(path) if path.is_file() else []
+        heldout = next((r for r in reversed(rows) if r.get("split") == "eval"), {})
+        settings = {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg)}
+        base = str(settings.get("model", ""))
+        try:
+            folder = resolve_model(base)
+        except UserError:
+            folder = base
+        return model_card(self.name, base, settings, heldout, adapter, folder)

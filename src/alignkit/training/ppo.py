@@ -438,14 +438,14 @@ def micro_batch_loss(out: dict[str, torch.Tensor], exp: Experience, sub: torch.T
 
 
 def save_policy(parts: PolicyAndValue, tokenizer, output: Path, name: str,
-                keep_training: bool) -> Path:
+                keep_training: bool, card: str | None = None) -> Path:
     """A plain HF folder of the policy (LoRA merged) plus ``value_head.safetensors``. While
     training goes on, a copy is merged so the live adapters stay untouched."""
     from safetensors.torch import save_file
 
     policy = copy.deepcopy(parts.policy) if keep_training and is_lora(parts.policy) \
         else parts.policy
-    folder, _ = ckpt.save_final(output, policy, tokenizer, name)
+    folder, _ = ckpt.save_final(output, policy, tokenizer, name, card=card)
     if parts.value_head is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in
                    parts.value_head.state_dict().items()}, str(folder / "value_head.safetensors"))
@@ -461,7 +461,8 @@ def save_trained_policy(trainer, parts: PolicyAndValue, tokenizer, name: str,
         return trainer.output / name
     # (an FSDP copy is the caller's own: its adapters may be merged in place)
     folder = save_policy(whole, tokenizer, trainer.output, name,
-                         keep_training=keep_training and whole is parts)
+                         keep_training=keep_training and whole is parts,
+                         card=trainer.model_card(is_lora(whole.policy)))
     trainer.log_to.info("saved %s", folder)
     return folder
 

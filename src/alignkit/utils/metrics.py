@@ -1,19 +1,31 @@
-"""Run observability: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard."""
+"""Run observability: ``metrics.jsonl`` (one JSON object per logged step) and the experiment
+trackers of ``--report-to`` (TensorBoard by default; ``alignkit.utils.trackers``)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from alignkit.utils.trackers import open_trackers, parse_report_to
+
+log = logging.getLogger("alignkit.metrics")
+
 
 class MetricsLog:
     """Append-only metrics writer. On resume, lines from steps after the checkpoint (written by
-    the killed run before it died) are dropped so the file reads as one uninterrupted run."""
+    the killed run before it died) are dropped so the file reads as one uninterrupted run.
 
-    def __init__(self, output: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+    ``report_to``: the trackers that also get every finite number logged (``--report-to``);
+    ``config``: the resolved config, which each of them records once when its run starts."""
+
+    def __init__(self, output: str | Path, resume_step: int | None = None,
+                 report_to: str = "tensorboard", config: dict[str, Any] | None = None):
+        # the trackers start first: one that cannot start stops the run before a line is written
+        self._trackers = open_trackers(parse_report_to(report_to), output, config, resume_step)
         self.path = Path(output) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
@@ -23,15 +35,6 @@ class MetricsLog:
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self._fh = self.path.open("a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(Path(output) / "tensorboard"),
-                                         purge_step=None if resume_step is None else resume_step + 1)
-            except ImportError:  # tensorboard is a dependency, but never fail a run over logging
-                self._tb = None
 
     def log(self, step: int, values: dict[str, Any], split: str = "train") -> dict[str, Any]:
         row = {"step": step, "split": split, "time": round(time.time(), 3)}
@@ -39,16 +42,25 @@ class MetricsLog:
                     for k, v in values.items()})
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
-        if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self._tb.add_scalar(f"{split}/{k}", v, step)
+        numbers = {f"{split}/{k}": float(v) for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if numbers:
+            for tracker in list(self._trackers):
+                try:
+                    tracker.log(step, numbers)
+                except Exception as e:  # a tracker never stops a run: metrics.jsonl has it all
+                    log.warning("%s failed (%s); the run goes on without it", tracker.name, e)
+                    self._trackers.remove(tracker)
         return row
 
     def close(self) -> None:
         self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            try:
+                tracker.close()
+            except Exception as e:
+                log.warning("%s failed to close its run (%s)", tracker.name, e)
+        self._trackers = []
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
