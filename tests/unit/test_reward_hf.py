@@ -161,3 +161,11 @@ def test_unmapped_encoder_is_a_clear_error(tmp_path):
     config = AutoConfig.for_model("modernbert")
     with pytest.raises(UserError, match="a modernbert encoder cannot be a reward-model backbone"):
         classifier_layout(config)
+
+
+def test_a_backbone_read_against_its_kind_is_a_clear_error(tiny_model_dir):
+    from alignkit.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--backbone encoder: a llama model reads text as a "
+                                        r"causal model does"):
+        RewardModel.create(str(tiny_model_dir), RewardSpec(backbone="encoder"))

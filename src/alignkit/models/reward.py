@@ -247,7 +247,13 @@ class RewardMember(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.kind = kind
-        self.layout = CAUSAL_LAYOUT if kind == "causal" else classifier_layout(backbone.config)
+        natural = backbone_kind(backbone.config)
+        if kind != natural:
+            model_type = getattr(backbone.config, "model_type", "?")
+            raise UserError(f"--backbone {kind}: a {model_type} model reads text as a {natural} "
+                            f"model does (its sequence classifier is one); use --backbone "
+                            f"{natural} or auto")
+        self.layout = classifier_layout(backbone.config)
         hidden = backbone.config.hidden_size
         if self.layout.pre not in (None, "pooler") and pre is None:
             pre = nn.Linear(hidden, hidden)
