@@ -989,6 +989,11 @@ class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
     uncertainty_penalty: Optional[float] = opt(None, "Override lambda of mean_minus_std.", ge=0)
     gold: bool = opt(True, "Score held-out samples with the gold scorer in the monitor "
                      "(simulated-annotator experiments).")
+    select_by: str = opt("lcb", "How best/ is chosen among the monitor's held-out readings: lcb "
+                         "(the reward ensemble's mean minus its members' spread: what a user "
+                         "without gold has), proxy (the optimised reward) or gold (the "
+                         "simulation's hidden scorer; needs --gold). With --gold on, the gold "
+                         "regret of the choice is logged.", ("lcb", "proxy", "gold"))
     # inf is allowed in the monitor's thresholds: it never warns
     kl_budget: float = opt(0.0, "Monitor: warn when held-out KL (nats per response) exceeds this "
                            "(0: no budget).", ge=0, inf=True)

@@ -186,8 +186,19 @@ def test_cli_with_reward_ensemble_monitor_and_gold(tiny_model_dir, tiny_reward_m
     for name in ("final", "best"):
         assert (out / name / "config.json").is_file()
         assert (out / name / "value_head.safetensors").is_file()
+        assert (out / name / "adapter" / "adapter_config.json").is_file()
+        assert "alignkit ppo" in (out / name / "README.md").read_text()
     assert (out / "config.yaml").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    # best/ by the ensemble's lower bound (mean - spread), scored against gold at the end
+    best = rows(out / "metrics.jsonl", "best")
+    lcb = {r["step"]: r["proxy_mean"] - r["proxy_std"] for r in evals}
+    assert best[-1]["best_by"] == "lcb" and best[-1]["step"] == 4
+    chosen = max(lcb, key=lcb.get)
+    assert best[-1]["selected_step"] == chosen
+    assert best[-1]["best_value"] == pytest.approx(lcb[chosen])
+    gold = {r["step"]: r["gold"] for r in evals}
+    assert best[-1]["selection_regret"] == pytest.approx(max(gold.values()) - gold[chosen])
 
 
 def test_cli_errors_are_clear(tiny_model_dir, tmp_path):

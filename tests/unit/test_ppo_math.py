@@ -278,10 +278,35 @@ def test_hacking_monitor_warnings():
     for proxy, gold in ((0.0, 1.0), (0.2, 0.9), (0.4, 0.8), (0.6, 0.7)):
         got = slow.check({**base, "proxy": proxy, "gold": gold})
     assert len(got) == 1 and "0.600) while gold fell (1.000 -> 0.700" in got[0]
-    # without a gold scorer the best checkpoint follows the proxy
+    # --select-by proxy: the best checkpoint follows the proxy
+    mon = HackingMonitor(None, PPOConfig(select_by="proxy"))
     assert mon.key == "proxy"
     assert mon.improved({"proxy": 1.0}) and not mon.improved({"proxy": 0.9})
     assert mon.improved({"proxy": 1.1}) and mon.best == 1.1
+
+
+def test_selection_by_the_ensemble_lower_bound_and_its_gold_regret():
+    from alignkit.config import PPOConfig
+    from alignkit.training.monitor import HackingMonitor
+
+    mon = HackingMonitor(None, PPOConfig())  # the default: what a user without gold has
+    assert mon.key == "lcb"
+    base = {"kl": 0.1, "response_length": 30.0, "entropy": 1.0, "gold_se": 0.0}
+    # (proxy_mean, proxy_std, gold): the proxy keeps rising, its members disagree more
+    readings = [(0.0, 0.1, 0.0), (0.8, 0.2, 0.9), (1.2, 0.3, 1.0), (1.6, 0.9, 0.4)]
+    chosen = []
+    for step, (mean, std, gold) in enumerate(readings):
+        row = {**base, "proxy": mean, "proxy_mean": mean, "proxy_std": std, "gold": gold}
+        mon.check({**row, "step": step})
+        chosen.append(mon.improved(row))
+    # lcb 0.6, 0.9 then 0.7: step 2 stays chosen although the proxy mean rose to 1.6
+    assert chosen == [True, True, True, False] and mon.best == pytest.approx(0.9)
+    assert mon.selection() == {"selected_step": 2, "gold_best_step": 2, "selected_gold": 1.0,
+                               "selection_regret": 0.0}
+    proxy = HackingMonitor(None, PPOConfig(select_by="proxy"))
+    proxy.history = mon.history
+    got = proxy.selection()  # the proxy would pick step 3: gold 0.4, 0.6 below the best
+    assert got["selected_step"] == 3 and got["selection_regret"] == pytest.approx(0.6)
 
 
 # Held-out monitor readings of a real over-optimised run (2026-11-23): SmolLM2 SFT policy, LoRA,

@@ -39,6 +39,9 @@ def check_flags(cfg: PPOConfig) -> None:
                         "--samples-per-prompt 2 or more")
     if cfg.ppo_epochs < 1 or cfg.batch_size < 1 or cfg.minibatch_size < 1:
         raise UserError("--ppo-epochs, --batch-size and --minibatch-size must be >= 1")
+    if cfg.select_by == "gold" and not cfg.gold:
+        raise UserError("--select-by gold needs the gold scorer (--gold); a run without it "
+                        "selects by lcb or proxy")
     if cfg.rollout_is_cap > 0 and cfg.rollout_engine != "vllm":
         raise UserError("--rollout-is-cap corrects for a rollout engine's numerics: it needs "
                         "--rollout-engine vllm")
@@ -116,13 +119,17 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         row = monitor.reading(step, parts, reference, reward_fn, tokenizer, device)
         if monitor.improved(row):
             save_trained_policy(trainer, parts, tokenizer, "best", keep_training=True)
-            trainer.log(step, {"best_by": monitor.key, "best_value": monitor.best}, split="best")
+            trainer.log(step, {"best_by": monitor.key, "best_value": monitor.best,
+                               **monitor.selection()}, split="best")
         if row["warnings"] and cfg.stop_on_hacking:
             trainer.stop("--stop-on-hacking")
         return row
 
     trainer.fit(train_step, run_monitor,
                 progress=lambda row: {"score": f"{row['score']:.2f}", "kl": f"{row['kl']:.2f}"})
+    if monitor is not None and monitor.best is not None:  # the choice against every reading
+        trainer.log(trainer.state.step, {"best_by": monitor.key, "best_value": monitor.best,
+                                         **monitor.selection()}, split="best")
     trainer.finish()
 
     # 8. Final policy (LoRA merged) + value head (first process); the monitor kept best/.

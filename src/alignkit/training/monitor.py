@@ -22,7 +22,10 @@ class HackingMonitor:
     """Held-out behaviour every ``--eval-every`` steps: proxy reward, gold score (when a gold
     scorer is on), KL to the reference, response length and entropy. Warns when the proxy rises
     while gold falls (over-optimisation, Gao et al. 2023), when KL passes its budget, or when
-    length or entropy drift past their limits; keeps the best checkpoint by gold (or proxy)."""
+    length or entropy drift past their limits; keeps the best checkpoint by ``--select-by``:
+    the ensemble's lower confidence bound (``lcb``: mean minus the members' spread, averaged
+    over prompts; a single reward model's spread is 0), the proxy, or gold. With gold on, each
+    choice is scored by its gold regret against the gold-best reading so far."""
 
     def __init__(self, prompts: Prompts | None, cfg, tokenizer=None, world: World = World(),
                  engine=None):
@@ -41,7 +44,28 @@ class HackingMonitor:
 
     @property
     def key(self) -> str:
-        return "gold" if self.gold is not None else "proxy"
+        return getattr(self.cfg, "select_by", "proxy")
+
+    def value(self, row: dict) -> float:
+        """The reading's selection score under ``key``."""
+        if self.key == "lcb":
+            return row.get("proxy_mean", row["proxy"]) - row.get("proxy_std", 0.0)
+        return row[self.key]
+
+    def selection(self) -> dict:
+        """The reading chosen so far and, with gold, its regret: the gold of the gold-best
+        reading minus the gold of the chosen one (0: the choice a user without gold makes is
+        the one gold would make)."""
+        readings = [r for r in self.history if self.key in ("lcb", "proxy") or "gold" in r]
+        if not readings:
+            return {}
+        chosen = max(readings, key=self.value)
+        out = {"selected_step": chosen.get("step")}
+        if all("gold" in r for r in readings):
+            best = max(readings, key=lambda r: r["gold"])
+            out.update(gold_best_step=best.get("step"), selected_gold=chosen["gold"],
+                       selection_regret=best["gold"] - chosen["gold"])
+        return out
 
     def measure(self, parts, reference, reward_fn, tokenizer, device: str) -> dict:
         cfg, p = self.cfg, self.prompts
@@ -93,7 +117,7 @@ class HackingMonitor:
         return warnings
 
     def improved(self, row: dict) -> bool:
-        value = row[self.key]
+        value = self.value(row)
         if self.best is None or value > self.best:
             self.best = value
             return True
