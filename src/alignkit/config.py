@@ -994,6 +994,10 @@ class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
                          "without gold has), proxy (the optimised reward) or gold (the "
                          "simulation's hidden scorer; needs --gold). With --gold on, the gold "
                          "regret of the choice is logged.", ("lcb", "proxy", "gold"))
+    forecast_margin: float = opt(0.8, "Monitor: fit Gao et al.'s RL over-optimisation form to "
+                                 "the held-out readings of the ensemble's lower bound and warn "
+                                 "once KL reaches this share of the KL where it is forecast to "
+                                 "peak (0: no forecast warning).", ge=0, le=1)
     # inf is allowed in the monitor's thresholds: it never warns
     kl_budget: float = opt(0.0, "Monitor: warn when held-out KL (nats per response) exceeds this "
                            "(0: no budget).", ge=0, inf=True)

@@ -29,7 +29,7 @@ ZERO_OK = {
     "min_entropy", "rpo_alpha", "sample_count", "max_std", "min_margin", "gold_scale",
     "max_prompts", "max_adversarial", "temperature", "judge_retries", "judge_rate", "port",
     "samples", "ppo_steps", "dpo_steps", "ppo_kl_coef", "max_tokens_per_micro_batch",
-    "vllm_max_model_len", "rollout_is_cap",
+    "vllm_max_model_len", "rollout_is_cap", "forecast_margin",
 }
 # temperature divides PPO's training logits, and greedy samples of one prompt are all the same
 # (no pair for online DPO); the demo's samples are answered before and after training

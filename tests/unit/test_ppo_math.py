@@ -340,6 +340,50 @@ def test_monitor_catches_the_recorded_over_optimised_run():
         assert any("while gold fell (1.861" in w and "since step 24" in w for w in warned[step])
 
 
+def test_forecast_warns_before_the_fitted_peak():
+    """Readings of the ensemble's lower bound on Gao et al.'s RL curve (alpha 1.2, beta 0.4:
+    peak at d = e^2, KL = e^4 = 54.6): the forecast finds the peak from the rising part alone and
+    warns once KL passes --forecast-margin (0.8) of it, before the curve turns."""
+    import math
+
+    from alignkit.config import PPOConfig
+    from alignkit.training.monitor import HackingMonitor
+
+    mon = HackingMonitor(None, PPOConfig())
+    warned = []
+    for step, d in enumerate((0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.7)):
+        lcb = d * (1.2 - 0.4 * math.log(d)) if d > 0 else 0.0
+        row = {"step": step, "proxy": lcb, "proxy_mean": lcb + 0.1, "proxy_std": 0.1,
+               "kl": d * d, "response_length": 30.0, "entropy": 1.0}
+        forecast = mon.forecast(row)
+        warned.append([w for w in mon.check(row) if "forecast" in w])
+    assert forecast["peak_kl"] == pytest.approx(math.e ** 4, rel=1e-6)
+    assert [bool(w) for w in warned] == [False] * 6 + [True]  # KL 44.9 >= 0.8 * 54.6
+    assert "forecast to peak at KL 54.60" in warned[-1][0]
+    off = HackingMonitor(None, PPOConfig(forecast_margin=0.0))  # 0: no forecast warning
+    off.history = mon.history[:-1]
+    assert off.forecast(row)["warn"] is False
+    assert not [w for w in off.check(row) if "forecast" in w]
+
+
+def test_forecast_on_the_recorded_single_reward_model_run_gives_no_early_warning():
+    """A limit, measured: with one reward model the proxy keeps rising past gold's peak
+    (step 24), so its fitted peak lies far beyond the run (KL ~6000 at step 24, ~136 at
+    step 32) and the forecast does not warn; the gold-drop check above is what catches it."""
+    from alignkit.config import PPOConfig
+    from alignkit.training.monitor import HackingMonitor
+
+    mon = HackingMonitor(None, PPOConfig(kl_coef=0.0))
+    peaks = {}
+    for step, proxy, gold, se, kl, length, entropy in OVER_OPTIMISED:
+        row = {"step": step, "proxy": proxy, "gold": gold, "gold_se": se, "kl": kl,
+               "response_length": length, "entropy": entropy}
+        forecast = mon.forecast(row)
+        peaks[step] = None if forecast is None else round(forecast["peak_kl"])
+        assert not [w for w in mon.check(row) if "forecast" in w]
+    assert peaks == {0: None, 8: None, 16: None, 24: 5997, 32: 136, 40: None, 48: None}
+
+
 def test_truncated_importance_weights_by_hand():
     """TIS (Yao et al. 2025): w = min(pi_old / pi_engine, C) on the mask, and the policy loss
     weighs each token by it."""

@@ -107,6 +107,15 @@ class HackingMonitor:
             if ratio > self.cfg.length_drift or ratio < 1 / self.cfg.length_drift:
                 warnings.append(f"mean response length drifted {ratio:.2f}x from its start "
                                 f"({base:.1f} -> {row['response_length']:.1f} tokens)")
+        forecast = self.forecast(row)
+        if forecast is not None:
+            row["forecast_peak_kl"] = forecast["peak_kl"]
+            if forecast["warn"]:
+                warnings.append(
+                    f"the ensemble's lower bound is forecast to peak at KL {forecast['peak_kl']:.2f} "
+                    f"(Gao et al.'s RL form fitted to {forecast['points']} readings, R^2 "
+                    f"{forecast['r2']:.2f}); KL is {row['kl']:.2f}: optimising further is "
+                    "predicted to cost gold")
         if self.cfg.kl_budget > 0 and row["kl"] > self.cfg.kl_budget:
             warnings.append(f"KL to the reference {row['kl']:.2f} exceeds the budget "
                             f"{self.cfg.kl_budget:.2f}")
@@ -115,6 +124,35 @@ class HackingMonitor:
                             f"{self.cfg.min_entropy}")
         self.history.append({k: v for k, v in row.items() if k != "samples"})
         return warnings
+
+    def forecast(self, row: dict) -> dict | None:
+        """Fit Gao et al.'s RL form, gain = d (alpha - beta log d) with d = sqrt(KL), to the
+        lower confidence bound of every reading so far (``lcb``, the stand-in for gold a user
+        has); once it predicts a peak, warn when KL reaches ``--forecast-margin`` of the peak's
+        KL, i.e. before the predicted downturn rather than after a measured one. None until three
+        readings away from the start fit with a peak."""
+        import torch
+
+        from alignkit.evaluation.scaling_laws import fit_gao
+
+        readings = [*self.history, row]
+        if len(readings) < 4 or any("proxy" not in r for r in readings):
+            return None
+        start = readings[0]
+        d = torch.tensor([max(r["kl"], 0.0) ** 0.5 for r in readings], dtype=torch.float64)
+        lcb = torch.tensor([r.get("proxy_mean", r["proxy"]) - r.get("proxy_std", 0.0)
+                            for r in readings], dtype=torch.float64)
+        gain = lcb - (start.get("proxy_mean", start["proxy"]) - start.get("proxy_std", 0.0))
+        try:
+            fit = fit_gao(d, gain, "rl")
+        except ValueError:  # the policy has not moved enough yet
+            return None
+        if fit.peak_d is None or fit.r2 < 0.5:
+            return None
+        peak_kl = fit.peak_d ** 2
+        margin = getattr(self.cfg, "forecast_margin", 0.8)
+        return {"peak_kl": peak_kl, "r2": fit.r2, "points": fit.points,
+                "warn": margin > 0 and row["kl"] >= margin * peak_kl}
 
     def improved(self, row: dict) -> bool:
         value = self.value(row)
