@@ -400,9 +400,10 @@ class RewardModel(nn.Module):
         config.problem_type = "regression"
         if self.spec.backbone == "causal":  # where the classifier reads: the last non-padding
             config.pad_token_id = self.tokenizer.pad_token_id
-        classifier = AutoModelForSequenceClassification.from_config(config)
-        state = {k: v for k, v in first.backbone.state_dict().items()}
-        missing, _ = classifier.base_model.load_state_dict(state, strict=False)
+        # fp32 as trained, whatever dtype the base model's config names
+        classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        missing, _ = classifier.base_model.load_state_dict(first.backbone.state_dict(),
+                                                           strict=False)
         if missing:
             raise RuntimeError(f"the sequence classifier's backbone lacks {missing[:3]}")
         layout = first.layout
