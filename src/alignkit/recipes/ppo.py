@@ -86,9 +86,8 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     # 5. The loop: optimiser and schedule over every optimiser step of the run; resume restores
     #    the KL controller, the monitor and the refitted reward normalisation too.
     normalisation = RewardNormalisation(reward_fn, cfg.reward_normalization == "reference")
-    state = {"kl_controller": kl_ctl, "reward_normalization": normalisation}
-    if monitor is not None:
-        state["monitor"] = monitor
+    state = {"kl_controller": kl_ctl, "reward_normalization": normalisation,
+             **({"monitor": monitor} if monitor is not None else {})}
     trainer = Trainer(run, parts, max(1, cfg.max_steps), name="ppo", counter="rollouts",
                       optimizer_steps_per_step=optimizer_steps_per_batch(cfg),
                       extra_state=state, checkpoint_at_end=True)
@@ -119,8 +118,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
         row = monitor.reading(step, parts, reference, reward_fn, tokenizer, device)
         if monitor.improved(row):
             save_trained_policy(trainer, parts, tokenizer, "best", keep_training=True)
-            trainer.log(step, {"best_by": monitor.key, "best_value": monitor.best,
-                               **monitor.selection()}, split="best")
+            trainer.log(step, monitor.best_row(), split="best")
         if row["warnings"] and cfg.stop_on_hacking:
             trainer.stop("--stop-on-hacking")
         return row
@@ -128,8 +126,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     trainer.fit(train_step, run_monitor,
                 progress=lambda row: {"score": f"{row['score']:.2f}", "kl": f"{row['kl']:.2f}"})
     if monitor is not None and monitor.best is not None:  # the choice against every reading
-        trainer.log(trainer.state.step, {"best_by": monitor.key, "best_value": monitor.best,
-                                         **monitor.selection()}, split="best")
+        trainer.log(trainer.state.step, monitor.best_row(), split="best")
     trainer.finish()
 
     # 8. Final policy (LoRA merged) + value head (first process); the monitor kept best/.

@@ -125,6 +125,11 @@ class HackingMonitor:
         self.history.append({k: v for k, v in row.items() if k != "samples"})
         return warnings
 
+    def best_row(self) -> dict:
+        """The ``best`` row of ``metrics.jsonl``: the criterion, its best value, the chosen
+        reading and, with gold, the choice's regret."""
+        return {"best_by": self.key, "best_value": self.best, **self.selection()}
+
     def forecast(self, row: dict) -> dict | None:
         """Fit Gao et al.'s RL form, gain = d (alpha - beta log d) with d = sqrt(KL), to the
         lower confidence bound of every reading so far (``lcb``, the stand-in for gold a user
