@@ -57,7 +57,7 @@ from alignkit.training.distributed import (gathered, init_world, no_sync, plain_
 from alignkit.utils.distributed import World, barrier, sum_across
 from alignkit.utils.logs import progress_bar
 from alignkit.utils.metrics import MetricsLog
-from alignkit.utils.trackers import TrackerError
+from alignkit.utils.trackers import TrackerError, check_installed, parse_report_to
 
 # what stages cache inside their output folder (recomputed when missing)
 OUTPUT_CACHES = ("reference_logps.pt", "reference_logps.pt.tmp")
@@ -129,6 +129,10 @@ def start_run(cfg, validate: Callable[[], None] | None = None) -> Run:
         # as the others; a token budget cuts each process's share its own way
         raise UserError("--max-tokens-per-micro-batch works with --distributed ddp (under fsdp "
                         "every process must run the same number of micro-batches)")
+    try:  # a tracker whose library is missing stops the run before any model loads
+        check_installed(parse_report_to(getattr(cfg, "report_to", "none")), Path(cfg.output))
+    except TrackerError as e:
+        raise UserError(str(e)) from None
     world, device = init_world(pick_device(cfg.device))
     output = prepare_output(cfg, write=world.is_main)
     if world.is_main:
