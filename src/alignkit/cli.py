@@ -16,7 +16,7 @@ from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, Annota
                              AnnotateTasksConfig, AnnotateUserConfig, BestOfNConfig,
                              CritiqueConfig, DemoConfig, DPOConfig, EvalConfig, LabelConfig,
                              OnlineDPOConfig, PPOConfig, ReportConfig, RewardConfig, ScoreConfig,
-                             ServeConfig, SFTConfig, TinyModelConfig, add_config_flags,
+                             ServeConfig, SFTConfig, StudyConfig, TinyModelConfig, add_config_flags,
                              build_config, closest)
 from alignkit.errors import UserError
 
@@ -53,6 +53,12 @@ STAGES = {
     "critique": (CritiqueConfig, "alignkit.recipes.critique:main",
                  "Constitutional AI: answer, critique against a principle, revise; the "
                  "revisions become SFT data."),
+    # `alignkit study <name>`, like annotate's verbs
+    "study-overoptimisation": (
+        StudyConfig, "alignkit.recipes.study:overoptimisation",
+        "Study: reward over-optimisation on the demo task (Gao et al. 2022, Coste et al. 2023): "
+        "single reward model vs ensembles (mean, WCO, UWO) at each label-noise level, "
+        "best-of-n and PPO, gold and proxy against sqrt(KL), fitted forms, plots."),
     "tiny-model": (TinyModelConfig, "alignkit.recipes.tiny:main",
                    "Write a tiny random Llama-style model folder (tests, benchmarks)."),
     # `alignkit annotate <verb>` is spelled with a space; main() joins the two words

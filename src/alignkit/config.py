@@ -986,7 +986,11 @@ class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
     combine: Optional[str] = opt(None, "Override how the reward ensemble combines: mean, min, "
                                  "mean_minus_std (uncertainty-weighted, Coste et al. 2023), "
                                  "mean_minus_var.")
-    uncertainty_penalty: Optional[float] = opt(None, "Override lambda of mean_minus_std.", ge=0)
+    uncertainty_penalty: Optional[float] = opt(None, "Override lambda of mean_minus_std / "
+                                               "mean_minus_var.", ge=0)
+    reward_members: Optional[int] = opt(None, "Score with the ensemble's first N members only "
+                                        "(1: one member alone, a single reward model; unset: "
+                                        "all).", ge=1)
     gold: bool = opt(True, "Score held-out samples with the gold scorer in the monitor "
                      "(simulated-annotator experiments).")
     select_by: str = opt("lcb", "How best/ is chosen among the monitor's held-out readings: lcb "
@@ -1040,6 +1044,17 @@ class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
     max_new_tokens: int = opt(48, "Longest sampled answer at evaluation.", ge=1)
     gold: bool = opt(True, "Score the sampled answers with the gold scorer (simulated-annotator "
                      "experiments).")
+    select_by: str = opt("none", "Keep best/: the checkpoint whose held-out answers "
+                         "(--sample-prompts, at each evaluation) score best by lcb (the "
+                         "--select-reward-model ensemble's mean minus its members' spread: what "
+                         "a user without gold has), proxy (that model's reward) or gold (the "
+                         "simulation's hidden scorer; needs --gold); none: final/ only. With "
+                         "--gold on, the gold regret of the choice is logged.",
+                         ("none", "lcb", "proxy", "gold"))
+    select_reward_model: Optional[str] = opt(None, "Reward-model folder that scores the held-out "
+                                             "answers for --select-by lcb / proxy (online DPO "
+                                             "with --labeler reward_model: its labeler when "
+                                             "unset).")
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     lr: float = opt(5e-7, "Peak learning rate (full fine-tuning; LoRA usually wants ~5e-5..5e-4).")
     batch_size: int = opt(8, "Prompts (whole comparison groups) per micro-batch.")
@@ -1168,8 +1183,10 @@ class DemoConfig(RolloutArgs):
                          "demo's prompts and sampled answers; prints the URL and sign-in tokens.")
     samples: int = opt(4, "Held-out prompts to answer before and after training.", ge=1)
     max_new_tokens: int = opt(48, "Length limit of the sampled answers (every stage).", ge=1)
-    compare_prompts: int = opt(32, "Held-out prompts on which base, SFT, PPO, DPO and best-of-n "
-                               "are compared (gold score, KL to SFT).", ge=1)
+    compare_prompts: int = opt(96, "Held-out prompts on which base, SFT, PPO, DPO and best-of-n "
+                               "are compared (gold score, its difference to SFT paired by "
+                               "prompt with its standard error, KL to SFT); 96: all the "
+                               "shipped held-out prompts.", ge=1)
     best_of: int = opt(4, "n of the best-of-n baseline (SFT samples, reward ensemble picks).",
                        ge=1)
     skip_ppo: bool = opt(False, "Leave out stage 3, PPO (as --ppo-steps 0 did).")
@@ -1253,6 +1270,151 @@ class DemoConfig(RolloutArgs):
                            warmup_steps=dpo_warmup, precision=self.precision, overwrite=True,
                            **run_wide),
         }
+
+
+@config
+class StudyConfig(Config):
+    """``alignkit study overoptimisation``: reward over-optimisation on the demo task, measured
+    against the hidden gold scorer (Gao et al. 2022; Coste et al. 2023). A single reward model
+    and ensembles combined as mean, worst case (WCO) and uncertainty-weighted (UWO), learned
+    from labels at each noise level; best-of-n for n = 1 ... --bon-n and PPO at each KL
+    coefficient; gold and proxy against sqrt(KL), Gao et al.'s forms fitted, the monitor's
+    forecast and checkpoint choice scored against gold; plots in the run report."""
+
+    FILLED = {
+        "sft": {"model": "--model", "output": "<output>/sft", "precision": "--precision",
+                "overwrite": "--overwrite", **_DEMO_RUN},
+        "reward": {"data": "the panel's rankings at each noise level, "
+                           "<output>/noise-<rate>/prefs.jsonl",
+                   "output": "<output>/noise-<rate>/reward", "overwrite": "always", **_DEMO_RUN},
+        "ppo": {"model": "--policy, or the SFT policy <output>/sft/final",
+                "reward_model": "the ensemble of each noise level",
+                "output": "<output>/noise-<rate>/ppo-<proxy>-kl<coef>",
+                "kl_coef": "each of the study's KL coefficients",
+                "combine": "each proxy's rule", "reward_members": "1 for the single proxy",
+                "uncertainty_penalty": "the study's UWO lambda",
+                "max_new_tokens": "--max-new-tokens",
+                "precision": "--precision", "overwrite": "always", **_DEMO_RUN},
+    }
+
+    policy: Optional[str] = opt(None, "Policy the study starts from (its candidates are labelled, "
+                                "best-of-n samples it, PPO trains it), e.g. runs/demo/sft/final. "
+                                "Unset: stage 1 of the demo (LoRA SFT on the shipped "
+                                "demonstrations) runs first, into <output>/sft.")
+    model: str = opt("default", "Model the SFT stage starts from when --policy is unset.")
+    output: str = opt("runs/study", "Output folder: config.yaml, sft/, noise-<rate>/ "
+                      "(prefs.jsonl, reward/, ppo-<proxy>-kl<coef>/), study.json, report/.")
+    seed: int = opt(42, "Seed of every part (sampling, the panel, initialisation).", **SEED)
+    device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
+    precision: str = opt("auto", "Numerics of the policies: auto, fp32, bf16.",
+                         ("auto", "fp32", "bf16"))
+    progress: bool = opt(True, "Show progress bars.")
+    overwrite: bool = opt(False, "Replace an earlier study's stage 1 in --output.")
+    quick: bool = opt(False, "A short version (fewer prompts, samples, members and steps): "
+                      "minutes instead of hours on a CPU.")
+    max_new_tokens: int = opt(48, "Length limit of every sampled answer.", ge=1)
+    label_noise: str = opt("0,0.25", "Label-noise levels, comma-separated: the share of the "
+                           "panel's pairwise labels flipped (each label is replaced by a random "
+                           "one with twice this probability), each in [0, 0.5].")
+    proxies: str = opt("single,mean,wco,uwo", "Proxies optimised, comma-separated: single (member "
+                       "0 of the ensemble alone), mean, wco (worst case: the members' minimum), "
+                       "uwo (mean - --uwo-lambda x the members' variance).")
+    uwo_lambda: float = opt(1.0, "lambda of the uncertainty-weighted proxy (reward units per "
+                            "unit of variance; member rewards are normalised to std 1).", ge=0)
+    bon_n: int = opt(64, "Largest n of best-of-n: n = 1, 2, 4, ... up to it, each computed "
+                     "exactly over every n-subset of --bon-n samples per prompt (0: no "
+                     "best-of-n).", ge=0)
+    bon_prompts: int = opt(32, "Held-out prompts best-of-n answers.", ge=1)
+    kl_coefs: str = opt("0.01,0.05", "KL coefficients of the PPO runs, comma-separated (empty: "
+                        "no PPO); one run per noise level, proxy and coefficient.")
+    ppo_label_noise: str = opt("", "The label-noise levels whose ensembles the PPO runs optimise, "
+                               "comma-separated, each one of --label-noise (empty: every "
+                               "level).")
+    label: DemoLabelConfig = field(
+        default_factory=DemoLabelConfig,
+        metadata={"help": "the policy's answers to training prompts, ranked by the simulated "
+                          "panel at each noise level"})
+    sft: SFTConfig = field(
+        default_factory=functools.partial(
+            SFTConfig, data="demo", lora=True, lr=1e-3, warmup_steps=4, max_steps=60,
+            eval_fraction=0.1, eval_every=20, save_every=20),
+        metadata={"help": "stage 1 when --policy is unset: LoRA SFT on the shipped "
+                          "demonstrations (the demo's)"})
+    reward: RewardConfig = field(
+        default_factory=functools.partial(
+            RewardConfig, model="minilm", ensemble=4, bootstrap=False, max_steps=40, lr=1e-4,
+            warmup_steps=2, eval_fraction=0.2, eval_every=0, save_every=0),
+        metadata={"help": "the MiniLM reward ensemble of each noise level (members differ by "
+                          "seed: initialisation and data order, as in Coste et al.)"})
+    ppo: PPOConfig = field(
+        default_factory=functools.partial(
+            PPOConfig, lora=True, lr=1e-3, batch_size=8, minibatch_size=4, ppo_epochs=2,
+            max_steps=24, eval_every=4, eval_prompts=32, save_every=0),
+        metadata={"help": "each PPO run (LoRA), its monitor reading held-out prompts every "
+                          "ppo.eval-every steps"})
+
+    def levels(self) -> list[float]:
+        return _float_list(self.label_noise, "--label-noise", 0.0, 0.5)
+
+    def ppo_levels(self) -> list[float]:
+        chosen = _float_list(self.ppo_label_noise, "--ppo-label-noise", 0.0, 0.5)
+        if any(level not in self.levels() for level in chosen):
+            raise UserError(f"--ppo-label-noise {self.ppo_label_noise!r}: each level must be one "
+                            f"of --label-noise {self.label_noise!r}")
+        return chosen or self.levels()
+
+    def coefficients(self) -> list[float]:
+        return _float_list(self.kl_coefs, "--kl-coefs", 0.0, math.inf)
+
+    def proxy_names(self) -> list[str]:
+        known = ("single", "mean", "wco", "uwo")
+        names = [p.strip() for p in self.proxies.split(",") if p.strip()]
+        bad = [p for p in names if p not in known]
+        if bad or not names:
+            raise UserError(f"--proxies {self.proxies!r}: choose from {', '.join(known)}")
+        if len(set(names)) != len(names):
+            raise UserError(f"--proxies {self.proxies!r}: a proxy is named twice")
+        return names
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.levels():
+            raise UserError("--label-noise: give at least one level (0 for clean labels)")
+        self.coefficients()
+        self.ppo_levels()
+        if self.reward.ensemble < 2 and any(p != "single" for p in self.proxy_names()):
+            raise UserError("--reward.ensemble 1 has no ensemble to combine: raise it, or "
+                            "--proxies single")
+
+    def shortened(self) -> "StudyConfig":
+        """``--quick``: a few prompts, samples, members and steps in every part."""
+        replace = dataclasses.replace
+        return replace(
+            self, bon_n=min(self.bon_n, 8), bon_prompts=min(self.bon_prompts, 8),
+            sft=replace(self.sft, max_steps=min(self.sft.max_steps, 8), eval_every=0,
+                        save_every=0, warmup_steps=min(self.sft.warmup_steps, 2)),
+            label=replace(self.label, prompts=min(self.label.prompts, 16)),
+            reward=replace(self.reward, ensemble=min(self.reward.ensemble, 2),
+                           max_steps=min(self.reward.max_steps, 4)),
+            ppo=replace(self.ppo, max_steps=min(self.ppo.max_steps, 2),
+                        batch_size=min(self.ppo.batch_size, 4),
+                        minibatch_size=min(self.ppo.minibatch_size, 2), eval_every=1,
+                        eval_prompts=min(self.ppo.eval_prompts, 4)),
+            kl_coefs=",".join(self.kl_coefs.split(",")[:1]))
+
+
+def _float_list(text: str, flag: str, low: float, high: float) -> list[float]:
+    """``"0,0.25"`` -> [0.0, 0.25], each in [low, high], none twice."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give numbers separated by commas") from None
+    bad = [v for v in values if not (math.isfinite(v) and low <= v <= high)]
+    if bad:
+        raise UserError(f"{flag} {text!r}: each value must be in [{low}, {high}]")
+    if len(set(values)) != len(values):
+        raise UserError(f"{flag} {text!r}: a value is given twice")
+    return values
 
 
 @config

@@ -29,7 +29,7 @@ ZERO_OK = {
     "min_entropy", "rpo_alpha", "sample_count", "max_std", "min_margin", "gold_scale",
     "max_prompts", "max_adversarial", "temperature", "judge_retries", "judge_rate", "port",
     "samples", "ppo_steps", "dpo_steps", "ppo_kl_coef", "max_tokens_per_micro_batch",
-    "vllm_max_model_len", "rollout_is_cap", "forecast_margin",
+    "vllm_max_model_len", "rollout_is_cap", "forecast_margin", "uwo_lambda", "bon_n",
 }
 # temperature divides PPO's training logits, and greedy samples of one prompt are all the same
 # (no pair for online DPO); the demo's samples are answered before and after training
@@ -71,7 +71,7 @@ def required_flags(stage: str) -> list[str]:
 
 def user_argv(stage: str) -> list[str]:
     """How a user types the stage: ``annotate-serve`` is ``annotate serve``."""
-    return stage.split("-", 1) if stage.startswith("annotate-") else [stage]
+    return stage.split("-", 1) if stage.startswith(("annotate-", "study-")) else [stage]
 
 
 def value_args(flag: str, text: str) -> list[str]:

@@ -212,6 +212,12 @@ EXPECTED_FLAGS = {
         '--config', '--help', '--hidden-size', '--intermediate-size', '--num-heads',
         '--num-layers', '--output', '--seed',
     ),
+    'study-overoptimisation': (
+        '--bon-n', '--bon-prompts', '--config', '--device', '--help', '--kl-coefs',
+        '--label-noise', '--max-new-tokens', '--model', '--no-overwrite', '--no-progress',
+        '--no-quick', '--output', '--overwrite', '--policy', '--ppo-label-noise', '--precision',
+        '--progress', '--proxies', '--quick', '--seed', '--uwo-lambda',
+    ),
     'annotate-serve': (
         '--admin-token-env', '--config', '--db', '--help', '--host', '--port',
     ),

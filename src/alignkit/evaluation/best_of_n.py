@@ -36,33 +36,51 @@ class BestOfN:
 
 
 @torch.no_grad()
-def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: SamplingConfig,
-              seed: int, device: str, precision: str = "auto", batch_size: int = 32,
-              world: World = World(), engine=None) -> BestOfN:
-    """n samples per prompt (sample j of prompt i draws from its own stream, seeded by
-    (``seed``, i, j): the same candidates whatever the batch, the caller's RNG untouched),
-    scored by ``reward_fn(prompts, responses) -> {"combined": (B,)}``; the argmax is kept.
+def sample_candidates(policy, tokenizer, prompts: Prompts, n: int, sampling: SamplingConfig,
+                      seed: int, device: str, precision: str = "auto", batch_size: int = 32,
+                      world: World = World(), engine=None, reward_fn=None,
+                      progress: str | None = None
+                      ) -> list[tuple[list[str], list[float] | None, list[bool]]]:
+    """n samples per prompt, sample j of prompt i drawn from its own stream seeded by (``seed``,
+    i, j): the same candidates whatever the batch, the caller's RNG untouched. One (answers,
+    rewards or None without ``reward_fn``, ended) triple per prompt, in prompt order.
 
-    Under torchrun (``world``) each process samples and scores its contiguous share of the
-    prompts, and every process gets the whole result in prompt order."""
+    Under torchrun (``world``) each process samples (and scores) its contiguous share of the
+    prompts, and every process gets the whole result. ``progress``: the description of a
+    progress bar on stderr over the answers (None: none; the first process's share)."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     mine = share(list(range(len(prompts.ids))), world)
-    part: list[tuple[list[str], list[float], list[bool]]] = []
+    part: list[tuple[list[str], list[float] | None, list[bool]]] = []
     if mine:
         ids = [prompts.ids[i] for i in mine for _ in range(n)]
         seeds = [row_seed(seed, i, j) for i in mine for j in range(n)]
         with autocast(device, precision):
             rollout = sample(policy, ids, tokenizer.pad_token_id, tokenizer.eos_token_id,
                              sampling, with_logprobs=False, batch_size=batch_size,
-                             row_seeds=seeds, engine=engine)
+                             row_seeds=seeds, engine=engine,
+                             progress=progress if world.is_main else None)
         answers = decode_responses(tokenizer, rollout)
-        texts = [prompts.texts[i] for i in mine for _ in range(n)]
-        rewards = reward_fn(texts, answers)["combined"].float().cpu().tolist()
+        rewards = None
+        if reward_fn is not None:
+            texts = [prompts.texts[i] for i in mine for _ in range(n)]
+            rewards = reward_fn(texts, answers)["combined"].float().cpu().tolist()
         ended = rollout.ended.cpu().tolist()
-        part = [(answers[p * n:(p + 1) * n], rewards[p * n:(p + 1) * n], ended[p * n:(p + 1) * n])
-                for p in range(len(mine))]
-    every = gather_shares(part, world)
+        part = [(answers[p * n:(p + 1) * n],
+                 None if rewards is None else rewards[p * n:(p + 1) * n],
+                 ended[p * n:(p + 1) * n]) for p in range(len(mine))]
+    return gather_shares(part, world)
+
+
+def best_of_n(policy, tokenizer, prompts: Prompts, reward_fn, n: int, sampling: SamplingConfig,
+              seed: int, device: str, precision: str = "auto", batch_size: int = 32,
+              world: World = World(), engine=None, progress: str | None = None) -> BestOfN:
+    """n samples per prompt (``sample_candidates``), scored by ``reward_fn(prompts, responses)
+    -> {"combined": (B,)}``; the argmax is kept. Under torchrun every process gets the whole
+    result in prompt order. ``progress``: the description of a progress bar over the n answers
+    per prompt (None: none)."""
+    every = sample_candidates(policy, tokenizer, prompts, n, sampling, seed, device, precision,
+                              batch_size, world, engine, reward_fn, progress)
     rewards_all = torch.tensor([r for _, r, _ in every], dtype=torch.float32).view(-1, n)
     return BestOfN([c for c, _, _ in every], rewards_all,
                    torch.tensor([e for _, _, e in every], dtype=torch.bool).view(-1, n),

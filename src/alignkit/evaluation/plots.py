@@ -209,3 +209,62 @@ def adversarial_plot(rates: dict[str, dict[str, float | None]]) -> Plot | None:
                "is better), share of unknowable questions answered with stated uncertainty "
                "(higher is better).")
     return Plot("adversarial", _png(fig), caption, [(xlabel, ylabel)])
+
+
+PROXY_COLOURS = {"single": "#cc0000", "mean": "#3465a4", "wco": "#4e9a06", "uwo": "#75507b"}
+
+
+def overoptimisation_plot(methods: dict[str, dict[str, list[list[dict]]]],
+                          fits: dict[str, dict[str, dict | None]], key: str, title: str,
+                          name: str) -> Plot | None:
+    """Gold (``key="gold"``, error bars: gold_se, dashed: the fitted Gao et al. form) or proxy
+    against ``d = sqrt(KL)``: one panel per method (best-of-n, PPO), one colour per proxy, one
+    line per run (``methods[method][proxy]`` is a list of runs, each a list of points with
+    ``d`` and ``key``)."""
+    import torch
+
+    from alignkit.evaluation.scaling_laws import gao_curve
+
+    panels = [(m, runs) for m, runs in methods.items()
+              if any(_finite(p.get(key)) for pts in runs.values() for run in pts for p in run)]
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels), 3.6)
+    labels = []
+    ylabel = {"gold": "gold score (gold units)",
+              "proxy": "proxy reward (each proxy's own reward units)"}[key]
+    xlabel = "sqrt(KL to the starting policy) (sqrt(nats))"
+    for ax, (method, by_proxy) in zip(axes, panels):
+        for proxy, runs in by_proxy.items():
+            colour = PROXY_COLOURS.get(proxy, "#555753")
+            for i, run in enumerate(runs):
+                pts = sorted((p for p in run if _finite(p.get(key)) and _finite(p.get("d"))),
+                             key=lambda p: p["d"])
+                err = [p.get("gold_se", 0.0) if key == "gold" else 0.0 for p in pts]
+                ax.errorbar([p["d"] for p in pts], [p[key] for p in pts], yerr=err, marker="o",
+                            ms=3, capsize=2, lw=1.0, color=colour, alpha=0.85,
+                            label=proxy if i == 0 else None)
+            fit = fits.get(method, {}).get(proxy)
+            if key == "gold" and fit:
+                top = max((p["d"] for run in runs for p in run if _finite(p.get("d"))),
+                          default=0.0)
+                d = torch.linspace(0.0, top, 50)
+                gain = gao_curve(d, fit["alpha"], fit["beta"], fit["form"])
+                ax.plot(d.tolist(), (fit["start_gold"] + gain).tolist(), "--", lw=0.9,
+                        color=colour)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        labels.append((xlabel, ylabel))
+    fig.suptitle(title, fontsize=10)
+    caption = (f"{title}. " + (
+        "Gold score of the optimised policy against sqrt(KL) to the starting policy (error "
+        "bars: +-1 standard error over prompts); dashed: Gao et al.'s form fitted to each "
+        "proxy's points (best-of-n: d (alpha - beta d); RL: d (alpha - beta log d)). A curve "
+        "that rises and then falls is over-optimisation of that proxy."
+        if key == "gold" else
+        "The proxy each policy optimised (its own reward units) against sqrt(KL): it keeps "
+        "rising where gold falls."))
+    return Plot(name, _png(fig), caption, labels)

@@ -136,6 +136,20 @@ def pct(value: Any) -> str:
         else "-"
 
 
+def paired_cells(name: str, row: dict) -> list[str]:
+    """A demo comparison row's gold difference to SFT (paired by prompt) ± its standard error,
+    and whether it is beyond noise, as two table cells ("-" where the summary has none)."""
+    diff, se = row.get("gold_diff_vs_sft"), row.get("gold_diff_se")
+    if not isinstance(diff, (int, float)):  # a summary of an earlier version
+        return ["-", "-"]
+    if name == "sft":
+        return ["(baseline)", "-"]
+    cell = f"{diff:+.3f}" + ("" if se is None else f" ± {fmt(se)}")
+    if not row.get("beyond_noise"):
+        return [cell, "no"]
+    return [cell, f"yes, {'higher' if diff > 0 else 'lower'}"]
+
+
 @dataclass
 class Heading:
     text: str
@@ -427,12 +441,79 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                                "RUN_DIR/eval; skipped)"))
     if demo and demo.get("policies"):
         parts.append(Heading("Demo comparison (held-out prompts)"))
-        parts.append(Table(["policy", "gold", "proxy", "KL to SFT (nats)", "length (tokens)",
-                            "ended"],
-                           [[n, fmt(r.get("gold")), fmt(r.get("proxy")), fmt(r.get("kl"), ".2f"),
-                             fmt(r.get("response_length"), ".1f"), pct(r.get("ended_fraction"))]
+        parts.append(Table(["policy", "gold", "gold − SFT ± paired s.e.", "beyond noise?",
+                            "proxy", "KL to SFT (nats)", "length (tokens)", "ended"],
+                           [[n, fmt(r.get("gold")), *paired_cells(n, r), fmt(r.get("proxy")),
+                             fmt(r.get("kl"), ".2f"), fmt(r.get("response_length"), ".1f"),
+                             pct(r.get("ended_fraction"))]
                             for n, r in demo["policies"].items()]))
+        if any("gold_diff_vs_sft" in r for r in demo["policies"].values()):
+            parts.append(Paragraph(
+                "gold − SFT: the mean of the per-prompt gold differences to the SFT policy (every "
+                "policy answered the same prompts with the same seed), ± their standard error; "
+                "beyond noise: |difference| ≥ 3 paired standard errors."))
     page.add("eval", "Evaluation", parts)
+
+
+def study_section(page: Page, study: dict) -> None:
+    """``alignkit study overoptimisation``'s numbers: per label-noise level, each proxy's
+    best-of-n and PPO curves in gold and proxy against sqrt(KL), the fitted forms, where gold
+    peaked, how early the forecast warned and what the non-gold checkpoint choice cost."""
+    parts: list[Block | None] = [Paragraph(
+        f"Starting policy {plain(study.get('policy'))}; best-of-n up to n = "
+        f"{plain(study.get('bon_n'))} on {plain(study.get('bon_prompts'))} held-out prompts "
+        f"(exact over every n-subset of the samples, KL in closed form); PPO at KL "
+        f"coefficients {', '.join(str(c) for c in study.get('kl_coefs', [])) or 'none'}; "
+        f"UWO lambda {plain(study.get('uwo_lambda'))}. Gold is the hidden scorer the simulated "
+        "panel labels by; 'fell': the last point is below the peak by more than one standard "
+        "error of the difference.")]
+    for rate, level in study.get("levels", {}).items():
+        labels, ev = level.get("labels", {}), level.get("reward_eval", {})
+        parts.append(Heading(f"Label noise {pct(float(rate))}",
+                             f"labels agree with gold {fmt(labels.get('gold_agreement'))}, "
+                             f"Bayes ceiling {fmt(labels.get('bayes_optimal'))}, ensemble "
+                             f"held-out accuracy {fmt(ev.get('accuracy'))}"))
+        bon, rl = level.get("bon", {}), level.get("ppo", {})
+        rows = []
+        for proxy in dict.fromkeys([*bon, *rl]):
+            b, r = bon.get(proxy), rl.get(proxy)
+            row = [proxy]
+            if b:
+                pk, fit = b["peak"], b.get("fit") or {}
+                row += [fmt(b.get("gold_pair_accuracy")),
+                        f"{fmt(b['curve'][0]['gold'])} → {fmt(pk['peak_gold'])} (KL "
+                        f"{fmt(pk['peak_kl'], '.2f')}) → {fmt(pk['last_gold'])}",
+                        "yes" if pk["fell"] else "no", fmt(fit.get("r2"), ".2f")]
+            else:
+                row += ["-"] * 4
+            if r:
+                for run in r["runs"]:
+                    pk, fc, sel = run["peak"], run["forecast"], run.get("selection", {})
+                    rows.append(row + [
+                        plain(run["kl_coef"]),
+                        f"{fmt(run['readings'][0]['gold'])} → {fmt(pk['peak_gold'])} (KL "
+                        f"{fmt(pk['peak_kl'], '.2f')}) → {fmt(pk['last_gold'])} (KL "
+                        f"{fmt(pk['last_kl'], '.2f')})", "yes" if pk["fell"] else "no",
+                        fmt((r.get("fit") or {}).get("r2"), ".2f"),
+                        "-" if fc["warn_step"] is None else
+                        f"step {fc['warn_step']} (gold peak {fc['gold_peak_step']})",
+                        fmt(sel.get("selection_regret"))])
+                    row = [proxy] + [""] * 4
+            else:
+                rows.append(row + ["-"] * 6)
+        parts.append(Table(["proxy", "BoN: proxy's pair accuracy vs gold",
+                            "BoN gold: n=1 → peak → largest n", "BoN fell", "BoN form R²",
+                            "PPO KL coef", "PPO gold: start → peak → last", "PPO fell",
+                            "RL form R²", "forecast warned", "LCB choice's gold regret"], rows))
+        methods = {"best-of-n": {p: [v["curve"]] for p, v in bon.items()},
+                   "PPO": {p: [run["readings"] for run in v["runs"]] for p, v in rl.items()}}
+        fits = {"best-of-n": {p: v.get("fit") for p, v in bon.items()},
+                "PPO": {p: v.get("fit") for p, v in rl.items()}}
+        for key in ("gold", "proxy"):
+            parts.append(page.figure(plots.overoptimisation_plot(
+                methods, fits, key, f"label noise {pct(float(rate))}: {key} against sqrt(KL)",
+                f"study-noise-{rate}-{key}")))
+    page.add("study", "Reward over-optimisation study", parts)
 
 
 def samples_section(page: Page, run_dir: Path, stages: list[Stage], eval_path: Path | None,
@@ -514,6 +595,9 @@ def build_report(run_dir: str | Path, output: str | Path | None = None,
     demo = _load_json(find_file(run, "demo_summary.json"), page)
     early_notes = list(page.notes)
 
+    study = _load_json(find_file(run, "study.json"), page)
+    if study:
+        study_section(page, study)
     curves_section(page, stages)
     monitor_section(page, stages)
     frontier_section(page, run, frontier, evaluation, demo)

@@ -28,7 +28,7 @@ rankings) or with ``[chosen, rejected]`` (for pairs), kept for analysis only.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -37,7 +37,7 @@ from alignkit.errors import UserError
 
 __all__ = ["Annotator", "PanelConfig", "SimulatedPanel", "DEFAULT_ANNOTATORS", "sigmoid",
            "compared_pairs", "pair_correct_probabilities", "bayes_optimal_accuracy",
-           "gold_agreement", "agreement_report"]
+           "gold_agreement", "agreement_report", "with_label_noise"]
 
 
 def sigmoid(x: float) -> float:
@@ -104,6 +104,21 @@ DEFAULT_ANNOTATORS = (
     Annotator("sim-3", temperature=1.5),
     Annotator("sim-careless", temperature=0.75, careless_rate=0.3),
 )
+
+
+def with_label_noise(annotators: Sequence[Annotator], flip_rate: float) -> list[Annotator]:
+    """The annotators with extra label noise: each label they give is replaced by a uniformly
+    random one with probability ``2 * flip_rate``, which flips a pairwise preference with
+    probability ``flip_rate`` (Coste et al. 2023's "25% label noise" is ``flip_rate=0.25``);
+    a random ranking likewise reverses each of its pairs with probability one half. Folded
+    into the careless rate: ``1 - (1 - c) * (1 - 2 * flip_rate)``."""
+    if not 0.0 <= flip_rate <= 0.5:
+        raise UserError(f"label noise (a flip rate) must be in [0, 0.5], got {flip_rate}")
+    if flip_rate == 0:  # exactly the given panel (no rounding of the careless rates)
+        return list(annotators)
+    keep = 1.0 - 2.0 * flip_rate
+    return [replace(a, careless_rate=1.0 - (1.0 - a.careless_rate) * keep)
+            for a in annotators]
 
 
 class PanelError(UserError):

@@ -609,7 +609,9 @@ class RewardFunction:
     and std for the logs."""
 
     def __init__(self, path: str | None, device: str, combine: str | None = None,
-                 uncertainty_penalty: float | None = None):
+                 uncertainty_penalty: float | None = None, members: int | None = None):
+        """``members``: score with the ensemble's first ``members`` members only (1: a single
+        reward model out of an ensemble, as in Coste et al.'s comparison)."""
         if not path or not Path(path).is_dir():
             raise UserError(f"--reward-model {path!r}: not a reward-model folder (train one with "
                             "alignkit reward, or run alignkit demo)")
@@ -618,9 +620,15 @@ class RewardFunction:
             self.model.spec.combine = combine
         if uncertainty_penalty is not None:
             self.model.spec.lam = uncertainty_penalty
+        if members is not None and not 1 <= members <= self.model.spec.members:
+            raise UserError(f"{path}: has {self.model.spec.members} members; cannot score with "
+                            f"{members}")
+        self.members = members
 
     def __call__(self, prompts: list, responses: list[str]) -> dict[str, torch.Tensor]:
         s = self.model.score(prompts, responses)
+        if self.members is not None and self.members < s.per_member.shape[0]:
+            s = self.model.combine(s.members[:self.members])
         return {"combined": s.combined.float(), "mean": s.mean.float(), "std": s.std.float()}
 
 

@@ -26,10 +26,12 @@ from alignkit.data.preferences import load_preference_groups, split_groups
 from alignkit.errors import UserError
 from alignkit.training.engine import Trainer, start_run, steps_for_epochs
 from alignkit.models.lora import is_lora
+from alignkit.models.reward import RewardFunction
 from alignkit.training.policy import load_policy
 from alignkit.training.preference import (PolicySampler, cached_reference, drop_empty_pairs,
                                           drop_ties, evaluate_pairs, make_batch,
                                           preference_step)
+from alignkit.training.selection import best_checkpoint, check_selection
 
 log = logging.getLogger("alignkit.dpo")
 
@@ -45,6 +47,7 @@ def check_flags(cfg: DPOConfig) -> None:
         raise UserError("--label-smoothing must be in [0, 0.5]")
     if cfg.label_smoothing and cfg.loss in ("ipo", "hinge"):
         raise UserError(f"--label-smoothing does not apply to --loss {cfg.loss}")
+    check_selection(cfg, scored=bool(cfg.select_reward_model))
 
 
 def load_pairs(cfg: DPOConfig, tokenizer):
@@ -96,7 +99,8 @@ def main(cfg: DPOConfig) -> dict:
     # 3. Data: validated, tokenised per prompt group, split by prompt. The --sample-prompts file
     #    is data too: checked before the reference log-probs are computed.
     train, heldout, skipped = load_pairs(cfg, tokenizer)
-    sampler = (PolicySampler(model, tokenizer, cfg, device, world=run.world)
+    proxy = RewardFunction(cfg.select_reward_model, device) if cfg.select_reward_model else None
+    sampler = (PolicySampler(model, tokenizer, cfg, device, reward_fn=proxy, world=run.world)
                if cfg.sample_prompts else None)
 
     # 4. Reference log-probs, once, before any update (cached for a resumed run; under torchrun
@@ -107,6 +111,7 @@ def main(cfg: DPOConfig) -> dict:
 
     # 5. The loop: optimiser, schedule, resume; the data position is a function of the step.
     trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="dpo", counter="pairs")
+    chooser = best_checkpoint(cfg, trainer, tokenizer)  # --select-by: best/ among evaluations
     trainer.resume()
     trainer.log_setup({"train_prompts": len(train), "heldout_prompts": len(heldout),
                        "train_pairs": sum(len(g.pairs) for g in train),
@@ -125,14 +130,21 @@ def main(cfg: DPOConfig) -> dict:
 
     def evaluate(step: int) -> dict:
         row = evaluate_pairs(model, heldout, ref_heldout, cfg, pad_id, device) if heldout else {}
-        return {**row, **(sampler.measure(model) if sampler is not None else {})}
+        row.update(sampler.measure(model) if sampler is not None else {})
+        if chooser is not None:
+            chooser(step, row)
+        return row
 
     trainer.fit(train_step, evaluate,
                 progress=lambda row: {"loss": f"{row['loss']:.3f}",
                                       "acc": f"{row['reward_accuracy']:.2f}"})
+    if chooser is not None and chooser.readings:  # the choice against every evaluation
+        trainer.log(trainer.state.step, chooser.best_row(), split="best")
     trainer.finish()
 
-    # 7. The plain HF model folder (LoRA merged in).
+    # 7. The plain HF model folder (LoRA merged in); best/ when --select-by kept one.
     final, plain = trainer.save_final(tokenizer)
+    best = run.output / "best"
     return {"final": final, "model": plain, "tokenizer": tokenizer,
+            "best": best if chooser is not None and best.exists() else None,
             "eval": trainer.eval_history, "metrics": run.output / "metrics.jsonl"}

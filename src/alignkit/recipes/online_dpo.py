@@ -34,11 +34,13 @@ from alignkit.data.mixture import Draw
 from alignkit.data.prompts import load_prompts
 from alignkit.data.sft import stream_batch_indices
 from alignkit.errors import UserError
+from alignkit.models.reward import RewardFunction
 from alignkit.training.engine import Trainer, start_run
 from alignkit.training.online import Labeler, online_round, step_share
 from alignkit.training.policy import frozen_reference, load_policy, reference_mode
 from alignkit.training.preference import PolicySampler, preference_step, reference_logps
 from alignkit.training.rollout import rollout_engine
+from alignkit.training.selection import best_checkpoint, check_selection
 
 
 def check_flags(cfg: OnlineDPOConfig) -> None:
@@ -50,6 +52,7 @@ def check_flags(cfg: OnlineDPOConfig) -> None:
         raise UserError(f"--beta must be > 0, got {cfg.beta}")
     if cfg.reference_free:
         raise UserError("online DPO keeps the reference (drop --reference-free)")
+    check_selection(cfg, scored=bool(cfg.select_reward_model) or cfg.labeler == "reward_model")
 
 
 def rounds_of(cfg: OnlineDPOConfig) -> int:
@@ -73,8 +76,9 @@ def main(cfg: OnlineDPOConfig) -> dict:
     sampler = (PolicySampler(model, tokenizer, cfg, device, None, reference, world=run.world)
                if cfg.sample_prompts else None)
     labeler = Labeler(cfg, tokenizer, device)
-    if sampler is not None and cfg.labeler == "reward_model":
-        sampler.reward_fn = labeler.reward
+    if sampler is not None:  # the held-out answers' proxy: --select-reward-model or the labeler
+        sampler.reward_fn = (RewardFunction(cfg.select_reward_model, device) if
+                             cfg.select_reward_model else getattr(labeler, "reward", None))
     engine = rollout_engine(cfg, model)  # --rollout-engine vllm: it takes each round's weights
     if sampler is not None:
         sampler.engine = engine
@@ -84,6 +88,7 @@ def main(cfg: OnlineDPOConfig) -> dict:
     per_round = cfg.dpo_epochs * -(-cfg.prompts_per_round // cfg.batch_size)
     trainer = Trainer(run, model, rounds_of(cfg), name="online-dpo", counter="pairs",
                       optimizer_steps_per_step=per_round)
+    chooser = best_checkpoint(cfg, trainer, tokenizer)  # --select-by: best/ among evaluations
     trainer.resume()
     trainer.hold_frozen(reference)  # under FSDP the reference copy is sharded too
     trainer.log_setup({"train_prompts": len(prompts.ids), "labeler": cfg.labeler,
@@ -119,14 +124,23 @@ def main(cfg: OnlineDPOConfig) -> dict:
         row["round_s"] = time.time() - t0
         return row
 
-    trainer.fit(train_round,
-                evaluate=lambda r: sampler.measure(model) if sampler is not None else None,
+    def evaluate(r: int) -> dict | None:
+        row = sampler.measure(model) if sampler is not None else None
+        if chooser is not None and row is not None:
+            chooser(r, row)
+        return row
+
+    trainer.fit(train_round, evaluate,
                 progress=lambda row: {"reward": f"{row['sample_reward']:.2f}",
                                       "pairs": row["pairs"]})
+    if chooser is not None and chooser.readings:  # the choice against every evaluation
+        trainer.log(trainer.state.step, chooser.best_row(), split="best")
     trainer.finish()
 
-    # 6. The plain HF model folder (LoRA merged in).
+    # 6. The plain HF model folder (LoRA merged in); best/ when --select-by kept one.
     final, plain = trainer.save_final(tokenizer)
+    best = run.output / "best"
     return {"final": final, "model": plain, "eval": trainer.eval_history,
+            "best": best if chooser is not None and best.exists() else None,
             "metrics": run.output / "metrics.jsonl",
             "pairs_seen": trainer.state.counters["pairs_seen"]}

@@ -69,7 +69,7 @@ def main(cfg: PPOConfig, reward_fn=None) -> dict:
     # 3. Prompts (train, held-out), the reward function, the KL controller.
     train, heldout = load_prompt_sets(cfg, tokenizer)  # held-out: None without --eval-data
     reward_fn = reward_fn or RewardFunction(cfg.reward_model, device, cfg.combine,
-                                            cfg.uncertainty_penalty)
+                                            cfg.uncertainty_penalty, cfg.reward_members)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else rl.FixedKLController(cfg.kl_coef))
     engine = rollout_engine(cfg, policy)  # --rollout-engine vllm: it follows every update

@@ -553,18 +553,26 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
 
-    def save_final(self, tokenizer, name: str = "final"):
+    def save_final(self, tokenizer, name: str = "final", keep_training: bool = False):
         """The plain Hugging Face folder ``<output>/<name>`` (LoRA merged in), written once by
         the first process from the full weights; returns (folder, the plain model; under FSDP
-        a copy on the CPU)."""
+        a copy on the CPU). ``keep_training`` (a ``best/`` written mid-run): a LoRA model's
+        adapters are merged into a copy, so the live ones keep training."""
+        was_training = self.model.training
         self.model.eval()
         model = self.full_model()
         if not self.run.is_main:
+            self.model.train(was_training and keep_training)
             return self.output / name, self.model
+        if keep_training and is_lora(model) and model is self.model:
+            import copy
+
+            model = copy.deepcopy(model)
         model.eval()
         final, plain = ckpt.save_final(self.output, model, tokenizer, name=name,
                                        card=self.model_card(is_lora(model)))
         self.log_to.info("saved %s", final)
+        self.model.train(was_training and keep_training)
         return final, plain
 
     def model_card(self, adapter: bool) -> str:

@@ -13,6 +13,7 @@ from alignkit.data.prompts import Prompts
 from alignkit.evaluation.policy import measure_policy
 from alignkit.training.ppo import reference_logprobs
 from alignkit.training.rollout import sampling_config
+from alignkit.training.selection import selection_summary, selection_value
 from alignkit.utils.distributed import World
 
 log = logging.getLogger("alignkit.ppo")
@@ -48,24 +49,13 @@ class HackingMonitor:
 
     def value(self, row: dict) -> float:
         """The reading's selection score under ``key``."""
-        if self.key == "lcb":
-            return row.get("proxy_mean", row["proxy"]) - row.get("proxy_std", 0.0)
-        return row[self.key]
+        return selection_value(row, self.key)
 
     def selection(self) -> dict:
         """The reading chosen so far and, with gold, its regret: the gold of the gold-best
         reading minus the gold of the chosen one (0: the choice a user without gold makes is
         the one gold would make)."""
-        readings = [r for r in self.history if self.key in ("lcb", "proxy") or "gold" in r]
-        if not readings:
-            return {}
-        chosen = max(readings, key=self.value)
-        out = {"selected_step": chosen.get("step")}
-        if all("gold" in r for r in readings):
-            best = max(readings, key=lambda r: r["gold"])
-            out.update(gold_best_step=best.get("step"), selected_gold=chosen["gold"],
-                       selection_regret=best["gold"] - chosen["gold"])
-        return out
+        return selection_summary(self.history, self.key)
 
     def measure(self, parts, reference, reward_fn, tokenizer, device: str) -> dict:
         cfg, p = self.cfg, self.prompts

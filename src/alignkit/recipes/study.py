@@ -1,0 +1,244 @@
+"""``alignkit study overoptimisation``: reward over-optimisation on the demo task, measured.
+
+Gao et al. (2022) showed that optimising a learned reward model (the proxy) raises the true
+reward (gold) only up to a point, with curves of a known shape in ``d = sqrt(KL)``; Coste et al.
+(2023) showed that reward-model ensembles optimised by their worst case (WCO) or by their mean
+less their disagreement (UWO) push that point out, especially with noisy labels. This pipeline
+runs both experiments with the simulated panel and the hidden gold scorer that stand in for
+people: the starting policy's answers to training prompts are ranked at each label-noise
+level; a MiniLM ensemble learns from each level's rankings; then best-of-n (n = 1 ... --bon-n,
+exact over every n-subset of the samples) and PPO at each KL coefficient optimise each proxy
+(member 0 alone, the mean, WCO, UWO), and gold and proxy are read against ``sqrt(KL)``.
+
+It drives the stage recipes like the demo does (sft, reward, ppo, each with its own config,
+saved beside its outputs); the numbers are ``alignkit.evaluation.overoptimisation``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from alignkit.config import StudyConfig, save_config
+from alignkit.evaluation.overoptimisation import (PROXIES, best_of_n_curve, combined_proxy,
+                                                  default_ns, fit_curve, forecast_lead,
+                                                  pairwise_gold_accuracy, peak_and_fall,
+                                                  rl_points)
+from alignkit.recipes import ppo, reward, sft
+from alignkit.utils.logs import log
+
+
+def noise_folder(root: Path, rate: float) -> Path:
+    return root / f"noise-{rate:g}"
+
+
+def ppo_folder(root: Path, rate: float, proxy: str, coef: float) -> Path:
+    return noise_folder(root, rate) / f"ppo-{proxy}-kl{coef:g}"
+
+
+def sample_candidates_for_labels(cfg: StudyConfig, policy, tokenizer) -> list[dict]:
+    """K answers per training prompt, sampled once and ranked at every noise level."""
+    from alignkit.data.prompts import read_prompts
+    from alignkit.generation.responses import sample_responses
+
+    items = read_prompts("demo-prompts", cfg.label.prompts)
+    sample_responses(policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
+                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed)
+    return items
+
+
+def label_at_noise(cfg: StudyConfig, items: list[dict], scorer, rate: float,
+                   path: Path) -> dict:
+    """The simulated panel ranks the candidates with ``rate`` of its pairwise labels flipped;
+    returns the agreement report (agreement with gold, the Bayes-optimal ceiling)."""
+    from alignkit.feedback.labelling import label_items, write_labels
+    from alignkit.feedback.simulated import (DEFAULT_ANNOTATORS, SimulatedPanel,
+                                             with_label_noise)
+
+    panel = SimulatedPanel(with_label_noise(DEFAULT_ANNOTATORS, rate), seed=cfg.seed,
+                           gold_scale=cfg.label.gold_scale, scorer=scorer)
+    records = label_items(items, scorer, panel, cfg.label.labels_per_prompt)
+    return write_labels(records, path, panel)
+
+
+def best_of_n_samples(cfg: StudyConfig, policy, tokenizer, scorer, device: str) -> dict:
+    """--bon-n answers to each of --bon-prompts held-out prompts and their gold scores."""
+    from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.best_of_n import sample_candidates
+    from alignkit.generation.sampler import SamplingConfig
+
+    prompts = load_prompts("demo-prompts-heldout", tokenizer)
+    count = min(cfg.bon_prompts, len(prompts.ids))
+    prompts = dataclasses.replace(prompts, texts=prompts.texts[:count], ids=prompts.ids[:count],
+                                  categories=prompts.categories[:count])
+    every = sample_candidates(policy, tokenizer, prompts, cfg.bon_n,
+                              SamplingConfig(cfg.max_new_tokens, 1.0), cfg.seed + 1, device,
+                              cfg.precision)
+    texts = [t for t in prompts.texts for _ in range(cfg.bon_n)]
+    answers = [a for answers, _, _ in every for a in answers]
+    ended = [e for _, _, flags in every for e in flags]
+    gold = scorer.score(texts, answers, [c for c in prompts.categories for _ in range(cfg.bon_n)],
+                        ended)
+    return {"texts": texts, "answers": answers,
+            "gold": torch.tensor(gold, dtype=torch.float64).view(count, cfg.bon_n)}
+
+
+def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device: str) -> dict:
+    """Every proxy's best-of-n curve over the samples, its fit of Gao et al.'s BoN form, where
+    gold peaked, and how often the proxy orders two answers as gold does."""
+    from alignkit.models.reward import RewardModel
+
+    gold = samples["gold"]
+    members = RewardModel.load(str(reward_final), device).score(
+        samples["texts"], samples["answers"]).per_member.float().cpu()
+    out = {}
+    for proxy in cfg.proxy_names():
+        scores = combined_proxy(members, proxy, cfg.uwo_lambda).view_as(gold)
+        curve = best_of_n_curve(scores, gold, default_ns(cfg.bon_n))
+        out[proxy] = {"curve": curve, "fit": fit_curve(curve, "bon"),
+                      "peak": peak_and_fall(curve),
+                      "gold_pair_accuracy": pairwise_gold_accuracy(scores, gold)}
+    return out
+
+
+def ppo_study(cfg: StudyConfig, policy: str, rate: float, reward_final: Path,
+              root: Path) -> dict:
+    """One PPO run per proxy and KL coefficient: its held-out readings, where gold peaked, how
+    early the forecast warned, the checkpoint the lower confidence bound chose and its gold
+    regret; then Gao et al.'s RL form fitted to each proxy's readings of every run."""
+    out = {}
+    for proxy in cfg.proxy_names():
+        runs, points = [], []
+        for coef in cfg.coefficients():
+            folder = ppo_folder(root, rate, proxy, coef)
+            run_cfg = dataclasses.replace(
+                cfg.ppo, model=policy, reward_model=str(reward_final), output=str(folder),
+                kl_coef=coef, combine=PROXIES[proxy] or "mean",
+                uncertainty_penalty=cfg.uwo_lambda,
+                reward_members=1 if proxy == "single" else None,
+                max_new_tokens=cfg.max_new_tokens, precision=cfg.precision, overwrite=True,
+                seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+            run_cfg.validate()
+            result = ppo.main(run_cfg)
+            readings = rl_points(result["monitor"])
+            best = [json.loads(line) for line in result["metrics"].read_text().splitlines()
+                    if '"best"' in line]
+            runs.append({"kl_coef": coef, "folder": str(folder), "readings": readings,
+                         "peak": peak_and_fall(readings),
+                         "forecast": forecast_lead(result["monitor"], run_cfg.forecast_margin),
+                         "selection": {k: best[-1].get(k) for k in (
+                             "best_by", "selected_step", "gold_best_step", "selected_gold",
+                             "selection_regret")} if best else {}})
+            points += readings
+        out[proxy] = {"runs": runs, "fit": fit_curve(points, "rl")}
+    return out
+
+
+def print_level(rate: float, level: dict) -> None:
+    """One noise level's table, printed (and flushed) as soon as it is measured."""
+    labels = level["labels"]
+    print(f"\nlabel noise {rate:.0%}: labels agree with gold {labels['gold_agreement']:.3f}"
+          f" (Bayes ceiling {labels['bayes_optimal']:.3f}); ensemble held-out accuracy "
+          f"{level['reward_eval'].get('accuracy', float('nan')):.3f}", flush=True)
+    print(f"  {'proxy':<7} {'pair acc':>8} | {'BoN gold n=1 -> peak (n) -> last':>34} "
+          f"{'fell':>5} {'R2':>5} | {'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} "
+          f"{'R2':>5} {'lead':>5} {'regret':>6}", flush=True)
+    for proxy in level.get("bon", {}) or level.get("ppo", {}):
+        bon, rl = level.get("bon", {}).get(proxy), level.get("ppo", {}).get(proxy)
+        cells = [f"  {proxy:<7}"]
+        if bon:
+            c, pk = bon["curve"], bon["peak"]
+            peak_n = max(c, key=lambda p: p["gold"])["n"]
+            r2 = bon["fit"]["r2"] if bon["fit"] else float("nan")
+            cells.append(f"{bon['gold_pair_accuracy']:>8.3f} | {c[0]['gold']:>9.3f} -> "
+                         f"{pk['peak_gold']:.3f} ({peak_n:>2}) -> {pk['last_gold']:.3f}   "
+                         f"{'yes' if pk['fell'] else 'no':>5} {r2:>5.2f} |")
+        else:
+            cells.append(f"{'':>8} | {'':>34} {'':>5} {'':>5} |")
+        if rl:
+            run = max(rl["runs"], key=lambda r: r["readings"][-1]["kl"])
+            pk, first = run["peak"], run["readings"][0]
+            r2 = rl["fit"]["r2"] if rl["fit"] else float("nan")
+            lead = run["forecast"]["lead_steps"]
+            regret = run["selection"].get("selection_regret")
+            cells.append(f"{first['gold']:>9.3f} -> {pk['peak_gold']:.3f} ({pk['peak_kl']:>5.2f})"
+                         f" -> {pk['last_gold']:.3f}  {'yes' if pk['fell'] else 'no':>5} "
+                         f"{r2:>5.2f} {'-' if lead is None else lead:>5} "
+                         f"{'-' if regret is None else f'{regret:.3f}':>6}")
+        print(" ".join(cells), flush=True)
+
+
+def overoptimisation(cfg: StudyConfig) -> dict:
+    from alignkit.judges.gold import GoldScorer
+    from alignkit.models.loading import load_model_and_tokenizer, pick_device
+
+    started = time.time()
+    # 1. Flags; --quick shortens every part; the study's folder.
+    cfg.validate()
+    given, cfg = cfg, cfg.shortened() if cfg.quick else cfg
+    root = Path(cfg.output)
+
+    # 2. The starting policy: --policy, or the demo's stage 1 (LoRA SFT) into <output>/sft.
+    policy_path = cfg.policy
+    if policy_path is None:
+        stage1 = dataclasses.replace(cfg.sft, model=cfg.model, output=str(root / "sft"),
+                                     precision=cfg.precision, overwrite=cfg.overwrite,
+                                     seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+        stage1.validate()
+        policy_path = str(sft.main(stage1).final)
+    save_config(given, root)
+    device = pick_device(cfg.device)
+    policy, tokenizer = load_model_and_tokenizer(policy_path, device)
+    policy.eval()
+    scorer = GoldScorer(token_counter=tokenizer)
+
+    # 3. Candidates to label (training prompts) and best-of-n samples (held-out prompts), drawn
+    #    once from the starting policy and shared by every noise level and proxy.
+    log.info("study: sampling %d answers to each of %d training prompts", cfg.label.num_responses,
+             cfg.label.prompts)
+    items = sample_candidates_for_labels(cfg, policy, tokenizer)
+    samples = None
+    if cfg.bon_n > 0:
+        log.info("study: sampling %d answers to each of %d held-out prompts", cfg.bon_n,
+                 cfg.bon_prompts)
+        samples = best_of_n_samples(cfg, policy, tokenizer, scorer, device)
+    del policy
+
+    # 4. Each noise level: the panel's rankings, the ensemble learned from them, best-of-n
+    #    against every proxy, then PPO against every proxy at every KL coefficient.
+    levels = {}
+    for rate in cfg.levels():
+        folder = noise_folder(root, rate)
+        labels = label_at_noise(cfg, items, scorer, rate, folder / "prefs.jsonl")
+        stage2 = dataclasses.replace(cfg.reward, data=str(folder / "prefs.jsonl"),
+                                     output=str(folder / "reward"), overwrite=True,
+                                     seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+        stage2.validate()
+        trained = reward.main(stage2)
+        level = {"labels": labels, "reward_eval": trained["eval"],
+                 "reward_model": str(trained["final"])}
+        if samples is not None:
+            level["bon"] = best_of_n_study(cfg, samples, trained["final"], device)
+        if cfg.coefficients() and rate in cfg.ppo_levels():
+            level["ppo"] = ppo_study(cfg, policy_path, rate, trained["final"], root)
+        levels[f"{rate:g}"] = level
+        print_level(rate, level)
+
+    # 5. The study's numbers beside its outputs, then the run report with its plots.
+    from alignkit.evaluation.report import build_report
+
+    summary = {"policy": policy_path, "uwo_lambda": cfg.uwo_lambda, "bon_n": cfg.bon_n,
+               "bon_prompts": cfg.bon_prompts if samples is not None else 0,
+               "kl_coefs": cfg.coefficients(), "proxies": cfg.proxy_names(), "levels": levels,
+               "seconds": round(time.time() - started, 1)}
+    tmp = root / "study.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(root / "study.json")
+    summary["report"] = str(build_report(root).path)
+    print(f"study: {root / 'study.json'}   time: {summary['seconds']:.0f}s\n"
+          f"report: {summary['report']}", flush=True)
+    return summary

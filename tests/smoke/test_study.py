@@ -1,0 +1,113 @@
+"""``alignkit study overoptimisation`` end to end on a tiny policy: every part runs (labels at
+two noise levels, a MiniLM ensemble each, best-of-n against every proxy, PPO against each
+proxy), its numbers are where they should be, each PPO run's config reloads as the run it was,
+the report shows the study, and bad flags are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "run"
+    proc = run_cli("study", "overoptimisation", "--policy", str(tiny_model_dir), "--output",
+                   str(out), "--no-progress", "--label.prompts", "8", "--bon-n", "6",
+                   "--bon-prompts", "4", "--kl-coefs", "0.05", "--ppo-label-noise", "0.25",
+                   "--proxies", "single,wco,uwo", "--max-new-tokens", "8",
+                   "--reward.ensemble", "2", "--reward.max-steps", "2", "--ppo.max-steps", "2",
+                   "--ppo.batch-size", "4", "--ppo.minibatch-size", "2", "--ppo.eval-every", "1",
+                   "--ppo.eval-prompts", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout, json.loads((out / "study.json").read_text())
+
+
+def test_every_part_ran(study):
+    out, stdout, summary = study
+    assert list(summary["levels"]) == ["0", "0.25"]
+    assert summary["proxies"] == ["single", "wco", "uwo"]
+    for rate, level in summary["levels"].items():
+        assert (out / f"noise-{rate}" / "prefs.jsonl").is_file()
+        assert (out / f"noise-{rate}" / "reward" / "final").is_dir()
+        assert 0.5 <= level["labels"]["bayes_optimal"] <= 1.0
+        for proxy in ("single", "wco", "uwo"):
+            bon = level["bon"][proxy]
+            assert [p["n"] for p in bon["curve"]] == [1, 2, 4, 6]
+            # best-of-1 is any sample: the same gold whatever the proxy
+            assert bon["curve"][0]["gold"] == pytest.approx(
+                level["bon"]["single"]["curve"][0]["gold"])
+            assert bon["curve"][0]["kl"] == 0.0 and bon["fit"]["form"] == "bon"
+            # best-of-n's expected proxy never falls as n grows
+            proxies = [p["proxy"] for p in bon["curve"]]
+            assert all(b >= a - 1e-9 for a, b in zip(proxies, proxies[1:]))
+        assert f"label noise {float(rate):.0%}" in stdout
+    assert "ppo" not in summary["levels"]["0"]  # --ppo-label-noise 0.25 only
+    runs = summary["levels"]["0.25"]["ppo"]
+    for proxy in ("single", "wco", "uwo"):
+        (run,) = runs[proxy]["runs"]
+        assert [r["step"] for r in run["readings"]] == [0, 1, 2]
+        assert run["readings"][0]["kl"] == pytest.approx(0.0, abs=1e-6)
+        assert run["selection"]["best_by"] == "lcb"
+        assert run["selection"]["selection_regret"] >= 0.0
+        assert run["forecast"]["gold_peak_step"] in (0, 1, 2)
+
+
+def test_each_ppo_run_optimised_its_proxy_and_reloads(study):
+    from alignkit.cli import build_parser
+    from alignkit.config import PPOConfig, build_config
+    from alignkit.models.reward import RewardFunction, RewardModel
+
+    out, _, _ = study
+    saved = {p: yaml.safe_load((out / "noise-0.25" / f"ppo-{p}-kl0.05" / "config.yaml")
+                               .read_text()) for p in ("single", "wco", "uwo")}
+    assert (saved["single"]["reward_members"], saved["single"]["combine"]) == (1, "mean")
+    assert (saved["wco"]["reward_members"], saved["wco"]["combine"]) == (None, "min")
+    assert saved["uwo"]["combine"] == "mean_minus_var"
+    assert saved["uwo"]["uncertainty_penalty"] == 1.0 and saved["uwo"]["kl_coef"] == 0.05
+    again = build_config(PPOConfig, build_parser().parse_args(
+        ["ppo", "--config", str(out / "noise-0.25" / "ppo-single-kl0.05" / "config.yaml")]))
+    assert again.reward_members == 1 and again.reward_model.endswith("noise-0.25/reward/final")
+    # one member alone: the single proxy is member 0's score, spread 0
+    path = str(out / "noise-0.25" / "reward" / "final")
+    texts, answers = ["Say hi.", "Name a colour."], ["Hi there!", "Blue."]
+    members = RewardModel.load(path, "cpu").score(texts, answers).per_member
+    single = RewardFunction(path, "cpu", "mean", members=1)(texts, answers)
+    assert torch.allclose(single["combined"], members[0])
+    assert torch.equal(single["std"], torch.zeros(2))
+    worst = RewardFunction(path, "cpu", "min")(texts, answers)
+    assert torch.allclose(worst["combined"], members.min(0).values)
+
+
+def test_the_report_shows_the_study(study):
+    out, stdout, _ = study
+    html = (out / "report" / "report.html").read_text()
+    assert "Reward over-optimisation study" in html and "LCB choice" in html
+    for rate in ("0", "0.25"):
+        for key in ("gold", "proxy"):
+            assert (out / "report" / f"study-noise-{rate}-{key}.png").stat().st_size > 1000
+    assert f"report: {out / 'report' / 'report.html'}" in stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--label-noise", "0,0.7"], "--label-noise '0,0.7': each value must be in [0.0, 0.5]"),
+    (["--proxies", "single,median"], "--proxies 'single,median': choose from single, mean, "
+                                     "wco, uwo"),
+    (["--ppo-label-noise", "0.1"], "--ppo-label-noise '0.1': each level must be one of "
+                                   "--label-noise '0,0.25'"),
+    (["--kl-coefs", "0.1,x"], "--kl-coefs '0.1,x': give numbers separated by commas"),
+    (["--reward.ensemble", "1"], "--reward.ensemble 1 has no ensemble to combine"),
+])
+def test_bad_flags_are_one_line(flags, message, tmp_path):
+    proc = run_cli("study", "overoptimisation", "--output", str(tmp_path / "s"), *flags)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"alignkit study-overoptimisation: error: {message}")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()  # nothing written
