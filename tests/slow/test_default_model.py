@@ -76,6 +76,11 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert "stage 4: DPO" in proc.stdout
     assert all({"gold", "proxy", "kl", "response_length"} <= set(row) for row in policies.values())
     assert policies["sft"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
+    # every policy against SFT paired by prompt: difference, its standard error, the verdict
+    for name, row in policies.items():
+        assert row["gold_diff_vs_sft"] == pytest.approx(row["gold"] - policies["sft"]["gold"])
+        assert row["gold_diff_se"] >= 0 and isinstance(row["beyond_noise"], bool), name
+    assert "beyond noise?" in proc.stdout
     assert (out / "ppo" / "final" / "value_head.safetensors").is_file()
     assert (out / "ppo" / "monitor.png").stat().st_size > 1000
     assert "stage 3: PPO" in proc.stdout

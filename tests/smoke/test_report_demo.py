@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from alignkit.cli import build_parser
 from alignkit.config import DemoConfig, build_config
+from alignkit.evaluation.paired import paired_difference
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.smoke
@@ -52,3 +54,27 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     assert "Demo comparison (held-out prompts)" in page and "Demo: before and after SFT" in page
     for policy in ("base", "sft", "ppo", "dpo", "best-of-4"):
         assert f"<td>{policy}</td>" in page
+    assert "gold − SFT ± paired s.e." in page and "beyond noise?" in page
+    # every policy against SFT, paired by prompt (the same 6 prompts, the same seed)
+    summary = json.loads((out / "demo_summary.json").read_text())
+    policies = summary["policies"]
+    assert set(policies) == {"base", "sft", "ppo", "dpo", "best-of-4"}
+    sft_gold = policies["sft"]["gold_per_prompt"]
+    for name, row in policies.items():
+        assert len(row["gold_per_prompt"]) == row["prompts"] == 6, name
+        assert row["gold"] == pytest.approx(sum(row["gold_per_prompt"]) / 6), name
+        diff = paired_difference(row["gold_per_prompt"], sft_gold)
+        assert row["gold_diff_vs_sft"] == pytest.approx(diff["mean"]), name
+        assert row["gold_diff_vs_sft"] == pytest.approx(row["gold"] - policies["sft"]["gold"])
+        assert row["gold_diff_se"] == pytest.approx(diff["se"]), name
+        assert row["beyond_noise"] is diff["beyond_noise"], name
+    assert (policies["sft"]["gold_diff_vs_sft"], policies["sft"]["gold_diff_se"],
+            policies["sft"]["beyond_noise"]) == (0.0, 0.0, False)
+    # each stage's results are printed as it ends, before the final summary
+    out_text = proc.stdout
+    final = out_text.index("alignkit demo: SFT, reward, PPO, DPO")
+    for block in ("stage 1: SFT with LoRA", "labels agree with the hidden gold scorer",
+                  "MiniLM reward ensemble", "stage 3: PPO", "monitor at step",
+                  "stage 4: DPO"):
+        assert -1 < out_text.find(block) < final, block
+    assert "beyond noise?" in out_text[final:] and "gold_per_prompt" not in out_text

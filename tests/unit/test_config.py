@@ -483,6 +483,10 @@ FLAT_DEMO_DEFAULTS = {
     "ppo_kl_coef": 0.05, "ppo_combine": "mean_minus_std", "dpo_steps": 24, "dpo_lr": 3e-4,
     "dpo_beta": 0.1, "best_of": 4, "compare_prompts": 32, "samples": 4, "max_new_tokens": 48,
 }
+# defaults the demo changed on purpose since the flat one (a saved flat config keeps the value it
+# names): the comparison uses all 96 held-out prompts, for a paired standard error that can tell
+# the policies apart
+CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96}
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
@@ -606,7 +610,7 @@ def test_the_nested_demo_hands_each_stage_what_the_flat_one_did(tmp_path, in_tmp
     the config the flat demo built, field by field."""
     root = tmp_path / "demo"
     values = FLAT_CASES[case]
-    expected = flat_demo_stages(flat_demo(**values), root)
+    expected = flat_demo_stages(flat_demo(**{**CHANGED_DEMO_DEFAULTS, **values}), root)
     from_flags = build_config(DemoConfig, parse("demo", flat_argv(values)))
     (in_tmp / "flat.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
     from_yaml = build_config(DemoConfig, parse("demo", ["--config", "flat.yaml"]))
@@ -614,6 +618,15 @@ def test_the_nested_demo_hands_each_stage_what_the_flat_one_did(tmp_path, in_tmp
     if case == "defaults":
         assert from_flags == DemoConfig()
     assert differences(expected, demo_stages(from_flags, root)) == {}
+
+
+def test_the_demo_compares_on_every_held_out_prompt():
+    from alignkit.data.readers import read_records
+
+    held_out = len(list(read_records("demo-prompts-heldout")))
+    assert DemoConfig().compare_prompts == held_out == 96
+    assert DemoConfig(quick=True).shortened().compare_prompts == 6
+    assert DemoConfig().stage_configs("runs/demo")["ppo"].eval_prompts == 16  # PPO's monitor
 
 
 def test_an_old_saved_flat_demo_config_loads(in_tmp):
@@ -624,7 +637,7 @@ def test_an_old_saved_flat_demo_config_loads(in_tmp):
     cfg = build_config(DemoConfig, parse("demo", ["--config", "old.yaml"]))
     assert cfg == dataclasses.replace(
         DemoConfig(), seed=5, ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3),
-        sft=dataclasses.replace(DemoConfig().sft, lr=0.01))
+        sft=dataclasses.replace(DemoConfig().sft, lr=0.01), compare_prompts=32)
 
 
 def test_every_flat_demo_flag_is_an_alias_of_its_nested_option():

@@ -130,3 +130,73 @@ def test_row_seeds_make_each_response_independent_of_its_batch(model, tiny_token
     assert row_seed(7, 0, 1) != row_seed(7, 1, 0) and 0 <= row_seed(1, 2, 3) < 2**63
     with pytest.raises(ValueError, match="2 row seeds for 3 prompts"):
         sample(model, p, pad, eos, cfg, row_seeds=seeds[:2])
+
+
+def test_sampling_emits_no_deprecation_warning(model, tiny_tokenizer):
+    """The KV cache goes to the model under the keyword its ``forward`` names (``cache`` in
+    recent transformers, where ``past_key_values`` warns with a FutureWarning at every step)."""
+    import warnings
+
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        sample(model, prompts(tiny_tokenizer) * 2, pad, eos, SamplingConfig(6), batch_size=4)
+        sample(model, prompts(tiny_tokenizer), pad, eos, SamplingConfig(6, temperature=0.0))
+    deprecations = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+                    for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning,
+                                                               PendingDeprecationWarning))]
+    assert deprecations == []
+
+
+def test_the_cache_keyword_follows_the_models_forward(model):
+    import inspect
+
+    from alignkit.generation.sampler import cache_keyword
+
+    names = inspect.signature(model.forward).parameters
+    assert cache_keyword(model) == ("cache" if "cache" in names else "past_key_values")
+
+    class OlderModel(torch.nn.Module):  # a transformers 4.x forward
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    class Wrapper(torch.nn.Module):  # a peft model: **kwargs handed to the model inside
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_base_model(self):
+            return self.inner
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    assert cache_keyword(OlderModel()) == "past_key_values"
+    assert cache_keyword(Wrapper(model)) == cache_keyword(model)
+    assert cache_keyword(Wrapper(OlderModel())) == "past_key_values"
+
+
+def test_a_progress_bar_changes_nothing_drawn(model, tiny_tokenizer, capsys):
+    from alignkit.generation.sampler import row_seed
+
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    p = prompts(tiny_tokenizer) * 3
+    seeds = [row_seed(5, i) for i in range(len(p))]
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    plain = sample(model, p, pad, eos, cfg, batch_size=4, row_seeds=seeds)
+    shown = sample(model, p, pad, eos, cfg, batch_size=4, row_seeds=seeds,
+                   progress="sampling answers")
+    assert torch.equal(plain.response, shown.response)
+    assert torch.equal(plain.logprobs, shown.logprobs) and torch.equal(plain.ended, shown.ended)
+    # one chunk with a bar: the same rollout as without
+    whole = sample(model, p, pad, eos, cfg, row_seeds=seeds, progress="one chunk")
+    assert torch.equal(whole.response, sample(model, p, pad, eos, cfg, row_seeds=seeds).response)
+    # and with the global RNG: the chunks draw in the same order
+    torch.manual_seed(4)
+    a = sample(model, p, pad, eos, cfg, batch_size=4)
+    torch.manual_seed(4)
+    b = sample(model, p, pad, eos, cfg, batch_size=4, progress="sampling answers")
+    assert torch.equal(a.response, b.response)
+    err = capsys.readouterr().err
+    assert "sampling answers" in err and "9/9" in err and "one chunk" in err

@@ -36,24 +36,29 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
                    reward_fn=None, gold=None, sampling: SamplingConfig = SamplingConfig(),
                    seed: int = 0, device: str = "cpu", precision: str = "auto",
                    batch_size: int = 16, samples: int = 3, world: World = World(),
-                   engine=None) -> dict:
+                   engine=None, progress: str | None = None, per_prompt: bool = False) -> dict:
     """Sample one answer per prompt (prompt i draws from its own stream, seeded by (``seed``,
     i): the same answers at every call and whatever the batch, the caller's RNG untouched),
     then report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the
     reference in nats per response (k1 on the policy's own samples), response length in tokens,
     mean token entropy, the share of answers that ended, and a few samples. ``gold_se``: the
-    standard error of the gold mean over prompts.
+    standard error of the gold mean over prompts. ``per_prompt``: also ``gold_per_prompt``, the
+    gold score of each prompt's answer in prompt order (two policies measured with the same
+    prompts and seed compare prompt by prompt: ``evaluation.paired``).
 
     Under torchrun (``world``) each process samples and scores its contiguous share of the
     prompts and the per-prompt results are gathered, so every process returns the same row,
     the one a single process computes (up to float rounding). ``engine``: a rollout engine that
-    writes the answers (entropy and KL stay ``policy``'s own numbers)."""
+    writes the answers (entropy and KL stay ``policy``'s own numbers). ``progress``: the
+    description of a progress bar on stderr over the answers (None: none; under torchrun the
+    first process shows its own share)."""
     if not ids:
         raise ValueError("no prompts to measure the policy on")
     mine = share(list(range(len(ids))), world)
     per_prompt = (_measure_prompts(policy, tokenizer, texts, ids, categories, mine,
                                    reference_logprobs, reward_fn, gold, sampling, seed, device,
-                                   precision, batch_size, engine) if mine else [])
+                                   precision, batch_size, engine,
+                                   progress if world.is_main else None) if mine else [])
     every = gather_shares(per_prompt, world)
     tokens = sum(p["length"] for p in every)
     row = {"response_length": tokens / len(every),
@@ -67,6 +72,8 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
         row["gold"] = float(scores.mean())
         # standard error of that mean over prompts: how much of a change is noise
         row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
+        if per_prompt:
+            row["gold_per_prompt"] = scores.tolist()
     row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"],
                        "response": p["response"], "ended": p["ended"]}
                       for t, p in zip(texts[:samples], every[:samples])]
@@ -75,13 +82,14 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
 
 def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
                      reference_logprobs, reward_fn, gold, sampling: SamplingConfig, seed: int,
-                     device: str, precision: str, batch_size: int, engine=None) -> list[dict]:
+                     device: str, precision: str, batch_size: int, engine=None,
+                     progress: str | None = None) -> list[dict]:
     """``measure_policy``'s numbers for the prompts ``rows``, one dict per prompt."""
     with autocast(device, precision):
         rollout = sample(policy, [ids[i] for i in rows], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, sampling, with_logprobs=False,
                          batch_size=batch_size, row_seeds=[row_seed(seed, i) for i in rows],
-                         engine=engine)
+                         engine=engine, progress=progress)
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()

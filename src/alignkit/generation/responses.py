@@ -11,12 +11,15 @@ from alignkit.utils.logs import log
 
 def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
                      max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
-                     seed: int, world: World = World(), engine=None) -> None:
+                     seed: int, world: World = World(), engine=None,
+                     progress: str | None = None) -> None:
     """Fill ``responses`` (and ``ended``) of the items that have none with K policy samples.
     Sample j of item i draws from its own stream, seeded by (``seed``, i, j), so an item's
     responses do not depend on the others. Under torchrun (``world``) each process samples its
     contiguous share of those items, and every process ends with all of them filled.
-    ``engine``: a rollout engine that writes them (``model`` may then be None)."""
+    ``engine``: a rollout engine that writes them (``model`` may then be None). ``progress``: the
+    description of a progress bar over the answers (None: none; under torchrun the first process
+    shows its own share)."""
     from alignkit.generation.simple import generate
 
     need = [n for n, i in enumerate(items) if i.get("responses") is None]
@@ -33,7 +36,8 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
                         max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
                         batch_size=batch_size, seed=seed,
                         row_seeds=[row_seed(seed, n, j) for n in mine
-                                   for j in range(num_responses)], engine=engine)
+                                   for j in range(num_responses)], engine=engine,
+                        progress=progress if world.is_main else None)
         for p in range(len(mine)):
             chunk = gens[p * num_responses:(p + 1) * num_responses]
             part.append(([g.text for g in chunk], [g.ended for g in chunk]))

@@ -129,9 +129,28 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-def _forward(model, ids, mask, position_ids, cache, last_only: bool):
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                  past_key_values=cache, use_cache=True)
+def cache_keyword(model) -> str:
+    """The keyword a causal LM's ``forward`` takes its KV cache by: ``cache`` in recent
+    transformers 5.x (there ``past_key_values`` is a deprecated alias that warns with a
+    FutureWarning at every call and goes in 5.40), ``past_key_values`` before. Read from the
+    signature of the model itself, under a peft wrapper (which hands its keyword arguments
+    through)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _forward(model, ids, mask, position_ids, cache, last_only: bool,
+             keyword: str | None = None):
+    """One cached forward -> the logits of the last position. ``keyword``: the model's
+    ``cache_keyword`` (None: read it here)."""
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids,
+              keyword or cache_keyword(model): cache, "use_cache": True}
     if last_only:
         try:
             return model(**kwargs, logits_to_keep=1).logits[:, -1]
@@ -173,9 +192,10 @@ def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingCo
     generators = (row_generators(row_seeds, query.device) if row_seeds is not None
                   and cfg.temperature > 0 else None)
     cache = DynamicCache(config=model.config)
+    keyword = cache_keyword(model)
     mask = query_mask
     position = (mask.cumsum(1) - 1).clamp(min=0)
-    logits = _forward(model, query, mask, position, cache, last_only=True)
+    logits = _forward(model, query, mask, position, cache, last_only=True, keyword=keyword)
     next_position = position[:, -1] + 1
     alive = torch.arange(batch, device=query.device)  # original row of each live cache row
     out = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=query.device)
@@ -199,7 +219,7 @@ def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingCo
                 next_position = next_position[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], 1)
         logits = _forward(model, token[:, None], mask, next_position[:, None], cache,
-                          last_only=False)
+                          last_only=False, keyword=keyword)
         next_position = next_position + 1
     return out
 
@@ -219,7 +239,7 @@ def fixed_draw(seed: int):
 def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
            cfg: SamplingConfig = SamplingConfig(), with_logprobs: bool = True,
            batch_size: int = 0, row_seeds: list[int] | None = None,
-           engine=None) -> Rollout:
+           engine=None, progress: str | None = None) -> Rollout:
     """Sample one response per tokenised prompt (repeat a prompt for several samples). Seed the
     global torch RNG beforehand for a reproducible draw, or give each response its own seed
     (``row_seeds``, see ``row_seed``): then a response is the same whatever batch or process
@@ -228,19 +248,40 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
     ``engine``: a rollout engine (``generation.vllm_engine.VLLMEngine``) that draws the tokens
     instead of this module's decoding loop; one that follows training first takes ``model``'s
     new weights. The log-probs are still ``model``'s (``response_logprobs``); ``model`` may be
-    None when they are not asked for."""
+    None when they are not asked for.
+
+    ``progress``: the description of a progress bar on stderr that counts the answers as each
+    chunk is done (None: no bar). The bar changes nothing that is drawn."""
     if not prompts:
         raise ValueError("no prompts to sample from")
     if row_seeds is not None and len(row_seeds) != len(prompts):
         raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
+    step = batch_size if batch_size and len(prompts) > batch_size else len(prompts)
+    if engine is not None:  # the engine writes every answer in one call
+        step = len(prompts)
+    if step == len(prompts) and progress is None:
+        return _sample_chunk(model, prompts, pad_id, eos_id, cfg, with_logprobs, row_seeds,
+                             engine)
+    from alignkit.utils.logs import progress_bar
+
+    parts = []
+    with progress_bar(len(prompts), 0, progress is not None, progress or "",
+                      unit="answer") as bar:
+        for i in range(0, len(prompts), step):
+            parts.append(_sample_chunk(
+                model, prompts[i:i + step], pad_id, eos_id, cfg, with_logprobs,
+                None if row_seeds is None else row_seeds[i:i + step], engine))
+            bar.update(len(prompts[i:i + step]))
+    return parts[0] if len(parts) == 1 else concat_rollouts(parts, pad_id)
+
+
+def _sample_chunk(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
+                  cfg: SamplingConfig, with_logprobs: bool, row_seeds: list[int] | None,
+                  engine=None) -> Rollout:
+    """``sample`` of one chunk: all its prompts in one batch."""
     if engine is not None:
         return engine_sample(engine, model, prompts, pad_id, eos_id, cfg, with_logprobs,
                              row_seeds)
-    if batch_size and len(prompts) > batch_size:
-        parts = [sample(model, prompts[i:i + batch_size], pad_id, eos_id, cfg, with_logprobs,
-                        row_seeds=None if row_seeds is None else row_seeds[i:i + batch_size])
-                 for i in range(0, len(prompts), batch_size)]
-        return concat_rollouts(parts, pad_id)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

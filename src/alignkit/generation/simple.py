@@ -21,10 +21,11 @@ class Generation:
 def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8, seed: int = 0,
              chat: str = "auto", row_seeds: list[int] | None = None,
-             engine=None) -> list[Generation]:
+             engine=None, progress: str | None = None) -> list[Generation]:
     """Answer each prompt once. Sampling is seeded by ``seed``, or each answer by its own seed
     (``row_seeds``: the same answer whatever the batch), and leaves the caller's RNG as it
-    was. ``engine``: a rollout engine that writes the answers (``model`` may then be None)."""
+    was. ``engine``: a rollout engine that writes the answers (``model`` may then be None).
+    ``progress``: the description of a progress bar over the answers (None: none)."""
     bos = not getattr(tokenizer, "chat_template", None)
     ids = [tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=bos)["input_ids"]
            for p in prompts]
@@ -32,7 +33,7 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, do_sampl
     with fixed_draw(seed):
         rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg,
                          with_logprobs=False, batch_size=batch_size, row_seeds=row_seeds,
-                         engine=engine)
+                         engine=engine, progress=progress)
     out = []
     for p, row, mask, ended in zip(prompts, rollout.response.tolist(),
                                    rollout.response_mask.tolist(), rollout.ended.tolist()):

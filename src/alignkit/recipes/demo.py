@@ -9,7 +9,9 @@ answers to unseen prompts side by side; (2) the SFT policy's answers ranked by a
 and a MiniLM reward ensemble learned from them; (3) PPO with LoRA against that ensemble, with a
 plot of the reward-hacking monitor; (4) DPO with LoRA on the same rankings; then base, SFT, PPO,
 DPO and best-of-n (SFT samples picked by the ensemble) compared on unseen prompts by gold score
-and KL to the SFT policy.
+(each policy's difference to SFT paired by prompt, with its standard error) and KL to the SFT
+policy. Each stage prints its results as it ends; the long sampling loops show progress bars
+(``--progress``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import statistics
 import textwrap
 import time
 from pathlib import Path
@@ -68,11 +71,25 @@ def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path,
 
     items = read_prompts("demo-prompts", cfg.label.prompts)
     sample_responses(policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
-                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed, engine=engine)
+                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed, engine=engine,
+                     progress=progress_for(cfg, f"sampling answers for labelling ({len(items)} "
+                                                f"prompts x {cfg.label.num_responses})"))
     scorer = GoldScorer(token_counter=tokenizer)
     panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.label.gold_scale, scorer=scorer)
+    log.info("the simulated panel ranks the answers (%d rankings per prompt)",
+             cfg.label.labels_per_prompt)
     records = label_items(items, scorer, panel, cfg.label.labels_per_prompt)
     return write_labels(records, path, panel), len(items)
+
+
+def progress_for(cfg: DemoConfig, description: str) -> str | None:
+    """A progress bar's description where the demo shows bars (``--progress``), else None."""
+    return description if cfg.progress else None
+
+
+def announce(lines: list[str]) -> None:
+    """A stage's results as soon as it ends, flushed (stdout may be a pipe or a file)."""
+    print("\n".join(lines), flush=True)
 
 
 def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
@@ -108,8 +125,10 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
                      engine=None) -> tuple[dict, int]:
     """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
     (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
-    answers per prompt and keeps the ensemble's favourite (KL: the closed form). ``engine``: a
-    vLLM engine that writes every policy's answers (it loads each folder in turn)."""
+    answers per prompt and keeps the ensemble's favourite (KL: the closed form). Every row keeps
+    its per-prompt gold scores (``gold_per_prompt``) and its gold difference to SFT paired by
+    prompt (``paired_to_sft``). ``engine``: a vLLM engine that writes every policy's answers (it
+    loads each folder in turn)."""
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.best_of_n import analytic_kl, best_of_n
     from alignkit.evaluation.policy import logprobs_under, measure_policy
@@ -135,30 +154,205 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
         table[name] = measure_policy(policy, tokenizer, prompts.texts, prompts.ids,
                                      prompts.categories, sft_logprobs, reward_fn, gold, sampling,
                                      seed=cfg.seed + 1, device=device, precision=cfg.precision,
-                                     engine=engine)
+                                     engine=engine, per_prompt=True,
+                                     progress=progress_for(cfg, f"comparison: {name} answers "
+                                                                f"{n} held-out prompts"))
         if spec is not None:
             del policy
     if cfg.best_of > 1:
         if engine is not None:
             engine.serve_folder(sft_folder)
         picked = best_of_n(sft_model, tokenizer, prompts, reward_fn, cfg.best_of, sampling,
-                           cfg.seed + 1, device, cfg.precision, engine=engine)
+                           cfg.seed + 1, device, cfg.precision, engine=engine,
+                           progress=progress_for(cfg, f"comparison: best-of-{cfg.best_of}, SFT "
+                                                      f"answers {n} held-out prompts x "
+                                                      f"{cfg.best_of}"))
         rows = list(range(n))
         ended = picked.ended[rows, picked.best]
-        scores = gold.score(prompts.texts, picked.picked(), prompts.categories, ended.tolist())
+        scores = [float(s) for s in gold.score(prompts.texts, picked.picked(),
+                                               prompts.categories, ended.tolist())]
         lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + int(e)
                    for a, e in zip(picked.picked(), ended.tolist())]
         table[f"best-of-{cfg.best_of}"] = {
-            "gold": sum(scores) / n, "proxy": float(picked.rewards[rows, picked.best].mean()),
+            "gold": sum(scores) / n,
+            "gold_se": statistics.stdev(scores) / n ** 0.5 if n > 1 else 0.0,
+            "proxy": float(picked.rewards[rows, picked.best].mean()),
             "kl": analytic_kl(cfg.best_of), "response_length": sum(lengths) / n,
-            "ended_fraction": float(ended.float().mean()), "prompts": n}
+            "ended_fraction": float(ended.float().mean()), "prompts": n,
+            "gold_per_prompt": scores}
+    paired_to_sft(table)
     return table, n
+
+
+def paired_to_sft(table: dict, baseline: str = "sft") -> None:
+    """Each row of the comparison gets its gold difference to ``baseline`` paired by prompt
+    (every policy answered the same prompts with the same seed): ``gold_diff_vs_sft`` (mean of
+    the per-prompt differences), ``gold_diff_se`` (their standard error, None under two
+    prompts) and ``beyond_noise`` (|difference| >= 3 paired standard errors)."""
+    from alignkit.evaluation.paired import paired_difference
+
+    if baseline not in table:
+        return
+    base = table[baseline]["gold_per_prompt"]
+    for row in table.values():
+        diff = paired_difference(row["gold_per_prompt"], base)
+        row.update(gold_diff_vs_sft=diff["mean"], gold_diff_se=diff["se"],
+                   beyond_noise=diff["beyond_noise"])
 
 
 def validated(cfg):
     """A stage config the pipeline built, checked as the command line checks it."""
     cfg.validate()
     return cfg
+
+
+def run_ppo(cfg: DemoConfig, stage_cfg, root: Path) -> dict:
+    """Stage 3 (``ppo.main``), its monitor's plot, and its results printed."""
+    rl = ppo.main(validated(stage_cfg))
+    stage3 = {"final": rl["final"], "best": rl["best"], "monitor": rl["monitor"],
+              "png": plot_monitor(rl["metrics"], root / "ppo" / "monitor.png")}
+    announce(["", *ppo_lines(cfg, stage3["monitor"])])
+    return stage3
+
+
+def run_dpo(cfg: DemoConfig, stage_cfg) -> dict:
+    """Stage 4 (``dpo.main``) and its held-out results printed."""
+    direct = dpo.main(validated(stage_cfg))
+    stage4 = {"final": direct["final"],
+              "eval": direct["eval"][max(direct["eval"])] if direct["eval"] else {}}
+    announce(["", *dpo_lines(cfg, stage4["eval"])])
+    return stage4
+
+
+# what each stage prints as it ends; the final summary repeats them
+def sft_lines(cfg: DemoConfig, result, before: list, after: list) -> list[str]:
+    steps = sorted(result.eval_history)
+    first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
+    return [f"held-out loss        {first['loss']:.3f} -> {last['loss']:.3f}",
+            f"held-out perplexity  {first['perplexity']:.2f} -> {last['perplexity']:.2f}",
+            f"answers that end (EOS within {cfg.max_new_tokens} tokens): "
+            f"{sum(g.ended for g in before)}/{len(before)} -> "
+            f"{sum(g.ended for g in after)}/{len(after)}"]
+
+
+def label_lines(cfg: DemoConfig, rep: dict, prompts: int) -> list[str]:
+    return [f"stage 2: {prompts} prompts x {cfg.label.num_responses} SFT answers, ranked by a "
+            f"simulated panel ({len(rep['per_annotator'])} annotators labelled) -> "
+            f"{rep['pairs']} pairs",
+            f"labels agree with the hidden gold scorer: {rep['gold_agreement']:.3f}   "
+            f"Bayes-optimal accuracy (ceiling): {rep['bayes_optimal']:.3f}"]
+
+
+def reward_lines(cfg: DemoConfig, ev: dict, rep: dict) -> list[str]:
+    nan = float("nan")
+    return [f"{cfg.reward.ensemble}-member MiniLM reward ensemble, held-out pairs "
+            f"{ev.get('pairs', 0)}: accuracy {ev.get('accuracy', nan):.3f} "
+            f"({ev.get('accuracy', nan) / max(rep['bayes_optimal'], 1e-9):.0%} of the ceiling), "
+            f"log-loss {ev.get('log_loss', nan):.3f}, ECE {ev.get('ece', nan):.3f}"
+            + (f", spread flags mistakes AUROC {ev['std_auroc_vs_mistakes']:.2f}"
+               if "std_auroc_vs_mistakes" in ev else "")]
+
+
+def ppo_lines(cfg: DemoConfig, monitor: list[dict]) -> list[str]:
+    lines = [f"stage 3: PPO with LoRA, {cfg.ppo.max_steps} steps x {cfg.ppo.batch_size} "
+             f"prompts, reward = ensemble {cfg.ppo.combine}, KL coefficient {cfg.ppo.kl_coef}"]
+    if monitor:
+        last = monitor[-1]
+        gold = (f", gold {last['gold']:.3f} +/- {last.get('gold_se', 0.0):.3f}"
+                if "gold" in last else "")
+        lines.append(f"  monitor at step {last.get('step', '?')} on {last.get('prompts', '?')} "
+                     f"held-out prompts: proxy {last.get('proxy', float('nan')):.3f}{gold}, KL "
+                     f"{last.get('kl', float('nan')):.2f}, length "
+                     f"{last.get('response_length', float('nan')):.1f}, "
+                     f"{len(last.get('warnings') or [])} warning(s)")
+    return lines
+
+
+def dpo_lines(cfg: DemoConfig, ev4: dict) -> list[str]:
+    return [f"stage 4: DPO with LoRA, {cfg.dpo.max_steps} steps, beta {cfg.dpo.beta}, on the "
+            f"panel's rankings; held-out pairs: implicit-reward accuracy "
+            f"{ev4.get('reward_accuracy', float('nan')):.3f}"]
+
+
+def comparison_lines(table: dict, n_compare: int) -> list[str]:
+    """The held-out comparison: gold, its difference to SFT paired by prompt with the paired
+    standard error, whether that difference is beyond noise, proxy, KL, length, ended."""
+    def diff(row: dict, name: str) -> tuple[str, str]:
+        if name == "sft":
+            return "(baseline)", "-"
+        if row.get("gold_diff_se") is None:
+            return f"{row.get('gold_diff_vs_sft', float('nan')):+.3f}", "-"
+        verdict = "no"
+        if row["beyond_noise"]:
+            verdict = f"yes, {'higher' if row['gold_diff_vs_sft'] > 0 else 'lower'}"
+        return f"{row['gold_diff_vs_sft']:+.3f} +/- {row['gold_diff_se']:.3f}", verdict
+
+    lines = [f"held-out comparison on {n_compare} unseen prompts (one sampled answer each, same "
+             "seed; best-of-n: n SFT answers, the ensemble picks):",
+             f"  {'policy':<9} {'gold':>6} {'gold - SFT +/- s.e.':>20} {'beyond noise?':>13} "
+             f"{'proxy':>7} {'KL to SFT':>10} {'length':>7} {'ended':>6}"]
+    for name, row in table.items():
+        delta, verdict = diff(row, name)
+        lines.append(f"  {name:<9} {row['gold']:>6.3f} {delta:>20} {verdict:>13} "
+                     f"{row['proxy']:>7.3f} {row['kl']:>10.2f} {row['response_length']:>7.1f} "
+                     f"{row['ended_fraction']:>6.0%}")
+    lines.append("  gold - SFT: mean of the per-prompt differences, +/- their paired standard "
+                 "error; beyond noise: |difference| >= 3 paired s.e.")
+    return lines
+
+
+def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: list,
+                 after: list, stage2: dict, stage3: dict | None, stage4: dict | None,
+                 table: dict, n_compare: int, started: float) -> dict:
+    """Print the whole summary (every stage's results, the answers side by side, the
+    comparison) and write ``demo_summary.json``; returns the summary."""
+    steps = sorted(result.eval_history)
+    first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
+    width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
+    stages = ["SFT", "reward"] + ["PPO"] * (stage3 is not None) + ["DPO"] * (stage4 is not None)
+    lines = ["", "=" * (2 * width + 5), f"alignkit demo: {', '.join(stages)} (LoRA policies) on "
+             f"{cfg.model}", "=" * (2 * width + 5), *sft_lines(cfg, result, before, after), ""]
+    for p, b, a in zip(prompts, before, after):
+        lines.append(f"[{p.get('category', '')}] {p['prompt']}")
+        lines.append(side_by_side(f"BEFORE ({b.num_tokens} tok{'' if b.ended else ', cut'})",
+                                  f"AFTER SFT ({a.num_tokens} tok{'' if a.ended else ', cut'})", width))
+        lines.append(side_by_side(b.text, a.text, width))
+        lines.append("")
+    ev, rep = stage2["eval"], stage2["report"]
+    lines += ["-" * (2 * width + 5), *label_lines(cfg, rep, stage2["prompts"]),
+              *reward_lines(cfg, ev, rep), "", "-" * (2 * width + 5)]
+    if stage3 is not None:
+        lines += ppo_lines(cfg, stage3["monitor"])
+    if stage4 is not None:
+        lines += dpo_lines(cfg, stage4["eval"])
+    lines += comparison_lines(table, n_compare)
+    if stage3 is not None and stage3["png"]:
+        lines.append(f"monitor plot (proxy, gold, KL over PPO steps): {stage3['png']}")
+    lines.append("")
+    summary = {
+        "model": cfg.model, "steps": steps[-1], "heldout_loss_before": first["loss"],
+        "heldout_loss_after": last["loss"], "heldout_ppl_before": first["perplexity"],
+        "heldout_ppl_after": last["perplexity"],
+        "samples": [{"prompt": p["prompt"], "category": p.get("category"),
+                     "before": b.text, "after": a.text, "before_ended": b.ended,
+                     "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
+        "final_model": str(result.final), "seconds": round(time.time() - started, 1),
+        "labels": rep, "reward_eval": ev, "reward_model": str(stage2["final"]),
+    }
+    summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
+                           for k, row in table.items()}
+    if stage3 is not None:
+        summary["ppo_model"] = str(stage3["final"])
+        summary["ppo_monitor"] = stage3["monitor"]
+    if stage4 is not None:
+        summary["dpo_model"] = str(stage4["final"])
+        summary["dpo_eval"] = stage4["eval"]
+    (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
+    lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")
+    lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
+    announce(lines)
+    return summary
 
 
 def main(cfg: DemoConfig) -> dict:
@@ -192,36 +386,32 @@ def main(cfg: DemoConfig) -> dict:
     result = sft.main(validated(configs["sft"]))
     save_config(given, root)
 
-    # 5. Answers of the fine-tuned model to the same prompts.
+    # 5. Answers of the fine-tuned model to the same prompts; stage 1's results, printed now.
     if engine is not None:
         engine.serve_folder(str(result.final))
     after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens,
                      engine=engine)
+    announce(["", "stage 1: SFT with LoRA", *sft_lines(cfg, result, before, after)])
 
     # 6. Stage 2: the SFT policy answers training prompts K times, a simulated panel ranks the
     #    answers, and a MiniLM reward ensemble learns from the rankings.
     report, n_labelled = label_answers(cfg, result.model, tokenizer, root / DEMO_LABELS, engine)
+    announce(["", *label_lines(cfg, report, n_labelled)])
     if engine is not None:  # PPO starts its own; one engine in memory at a time
         engine.close()
     trained = reward.main(validated(configs["reward"]))
     stage2 = {"report": report, "eval": trained["eval"], "final": trained["final"],
               "labels": root / DEMO_LABELS, "prompts": n_labelled}
+    announce(["", *reward_lines(cfg, trained["eval"], report)])
 
     # 7. Stage 3: PPO (LoRA) on the SFT policy against the ensemble, and its monitor's plot.
-    stage3 = None
-    if not cfg.skip_ppo:
-        rl = ppo.main(validated(configs["ppo"]))
-        stage3 = {"final": rl["final"], "best": rl["best"], "monitor": rl["monitor"],
-                  "png": plot_monitor(rl["metrics"], root / "ppo" / "monitor.png")}
+    stage3 = None if cfg.skip_ppo else run_ppo(cfg, configs["ppo"], root)
 
     # 8. Stage 4: DPO (LoRA) on the same rankings.
-    stage4 = None
-    if not cfg.skip_dpo:
-        direct = dpo.main(validated(configs["dpo"]))
-        stage4 = {"final": direct["final"],
-                  "eval": direct["eval"][max(direct["eval"])] if direct["eval"] else {}}
+    stage4 = None if cfg.skip_dpo else run_dpo(cfg, configs["dpo"])
 
-    # 9. Every policy on the same unseen prompts: gold score and KL to SFT.
+    # 9. Every policy on the same unseen prompts: gold score (paired by prompt against SFT) and
+    #    KL to SFT.
     policies = {"base": cfg.model, "sft": None}
     if stage3 is not None:
         policies["ppo"] = str(stage3["final"])
@@ -233,81 +423,10 @@ def main(cfg: DemoConfig) -> dict:
     if engine is not None:
         engine.close()
 
-    # 10. Report: held-out loss before/after, the answers side by side, the reward ensemble,
-    #     the policies compared.
-    steps = sorted(result.eval_history)
-    first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
-    width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
-    stages = ["SFT", "reward"] + ["PPO"] * (stage3 is not None) + ["DPO"] * (stage4 is not None)
-    lines = ["", "=" * (2 * width + 5), f"alignkit demo: {', '.join(stages)} (LoRA policies) on "
-             f"{cfg.model}", "=" * (2 * width + 5),
-             f"held-out loss        {first['loss']:.3f} -> {last['loss']:.3f}",
-             f"held-out perplexity  {first['perplexity']:.2f} -> {last['perplexity']:.2f}",
-             f"answers that end (EOS within {cfg.max_new_tokens} tokens): "
-             f"{sum(g.ended for g in before)}/{len(before)} -> {sum(g.ended for g in after)}/{len(after)}",
-             ""]
-    for p, b, a in zip(prompts, before, after):
-        lines.append(f"[{p.get('category', '')}] {p['prompt']}")
-        lines.append(side_by_side(f"BEFORE ({b.num_tokens} tok{'' if b.ended else ', cut'})",
-                                  f"AFTER SFT ({a.num_tokens} tok{'' if a.ended else ', cut'})", width))
-        lines.append(side_by_side(b.text, a.text, width))
-        lines.append("")
-    ev, rep = stage2["eval"], stage2["report"]
-    lines += ["-" * (2 * width + 5),
-              f"stage 2: {stage2['prompts']} prompts x {cfg.label.num_responses} SFT answers, ranked by a "
-              f"simulated panel ({len(rep['per_annotator'])} annotators labelled) -> {rep['pairs']} pairs",
-              f"labels agree with the hidden gold scorer: {rep['gold_agreement']:.3f}   "
-              f"Bayes-optimal accuracy (ceiling): {rep['bayes_optimal']:.3f}",
-              f"{cfg.reward.ensemble}-member MiniLM reward ensemble, held-out pairs {ev.get('pairs', 0)}: "
-              f"accuracy {ev.get('accuracy', float('nan')):.3f} "
-              f"({ev.get('accuracy', float('nan')) / max(rep['bayes_optimal'], 1e-9):.0%} of the ceiling), "
-              f"log-loss {ev.get('log_loss', float('nan')):.3f}, ECE {ev.get('ece', float('nan')):.3f}"
-              + (f", spread flags mistakes AUROC {ev['std_auroc_vs_mistakes']:.2f}"
-                 if "std_auroc_vs_mistakes" in ev else ""), ""]
-    lines += ["-" * (2 * width + 5)]
-    if stage3 is not None:
-        lines.append(f"stage 3: PPO with LoRA, {cfg.ppo.max_steps} steps x {cfg.ppo.batch_size} "
-                     f"prompts, reward = ensemble {cfg.ppo.combine}, KL coefficient "
-                     f"{cfg.ppo.kl_coef}")
-    if stage4 is not None:
-        ev4 = stage4["eval"]
-        lines.append(f"stage 4: DPO with LoRA, {cfg.dpo.max_steps} steps, beta {cfg.dpo.beta}, on the "
-                     f"panel's rankings; held-out pairs: implicit-reward accuracy "
-                     f"{ev4.get('reward_accuracy', float('nan')):.3f}")
-    lines += [f"held-out comparison on {n_compare} unseen prompts (one sampled answer each, same "
-              "seed; best-of-n: n SFT answers, the ensemble picks):",
-              f"  {'policy':<9} {'gold':>6} {'proxy':>7} {'KL to SFT':>10} {'length':>7} "
-              f"{'ended':>6}"]
-    for name, row in table.items():
-        lines.append(f"  {name:<9} {row['gold']:>6.3f} {row['proxy']:>7.3f} "
-                     f"{row['kl']:>10.2f} {row['response_length']:>7.1f} "
-                     f"{row['ended_fraction']:>6.0%}")
-    if stage3 is not None and stage3["png"]:
-        lines.append(f"monitor plot (proxy, gold, KL over PPO steps): {stage3['png']}")
-    lines.append("")
-    summary = {
-        "model": cfg.model, "steps": steps[-1], "heldout_loss_before": first["loss"],
-        "heldout_loss_after": last["loss"], "heldout_ppl_before": first["perplexity"],
-        "heldout_ppl_after": last["perplexity"],
-        "samples": [{"prompt": p["prompt"], "category": p.get("category"),
-                     "before": b.text, "after": a.text, "before_ended": b.ended,
-                     "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
-        "final_model": str(result.final), "seconds": round(time.time() - started, 1),
-        "labels": rep, "reward_eval": ev, "reward_model": str(stage2["final"]),
-    }
-    summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
-                           for k, row in table.items()}
-    if stage3 is not None:
-        summary["ppo_model"] = str(stage3["final"])
-        summary["ppo_monitor"] = stage3["monitor"]
-    if stage4 is not None:
-        summary["dpo_model"] = str(stage4["final"])
-        summary["dpo_eval"] = stage4["eval"]
-    (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
-    lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
-    lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")
-    lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
-    print("\n".join(lines))
+    # 10. The summary: every stage's results again, the answers side by side, the comparison;
+    #     demo_summary.json.
+    summary = final_report(cfg, root, result, prompts, before, after, stage2, stage3, stage4,
+                           table, n_compare, started)
 
     # 11. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
     from alignkit.evaluation.report import build_report
@@ -316,7 +435,8 @@ def main(cfg: DemoConfig) -> dict:
     # run; the report's path stays the last line the demo prints
     evaluated = ",".join(f"{k}={result.final if v is None else v}" for k, v in policies.items())
     print(f"next: alignkit eval --policies {evaluated} --baseline sft --reward-model "
-          f"{stage2['final']} --output {root / 'eval'}  (then alignkit report {root})")
+          f"{stage2['final']} --output {root / 'eval'}  (then alignkit report {root})",
+          flush=True)
     summary["report"] = str(build_report(root).path)
-    print(f"report: {summary['report']}")
+    print(f"report: {summary['report']}", flush=True)
     return summary

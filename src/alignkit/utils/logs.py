@@ -15,8 +15,9 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str, unit: str = "step"):
+    """A tqdm bar on stderr (``enabled`` False: a silent one that takes the same calls)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit=unit,
                 dynamic_ncols=True, file=sys.stderr)
