@@ -1111,6 +1111,26 @@ class DemoLabelConfig(Config):
     labels_per_prompt: int = opt(2, "Rankings per prompt (different annotators).", ge=1)
     num_responses: int = opt(4, "Answers sampled per prompt (K).", ge=2)
     gold_scale: float = opt(2.0, "Gold scale of the simulated annotators.", ge=0)
+    temperatures: str = opt("0.7,1.0,1.2", "Sampling temperatures of the policy's answers, "
+                            "comma-separated: the answers to a prompt are shared out over them "
+                            "in turn (diverse candidates, as InstructGPT labelled).")
+    base_answers: int = opt(1, "Of the K answers to a prompt, how many the model before SFT "
+                            "writes (diverse candidates; 0: the policy writes all).", ge=0)
+
+    def temperature_list(self) -> list[float]:
+        values = _float_list(self.temperatures, "--label.temperatures", 0.0, math.inf)
+        if not values or 0.0 in values:
+            raise UserError(f"--label.temperatures {self.temperatures!r}: give temperatures > 0 "
+                            "(sampled answers), separated by commas")
+        return values
+
+    def validate(self) -> None:
+        super().validate()
+        self.temperature_list()
+        if self.base_answers >= self.num_responses:
+            raise UserError(f"--label.base-answers {self.base_answers} leaves the policy no "
+                            f"answer of the {self.num_responses} per prompt (--label."
+                            "num-responses)")
 
 
 # what the demo sets in every stage's config from its own options
@@ -1227,6 +1247,10 @@ class DemoConfig(RolloutArgs):
             return {f"skip_{stage}": True}
         return {f"{stage}.max_steps": value, f"skip_{stage}": False}
 
+    def validate(self) -> None:
+        super().validate()
+        self.label.validate()
+
     def shortened(self) -> "DemoConfig":
         """``--quick``: fewer steps, prompts and samples in every stage."""
         replace = dataclasses.replace
@@ -1303,7 +1327,8 @@ class StudyConfig(Config):
                                 "demonstrations) runs first, into <output>/sft.")
     model: str = opt("default", "Model the SFT stage starts from when --policy is unset.")
     output: str = opt("runs/study", "Output folder: config.yaml, sft/, noise-<rate>/ "
-                      "(prefs.jsonl, reward/, ppo-<proxy>-kl<coef>/), study.json, report/.")
+                      "(prefs.jsonl, reward/, ppo-<proxy>-kl<coef>/), bon_samples.jsonl, "
+                      "study.json, report/.")
     seed: int = opt(42, "Seed of every part (sampling, the panel, initialisation).", **SEED)
     device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
     precision: str = opt("auto", "Numerics of the policies: auto, fp32, bf16.",
@@ -1331,9 +1356,9 @@ class StudyConfig(Config):
                                "comma-separated, each one of --label-noise (empty: every "
                                "level).")
     label: DemoLabelConfig = field(
-        default_factory=DemoLabelConfig,
-        metadata={"help": "the policy's answers to training prompts, ranked by the simulated "
-                          "panel at each noise level"})
+        default_factory=functools.partial(DemoLabelConfig, temperatures="1.0", base_answers=0),
+        metadata={"help": "the policy's answers to training prompts (its own samples, as Gao "
+                          "et al. labelled), ranked by the simulated panel at each noise level"})
     sft: SFTConfig = field(
         default_factory=functools.partial(
             SFTConfig, data="demo", lora=True, lr=1e-3, warmup_steps=4, max_steps=60,
@@ -1378,6 +1403,7 @@ class StudyConfig(Config):
 
     def validate(self) -> None:
         super().validate()
+        self.label.validate()
         if not self.levels():
             raise UserError("--label-noise: give at least one level (0 for clean labels)")
         self.coefficients()

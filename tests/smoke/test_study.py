@@ -32,7 +32,10 @@ def study(tiny_model_dir, tmp_path_factory):
 
 def test_every_part_ran(study):
     out, stdout, summary = study
-    assert list(summary["levels"]) == ["0", "0.25"]
+    assert list(summary["levels"]) == ["0", "0.25"] and summary["complete"] is True
+    samples = [json.loads(ln) for ln in (out / "bon_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(len(s["responses"]) == len(s["gold"]) == 6
+                                     for s in samples)
     assert summary["proxies"] == ["single", "wco", "uwo"]
     for rate, level in summary["levels"].items():
         assert (out / f"noise-{rate}" / "prefs.jsonl").is_file()

@@ -46,6 +46,42 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
     log.info("sampled %d responses for %d prompts", len(need) * num_responses, len(need))
 
 
+def sample_diverse_responses(model, tokenizer, items: list[dict], num_responses: int,
+                             max_new_tokens: int, temperatures: list[float], seed: int,
+                             batch_size: int = 16, base_model=None, base_responses: int = 0,
+                             engine=None, progress: str | None = None) -> None:
+    """Fill each item's K = ``num_responses`` answers from several sources, as InstructGPT
+    labelled answers of several policies and temperatures (Ouyang et al. 2022): the answers of
+    one policy at one temperature are alike, and a reward model learns little from ranking
+    near-twins. ``base_responses`` of them come from ``base_model`` (the model before
+    fine-tuning, at temperature 1), the rest from ``model``, shared out over ``temperatures`` in
+    turn. Source k draws its own streams, seeded by (``seed`` + 7919 k, item, sample); with one
+    temperature and no base answers this is ``sample_responses`` exactly. ``engine``: writes
+    ``model``'s answers (the base model's are its own)."""
+    if not 0 <= base_responses < num_responses or not temperatures:
+        raise ValueError("need at least one policy answer per prompt and one temperature")
+    counts = [0] * len(temperatures)
+    for j in range(num_responses - base_responses):
+        counts[j % len(temperatures)] += 1
+    sources = [(model, t, c, engine) for t, c in zip(temperatures, counts) if c]
+    if base_responses:
+        sources.append((base_model, 1.0, base_responses, None))
+    filled = [dict(i, responses=[], ended=[]) for i in items]
+    for k, (writer, temperature, count, eng) in enumerate(sources):
+        part = [dict(i, responses=None, ended=None) for i in items]
+        sample_responses(writer, tokenizer, part, count, max_new_tokens, temperature, 1.0,
+                         batch_size, seed + 7919 * k, engine=eng,
+                         progress=progress and f"{progress}, {count} at temperature "
+                                               f"{temperature:g}"
+                                               + (" (base model)" if writer is base_model
+                                                  and base_responses else ""))
+        for whole, some in zip(filled, part):
+            whole["responses"] += some["responses"]
+            whole["ended"] += some["ended"]
+    for item, whole in zip(items, filled):
+        item["responses"], item["ended"] = whole["responses"], whole["ended"]
+
+
 def sample_missing(items: list[dict], cfg, world: World = World(), device: str | None = None):
     """Load the policy ``cfg.model`` only when some item has no ``responses``, and sample them
     with the config's sampling fields (``num_responses``, ``max_new_tokens``, ``temperature``,

@@ -60,20 +60,25 @@ def side_by_side(left: str, right: str, width: int) -> str:
 
 def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path,
                   engine=None) -> tuple[dict, int]:
-    """Stage 2's labels: the policy answers training prompts K times, the hidden gold scorer
-    scores the answers and the simulated panel ranks them; returns the agreement report and the
-    number of prompts."""
+    """Stage 2's labels: K answers to each training prompt (the policy's at several
+    temperatures and the model's before SFT: ``--label.temperatures``, ``--label.base-answers``),
+    the hidden gold scorer scores them and the simulated panel ranks them; returns the agreement
+    report and the number of prompts."""
     from alignkit.data.prompts import read_prompts
     from alignkit.feedback.labelling import label_items, write_labels
     from alignkit.feedback.simulated import SimulatedPanel
-    from alignkit.generation.responses import sample_responses
+    from alignkit.generation.responses import sample_diverse_responses
     from alignkit.judges.gold import GoldScorer
 
     items = read_prompts("demo-prompts", cfg.label.prompts)
-    sample_responses(policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
-                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed, engine=engine,
-                     progress=progress_for(cfg, f"sampling answers for labelling ({len(items)} "
-                                                f"prompts x {cfg.label.num_responses})"))
+    base = (load_model_and_tokenizer(cfg.model, pick_device(cfg.device))[0]
+            if cfg.label.base_answers else None)
+    sample_diverse_responses(
+        policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
+        cfg.label.temperature_list(), cfg.seed, base_model=base,
+        base_responses=cfg.label.base_answers, engine=engine,
+        progress=progress_for(cfg, f"sampling answers for labelling ({len(items)} prompts)"))
+    del base
     scorer = GoldScorer(token_counter=tokenizer)
     panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.label.gold_scale, scorer=scorer)
     log.info("the simulated panel ranks the answers (%d rankings per prompt)",
@@ -363,7 +368,8 @@ def main(cfg: DemoConfig) -> dict:
         return demo_app(cfg)
     given, cfg = cfg, cfg.shortened() if cfg.quick else cfg
     root = Path(cfg.output)
-    # 1. Every stage's own config, derived from the nested one.
+    # 1. The flags, then every stage's own config, derived from the nested one.
+    cfg.validate()
     configs = cfg.stage_configs(root)
 
     # 2. Resolve the model (the default converts once from the packaged GGUF, ~30 s).

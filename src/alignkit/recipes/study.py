@@ -28,6 +28,7 @@ from alignkit.evaluation.overoptimisation import (PROXIES, best_of_n_curve, comb
                                                   default_ns, fit_curve, forecast_lead,
                                                   pairwise_gold_accuracy, peak_and_fall,
                                                   rl_points)
+from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
 from alignkit.utils.logs import log
 
@@ -41,13 +42,18 @@ def ppo_folder(root: Path, rate: float, proxy: str, coef: float) -> Path:
 
 
 def sample_candidates_for_labels(cfg: StudyConfig, policy, tokenizer) -> list[dict]:
-    """K answers per training prompt, sampled once and ranked at every noise level."""
+    """K answers per training prompt (``--label.temperatures``, ``--label.base-answers``: from
+    --model before SFT), sampled once and ranked at every noise level."""
     from alignkit.data.prompts import read_prompts
-    from alignkit.generation.responses import sample_responses
+    from alignkit.generation.responses import sample_diverse_responses
 
     items = read_prompts("demo-prompts", cfg.label.prompts)
-    sample_responses(policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
-                     temperature=1.0, top_p=1.0, batch_size=16, seed=cfg.seed)
+    base = (load_model_and_tokenizer(cfg.model, pick_device(cfg.device))[0]
+            if cfg.label.base_answers else None)
+    sample_diverse_responses(policy, tokenizer, items, cfg.label.num_responses,
+                             cfg.max_new_tokens, cfg.label.temperature_list(), cfg.seed,
+                             base_model=base, base_responses=cfg.label.base_answers,
+                             progress="sampling answers for labelling" if cfg.progress else None)
     return items
 
 
@@ -66,7 +72,8 @@ def label_at_noise(cfg: StudyConfig, items: list[dict], scorer, rate: float,
 
 
 def best_of_n_samples(cfg: StudyConfig, policy, tokenizer, scorer, device: str) -> dict:
-    """--bon-n answers to each of --bon-prompts held-out prompts and their gold scores."""
+    """--bon-n answers to each of --bon-prompts held-out prompts and their gold scores (also
+    written to <output>/bon_samples.jsonl)."""
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.best_of_n import sample_candidates
     from alignkit.generation.sampler import SamplingConfig
@@ -83,6 +90,11 @@ def best_of_n_samples(cfg: StudyConfig, policy, tokenizer, scorer, device: str) 
     ended = [e for _, _, flags in every for e in flags]
     gold = scorer.score(texts, answers, [c for c in prompts.categories for _ in range(cfg.bon_n)],
                         ended)
+    with (Path(cfg.output) / "bon_samples.jsonl").open("w", encoding="utf-8") as fh:
+        for i, text in enumerate(prompts.texts):  # the samples, for any later analysis
+            at = slice(i * cfg.bon_n, (i + 1) * cfg.bon_n)
+            fh.write(json.dumps({"prompt": text, "responses": answers[at], "ended": ended[at],
+                                 "gold": gold[at]}) + "\n")
     return {"texts": texts, "answers": answers,
             "gold": torch.tensor(gold, dtype=torch.float64).view(count, cfg.bon_n)}
 
@@ -138,6 +150,13 @@ def ppo_study(cfg: StudyConfig, policy: str, rate: float, reward_final: Path,
     return out
 
 
+def write_summary(root: Path, summary: dict) -> None:
+    """``study.json``, replaced atomically (``complete``: false while parts are still to come)."""
+    tmp = root / "study.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(root / "study.json")
+
+
 def print_level(rate: float, level: dict) -> None:
     """One noise level's table, printed (and flushed) as soon as it is measured."""
     labels = level["labels"]
@@ -174,7 +193,6 @@ def print_level(rate: float, level: dict) -> None:
 
 def overoptimisation(cfg: StudyConfig) -> dict:
     from alignkit.judges.gold import GoldScorer
-    from alignkit.models.loading import load_model_and_tokenizer, pick_device
 
     started = time.time()
     # 1. Flags; --quick shortens every part; the study's folder.
@@ -211,6 +229,10 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     # 4. Each noise level: the panel's rankings, the ensemble learned from them, best-of-n
     #    against every proxy, then PPO against every proxy at every KL coefficient.
     levels = {}
+    summary = {"policy": policy_path, "uwo_lambda": cfg.uwo_lambda, "bon_n": cfg.bon_n,
+               "bon_prompts": cfg.bon_prompts if samples is not None else 0,
+               "kl_coefs": cfg.coefficients(), "proxies": cfg.proxy_names(), "levels": levels,
+               "complete": False}
     for rate in cfg.levels():
         folder = noise_folder(root, rate)
         labels = label_at_noise(cfg, items, scorer, rate, folder / "prefs.jsonl")
@@ -221,23 +243,20 @@ def overoptimisation(cfg: StudyConfig) -> dict:
         trained = reward.main(stage2)
         level = {"labels": labels, "reward_eval": trained["eval"],
                  "reward_model": str(trained["final"])}
-        if samples is not None:
+        levels[f"{rate:g}"] = level
+        if samples is not None:  # each part is in study.json as soon as it is measured
             level["bon"] = best_of_n_study(cfg, samples, trained["final"], device)
+            write_summary(root, summary)
         if cfg.coefficients() and rate in cfg.ppo_levels():
             level["ppo"] = ppo_study(cfg, policy_path, rate, trained["final"], root)
-        levels[f"{rate:g}"] = level
+            write_summary(root, summary)
         print_level(rate, level)
 
     # 5. The study's numbers beside its outputs, then the run report with its plots.
     from alignkit.evaluation.report import build_report
 
-    summary = {"policy": policy_path, "uwo_lambda": cfg.uwo_lambda, "bon_n": cfg.bon_n,
-               "bon_prompts": cfg.bon_prompts if samples is not None else 0,
-               "kl_coefs": cfg.coefficients(), "proxies": cfg.proxy_names(), "levels": levels,
-               "seconds": round(time.time() - started, 1)}
-    tmp = root / "study.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(root / "study.json")
+    summary.update(complete=True, seconds=round(time.time() - started, 1))
+    write_summary(root, summary)
     summary["report"] = str(build_report(root).path)
     print(f"study: {root / 'study.json'}   time: {summary['seconds']:.0f}s\n"
           f"report: {summary['report']}", flush=True)
