@@ -1408,6 +1408,7 @@ class StudyConfig(Config):
             raise UserError("--label-noise: give at least one level (0 for clean labels)")
         self.coefficients()
         self.ppo_levels()
+        self.proxy_names()
         if self.reward.ensemble < 2 and any(p != "single" for p in self.proxy_names()):
             raise UserError("--reward.ensemble 1 has no ensemble to combine: raise it, or "
                             "--proxies single")
