@@ -110,7 +110,8 @@ def fit_curve(points: Sequence[dict], form: str) -> dict | None:
 
 
 def peak_and_fall(points: Sequence[dict]) -> dict:
-    """Where gold peaked along a curve (points in order of growing KL) and whether it then fell:
+    """Where gold peaked along a curve (best-of-n: n growing; RL: the run's readings in step
+    order, whose KL need not grow every time) and whether it then fell:
     ``fell`` when the last point's gold is below the peak by more than one standard error of
     their difference (``sqrt(se_peak^2 + se_last^2)``), ``within_se`` when the last point is
     within one of the peak's own standard error."""
