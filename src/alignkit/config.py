@@ -225,6 +225,9 @@ class OptimArgs(Config):
     schedule: str = opt("cosine", "Learning-rate decay after warm-up.",
                         ("cosine", "linear", "constant"))
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this (0 disables).", ge=0)
+    skip_nonfinite: bool = opt(False, "When a step's loss or gradients are not finite (NaN or "
+                               "inf), skip that optimiser step and count it (metrics: "
+                               "nonfinite_skipped) instead of stopping the run with an error.")
     batch_size: int = opt(8, "Examples per micro-batch.", ge=1)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step.", ge=1)
     max_steps: int = opt(-1, "Optimiser steps to run; -1 means --epochs full passes.",

@@ -110,7 +110,8 @@ def main(cfg: DPOConfig) -> dict:
         world=run.world)
 
     # 5. The loop: optimiser, schedule, resume; the data position is a function of the step.
-    trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="dpo", counter="pairs")
+    trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="dpo", counter="pairs",
+                      sources=[g.where for g in train])
     chooser = best_checkpoint(cfg, trainer, tokenizer)  # --select-by: best/ among evaluations
     trainer.resume()
     trainer.log_setup({"train_prompts": len(train), "heldout_prompts": len(heldout),

@@ -92,7 +92,8 @@ def main(cfg: RewardConfig) -> dict:
     # 5. The loop: optimiser, schedule, resume (weights, optimiser, RNG, data position).
     trainer = Trainer(run, model, steps_for_epochs(cfg, len(train)), name="reward",
                       counter="pairs",
-                      idle_parameters=cfg.ensemble > 1 and not cfg.shared_backbone)
+                      idle_parameters=cfg.ensemble > 1 and not cfg.shared_backbone,
+                      sources=[g.where for g in train])
     trainer.resume()
     trainer.log_setup({"train_prompts": len(train), "heldout_prompts": len(heldout),
                        "train_pairs": sum(len(g.pairs) for g in train),

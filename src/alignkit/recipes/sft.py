@@ -47,7 +47,8 @@ def main(cfg: SFTConfig) -> SFTResult:
         raise UserError(f"{cfg.data}: no training examples left")
 
     # 4. The loop: optimiser, schedule, resume (weights, optimiser, RNG, data position).
-    trainer = Trainer(run, model, steps_for_epochs(cfg, len(data.train)), name="sft")
+    trainer = Trainer(run, model, steps_for_epochs(cfg, len(data.train)), name="sft",
+                      sources=[e.where for e in data.train])
     trainer.resume()
     trainer.log_setup({"train_examples": len(data.train), "heldout_examples": len(data.heldout),
                        "skipped_records": len(data.skipped), "lora": is_lora(model),

@@ -62,7 +62,8 @@ from alignkit.utils.trackers import TrackerError, check_installed, parse_report_
 # what stages cache inside their output folder (recomputed when missing)
 OUTPUT_CACHES = ("reference_logps.pt", "reference_logps.pt.tmp")
 # what a run writes into its output folder; --overwrite removes exactly these
-RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard", *OUTPUT_CACHES,
+RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "metrics.jsonl.tmp", "tensorboard",
+               *OUTPUT_CACHES,
                # the local records of --report-to trackers (a replaced run starts new ones)
                "wandb", "mlflow.db", "mlartifacts", "trackers.json")
 
@@ -197,6 +198,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
     return count
 
 
+class TrainingDiverged(UserError):
+    """A step's loss or gradients were not finite: the run stops before the optimiser takes
+    them into the weights (nothing of the step is saved, no ``final/``)."""
+
+
 def full_value(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value (the norm of FSDP's sharded gradients); a tensor as it is."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
@@ -220,7 +226,8 @@ class Trainer:
     default ``None`` the trainer steps once after each ``train_step``. ``extra_state``: objects
     with ``state_dict``/``load_state_dict`` saved in every checkpoint under their key.
     ``checkpoint_at_end``: also write a checkpoint after the last step (so that a later
-    ``--resume`` with more ``--max-steps`` continues the run). ``idle_parameters``: some
+    ``--resume`` with more ``--max-steps`` continues the run). ``sources``: where each training
+    example came from (``file:line``), named when a batch's loss is not finite. ``idle_parameters``: some
     trainable parameters sit out some micro-batches (under torchrun DDP then looks for them;
     FSDP reduces whatever gradients were accumulated).
 
@@ -231,7 +238,8 @@ class Trainer:
     def __init__(self, run: Run, model: torch.nn.Module, total_steps: int, *, name: str,
                  counter: str = "tokens", optimizer_steps_per_step: int | None = None,
                  extra_state: dict[str, Stateful] | None = None,
-                 checkpoint_at_end: bool = False, idle_parameters: bool = False):
+                 checkpoint_at_end: bool = False, idle_parameters: bool = False,
+                 sources: Sequence[str] | None = None):
         cfg = run.cfg
         self.run, self.cfg, self.model, self.name = run, cfg, model, name
         self.log_to = logging.getLogger(f"alignkit.{name.replace('-', '_')}")
@@ -291,7 +299,13 @@ class Trainer:
                                         fused=not self.sharded)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps,
                                         total_steps * (optimizer_steps_per_step or 1))
-        self.state = TrainerState(counters={f"{counter}_seen": 0})
+        self.state = TrainerState(counters={f"{counter}_seen": 0, "nonfinite_skipped": 0})
+        # what the non-finite guard names: each example's source, the micro-batches handed out
+        # in this step, each backward's "loss is finite" flag and the updates taken this step
+        self.sources = list(sources) if sources is not None else None
+        self._step_batches: list[list[int]] = []
+        self._loss_finite: list[torch.Tensor] = []
+        self._updates_in_step = 0
         self.eval_history: dict[int, dict] = {}
         self.train_history: dict[int, dict] = {}
         self.stop_reason: str | None = None
@@ -321,7 +335,10 @@ class Trainer:
         if self.run.is_main:
             try:
                 self.metrics = MetricsLog(self.output,
-                                          resume_step=self.state.step if resuming else None,
+                                          # a run killed before its first checkpoint
+                                          # starts again from nothing
+                                          resume_step=self.state.step if resuming
+                                          and self.state.step > 0 else None,
                                           report_to=getattr(self.cfg, "report_to", "tensorboard"),
                                           config=config_to_dict(self.cfg))
             except TrackerError as e:  # a tracker's library is missing or its run cannot start
@@ -365,9 +382,13 @@ class Trainer:
         if budget and lengths is not None:
             step_examples = [i for j in range(cfg.grad_accum) for i in micro_batch_indices(
                 step * cfg.grad_accum + j, examples, cfg.batch_size, seed)]
-            return token_budget_split(step_examples, lengths, budget, world.size, world.rank)
-        return [micro_batch_indices(step * cfg.grad_accum + j, examples, cfg.batch_size, seed)
-                for j in range(world.rank, cfg.grad_accum, world.size)]
+            batches = token_budget_split(step_examples, lengths, budget, world.size, world.rank)
+        else:
+            batches = [micro_batch_indices(step * cfg.grad_accum + j, examples, cfg.batch_size,
+                                           seed) for j in range(world.rank, cfg.grad_accum,
+                                                                world.size)]
+        self._step_batches += batches
+        return batches
 
     def sum(self, values):
         """``values`` (a list of numbers or a tensor) summed over every process: the whole
@@ -434,12 +455,18 @@ class Trainer:
         """``loss`` is this process's share of the step's loss (normalised by the whole step's
         count); DDP and FSDP average the processes' gradients, so each is scaled by their
         number."""
+        self._loss_finite.append(torch.isfinite(loss.detach()).all())  # read at the step's end
         loss = loss * self.world.size if self.world.distributed else loss
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def optimizer_step(self) -> dict[str, float]:
         """Clip (when --max-grad-norm > 0), step, advance the schedule, clear gradients.
-        Returns the gradient norm before clipping and the learning rate used."""
+        Returns the gradient norm before clipping and the learning rate used.
+
+        A non-finite loss in any of the update's backwards, or non-finite gradients (without an
+        fp16 scaler, which skips those steps itself), stops the run with ``TrainingDiverged``
+        before the optimiser steps; with ``--skip-nonfinite`` the update is skipped instead
+        (the schedule still advances) and counted in ``nonfinite_skipped``."""
         max_norm = self.cfg.max_grad_norm
         if self.scaler is not None:
             with warnings.catch_warnings():
@@ -447,10 +474,29 @@ class Trainer:
                 # scale, which DTensor replicates with a warning on every step
                 warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1")
                 self.scaler.unscale_(self.optimizer)
-        grad_norm = (float(full_value(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
-                     if max_norm > 0 else 0.0)
+        grad_norm = float(full_value(torch.nn.utils.clip_grad_norm_(
+            self.params, max_norm if max_norm > 0 else math.inf)))
         lr = self.scheduler.get_last_lr()[0]
         row = {"grad_norm": grad_norm, "lr": lr}
+        problem = self._nonfinite_problem(grad_norm)
+        self._loss_finite, self._step_batches = [], []
+        self._updates_in_step += 1
+        if problem is not None:
+            if not getattr(self.cfg, "skip_nonfinite", False):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingDiverged(
+                    f"{self.name}: {problem}; the run stopped before this update reached the "
+                    "weights (nothing of it is saved; no final/ is written). Look at the data "
+                    "named (margins, labels, empty answers), lower --lr, or pass "
+                    "--skip-nonfinite to skip such updates and count them")
+            self.state.counters["nonfinite_skipped"] += 1
+            self.log_to.warning("%s: %s; update skipped (--skip-nonfinite; %d so far)",
+                                self.name, problem, self.state.counters["nonfinite_skipped"])
+            if self.scaler is not None:
+                self.scaler.update()  # the scaler's own record of this update ends here
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**row, "nonfinite_skipped": self.state.counters["nonfinite_skipped"]}
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -460,6 +506,34 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return row
+
+    def _nonfinite_problem(self, grad_norm: float) -> str | None:
+        """What is not finite in the update about to be taken (``None``: nothing). Every process
+        reaches the same answer: the gradients are already averaged, and under torchrun the
+        processes' losses are compared."""
+        flags = torch.stack(self._loss_finite) if self._loss_finite else torch.ones(0, dtype=bool)
+        bad_losses = [i for i, ok in enumerate(flags.tolist()) if not ok]
+        bad_anywhere = len(bad_losses)
+        if self.world.distributed:
+            bad_anywhere = int(self.sum([float(bad_anywhere)])[0])
+        grads_bad = self.scaler is None and not math.isfinite(grad_norm)
+        if not bad_anywhere and not grads_bad:
+            return None
+        where = f"step {self.state.step + 1}"
+        if self.steps_itself:
+            where += f", update {self._updates_in_step + 1} of the step"
+        if bad_losses:
+            what = f"the loss of micro-batch {bad_losses[0] + 1} is not finite"
+            if len(self._step_batches) == len(flags) and self.sources is not None:
+                examples = self._step_batches[bad_losses[0]]
+                shown = [self.sources[i] for i in examples[:8]]
+                what += (" (its examples: " + ", ".join(shown)
+                         + (f" and {len(examples) - 8} more" if len(examples) > 8 else "") + ")")
+        elif bad_anywhere:
+            what = "the loss is not finite on another process"
+        else:
+            what = f"the gradient norm is {grad_norm}"
+        return f"at {where}, {what}"
 
     def stop(self, reason: str) -> None:
         """End the run after the current step (its checkpoint is written first)."""
@@ -494,6 +568,7 @@ class Trainer:
         self._started, self._seen_at_start = time.time(), self.state.counters[seen_key]
         for step in range(self.state.step, self.total_steps):
             t0 = time.time()
+            self._step_batches, self._loss_finite, self._updates_in_step = [], [], 0
             row = train_step(step)
             if not self.steps_itself:
                 row.update(self.optimizer_step())
@@ -544,6 +619,9 @@ class Trainer:
         seen_key = f"{self.counter}_seen"
         took = time.time() - self._started
         seen = self.state.counters[seen_key]
+        if self.state.counters["nonfinite_skipped"]:
+            summary = {**(summary or {}),
+                       "nonfinite_skipped": self.state.counters["nonfinite_skipped"]}
         if self.device.startswith("cuda"):
             summary = {**(summary or {}),
                        "cuda_peak_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
@@ -564,6 +642,10 @@ class Trainer:
         if not self.run.is_main:
             self.model.train(was_training and keep_training)
             return self.output / name, self.model
+        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # the guard in optimizer_step keeps this from happening; a last line of defence
+            raise TrainingDiverged(f"{self.name}: {len(bad)} weight tensor(s) hold NaN or inf "
+                                   f"({', '.join(bad[:3])}); {name}/ was not written")
         if keep_training and is_lora(model) and model is self.model:
             import copy
 
