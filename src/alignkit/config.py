@@ -306,6 +306,9 @@ class RunArgs(Config):
                        "stopped.")
     overwrite: bool = opt(False, "Replace the outputs of an earlier run in --output (without it, "
                           "an existing run is never overwritten).")
+    force: bool = opt(False, "With --resume: continue even where this run's settings differ from "
+                      "the recorded config.yaml in something that changes what it learns (data, "
+                      "model, lr, seed ...; each difference is logged as a warning).")
     progress: bool = opt(True, "Show a progress bar.")
     report_to: str = opt("tensorboard", "Experiment trackers that get the run's metrics and its "
                          "resolved config besides metrics.jsonl: a comma-separated list of "

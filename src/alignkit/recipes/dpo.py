@@ -103,8 +103,10 @@ def main(cfg: DPOConfig) -> dict:
     sampler = (PolicySampler(model, tokenizer, cfg, device, reward_fn=proxy, world=run.world)
                if cfg.sample_prompts else None)
 
-    # 4. Reference log-probs, once, before any update (cached for a resumed run; under torchrun
-    #    each process computes its share).
+    # 4. The data was accepted: the output folder and config.yaml (with --overwrite the earlier
+    #    run's outputs and caches go first). Reference log-probs, once, before any update (cached
+    #    for a resumed run; under torchrun each process computes its share).
+    run.commit()
     ref_train, ref_heldout = ([], []) if cfg.reference_free else cached_reference(
         model, train, heldout, cfg, pad_id, device, run.output, write=run.is_main,
         world=run.world)

@@ -2,9 +2,11 @@
 
 A stage does three things with it:
 
-1. ``run = start_run(cfg, validate=check_flags)``: the flag checks, the output folder (refusing
-   to clobber an earlier run), the resolved config beside it, the seed, the device, and under
-   ``torchrun`` the process group.
+1. ``run = start_run(cfg, validate=check_flags)``: the flag checks, the output folder checked
+   (refusing to clobber an earlier run, or to resume one recorded with other settings), the
+   seed, the device, and under ``torchrun`` the process group. The folder and the resolved config
+   beside it are written only when training starts (``trainer.resume()``): a run refused for its
+   data writes nothing.
 2. ``trainer = Trainer(run, model, total_steps, name="dpo")``: the optimiser (AdamW) and schedule
    (``transformers.get_scheduler``) over the model's trainable parameters, the metrics log, and
    -- with ``--resume`` -- parameters, optimiser, schedule, RNG, the counters and any extra state
@@ -67,6 +69,15 @@ RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "metrics.jsonl.t
                # the local records of --report-to trackers (a replaced run starts new ones)
                "wandb", "mlflow.db", "mlartifacts", "trackers.json")
 
+# settings a resumed run may change: how long it runs, how often it logs, evaluates and saves,
+# and where and how it computes; any other difference changes what the run learns
+RESUME_MAY_CHANGE = frozenset({
+    "output", "resume", "overwrite", "force", "max_steps", "epochs", "rounds", "log_every",
+    "eval_every", "save_every", "keep_checkpoints", "progress", "report_to", "device",
+    "distributed", "fsdp_cpu_offload", "max_tokens_per_micro_batch", "gradient_checkpointing",
+    "rollout_engine", "rollout_dtype", "rollout_sync", "vllm_kv_cache_gb", "vllm_gpu_memory",
+    "vllm_max_model_len"})
+
 # --schedule -> the transformers schedule of the same shape (linear warm-up, then the decay)
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -79,17 +90,53 @@ class Stateful(Protocol):
 
 @dataclass
 class Run:
-    """Where a stage writes, what it computes on, and this process's place among the ranks."""
+    """Where a stage writes, what it computes on, and this process's place among the ranks.
+
+    Nothing is written until ``commit()`` (which ``Trainer.resume`` calls once the stage's data
+    and models have loaded): a run refused for its input leaves --output as it found it."""
 
     cfg: Any
     output: Path
     device: str
     world: World = field(default_factory=World)
+    committed: bool = False
 
     @property
     def is_main(self) -> bool:
         """The process that writes files (checkpoints, final model, metrics) and prints."""
         return self.world.is_main
+
+    def commit(self) -> None:
+        """The output folder (with --overwrite: the earlier run's outputs removed) and the
+        resolved config beside it, written by the first process; once."""
+        if self.committed:
+            return
+        if self.is_main:
+            prepare_output(self.cfg)
+            save_config(self.cfg, self.output)
+        barrier(self.world)
+        self.committed = True
+
+
+def resume_differences(cfg, output: Path) -> list[str]:
+    """``name: recorded -> now`` for each setting outside ``RESUME_MAY_CHANGE`` in which ``cfg``
+    differs from the run recorded in ``output/config.yaml`` (settings the file does not record,
+    from an older alignkit, are not compared)."""
+    import yaml
+
+    path = output / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the recorded config of the run to resume ({e})")
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path}: the recorded config of the run to resume is not a mapping")
+    # through YAML as the file was, so that both sides are written the same way
+    now = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return [f"{name}: {recorded[name]!r} -> {value!r}" for name, value in now.items()
+            if name in recorded and name not in RESUME_MAY_CHANGE and recorded[name] != value]
 
 
 def prepare_output(cfg, write: bool = True) -> Path:
@@ -119,8 +166,9 @@ def prepare_output(cfg, write: bool = True) -> Path:
 
 
 def start_run(cfg, validate: Callable[[], None] | None = None) -> Run:
-    """Step 1 of every trainer: ``validate()`` (checks that need no files) before anything is
-    written, then the output folder, the resolved config beside it, the seed and the device."""
+    """Step 1 of every trainer: ``validate()`` (checks that need no files), the output folder
+    checked (never clobbered; with --resume its recorded config must match, see
+    ``resume_differences``), the seed and the device. Nothing is written yet (``Run.commit``)."""
     if validate is not None:
         validate()
     if getattr(cfg, "fsdp_cpu_offload", False) and getattr(cfg, "distributed", "ddp") != "fsdp":
@@ -134,11 +182,17 @@ def start_run(cfg, validate: Callable[[], None] | None = None) -> Run:
         check_installed(parse_report_to(getattr(cfg, "report_to", "none")), Path(cfg.output))
     except TrackerError as e:
         raise UserError(str(e)) from None
+    output = prepare_output(cfg, write=False)
+    changed = resume_differences(cfg, output) if getattr(cfg, "resume", False) else []
+    if changed and not getattr(cfg, "force", False):
+        raise UserError(f"--resume: {output} holds a run started with other settings ("
+                        + "; ".join(changed) + "): its checkpoint cannot continue this run. "
+                        "Resume with the recorded settings (--config "
+                        f"{output / 'config.yaml'}), pick a new --output, or pass --force")
     world, device = init_world(pick_device(cfg.device))
-    output = prepare_output(cfg, write=world.is_main)
-    if world.is_main:
-        save_config(cfg, output)
-    barrier(world)
+    for difference in changed if world.is_main else []:
+        logging.getLogger("alignkit").warning("--resume --force: continuing with %s",
+                                              difference)
     ckpt.seed_everything(cfg.seed)
     return Run(cfg, output, device, world)
 
@@ -319,7 +373,9 @@ class Trainer:
     def resume(self) -> int:
         """With ``--resume``, restore everything from the newest checkpoint; open the metrics
         log (lines the killed run wrote after that checkpoint are dropped). Returns the step to
-        start from."""
+        start from. The output folder and config.yaml are written here first: the stage's data
+        and models have loaded, so its input was accepted."""
+        self.run.commit()
         found = ckpt.list_checkpoints(self.output) if getattr(self.cfg, "resume", False) else []
         if found:
             saved = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
