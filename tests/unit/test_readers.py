@@ -199,6 +199,47 @@ def test_lines_that_are_not_text_or_past_decoder_limits_are_named(in_tmp):
         assert str(info.value).endswith(problem)
 
 
+def test_lone_surrogates_and_keys_named_twice_are_named(in_tmp):
+    """JSON's escapes can spell a lone UTF-16 surrogate, which no tokenizer or database takes;
+    and an object may name a key twice, where ``json`` keeps the last value silently."""
+    (in_tmp / "data.jsonl").write_text(
+        '{"prompt": "x\\ud800", "completion": "y"}\n'
+        '{"prompt": "a", "completion": "b"}\n'
+        '{"prompt": "a", "completion": "b", "prompt": "c"}\n'
+        '{"messages": [{"role": "user", "content": "\\udfff"}]}\n'
+        '{"prompt": "a", "x\\udc00": 1}\n'
+        '{"prompt": "a", "completion": "\\ud83d\\ude00 a pair is text"}\n', encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_records("data.jsonl")
+    assert info.value.problems == [
+        "data.jsonl:1: a lone surrogate (\\ud800) is not text",
+        'data.jsonl:3: the key "prompt" appears twice in one object',
+        "data.jsonl:4: a lone surrogate (\\udfff) is not text",
+        "data.jsonl:5: a lone surrogate (\\udc00) is not text"]
+    (in_tmp / "data.json").write_text('[{"prompt": "a"},\n {"prompt": "b", "prompt": "c"}]')
+    with pytest.raises(UserError, match='data.json: the key "prompt" appears twice'):
+        read_records("data.json")
+    (in_tmp / "data.csv").write_text("prompt,completion,prompt\na,b,c\n")
+    with pytest.raises(DataError) as info:
+        read_records("data.csv")
+    assert info.value.problems == ['data.csv:1: header: the column "prompt" appears twice']
+
+
+def test_a_record_with_a_pair_and_a_ranking_is_refused(in_tmp):
+    from alignkit.data.preferences import parse_comparison
+    from alignkit.data.schemas import RecordProblem
+    from alignkit.feedback.tasks import read_task_records
+
+    both = {"prompt": "p", "chosen": "a", "rejected": "b", "responses": ["a", "b", "c"]}
+    with pytest.raises(RecordProblem, match=r'a ranking \("responses"\) and a pair'):
+        parse_comparison(Record("x.jsonl", 1, both))
+    (in_tmp / "tasks.jsonl").write_text(json.dumps(both) + "\n")
+    with pytest.raises(DataError) as info:
+        read_task_records("tasks.jsonl")
+    assert info.value.problems == ['tasks.jsonl:1: a ranking ("responses") and a pair '
+                                   '("chosen", "rejected") in one record: keep one']
+
+
 def test_csv_with_utf8_bom(in_tmp):
     """A CSV saved by Excel as 'CSV UTF-8' (with a byte-order mark) keeps its first column name."""
     write_delimited(in_tmp / "data.csv", [["prompt", "completion"], ["a", "b"]],

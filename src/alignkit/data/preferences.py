@@ -91,8 +91,15 @@ def parse_ranked(rec: Record) -> RankingExample:
 
 
 def parse_comparison(rec: Record) -> PreferencePair | RankingExample:
-    """A record with ``responses`` is a ranking, any other a pairwise preference."""
-    return parse_ranked(rec) if "responses" in rec.fields else parse_pair(rec)
+    """A record with ``responses`` is a ranking, any other a pairwise preference; one with the
+    fields of both is refused (which of them it means cannot be guessed)."""
+    if "responses" in rec.fields:
+        pair_fields = [f'"{name}"' for name in ("chosen", "rejected") if name in rec.fields]
+        if pair_fields:
+            raise RecordProblem("responses", f'a ranking ("responses") and a pair '
+                                f'({" and ".join(pair_fields)}) in one record: keep one')
+        return parse_ranked(rec)
+    return parse_pair(rec)
 
 
 # ----------------------------------------------------------------------------- tokenising

@@ -164,17 +164,56 @@ def _not_utf8(line: str, column: bool = True) -> str | None:
     return None
 
 
+class _NotText(ValueError):
+    """A JSON document that parses but is not acceptable data (its message says why)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: an object that names a key twice is refused (``json`` would keep
+    the last value without a word)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _NotText(f'the key "{key}" appears twice in one object')
+        out[key] = value
+    return out
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first string in ``value`` (keys, values, list items, nested) holding a lone UTF-16
+    surrogate (JSON's ``"\\ud800"`` escape decodes to one; no tokenizer or database takes it),
+    as the escape; ``None`` when every string is text."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            bad = next((ch for ch in item if "\ud800" <= ch <= "\udfff"), None)
+            if bad is not None:
+                return f"\\u{ord(bad):04x}"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def _loads(text: str):
-    """``json.loads``; text past the decoder's limits is a ``ValueError`` that says which (a
-    ``JSONDecodeError`` is one too, with the position)."""
+    """``json.loads`` of data: text past the decoder's limits, a key named twice in an object
+    and a lone surrogate escape are ``ValueError``s that say which (a ``JSONDecodeError`` is
+    one too, with the position)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, _NotText):
         raise
     except RecursionError:  # the C decoder recurses once per nesting level
         raise ValueError("nested too deeply") from None
     except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
         raise ValueError("a number with too many digits") from None
+    bad = lone_surrogate(value)
+    if bad is not None:
+        raise _NotText(f"a lone surrogate ({bad}) is not text")
+    return value
 
 
 def _read_jsonl(raw: bytes, path: Path, shown: str,
@@ -193,6 +232,8 @@ def _read_jsonl(raw: bytes, path: Path, shown: str,
             items = _loads("\n".join(lines))
         except json.JSONDecodeError as e:
             raise UserError(f"{shown}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except _NotText as e:
+            raise UserError(f"{shown}: {e}") from None
         except ValueError as e:
             raise UserError(f"{shown}: not valid JSON ({e})") from None
         for i, item in enumerate(items, 1):
@@ -212,6 +253,9 @@ def _read_jsonl(raw: bytes, path: Path, shown: str,
                 item = _loads(line)
             except json.JSONDecodeError as e:
                 problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            except _NotText as e:
+                problems.append(f"{shown}:{i}: {e}")
                 continue
             except ValueError as e:
                 problems.append(f"{shown}:{i}: not valid JSON ({e})")
@@ -261,8 +305,10 @@ def _read_csv(raw: bytes, shown: str, delimiter: str,
         if reader.fieldnames is None:
             return []
         why = _cell_problem(reader.fieldnames)
-        if why:
-            raise DataError([f"{shown}:1: header: {why}"])
+        twice = [n for i, n in enumerate(reader.fieldnames) if n in reader.fieldnames[:i]]
+        if why or twice:
+            raise DataError([f"{shown}:1: header: "
+                             + (why or f'the column "{twice[0]}" appears twice')])
         start = reader.line_num + 1
         for row in reader:
             extra = row.pop(None, None)

@@ -37,6 +37,9 @@ def read_task_records(spec: str, limit: int = 0) -> list[dict]:
             meta = {"source": rec.where}
             if f.get("category") is not None:
                 meta["category"] = _optional_str(f, "category")
+            if ("chosen" in f or "rejected" in f) and "responses" in f:
+                raise RecordProblem("responses", 'a ranking ("responses") and a pair ("chosen", '
+                                    '"rejected") in one record: keep one')
             if "chosen" in f or "rejected" in f:
                 ex = parse_pair(rec)
                 out.append({"prompt": ex.prompt, "responses": [ex.chosen, ex.rejected],
