@@ -100,9 +100,10 @@ def test_dpo_with_lora_under_fsdp_equals_one_process(tiny_model_dir, tmp_path):
               "--sample-prompts", str(prompts), "--max-new-tokens", "8", "--no-progress"]
     run_ranks(1, *common, "--output", str(tmp_path / "one"))
     run_ranks(2, *common, *FSDP, "--output", str(tmp_path / "two"))
+    # Adam's lr-sized moves carry the shards' rounding into the adapters (see adam_lr)
     assert_same_training(tmp_path / "one", tmp_path / "two",
                          ("loss", "grad_norm", "reward_margin", "reward_accuracy"),
-                         ("pairs", "tokens"))
+                         ("pairs", "tokens"), adam_lr=1e-2)
     assert rows(tmp_path / "two")[0]["loss"] == rows(tmp_path / "one")[0]["loss"]
     evals = [rows(tmp_path / d, "eval") for d in ("one", "two")]
     for key in ("loss", "sample_kl", "sample_response_length"):
@@ -205,5 +206,5 @@ def test_online_dpo_under_fsdp_equals_one_process(tiny_model_dir, tmp_path):
     run_ranks(2, *common, *FSDP, "--output", str(tmp_path / "two"))
     assert_same_training(tmp_path / "one", tmp_path / "two",
                          ("loss", "grad_norm", "sample_reward", "response_length"),
-                         ("pairs", "pairs_identical"))
+                         ("pairs", "pairs_identical"), adam_lr=1e-3)
     assert any(r["pairs"] % 4 == 1 for r in rows(tmp_path / "two"))
