@@ -332,7 +332,7 @@ def test_a_saved_config_with_a_retired_option_still_loads(in_tmp, caplog):
      "--no-gld; did you mean --no-gold?"),
     (["annotate", "add-tasks", "--projet", "p"],
      "alignkit annotate-add-tasks: error: unrecognised --projet; did you mean --project?"),
-    (["sft", "--frobnicate"], "alignkit sft: error: unrecognised --frobnicate (see alignkit sft "
+    (["sft", "--xyzzy"], "alignkit sft: error: unrecognised --xyzzy (see alignkit sft "
                               "--help)"),
     # a retired flag is not suggested: it would only be refused
     (["label", "--max-stpes", "2"],
