@@ -1570,6 +1570,12 @@ class ServeConfig(RolloutArgs):
                           "name, or the run stage for .../final).")
     max_tokens_limit: int = opt(1024, "Largest max_tokens a request may ask for.", ge=1)
     default_max_tokens: int = opt(256, "max_tokens of a request that gives none.", ge=1)
+    max_request_mb: float = opt(4.0, "Largest request body in MiB (413 past it; --rollout-engine "
+                                "hf: vLLM's server keeps its own limits).", gt=0)
+    max_queue: int = opt(32, "Chat answers queued or running at once; more get 429 with "
+                         "Retry-After (--rollout-engine hf).", ge=1)
+    body_timeout: float = opt(30.0, "Seconds a client has to send its request body (408 after; "
+                              "--rollout-engine hf).", gt=0)
     api_key: str = opt("", "Require 'Authorization: Bearer KEY' on /v1 routes (401 otherwise). "
                        "Default: $ALIGNKIT_API_KEY if set, else no key (prefer the variable: a "
                        "flag shows in the process list).")

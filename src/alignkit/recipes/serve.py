@@ -152,7 +152,9 @@ def main(cfg: ServeConfig) -> dict:
     if cfg.max_tokens_limit < 1 or cfg.default_max_tokens < 1:
         raise UserError("--max-tokens-limit and --default-max-tokens must be >= 1")
     state = ServerState(served_name(cfg), cfg.max_tokens_limit,
-                        min(cfg.default_max_tokens, cfg.max_tokens_limit))
+                        min(cfg.default_max_tokens, cfg.max_tokens_limit),
+                        max_request_bytes=int(cfg.max_request_mb * 2**20),
+                        body_timeout=cfg.body_timeout, max_queue=cfg.max_queue)
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]

@@ -29,6 +29,12 @@ What a request may hold:
 With an API key (``create_app(api_key=...)``) every ``/v1`` route wants ``Authorization: Bearer
 KEY`` (else 401, OpenAI's ``invalid_api_key``); health stays open.
 
+Bounds: a body over ``max_request_bytes`` is a 413 (refused from its ``Content-Length`` before it
+is read, or as soon as the bytes read pass the limit); a body not received within
+``body_timeout`` seconds is a 408; with ``max_queue`` answers already queued or running a new
+chat request is a 429 with ``Retry-After``. JSON nested past the decoder's depth and text holding
+a lone surrogate (``"\\ud800"``, which no tokenizer takes) are 400s.
+
 The model is not thread-safe, so one thread runs it (``ModelWorker``): requests queue in arrival
 order while the event loop keeps serving. A stream whose client goes away stops at its next token
 (``streams_stopped`` in ``/v1/stats``); ``in_flight`` there counts the answers queued or running.
@@ -52,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alignkit.data.readers import lone_surrogate
 from alignkit.serve.chat import ChatModel, ChatRequest, RequestError
 
 MAX_N = 16
@@ -233,8 +240,12 @@ class ModelWorker:
 class ServerState:
     """The served model once loaded, its limits, and the counters of ``/v1/stats``."""
 
-    def __init__(self, name: str, max_tokens_limit: int, default_max_tokens: int):
+    def __init__(self, name: str, max_tokens_limit: int, default_max_tokens: int,
+                 max_request_bytes: int = 4 * 2**20, body_timeout: float = 30.0,
+                 max_queue: int = 32):
         self.name = name
+        self.max_request_bytes, self.body_timeout = max_request_bytes, body_timeout
+        self.max_queue = max_queue
         self.chat: ChatModel | None = None
         self.load_error: str | None = None
         self.max_tokens_limit = max_tokens_limit
@@ -327,12 +338,46 @@ def create_app(state: ServerState, api_key: str = "") -> FastAPI:
         raise RequestError("the model is still loading; retry shortly", status=503,
                            kind="server_error", headers={"Retry-After": "1"})
 
+    async def read_body(request: Request) -> bytes:
+        """The body, at most ``max_request_bytes`` (413 past it), within ``body_timeout``
+        seconds (408 after)."""
+        limit = state.max_request_bytes
+        too_big = RequestError(f"the request body is larger than this server's limit of "
+                               f"{limit} bytes", status=413)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+
+        async def chunks() -> bytes:
+            parts, size = [], 0
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise too_big
+                parts.append(part)
+            return b"".join(parts)
+
+        try:
+            return await asyncio.wait_for(chunks(), state.body_timeout)
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body did not arrive within {state.body_timeout:g} "
+                               "seconds", status=408) from None
+
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
+        if worker.pending >= state.max_queue:
+            raise RequestError(f"{worker.pending} answers are queued or running (this server's "
+                               f"limit is {state.max_queue}); retry shortly", status=429,
+                               kind="rate_limit_error", headers={"Retry-After": "1"})
         try:
-            body = json.loads(await request.body() or b"null")
+            body = json.loads(await read_body(request) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(f"the request body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise RequestError("the request body is not valid JSON (nested too deeply)") from None
+        bad = lone_surrogate(body)
+        if bad is not None:
+            raise RequestError(f"the request holds a lone surrogate ({bad}), which is not text")
         chat = loaded_model()
         req = parse_chat_request(body, state.max_tokens_limit, state.default_max_tokens)
         if req.model and req.model != state.name:
