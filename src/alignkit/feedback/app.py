@@ -11,6 +11,20 @@ API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorizat
 ``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``,
 ``POST /api/admin/tasks/{id}/resolve``, ``POST /api/admin/projects/{id}/active``.
 
+Sign-in: ``POST /login`` with a name and password, or with a personal token, opens a server-side
+session (its own token in the ``alignkit_token`` cookie: HttpOnly, SameSite=Strict, Secure when
+served over HTTPS); ``POST /logout`` ends that session only (the personal token and other
+sessions stay valid). Failed sign-ins are limited per name and per client address (429 with
+``Retry-After``).
+
+Cross-site requests: every state-changing request whose ``Origin`` (or, without it, ``Referer``)
+names another origin -- another site, or another port of this host -- is refused (403), sign-in
+included; a browser always sends one of them on such a request. API writes must be JSON
+(``Content-Type: application/json``, else 415) when signed by the cookie, which a cross-site
+HTML form cannot send. Pages
+carry ``Content-Security-Policy`` (scripts and styles from this server only, no framing),
+``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and a same-origin referrer policy.
+
 Rules: an annotator sees only projects they are on (others answer 404) and only their own
 labels; admin routes answer 403 to annotators; bad requests answer 4xx with ``{"error": ...}``.
 All text is rendered by Jinja2 with autoescaping, so prompts, responses, reasons and names stay
@@ -21,6 +35,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,8 +57,74 @@ HERE = Path(__file__).parent
 COOKIE = "alignkit_token"
 
 
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
 class NotSignedIn(Exception):
     pass
+
+
+class SignInLimiter:
+    """Failed sign-ins per name and per client address in a sliding window: past ``per_name``
+    (or ``per_address``) failures within ``window`` seconds, sign-in is refused until the oldest
+    of them leaves the window, right password or not."""
+
+    def __init__(self, per_name: int = 10, per_address: int = 30, window: float = 300.0):
+        self.limits = {"name": per_name, "address": per_address}
+        self.window = window
+        self._failures: dict[tuple[str, str], deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], at: float) -> deque:
+        times = self._failures[key]
+        while times and times[0] <= at - self.window:
+            times.popleft()
+        return times
+
+    def retry_after(self, name: str, address: str) -> int:
+        """Seconds until a sign-in as ``name`` from ``address`` is allowed again (0: now)."""
+        at = time.monotonic()
+        with self._lock:
+            waits = [self._recent((kind, value), at)[0] + self.window - at
+                     for kind, value in (("name", name), ("address", address))
+                     if value and len(self._recent((kind, value), at)) >= self.limits[kind]]
+        return max(1, int(max(waits)) + 1) if waits else 0
+
+    def failed(self, name: str, address: str) -> None:
+        at = time.monotonic()
+        with self._lock:
+            for key in (("name", name), ("address", address)):
+                if key[1]:
+                    self._recent(key, at).append(at)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(("name", name), None)
+
+
+def own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+
+
+def cross_origin(request: Request) -> bool:
+    """Whether a request comes from a page of another origin: its ``Origin`` header, or without
+    one its ``Referer``, names another scheme, host or port (neither: a non-browser client)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = request.headers.get("referer")
+        if not referer:
+            return False
+        parts = referer.split("/")
+        origin = "/".join(parts[:3]) if len(parts) >= 3 else referer
+    return origin.lower() != own_origin(request)
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -58,8 +141,31 @@ def public_task(task: dict, aspects: list[str]) -> dict:
             "responses": [text_of(r) for r in task["responses"]], "aspects": aspects}
 
 
-def create_app(store: Store) -> FastAPI:
+def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    limiter = limiter or SignInLimiter()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Cross-origin writes refused; API writes JSON only; security headers on answers."""
+        if request.method in UNSAFE_METHODS:
+            if cross_origin(request):
+                response = JSONResponse({"error": "cross-origin request refused"},
+                                        status_code=403)
+            elif (request.url.path.startswith("/api/") and "authorization" not in request.headers
+                  and request.headers.get("content-type", "").split(";")[0].strip().lower()
+                  != "application/json"):
+                # cookie-signed (a browser's): JSON only, which no cross-site form can send; a
+                # cross-site page cannot add an Authorization header without CORS
+                response = JSONResponse({"error": "send the request body as JSON "
+                                         "(Content-Type: application/json)"}, status_code=415)
+            else:
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.autoescape = True  # every template, whatever its file name
     templates.env.filters["fmt"] = fmt
@@ -106,11 +212,14 @@ def create_app(store: Store) -> FastAPI:
     # ------------------------------------------------------------------ helpers
 
     def current_user(request: Request) -> User:
-        token = request.cookies.get(COOKIE)
+        """The user of the request: ``Authorization: Bearer`` (a personal token or a session's),
+        else the session cookie."""
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
-        user = store.user_by_token(token)
+            user = store.user_by_token(token) or store.user_by_session(token)
+        else:
+            user = store.user_by_session(request.cookies.get(COOKIE))
         if user is None:
             raise NotSignedIn()
         return user
@@ -150,22 +259,33 @@ def create_app(store: Store) -> FastAPI:
         form = await request.form()
         token = str(form.get("token") or "").strip()
         name, password = str(form.get("name") or "").strip(), str(form.get("password") or "")
+        address = request.client.host if request.client else ""
+        wait = limiter.retry_after(name if password else "", address)
+        if wait:
+            response = page(request, "login.html", None, error="Too many failed sign-ins; "
+                            f"try again in {wait} seconds.")
+            response.status_code = 429
+            response.headers["Retry-After"] = str(wait)
+            return response
         user = store.user_by_token(token) if token else None
         if user is None and name and password:
             user = store.user_by_password(name, password)
-            if user is not None:  # a password sign-in gets a fresh session token
-                token = store.new_token(user.name)
         if user is None:
+            limiter.failed(name if password else "", address)
             return page(request, "login.html", None,
                         error="Unknown token, or wrong name or password.")
+        limiter.succeeded(user.name)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, store.open_session(user), httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", max_age=14 * 24 * 3600)
         return response
 
     @app.post("/logout")
-    def logout():
+    def logout(request: Request):
+        store.close_session(request.cookies.get(COOKIE))
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
         return response
 
     # ------------------------------------------------------------------ annotator pages

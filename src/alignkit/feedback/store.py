@@ -16,12 +16,15 @@ Writes are safe under concurrency:
 Every write records who (user id) and when (UTC).
 
 Secrets: tokens are random (``secrets.token_urlsafe``) and stored as SHA-256 hashes; passwords
-as salted scrypt hashes. The bootstrap admin token comes from the environment
+as salted scrypt hashes (an unknown name costs the same scrypt as a known one, so sign-in time
+does not tell which names exist). A user has one personal token (for the API and scripts) and
+any number of sign-in sessions (one per browser sign-in, each revocable, each expiring). The bootstrap admin token comes from the environment
 (``ALIGNKIT_ADMIN_TOKEN``), never from code.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -47,6 +50,15 @@ users = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=True, unique=True),
     sa.Column("password_hash", sa.String(300), nullable=True),
     sa.Column("created_at", TS, nullable=False),
+)
+# one row per sign-in: the cookie holds the token, the table its hash; signing out deletes the row
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
 )
 projects = sa.Table(
     "projects", metadata,
@@ -148,8 +160,15 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
+@functools.lru_cache(maxsize=1)
+def _no_password() -> str:
+    """What an unknown user's password is checked against: the same work as a real check."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
 def check_password(password: str, stored: str | None) -> bool:
     if not stored:
+        check_password(password, _no_password())  # the time of a real check, then no
         return False
     try:
         _, n, r, p, salt, digest = stored.split("$")
@@ -325,11 +344,44 @@ class Store:
         return User(r.id, r.name, r.role) if r else None
 
     def user_by_password(self, name: str, password: str) -> Optional[User]:
+        _no_password()  # made on the first sign-in of any name: never a tell of one
         with self.rx() as c:
             r = c.execute(sa.select(users).where(users.c.name == name)).first()
-        if r and check_password(password, r.password_hash):
+        if check_password(password, r.password_hash if r else None):
             return User(r.id, r.name, r.role)
         return None
+
+    def open_session(self, user: User, days: float = 14.0) -> str:
+        """A new sign-in session of ``user`` (its token, for the cookie), valid ``days``."""
+        from datetime import timedelta
+
+        token = secrets.token_urlsafe(32)
+        with self.tx() as c:
+            c.execute(sessions.insert().values(
+                token_hash=hash_token(token), user_id=user.id, created_at=now(),
+                expires_at=now() + timedelta(days=days)))
+        return token
+
+    def user_by_session(self, token: str | None) -> Optional[User]:
+        """The user of a live session (``None``: unknown, signed out or expired)."""
+        if not token or len(token) > 500:
+            return None
+        with self.rx() as c:
+            r = c.execute(sa.select(users, sessions.c.expires_at).join(
+                sessions, sessions.c.user_id == users.c.id).where(
+                sessions.c.token_hash == hash_token(token))).first()
+        if r is None:
+            return None
+        expires = r.expires_at if r.expires_at.tzinfo else r.expires_at.replace(
+            tzinfo=timezone.utc)  # SQLite hands back naive UTC times
+        return User(r.id, r.name, r.role) if expires > now() else None
+
+    def close_session(self, token: str | None) -> None:
+        """Sign a session out (and sweep expired ones); an unknown token is no error."""
+        with self.tx() as c:
+            if token:
+                c.execute(sessions.delete().where(sessions.c.token_hash == hash_token(token)))
+            c.execute(sessions.delete().where(sessions.c.expires_at < now()))
 
     def user_by_name(self, name: str) -> User:
         with self.rx() as c:
