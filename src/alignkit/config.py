@@ -1705,6 +1705,8 @@ class AnnotateServeConfig(AnnotateDBArgs):
     admin_token_env: str = opt("ALIGNKIT_ADMIN_TOKEN", "Environment variable holding the "
                                "bootstrap admin's sign-in token (at least 16 characters); the "
                                "'admin' user gets it on start. Unset: no bootstrap.")
+    lease_seconds: float = opt(600.0, "How long an item handed to an annotator is held for them "
+                               "(others are handed other items meanwhile).", gt=0)
 
 
 @config

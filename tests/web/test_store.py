@@ -73,10 +73,67 @@ def test_queue_respects_r_gold_and_active_learning_order(store):
         store.submit(pid, u, ids[2], label)
     assert store.progress(project, people[0]) == {"done": 2, "left": 1, "total": 3}
     assert store.progress(project, people[2]) == {"done": 1, "left": 1, "total": 2}
-    # active learning: the highest score is served first
+    # active learning: the highest score is served first (to one who holds no item yet: the
+    # third annotator keeps the item handed to them above)
     more = store.add_tasks(pid, [pair("three"), pair("four")])
     store.set_al_scores(pid, {more[1]: 0.9, more[0]: 0.1})
-    assert store.next_task(project, people[2])["id"] == more[1]
+    assert store.next_task(project, people[2])["id"] == ids[1]
+    newcomer = store.create_user("u3")[0]
+    store.add_member(pid, newcomer.id)
+    assert store.next_task(project, newcomer)["id"] == more[1]
+
+
+def test_items_are_leased_so_concurrent_annotators_get_different_ones(db_url):
+    import threading
+    import time
+
+    store = Store(db_url, lease_seconds=0.5)
+    store.upgrade()
+    pid = store.create_project("p", aspects=["overall"], labels_per_item=1)
+    ids = store.add_tasks(pid, [pair(f"q{i}") for i in range(3)])
+    people = [store.create_user(f"u{i}")[0] for i in range(4)]
+    for u in people:
+        store.add_member(pid, u.id)
+    project = store.project(pid)
+    handed = [store.next_task(project, u)["id"] for u in people[:3]]
+    assert handed == ids  # three annotators, three items
+    assert store.next_task(project, people[0])["id"] == ids[0]  # a reload: the same item
+    # all leased to others: nothing for the fourth now, though progress counts them
+    assert store.next_task(project, people[3]) is None
+    assert store.progress(project, people[3])["left"] == 3
+    time.sleep(0.6)  # every lease expires: the items go to whoever asks next
+    assert store.next_task(project, people[3])["id"] == ids[0]
+    assert store.next_task(project, people[0])["id"] == ids[1]  # u0's item went to u3
+    # labelling an item ends its lease: the next one is handed out
+    store.submit(pid, people[0], ids[1], {"choices": {"overall": "A"}})
+    assert store.next_task(project, people[0])["id"] == ids[2]
+
+    # 8 annotators label 24 items (R = 1) at once: no one is refused a label they were given
+    store = Store(db_url, lease_seconds=60)
+    pid = store.create_project("busy", aspects=["overall"], labels_per_item=1)
+    ids = store.add_tasks(pid, [pair(f"b{i}") for i in range(24)])
+    crowd = [store.create_user(f"busy{i}")[0] for i in range(8)]
+    for u in crowd:
+        store.add_member(pid, u.id)
+    project = store.project(pid)
+    refused, stored = [], []
+
+    def annotate(user):
+        while (task := store.next_task(project, user)) is not None:
+            try:
+                store.submit(pid, user, task["id"], {"choices": {"overall": "B"}})
+                stored.append(task["id"])
+            except Conflict:
+                refused.append(task["id"])
+                return
+
+    threads = [threading.Thread(target=annotate, args=(u,)) for u in crowd]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert refused == [] and sorted(stored) == ids
+    store.dispose()
 
 
 def test_submit_is_idempotent_validates_and_undo_removes_own_last(store):

@@ -60,6 +60,16 @@ sessions = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=False),
 )
+# an item handed to an annotator by next_task, held for them until it expires (or they label it),
+# so that concurrent annotators are handed different items
+leases = sa.Table(
+    "leases", metadata,
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("expires_at", TS, nullable=False),
+)
 projects = sa.Table(
     "projects", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
@@ -250,8 +260,9 @@ def _row(r) -> dict:
 class Store:
     """All reads and writes of the annotation app and the admin commands."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, lease_seconds: float = 600.0):
         self.url = normalise_url(url)
+        self.lease_seconds = lease_seconds
         self.engine = make_engine(url)
         self.reader = self.engine.execution_options(alignkit_read_only=True)
 
@@ -521,8 +532,44 @@ class Store:
                 .order_by(tasks.c.al_score.is_(None), tasks.c.al_score.desc(), tasks.c.id))
 
     def next_task(self, project: dict, user: User) -> Optional[dict]:
-        with self.rx() as c:
-            return _row(c.execute(self._open_tasks(project, user.id).limit(1)).first())
+        """The item ``user`` should label next, leased to them for ``lease_seconds``: the one
+        they already hold if it is still open, else the first open item that the labels it has
+        and the live leases of others leave room for (gold items: every annotator); ``None``
+        when every open item is held by others. Concurrent annotators are handed different
+        items; a lease that expires frees its item."""
+        from datetime import timedelta
+
+        with self.tx() as c:
+            at = now()
+            c.execute(leases.delete().where(leases.c.expires_at < at))
+            held = (sa.select(leases.c.task_id).where(leases.c.user_id == user.id)
+                    .scalar_subquery())
+            candidates = self._open_tasks(project, user.id)
+            mine = c.execute(candidates.where(tasks.c.id.in_(held)).limit(1)).first()
+            if mine is not None:
+                return _row(mine)
+            taken = (sa.select(sa.func.count()).select_from(labels)
+                     .where(labels.c.task_id == tasks.c.id).scalar_subquery()
+                     + sa.select(sa.func.count()).select_from(leases)
+                     .where(leases.c.task_id == tasks.c.id).scalar_subquery())
+            for row in c.execute(candidates.where(sa.or_(
+                    tasks.c.is_gold, taken < project["labels_per_item"])).limit(20)):
+                if not row.is_gold:
+                    # PostgreSQL: the row lock makes a concurrent hand-out of this item wait,
+                    # then count the lease it took (SQLite: the transaction already holds the
+                    # write lock)
+                    c.execute(sa.select(tasks.c.id).where(tasks.c.id == row.id)
+                              .with_for_update())
+                    if c.execute(sa.select(taken).where(tasks.c.id == row.id)).scalar_one() \
+                            >= project["labels_per_item"]:
+                        continue
+                c.execute(leases.delete().where(leases.c.user_id == user.id))
+                c.execute(leases.insert().values(
+                    task_id=row.id, user_id=user.id,
+                    expires_at=at + timedelta(seconds=self.lease_seconds)))
+                return _row(row)
+            # every open item is leased to others: none now (progress still counts them)
+            return None
 
     def progress(self, project: dict, user: User) -> dict:
         with self.rx() as c:
@@ -565,6 +612,8 @@ class Store:
                 row = {"task_id": task_id, "user_id": user.id, "value": value,
                        "reason": (reason or "").strip() or None, "created_at": now()}
                 row["id"] = c.execute(labels.insert().values(**row)).inserted_primary_key[0]
+                c.execute(leases.delete().where(leases.c.task_id == task_id,
+                                                leases.c.user_id == user.id))
                 return row, True
         except IntegrityError:
             # the same user submitting twice at once: the unique constraint kept one

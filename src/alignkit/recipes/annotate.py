@@ -22,13 +22,13 @@ from alignkit.errors import UserError
 from alignkit.utils.logs import log
 
 
-def open_store(db: str):
+def open_store(db: str, **options):
     try:
         from alignkit.feedback.store import Store
     except ImportError as e:
         raise UserError(f"the annotation app needs the web extra: pip install 'alignkit[web]' "
                         f"({e})") from None
-    store = Store(db)
+    store = Store(db, **options)
     store.upgrade()
     return store
 
@@ -52,7 +52,7 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
     from alignkit.feedback.store import shown_url
 
     # 1. The database (migrated) and the admin of $ALIGNKIT_ADMIN_TOKEN.
-    store = open_store(cfg.db)
+    store = open_store(cfg.db, lease_seconds=cfg.lease_seconds)
     token = os.environ.get(cfg.admin_token_env, "") if cfg.admin_token_env else ""
     if token:
         store.ensure_admin(token)

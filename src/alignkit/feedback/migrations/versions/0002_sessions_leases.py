@@ -1,4 +1,5 @@
-"""Annotation store: server-side sign-in sessions (one per sign-in, revocable, with expiry).
+"""Annotation store: server-side sign-in sessions (one per sign-in, revocable, with expiry) and
+leases (an item handed to an annotator, held for them until it expires).
 
 Revision ID: 0002
 Revises: 0001
@@ -27,5 +28,16 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "leases",
+        sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+                  primary_key=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+                  primary_key=True),
+        sa.Column("expires_at", TS, nullable=False),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("leases")
     op.drop_table("sessions")
