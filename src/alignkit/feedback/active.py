@@ -73,7 +73,10 @@ def refresh_priorities(store, project_id: int, model=None) -> int:
         from alignkit.models.reward import RewardModel
 
         model = RewardModel.load(project["reward_model"], "cpu")
-    tasks = [t for t in store.tasks_of(project_id) if not t["is_gold"]]
+    from alignkit.feedback.store import unrenderable
+
+    tasks = [t for t in store.tasks_of(project_id)
+             if not t["is_gold"] and unrenderable(t, project["aspects"]) is None]
     scores = uncertainty_scores(model, tasks, project["al_strategy"])
     store.set_al_scores(project_id, scores)
     return len(scores)

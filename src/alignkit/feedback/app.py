@@ -50,7 +50,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignkit.errors import UserError
 from alignkit.feedback.markdown import render_markdown
-from alignkit.feedback.store import Forbidden, Invalid, Store, StoreError, User, text_of
+from alignkit.feedback.store import (Forbidden, Invalid, Store, StoreError, User, text_of,
+                                     unrenderable)
 
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
@@ -360,9 +361,15 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         project = store.project(project_id)
         report = project_report(store, project_id)
         tasks = {t["id"]: t for t in store.tasks_of(project_id)}
+        # items that cannot be shown are listed with the reason, never rendered
+        broken = [{"id": tid, "source": (t.get("meta") or {}).get("source", ""), "why": why}
+                  for tid, t in tasks.items() if (why := unrenderable(t, project["aspects"]))]
+        for item in broken:
+            del tasks[item["id"]]
+        report["disputes"] = [d for d in report["disputes"] if d["id"] in tasks]
         return page(request, "admin.html", user, project=project, report=report,
                     tasks={tid: public_task(t, project["aspects"]) for tid, t in tasks.items()},
-                    queue=queue_change(list(tasks.values()))[:50],
+                    queue=queue_change(list(tasks.values()))[:50], broken=broken,
                     members=store.member_names(project_id))
 
     @app.get("/api/admin/projects/{project_id}/report")

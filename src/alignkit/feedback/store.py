@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import hmac
 import secrets
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from alignkit.errors import UserError
+
+log = logging.getLogger("alignkit.annotate")
 
 TS = sa.DateTime(timezone=True)
 metadata = sa.MetaData()
@@ -102,6 +105,9 @@ tasks = sa.Table(
     sa.Column("gold", sa.JSON, nullable=True),  # the known answer of a hidden gold item
     sa.Column("meta", sa.JSON, nullable=True),  # category, source file:line, ...
     sa.Column("al_score", sa.Float, nullable=True),  # active learning: higher is served first
+    # why the queue could not show it (stored by an older alignkit or by hand): kept out of the
+    # queue and listed on the admin dashboard instead of failing every page that reaches it
+    sa.Column("unrenderable", sa.Text, nullable=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("created_by", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
 )
@@ -527,6 +533,7 @@ class Store:
                  .where(labels.c.task_id == tasks.c.id).scalar_subquery())
         mine = sa.exists().where(labels.c.task_id == tasks.c.id, labels.c.user_id == user_id)
         return (sa.select(tasks).where(tasks.c.project_id == project["id"], ~mine,
+                                       tasks.c.unrenderable.is_(None),
                                        sa.or_(tasks.c.is_gold,
                                               count < project["labels_per_item"]))
                 .order_by(tasks.c.al_score.is_(None), tasks.c.al_score.desc(), tasks.c.id))
@@ -553,7 +560,14 @@ class Store:
                      + sa.select(sa.func.count()).select_from(leases)
                      .where(leases.c.task_id == tasks.c.id).scalar_subquery())
             for row in c.execute(candidates.where(sa.or_(
-                    tasks.c.is_gold, taken < project["labels_per_item"])).limit(20)):
+                    tasks.c.is_gold, taken < project["labels_per_item"])).limit(20)).all():
+                why = unrenderable(_row(row), project["aspects"])
+                if why is not None:  # skipped, kept for the admin to see
+                    log.warning("task %d cannot be shown (%s); kept out of the queue", row.id,
+                                why)
+                    c.execute(tasks.update().where(tasks.c.id == row.id)
+                              .values(unrenderable=why))
+                    continue
                 if not row.is_gold:
                     # PostgreSQL: the row lock makes a concurrent hand-out of this item wait,
                     # then count the lease it took (SQLite: the transaction already holds the
@@ -708,7 +722,21 @@ def text_of(value: Any) -> str:
     return str(value)
 
 
+def unrenderable(task: dict, aspects: list[str]) -> str | None:
+    """Why a stored task cannot be shown to an annotator (``None``: it can)."""
+    try:
+        validate_task({**task, "gold": task.get("gold")}, aspects)
+    except Invalid as e:
+        return str(e)
+    return None
+
+
 def validate_task(item: dict, aspects: list[str]) -> dict:
+    from alignkit.data.readers import lone_surrogate
+
+    bad = lone_surrogate([item.get("prompt"), item.get("responses")])
+    if bad is not None:
+        raise Invalid(f"task text holds a lone surrogate ({bad}), which is not text")
     kind = item.get("kind")
     if kind not in KINDS:
         raise Invalid(f"task kind must be one of {', '.join(KINDS)}, got {kind!r}")

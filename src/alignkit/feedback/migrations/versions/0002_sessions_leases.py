@@ -1,5 +1,6 @@
-"""Annotation store: server-side sign-in sessions (one per sign-in, revocable, with expiry) and
-leases (an item handed to an annotator, held for them until it expires).
+"""Annotation store: server-side sign-in sessions (one per sign-in, revocable, with expiry),
+leases (an item handed to an annotator, held for them until it expires), and why a task could
+not be shown (``tasks.unrenderable``).
 
 Revision ID: 0002
 Revises: 0001
@@ -38,6 +39,12 @@ def upgrade() -> None:
     )
 
 
+    with op.batch_alter_table("tasks") as batch:  # SQLite rebuilds the table
+        batch.add_column(sa.Column("unrenderable", sa.Text, nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("unrenderable")
     op.drop_table("leases")
     op.drop_table("sessions")
