@@ -53,12 +53,20 @@ class PostgresCluster:
             shutil.chown(self.root, "postgres", "postgres")
         self._run(self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
                   "-E", "UTF8", "--no-sync")
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after ``pause``) on the same port and data."""
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                 f"-c unix_socket_directories={self.root} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(self.bin / "pg_ctl", "-D", self.data, "-o", opts, "-l", self.root / "log",
                   "-w", "-t", "60", "start")
-        return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (a restart: ``resume``)."""
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
     @property
     def admin_url(self) -> str:

@@ -48,3 +48,54 @@ def test_an_item_that_cannot_be_shown_is_skipped_and_reported(server):
     report = requests.get(f"{server.url}/api/admin/projects/{project}/report", headers=admin)
     assert report.status_code == 200
     store.dispose()
+
+
+def test_ids_past_the_integer_range_are_404s(server):
+    store = Store(server.db_url)
+    project = store.create_project("alpha", "Be kind", ["overall"], 1)
+    user, token = store.create_user("ann")
+    store.add_member(project, user.id)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for path in (f"/api/projects/{2**63}/next", f"/projects/{10**30}",
+                 f"/api/admin/projects/{-2**63 - 1}/report", f"/admin/projects/{2**64}"):
+        r = requests.get(server.url + path, headers=auth, timeout=30)
+        assert r.status_code == 404, (path, r.status_code, r.text[:200])
+    r = requests.post(f"{server.url}/api/admin/tasks/{2**63}/resolve", headers=auth,
+                      json={"value": {}}, timeout=30)
+    assert r.status_code == 404
+    r = requests.post(f"{server.url}/api/projects/{project}/labels",
+                      headers={"Authorization": f"Bearer {token}"},
+                      json={"task_id": 2**70, "value": {}}, timeout=30)
+    assert r.status_code == 404 and "no task" in r.json()["error"]
+    store.dispose()
+
+
+def test_a_postgresql_restart_is_a_503_then_service_resumes(postgres_cluster, tmp_path):
+    import time
+
+    from tests.web.conftest import Server
+
+    url = postgres_cluster.new_database()
+    srv = Server(url, tmp_path / "server.log")
+    try:
+        store = Store(url)
+        _, token = store.create_user("ann")
+        store.dispose()
+        me = f"{srv.url}/api/me"
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(me, headers=auth, timeout=30).status_code == 200
+        postgres_cluster.pause()
+        try:
+            r = requests.get(me, headers=auth, timeout=60)
+            assert r.status_code == 503 and r.headers["retry-after"] == "2"
+            assert "database is unavailable" in r.json()["error"]
+        finally:
+            postgres_cluster.resume()
+        deadline = time.time() + 30
+        while (status := requests.get(me, headers=auth, timeout=30).status_code) == 503:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert status == 200
+    finally:
+        log = srv.stop()
+    assert "unexpected error" not in log, log

@@ -41,17 +41,18 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignkit.errors import UserError
 from alignkit.feedback.markdown import render_markdown
-from alignkit.feedback.store import (Forbidden, Invalid, Store, StoreError, User, text_of,
-                                     unrenderable)
+from alignkit.feedback.store import (Forbidden, Invalid, NotFound, Store, StoreError, User,
+                                     text_of, unrenderable)
 
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
@@ -143,7 +144,19 @@ def public_task(task: dict, aspects: list[str]) -> dict:
 
 
 def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
-    app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    def ids_in_range(request: Request) -> None:
+        """Every ``..._id`` in the path names a row or nothing: one past the database's integer
+        range is a 404 like any other unknown id, never an overflow inside the driver."""
+        for name, value in request.path_params.items():
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                continue  # not a number: the route's own validation answers
+            if name.endswith("_id") and not 0 < number < 2**63:
+                raise NotFound(f"no {name.removesuffix('_id')} {value}")
+
+    app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(ids_in_range)])
     limiter = limiter or SignInLimiter()
 
     @app.middleware("http")
@@ -204,6 +217,16 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_away(request: Request, exc: Exception):
+        """The database restarting or unreachable: a 503 to retry, not an error of the app
+        (the connection pool reconnects on a later request)."""
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0][:200])
+        return JSONResponse({"error": "the database is unavailable; retry shortly"},
+                            status_code=503, headers={"Retry-After": "2"})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # a bug: logged, never a traceback
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -244,6 +267,8 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         value = body.get(name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f'field "{name}" must be an integer')
+        if not 0 < value < 2**63:
+            raise NotFound(f'no {name.removesuffix("_id")} {value}')
         return value
 
     def page(request: Request, name: str, user: Optional[User], **ctx):
