@@ -15,6 +15,8 @@ into a plain one (one process, or DDP).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import random
 import re
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from alignkit.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 SHARDED = "sharded"
@@ -58,14 +62,31 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@contextlib.contextmanager
+def writing(tmp: Path, what: str):
+    """Around the writes of ``tmp`` (the temporary folder of ``what``): a write that fails --
+    the disk full, a quota, a vanished mount -- removes the partial folder and is a
+    ``UserError`` that says so (what was written before stays as it was)."""
+    try:
+        yield
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = ("the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else e.strerror or str(e))
+        raise UserError(f"{what}: cannot write it ({why}); the partial copy was removed and "
+                        "earlier checkpoints are untouched. Free some space (or point --output "
+                        "elsewhere) and resume with --resume") from None
+
+
 def save_checkpoint(output: str | Path, step: int, model, optimizer, scheduler,
                     state: dict[str, Any], keep: int = 2) -> Path:
     from safetensors.torch import save_file
 
     tmp = _start(output, step)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    return _finish(output, step, tmp, scheduler, state, keep)
+    with writing(tmp, f"checkpoint of step {step} in {Path(output) / 'checkpoints'}"):
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        return _finish(output, step, tmp, scheduler, state, keep)
 
 
 def _start(output: str | Path, step: int) -> Path:
@@ -212,14 +233,15 @@ def save_final(output: str | Path, model, tokenizer, name: str = "final",
     final = root / name
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if is_lora(model):
-        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp / "adapter"))
-    plain = merged_copy_for_saving(model)
-    plain.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if card is not None:
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+    with writing(tmp, f"{final}"):
+        if is_lora(model):
+            model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp / "adapter"))
+        plain = merged_copy_for_saving(model)
+        plain.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
     old = root / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
