@@ -12,8 +12,9 @@ import os
 import sys
 
 from alignkit import __version__
-from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, AnnotateServeConfig,
-                             AnnotateTasksConfig, AnnotateUserConfig, BestOfNConfig,
+from alignkit.config import (AnnotateBackupConfig, AnnotateExportConfig, AnnotateProjectConfig,
+                             AnnotateRestoreConfig, AnnotateServeConfig, AnnotateTasksConfig,
+                             AnnotateUserConfig, BestOfNConfig,
                              CritiqueConfig, DemoConfig, DPOConfig, EvalConfig, LabelConfig,
                              OnlineDPOConfig, PPOConfig, ReportConfig, RewardConfig, ScoreConfig,
                              ServeConfig, SFTConfig, StudyConfig, TinyModelConfig, add_config_flags,
@@ -73,6 +74,11 @@ STAGES = {
                            "rankings, to a project."),
     "annotate-export": (AnnotateExportConfig, "alignkit.recipes.annotate:export",
                         "Annotation app: export labels as preference pairs and rankings."),
+    "annotate-backup": (AnnotateBackupConfig, "alignkit.recipes.annotate:backup",
+                        "Annotation app: back up a project whole (tasks, labels, users, audit "
+                        "log) to a file."),
+    "annotate-restore": (AnnotateRestoreConfig, "alignkit.recipes.annotate:restore",
+                         "Annotation app: restore a project from a backup file."),
 }
 
 

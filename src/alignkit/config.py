@@ -1764,6 +1764,25 @@ class AnnotateTasksConfig(RolloutArgs, AnnotateDBArgs):
 
 
 @config
+class AnnotateBackupConfig(AnnotateDBArgs):
+    """Back up one project whole (users, tasks, labels, resolutions, audit log) to a JSON file
+    that restores into any database."""
+
+    project: str = opt(None, "Project name.", required=True)
+    output: str = opt(None, "The backup file to write (JSON; it holds the users' hashed "
+                      "secrets: keep it as private as the database).", required=True)
+
+
+@config
+class AnnotateRestoreConfig(AnnotateDBArgs):
+    """Restore a project from an ``alignkit annotate backup`` file (all of it, or nothing)."""
+
+    input: str = opt(None, "The backup file.", required=True)
+    project: Optional[str] = opt(None, "Restore under this name (default: the backed-up "
+                                 "project's own name, which must be free).")
+
+
+@config
 class AnnotateExportConfig(AnnotateDBArgs):
     """Export a project's labels as preference pairs and rankings (README.md, "Data")."""
 

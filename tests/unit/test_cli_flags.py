@@ -238,6 +238,8 @@ EXPECTED_FLAGS = {
         '--config', '--db', '--help', '--include-gold', '--mode', '--no-include-gold', '--output',
         '--project',
     ),
+    'annotate-backup': ('--config', '--db', '--help', '--output', '--project'),
+    'annotate-restore': ('--config', '--db', '--help', '--input', '--project'),
 }
 
 
@@ -447,7 +449,8 @@ def test_no_flag_is_documented_as_unused(stage):
 
 
 REQUIRED = {"ppo": ["--model"], "dpo": ["--model"], "online-dpo": ["--model"],
-            "best-of-n": ["--model", "--reward-model"], "critique": ["--model"], "serve": ["--model"]}
+            "best-of-n": ["--model", "--reward-model"], "critique": ["--model"], "serve": ["--model"],
+            "annotate-backup": ["--project", "--output"], "annotate-restore": ["--input"]}
 
 
 def test_these_are_the_required_options():

@@ -198,7 +198,7 @@ def lone_surrogate(value: Any) -> str | None:
     return None
 
 
-def _loads(text: str):
+def parse_json(text: str):
     """``json.loads`` of data: text past the decoder's limits, a key named twice in an object
     and a lone surrogate escape are ``ValueError``s that say which (a ``JSONDecodeError`` is
     one too, with the position)."""
@@ -229,7 +229,7 @@ def _read_jsonl(raw: bytes, path: Path, shown: str,
         if bad:
             raise DataError(bad)
         try:
-            items = _loads("\n".join(lines))
+            items = parse_json("\n".join(lines))
         except json.JSONDecodeError as e:
             raise UserError(f"{shown}:{e.lineno}: not valid JSON ({e.msg})") from None
         except _NotText as e:
@@ -250,7 +250,7 @@ def _read_jsonl(raw: bytes, path: Path, shown: str,
                 problems.append(f"{shown}:{i}: {why}")
                 continue
             try:
-                item = _loads(line)
+                item = parse_json(line)
             except json.JSONDecodeError as e:
                 problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno})")
                 continue
@@ -274,7 +274,7 @@ def _maybe_json(value: Any) -> Any:
     those that parse as a JSON list, keep all other text as it is."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            decoded = _loads(value)
+            decoded = parse_json(value)
         except ValueError:
             return value
         return decoded if isinstance(decoded, list) else value

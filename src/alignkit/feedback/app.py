@@ -9,6 +9,8 @@ API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorizat
 ``POST /api/projects/{id}/undo``, ``GET /api/projects/{id}/labels/mine``; admin only:
 ``GET /api/admin/projects/{id}/report``, ``GET /api/admin/projects/{id}/labels``,
 ``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``,
+``GET /api/admin/projects/{id}/audit`` (the project's append-only audit log: who labelled,
+undid -- with the whole label --, resolved, exported, when),
 ``POST /api/admin/tasks/{id}/resolve``, ``POST /api/admin/projects/{id}/active``.
 
 Sign-in: ``POST /login`` with a name and password, or with a personal token, opens a server-side
@@ -301,6 +303,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
             return page(request, "login.html", None,
                         error="Unknown token, or wrong name or password.")
         limiter.succeeded(user.name)
+        store.record("sign_in", user, address=address)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, store.open_session(user), httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", max_age=14 * 24 * 3600)
@@ -420,14 +423,23 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
                mode: str = "aggregated"):
         from alignkit.feedback.export import export_records, jsonl
 
-        admin_user(request)
+        admin = admin_user(request)
         if kind not in ("pairs", "rankings") or mode not in ("aggregated", "labels"):
             raise Invalid("kind must be pairs or rankings; mode aggregated or labels")
         pairs, rankings, _ = export_records(store, project_id, mode)
+        store.record("export", admin, project_id, kind=kind, mode=mode,
+                     records=len(pairs if kind == "pairs" else rankings))
         name = f"project-{project_id}-{kind}.jsonl"
         return PlainTextResponse(jsonl(pairs if kind == "pairs" else rankings),
                                  media_type="application/x-ndjson",
                                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/admin/projects/{project_id}/audit")
+    def audit_log(request: Request, project_id: int):
+        admin_user(request)
+        store.project(project_id)
+        return [{**{k: v for k, v in entry.items() if k != "at"}, "at": entry["at"].isoformat()}
+                for entry in store.audit_of(project_id)]
 
     @app.post("/api/admin/tasks/{task_id}/resolve")
     async def resolve(request: Request, task_id: int):

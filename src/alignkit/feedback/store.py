@@ -18,16 +18,17 @@ Every write records who (user id) and when (UTC).
 Secrets: tokens are random (``secrets.token_urlsafe``) and stored as SHA-256 hashes; passwords
 as salted scrypt hashes (an unknown name costs the same scrypt as a known one, so sign-in time
 does not tell which names exist). A user has one personal token (for the API and scripts) and
-any number of sign-in sessions (one per browser sign-in, each revocable, each expiring). The bootstrap admin token comes from the environment
-(``ALIGNKIT_ADMIN_TOKEN``), never from code.
+any number of sign-in sessions (one per browser sign-in, each revocable, each expiring). The
+bootstrap admin token comes from the environment (``ALIGNKIT_ADMIN_TOKEN``), never from code.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import hmac
+import json
+import logging
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,20 @@ leases = sa.Table(
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
               primary_key=True),
     sa.Column("expires_at", TS, nullable=False),
+)
+# append-only: who did what, when (nothing in the app updates or deletes a row of it); an undone
+# label's whole record is kept in its "undo" entry
+audit = sa.Table(
+    "audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="SET NULL"),
+              nullable=True),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"),
+              nullable=True, index=True),
+    sa.Column("task_id", sa.Integer, nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
 )
 projects = sa.Table(
     "projects", metadata,
@@ -325,6 +340,7 @@ class Store:
                 name=name, role=role, token_hash=hash_token(token),
                 password_hash=hash_password(password) if password else None,
                 created_at=now())).inserted_primary_key[0]
+            self._audit(c, "create_user", None, None, name=name, role=role)
         return User(uid, name, role), token
 
     def new_token(self, name: str) -> str:
@@ -409,6 +425,147 @@ class Store:
 
     # ------------------------------------------------------------------ projects
 
+    @staticmethod
+    def _audit(c, action: str, user_id: int | None = None, project_id: int | None = None,
+               task_id: int | None = None, **detail) -> None:
+        """One entry of the audit log, written in the caller's transaction (it stands or falls
+        with what it records)."""
+        c.execute(audit.insert().values(at=now(), user_id=user_id, action=action,
+                                        project_id=project_id, task_id=task_id,
+                                        detail=json.loads(json.dumps(detail, default=str))
+                                        if detail else None))
+
+    def record(self, action: str, user: User | None = None, project_id: int | None = None,
+               **detail) -> None:
+        """An audit entry of something the store itself does not do (an export, a sign-in)."""
+        with self.tx() as c:
+            self._audit(c, action, user.id if user else None, project_id, **detail)
+
+    def audit_of(self, project_id: int | None = None) -> list[dict]:
+        """The audit log (of one project, or all of it), oldest first, with user names."""
+        q = (sa.select(audit, users.c.name.label("user"))
+             .join(users, users.c.id == audit.c.user_id, isouter=True).order_by(audit.c.id))
+        if project_id is not None:
+            q = q.where(audit.c.project_id == project_id)
+        with self.rx() as c:
+            return [_row(r) for r in c.execute(q)]
+
+    # ------------------------------------------------------------------ backup
+
+    def backup(self, project_id: int) -> dict:
+        """Everything of one project as JSON-ready data, by names and positions rather than
+        database ids (so that it restores into any database): the project, the users it
+        involves (role and hashed secrets), its tasks in order, labels, resolutions, and its
+        audit log."""
+        iso = lambda t: None if t is None else (t if t.tzinfo else t.replace(  # noqa: E731
+            tzinfo=timezone.utc)).isoformat()
+        with self.rx() as c:
+            project = c.execute(sa.select(projects).where(projects.c.id == project_id)).first()
+            if project is None:
+                raise NotFound(f"no project {project_id}")
+            rows = lambda q: [r._mapping for r in c.execute(q)]  # noqa: E731
+            task_rows = rows(sa.select(tasks).where(tasks.c.project_id == project_id)
+                             .order_by(tasks.c.id))
+            at = {t["id"]: n for n, t in enumerate(task_rows)}
+            in_project = sa.select(tasks.c.id).where(tasks.c.project_id == project_id)
+            label_rows = rows(sa.select(labels).where(labels.c.task_id.in_(in_project))
+                              .order_by(labels.c.id))
+            resolution_rows = rows(sa.select(resolutions).where(
+                resolutions.c.task_id.in_(in_project)).order_by(resolutions.c.task_id))
+            audit_rows = rows(sa.select(audit).where(audit.c.project_id == project_id)
+                              .order_by(audit.c.id))
+            member_ids = [r.user_id for r in c.execute(sa.select(members.c.user_id).where(
+                members.c.project_id == project_id).order_by(members.c.user_id))]
+            involved = set(member_ids) | {r["user_id"] for r in label_rows + resolution_rows
+                                          + audit_rows if r["user_id"] is not None}
+            involved |= {t["created_by"] for t in task_rows if t["created_by"] is not None}
+            people = {r.id: r for r in c.execute(sa.select(users).where(
+                users.c.id.in_(involved)))}
+        name = {uid: r.name for uid, r in people.items()}
+        return {
+            "format": "alignkit-annotate-backup", "version": 1,
+            "project": {k: project._mapping[k] for k in (
+                "name", "guidelines", "aspects", "labels_per_item", "reward_model",
+                "al_strategy")} | {"created_at": iso(project.created_at),
+                                   "created_by": name.get(project.created_by)},
+            "users": [{"name": r.name, "role": r.role, "token_hash": r.token_hash,
+                       "password_hash": r.password_hash, "created_at": iso(r.created_at)}
+                      for r in sorted(people.values(), key=lambda r: r.name)],
+            "members": sorted(name[u] for u in member_ids),
+            "tasks": [{k: t[k] for k in ("kind", "prompt", "responses", "is_gold", "gold",
+                                         "meta", "al_score", "unrenderable")}
+                      | {"created_at": iso(t["created_at"]),
+                         "created_by": name.get(t["created_by"])} for t in task_rows],
+            "labels": [{"task": at[r["task_id"]], "user": name[r["user_id"]],
+                        "value": r["value"], "reason": r["reason"],
+                        "created_at": iso(r["created_at"])} for r in label_rows],
+            "resolutions": [{"task": at[r["task_id"]], "user": name[r["user_id"]],
+                             "value": r["value"], "note": r["note"],
+                             "created_at": iso(r["created_at"])} for r in resolution_rows],
+            "audit": [{"at": iso(r["at"]), "user": name.get(r["user_id"]),
+                       "action": r["action"], "task": at.get(r["task_id"]),
+                       "detail": r["detail"]} for r in audit_rows],
+        }
+
+    def restore(self, dump: dict, name: str | None = None) -> int:
+        """A project from ``backup``'s data, in one transaction (nothing on any error): users
+        missing here are created with their hashed secrets (existing ones are kept as they
+        are); ``name`` restores it under another name. Returns the new project's id."""
+        if not isinstance(dump, dict) or dump.get("format") != "alignkit-annotate-backup":
+            raise Invalid("not an alignkit annotation backup")
+        if dump.get("version") != 1:
+            raise Invalid(f"backup version {dump.get('version')!r} is not one this alignkit "
+                          "reads (1)")
+        when = lambda text: datetime.fromisoformat(text) if text else now()  # noqa: E731
+        try:
+            with self.tx() as c:
+                ids: dict[str, int] = {}
+                for u in dump["users"]:
+                    row = c.execute(sa.select(users.c.id)
+                                    .where(users.c.name == u["name"])).first()
+                    ids[u["name"]] = row.id if row else c.execute(users.insert().values(
+                        name=u["name"], role=u["role"], token_hash=u["token_hash"],
+                        password_hash=u["password_hash"],
+                        created_at=when(u["created_at"]))).inserted_primary_key[0]
+                p = dump["project"]
+                title = name or p["name"]
+                if c.execute(sa.select(projects.c.id).where(projects.c.name == title)).first():
+                    raise Conflict(f"project {title!r} already exists (restore it under "
+                                   "another name)")
+                pid = c.execute(projects.insert().values(
+                    name=title, guidelines=p["guidelines"], aspects=p["aspects"],
+                    labels_per_item=p["labels_per_item"], reward_model=p["reward_model"],
+                    al_strategy=p["al_strategy"], created_at=when(p["created_at"]),
+                    created_by=ids.get(p["created_by"]))).inserted_primary_key[0]
+                for member in dump["members"]:
+                    c.execute(members.insert().values(project_id=pid, user_id=ids[member],
+                                                      added_at=now()))
+                task_ids = [c.execute(tasks.insert().values(
+                    project_id=pid, **{k: t[k] for k in ("kind", "prompt", "responses",
+                                                         "is_gold", "gold", "meta", "al_score",
+                                                         "unrenderable")},
+                    created_at=when(t["created_at"]), created_by=ids.get(t["created_by"]))
+                ).inserted_primary_key[0] for t in dump["tasks"]]
+                for r in dump["labels"]:
+                    c.execute(labels.insert().values(
+                        task_id=task_ids[r["task"]], user_id=ids[r["user"]], value=r["value"],
+                        reason=r["reason"], created_at=when(r["created_at"])))
+                for r in dump["resolutions"]:
+                    c.execute(resolutions.insert().values(
+                        task_id=task_ids[r["task"]], user_id=ids[r["user"]], value=r["value"],
+                        note=r["note"], created_at=when(r["created_at"])))
+                for r in dump["audit"]:
+                    c.execute(audit.insert().values(
+                        at=when(r["at"]), user_id=ids.get(r["user"]), action=r["action"],
+                        project_id=pid, detail=r["detail"],
+                        task_id=None if r["task"] is None else task_ids[r["task"]]))
+                self._audit(c, "restore", None, pid, source_project=p["name"],
+                            tasks=len(task_ids), labels=len(dump["labels"]))
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise Invalid(f"the backup is damaged or incomplete ({type(e).__name__}: {e})") \
+                from None
+        return pid
+
     def create_project(self, name: str, guidelines: str = "", aspects: list[str] | None = None,
                        labels_per_item: int = 2, reward_model: str | None = None,
                        al_strategy: str = "std", created_by: int | None = None) -> int:
@@ -425,11 +582,14 @@ class Store:
         with self.tx() as c:
             if c.execute(sa.select(projects.c.id).where(projects.c.name == name)).first():
                 raise Conflict(f"project {name!r} already exists")
-            return c.execute(projects.insert().values(
+            pid = c.execute(projects.insert().values(
                 name=name, guidelines=guidelines or "", aspects=aspects,
                 labels_per_item=labels_per_item, reward_model=reward_model,
                 al_strategy=al_strategy, created_at=now(),
                 created_by=created_by)).inserted_primary_key[0]
+            self._audit(c, "create_project", created_by, pid, name=name, aspects=aspects,
+                        labels_per_item=labels_per_item)
+            return pid
 
     def update_project(self, project_id: int, **values) -> None:
         allowed = {"guidelines", "labels_per_item", "reward_model", "al_strategy"}
@@ -469,6 +629,7 @@ class Store:
             if not exists:
                 c.execute(members.insert().values(project_id=project_id, user_id=user_id,
                                                   added_at=now()))
+                self._audit(c, "add_member", None, project_id, member=user_id)
 
     def check_access(self, project_id: int, user: User) -> dict:
         """The project, if ``user`` may work on it. Annotators outside it get 404 (not 403), so
@@ -504,6 +665,8 @@ class Store:
                 ids.append(c.execute(tasks.insert().values(
                     project_id=project_id, created_at=stamp, created_by=created_by,
                     **row)).inserted_primary_key[0])
+            self._audit(c, "add_tasks", created_by, project_id, count=len(ids),
+                        first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
         return ids
 
     def task(self, task_id: int) -> dict:
@@ -628,6 +791,8 @@ class Store:
                 row["id"] = c.execute(labels.insert().values(**row)).inserted_primary_key[0]
                 c.execute(leases.delete().where(leases.c.task_id == task_id,
                                                 leases.c.user_id == user.id))
+                self._audit(c, "label", user.id, project_id, task_id, label_id=row["id"],
+                            value=value)
                 return row, True
         except IntegrityError:
             # the same user submitting twice at once: the unique constraint kept one
@@ -639,7 +804,8 @@ class Store:
             raise Conflict(f"you already labelled task {task_id}; undo it first") from None
 
     def undo_last(self, project_id: int, user: User) -> Optional[dict]:
-        """Delete ``user``'s most recent label in the project; returns it (None if none)."""
+        """Take back ``user``'s most recent label in the project (the audit log keeps its whole
+        record); returns it (None if none)."""
         self.check_access(project_id, user)
         with self.tx() as c:
             last = c.execute(
@@ -649,6 +815,8 @@ class Store:
             if last is None:
                 return None
             c.execute(labels.delete().where(labels.c.id == last.id))
+            self._audit(c, "undo", user.id, project_id, last.task_id, label_id=last.id,
+                        value=last.value, reason=last.reason, labelled_at=last.created_at)
         return _row(last)
 
     def labels_of_user(self, project_id: int, user: User) -> list[dict]:
@@ -693,6 +861,8 @@ class Store:
                    "note": (note or "").strip() or None, "created_at": now()}
             c.execute(resolutions.delete().where(resolutions.c.task_id == task_id))
             c.execute(resolutions.insert().values(**row))
+            self._audit(c, "resolve", admin.id, task.project_id, task_id, value=value,
+                        note=row["note"])
         return row
 
     def resolutions_of(self, project_id: int) -> dict[int, dict]:

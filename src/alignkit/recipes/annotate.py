@@ -16,8 +16,9 @@ import os
 import socket
 from pathlib import Path
 
-from alignkit.config import (AnnotateExportConfig, AnnotateProjectConfig, AnnotateServeConfig,
-                             AnnotateTasksConfig, AnnotateUserConfig)
+from alignkit.config import (AnnotateBackupConfig, AnnotateExportConfig, AnnotateProjectConfig,
+                             AnnotateRestoreConfig, AnnotateServeConfig, AnnotateTasksConfig,
+                             AnnotateUserConfig)
 from alignkit.errors import UserError
 from alignkit.utils.logs import log
 
@@ -188,6 +189,8 @@ def export(cfg: AnnotateExportConfig) -> dict:
     store = open_store(cfg.db)
     project = store.project_by_name(_need(cfg.project, "--project"))
     pairs, rankings, counts = export_records(store, project["id"], cfg.mode, cfg.include_gold)
+    store.record("export", None, project["id"], output=str(cfg.output), mode=cfg.mode,
+                 pairs=counts["pairs"], rankings=counts["rankings"])
     out = Path(cfg.output)
     write_jsonl(pairs, out / "pairs.jsonl")
     write_jsonl(rankings, out / "rankings.jsonl")
@@ -204,6 +207,47 @@ def export(cfg: AnnotateExportConfig) -> dict:
           f"{counts['skipped_gold']} gold")
     log.info("agreement report -> %s", out / "agreement.json")
     return counts
+
+
+def backup(cfg: AnnotateBackupConfig) -> Path:
+    # 1. The project, read whole in one transaction.
+    store = open_store(cfg.db)
+    project = store.project_by_name(cfg.project)
+    dump = store.backup(project["id"])
+    store.record("backup", None, project["id"], output=str(cfg.output))
+    # 2. Written atomically (a killed backup never leaves a half file under the name).
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(dump, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(out)
+    print(f"backed up project {project['name']!r}: {len(dump['tasks'])} task(s), "
+          f"{len(dump['labels'])} label(s), {len(dump['resolutions'])} resolution(s), "
+          f"{len(dump['audit'])} audit log entries, {len(dump['users'])} user(s) -> {out}",
+          flush=True)
+    return out
+
+
+def restore(cfg: AnnotateRestoreConfig) -> int:
+    from alignkit.data.readers import parse_json
+
+    # 1. The backup file, read and parsed (a damaged file is one clear error).
+    path = Path(cfg.input)
+    try:
+        dump = parse_json(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the backup ({e.strerror or e})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: not a backup file ({e})") from None
+    # 2. Restored in one transaction: everything, or nothing on any error.
+    store = open_store(cfg.db)
+    try:
+        pid = store.restore(dump, cfg.project)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    print(f"restored project {cfg.project or dump['project']['name']!r} (id {pid}): "
+          f"{len(dump['tasks'])} task(s), {len(dump['labels'])} label(s)", flush=True)
+    return pid
 
 
 DEMO_GUIDELINES = """# How to judge

@@ -30,8 +30,9 @@ resumed run exact, at any number of processes).
 Under FSDP the parameters the root owns (embeddings, final norm, LM head) are gathered only in a
 forward through ``trainer.forward``; every other forward of the trained model (held-out
 evaluation, reference log-probs, sampling) runs inside ``with trainer.unsharded():``, which
-gathers the whole model (``fit`` already does it around ``evaluate``). After training, ``trainer.full_model()`` is the model
-with its full weights (on the first process), which ``save_final`` writes.
+gathers the whole model (``fit`` already does it around ``evaluate``). After training,
+``trainer.full_model()`` is the model with its full weights (on the first process), which
+``save_final`` writes.
 """
 
 from __future__ import annotations
@@ -281,9 +282,9 @@ class Trainer:
     with ``state_dict``/``load_state_dict`` saved in every checkpoint under their key.
     ``checkpoint_at_end``: also write a checkpoint after the last step (so that a later
     ``--resume`` with more ``--max-steps`` continues the run). ``sources``: where each training
-    example came from (``file:line``), named when a batch's loss is not finite. ``idle_parameters``: some
-    trainable parameters sit out some micro-batches (under torchrun DDP then looks for them;
-    FSDP reduces whatever gradients were accumulated).
+    example came from (``file:line``), named when a batch's loss is not finite.
+    ``idle_parameters``: some trainable parameters sit out some micro-batches (under torchrun DDP
+    then looks for them; FSDP reduces whatever gradients were accumulated).
 
     With ``--distributed fsdp`` under torchrun ``model`` is sharded in place: its parameters
     become shards (DTensors) and only ``trainer.forward``, ``trainer.unsharded()`` and

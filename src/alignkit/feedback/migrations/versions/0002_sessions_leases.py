@@ -1,6 +1,6 @@
 """Annotation store: server-side sign-in sessions (one per sign-in, revocable, with expiry),
-leases (an item handed to an annotator, held for them until it expires), and why a task could
-not be shown (``tasks.unrenderable``).
+leases (an item handed to an annotator, held for them until it expires), why a task could not
+be shown (``tasks.unrenderable``), and the append-only audit log.
 
 Revision ID: 0002
 Revises: 0001
@@ -41,9 +41,22 @@ def upgrade() -> None:
 
     with op.batch_alter_table("tasks") as batch:  # SQLite rebuilds the table
         batch.add_column(sa.Column("unrenderable", sa.Text, nullable=True))
+    op.create_table(
+        "audit",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("at", TS, nullable=False),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="SET NULL"),
+                  nullable=True),
+        sa.Column("action", sa.String(40), nullable=False),
+        sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"),
+                  nullable=True, index=True),
+        sa.Column("task_id", sa.Integer, nullable=True),
+        sa.Column("detail", sa.JSON, nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("audit")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("unrenderable")
     op.drop_table("leases")
