@@ -1769,8 +1769,9 @@ class AnnotateBackupConfig(AnnotateDBArgs):
     that restores into any database."""
 
     project: str = opt(None, "Project name.", required=True)
-    output: str = opt(None, "The backup file to write (JSON; it holds the users' hashed "
-                      "secrets: keep it as private as the database).", required=True)
+    output: Optional[str] = opt(None, "The backup file to write (default: <project>-backup.json;"
+                                " JSON holding the users' hashed secrets: keep it as private as "
+                                "the database).")
 
 
 @config

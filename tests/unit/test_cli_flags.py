@@ -450,7 +450,7 @@ def test_no_flag_is_documented_as_unused(stage):
 
 REQUIRED = {"ppo": ["--model"], "dpo": ["--model"], "online-dpo": ["--model"],
             "best-of-n": ["--model", "--reward-model"], "critique": ["--model"], "serve": ["--model"],
-            "annotate-backup": ["--project", "--output"], "annotate-restore": ["--input"]}
+            "annotate-backup": ["--project"], "annotate-restore": ["--input"]}
 
 
 def test_these_are_the_required_options():

@@ -214,9 +214,9 @@ def backup(cfg: AnnotateBackupConfig) -> Path:
     store = open_store(cfg.db)
     project = store.project_by_name(cfg.project)
     dump = store.backup(project["id"])
-    store.record("backup", None, project["id"], output=str(cfg.output))
+    out = Path(cfg.output or f"{project['name']}-backup.json")
+    store.record("backup", None, project["id"], output=str(out))
     # 2. Written atomically (a killed backup never leaves a half file under the name).
-    out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(dump, ensure_ascii=False, indent=1), encoding="utf-8")
