@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 from pathlib import Path
@@ -214,7 +215,8 @@ def backup(cfg: AnnotateBackupConfig) -> Path:
     store = open_store(cfg.db)
     project = store.project_by_name(cfg.project)
     dump = store.backup(project["id"])
-    out = Path(cfg.output or f"{project['name']}-backup.json")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", project["name"]).strip(".-") or "project"
+    out = Path(cfg.output or f"{safe}-backup.json")  # a name is never a path
     store.record("backup", None, project["id"], output=str(out))
     # 2. Written atomically (a killed backup never leaves a half file under the name).
     out.parent.mkdir(parents=True, exist_ok=True)
