@@ -89,3 +89,10 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_without_duplicates(tin
     keys = [(r["step"], r["split"]) for r in again]
     assert len(keys) == len(set(keys)), keys
     assert [k for k in keys if k[1] == "train"] == [(s, "train") for s in range(1, 5)]
+
+
+def test_a_resume_that_would_do_nothing_is_refused(tmp_path):
+    proc = run_cli("label", "--data", "demo-prompts", "--resume", "--output",
+                   str(tmp_path / "prefs.jsonl"))
+    assert proc.returncode == 2 and "--resume continues a labelling run of --judge" in proc.stderr
+    assert not (tmp_path / "prefs.jsonl").exists()

@@ -48,6 +48,9 @@ def main(cfg: LabelConfig) -> dict:
 
     if cfg.judge:
         return main_judge(cfg)
+    if cfg.resume:  # a flag that would do nothing is refused
+        raise UserError("--resume continues a labelling run of --judge; the simulated panel's "
+                        "run is one deterministic pass: run it again (with --overwrite)")
     check_flags(cfg)
     # 1. Prompts (and any responses they carry); the panel is checked before any sampling.
     items = read_prompts(cfg.data, cfg.max_prompts)
