@@ -27,12 +27,9 @@ log = logging.getLogger("alignkit.best_of_n")
 
 
 def main(cfg: BestOfNConfig) -> dict:
-    # 1. Output folder and the resolved config (by the first process under torchrun); device.
+    # 1. The output folder checked (never clobbered); device.
     world, device = init_world(pick_device(cfg.device))
-    output = prepare_output(cfg, write=world.is_main)
-    if world.is_main:
-        save_config(cfg, output)
-    barrier(world)
+    prepare_output(cfg, write=False)
 
     # 2. Policy (or a vLLM engine serving it), prompts, reward model (and gold scorer).
     engine = engine_for(cfg, cfg.model)
@@ -51,6 +48,11 @@ def main(cfg: BestOfNConfig) -> dict:
         from alignkit.judges.gold import GoldScorer
 
         gold = GoldScorer(token_counter=tokenizer)
+    # the input was accepted: the folder and the resolved config (by the first process)
+    output = prepare_output(cfg, write=world.is_main)
+    if world.is_main:
+        save_config(cfg, output)
+    barrier(world)
 
     # 3. Sample n per prompt, score, keep the best (each process its share of the prompts).
     t0 = time.time()
