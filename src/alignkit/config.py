@@ -1574,8 +1574,9 @@ class ServeConfig(RolloutArgs):
                                 "hf: vLLM's server keeps its own limits).", gt=0)
     max_queue: int = opt(32, "Chat answers queued or running at once; more get 429 with "
                          "Retry-After (--rollout-engine hf).", ge=1)
-    body_timeout: float = opt(30.0, "Seconds a client has to send its request body (408 after; "
-                              "--rollout-engine hf).", gt=0)
+    request_timeout: float = opt(30.0, "Seconds a client has to send a request's headers (the "
+                                 "connection is closed after), and again its body (408 after; "
+                                 "--rollout-engine hf).", gt=0)
     api_key: str = opt("", "Require 'Authorization: Bearer KEY' on /v1 routes (401 otherwise). "
                        "Default: $ALIGNKIT_API_KEY if set, else no key (prefer the variable: a "
                        "flag shows in the process list).")
@@ -1707,6 +1708,9 @@ class AnnotateServeConfig(AnnotateDBArgs):
                                "'admin' user gets it on start. Unset: no bootstrap.")
     lease_seconds: float = opt(600.0, "How long an item handed to an annotator is held for them "
                                "(others are handed other items meanwhile).", gt=0)
+    request_timeout: float = opt(30.0, "Seconds a client has to send a request's headers; the "
+                                 "connection is closed after (slow clients cannot hold it).",
+                                 gt=0)
 
 
 @config

@@ -1,6 +1,6 @@
 """``alignkit serve`` under hostile input, on loopback over raw sockets: a body past the size
 limit is a 413 (declared or streamed), a body that never comes is a 408 within the timeout, a
-full queue is a 429 with Retry-After, and JSON nested 100,000 deep or holding a lone surrogate is
+connection whose headers never come is closed within it (slowloris), a full queue is a 429 with Retry-After, and JSON nested 100,000 deep or holding a lone surrogate is
 a 400 -- every one an answer, none a 500 or a dropped connection; the server answers normally
 after all of them."""
 
@@ -44,7 +44,7 @@ def exchange(url: str, head: bytes, body_parts: list[bytes] = (), wait: float = 
 
 @pytest.fixture(scope="module")
 def bounded(tiny_model_dir):
-    with serve_process(tiny_model_dir, "--max-request-mb", "1", "--body-timeout", "2",
+    with serve_process(tiny_model_dir, "--max-request-mb", "1", "--request-timeout", "2",
                        "--max-queue", "1") as url:
         yield url
 
@@ -62,6 +62,16 @@ def test_a_body_that_never_comes_is_408(bounded):
     status, body, _ = exchange(bounded, HEAD + b"Content-Length: 100\r\n\r\n")
     assert status == 408 and "within 2 seconds" in body["error"]["message"]
     assert time.time() - started < 10
+
+
+@pytest.mark.parametrize("sent", [b"", HEAD])  # nothing, or headers never finished
+def test_a_connection_whose_headers_never_come_is_closed(bounded, sent):
+    host, port = bounded.split("//")[1].split("/")[0].rsplit(":", 1)
+    started = time.time()
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(sent)
+        assert sock.recv(100) == b""  # closed by the server
+    assert 1.5 < time.time() - started < 10
 
 
 @pytest.mark.parametrize("raw, message", [

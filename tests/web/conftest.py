@@ -28,7 +28,7 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 class Server:
     """``alignkit annotate serve`` as a real subprocess (uvicorn) on a free loopback port."""
 
-    def __init__(self, db_url: str, log_path):
+    def __init__(self, db_url: str, log_path, *extra: str):
         import os
         import subprocess
         import sys
@@ -45,7 +45,7 @@ class Server:
         env = {**os.environ, "ALIGNKIT_ADMIN_TOKEN": ADMIN_TOKEN}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "alignkit", "annotate", "serve", "--db", db_url, "--port",
-             str(self.port)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+             str(self.port), *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 60
         while True:
             assert self.proc.poll() is None, open(log_path).read()

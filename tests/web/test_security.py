@@ -147,3 +147,25 @@ def test_an_unknown_name_costs_a_full_password_check(tmp_path, monkeypatch):
         assert store.user_by_password(name, "wrong") is None
         assert calls == [2 ** 14], name  # one scrypt of the same cost, whoever asks
     store.dispose()
+
+
+def test_a_connection_whose_headers_never_come_is_closed(tmp_path):
+    """Slowloris: a client that opens a connection and never finishes its request headers is
+    cut off after --request-timeout."""
+    import socket
+    import time
+
+    from tests.web.conftest import Server
+
+    srv = Server(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "server.log", "--request-timeout",
+                 "2")
+    try:
+        for sent in (b"", b"POST /login HTTP/1.1\r\nHost: x\r\n"):
+            started = time.time()
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+                sock.sendall(sent)
+                assert sock.recv(100) == b""  # closed by the server
+            assert 1.5 < time.time() - started < 10
+        assert requests.get(srv.url + "/login", timeout=10).status_code == 200
+    finally:
+        srv.stop()

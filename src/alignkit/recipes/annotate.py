@@ -50,6 +50,8 @@ def free_port(host: str) -> int:
 def serve(cfg: AnnotateServeConfig, ready=None) -> None:
     import uvicorn
 
+    from alignkit.utils.http import h11_with_header_deadline
+
     from alignkit.feedback.app import create_app
     from alignkit.feedback.store import shown_url
 
@@ -78,8 +80,9 @@ def serve(cfg: AnnotateServeConfig, ready=None) -> None:
             ready(f"http://{cfg.host}:{port}/")
 
         threading.Thread(target=wait_then_announce, daemon=True).start()
+    # a connection whose request headers do not arrive in time is closed (slowloris)
     uvicorn.run(app, host=cfg.host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=3)
+                timeout_graceful_shutdown=3, http=h11_with_header_deadline(cfg.request_timeout))
 
 
 def create_project(cfg: AnnotateProjectConfig) -> int:

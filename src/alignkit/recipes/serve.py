@@ -148,19 +148,21 @@ def main(cfg: ServeConfig) -> dict:
         raise UserError(f"alignkit serve needs the serve extra: pip install 'alignkit[serve]' "
                         f"({e})") from None
     from alignkit.serve.chat import ChatModel
+    from alignkit.utils.http import h11_with_header_deadline
 
     if cfg.max_tokens_limit < 1 or cfg.default_max_tokens < 1:
         raise UserError("--max-tokens-limit and --default-max-tokens must be >= 1")
     state = ServerState(served_name(cfg), cfg.max_tokens_limit,
                         min(cfg.default_max_tokens, cfg.max_tokens_limit),
                         max_request_bytes=int(cfg.max_request_mb * 2**20),
-                        body_timeout=cfg.body_timeout, max_queue=cfg.max_queue)
+                        request_timeout=cfg.request_timeout, max_queue=cfg.max_queue)
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
     server = uvicorn.Server(uvicorn.Config(create_app(state, api_key), log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=3))
+                                           access_log=False, timeout_graceful_shutdown=3,
+                                           http=h11_with_header_deadline(cfg.request_timeout)))
     failure: list[BaseException] = []
 
     def load() -> None:

@@ -31,7 +31,8 @@ KEY`` (else 401, OpenAI's ``invalid_api_key``); health stays open.
 
 Bounds: a body over ``max_request_bytes`` is a 413 (refused from its ``Content-Length`` before it
 is read, or as soon as the bytes read pass the limit); a body not received within
-``body_timeout`` seconds is a 408; with ``max_queue`` answers already queued or running a new
+``request_timeout`` seconds is a 408 (and a connection whose headers do not arrive in that time is
+closed: ``utils.http``); with ``max_queue`` answers already queued or running a new
 chat request is a 429 with ``Retry-After``. JSON nested past the decoder's depth and text holding
 a lone surrogate (``"\\ud800"``, which no tokenizer takes) are 400s.
 
@@ -241,10 +242,10 @@ class ServerState:
     """The served model once loaded, its limits, and the counters of ``/v1/stats``."""
 
     def __init__(self, name: str, max_tokens_limit: int, default_max_tokens: int,
-                 max_request_bytes: int = 4 * 2**20, body_timeout: float = 30.0,
+                 max_request_bytes: int = 4 * 2**20, request_timeout: float = 30.0,
                  max_queue: int = 32):
         self.name = name
-        self.max_request_bytes, self.body_timeout = max_request_bytes, body_timeout
+        self.max_request_bytes, self.request_timeout = max_request_bytes, request_timeout
         self.max_queue = max_queue
         self.chat: ChatModel | None = None
         self.load_error: str | None = None
@@ -339,7 +340,7 @@ def create_app(state: ServerState, api_key: str = "") -> FastAPI:
                            kind="server_error", headers={"Retry-After": "1"})
 
     async def read_body(request: Request) -> bytes:
-        """The body, at most ``max_request_bytes`` (413 past it), within ``body_timeout``
+        """The body, at most ``max_request_bytes`` (413 past it), within ``request_timeout``
         seconds (408 after)."""
         limit = state.max_request_bytes
         too_big = RequestError(f"the request body is larger than this server's limit of "
@@ -358,9 +359,9 @@ def create_app(state: ServerState, api_key: str = "") -> FastAPI:
             return b"".join(parts)
 
         try:
-            return await asyncio.wait_for(chunks(), state.body_timeout)
+            return await asyncio.wait_for(chunks(), state.request_timeout)
         except asyncio.TimeoutError:
-            raise RequestError(f"the request body did not arrive within {state.body_timeout:g} "
+            raise RequestError(f"the request body did not arrive within {state.request_timeout:g} "
                                "seconds", status=408) from None
 
     @v1.post("/chat/completions")
