@@ -214,10 +214,12 @@ def export(cfg: AnnotateExportConfig) -> dict:
 
 
 def backup(cfg: AnnotateBackupConfig) -> Path:
+    from alignkit.feedback.backup import backup_project
+
     # 1. The project, read whole in one transaction.
     store = open_store(cfg.db)
     project = store.project_by_name(cfg.project)
-    dump = store.backup(project["id"])
+    dump = backup_project(store, project["id"])
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", project["name"]).strip(".-") or "project"
     out = Path(cfg.output or f"{safe}-backup.json")  # a name is never a path
     store.record("backup", None, project["id"], output=str(out))
@@ -235,6 +237,7 @@ def backup(cfg: AnnotateBackupConfig) -> Path:
 
 def restore(cfg: AnnotateRestoreConfig) -> int:
     from alignkit.data.readers import parse_json
+    from alignkit.feedback.backup import restore_project
 
     # 1. The backup file, read and parsed (a damaged file is one clear error).
     path = Path(cfg.input)
@@ -247,7 +250,7 @@ def restore(cfg: AnnotateRestoreConfig) -> int:
     # 2. Restored in one transaction: everything, or nothing on any error.
     store = open_store(cfg.db)
     try:
-        pid = store.restore(dump, cfg.project)
+        pid = restore_project(store, dump, cfg.project)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     print(f"restored project {cfg.project or dump['project']['name']!r} (id {pid}): "
