@@ -23,9 +23,9 @@ Cross-site requests: every state-changing request whose ``Origin`` (or, without 
 names another origin -- another site, or another port of this host -- is refused (403), sign-in
 included; a browser always sends one of them on such a request. API writes must be JSON
 (``Content-Type: application/json``, else 415) when signed by the cookie, which a cross-site
-HTML form cannot send. Pages
-carry ``Content-Security-Policy`` (scripts and styles from this server only, no framing),
-``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and a same-origin referrer policy.
+HTML form cannot send. Pages carry ``Content-Security-Policy`` (scripts and styles from this
+server only, no framing), ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and a
+same-origin referrer policy.
 
 Rules: an annotator sees only projects they are on (others answer 404) and only their own
 labels; admin routes answer 403 to annotators; bad requests answer 4xx with ``{"error": ...}``.
