@@ -96,3 +96,14 @@ def test_a_resume_that_would_do_nothing_is_refused(tmp_path):
                    str(tmp_path / "prefs.jsonl"))
     assert proc.returncode == 2 and "--resume continues a labelling run of --judge" in proc.stderr
     assert not (tmp_path / "prefs.jsonl").exists()
+
+
+def test_label_overwrite_keeps_the_earlier_file_until_the_data_is_accepted(tmp_path):
+    earlier = tmp_path / "labels.jsonl"
+    earlier.write_text('{"earlier": "labels"}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": 3}) + "\n")
+    proc = run_cli("label", "--judge", "gold", "--data", str(bad), "--overwrite", "--output",
+                   str(earlier))
+    assert proc.returncode == 2 and f"{bad}:1" in proc.stderr, proc.stderr[-2000:]
+    assert earlier.read_text() == '{"earlier": "labels"}\n'

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.smoke.serve_process import post_json, serve_process
+from tests.smoke.serve_process import get_json, post_json, serve_process
 
 pytestmark = pytest.mark.smoke
 
@@ -87,12 +87,15 @@ def test_text_that_is_not_text_and_deep_json_are_400(bounded, raw, message):
 
 def test_a_full_queue_is_429_with_retry_after(bounded):
     long_answer = {"messages": [{"role": "user", "content": "Tell me a story."}],
-                   "max_tokens": 256, "n": 16, "temperature": 1.0}
+                   "max_tokens": 512, "n": 16, "temperature": 1.0}
     results = []
     first = threading.Thread(target=lambda: results.append(
         post_json(bounded + "/chat/completions", long_answer)))
     first.start()
-    time.sleep(0.3)  # the first answer (16 x 256 tokens) is now queued or running
+    deadline = time.time() + 60  # until the first answer (16 x 512 tokens) is queued or running
+    while get_json(bounded + "/stats")["in_flight"] < 1:
+        assert time.time() < deadline and first.is_alive()
+        time.sleep(0.02)
     raw = json.dumps({**long_answer, "n": 1, "max_tokens": 2}).encode()
     status, body, headers = exchange(bounded, HEAD + b"Content-Length: %d\r\n\r\n" % len(raw),
                                      [raw])

@@ -85,16 +85,13 @@ def main(cfg: EvalConfig) -> dict:
     from alignkit.models.reward import RewardFunction
     from alignkit.training.distributed import init_world
 
-    # 1. Check the request before any model loads; output folder and the resolved config (the
-    #    first process writes; under torchrun each process measures its share of the prompts).
+    # 1. Check the request before any model loads (under torchrun each process measures its
+    #    share of the prompts); nothing is written until the results are (step 5).
     policies = parse_policies(cfg.policies)
     baseline = check_request(cfg, policies)
     suite = pick_suite(cfg.adversarial, cfg.max_adversarial)
     world, device = init_world(pick_device(cfg.device))
     output = Path(cfg.output)
-    if world.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output)
     started = time.time()
 
     # 2. Shared scorers: the reference policy (KL), the reward model, the gold scorer.
@@ -144,11 +141,14 @@ def main(cfg: EvalConfig) -> dict:
     # how often the judge's two orders disagreed by position alone, over every pair it saw
     bias = position_bias(judge, world)
 
-    # 5. Outputs: eval.json, eval.csv, samples side by side; the table (the first process).
+    # 5. Outputs: the resolved config, eval.json, eval.csv, samples side by side; the table
+    #    (the first process).
     result = comparison_result(cfg, baseline, reference_dir, measured, suite, bias)
     table = format_table(result)
     if not world.is_main:
         return {"result": result, "output": output, "table": table}
+    output.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, output)
     write_outputs(output, result, measured, suite)
     print(f"\nalignkit eval: {len(policies)} policies on {len(prompts.ids)} held-out prompts and "
           f"{len(suite)} adversarial prompts (judge: {cfg.judge}, baseline: {baseline}, "

@@ -74,14 +74,12 @@ def main_judge(cfg: LabelConfig) -> dict:
     """``--judge SPEC``: an AI judge labels, resumably (``alignkit.judges.labelling``)."""
     from alignkit.judges.accuracy import format_table
 
-    # 1. Flags and the output: an earlier file is continued (--resume) or replaced (--overwrite),
-    #    by the first process under torchrun (each of the others only checks).
+    # 1. Flags and the output: an earlier file may be continued (--resume) or replaced
+    #    (--overwrite, once the data is accepted: step 2).
     check_flags(cfg)
     out = Path(cfg.output)
     world, device = init_world(pick_device(cfg.device))
-    check_output(out, cfg.resume or (cfg.overwrite and not world.is_main),
-                 cfg.overwrite and world.is_main)
-    barrier(world)
+    check_output(out, cfg.resume or cfg.overwrite, False)
     constitution = None
     if cfg.principles:
         from alignkit.judges.constitution import load_constitution
@@ -94,6 +92,9 @@ def main_judge(cfg: LabelConfig) -> dict:
                         "({prompt, chosen, rejected})")
     tokenizer = sample_missing(items, cfg, world, device)
     units, skipped = plan_units(items, cfg.format, labelling_settings(cfg))
+    # the data was accepted: --overwrite replaces the earlier file now (the first process)
+    check_output(out, cfg.resume or not world.is_main, cfg.overwrite and world.is_main)
+    barrier(world)
     # 3. What an earlier run already labelled (the part files of an earlier several-process
     #    run folded in first), read by the first process and shared.
     done = {}
