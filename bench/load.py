@@ -58,9 +58,9 @@ def start_annotate_server(db_url: str, port: int, log: Path) -> subprocess.Popen
     deadline = time.time() + 120
     while True:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200:
+            if requests.get(f"http://127.0.0.1:{port}/login", timeout=10).status_code == 200:
                 return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or busy with the annotators
             pass
         if time.time() > deadline or proc.poll() is not None:
             raise RuntimeError(f"the annotation server did not start; see {log}")
