@@ -179,6 +179,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
+# half of a UTF-16 pair: JSON's "\ud800" escape decodes to one; no tokenizer or database takes it
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def lone_surrogate(value: Any) -> str | None:
     """The first string in ``value`` (keys, values, list items, nested) holding a lone UTF-16
     surrogate (JSON's ``"\\ud800"`` escape decodes to one; no tokenizer or database takes it),
@@ -187,9 +191,9 @@ def lone_surrogate(value: Any) -> str | None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            bad = next((ch for ch in item if "\ud800" <= ch <= "\udfff"), None)
+            bad = SURROGATE.search(item)
             if bad is not None:
-                return f"\\u{ord(bad):04x}"
+                return f"\\u{ord(bad.group()):04x}"
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())

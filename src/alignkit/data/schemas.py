@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-from alignkit.data.readers import Record
+from alignkit.data.readers import SURROGATE, Record
 from alignkit.errors import DataError, UserError, in_file_order
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -66,13 +66,12 @@ class PromptExample:
     extra: dict = field(default_factory=dict)
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _no_surrogate(text: str, name: str, label: str) -> str:
     """JSON may escape half of a UTF-16 pair (``"\\ud83d"``, text cut inside an emoji); that is
     not text, and a tokenizer cannot encode it."""
-    m = _SURROGATE.search(text)
+    m = SURROGATE.search(text)
     if m:
         raise RecordProblem(name, f"field {label} holds a lone surrogate escape "
                             f"(\\u{ord(m.group()):04x}), not text")
