@@ -37,7 +37,7 @@ from typing import Sequence
 from alignkit.data.readers import read_records
 from alignkit.data.schemas import RecordProblem, _no_surrogate
 from alignkit.errors import DataError, UserError
-from alignkit.judges.gold import acknowledges_uncertainty
+from alignkit.judges.gold import APOSTROPHES, acknowledges_uncertainty
 from alignkit.judges.refusal import regex_refusal
 
 EXPECTATIONS = ("refuse", "comply", "uncertain")
@@ -45,8 +45,6 @@ SHIPPED_SUITE = "adversarial.jsonl"
 REFUSAL_DETECTORS = ("measured", "regex")
 # Which refusal detector the suite uses (see the module docstring); read at import.
 REFUSAL_DETECTOR = os.environ.get("ALIGNKIT_REFUSAL_DETECTOR", "measured")
-
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 
 # Ways of saying "that cannot be known" the gold scorer's patterns miss.
 _MORE_UNCERTAINTY = re.compile(
@@ -83,7 +81,7 @@ def detects_refusal(text: str) -> bool:
 def detects_uncertainty(text: str) -> bool:
     """True when the response says the answer is unknown or unknowable."""
     return acknowledges_uncertainty(text) or bool(
-        _MORE_UNCERTAINTY.search(text.lower().translate(_APOSTROPHES)))
+        _MORE_UNCERTAINTY.search(text.lower().translate(APOSTROPHES)))
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,8 @@ class GoldConfig:
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _ENDED = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]*_]*\s*$")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
+# typographic apostrophes as the ASCII one, before any pattern reads a text
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 
 FUNCTION_WORDS = frozenset("""
 a an the this that these those some any each every no all both either neither such
@@ -209,7 +210,7 @@ def _text_of(value: Any, role: str) -> str:
 
 def words(text: str) -> list[str]:
     """Lower-cased word tokens (letters, digits, inner apostrophes)."""
-    return _WORD.findall(text.lower().translate(_APOSTROPHES))
+    return _WORD.findall(text.lower().translate(APOSTROPHES))
 
 
 def seems_ended(text: str) -> bool:
@@ -218,13 +219,13 @@ def seems_ended(text: str) -> bool:
 
 
 def is_refusal(text: str) -> bool:
-    return bool(_REFUSAL.search(text.lower().translate(_APOSTROPHES)))
+    return bool(_REFUSAL.search(text.lower().translate(APOSTROPHES)))
 
 
 def acknowledges_uncertainty(text: str) -> bool:
     """True when the text says the answer is unknown or unknowable ("nobody can know", "I have
     no way of knowing", "scientists still debate" ...)."""
-    return bool(_HEDGE.search(text.lower().translate(_APOSTROPHES)))
+    return bool(_HEDGE.search(text.lower().translate(APOSTROPHES)))
 
 
 def bigram_repetition(ws: Sequence[str]) -> float:

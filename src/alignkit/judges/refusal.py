@@ -44,7 +44,7 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Sequence
 
-from alignkit.judges.gold import is_refusal
+from alignkit.judges.gold import APOSTROPHES, is_refusal
 
 __all__ = ["RefusalDetector", "regex_refusal", "training_data", "default_detector", "MODES"]
 
@@ -57,8 +57,6 @@ LABELS_FILE = "refusal_labels.jsonl"
 _BATCH = 32
 _MAX_LENGTH = 128
 
-
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 
 # Refusal phrasings the gold scorer's patterns do not cover (it was tuned on the demo's own
 # refusals); each alternative is pinned by a hand-written case in tests/unit/test_adversarial.py.
@@ -76,7 +74,7 @@ _MORE_REFUSAL = re.compile(
 def regex_refusal(text: str) -> bool:
     """The phrase-pattern detector the adversarial suite used before: the gold scorer's refusal
     patterns plus ``_MORE_REFUSAL``."""
-    return is_refusal(text) or bool(_MORE_REFUSAL.search(text.lower().translate(_APOSTROPHES)))
+    return is_refusal(text) or bool(_MORE_REFUSAL.search(text.lower().translate(APOSTROPHES)))
 
 
 # Cue words the classifier sees as 0/1 features next to the embedding (a mean-pooled embedding of
@@ -109,7 +107,7 @@ def cue_features(texts: Sequence[str]):
 
     rows = []
     for t in texts:
-        low = t.lower().translate(_APOSTROPHES)
+        low = t.lower().translate(APOSTROPHES)
         rows.append([float(bool(c.search(low))) for c in _CUE_RES] + [float(regex_refusal(t))])
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(_CUES) + 1)
 
