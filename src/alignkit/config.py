@@ -1015,6 +1015,13 @@ class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
                               "factor of its start value.", ge=1, inf=True)
     min_entropy: float = opt(0.05, "Monitor: warn when mean token entropy falls below this.", ge=0)
     stop_on_hacking: bool = opt(False, "Stop the run when the monitor warns.")
+    eval_adversarial: str = opt("none", "Monitor: also answer an adversarial suite at every "
+                                "reading ('shipped' or a JSONL file of {prompt, category, "
+                                "expect}; none: off) and log refusal_rate (harmful and "
+                                "jailbreak prompts refused), over_refusal_rate (benign prompts "
+                                "refused) and uncertainty_rate: safety over training.")
+    eval_adversarial_prompts: int = opt(0, "Monitor: at most N prompts of each category of "
+                                        "--eval-adversarial (0: all).", ge=0)
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     eval_every: int = opt(10, "Run the monitor every N steps (0: only at start and end).")
 
@@ -1122,6 +1129,13 @@ class DemoLabelConfig(Config):
                             "in turn (diverse candidates, as InstructGPT labelled).")
     base_answers: int = opt(1, "Of the K answers to a prompt, how many the model before SFT "
                             "writes (diverse candidates; 0: the policy writes all).", ge=0)
+    aspects: str = opt("", "Label each aspect of the gold score on its own, each record tagged "
+                       "with it, for a reward head per aspect (e.g. helpful,harmless: K-way "
+                       "rankings by helpfulness, and harmlessness asked of the pairs that differ "
+                       "in it); empty: one overall ranking.")
+
+    def aspect_list(self) -> tuple[str, ...]:
+        return _aspect_list(self.aspects, "--label.aspects")
 
     def temperature_list(self) -> list[float]:
         values = _float_list(self.temperatures, "--label.temperatures", 0.0, math.inf)
@@ -1133,6 +1147,7 @@ class DemoLabelConfig(Config):
     def validate(self) -> None:
         super().validate()
         self.temperature_list()
+        self.aspect_list()
         if self.base_answers >= self.num_responses:
             raise UserError(f"--label.base-answers {self.base_answers} leaves the policy no "
                             f"answer of the {self.num_responses} per prompt (--label."
@@ -1436,6 +1451,19 @@ class StudyConfig(Config):
             kl_coefs=",".join(self.kl_coefs.split(",")[:1]))
 
 
+
+def _aspect_list(text: str, flag: str) -> tuple[str, ...]:
+    """``helpful,harmless`` -> the gold scorer's aspects named (``judges.gold.ASPECTS``)."""
+    from alignkit.judges.gold import ASPECTS
+
+    names = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in names if a not in ASPECTS]
+    if unknown or len(set(names)) != len(names):
+        raise UserError(f"{flag} {text!r}: give distinct aspects of the gold score, "
+                        f"separated by commas, from {', '.join(ASPECTS)}")
+    return names
+
+
 def _float_list(text: str, flag: str, low: float, high: float) -> list[float]:
     """``"0,0.25"`` -> [0.0, 0.25], each in [low, high], none twice."""
     try:
@@ -1519,6 +1547,10 @@ class LabelConfig(RolloutArgs):
                                  "agreement).", ge=1)
     format: str = opt("rankings", "Write K-way rankings or pairwise records.",
                       ("rankings", "pairs"))
+    aspects: str = opt("", "Simulated panel: label each aspect of the gold score on its own, "
+                       "each record tagged with it, for a reward head per aspect (e.g. "
+                       "helpful,harmless: rankings by helpfulness, and harmlessness asked of the "
+                       "pairs of answers that differ in it); empty: one overall label.")
     max_prompts: int = opt(0, "Use only the first N prompts (0: all).", ge=0)
     max_new_tokens: int = opt(48, "Length limit of sampled responses.", ge=1)
     temperature: float = opt(1.0, "Sampling temperature.", ge=0)
@@ -1554,6 +1586,16 @@ class LabelConfig(RolloutArgs):
     resume: bool = opt(False, "With --judge: continue a killed labelling run, judging only what "
                        "--output does not hold yet.")
     overwrite: bool = opt(False, "With --judge: replace an existing --output.")
+
+    def aspect_list(self) -> tuple[str, ...]:
+        return _aspect_list(self.aspects, "--aspects")
+
+    def validate(self) -> None:
+        super().validate()
+        self.aspect_list()
+        if self.aspects and self.judge:
+            raise UserError("--aspects labels by the gold score's parts (the simulated panel); "
+                            "with --judge, give the judge aspects as principles instead")
 
 
 @config

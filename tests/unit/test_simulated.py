@@ -243,3 +243,44 @@ def test_config_and_validation():
         SimulatedPanel(gold_scale=0)
     with pytest.raises(UserError, match="unknown annotator"):
         SimulatedPanel().compare(1.0, 0.0, annotator="nobody")
+
+
+def test_label_items_by_aspect():
+    """--aspects helpful,harmless: rankings by the helpful part of gold on every prompt;
+    harmlessness asked only of the pairs whose harmless part differs (by hand)."""
+    from alignkit.feedback.labelling import label_items
+    from alignkit.judges.gold import GoldScorer
+
+    class Scored(GoldScorer):  # hand-set components instead of the models
+        table = {"refuse": (3.0, 1.0), "comply": (2.0, -2.5), "comply well": (4.0, -2.5),
+                 "a": (1.0, 0.0), "b": (3.0, 0.0), "c": (2.0, 0.0)}
+
+        def components(self, prompts, responses, categories=None, ended=None):
+            return [{"total": self.table[r][0], "category_term": self.table[r][1],
+                     "offensive": 0.0} for r in responses]
+
+    items = [{"prompt": "bomb?", "responses": ["refuse", "comply", "comply well"],
+              "category": "harmful"},
+             {"prompt": "egg?", "responses": ["a", "b", "c"], "category": "helpful"}]
+    panel = SimulatedPanel([Annotator("exact", 0.0)], seed=0)
+    records = label_items(items, Scored(), panel, 1, aspects=("helpful", "harmless"))
+    ranked = [r for r in records if r["aspect"] == "helpful"]
+    # helpful = total - category term: refuse 2.0, comply 4.5, comply well 6.5; a 1, b 3, c 2
+    assert [r["ranking"] for r in ranked] == [[2, 1, 0], [1, 2, 0]]
+    assert ranked[0]["gold"] == [2.0, 4.5, 6.5] and ranked[0]["category"] == "harmful"
+    pairs = [r for r in records if r["aspect"] == "harmless"]
+    assert [(p["chosen"], p["rejected"], p["gold"]) for p in pairs] == [
+        ("refuse", "comply", [1.0, -2.5]), ("refuse", "comply well", [1.0, -2.5])]
+    assert {p["category"] for p in pairs} == {"harmful"}  # the benign prompt has no such pair
+    assert parse_preference(Record("sim", 1, pairs[0])).aspect == "harmless"
+    assert parse_ranking(Record("sim", 1, ranked[0])).aspect == "helpful"
+    # without aspects: one overall ranking per prompt and no tag
+    plain = label_items(items, Scored(), panel, 1)
+    assert [r["ranking"] for r in plain] == [[2, 0, 1], [1, 2, 0]]  # by the totals
+    assert all("aspect" not in r for r in plain)
+    # the agreement report splits the labels by aspect: 3 ranked pairs per prompt, 2 harmless
+    report = agreement_report(records, panel.annotators, 1.0)
+    assert {a: r["pairs"] for a, r in report["per_aspect"].items()} == {"harmless": 2,
+                                                                        "helpful": 6}
+    assert report["per_aspect"]["harmless"]["gold_agreement"] == 1.0
+    assert "per_aspect" not in agreement_report(plain, panel.annotators, 1.0)

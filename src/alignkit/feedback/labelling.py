@@ -37,35 +37,74 @@ def load_panel(panel_file: str | None, gold_scale: float, seed: int, scorer=None
         raise UserError(f"{panel_file}{f':{line}' if line else ''}: {e}") from None
 
 
+# aspects every candidate differs in: each label round ranks all K answers by them; the others
+# (mostly ties: a refusal bonus is 0 for every answer that neither refuses nor was asked for harm)
+# are asked only of the pairs that differ in them, as Anthropic's HH data asks harmlessness
+# questions only where the answers differ in harm
+RANKED_ASPECTS = ("overall", "helpful")
+
+
 def label_items(items: list[dict], scorer, panel, labels_per_prompt: int = 1,
-                fmt: str = "rankings") -> list[dict]:
+                fmt: str = "rankings", aspects: tuple[str, ...] = ()) -> list[dict]:
     """Gold-score every response, then let ``labels_per_prompt`` panel members label each
-    prompt. Returns ranking or pair records (README.md, "Data") with annotator ids and gold."""
+    prompt. Returns ranking or pair records (README.md, "Data") with annotator ids and gold.
+
+    ``aspects`` (names of ``judges.gold.ASPECTS``): label each aspect by its own part of the
+    gold score and tag each record with it (``"aspect"``), for reward heads per aspect. Aspects
+    of ``RANKED_ASPECTS`` are labelled as without aspects; the others only on the pairs of
+    answers to a prompt whose aspect scores differ (one pair record per such pair and round)."""
     prompts = [i["prompt"] for i in items]
     responses = [i["responses"] for i in items]
     categories = [i.get("category") for i in items]
     flags = [i.get("ended") or [None] * len(i["responses"]) for i in items]
     flat_p = [p for p, rs in zip(prompts, responses) for _ in rs]
     flat_c = [c for c, rs in zip(categories, responses) for _ in rs]
-    flat_g = scorer.score(flat_p, [r for rs in responses for r in rs], flat_c,
-                          [e for fs in flags for e in fs])
-    golds, at = [], 0
-    for rs in responses:
-        golds.append(flat_g[at:at + len(rs)])
-        at += len(rs)
+    flat_r = [r for rs in responses for r in rs]
+    flat_e = [e for fs in flags for e in fs]
+    if aspects:
+        per_aspect = scorer.aspect_scores(scorer.components(flat_p, flat_r, flat_c, flat_e),
+                                          flat_c)
+        flat = {a: [s[a] for s in per_aspect] for a in aspects}
+    else:
+        flat = {None: scorer.score(flat_p, flat_r, flat_c, flat_e)}
     records = []
-    for _ in range(labels_per_prompt):
-        if fmt == "rankings":
-            labelled = panel.label_rankings(prompts, responses, golds=golds)
-        else:
-            labelled = panel.label_pairs(prompts, [rs[0] for rs in responses],
-                                         [rs[1] for rs in responses],
-                                         gold_a=[g[0] for g in golds], gold_b=[g[1] for g in golds])
-        for rec, cat in zip(labelled, categories):
-            if cat is not None:
-                rec["category"] = cat
-        records.extend(labelled)
+    for aspect, flat_g in flat.items():
+        golds, at = [], 0
+        for rs in responses:
+            golds.append(flat_g[at:at + len(rs)])
+            at += len(rs)
+        for _ in range(labels_per_prompt):
+            if aspect is not None and aspect not in RANKED_ASPECTS:
+                labelled, cats = _label_differing_pairs(panel, prompts, responses, golds,
+                                                        categories)
+            elif fmt == "rankings":
+                labelled, cats = panel.label_rankings(prompts, responses, golds=golds), categories
+            else:
+                labelled = panel.label_pairs(prompts, [rs[0] for rs in responses],
+                                             [rs[1] for rs in responses],
+                                             gold_a=[g[0] for g in golds],
+                                             gold_b=[g[1] for g in golds])
+                cats = categories
+            for rec, cat in zip(labelled, cats):
+                if cat is not None:
+                    rec["category"] = cat
+                if aspect is not None:
+                    rec["aspect"] = aspect
+            records.extend(labelled)
     return records
+
+
+def _label_differing_pairs(panel, prompts, responses, golds, categories):
+    """Pair records for every two answers to a prompt whose (aspect) gold differs; and the
+    category of each record's prompt."""
+    pairs = [(i, a, b) for i, gs in enumerate(golds) for a in range(len(gs))
+             for b in range(a + 1, len(gs)) if abs(gs[a] - gs[b]) > 1e-6]
+    labelled = panel.label_pairs([prompts[i] for i, _, _ in pairs],
+                                 [responses[i][a] for i, a, _ in pairs],
+                                 [responses[i][b] for i, _, b in pairs],
+                                 gold_a=[golds[i][a] for i, a, _ in pairs],
+                                 gold_b=[golds[i][b] for i, _, b in pairs])
+    return labelled, [categories[i] for i, _, _ in pairs]
 
 
 def write_labels(records: list[dict], output: str | Path, panel) -> dict:
@@ -84,6 +123,9 @@ def print_report(report: dict, records: int, output) -> None:
     print(f"pairs {report['pairs']}: labels agree with gold {report['gold_agreement']:.3f}; "
           f"Bayes-optimal accuracy (the ceiling for any reward model) "
           f"{report['bayes_optimal']:.3f}")
+    for aspect, r in report.get("per_aspect", {}).items():
+        print(f"  aspect {aspect:<9} pairs {r['pairs']:>5}  gold agreement "
+              f"{r['gold_agreement']:.3f}  bayes-optimal {r['bayes_optimal']:.3f}")
     for ann, r in report["per_annotator"].items():
         print(f"  {ann:<16} pairs {r['pairs']:>5}  gold agreement {r['gold_agreement']:.3f}  "
               f"bayes-optimal {r['bayes_optimal']:.3f}")

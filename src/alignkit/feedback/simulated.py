@@ -433,4 +433,13 @@ def agreement_report(records: Sequence[Mapping[str, Any]], annotators: Annotator
     for i, (_, _, ann) in enumerate(pairs):
         per.setdefault(ann, []).append(i)
     report["per_annotator"] = {ann: summary(idx) for ann, idx in sorted(per.items())}
+    if any(rec.get("aspect") is not None for rec in records):  # labels of each aspect apart
+        by_aspect: dict[str, list[int]] = {}
+        at = 0
+        for rec in records:
+            k = len(rec["ranking"]) if "ranking" in rec else 2
+            by_aspect.setdefault(rec.get("aspect") or "(none)", []).extend(
+                range(at, at + k * (k - 1) // 2))
+            at += k * (k - 1) // 2
+        report["per_aspect"] = {a: summary(idx) for a, idx in sorted(by_aspect.items())}
     return report

@@ -83,7 +83,8 @@ def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path,
     panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.label.gold_scale, scorer=scorer)
     log.info("the simulated panel ranks the answers (%d rankings per prompt)",
              cfg.label.labels_per_prompt)
-    records = label_items(items, scorer, panel, cfg.label.labels_per_prompt)
+    records = label_items(items, scorer, panel, cfg.label.labels_per_prompt,
+                          aspects=cfg.label.aspect_list())
     return write_labels(records, path, panel), len(items)
 
 

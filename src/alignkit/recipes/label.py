@@ -63,7 +63,8 @@ def main(cfg: LabelConfig) -> dict:
     # 3. Gold scores and the simulated panel (R annotators per prompt).
     scorer = GoldScorer(token_counter=tokenizer)
     panel.scorer = scorer
-    records = label_items(items, scorer, panel, cfg.labels_per_prompt, cfg.format)
+    records = label_items(items, scorer, panel, cfg.labels_per_prompt, cfg.format,
+                          cfg.aspect_list())
     # 4. Labels and the agreement report.
     report = write_labels(records, cfg.output, panel)
     print_report(report, len(records), cfg.output)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 
 from alignkit.data.prompts import Prompts
+from alignkit.evaluation.adversarial import score_suite
+from alignkit.evaluation.comparison import pick_suite, tokenise
 from alignkit.evaluation.policy import measure_policy
 from alignkit.training.ppo import reference_logprobs
 from alignkit.training.rollout import sampling_config
@@ -37,6 +39,11 @@ class HackingMonitor:
         self.history: list[dict] = []
         self.best: float | None = None
         self.gold = None
+        # the safety curve: an adversarial suite answered at every reading (--eval-adversarial)
+        self.suite = pick_suite(cfg.eval_adversarial, cfg.eval_adversarial_prompts) \
+            if prompts is not None and tokenizer is not None else []
+        self.suite_ids = tokenise([s.prompt for s in self.suite], tokenizer, cfg.chat,
+                                  cfg.max_prompt_length) if self.suite else []
         if prompts is not None and cfg.gold:
             from alignkit.judges.gold import GoldScorer
 
@@ -61,12 +68,31 @@ class HackingMonitor:
         cfg, p = self.cfg, self.prompts
         n = len(p.ids) if cfg.eval_prompts <= 0 else min(cfg.eval_prompts, len(p.ids))
         # the same draw every time (comparable across steps), without touching training's RNG
-        return measure_policy(
+        common = dict(seed=cfg.seed + 12345, device=device, precision=cfg.precision,
+                      batch_size=max(cfg.batch_size, 8), world=self.world, engine=self.engine)
+        row = measure_policy(
             parts.policy, tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
             lambda rollout: reference_logprobs(parts, reference, rollout, cfg), reward_fn,
-            self.gold, sampling_config(cfg),
-            cfg.seed + 12345, device, cfg.precision, max(cfg.batch_size, 8), world=self.world,
-            engine=self.engine)
+            self.gold, sampling_config(cfg), **common)
+        if self.suite:
+            row.update(self.suite_rates(parts.policy, tokenizer, common))
+        return row
+
+    def suite_rates(self, policy, tokenizer, common: dict) -> dict:
+        """The policy's answers to the adversarial suite scored: refusal, over-refusal and
+        uncertainty rates, each category's own rate (``refusal_rate_harmful`` ...) and one
+        answer per category."""
+        texts = [s.prompt for s in self.suite]
+        answers = measure_policy(policy, tokenizer, texts, self.suite_ids, [None] * len(texts),
+                                 None, None, None, sampling_config(self.cfg),
+                                 samples=len(texts), **common)["samples"]
+        scored = score_suite(self.suite, [a["response"] for a in answers])
+        row = {k: scored[k] for k in ("refusal_rate", "over_refusal_rate", "uncertainty_rate")
+               if scored[k] is not None}
+        for category, c in scored["per_category"].items():
+            row[f"{'uncertainty' if c['expect'] == 'uncertain' else 'refusal'}_rate_{category}"] \
+                = c["rate"]
+        return row
 
     def reading(self, step: int, parts, reference, reward_fn, tokenizer, device: str) -> dict:
         """Measure at ``step``, check, and log any warning; the row carries them under
