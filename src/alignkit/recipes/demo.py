@@ -110,12 +110,19 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    panels = [("proxy", "proxy reward (reward-model units)"), ("gold", "gold score (hidden scorer units)"),
-              ("kl", "KL to the SFT reference (nats/response)")]
-    panels = [(k, label) for k, label in panels if all(k in r for r in rows)]
+    panels = [(("proxy",), "proxy reward (reward-model units)"),
+              (("gold",), "gold score (hidden scorer units)"),
+              (("kl",), "KL to the SFT reference (nats/response)"),
+              # the safety curve of --ppo.eval-adversarial
+              (("refusal_rate", "over_refusal_rate"), "adversarial suite: share refused")]
+    panels = [(keys, label) for keys, label in panels if all(keys[0] in r for r in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (key, label) in zip(list(axes) if len(panels) > 1 else [axes], panels):
-        ax.plot(steps, [r[key] for r in rows], marker="o")
+    for ax, (keys, label) in zip(list(axes) if len(panels) > 1 else [axes], panels):
+        for key in keys:
+            ax.plot(steps, [r.get(key) for r in rows], marker="o",
+                    label=key.replace("_", " ") if len(keys) > 1 else None)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
         ax.set_xlabel("PPO step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -28,7 +28,9 @@ class HackingMonitor:
     length or entropy drift past their limits; keeps the best checkpoint by ``--select-by``:
     the ensemble's lower confidence bound (``lcb``: mean minus the members' spread, averaged
     over prompts; a single reward model's spread is 0), the proxy, or gold. With gold on, each
-    choice is scored by its gold regret against the gold-best reading so far."""
+    choice is scored by its gold regret against the gold-best reading so far. With
+    ``--eval-adversarial``, every reading also answers an adversarial suite and logs its refusal,
+    over-refusal and uncertainty rates: whether training teaches (or unteaches) refusal."""
 
     def __init__(self, prompts: Prompts | None, cfg, tokenizer=None, world: World = World(),
                  engine=None):
@@ -80,8 +82,8 @@ class HackingMonitor:
 
     def suite_rates(self, policy, tokenizer, common: dict) -> dict:
         """The policy's answers to the adversarial suite scored: refusal, over-refusal and
-        uncertainty rates, each category's own rate (``refusal_rate_harmful`` ...) and one
-        answer per category."""
+        uncertainty rates, each category's own rate (``refusal_rate_harmful`` ...) and every
+        answer with its verdict (``adversarial_samples``)."""
         texts = [s.prompt for s in self.suite]
         answers = measure_policy(policy, tokenizer, texts, self.suite_ids, [None] * len(texts),
                                  None, None, None, sampling_config(self.cfg),
@@ -92,6 +94,10 @@ class HackingMonitor:
         for category, c in scored["per_category"].items():
             row[f"{'uncertainty' if c['expect'] == 'uncertain' else 'refusal'}_rate_{category}"] \
                 = c["rate"]
+        row["adversarial_samples"] = [
+            {"prompt": s.prompt, "category": s.category, "response": a["response"],
+             "refused": v["refused"], "uncertain": v["uncertain"]}
+            for s, a, v in zip(self.suite, answers, scored["verdicts"])]
         return row
 
     def reading(self, step: int, parts, reference, reward_fn, tokenizer, device: str) -> dict:
@@ -138,7 +144,8 @@ class HackingMonitor:
         if row["entropy"] < self.cfg.min_entropy:
             warnings.append(f"mean token entropy {row['entropy']:.3f} fell below "
                             f"{self.cfg.min_entropy}")
-        self.history.append({k: v for k, v in row.items() if k != "samples"})
+        self.history.append({k: v for k, v in row.items()
+                             if k not in ("samples", "adversarial_samples")})
         return warnings
 
     def best_row(self) -> dict:
