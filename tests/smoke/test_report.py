@@ -207,3 +207,24 @@ def test_malformed_metrics_rows_do_not_crash(tmp_path):
     assert f"{stage / 'metrics.jsonl'}:4: not a JSON object (line skipped)" in report.notes
     assert "<li>step 1: w</li>" in page and "<li>step ?: &lt;no step&gt;</li>" in page
     assert [f.name for f in report.figures] == ["monitor-ppo"]  # the one plottable reading
+
+
+def test_monitor_section_shows_the_refusal_curve(tmp_path):
+    """PPO readings with --eval-adversarial: the refusal and over-refusal rates in the monitor's
+    table and as two more panels of its figure."""
+    from alignkit.evaluation.report import build_report
+
+    stage = tmp_path / "run" / "ppo"
+    stage.mkdir(parents=True)
+    stage.joinpath("metrics.jsonl").write_text("".join(json.dumps(
+        {"step": s, "split": "eval", "proxy": 0.1 * s, "gold": 1.5, "gold_se": 0.2, "kl": s,
+         "response_length": 20, "ended_fraction": 1.0, "refusal_rate": r, "over_refusal_rate": o,
+         "warnings": []}) + "\n" for s, r, o in ((0, 0.1, 0.0), (8, 0.4, 0.05), (16, 0.6, 0.1))))
+    report = build_report(tmp_path / "run")
+    page = report.path.read_text()
+    assert "refused (harmful + jailbreak)" in page and "over-refused (benign)" in page
+    assert "<td>60%</td>" in page and "<td>10%</td>" in page
+    (figure,) = [f for f in report.figures if f.name == "monitor-ppo"]
+    assert [y for _, y in figure.axes][-2:] == ["harmful + jailbreak refused (fraction)",
+                                                  "benign refused (fraction)"]
+    assert "refusal" in figure.caption

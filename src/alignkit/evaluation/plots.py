@@ -43,6 +43,8 @@ METRIC_LABELS = {
     ("*", "entropy"): "mean token entropy (nats)",
     ("*", "sample_reward"): "reward of sampled answers (reward units)",
     ("*", "lr"): "learning rate (dimensionless)",
+    ("*", "refusal_rate"): "harmful + jailbreak refused (fraction)",
+    ("*", "over_refusal_rate"): "benign refused (fraction)",
 }
 
 # panels tried per stage kind, in order; a panel shows the train and the eval series it finds
@@ -119,16 +121,19 @@ def training_curves(stage: str, kind: str, train: Sequence[dict],
 
 
 def monitor_plot(stage: str, evals: Sequence[dict], warned_steps: Sequence[int]) -> Plot | None:
-    """Proxy reward, gold score and KL on held-out prompts over PPO steps, warnings marked."""
-    keys = [k for k in ("proxy", "gold", "kl", "response_length") if series(evals, k)[0]]
+    """Proxy reward, gold score and KL on held-out prompts over PPO steps, warnings marked;
+    with ``--eval-adversarial`` also the suite's refusal and over-refusal rates."""
+    keys = [k for k in ("proxy", "gold", "kl", "response_length", "refusal_rate",
+                        "over_refusal_rate") if series(evals, k)[0]]
     if not keys:
         return None
     fig, axes = _figure(len(keys))
     labels = []
     for ax, key in zip(axes, keys):
         xs, ys = series(evals, key)
-        ax.plot(xs, ys, "o-", color={"proxy": "#3465a4", "gold": "#4e9a06",
-                                      "kl": "#cc0000"}.get(key, "#555753"), ms=4)
+        ax.plot(xs, ys, "o-", color={"proxy": "#3465a4", "gold": "#4e9a06", "kl": "#cc0000",
+                                      "refusal_rate": "#75507b",
+                                      "over_refusal_rate": "#c17d11"}.get(key, "#555753"), ms=4)
         if key == "gold":
             # the same rows series() kept, in order: +-1 standard error band
             se = [r.get("gold_se") if _finite(r.get("gold_se")) else 0.0 for r in evals
@@ -144,8 +149,11 @@ def monitor_plot(stage: str, evals: Sequence[dict], warned_steps: Sequence[int])
     fig.suptitle(f"{stage}: reward-hacking monitor on held-out prompts", fontsize=10)
     caption = ("Reward-hacking monitor: the proxy (reward-model) reward, the hidden gold score "
                "(band: +-1 standard error over prompts) and the KL to the reference on the same "
-               "held-out prompts at each evaluation. Proxy up while gold falls, or KL past its "
-               "budget, is reward hacking"
+               "held-out prompts at each evaluation"
+               + ("; and the share of the adversarial suite's harmful and jailbreak prompts "
+                  "(refusal) and of its benign prompts (over-refusal) the policy refused"
+                  if "refusal_rate" in keys else "")
+               + ". Proxy up while gold falls, or KL past its budget, is reward hacking"
                + (f"; dotted orange lines mark steps where the monitor warned "
                   f"({', '.join(str(s) for s in warned_steps)})." if warned_steps else
                   "; the monitor raised no warning."))

@@ -305,11 +305,15 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
                 stage.name, evals, sorted({s for s, _ in warned if isinstance(s, (int, float))}))))
         except (TypeError, ValueError) as e:
             parts.append(page.note(f"{stage.name}: monitor readings could not be plotted ({e})"))
+        suite = any("refusal_rate" in r for r in evals)  # --eval-adversarial
         rows = [[r.get("step"), fmt(r.get("proxy")), fmt(r.get("gold")), fmt(r.get("gold_se")),
                  fmt(r.get("kl"), ".2f"), fmt(r.get("response_length"), ".1f"),
-                 pct(r.get("ended_fraction")), len(r.get("warnings") or [])] for r in evals]
+                 pct(r.get("ended_fraction")),
+                 *([pct(r.get("refusal_rate")), pct(r.get("over_refusal_rate"))] if suite else []),
+                 len(r.get("warnings") or [])] for r in evals]
         parts.append(Table(["step", "proxy", "gold", "gold s.e.", "KL (nats)", "length (tok)",
-                            "ended", "warnings"], rows))
+                            "ended", *(["refused (harmful + jailbreak)", "over-refused (benign)"]
+                                       if suite else []), "warnings"], rows))
         if warned:
             parts.append(Items([f"step {plain(s)}: {plain(w)}" for s, w in warned], "warn"))
         else:
