@@ -205,3 +205,68 @@ def test_injection_payloads_are_stored_verbatim(store):
     assert store.task(tid)["prompt"] == evil
     assert store.project_labels(pid)[0]["reason"] == evil
     assert store.user_by_name(evil).id == u.id
+
+
+def test_edit_and_undo_keep_the_label_history_and_the_audit_log_agrees(store):
+    from alignkit.feedback.store import shown_order
+
+    pid = store.create_project("p", aspects=["helpful"], labels_per_item=2)
+    t1, rk = store.add_tasks(pid, [pair(), {"kind": "ranking", "prompt": "R?",
+                                            "responses": ["a", "b", "c", "d"]}])
+    u, _ = store.create_user("u")
+    other, _ = store.create_user("other")
+    for x in (u, other):
+        store.add_member(pid, x.id)
+    first, _ = store.submit(pid, u, t1, {"choices": {"helpful": "A"}}, "first thought")
+    ranked, _ = store.submit(pid, u, rk, {"ranking": [3, 1, 0, 2]})
+    # a ranking label keeps the order its annotator was shown; a pair has none
+    assert ranked["shown_order"] == shown_order(rk, u.id, 4)
+    assert first["shown_order"] is None
+    # an edit changes the label in place and keeps the label as it was
+    edited = store.edit(pid, u, t1, {"choices": {"helpful": "B"}}, "second thought")
+    assert edited["id"] == first["id"] and edited["value"] == {"choices": {"helpful": "B"}}
+    assert store.edit(pid, u, t1, {"choices": {"helpful": "B"}}, "second thought") == edited
+    assert {lab["task_id"]: lab["value"] for lab in store.labels_of_user(pid, u)}[t1] == \
+        {"choices": {"helpful": "B"}}
+    with pytest.raises(NotFound, match="no label of task"):  # nothing of one's own to edit
+        store.edit(pid, other, t1, {"choices": {"helpful": "A"}})
+    with pytest.raises(Invalid):
+        store.edit(pid, u, t1, {"choices": {"helpful": "C"}})
+    with pytest.raises(Invalid):  # an edited ranking is checked like a submitted one
+        store.edit(pid, u, rk, {"ranking": [0, 0, 1, 2]})
+    store.undo_last(pid, u)  # the ranking (the latest submitted)
+    store.undo_last(pid, u)  # the edited pair
+    assert store.labels_of_user(pid, u) == []
+    history = store.label_history_of(pid)
+    assert [(h["action"], h["task_id"], h["label_id"], h["annotator"], h["by"])
+            for h in history] == [("edit", t1, first["id"], "u", "u"),
+                                  ("undo", rk, ranked["id"], "u", "u"),
+                                  ("undo", t1, first["id"], "u", "u")]
+    assert history[0]["value"] == {"choices": {"helpful": "A"}}
+    assert history[0]["reason"] == "first thought"
+    assert history[1]["value"] == {"ranking": [3, 1, 0, 2]}
+    assert history[1]["shown_order"] == shown_order(rk, u.id, 4)
+    assert history[2]["value"] == {"choices": {"helpful": "B"}}
+    assert history[2]["reason"] == "second thought"
+    assert all(h["at"] is not None and h["labelled_at"] is not None for h in history)
+    assert [h["action"] for h in store.label_history_of(pid, task_id=t1)] == ["edit", "undo"]
+    assert [h["action"] for h in store.label_history_of(pid, label_id=ranked["id"])] == ["undo"]
+    # the audit log tells the same story, in the same order
+    log = [(e["action"], e["task_id"], (e["detail"] or {}).get("label_id"))
+           for e in store.audit_of(pid) if e["action"] in ("edit", "undo")]
+    assert log == [(h["action"], h["task_id"], h["label_id"]) for h in history]
+    edit_entry = next(e for e in store.audit_of(pid) if e["action"] == "edit")
+    assert edit_entry["detail"]["previous"] == {"choices": {"helpful": "A"}}
+    assert edit_entry["detail"]["value"] == {"choices": {"helpful": "B"}}
+    # the history is append-only history of one project: another project's is empty
+    assert store.label_history_of(store.create_project("q")) == []
+
+
+def test_each_annotator_sees_a_ranking_in_their_own_order(store):
+    from alignkit.feedback.store import shown_order
+
+    assert shown_order(7, 3, 5) == shown_order(7, 3, 5)  # the same on every reload
+    assert sorted(shown_order(7, 3, 5)) == list(range(5))
+    # over many (task, annotator) pairs, every response is shown first about equally often
+    firsts = [shown_order(t, u, 4)[0] for t in range(1, 101) for u in range(1, 21)]
+    assert all(350 < firsts.count(i) < 650 for i in range(4)), [firsts.count(i) for i in range(4)]

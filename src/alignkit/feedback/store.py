@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,7 +137,27 @@ labels = sa.Table(
     sa.Column("value", sa.JSON, nullable=False),
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("created_at", TS, nullable=False),
+    # ranking: the canonical indices in the order this annotator was shown them (``shown_order``)
+    sa.Column("shown_order", sa.JSON, nullable=True),
     sa.UniqueConstraint("task_id", "user_id", name="uq_label_task_user"),
+)
+# append-only: a label as it was before an annotator edited it ("edit") or took it back ("undo"),
+# with who did so and when; ``label_id`` stays after the label itself is gone
+label_history = sa.Table(
+    "label_history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("label_id", sa.Integer, nullable=False, index=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("shown_order", sa.JSON, nullable=True),
+    sa.Column("labelled_at", TS, nullable=False),
+    sa.Column("by_user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="SET NULL"),
+              nullable=True),
+    sa.Column("at", TS, nullable=False),
 )
 resolutions = sa.Table(
     "resolutions", metadata,
@@ -179,6 +200,16 @@ class Invalid(StoreError):
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def shown_order(task_id: int, user_id: int, k: int) -> list[int]:
+    """The order in which annotator ``user_id`` is shown a ranking task's ``k`` responses
+    (canonical indices, the first shown first): a permutation seeded by (task, annotator), so
+    that no response gains from always being shown first, and a reload shows the same order."""
+    seed = hashlib.sha256(f"alignkit-rank:{task_id}:{user_id}".encode("ascii")).digest()
+    order = list(range(k))
+    random.Random(int.from_bytes(seed[:8], "big")).shuffle(order)
+    return order
 
 
 def hash_token(token: str) -> str:
@@ -671,7 +702,9 @@ class Store:
                         raise Conflict(f"task {task_id} already has its "
                                        f"{project['labels_per_item']} label(s); take the next")
                 row = {"task_id": task_id, "user_id": user.id, "value": value,
-                       "reason": (reason or "").strip() or None, "created_at": now()}
+                       "reason": (reason or "").strip() or None, "created_at": now(),
+                       "shown_order": shown_order(task_id, user.id, len(task.responses))
+                       if task.kind == "ranking" else None}
                 row["id"] = c.execute(labels.insert().values(**row)).inserted_primary_key[0]
                 c.execute(leases.delete().where(leases.c.task_id == task_id,
                                                 leases.c.user_id == user.id))
@@ -698,10 +731,65 @@ class Store:
                 .order_by(labels.c.created_at.desc(), labels.c.id.desc()).limit(1)).first()
             if last is None:
                 return None
+            self._keep(c, last, "undo", user)
             c.execute(labels.delete().where(labels.c.id == last.id))
             self._audit(c, "undo", user.id, project_id, last.task_id, label_id=last.id,
                         value=last.value, reason=last.reason, labelled_at=last.created_at)
         return _row(last)
+
+    @staticmethod
+    def _keep(c, label, action: str, by: User) -> None:
+        """``label`` as it stands, into the label history, in the caller's transaction."""
+        c.execute(label_history.insert().values(
+            label_id=label.id, task_id=label.task_id, user_id=label.user_id, action=action,
+            value=label.value, reason=label.reason, shown_order=label.shown_order,
+            labelled_at=label.created_at, by_user_id=by.id, at=now()))
+
+    def edit(self, project_id: int, user: User, task_id: int, value: Any,
+             reason: str | None = None) -> dict:
+        """Change ``user``'s own label of a task; the label as it was goes into the label
+        history and the audit log records both. Returns the label as it now is."""
+        project = self.check_access(project_id, user)
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_TEXT):
+            raise Invalid(f"reason must be text of at most {MAX_TEXT} characters")
+        with self.tx() as c:
+            task = c.execute(sa.select(tasks).where(tasks.c.id == task_id)
+                             .with_for_update()).first()
+            if task is None or task.project_id != project_id:
+                raise NotFound(f"no task {task_id} in project {project_id}")
+            value = validate_label(value, task.kind, len(task.responses), project["aspects"])
+            mine = c.execute(sa.select(labels).where(labels.c.task_id == task_id,
+                                                     labels.c.user_id == user.id)).first()
+            if mine is None:
+                raise NotFound(f"you have no label of task {task_id} to edit")
+            reason = (reason or "").strip() or None
+            if mine.value == value and mine.reason == reason:
+                return _row(mine)
+            self._keep(c, mine, "edit", user)
+            c.execute(labels.update().where(labels.c.id == mine.id).values(
+                value=value, reason=reason))
+            self._audit(c, "edit", user.id, project_id, task_id, label_id=mine.id,
+                        previous=mine.value, previous_reason=mine.reason, value=value,
+                        reason=reason)
+            return {**_row(mine), "value": value, "reason": reason}
+
+    def label_history_of(self, project_id: int, task_id: int | None = None,
+                         label_id: int | None = None) -> list[dict]:
+        """The label history of a project (of one task, or of one label), oldest first, with
+        the annotator's name and the name of who changed it."""
+        by = users.alias("by")
+        q = (sa.select(label_history, users.c.name.label("annotator"),
+                       by.c.name.label("by"))
+             .join(tasks, tasks.c.id == label_history.c.task_id)
+             .join(users, users.c.id == label_history.c.user_id)
+             .join(by, by.c.id == label_history.c.by_user_id, isouter=True)
+             .where(tasks.c.project_id == project_id).order_by(label_history.c.id))
+        if task_id is not None:
+            q = q.where(label_history.c.task_id == task_id)
+        if label_id is not None:
+            q = q.where(label_history.c.label_id == label_id)
+        with self.rx() as c:
+            return [_row(r) for r in c.execute(q)]
 
     def labels_of_user(self, project_id: int, user: User) -> list[dict]:
         self.check_access(project_id, user)
