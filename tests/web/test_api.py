@@ -273,3 +273,115 @@ def test_24_annotators_submit_at_once_nothing_lost_or_duplicated(world):
     assert sorted(per_item.values()) == [3] * 30
     assert sorted((lab["annotator"], lab["task_id"]) for lab in labels) == sorted(
         (f"crowd{i}", t) for i, t in created)
+
+
+def test_rankings_are_shown_shuffled_per_annotator_and_stored_canonical(server):
+    """Two annotators are shown one ranking in different orders (the same order on a reload),
+    both put the same responses first by what they see, and both labels are stored in the
+    task's own order; gold items stay out of the dispute queue, which shows who chose what."""
+    from alignkit.feedback.store import shown_order
+
+    store = Store(server.db_url)
+    pid = store.create_project("shuffle", "", ["overall"], 2)
+    rk, pq, gold = store.add_tasks(pid, [
+        {"kind": "ranking", "prompt": "Rank", "responses": ["w", "x", "best", "y"]},
+        {"kind": "pairwise", "prompt": "Pair", "responses": ["p0", "p1"]},
+        {"kind": "pairwise", "prompt": "Gold", "responses": ["g0", "g1"],
+         "gold": {"choices": {"overall": "A"}}}])
+    people, tokens = {}, {}
+    for name in ("ann0", "ann1"):
+        people[name], tokens[name] = store.create_user(name)
+        store.add_member(pid, people[name].id)
+    url = server.url
+    seen = {}
+    for name in ("ann0", "ann1"):
+        task = requests.get(f"{url}/api/projects/{pid}/next",
+                            headers=bearer(tokens[name])).json()["task"]
+        again = requests.get(f"{url}/api/projects/{pid}/next",
+                             headers=bearer(tokens[name])).json()["task"]
+        assert task["id"] == rk and again == task  # a reload: the same order
+        assert task["order"] == shown_order(rk, people[name].id, 4)
+        assert task["responses"] == [["w", "x", "best", "y"][i] for i in task["order"]]
+        seen[name] = task
+    # the ids of this fresh database give the two annotators different orders
+    assert seen["ann0"]["responses"] != seen["ann1"]["responses"]
+    assert seen["ann0"]["responses"][0] != seen["ann1"]["responses"][0]
+    # each ranks by what they see: best, y, w, x -> canonical [2, 3, 0, 1] for both
+    want = ["best", "y", "w", "x"]
+    for name in ("ann0", "ann1"):
+        shown, order = seen[name]["responses"], seen[name]["order"]
+        ranking = [order[shown.index(text)] for text in want]
+        r = requests.post(f"{url}/api/projects/{pid}/labels", headers=bearer(tokens[name]),
+                          json={"task_id": rk, "value": {"ranking": ranking}})
+        assert r.status_code == 201, r.text
+    admin = bearer(ADMIN_TOKEN)
+    labels = requests.get(f"{url}/api/admin/projects/{pid}/labels", headers=admin).json()
+    assert [(lab["annotator"], lab["value"]) for lab in labels] == [
+        ("ann0", {"ranking": [2, 3, 0, 1]}), ("ann1", {"ranking": [2, 3, 0, 1]})]
+    assert [lab["shown_order"] for lab in labels] == [seen["ann0"]["order"],
+                                                      seen["ann1"]["order"]]
+    rankings = [json.loads(x) for x in requests.get(
+        f"{url}/api/admin/projects/{pid}/export?kind=rankings", headers=admin).text.splitlines()]
+    assert [(r["responses"], r["ranking"]) for r in rankings] == [
+        (["w", "x", "best", "y"], [2, 3, 0, 1])]
+    # they split on the pair and on the gold item: only the pair is a dispute, with both votes
+    for name, choice in (("ann0", "A"), ("ann1", "B")):
+        for tid in (pq, gold):
+            r = requests.post(f"{url}/api/projects/{pid}/labels", headers=bearer(tokens[name]),
+                              json={"task_id": tid, "value": {"choices": {"overall": choice}}})
+            assert r.status_code == 201, r.text
+    rep = requests.get(f"{url}/api/admin/projects/{pid}/report", headers=admin).json()
+    assert [d["id"] for d in rep["disputes"]] == [pq]
+    assert rep["disputes"][0]["votes"] == [
+        {"annotator": "ann0", "value": {"choices": {"overall": "A"}}},
+        {"annotator": "ann1", "value": {"choices": {"overall": "B"}}}]
+    assert rep["per_annotator"]["ann1"]["gold_accuracy"] == 0.0  # the gold split still counts
+    # a split ranking is a dispute too, each annotator's ranking shown in canonical indices
+    rk2, = store.add_tasks(pid, [{"kind": "ranking", "prompt": "R2", "responses": ["a", "b"]}])
+    for name, ranking in (("ann0", [0, 1]), ("ann1", [1, 0])):
+        requests.post(f"{url}/api/projects/{pid}/labels", headers=bearer(tokens[name]),
+                      json={"task_id": rk2, "value": {"ranking": ranking}})
+    rep = requests.get(f"{url}/api/admin/projects/{pid}/report", headers=admin).json()
+    disputes = {d["id"]: d for d in rep["disputes"]}
+    assert sorted(disputes) == [pq, rk2]
+    assert [(v["annotator"], v["value"]) for v in disputes[rk2]["votes"]] == [
+        ("ann0", {"ranking": [0, 1]}), ("ann1", {"ranking": [1, 0]})]
+    store.dispose()
+
+
+def test_edit_and_undo_are_kept_in_the_label_history(server):
+    store = Store(server.db_url)
+    pid = store.create_project("history", "", ["overall"], 2)
+    tid, = store.add_tasks(pid, [{"kind": "pairwise", "prompt": "P", "responses": ["a", "b"]}])
+    user, token = store.create_user("ann0")
+    store.add_member(pid, user.id)
+    url, h = server.url, bearer(token)
+    r = requests.post(f"{url}/api/projects/{pid}/labels", headers=h,
+                      json={"task_id": tid, "value": {"choices": {"overall": "A"}}})
+    label_id = r.json()["label_id"]
+    r = requests.put(f"{url}/api/projects/{pid}/labels/{tid}", headers=h,
+                     json={"value": {"choices": {"overall": "B"}}, "reason": "misread"})
+    assert r.status_code == 200 and r.json() == {
+        "label_id": label_id, "task_id": tid, "value": {"choices": {"overall": "B"}}}
+    assert requests.put(f"{url}/api/projects/{pid}/labels/{tid}", headers=h,
+                        json={"value": {"choices": {"overall": "C"}}}).status_code == 422
+    assert requests.put(f"{url}/api/projects/{pid}/labels/{tid + 1}", headers=h,
+                        json={"value": {"choices": {"overall": "A"}}}).status_code == 404
+    mine = requests.get(f"{url}/api/projects/{pid}/labels/mine", headers=h).json()
+    assert [(m["value"], m["reason"]) for m in mine] == [({"choices": {"overall": "B"}},
+                                                          "misread")]
+    assert requests.post(f"{url}/api/projects/{pid}/undo", headers=h).json() == {"undone": tid}
+    admin = bearer(ADMIN_TOKEN)
+    for path in (f"tasks/{tid}/history", f"labels/{label_id}/history"):
+        history = requests.get(f"{url}/api/admin/projects/{pid}/{path}", headers=admin).json()
+        assert [(e["action"], e["annotator"], e["by"], e["value"], e["reason"])
+                for e in history] == [
+            ("edit", "ann0", "ann0", {"choices": {"overall": "A"}}, None),
+            ("undo", "ann0", "ann0", {"choices": {"overall": "B"}}, "misread")]
+        assert all(e["at"] and e["labelled_at"] for e in history)
+        # annotators do not read it
+        assert requests.get(f"{url}/api/admin/projects/{pid}/{path}",
+                            headers=h).status_code == 403
+    log = requests.get(f"{url}/api/admin/projects/{pid}/audit", headers=admin).json()
+    assert [e["action"] for e in log if e["task_id"] == tid] == ["label", "edit", "undo"]
+    store.dispose()

@@ -6,11 +6,15 @@ per-annotator quality, dispute queue, active-learning order, export links).
 
 API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorization: Bearer``):
 ``GET /api/projects``, ``GET /api/projects/{id}/next``, ``POST /api/projects/{id}/labels``,
-``POST /api/projects/{id}/undo``, ``GET /api/projects/{id}/labels/mine``; admin only:
+``PUT /api/projects/{id}/labels/{task_id}`` (edit one's own label), ``POST /api/projects/{id}/undo``,
+``GET /api/projects/{id}/labels/mine``; admin only:
 ``GET /api/admin/projects/{id}/report``, ``GET /api/admin/projects/{id}/labels``,
 ``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``,
 ``GET /api/admin/projects/{id}/audit`` (the project's append-only audit log: who labelled,
-undid -- with the whole label --, resolved, exported, when),
+undid -- with the whole label --, edited, resolved, exported, when),
+``GET /api/admin/projects/{id}/tasks/{task_id}/history`` and
+``GET /api/admin/projects/{id}/labels/{label_id}/history`` (the label history: every label as it
+was before an edit or an undo, who changed it, when),
 ``POST /api/admin/tasks/{id}/resolve``, ``POST /api/admin/projects/{id}/active``.
 
 Sign-in: ``POST /login`` with a name and password, or with a personal token, opens a server-side
@@ -26,6 +30,11 @@ included; a browser always sends one of them on such a request. API writes must 
 HTML form cannot send. Pages carry ``Content-Security-Policy`` (scripts and styles from this
 server only, no framing), ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and a
 same-origin referrer policy.
+
+Rankings: each annotator is shown a task's responses in their own order (``store.shown_order``,
+seeded by task and annotator: no response gains from always coming first); ``next`` gives the
+shown ``responses`` with ``order`` (the canonical index of each), and a ranking label is sent and
+stored in canonical indices (the task's responses as imported), best first.
 
 Rules: an annotator sees only projects they are on (others answer 404) and only their own
 labels; admin routes answer 403 to annotators; bad requests answer 4xx with ``{"error": ...}``.
@@ -54,7 +63,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from alignkit.errors import UserError
 from alignkit.feedback.markdown import render_markdown
 from alignkit.feedback.store import (Forbidden, Invalid, NotFound, Store, StoreError, User,
-                                     text_of, unrenderable)
+                                     shown_order, text_of, unrenderable)
 
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
@@ -139,10 +148,16 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def public_task(task: dict, aspects: list[str]) -> dict:
-    """What an annotator may see of a task (never whether it is gold, nor its answer)."""
+def public_task(task: dict, aspects: list[str], user_id: int | None = None) -> dict:
+    """What an annotator may see of a task (never whether it is gold, nor its answer). With
+    ``user_id``, a ranking's responses come in that annotator's shown order; ``order`` gives the
+    canonical index of each shown response."""
+    order = list(range(len(task["responses"])))
+    if user_id is not None and task["kind"] == "ranking":
+        order = shown_order(task["id"], user_id, len(order))
     return {"id": task["id"], "kind": task["kind"], "prompt": text_of(task["prompt"]),
-            "responses": [text_of(r) for r in task["responses"]], "aspects": aspects}
+            "responses": [text_of(task["responses"][i]) for i in order], "order": order,
+            "aspects": aspects}
 
 
 def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
@@ -332,7 +347,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         project = store.check_access(project_id, user)
         task = store.next_task(project, user)
         return page(request, "annotate.html", user, project=project,
-                    task=public_task(task, project["aspects"]) if task else None,
+                    task=public_task(task, project["aspects"], user.id) if task else None,
                     progress=store.progress(project, user))
 
     # ------------------------------------------------------------------ annotator API
@@ -353,7 +368,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         user = current_user(request)
         project = store.check_access(project_id, user)
         task = store.next_task(project, user)
-        return {"task": public_task(task, project["aspects"]) if task else None,
+        return {"task": public_task(task, project["aspects"], user.id) if task else None,
                 "progress": store.progress(project, user)}
 
     @app.post("/api/projects/{project_id}/labels")
@@ -364,6 +379,13 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
                                       body.get("value"), body.get("reason"))
         return JSONResponse({"label_id": label["id"], "task_id": label["task_id"],
                              "created": created}, status_code=201 if created else 200)
+
+    @app.put("/api/projects/{project_id}/labels/{task_id}")
+    async def edit(request: Request, project_id: int, task_id: int):
+        user = current_user(request)
+        body = await json_body(request)
+        label = store.edit(project_id, user, task_id, body.get("value"), body.get("reason"))
+        return {"label_id": label["id"], "task_id": label["task_id"], "value": label["value"]}
 
     @app.post("/api/projects/{project_id}/undo")
     def undo(request: Request, project_id: int):
@@ -413,8 +435,9 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     def all_labels(request: Request, project_id: int):
         admin_user(request)
         store.project(project_id)
-        return [{"task_id": lab["task_id"], "annotator": lab["annotator"],
-                 "value": lab["value"], "reason": lab["reason"],
+        return [{"label_id": lab["id"], "task_id": lab["task_id"],
+                 "annotator": lab["annotator"], "value": lab["value"], "reason": lab["reason"],
+                 "shown_order": lab["shown_order"],
                  "created_at": lab["created_at"].isoformat()}
                 for lab in store.project_labels(project_id)]
 
@@ -440,6 +463,22 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         store.project(project_id)
         return [{**{k: v for k, v in entry.items() if k != "at"}, "at": entry["at"].isoformat()}
                 for entry in store.audit_of(project_id)]
+
+    def history_json(entries: list[dict]) -> list[dict]:
+        return [{k: v.isoformat() if k in ("at", "labelled_at") else v for k, v in e.items()}
+                for e in entries]
+
+    @app.get("/api/admin/projects/{project_id}/tasks/{task_id}/history")
+    def task_history(request: Request, project_id: int, task_id: int):
+        admin_user(request)
+        store.project(project_id)
+        return history_json(store.label_history_of(project_id, task_id=task_id))
+
+    @app.get("/api/admin/projects/{project_id}/labels/{label_id}/history")
+    def label_history(request: Request, project_id: int, label_id: int):
+        admin_user(request)
+        store.project(project_id)
+        return history_json(store.label_history_of(project_id, label_id=label_id))
 
     @app.post("/api/admin/tasks/{task_id}/resolve")
     async def resolve(request: Request, task_id: int):

@@ -29,11 +29,15 @@ def item_summary(task: dict, item_labels: list[dict], aspects: list[str],
         order, disputed = ag.aggregate_ranking(rankings)
         agreement = ag.item_agreement_ranking(rankings)
         aggregated = {"ranking": order}
-    disputed = disputed and len(item_labels) >= 2
+    # a gold item has a known answer: disagreement on it is a quality signal, not a dispute
+    disputed = disputed and len(item_labels) >= 2 and not task["is_gold"]
     if resolution is not None:
         aggregated = resolution["value"]
     return {"id": task["id"], "kind": task["kind"], "labels": len(item_labels),
-            "annotators": [lab["annotator"] for lab in item_labels], "agreement": agreement,
+            "annotators": [lab["annotator"] for lab in item_labels],
+            # who chose what (rankings as canonical indices, best first), for the dispute queue
+            "votes": [{"annotator": lab["annotator"], "value": lab["value"]}
+                      for lab in item_labels], "agreement": agreement,
             "aggregated": aggregated if item_labels or resolution else None,
             "disputed": disputed, "resolved": resolution is not None,
             "resolved_by": resolution.get("admin") if resolution else None,
