@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from alignkit.feedback.store import Store
+from alignkit.feedback.store import Store, shown_order
 from tests.web.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.web
@@ -94,6 +94,17 @@ class Page:
         self.css("#who")
 
 
+def ranked(driver) -> list[int]:
+    """The ranking as it stands on the page, in the task's own (canonical) indices."""
+    return [int(li.get_attribute("data-index"))
+            for li in driver.find_elements("css selector", "#ranking li")]
+
+
+def positions(driver) -> list[str]:
+    """The position numbers shown beside the ranking's responses, top to bottom."""
+    return [el.text for el in driver.find_elements("css selector", "#ranking li .pos")]
+
+
 def test_annotator_labels_with_keyboard_and_mouse_admin_sees_agreement_and_exports(
         server, browser, request):
     from selenium.webdriver.common.action_chains import ActionChains
@@ -144,26 +155,30 @@ def test_annotator_labels_with_keyboard_and_mouse_admin_sees_agreement_and_expor
     page.css("#submit").click()
     page.wait_task_change(t_mouse)
 
-    # --- ranking by keyboard: pick the 3rd response, move it up twice -> [2, 0, 1]
+    # --- ranking by keyboard: pick the 3rd response shown, move it up twice; shown in ann0's
+    # own order (s), numbered 1..3, and stored in the task's own order
     assert page.task_id() == r_key
+    s = shown_order(r_key, ann0.id, 3)
+    assert positions(browser) == ["1", "2", "3"]
+    assert ranked(browser) == s
     page.keys("3", Keys.ARROW_UP, Keys.ARROW_UP)
-    order = [li.get_attribute("data-index") for li in browser.find_elements(
-        "css selector", "#ranking li")]
-    assert order == ["2", "0", "1"]
+    assert ranked(browser) == [s[2], s[0], s[1]]
+    assert positions(browser) == ["1", "2", "3"]  # renumbered after the move
+    key_ranking = [s[2], s[0], s[1]]
     page.shot("ranking-keyboard")
     page.keys(Keys.ENTER)
     page.wait_task_change(r_key)
 
-    # --- ranking by mouse: drag the first response below the last -> [1, 2, 0]
+    # --- ranking by mouse: drag the first response shown below the last
     assert page.task_id() == r_mouse
+    s = shown_order(r_mouse, ann0.id, 3)
     items = browser.find_elements("css selector", "#ranking li")
     handle = items[0].find_element("css selector", ".handle")
     (ActionChains(browser).click_and_hold(handle).move_by_offset(0, 20)
      .move_to_element_with_offset(items[2], 0, items[2].size["height"] // 2 - 2)
      .move_by_offset(0, 10).release().perform())
-    order = [li.get_attribute("data-index") for li in browser.find_elements(
-        "css selector", "#ranking li")]
-    assert order == ["1", "2", "0"]
+    assert ranked(browser) == [s[1], s[2], s[0]]
+    assert positions(browser) == ["1", "2", "3"]
     page.shot("ranking-drag")
     page.css("#submit").click()
     page.wait.until(lambda d: d.find_elements("css selector", "#done-message"))
@@ -174,12 +189,14 @@ def test_annotator_labels_with_keyboard_and_mouse_admin_sees_agreement_and_expor
     page.keys("u")
     page.wait_task_change(None)
     assert page.task_id() == r_mouse and store.count_labels(pid) == 3
-    page.keys("2", Keys.ARROW_UP, Keys.ENTER)  # [1, 0, 2]
+    assert ranked(browser) == s  # shown in the same order again
+    page.keys("2", Keys.ARROW_UP, Keys.ENTER)
+    mouse_ranking = [s[1], s[0], s[2]]
     page.wait.until(lambda d: d.find_elements("css selector", "#done-message"))
     ranks = {lab["task_id"]: lab["value"] for lab in store.labels_of_user(pid, ann0)}
     assert ranks == {t_key: {"choices": {"helpful": "A", "harmless": "tie"}},
                      t_mouse: {"choices": {"helpful": "B", "harmless": "B"}},
-                     r_key: {"ranking": [2, 0, 1]}, r_mouse: {"ranking": [1, 0, 2]}}
+                     r_key: {"ranking": key_ranking}, r_mouse: {"ranking": mouse_ranking}}
 
     # --- admin: agreement undefined with one annotator, then updates when ann1 labels
     page.sign_in(ADMIN_TOKEN)
@@ -190,7 +207,7 @@ def test_annotator_labels_with_keyboard_and_mouse_admin_sees_agreement_and_expor
     h = {"Authorization": f"Bearer {token1}"}
     for tid, value in [(t_key, {"choices": {"helpful": "A", "harmless": "tie"}}),
                        (t_mouse, {"choices": {"helpful": "A", "harmless": "B"}}),
-                       (r_key, {"ranking": [2, 0, 1]}), (r_mouse, {"ranking": [1, 0, 2]})]:
+                       (r_key, {"ranking": key_ranking}), (r_mouse, {"ranking": mouse_ranking})]:
         r = requests.post(f"{server.url}/api/projects/{pid}/labels", headers=h,
                           json={"task_id": tid, "value": value}, timeout=30)
         assert r.status_code == 201
@@ -224,4 +241,86 @@ def test_annotator_labels_with_keyboard_and_mouse_admin_sees_agreement_and_expor
     resolved = [p for p in pairs if p["item_id"] == t_mouse and p["aspect"] == "helpful"]
     assert resolved[0]["chosen"] == "You are welcome!" and resolved[0]["resolved_by"] == "admin"
     assert browser.execute_script("return window.__pwned") is None
+    store.dispose()
+
+
+def test_two_annotators_see_a_ranking_in_their_own_orders_and_disputes_show_who_chose_what(
+        server, browser, request):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    store = Store(server.db_url)
+    pid = store.create_project("shuffled", "", ["helpful", "harmless"], 2)
+    texts = ["w", "x", "best", "y"]
+    rk, pq, gold = store.add_tasks(pid, [
+        {"kind": "ranking", "prompt": "Rank these", "responses": texts},
+        {"kind": "pairwise", "prompt": "Pair", "responses": ["p0", "p1"]},
+        {"kind": "pairwise", "prompt": "Gold", "responses": ["g0", "g1"],
+         "gold": {"choices": {"helpful": "A"}}}])
+    people = [store.create_user(f"ann{i}") for i in range(2)]
+    for user, _ in people:
+        store.add_member(pid, user.id)
+    page = Page(browser, server.url, ARTIFACTS / ("shuffled-" + request.node.callspec.id))
+    want = ["x", "best", "w", "y"]  # what both annotators put in this order
+    shown = {}
+    for n, (user, token) in enumerate(people):
+        page.sign_in(token)
+        page.d.get(f"{server.url}/projects/{pid}")
+        assert page.css("#task") and page.task_id() == rk
+        shown[n] = [li.find_element("css selector", ".text").text
+                    for li in browser.find_elements("css selector", "#ranking li")]
+        assert positions(browser) == ["1", "2", "3", "4"]
+        assert ranked(browser) == shown_order(rk, user.id, 4)
+        assert shown[n] == [texts[i] for i in ranked(browser)]
+        page.d.refresh()  # a reload shows the same order
+        page.css("#task")
+        assert ranked(browser) == shown_order(rk, user.id, 4)
+        page.shot(f"ranking-shown-to-ann{n}")
+        # ann0 drags "x" to the top with the mouse, ann1 picks it by its number; then both
+        # put the rest in place by number and arrow keys
+        for place, text in enumerate(want):
+            now = [li.find_element("css selector", ".text").text
+                   for li in browser.find_elements("css selector", "#ranking li")]
+            at = now.index(text)
+            if place == 0 and n == 0 and at > 0:
+                items = browser.find_elements("css selector", "#ranking li")
+                handle = items[at].find_element("css selector", ".handle")
+                (ActionChains(browser).click_and_hold(handle).move_by_offset(0, -5)
+                 .move_to_element_with_offset(items[0], 0, -items[0].size["height"] // 2 + 2)
+                 .move_by_offset(0, -5).release().perform())
+            else:
+                page.keys(str(at + 1), *[Keys.ARROW_UP] * (at - place))
+        assert [texts[i] for i in ranked(browser)] == want
+        assert positions(browser) == ["1", "2", "3", "4"]
+        page.shot(f"ranking-ranked-by-ann{n}")
+        page.css("#submit").click()
+        page.wait_task_change(rk)
+    # the two were shown different orders, and both labels are the same canonical ranking
+    assert shown[0] != shown[1] and shown[0][0] != shown[1][0]
+    labels = store.project_labels(pid)
+    assert [(lab["annotator"], lab["value"]) for lab in labels] == [
+        ("ann0", {"ranking": [1, 2, 0, 3]}), ("ann1", {"ranking": [1, 2, 0, 3]})]
+    assert [lab["shown_order"] for lab in labels] == [
+        [texts.index(t) for t in shown[0]], [texts.index(t) for t in shown[1]]]
+
+    # they split on the pair (helpful) and on the gold item: only the pair is disputed, and the
+    # dashboard shows who chose what
+    for (user, token), choice in zip(people, ("A", "B")):
+        for tid in (pq, gold):
+            r = requests.post(f"{server.url}/api/projects/{pid}/labels",
+                              headers={"Authorization": f"Bearer {token}"},
+                              json={"task_id": tid, "value": {"choices": {
+                                  "helpful": choice, "harmless": "tie"}}}, timeout=30)
+            assert r.status_code == 201, r.text
+    page.sign_in(ADMIN_TOKEN)
+    page.d.get(f"{server.url}/admin/projects/{pid}")
+    boxes = browser.find_elements("css selector", ".dispute")
+    assert [int(b.get_attribute("data-task-id")) for b in boxes] == [pq]
+    votes = {row.get_attribute("data-annotator"): {
+        cell.get_attribute("data-aspect"): cell.text
+        for cell in row.find_elements("css selector", ".vote-choice")}
+        for row in boxes[0].find_elements("css selector", ".vote")}
+    assert votes == {"ann0": {"helpful": "A", "harmless": "tie"},
+                     "ann1": {"helpful": "B", "harmless": "tie"}}
+    page.shot("dispute-votes")
     store.dispose()

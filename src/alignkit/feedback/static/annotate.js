@@ -49,10 +49,15 @@
     state.picked = li;
     items().forEach(x => x.classList.toggle("picked", x === li));
   }
+  // each response's position (1 = best), the number key that picks it
+  function renumber() {
+    items().forEach((li, i) => { const pos = li.querySelector(".pos"); pos.textContent = String(i + 1); pos.title = `press ${i + 1} to pick`; });
+  }
   function move(li, delta) {
     if (!li) return;
     if (delta < 0 && li.previousElementSibling) list.insertBefore(li, li.previousElementSibling);
     if (delta > 0 && li.nextElementSibling) list.insertBefore(li.nextElementSibling, li);
+    renumber();
   }
   if (list) {
     items().forEach(li => li.addEventListener("click", () => pick(li)));
@@ -75,6 +80,7 @@
       });
       if (after) { if (dragged.nextElementSibling !== after) list.insertBefore(dragged, after); }
       else if (list.lastElementChild !== dragged) list.appendChild(dragged);
+      renumber();
     });
     document.addEventListener("pointerup", () => {
       if (dragged) dragged.classList.remove("dragging");
@@ -90,6 +96,8 @@
       if (missing.length) { say("Choose A, B or tie for: " + missing.join(", "), false); return null; }
       return { choices: state.choices };
     }
+    // data-index is the response's canonical index: the label is stored in the task's own
+    // order, whatever order this annotator was shown
     return { ranking: items().map(li => parseInt(li.dataset.index, 10)) };
   }
   async function submit() {
