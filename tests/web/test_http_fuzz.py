@@ -55,7 +55,10 @@ def test_the_annotation_app_never_answers_5xx(server):
               ("GET", "/admin/projects/{id}"), ("GET", "/api/admin/projects/{id}/report"),
               ("GET", "/api/admin/projects/{id}/labels"), ("GET", "/api/admin/projects/{id}/audit"),
               ("GET", "/api/admin/projects/{id}/export"), ("POST", "/api/admin/tasks/{id}/resolve"),
-              ("POST", "/api/admin/projects/{id}/active")]
+              ("POST", "/api/admin/projects/{id}/active"),
+              ("PUT", "/api/projects/{id}/labels/{id}"),
+              ("GET", "/api/admin/projects/{id}/tasks/{id}/history"),
+              ("GET", "/api/admin/projects/{id}/labels/{id}/history")]
     seen = []
 
     @FUZZ
@@ -70,7 +73,7 @@ def test_the_annotation_app_never_answers_5xx(server):
             headers["Authorization"] = f"Bearer {who}"
         url = server.url + path.replace("{id}", requests.utils.quote(str(some_id), safe=""))
         answer = requests.request(method, url, headers=headers, params=query,
-                                  data=body if method == "POST" else None, timeout=60,
+                                  data=body if method in ("POST", "PUT") else None, timeout=60,
                                   allow_redirects=False)
         seen.append(answer.status_code)
         assert answer.status_code < 500, (method, url, body[:200], answer.text[:300])

@@ -57,7 +57,9 @@ def test_ids_past_the_integer_range_are_404s(server):
     store.add_member(project, user.id)
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     for path in (f"/api/projects/{2**63}/next", f"/projects/{10**30}",
-                 f"/api/admin/projects/{-2**63 - 1}/report", f"/admin/projects/{2**64}"):
+                 f"/api/admin/projects/{-2**63 - 1}/report", f"/admin/projects/{2**64}",
+                 f"/admin/projects/{2**31}",
+                 f"/api/admin/projects/{project}/tasks/{2**40}/history"):
         r = requests.get(server.url + path, headers=auth, timeout=30)
         assert r.status_code == 404, (path, r.status_code, r.text[:200])
     r = requests.post(f"{server.url}/api/admin/tasks/{2**63}/resolve", headers=auth,

@@ -68,6 +68,8 @@ from alignkit.feedback.store import (Forbidden, Invalid, NotFound, Store, StoreE
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
 COOKIE = "alignkit_token"
+# ids are ``INTEGER`` columns: 32-bit on PostgreSQL, so a larger number names no row anywhere
+MAX_ID = 2**31 - 1
 
 
 SECURITY_HEADERS = {
@@ -169,7 +171,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
                 number = int(value)
             except (TypeError, ValueError):
                 continue  # not a number: the route's own validation answers
-            if name.endswith("_id") and not 0 < number < 2**63:
+            if name.endswith("_id") and not 0 < number <= MAX_ID:
                 raise NotFound(f"no {name.removesuffix('_id')} {value}")
 
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None,
@@ -284,7 +286,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         value = body.get(name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f'field "{name}" must be an integer')
-        if not 0 < value < 2**63:
+        if not 0 < value <= MAX_ID:
             raise NotFound(f'no {name.removesuffix("_id")} {value}')
         return value
 
