@@ -18,7 +18,8 @@ pytestmark = pytest.mark.web
 
 
 def busy_project(store: Store) -> int:
-    """A project with tasks, two annotators' labels, an undo, a reason and a resolution."""
+    """A project with tasks, two annotators' labels, an undo, an edit, a reason and a
+    resolution."""
     admin = store.ensure_admin(ADMIN_TOKEN)
     pid = store.create_project("alpha", "# Be kind", ["helpful", "harmless"], 2,
                                created_by=admin.id)
@@ -40,6 +41,7 @@ def busy_project(store: Store) -> int:
     store.submit(pid, people[0], ids[1], {"ranking": [2, 0, 1]})
     store.undo_last(pid, people[0])  # the ranking, taken back
     store.submit(pid, people[0], ids[1], {"ranking": [0, 2, 1]})
+    store.edit(pid, people[1], ids[0], both, "on second thought")
     store.resolve(ids[0], admin, both, "A is clearer")
     return pid
 
@@ -56,7 +58,8 @@ def test_the_audit_log_records_who_did_what_and_keeps_undone_labels(server):
     assert actions == [("create_project", "admin"), ("add_tasks", "admin"),
                        ("add_member", None), ("add_member", None),
                        ("label", "ann0"), ("label", "ann1"), ("label", "ann0"),
-                       ("undo", "ann0"), ("label", "ann0"), ("resolve", "admin"),
+                       ("undo", "ann0"), ("label", "ann0"), ("edit", "ann1"),
+                       ("resolve", "admin"),
                        ("export", "admin")]
     undo = next(e for e in log if e["action"] == "undo")
     assert undo["detail"]["value"] == {"ranking": [2, 0, 1]}  # the undone label, kept
@@ -96,12 +99,22 @@ def test_backup_restores_into_another_database_whole(postgres_cluster, tmp_path)
                    str(again)).returncode == 0
     first, second = json.loads(backup.read_text()), json.loads(again.read_text())
     assert comparable(second) == comparable(first)
+    # the label history and the order a ranking was shown in travel with it
+    assert [(h["action"], h["user"], h["label"], h["value"]) for h in first["label_history"]] == [
+        ("undo", "ann0", None, {"ranking": [2, 0, 1]}),
+        ("edit", "ann1", 1, {"choices": {"helpful": "B", "harmless": "tie"}})]
+    assert [lab["shown_order"] is not None for lab in first["labels"]] == [False, False, True]
     # (a backup's own entry is written after it is taken: the next one shows it)
     assert [e["action"] for e in second["audit"]][-2:] == ["resolve", "restore"]
     # the people sign in on the restored database with their old passwords and tokens
     pg = Store(pg_url)
     assert pg.user_by_password("ann1", "passphrase number 1").name == "ann1"
     assert pg.user_by_token(ADMIN_TOKEN).name == "admin"
+    restored = pg.project_by_name("alpha")["id"]
+    history = pg.label_history_of(restored)
+    edited = next(lab for lab in pg.project_labels(restored) if lab["annotator"] == "ann1")
+    assert [(h["action"], h["by"], h["label_id"]) for h in history] == [
+        ("undo", "ann0", None), ("edit", "ann1", edited["id"])]
 
     # restoring again under the same name clashes and writes nothing; under another, it lands
     proc = run_cli("annotate", "restore", "--db", pg_url, "--input", str(backup))

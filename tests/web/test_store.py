@@ -270,3 +270,55 @@ def test_each_annotator_sees_a_ranking_in_their_own_order(store):
     # over many (task, annotator) pairs, every response is shown first about equally often
     firsts = [shown_order(t, u, 4)[0] for t in range(1, 101) for u in range(1, 21)]
     assert all(350 < firsts.count(i) < 650 for i in range(4)), [firsts.count(i) for i in range(4)]
+
+
+def test_an_undone_labels_id_is_never_handed_to_a_later_label(store):
+    pid = store.create_project("p", aspects=["helpful"], labels_per_item=2)
+    tid, = store.add_tasks(pid, [pair()])
+    u, _ = store.create_user("u")
+    store.add_member(pid, u.id)
+    first, _ = store.submit(pid, u, tid, {"choices": {"helpful": "A"}})
+    store.undo_last(pid, u)
+    second, _ = store.submit(pid, u, tid, {"choices": {"helpful": "B"}})
+    assert second["id"] != first["id"]  # SQLite would reuse the highest rowid otherwise
+    assert [h["value"] for h in store.label_history_of(pid, label_id=first["id"])] == [
+        {"choices": {"helpful": "A"}}]
+    assert store.label_history_of(pid, label_id=second["id"]) == []
+
+
+def test_the_0003_migration_keeps_the_labels_of_a_0002_database(db_url):
+    from alembic import command
+    from alembic.config import Config
+    from pathlib import Path
+
+    import alignkit.feedback.store as store_module
+
+    old = Store(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location",
+                        str(Path(store_module.__file__).with_name("migrations")))
+    with old.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (id, name, role, created_at) "
+                             "VALUES (1, 'u', 'annotator', CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO projects (id, name, guidelines, aspects, "
+                             "labels_per_item, al_strategy, created_at) VALUES "
+                             "(1, 'p', '', '[\"helpful\"]', 2, 'std', CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO members (project_id, user_id, added_at) "
+                             "VALUES (1, 1, CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO tasks (id, project_id, kind, prompt, responses, "
+                             "is_gold, created_at) VALUES (1, 1, 'ranking', '\"R\"', "
+                             "'[\"a\", \"b\"]', false, CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO labels (id, task_id, user_id, value, created_at) "
+                             "VALUES (1, 1, 1, '{\"ranking\": [1, 0]}', CURRENT_TIMESTAMP)")
+    old.dispose()
+    new = Store(db_url)
+    new.upgrade()
+    (label,) = new.project_labels(1)
+    assert label["value"] == {"ranking": [1, 0]} and label["shown_order"] is None
+    u = new.user_by_name("u")
+    assert new.undo_last(1, u)["id"] == 1
+    assert [h["label_id"] for h in new.label_history_of(1)] == [1]
+    new.dispose()

@@ -8,15 +8,16 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from alignkit.feedback.store import (Conflict, Invalid, NotFound, Store, audit, labels, members,
-                                     now, projects, resolutions, tasks, users)
+from alignkit.feedback.store import (Conflict, Invalid, NotFound, Store, audit, label_history,
+                                     labels, members, now, projects, resolutions, tasks, users)
 
 
 def backup_project(store: Store, project_id: int) -> dict:
     """Everything of one project as JSON-ready data, by names and positions rather than
     database ids (so that it restores into any database): the project, the users it
-    involves (role and hashed secrets), its tasks in order, labels, resolutions, and its
-    audit log."""
+    involves (role and hashed secrets), its tasks in order, labels (with the order a ranking
+    was shown in), resolutions, its label history (a history entry names its label by position
+    among the labels, or None for one no longer there) and its audit log."""
     iso = lambda t: None if t is None else (t if t.tzinfo else t.replace(  # noqa: E731
         tzinfo=timezone.utc)).isoformat()
     with store.rx() as c:
@@ -34,14 +35,18 @@ def backup_project(store: Store, project_id: int) -> dict:
             resolutions.c.task_id.in_(in_project)).order_by(resolutions.c.task_id))
         audit_rows = rows(sa.select(audit).where(audit.c.project_id == project_id)
                           .order_by(audit.c.id))
+        history_rows = rows(sa.select(label_history).where(
+            label_history.c.task_id.in_(in_project)).order_by(label_history.c.id))
         member_ids = [r.user_id for r in c.execute(sa.select(members.c.user_id).where(
             members.c.project_id == project_id).order_by(members.c.user_id))]
         involved = set(member_ids) | {r["user_id"] for r in label_rows + resolution_rows
-                                      + audit_rows if r["user_id"] is not None}
+                                      + audit_rows + history_rows if r["user_id"] is not None}
+        involved |= {r["by_user_id"] for r in history_rows if r["by_user_id"] is not None}
         involved |= {t["created_by"] for t in task_rows if t["created_by"] is not None}
         people = {r.id: r for r in c.execute(sa.select(users).where(
             users.c.id.in_(involved)))}
     name = {uid: r.name for uid, r in people.items()}
+    label_at = {r["id"]: n for n, r in enumerate(label_rows)}
     return {
         "format": "alignkit-annotate-backup", "version": 1,
         "project": {k: project._mapping[k] for k in (
@@ -58,10 +63,18 @@ def backup_project(store: Store, project_id: int) -> dict:
                      "created_by": name.get(t["created_by"])} for t in task_rows],
         "labels": [{"task": at[r["task_id"]], "user": name[r["user_id"]],
                     "value": r["value"], "reason": r["reason"],
+                    "shown_order": r["shown_order"],
                     "created_at": iso(r["created_at"])} for r in label_rows],
         "resolutions": [{"task": at[r["task_id"]], "user": name[r["user_id"]],
                          "value": r["value"], "note": r["note"],
                          "created_at": iso(r["created_at"])} for r in resolution_rows],
+        "label_history": [{"label": label_at.get(r["label_id"]), "task": at[r["task_id"]],
+                           "user": name[r["user_id"]], "action": r["action"],
+                           "value": r["value"], "reason": r["reason"],
+                           "shown_order": r["shown_order"],
+                           "labelled_at": iso(r["labelled_at"]),
+                           "by": name.get(r["by_user_id"]), "at": iso(r["at"])}
+                          for r in history_rows],
         "audit": [{"at": iso(r["at"]), "user": name.get(r["user_id"]),
                    "action": r["action"], "task": at.get(r["task_id"]),
                    "detail": r["detail"]} for r in audit_rows],
@@ -106,10 +119,19 @@ def restore_project(store: Store, dump: dict, name: str | None = None) -> int:
                                                      "unrenderable")},
                 created_at=when(t["created_at"]), created_by=ids.get(t["created_by"]))
             ).inserted_primary_key[0] for t in dump["tasks"]]
-            for r in dump["labels"]:
-                c.execute(labels.insert().values(
-                    task_id=task_ids[r["task"]], user_id=ids[r["user"]], value=r["value"],
-                    reason=r["reason"], created_at=when(r["created_at"])))
+            label_ids = [c.execute(labels.insert().values(
+                task_id=task_ids[r["task"]], user_id=ids[r["user"]], value=r["value"],
+                reason=r["reason"], shown_order=r.get("shown_order"),
+                created_at=when(r["created_at"]))).inserted_primary_key[0]
+                for r in dump["labels"]]
+            # backups written before the label history existed have none
+            for r in dump.get("label_history", []):
+                c.execute(label_history.insert().values(
+                    label_id=None if r["label"] is None else label_ids[r["label"]],
+                    task_id=task_ids[r["task"]], user_id=ids[r["user"]], action=r["action"],
+                    value=r["value"], reason=r["reason"], shown_order=r["shown_order"],
+                    labelled_at=when(r["labelled_at"]), by_user_id=ids.get(r["by"]),
+                    at=when(r["at"])))
             for r in dump["resolutions"]:
                 c.execute(resolutions.insert().values(
                     task_id=task_ids[r["task"]], user_id=ids[r["user"]], value=r["value"],

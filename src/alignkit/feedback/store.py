@@ -140,13 +140,16 @@ labels = sa.Table(
     # ranking: the canonical indices in the order this annotator was shown them (``shown_order``)
     sa.Column("shown_order", sa.JSON, nullable=True),
     sa.UniqueConstraint("task_id", "user_id", name="uq_label_task_user"),
+    sqlite_autoincrement=True,  # an undone label's id is never reused (the history names it)
 )
 # append-only: a label as it was before an annotator edited it ("edit") or took it back ("undo"),
-# with who did so and when; ``label_id`` stays after the label itself is gone
+# with who did so and when; ``label_id`` stays after the label itself is gone (None only for a
+# label undone before its project was restored from a backup: its id named a row of another
+# database; its history stays under its task)
 label_history = sa.Table(
     "label_history", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("label_id", sa.Integer, nullable=False, index=True),
+    sa.Column("label_id", sa.Integer, nullable=True, index=True),
     sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
               nullable=False, index=True),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),

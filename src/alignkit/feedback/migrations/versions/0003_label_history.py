@@ -1,5 +1,5 @@
 """Annotation store: the order a ranking's responses were shown in, kept with each label
-(``labels.shown_order``), and the append-only label history (``label_history``): the previous
+(``labels.shown_order``; on SQLite label ids are no longer reused), and the append-only label history (``label_history``): the previous
 label on an edit, the removed label on an undo, with who and when.
 
 Revision ID: 0003
@@ -19,12 +19,17 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("labels") as batch:  # SQLite rebuilds the table
+    # SQLite: the table is rebuilt with AUTOINCREMENT, so that the id of an undone label is never
+    # handed to a later one (the label history names labels by id); PostgreSQL's sequence never
+    # reuses one
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    with op.batch_alter_table("labels", recreate="always" if sqlite else "auto",
+                              table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("shown_order", sa.JSON, nullable=True))
     op.create_table(
         "label_history",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("label_id", sa.Integer, nullable=False, index=True),
+        sa.Column("label_id", sa.Integer, nullable=True, index=True),
         sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
                   nullable=False, index=True),
         sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
