@@ -6,8 +6,8 @@ per-annotator quality, dispute queue, active-learning order, export links).
 
 API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorization: Bearer``):
 ``GET /api/projects``, ``GET /api/projects/{id}/next``, ``POST /api/projects/{id}/labels``,
-``PUT /api/projects/{id}/labels/{task_id}`` (edit one's own label), ``POST /api/projects/{id}/undo``,
-``GET /api/projects/{id}/labels/mine``; admin only:
+``PUT /api/projects/{id}/labels/{task_id}`` (edit one's own label),
+``POST /api/projects/{id}/undo``, ``GET /api/projects/{id}/labels/mine``; admin only:
 ``GET /api/admin/projects/{id}/report``, ``GET /api/admin/projects/{id}/labels``,
 ``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``,
 ``GET /api/admin/projects/{id}/audit`` (the project's append-only audit log: who labelled,

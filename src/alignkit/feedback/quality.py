@@ -7,6 +7,8 @@ the units they share (pairwise choices, and the pairwise preferences a ranking i
 project figure is their mean (Light's kappa). Per annotator: gold accuracy on hidden gold items,
 mean kappa with each other annotator, alpha with this annotator left out (if alpha rises without
 someone, their labels lower agreement), and agreement with the aggregated label of others.
+Disputes (no strict majority) list each annotator's choice; gold items are never disputes (their
+answer is known: a split on one is counted as gold accuracy).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Annotation store: the order a ranking's responses were shown in, kept with each label
-(``labels.shown_order``; on SQLite label ids are no longer reused), and the append-only label history (``label_history``): the previous
-label on an edit, the removed label on an undo, with who and when.
+(``labels.shown_order``; on SQLite label ids are no longer reused), and the append-only label
+history (``label_history``): the previous label on an edit, the removed label on an undo, with
+who and when.
 
 Revision ID: 0003
 Revises: 0002
