@@ -9,7 +9,8 @@ API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorizat
 ``PUT /api/projects/{id}/labels/{task_id}`` (edit one's own label),
 ``POST /api/projects/{id}/undo``, ``GET /api/projects/{id}/labels/mine``; admin only:
 ``GET /api/admin/projects/{id}/report``, ``GET /api/admin/projects/{id}/labels``,
-``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``,
+``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``
+(``kind=weights``: each annotator's reward-model loss weight, ``annotator_weights.json``),
 ``GET /api/admin/projects/{id}/audit`` (the project's append-only audit log: who labelled,
 undid -- with the whole label --, edited, resolved, exported, when),
 ``GET /api/admin/projects/{id}/tasks/{task_id}/history`` and
@@ -35,6 +36,14 @@ Rankings: each annotator is shown a task's responses in their own order (``store
 seeded by task and annotator: no response gains from always coming first); ``next`` gives the
 shown ``responses`` with ``order`` (the canonical index of each), and a ranking label is sent and
 stored in canonical indices (the task's responses as imported), best first.
+
+Quality control (a project's ``calibration_items``, ``calibration_accuracy``,
+``attention_rate``): ``next`` hands a new annotator gold items first, nothing after a failed
+calibration, and real work with hidden gold items at the attention rate after a passed one;
+``progress`` carries the annotator's ``calibration`` state (never the attention checks); a
+label outside the calibration while it is under way, or any label after a failed one, is
+refused (403). The report lists each annotator's state, attention-check accuracy, quality and
+weight.
 
 Rules: an annotator sees only projects they are on (others answer 404) and only their own
 labels; admin routes answer 403 to annotators; bad requests answer 4xx with ``{"error": ...}``.
@@ -446,11 +455,17 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     @app.get("/api/admin/projects/{project_id}/export")
     def export(request: Request, project_id: int, kind: str = "pairs",
                mode: str = "aggregated"):
-        from alignkit.feedback.export import export_records, jsonl
+        from alignkit.feedback.export import annotator_weights, export_records, jsonl
 
         admin = admin_user(request)
-        if kind not in ("pairs", "rankings") or mode not in ("aggregated", "labels"):
-            raise Invalid("kind must be pairs or rankings; mode aggregated or labels")
+        if kind not in ("pairs", "rankings", "weights") or mode not in ("aggregated", "labels"):
+            raise Invalid("kind must be pairs, rankings or weights; mode aggregated or labels")
+        if kind == "weights":
+            store.project(project_id)
+            weights = annotator_weights(store, project_id)
+            store.record("export", admin, project_id, kind=kind, annotators=len(weights))
+            return JSONResponse(weights, headers={
+                "Content-Disposition": 'attachment; filename="annotator_weights.json"'})
         pairs, rankings, _ = export_records(store, project_id, mode)
         store.record("export", admin, project_id, kind=kind, mode=mode,
                      records=len(pairs if kind == "pairs" else rankings))

@@ -51,7 +51,8 @@ def backup_project(store: Store, project_id: int) -> dict:
         "format": "alignkit-annotate-backup", "version": 1,
         "project": {k: project._mapping[k] for k in (
             "name", "guidelines", "aspects", "labels_per_item", "reward_model",
-            "al_strategy")} | {"created_at": iso(project.created_at),
+            "al_strategy", "calibration_items", "calibration_accuracy",
+            "attention_rate")} | {"created_at": iso(project.created_at),
                                "created_by": name.get(project.created_by)},
         "users": [{"name": r.name, "role": r.role, "token_hash": r.token_hash,
                    "password_hash": r.password_hash, "created_at": iso(r.created_at)}
@@ -109,6 +110,10 @@ def restore_project(store: Store, dump: dict, name: str | None = None) -> int:
                 name=title, guidelines=p["guidelines"], aspects=p["aspects"],
                 labels_per_item=p["labels_per_item"], reward_model=p["reward_model"],
                 al_strategy=p["al_strategy"], created_at=when(p["created_at"]),
+                # backups written before quality control existed: no gate, as then
+                calibration_items=p.get("calibration_items", 0),
+                calibration_accuracy=p.get("calibration_accuracy", 0.8),
+                attention_rate=p.get("attention_rate", 0.0),
                 created_by=ids.get(p["created_by"]))).inserted_primary_key[0]
             for member in dump["members"]:
                 c.execute(members.insert().values(project_id=pid, user_id=ids[member],

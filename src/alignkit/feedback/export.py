@@ -12,6 +12,12 @@
 no aggregated label and are left out (counted). ``mode="labels"``: one record per annotator label
 with ``"annotator"`` (for annotator-aware reward training). Hidden gold items are left out
 unless ``include_gold``.
+
+Quality control: only the labels of annotators who passed calibration (or whose project needs
+none) are exported. ``annotator_weights`` gives each annotator's loss weight from their quality
+score (``quality.annotator_states``); the CLI writes it as ``annotator_weights.json`` beside
+``pairs.jsonl``, where ``alignkit reward`` picks it up for records that name their
+``annotator`` (``mode="labels"``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import json
 import os
 from pathlib import Path
 
-from alignkit.feedback.quality import item_summary
+from alignkit.feedback.quality import annotator_states, counted_labels, item_summary
+
+WEIGHTS_FILE = "annotator_weights.json"
 
 
 def _pair_record(task: dict, choice: str, aspect: str) -> dict:
@@ -38,14 +46,17 @@ def export_records(store, project_id: int, mode: str = "aggregated",
     """(pairs, rankings, counts) of a project."""
     project = store.project(project_id)
     aspects = project["aspects"]
-    labels = store.project_labels(project_id)
+    every_task = store.tasks_of(project_id)
+    every_label = store.project_labels(project_id)
+    labels = counted_labels(project, {t["id"]: t for t in every_task}, every_label)
     resolutions = store.resolutions_of(project_id)
     by_task: dict[int, list[dict]] = {}
     for lab in labels:
         by_task.setdefault(lab["task_id"], []).append(lab)
     pairs, rankings = [], []
-    counts = {"items": 0, "skipped_disputed": 0, "skipped_unlabelled": 0, "skipped_gold": 0}
-    for task in store.tasks_of(project_id):
+    counts = {"items": 0, "skipped_disputed": 0, "skipped_unlabelled": 0, "skipped_gold": 0,
+              "labels_not_counted": len(every_label) - len(labels)}
+    for task in every_task:
         item_labels = by_task.get(task["id"], [])
         if task["is_gold"] and not include_gold:
             counts["skipped_gold"] += 1
@@ -86,6 +97,14 @@ def export_records(store, project_id: int, mode: str = "aggregated",
                              "ranking": value["ranking"], **extra})
     counts["pairs"], counts["rankings"] = len(pairs), len(rankings)
     return pairs, rankings, counts
+
+
+def annotator_weights(store, project_id: int) -> dict[str, float]:
+    """Each annotator's reward-model loss weight (0 for one whose labels do not count)."""
+    project = store.project(project_id)
+    tasks = {t["id"]: t for t in store.tasks_of(project_id)}
+    states = annotator_states(project, tasks, store.project_labels(project_id))
+    return {name: state["weight"] for name, state in sorted(states.items())}
 
 
 def jsonl(records: list[dict]) -> str:

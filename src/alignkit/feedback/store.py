@@ -100,6 +100,12 @@ projects = sa.Table(
     sa.Column("al_strategy", sa.String(20), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("created_by", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
+    # quality control (``Store.quality_state``): each annotator's first N gold items are their
+    # calibration; their labels count once they reach the accuracy; after it, gold items are
+    # mixed into their queue at the attention rate
+    sa.Column("calibration_items", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("calibration_accuracy", sa.Float, nullable=False, server_default="0.8"),
+    sa.Column("attention_rate", sa.Float, nullable=False, server_default="0"),
 )
 members = sa.Table(
     "members", metadata,
@@ -486,7 +492,13 @@ class Store:
 
     def create_project(self, name: str, guidelines: str = "", aspects: list[str] | None = None,
                        labels_per_item: int = 2, reward_model: str | None = None,
-                       al_strategy: str = "std", created_by: int | None = None) -> int:
+                       al_strategy: str = "std", created_by: int | None = None,
+                       calibration_items: int = 0, calibration_accuracy: float = 0.8,
+                       attention_rate: float = 0.0) -> int:
+        """A new project. ``calibration_items``: N gold items each annotator answers first;
+        their labels count once their accuracy on them reaches ``calibration_accuracy``.
+        ``attention_rate``: the share of a calibrated annotator's queue that is hidden gold
+        items (attention checks)."""
         aspects = [a.strip() for a in (aspects or ["overall"]) if a.strip()]
         name = (name or "").strip()
         if not name or len(name) > 200:
@@ -497,23 +509,30 @@ class Store:
             raise Invalid(f"labels per item must be >= 1, got {labels_per_item}")
         if al_strategy not in AL_STRATEGIES:
             raise Invalid(f"active-learning strategy must be one of {AL_STRATEGIES}")
+        check_quality_settings(calibration_items, calibration_accuracy, attention_rate)
         with self.tx() as c:
             if c.execute(sa.select(projects.c.id).where(projects.c.name == name)).first():
                 raise Conflict(f"project {name!r} already exists")
             pid = c.execute(projects.insert().values(
                 name=name, guidelines=guidelines or "", aspects=aspects,
                 labels_per_item=labels_per_item, reward_model=reward_model,
-                al_strategy=al_strategy, created_at=now(),
-                created_by=created_by)).inserted_primary_key[0]
+                al_strategy=al_strategy, created_at=now(), created_by=created_by,
+                calibration_items=calibration_items, calibration_accuracy=calibration_accuracy,
+                attention_rate=attention_rate)).inserted_primary_key[0]
             self._audit(c, "create_project", created_by, pid, name=name, aspects=aspects,
-                        labels_per_item=labels_per_item)
+                        labels_per_item=labels_per_item, calibration_items=calibration_items,
+                        calibration_accuracy=calibration_accuracy,
+                        attention_rate=attention_rate)
             return pid
 
     def update_project(self, project_id: int, **values) -> None:
-        allowed = {"guidelines", "labels_per_item", "reward_model", "al_strategy"}
+        allowed = {"guidelines", "labels_per_item", "reward_model", "al_strategy",
+                   "calibration_accuracy", "attention_rate"}
         bad = set(values) - allowed
         if bad:
             raise Invalid(f"cannot change {', '.join(sorted(bad))}")
+        check_quality_settings(0, values.get("calibration_accuracy", 0.8),
+                               values.get("attention_rate", 0.0))
         with self.tx() as c:
             c.execute(projects.update().where(projects.c.id == project_id).values(**values))
 
@@ -624,56 +643,144 @@ class Store:
         they already hold if it is still open, else the first open item that the labels it has
         and the live leases of others leave room for (gold items: every annotator); ``None``
         when every open item is held by others. Concurrent annotators are handed different
-        items; a lease that expires frees its item."""
-        from datetime import timedelta
+        items; a lease that expires frees its item.
 
+        Under quality control (``quality.quality_control``) an annotator still calibrating is
+        handed only gold items, one who failed nothing, and a calibrated one real work with gold
+        items mixed in at the attention rate (and no gold otherwise)."""
         with self.tx() as c:
             at = now()
             c.execute(leases.delete().where(leases.c.expires_at < at))
             held = (sa.select(leases.c.task_id).where(leases.c.user_id == user.id)
                     .scalar_subquery())
             candidates = self._open_tasks(project, user.id)
-            mine = c.execute(candidates.where(tasks.c.id.in_(held)).limit(1)).first()
-            if mine is not None:
-                return _row(mine)
-            taken = (sa.select(sa.func.count()).select_from(labels)
-                     .where(labels.c.task_id == tasks.c.id).scalar_subquery()
-                     + sa.select(sa.func.count()).select_from(leases)
-                     .where(leases.c.task_id == tasks.c.id).scalar_subquery())
-            for row in c.execute(candidates.where(sa.or_(
-                    tasks.c.is_gold, taken < project["labels_per_item"])).limit(20)).all():
-                why = unrenderable(_row(row), project["aspects"])
-                if why is not None:  # skipped, kept for the admin to see
-                    log.warning("task %d cannot be shown (%s); kept out of the queue", row.id,
-                                why)
-                    c.execute(tasks.update().where(tasks.c.id == row.id)
-                              .values(unrenderable=why))
-                    continue
-                if not row.is_gold:
-                    # PostgreSQL: the row lock makes a concurrent hand-out of this item wait,
-                    # then count the lease it took (SQLite: the transaction already holds the
-                    # write lock)
-                    c.execute(sa.select(tasks.c.id).where(tasks.c.id == row.id)
-                              .with_for_update())
-                    if c.execute(sa.select(taken).where(tasks.c.id == row.id)).scalar_one() \
-                            >= project["labels_per_item"]:
-                        continue
-                c.execute(leases.delete().where(leases.c.user_id == user.id))
-                c.execute(leases.insert().values(
-                    task_id=row.id, user_id=user.id,
-                    expires_at=at + timedelta(seconds=self.lease_seconds)))
-                return _row(row)
+            pools = [candidates]
+            if quality_control(project):
+                state = self._quality_state(c, project, user.id)
+                if state["status"] == "failed_calibration":
+                    return None
+                gold = candidates.where(tasks.c.is_gold)
+                work = candidates.where(~tasks.c.is_gold)
+                if state["status"] == "calibrating":
+                    pools = [gold]
+                elif self._attention_draw(c, project, user.id):
+                    pools = [gold, work]  # no gold left: real work
+                else:
+                    pools = [work]  # gold only as attention checks once calibrated
+            for pool in pools:
+                mine = c.execute(pool.where(tasks.c.id.in_(held)).limit(1)).first()
+                if mine is not None:
+                    return _row(mine)
+            for pool in pools:
+                row = self._hand_out(c, project, user, at, pool)
+                if row is not None:
+                    return row
             # every open item is leased to others: none now (progress still counts them)
             return None
 
+    def _hand_out(self, c, project: dict, user: User, at: datetime, candidates) -> Optional[dict]:
+        """The first item of ``candidates`` that the labels it has and the live leases of others
+        leave room for, leased to ``user`` (in the caller's transaction)."""
+        from datetime import timedelta
+
+        taken = (sa.select(sa.func.count()).select_from(labels)
+                 .where(labels.c.task_id == tasks.c.id).scalar_subquery()
+                 + sa.select(sa.func.count()).select_from(leases)
+                 .where(leases.c.task_id == tasks.c.id).scalar_subquery())
+        for row in c.execute(candidates.where(sa.or_(
+                tasks.c.is_gold, taken < project["labels_per_item"])).limit(20)).all():
+            why = unrenderable(_row(row), project["aspects"])
+            if why is not None:  # skipped, kept for the admin to see
+                log.warning("task %d cannot be shown (%s); kept out of the queue", row.id,
+                            why)
+                c.execute(tasks.update().where(tasks.c.id == row.id)
+                          .values(unrenderable=why))
+                continue
+            if not row.is_gold:
+                # PostgreSQL: the row lock makes a concurrent hand-out of this item wait,
+                # then count the lease it took (SQLite: the transaction already holds the
+                # write lock)
+                c.execute(sa.select(tasks.c.id).where(tasks.c.id == row.id)
+                          .with_for_update())
+                if c.execute(sa.select(taken).where(tasks.c.id == row.id)).scalar_one() \
+                        >= project["labels_per_item"]:
+                    continue
+            c.execute(leases.delete().where(leases.c.user_id == user.id))
+            c.execute(leases.insert().values(
+                task_id=row.id, user_id=user.id,
+                expires_at=at + timedelta(seconds=self.lease_seconds)))
+            return _row(row)
+        return None
+
+    # ------------------------------------------------------------------ quality control
+
+    def _gold_labels(self, c, project_id: int, user_id: int) -> list:
+        """``user_id``'s labels of gold items in the project, in the order they were given."""
+        return c.execute(
+            sa.select(labels.c.id, labels.c.value, tasks.c.kind, tasks.c.gold)
+            .join(tasks, tasks.c.id == labels.c.task_id)
+            .where(tasks.c.project_id == project_id, labels.c.user_id == user_id,
+                   tasks.c.is_gold).order_by(labels.c.id)).all()
+
+    def _quality_state(self, c, project: dict, user_id: int) -> dict:
+        from alignkit.feedback.quality import calibration_state, gold_score
+
+        return calibration_state(project, [gold_score(r.kind, r.value, r.gold)
+                                           for r in self._gold_labels(c, project["id"], user_id)])
+
+    def quality_state(self, project: dict, user: User) -> dict:
+        """``user``'s calibration state in the project (``quality.calibration_state``)."""
+        with self.rx() as c:
+            return self._quality_state(c, project, user.id)
+
+    def _attention_draw(self, c, project: dict, user_id: int) -> bool:
+        """Whether the next item handed to a calibrated annotator is an attention check: a draw
+        at ``attention_rate``, seeded by (project, annotator, labels given so far), so a reload
+        draws the same and the checks cannot be told from their place in the queue."""
+        rate = project.get("attention_rate") or 0.0
+        if rate <= 0:
+            return False
+        done = c.execute(sa.select(sa.func.count()).select_from(labels).join(
+            tasks, tasks.c.id == labels.c.task_id).where(
+            tasks.c.project_id == project["id"], labels.c.user_id == user_id)).scalar_one()
+        seed = hashlib.sha256(f"alignkit-attention:{project['id']}:{user_id}:{done}"
+                              .encode("ascii")).digest()
+        return int.from_bytes(seed[:8], "big") / 2 ** 64 < rate
+
+    def _check_calibration_label(self, c, project: dict, label) -> None:
+        """A calibration label cannot be changed once the calibration is decided (the decision
+        would no longer follow from the labels)."""
+        if not (project.get("calibration_items") or 0):
+            return
+        ids = [r.id for r in self._gold_labels(c, project["id"], label.user_id)]
+        n = project["calibration_items"]
+        if len(ids) >= n and label.id in ids[:n]:
+            raise Conflict("this label is one of your calibration answers, which are final "
+                           "once the calibration is decided")
+
     def progress(self, project: dict, user: User) -> dict:
+        """Labels given and items left. Under quality control the items left are the real work
+        (plus the calibration items still to answer): attention checks are not announced."""
         with self.rx() as c:
             done = c.execute(sa.select(sa.func.count()).select_from(labels).join(
                 tasks, tasks.c.id == labels.c.task_id).where(
                 tasks.c.project_id == project["id"], labels.c.user_id == user.id)).scalar_one()
+            open_tasks = self._open_tasks(project, user.id).order_by(None)
+            out: dict[str, Any] = {}
+            if quality_control(project):
+                state = self._quality_state(c, project, user.id)
+                open_tasks = open_tasks.where(~tasks.c.is_gold)
+                out["calibration"] = {k: state[k] for k in (
+                    "status", "calibration_done", "calibration_items")}
             left = c.execute(sa.select(sa.func.count()).select_from(
-                self._open_tasks(project, user.id).order_by(None).subquery())).scalar_one()
-        return {"done": done, "left": left, "total": done + left}
+                open_tasks.subquery())).scalar_one()
+            if out:
+                status = out["calibration"]["status"]
+                if status == "failed_calibration":
+                    left = 0
+                elif status == "calibrating":
+                    left += project["calibration_items"] - out["calibration"]["calibration_done"]
+        return {"done": done, "left": left, "total": done + left, **out}
 
     # ------------------------------------------------------------------ labels
 
@@ -698,6 +805,13 @@ class Store:
                     if mine.value == value:
                         return _row(mine), False
                     raise Conflict(f"you already labelled task {task_id}; undo it first")
+                if quality_control(project):
+                    status = self._quality_state(c, project, user.id)["status"]
+                    if status == "failed_calibration":
+                        raise Forbidden("your calibration answers did not reach this project's "
+                                        "accuracy, so your labels are not counted")
+                    if status == "calibrating" and not task.is_gold:
+                        raise Forbidden("answer your calibration items first (take the next)")
                 if not task.is_gold:
                     n = c.execute(sa.select(sa.func.count()).select_from(labels)
                                   .where(labels.c.task_id == task_id)).scalar_one()
@@ -734,6 +848,7 @@ class Store:
                 .order_by(labels.c.created_at.desc(), labels.c.id.desc()).limit(1)).first()
             if last is None:
                 return None
+            self._check_calibration_label(c, self.project(project_id), last)
             self._keep(c, last, "undo", user)
             c.execute(labels.delete().where(labels.c.id == last.id))
             self._audit(c, "undo", user.id, project_id, last.task_id, label_id=last.id,
@@ -768,6 +883,8 @@ class Store:
             reason = (reason or "").strip() or None
             if mine.value == value and mine.reason == reason:
                 return _row(mine)
+            if task.is_gold:
+                self._check_calibration_label(c, project, mine)
             self._keep(c, mine, "edit", user)
             c.execute(labels.update().where(labels.c.id == mine.id).values(
                 value=value, reason=reason))
@@ -850,6 +967,23 @@ class Store:
 
 
 # ---------------------------------------------------------------------- validation
+
+
+def quality_control(project: dict) -> bool:
+    from alignkit.feedback.quality import quality_control as qc
+
+    return qc(project)
+
+
+def check_quality_settings(calibration_items: int, calibration_accuracy: float,
+                           attention_rate: float) -> None:
+    if isinstance(calibration_items, bool) or not isinstance(calibration_items, int) \
+            or calibration_items < 0:
+        raise Invalid(f"calibration items must be an integer >= 0, got {calibration_items!r}")
+    if not 0.0 <= calibration_accuracy <= 1.0:
+        raise Invalid(f"calibration accuracy must be in [0, 1], got {calibration_accuracy}")
+    if not 0.0 <= attention_rate < 1.0:
+        raise Invalid(f"attention rate must be in [0, 1), got {attention_rate}")
 
 
 def _is_text(value: Any) -> bool:
