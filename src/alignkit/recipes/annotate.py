@@ -109,7 +109,9 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
     # 2. Create the project, or change the one of that name.
     if cfg.update:
         project = store.project_by_name(name)
-        values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy}
+        values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy,
+                  "calibration_accuracy": cfg.calibration_accuracy,
+                  "attention_rate": cfg.attention_rate}
         if guidelines is not None:
             values["guidelines"] = guidelines
         if cfg.reward_model:
@@ -121,7 +123,8 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
         pid = store.create_project(
             name, guidelines or "", cfg.aspects.split(","), cfg.labels_per_item,
             str(Path(cfg.reward_model).resolve()) if cfg.reward_model else None,
-            cfg.al_strategy)
+            cfg.al_strategy, calibration_items=cfg.calibration_items,
+            calibration_accuracy=cfg.calibration_accuracy, attention_rate=cfg.attention_rate)
         print(f"project {name!r} created (id {pid})")
     # 3. With a reward model: order the project's tasks for active learning.
     if cfg.reward_model and store.tasks_of(pid):
@@ -186,7 +189,8 @@ def add_tasks(cfg: AnnotateTasksConfig) -> list[int]:
 
 
 def export(cfg: AnnotateExportConfig) -> dict:
-    from alignkit.feedback.export import export_records, write_jsonl
+    from alignkit.feedback.export import (WEIGHTS_FILE, annotator_weights, export_records,
+                                          write_jsonl)
     from alignkit.feedback.quality import project_report
 
     # 1. Resolved labels: pairs and rankings.
@@ -198,7 +202,12 @@ def export(cfg: AnnotateExportConfig) -> dict:
     out = Path(cfg.output)
     write_jsonl(pairs, out / "pairs.jsonl")
     write_jsonl(rankings, out / "rankings.jsonl")
-    # 2. The agreement report beside them.
+    # 2. Each annotator's loss weight, where ``alignkit reward`` looks for it (beside the data).
+    weights = annotator_weights(store, project["id"])
+    tmp = out / f".{WEIGHTS_FILE}.tmp"
+    tmp.write_text(json.dumps(weights, indent=1))
+    tmp.replace(out / WEIGHTS_FILE)
+    # 3. The agreement report beside them.
     report = project_report(store, project["id"])
     report.pop("item_details")
     report["export"] = counts
@@ -208,7 +217,8 @@ def export(cfg: AnnotateExportConfig) -> dict:
     print(f"exported {counts['pairs']} pair(s) -> {out / 'pairs.jsonl'}, {counts['rankings']} "
           f"ranking(s) -> {out / 'rankings.jsonl'}; left out: {counts['skipped_disputed']} "
           f"unresolved dispute(s), {counts['skipped_unlabelled']} unlabelled, "
-          f"{counts['skipped_gold']} gold")
+          f"{counts['skipped_gold']} gold, {counts['labels_not_counted']} label(s) of "
+          f"annotators not (yet) calibrated; annotator weights -> {out / WEIGHTS_FILE}")
     log.info("agreement report -> %s", out / "agreement.json")
     return counts
 
