@@ -1,0 +1,178 @@
+"""Annotator quality control over real HTTP (uvicorn subprocess) on SQLite and on PostgreSQL:
+simulated annotators (``alignkit.feedback.simulated``) answer from the gold scores of the items
+they are handed, one of them careless. The calibration gate keeps the careless one's labels out
+of agreement and export, attention checks arrive hidden among the work at the project's rate,
+and the quality scores become the loss weights ``alignkit reward`` picks up beside the export."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import requests
+
+from alignkit.feedback.simulated import Annotator, SimulatedPanel
+from alignkit.feedback.store import Store
+from tests.web.conftest import ADMIN_TOKEN
+
+pytestmark = pytest.mark.web
+
+CALIBRATION, THRESHOLD, RATE = 10, 0.8, 0.15
+N_GOLD, N_WORK = 26, 48
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def qc(server):
+    """A quality-controlled project of pairwise items with hidden gold scores per response;
+    five annotators: three careful, one sloppy (30 % random), one careless (all random)."""
+    store = Store(server.db_url)
+    pid = store.create_project("qc", "Pick the better answer.", ["overall"], 2,
+                               calibration_items=CALIBRATION, calibration_accuracy=THRESHOLD,
+                               attention_rate=RATE)
+    rng = random.Random(7)
+    scores: dict[str, tuple[float, float]] = {}
+    items = []
+    for i in range(N_GOLD + N_WORK):
+        gold = i < N_GOLD
+        if gold:  # a clear answer: a careful annotator gets it right
+            ga = rng.uniform(-1, 1)
+            gb = ga + rng.choice([-1, 1]) * rng.uniform(1.5, 2.5)
+        else:
+            ga, gb = rng.gauss(0, 1), rng.gauss(0, 1)
+        prompt = f"question {i}"
+        scores[prompt] = (ga, gb)
+        item = {"kind": "pairwise", "prompt": prompt, "responses": [f"answer {i}a",
+                                                                    f"answer {i}b"]}
+        if gold:
+            item["gold"] = {"choices": {"overall": "A" if ga > gb else "B"}}
+        items.append(item)
+    rng.shuffle(items)  # gold items spread through the ids, as an upload would have them
+    ids = store.add_tasks(pid, items)
+    panel = SimulatedPanel([Annotator("careful-0", 0.3), Annotator("careful-1", 0.3),
+                            Annotator("careful-2", 0.3),
+                            Annotator("sloppy", 0.3, careless_rate=0.3),
+                            Annotator("careless", 0.3, careless_rate=1.0)],
+                           seed=3, gold_scale=2.0)
+    tokens = {}
+    for a in panel.annotators:
+        user, tokens[a.id] = store.create_user(a.id)
+        store.add_member(pid, user.id)
+    gold_ids = {tid for tid, item in zip(ids, items) if "gold" in item}
+    yield {"store": store, "pid": pid, "panel": panel, "scores": scores, "tokens": tokens,
+           "gold_ids": gold_ids, "work_ids": set(ids) - gold_ids, "url": server.url}
+    store.dispose()
+
+
+def answer(w, who: str, task: dict) -> dict:
+    """The simulated annotator's label of a task as the API showed it (prompt text only)."""
+    ga, gb = w["scores"][task["prompt"]]
+    a_wins, _ = w["panel"].compare(ga, gb, who)
+    return {"choices": {aspect: "A" if a_wins else "B" for aspect in task["aspects"]}}
+
+
+def test_calibration_gates_the_careless_annotator_and_weights_feed_the_reward(
+        qc, tmp_path, tiny_model_dir):
+    w, url = qc, qc["url"]
+    api = f"{url}/api/projects/{w['pid']}"
+    admin = bearer(ADMIN_TOKEN)
+    names = [a.id for a in w["panel"].annotators]
+    # before calibration: real work is refused, and the queue holds gold items only
+    some_work = min(w["work_ids"])
+    r = requests.post(f"{api}/labels", headers=bearer(w["tokens"]["careful-0"]),
+                      json={"task_id": some_work, "value": {"choices": {"overall": "A"}}})
+    assert r.status_code == 403 and "calibration" in r.json()["error"]
+    first = requests.get(f"{api}/next", headers=bearer(w["tokens"]["careful-0"])).json()
+    assert first["progress"]["calibration"] == {"status": "calibrating", "calibration_done": 0,
+                                                "calibration_items": CALIBRATION}
+
+    handed: dict[str, list[int]] = {n: [] for n in names}
+    shown_keys = set()
+    active = list(names)
+    while active:  # round robin: every annotator takes their next item in turn
+        for who in list(active):
+            h = bearer(w["tokens"][who])
+            body = requests.get(f"{api}/next", headers=h, timeout=30).json()
+            task = body["task"]
+            if task is None:
+                active.remove(who)
+                continue
+            shown_keys.add(tuple(sorted(task)))
+            # nothing in the progress tells an attention check from work
+            assert set(body["progress"]) == {"done", "left", "total", "calibration"}
+            handed[who].append(task["id"])
+            r = requests.post(f"{api}/labels", headers=h, timeout=30,
+                              json={"task_id": task["id"], "value": answer(w, who, task)})
+            assert r.status_code == 201, r.text
+
+    # a gold item looks like any other: the same fields
+    assert shown_keys == {("aspects", "id", "kind", "order", "prompt", "responses")}
+    report = requests.get(f"{url}/api/admin/projects/{w['pid']}/report", headers=admin).json()
+    per = report["per_annotator"]
+    print("\nper annotator:", json.dumps({n: {k: per[n][k] for k in (
+        "status", "calibration_accuracy", "attention_checks", "attention_accuracy",
+        "agreement_with_others", "quality", "weight")} for n in names}, indent=1))
+    for who in names:
+        # the first N items anyone is handed are gold: the calibration
+        assert set(handed[who][:CALIBRATION]) <= w["gold_ids"], who
+    assert per["careless"]["status"] == "failed_calibration"
+    assert per["careless"]["counted"] is False and per["careless"]["weight"] == 0
+    assert len(handed["careless"]) == CALIBRATION  # nothing after the failed calibration
+    r = requests.post(f"{api}/labels", headers=bearer(w["tokens"]["careless"]),
+                      json={"task_id": some_work, "value": {"choices": {"overall": "A"}}})
+    assert r.status_code == 403
+    passed = [n for n in names if n != "careless"]
+    for who in passed:
+        assert per[who]["status"] == "passed", (who, per[who])
+        after = handed[who][CALIBRATION:]
+        checks = [t for t in after if t in w["gold_ids"]]
+        assert per[who]["attention_checks"] == len(checks)
+        # attention checks come mixed into the work at about the rate, not in a block
+        assert 1 <= len(checks) <= 3 * RATE * len(after) + 1, (who, len(checks), len(after))
+        work_at = [i for i, t in enumerate(after) if t not in w["gold_ids"]]
+        assert min(after.index(t) for t in checks) < max(work_at), (who, after)
+        assert per[who]["attention_accuracy"] is not None
+    # every work item got its R labels from the annotators who passed
+    assert report["complete_items"] == N_WORK
+    assert report["labels_not_counted"] == CALIBRATION
+    # the sloppy annotator's labels count, at a lower weight than every careful one
+    assert per["sloppy"]["quality"] < min(per[f"careful-{i}"]["quality"] for i in range(3))
+    assert 0 < per["sloppy"]["weight"] < min(per[f"careful-{i}"]["weight"] for i in range(3))
+    assert max(per[n]["weight"] for n in passed) == 1.0
+    weights = requests.get(f"{url}/api/admin/projects/{w['pid']}/export?kind=weights",
+                           headers=admin).json()
+    assert weights == {n: per[n]["weight"] for n in sorted(names)}
+    pairs = [json.loads(x) for x in requests.get(
+        f"{url}/api/admin/projects/{w['pid']}/export?kind=pairs&mode=labels",
+        headers=admin).text.splitlines()]
+    assert len(pairs) == 2 * N_WORK and "careless" not in {p["annotator"] for p in pairs}
+    # the dashboard shows each annotator's calibration state
+    page = requests.get(f"{url}/admin/projects/{w['pid']}", headers=admin).text
+    assert 'data-status="failed_calibration"' in page and "failed calibration" in page
+
+    # the CLI export writes the weights beside the labels; alignkit reward reads them from
+    # there with no flag, and they reach each comparison's loss weight
+    from alignkit.config import AnnotateExportConfig, RewardConfig
+    from alignkit.data.preferences import load_preference_groups
+    from alignkit.recipes.annotate import export
+    from alignkit.recipes.reward import annotator_weights
+
+    out = tmp_path / "export"
+    counts = export(AnnotateExportConfig(db=w["store"].url.replace("+psycopg", ""),
+                                         project="qc", output=str(out), mode="labels"))
+    assert counts["pairs"] == 2 * N_WORK and counts["labels_not_counted"] == CALIBRATION
+    assert json.loads((out / "annotator_weights.json").read_text()) == weights
+    got = annotator_weights(RewardConfig(data=str(out / "pairs.jsonl")))
+    assert got == weights
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    groups, _ = load_preference_groups(str(out / "pairs.jsonl"), tokenizer, "causal",
+                                       annotator_weights=got)
+    seen = {(c.annotator, c.weight) for g in groups for c in g.pairs}
+    assert seen == {(n, weights[n]) for n in passed}
