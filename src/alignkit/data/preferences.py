@@ -297,6 +297,31 @@ def build_groups(examples: list, tokenizer, backbone: str = "causal", chat: str 
     return groups, problems
 
 
+ANNOTATOR_WEIGHTS_FILE = "annotator_weights.json"
+
+
+def annotator_weights_beside(spec: str | None) -> dict[str, float] | None:
+    """The ``annotator_weights.json`` (``{annotator: weight}``) beside a data file, which
+    ``alignkit annotate export`` writes with the labels, so that labels exported with their
+    annotators' quality train with it without another flag; ``None`` when there is none."""
+    from pathlib import Path
+
+    if not spec or not Path(spec).is_file():
+        return None
+    beside = Path(spec).parent / ANNOTATOR_WEIGHTS_FILE
+    if not beside.is_file():
+        return None
+    try:
+        weights = json.loads(beside.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{beside}: not a JSON file of annotator weights ({e})") from None
+    if not isinstance(weights, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for v in weights.values()):
+        raise UserError(f"{beside}: expected {{annotator: weight >= 0}}")
+    return {str(k): float(v) for k, v in weights.items()}
+
+
 def load_preference_groups(spec: str, tokenizer, backbone: str = "causal", chat: str = "auto",
                            max_length: int | None = None, skip_invalid: bool = False,
                            annotator_weights: dict[str, float] | None = None,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from alignkit.config import RewardConfig
 from alignkit.data.mixture import Draw
-from alignkit.data.preferences import load_preference_groups, split_groups
+from alignkit.data.preferences import (annotator_weights_beside, load_preference_groups,
+                                       split_groups)
 from alignkit.errors import UserError
 from alignkit.models.chat_templates import apply_chat_template_option
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
@@ -35,33 +36,6 @@ def check_flags(cfg: RewardConfig) -> None:
     if cfg.lora:
         raise UserError("--lora is not supported by the reward stage yet (full fine-tuning, or "
                         "--shared-backbone to train heads only)")
-
-
-WEIGHTS_FILE = "annotator_weights.json"
-
-
-def annotator_weights(cfg: RewardConfig) -> dict[str, float] | None:
-    """``--annotator-weights``, else the ``annotator_weights.json`` that ``alignkit annotate
-    export`` writes beside the data it exports (``{annotator: weight}``), so labels exported
-    with their annotators' quality train with it without another flag."""
-    given = parse_weights(cfg.annotator_weights, "annotator-weights")
-    if given or not cfg.data or not Path(cfg.data).is_file():
-        return given or None
-    beside = Path(cfg.data).parent / WEIGHTS_FILE
-    if not beside.is_file():
-        return None
-    import json
-
-    try:
-        weights = json.loads(beside.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{beside}: not a JSON file of annotator weights ({e})") from None
-    if not isinstance(weights, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-            for v in weights.values()):
-        raise UserError(f"{beside}: expected {{annotator: weight >= 0}}")
-    log.info("annotator weights from %s (%d annotator(s))", beside, len(weights))
-    return {str(k): float(v) for k, v in weights.items()}
 
 
 def reward_spec(cfg: RewardConfig, base: str) -> RewardSpec:
@@ -96,7 +70,8 @@ def main(cfg: RewardConfig) -> dict:
     draw = Draw.of(cfg)  # --seed, --oversample, --mixture-size; draw.report: what was drawn
     groups, skipped = load_preference_groups(
         cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid,
-        annotator_weights(cfg), draw=draw)
+        parse_weights(cfg.annotator_weights, "annotator-weights")
+        or annotator_weights_beside(cfg.data), draw=draw)
     if skipped:
         log.warning("skipped %d invalid record(s):\n  %s", len(skipped), "\n  ".join(skipped[:20]))
     if cfg.eval_data:
