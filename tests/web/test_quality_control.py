@@ -156,17 +156,16 @@ def test_calibration_gates_the_careless_annotator_and_weights_feed_the_reward(
 
     # the CLI export writes the weights beside the labels; alignkit reward reads them from
     # there with no flag, and they reach each comparison's loss weight
-    from alignkit.config import AnnotateExportConfig, RewardConfig
-    from alignkit.data.preferences import load_preference_groups
-    from alignkit.recipes.annotate import export
-    from alignkit.recipes.reward import annotator_weights
+    from alignkit.cli import run
+    from alignkit.config import AnnotateExportConfig
+    from alignkit.data.preferences import annotator_weights_beside, load_preference_groups
 
     out = tmp_path / "export"
-    counts = export(AnnotateExportConfig(db=w["store"].url.replace("+psycopg", ""),
-                                         project="qc", output=str(out), mode="labels"))
+    counts = run(AnnotateExportConfig(db=w["store"].url.replace("+psycopg", ""),
+                                      project="qc", output=str(out), mode="labels"))
     assert counts["pairs"] == 2 * N_WORK and counts["labels_not_counted"] == CALIBRATION
     assert json.loads((out / "annotator_weights.json").read_text()) == weights
-    got = annotator_weights(RewardConfig(data=str(out / "pairs.jsonl")))
+    got = annotator_weights_beside(str(out / "pairs.jsonl"))
     assert got == weights
 
     from transformers import AutoTokenizer

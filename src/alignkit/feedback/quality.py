@@ -83,16 +83,15 @@ def annotator_weight(quality: Optional[float]) -> float:
     return max(0.0, min(1.0, 2.0 * quality - 1.0))
 
 
-def agreement_with_others(tasks: dict[int, dict], labels: list[dict], name: str,
-                          aspects: list[str]) -> tuple[float, int]:
-    """(summed agreement, units) of ``name``'s labels on non-gold items with the strict-majority
-    label of the other annotators of each item: per aspect for pairs, the share of response pairs
-    ordered alike for rankings."""
-    by_task: dict[int, list[dict]] = {}
-    for lab in labels:
-        by_task.setdefault(lab["task_id"], []).append(lab)
+def agreement_with_others(tasks: dict[int, dict], by_task: dict[int, list[dict]], name: str,
+                          task_ids: Sequence[int], aspects: list[str]) -> tuple[float, int]:
+    """(summed agreement, units) of ``name``'s labels (of the items ``task_ids``) on non-gold
+    items with the strict-majority label of the other annotators of each item (``by_task``: the
+    labels that count, per item): per aspect for pairs, the share of response pairs ordered
+    alike for rankings."""
     total, units = 0.0, 0
-    for tid, item in by_task.items():
+    for tid in task_ids:
+        item = by_task.get(tid, [])
         task = tasks[tid]
         mine = [lab for lab in item if lab["annotator"] == name]
         others = [lab for lab in item if lab["annotator"] != name]
@@ -128,10 +127,16 @@ def annotator_states(project: dict, tasks: dict[int, dict], labels: list[dict]
             gold_scores[lab["annotator"]].append(gold_score(task["kind"], lab["value"],
                                                             task["gold"]))
     states = {name: calibration_state(project, scores) for name, scores in gold_scores.items()}
-    counted = [lab for lab in labels if states[lab["annotator"]]["status"] in COUNTED]
+    by_task: dict[int, list[dict]] = {}
+    labelled: dict[str, list[int]] = {}
+    for lab in labels:
+        labelled.setdefault(lab["annotator"], []).append(lab["task_id"])
+        if states[lab["annotator"]]["status"] in COUNTED:
+            by_task.setdefault(lab["task_id"], []).append(lab)
     for name, state in states.items():
         gold = [s for s in gold_scores[name] if s is not None]
-        agree, units = agreement_with_others(tasks, counted, name, project["aspects"])
+        agree, units = agreement_with_others(tasks, by_task, name, labelled[name],
+                                             project["aspects"])
         state["counted"] = state["status"] in COUNTED
         state["agreement_with_others"] = agree / units if units else None
         state["agreement_units"] = units
