@@ -175,3 +175,83 @@ def test_calibration_gates_the_careless_annotator_and_weights_feed_the_reward(
                                        annotator_weights=got)
     seen = {(c.annotator, c.weight) for g in groups for c in g.pairs}
     assert seen == {(n, weights[n]) for n in passed}
+
+
+def test_the_0004_migration_gives_existing_projects_no_gate(db_url):
+    """A project made before quality control keeps serving gold to everyone, every label
+    counting; the settings can be set on it afterwards (not N: that would re-sort labels)."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    import alignkit.feedback.store as store_module
+    from alignkit.feedback.store import Invalid
+
+    old = Store(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location",
+                        str(Path(store_module.__file__).with_name("migrations")))
+    with old.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO projects (id, name, guidelines, aspects, "
+                             "labels_per_item, al_strategy, created_at) VALUES "
+                             "(1, 'p', '', '[\"overall\"]', 2, 'std', CURRENT_TIMESTAMP)")
+    old.dispose()
+    new = Store(db_url)
+    new.upgrade()
+    project = new.project(1)
+    assert (project["calibration_items"], project["calibration_accuracy"],
+            project["attention_rate"]) == (0, 0.8, 0.0)
+    new.add_tasks(1, [{"kind": "pairwise", "prompt": "g", "responses": ["a", "b"],
+                       "gold": {"choices": {"overall": "A"}}}])
+    user, _ = new.create_user("u")
+    new.add_member(1, user.id)
+    assert new.next_task(new.project(1), user)["is_gold"]  # gold served as before
+    assert "calibration" not in new.progress(new.project(1), user)
+    new.update_project(1, attention_rate=0.2, calibration_accuracy=0.9)
+    assert new.project(1)["attention_rate"] == 0.2
+    with pytest.raises(Invalid):
+        new.update_project(1, calibration_items=3)
+    with pytest.raises(Invalid):
+        new.update_project(1, attention_rate=1.5)
+    new.dispose()
+
+
+def test_calibration_answers_are_final_once_decided_and_settings_survive_backup(db_url):
+    from alignkit.feedback.backup import backup_project, restore_project
+    from alignkit.feedback.store import Conflict, Forbidden
+
+    store = Store(db_url)
+    store.upgrade()
+    pid = store.create_project("p", "", ["overall"], 1, calibration_items=2,
+                               calibration_accuracy=1.0, attention_rate=0.5)
+    gold = store.add_tasks(pid, [{"kind": "pairwise", "prompt": f"g{i}", "responses": ["a", "b"],
+                                  "gold": {"choices": {"overall": "A"}}} for i in range(3)])
+    (work,) = store.add_tasks(pid, [{"kind": "pairwise", "prompt": "w", "responses": ["a", "b"]}])
+    user, _ = store.create_user("u")
+    store.add_member(pid, user.id)
+    project = store.project(pid)
+    A, B = {"choices": {"overall": "A"}}, {"choices": {"overall": "B"}}
+    store.submit(pid, user, gold[0], A)
+    assert store.undo_last(pid, user)["task_id"] == gold[0]  # undecided: may be taken back
+    store.submit(pid, user, gold[0], A)
+    with pytest.raises(Forbidden):
+        store.submit(pid, user, work, A)  # real work waits for the calibration
+    store.submit(pid, user, gold[1], B)  # one wrong of two: fails at accuracy 1.0
+    assert store.quality_state(project, user)["status"] == "failed_calibration"
+    with pytest.raises(Conflict):
+        store.undo_last(pid, user)
+    with pytest.raises(Conflict):
+        store.edit(pid, user, gold[1], A)
+    assert store.submit(pid, user, gold[1], B)[1] is False  # a resent label is still idempotent
+    assert store.next_task(project, user) is None
+    with pytest.raises(Forbidden):
+        store.submit(pid, user, gold[2], A)
+    restored = restore_project(store, backup_project(store, pid), name="p2")
+    again = store.project(restored)
+    assert (again["calibration_items"], again["calibration_accuracy"],
+            again["attention_rate"]) == (2, 1.0, 0.5)
+    store.dispose()
