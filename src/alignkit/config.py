@@ -1773,11 +1773,13 @@ class AnnotateProjectConfig(AnnotateDBArgs):
     calibration_items: int = opt(0, "N: gold items every annotator answers first; their labels "
                                  "count only once they pass (0: no calibration; fixed at "
                                  "creation).", ge=0)
-    calibration_accuracy: float = opt(0.8, "Gold accuracy on the calibration items that passes "
-                                      "(below it: failed_calibration, labels excluded).",
-                                      ge=0, le=1)
-    attention_rate: float = opt(0.0, "Share of a calibrated annotator's queue that is hidden "
-                                "gold items (attention checks; 0: none).", ge=0, lt=1)
+    calibration_accuracy: Optional[float] = opt(None, "Gold accuracy on the calibration items "
+                                                "that passes (below it: failed_calibration, "
+                                                "labels excluded; unset: 0.8, or unchanged "
+                                                "with --update).", ge=0, le=1)
+    attention_rate: Optional[float] = opt(None, "Share of a calibrated annotator's queue that is "
+                                          "hidden gold items (attention checks; unset: 0, none, "
+                                          "or unchanged with --update).", ge=0, lt=1)
     update: bool = opt(False, "Change an existing project (guidelines, R, reward model, "
                        "calibration accuracy, attention rate).")
 

@@ -255,3 +255,18 @@ def test_calibration_answers_are_final_once_decided_and_settings_survive_backup(
     assert (again["calibration_items"], again["calibration_accuracy"],
             again["attention_rate"]) == (2, 1.0, 0.5)
     store.dispose()
+
+
+def test_create_project_sets_the_quality_settings_and_update_keeps_what_it_is_not_given(
+        db_url):
+    from alignkit.cli import main
+
+    args = ["annotate", "create-project", "--db", db_url, "--name", "c"]
+    assert main([*args, "--calibration-items", "3", "--calibration-accuracy", "0.7",
+                 "--attention-rate", "0.1"]) == 0
+    assert main([*args, "--update", "--attention-rate", "0.2"]) == 0
+    store = Store(db_url)
+    p = store.project_by_name("c")
+    assert (p["calibration_items"], p["calibration_accuracy"], p["attention_rate"]) == \
+        (3, 0.7, 0.2)
+    store.dispose()

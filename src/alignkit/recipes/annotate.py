@@ -109,9 +109,10 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
     # 2. Create the project, or change the one of that name.
     if cfg.update:
         project = store.project_by_name(name)
-        values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy,
-                  "calibration_accuracy": cfg.calibration_accuracy,
-                  "attention_rate": cfg.attention_rate}
+        values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy}
+        for key in ("calibration_accuracy", "attention_rate"):
+            if getattr(cfg, key) is not None:
+                values[key] = getattr(cfg, key)
         if guidelines is not None:
             values["guidelines"] = guidelines
         if cfg.reward_model:
@@ -124,7 +125,9 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
             name, guidelines or "", cfg.aspects.split(","), cfg.labels_per_item,
             str(Path(cfg.reward_model).resolve()) if cfg.reward_model else None,
             cfg.al_strategy, calibration_items=cfg.calibration_items,
-            calibration_accuracy=cfg.calibration_accuracy, attention_rate=cfg.attention_rate)
+            calibration_accuracy=0.8 if cfg.calibration_accuracy is None
+            else cfg.calibration_accuracy,
+            attention_rate=cfg.attention_rate or 0.0)
         print(f"project {name!r} created (id {pid})")
     # 3. With a reward model: order the project's tasks for active learning.
     if cfg.reward_model and store.tasks_of(pid):
