@@ -22,7 +22,7 @@ weight for the reward model (``annotator_weight``).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from alignkit.feedback import agreement as ag
 
