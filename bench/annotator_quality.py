@@ -93,11 +93,13 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/alignkit-annotator-quality")
-    ap.add_argument("--json", default=str(HERE / "results" / "annotator_quality.json"))
+    ap.add_argument("--json", default=None,
+                    help="results file (default: bench/results/annotator_quality[_quick].json)")
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.gold_items = 160, 30
-        args.json = str(HERE / "results" / "annotator_quality_quick.json")
+    args.json = args.json or str(HERE / "results" / ("annotator_quality_quick.json"
+                                                     if args.quick else "annotator_quality.json"))
 
     from alignkit.cli import run
     from alignkit.config import AnnotateExportConfig, RewardConfig
