@@ -1,8 +1,12 @@
 """Does RLHF teach refusal? The harmlessness aspect with a floor against one overall reward, on
 the demo task (issue #19, item 4), with the refusal curve over PPO training.
 
-One labelling pass: the SFT policy answers every shipped training prompt K times and the
-simulated panel labels three aspects of the same answers (``alignkit label --aspects``):
+One labelling pass: every shipped training prompt gets four answers, two of the SFT policy and
+two of a policy that refuses more (``--refuser``: the same SFT trained three times as long, which
+refuses harmful prompts and over-refuses benign ones far more often; candidates from several
+policies, as InstructGPT labelled, because the demo's SFT policy refuses so rarely that almost no
+pair of its answers differs in harm), and the simulated panel labels three aspects of the same
+answers (``alignkit label --aspects``):
 ``overall`` (K-way rankings by the gold score), ``helpful`` (rankings by the gold score without
 its harm and honesty terms) and ``harmless`` (asked only of the pairs whose harm term differs: a
 refusal against a compliance on a harmful prompt, an over-refusal against an answer on a benign
@@ -18,8 +22,10 @@ training prompts drawn ``--oversample`` times as often, and its monitor answerin
 adversarial suite at every reading (``--eval-adversarial shipped``): the refusal rate on harmful
 and jailbreak prompts, the over-refusal rate on benign ones, and held-out gold, against step.
 
-    python bench/refusal_training.py --sft runs/demo/sft/final      # ~50 min on 2 cores
+    python bench/refusal_training.py --sft runs/demo/sft/final      # ~55 min on 2 cores
     python bench/refusal_training.py --sft runs/demo/sft/final --quick   # harness check
+
+Without ``--refuser`` the bench trains it first (the demo's SFT settings, ``--refuser-steps``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,51 @@ def split_labels(labels: Path, out: Path) -> dict[str, Path]:
     for name, recs in (("overall", overall), ("aspects", aspects)):
         files[name].write_text("".join(json.dumps(r) + "\n" for r in recs))
     return files
+
+
+def candidates(policies: list[str], per_policy: int, max_prompts: int, seed: int,
+               work: Path) -> Path:
+    """``per_policy`` answers of each policy to every training prompt, merged per prompt into
+    samples ({prompt, responses, category}) that ``alignkit label`` labels without sampling."""
+    from alignkit.cli import run
+    from alignkit.config import LabelConfig
+
+    merged: dict[str, dict] = {}
+    for i, policy in enumerate(policies):
+        out = work / f"answers-{i}.jsonl"
+        run(LabelConfig(model=policy, data="demo-prompts", output=str(out),
+                        num_responses=per_policy, max_prompts=max_prompts, seed=seed + i))
+        for line in out.read_text().splitlines():
+            rec = json.loads(line)
+            item = merged.setdefault(rec["prompt"], {"prompt": rec["prompt"], "responses": [],
+                                                     "category": rec.get("category")})
+            item["responses"].extend(rec["responses"])
+    samples = work / "samples.jsonl"
+    samples.write_text("".join(json.dumps(v) + "\n" for v in merged.values()))
+    return samples
+
+
+def harmless_head(rm: Path, samples: Path, floor: float) -> dict:
+    """How the trained harmlessness head scores the training answers, by the prompt's category
+    and whether the gold scorer counts the answer as a refusal: the mean (normalised) score and
+    the share below the floor."""
+    from alignkit.judges.gold import is_refusal
+    from alignkit.models.reward import RewardModel
+
+    model = RewardModel.load(rm)
+    items = [json.loads(line) for line in samples.read_text().splitlines()]
+    prompts = [i["prompt"] for i in items for _ in i["responses"]]
+    answers = [r for i in items for r in i["responses"]]
+    groups = [f"{i.get('category')}/{'refusal' if is_refusal(r) else 'answer'}"
+              for i in items for r in i["responses"]]
+    scores = model.score(prompts, answers)
+    harmless = scores.aspect_mean[:, scores.aspects.index("harmless")].tolist()
+    out: dict[str, dict] = {}
+    for g, h in zip(groups, harmless):
+        out.setdefault(g, []).append(h)
+    return {g: {"n": len(v), "mean": round(sum(v) / len(v), 3),
+                "below_floor": round(sum(x < floor for x in v) / len(v), 3)}
+            for g, v in sorted(out.items())}
 
 
 def curve(metrics: Path) -> list[dict]:
@@ -79,6 +130,10 @@ def plot(results: dict, png: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sft", required=True, help="the SFT policy folder (e.g. runs/demo/sft/final)")
+    p.add_argument("--refuser", default=None,
+                   help="a policy that refuses more, whose answers join the candidates "
+                        "(default: train one, the demo's SFT for --refuser-steps)")
+    p.add_argument("--refuser-steps", type=int, default=180)
     p.add_argument("--work", default="runs/refusal_training", help="folder for the runs")
     p.add_argument("--out", default=None, help="results JSON (default bench/results/...)")
     p.add_argument("--quick", action="store_true", help="a few prompts and steps")
@@ -102,14 +157,26 @@ def main(argv=None) -> int:
     quick = args.quick
     steps = 2 if quick else args.steps
     started = time.time()
-    # 1. One labelling pass, three aspects of the same answers.
+    # 1. The refuser, then two answers of each policy to every training prompt.
+    refuser = args.refuser
+    if refuser is None:
+        import dataclasses
+
+        from alignkit.config import DemoConfig
+
+        demo = DemoConfig(seed=args.seed, progress=False)
+        run(dataclasses.replace(demo.sft, model=demo.model, output=str(work / "refuser"),
+                                max_steps=4 if quick else args.refuser_steps, save_every=0,
+                                eval_every=0, seed=args.seed, progress=False, overwrite=True))
+        refuser = str(work / "refuser" / "final")
+    samples = candidates([args.sft, refuser], 2, 12 if quick else 0, args.seed, work)
+    # 2. One labelling pass, three aspects of the same answers.
     labels = work / "prefs.jsonl"
-    report = run(LabelConfig(model=args.sft, data="demo-prompts", output=str(labels),
-                             aspects="overall,helpful,harmless", num_responses=4,
-                             labels_per_prompt=2, max_prompts=12 if quick else 0,
+    report = run(LabelConfig(data=str(samples), output=str(labels),
+                             aspects="overall,helpful,harmless", labels_per_prompt=2,
                              seed=args.seed))["report"]
     files = split_labels(labels, work)
-    # 2. The two reward ensembles.
+    # 3. The two reward ensembles; how the harmlessness head scores the candidates.
     common_rm = dict(model="minilm", ensemble=3, max_steps=4 if quick else args.reward_steps,
                      lr=1e-4, warmup_steps=2, eval_fraction=0.2, eval_every=0, save_every=0,
                      seed=args.seed, overwrite=True, progress=False)
@@ -118,7 +185,8 @@ def main(argv=None) -> int:
            "aspects": run(RewardConfig(data=str(files["aspects"]), output=str(work / "rm-aspects"),
                                        aspects="helpful,harmless", aspect_weights="helpful=1",
                                        aspect_floor=f"harmless={args.floor}", **common_rm))}
-    # 3. PPO against each, same seed and settings, the suite answered at every reading.
+    head = harmless_head(work / "rm-aspects" / "final", samples, args.floor)
+    # 4. PPO against each, same seed and settings, the suite answered at every reading.
     curves, ppo_s = {}, {}
     for arm in ("overall", "aspects"):
         t = time.time()
@@ -135,7 +203,9 @@ def main(argv=None) -> int:
         ppo_s[arm] = round(time.time() - t, 1)
     results = {
         "sft": args.sft, "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "refuser": refuser,
         "labels": {"records": report["records"], "per_aspect": report.get("per_aspect")},
+        "harmless_head": head,
         "reward_eval": {arm: r.get("eval") if isinstance(r, dict) else None
                         for arm, r in rms.items()},
         "curves": curves, "ppo_seconds": ppo_s, "seconds": round(time.time() - started, 1),
