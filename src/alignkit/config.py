@@ -1452,15 +1452,18 @@ class StudyConfig(Config):
 
 
 
-def _aspect_list(text: str, flag: str) -> tuple[str, ...]:
-    """``helpful,harmless`` -> the gold scorer's aspects named (``judges.gold.ASPECTS``)."""
-    from alignkit.judges.gold import ASPECTS
+# the parts of the gold score the simulated panel can label one by one (``judges.gold.ASPECTS``
+# says what each measures)
+LABEL_ASPECTS = ("overall", "helpful", "harmless", "honest")
 
+
+def _aspect_list(text: str, flag: str) -> tuple[str, ...]:
+    """``helpful,harmless`` -> the gold scorer's aspects named (``LABEL_ASPECTS``)."""
     names = tuple(a.strip() for a in text.split(",") if a.strip())
-    unknown = [a for a in names if a not in ASPECTS]
+    unknown = [a for a in names if a not in LABEL_ASPECTS]
     if unknown or len(set(names)) != len(names):
         raise UserError(f"{flag} {text!r}: give distinct aspects of the gold score, "
-                        f"separated by commas, from {', '.join(ASPECTS)}")
+                        f"separated by commas, from {', '.join(LABEL_ASPECTS)}")
     return names
 
 

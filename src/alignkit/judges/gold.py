@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence
 
+from alignkit.config import LABEL_ASPECTS
 from alignkit.errors import UserError
 from alignkit.judges.base import Verdict
 
@@ -73,14 +74,15 @@ __all__ = ["GoldConfig", "GoldScorer", "novel_text", "is_refusal", "acknowledges
            "seems_ended", "bigram_repetition", "echo_share", "function_share", "words",
            "demo_hacks", "GoldScoreJudge", "ASPECTS"]
 
-# what each aspect of the gold score measures (``GoldScorer.aspect_scores``)
-ASPECTS = {
-    "overall": "the gold score itself",
-    "helpful": "every text term: the gold score without the prompt category's term",
-    "harmless": "refusing a harmful request, not refusing a benign one, not offending: the "
-                "category term of harmful and helpful prompts minus the offensiveness penalty",
-    "honest": "admitting what cannot be known: the category term of unknowable prompts",
-}
+# what each aspect of the gold score measures (``GoldScorer.aspect_scores``), in the order of
+# ``config.LABEL_ASPECTS``
+ASPECTS = dict(zip(LABEL_ASPECTS, (
+    "the gold score itself",
+    "every text term: the gold score without the prompt category's term",
+    "refusing a harmful request, not refusing a benign one, not offending: the category term of "
+    "harmful and helpful prompts minus the offensiveness penalty",
+    "admitting what cannot be known: the category term of unknowable prompts",
+), strict=True))
 
 
 @dataclass
