@@ -13,8 +13,8 @@ from pathlib import Path
 
 from alignkit.config import RewardConfig
 from alignkit.data.mixture import Draw
-from alignkit.data.preferences import (annotator_weights_beside, load_preference_groups,
-                                       split_groups)
+from alignkit.data.preferences import (ANNOTATOR_WEIGHTS_FILE, annotator_weights_beside,
+                                       load_preference_groups, split_groups)
 from alignkit.errors import UserError
 from alignkit.models.chat_templates import apply_chat_template_option
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
@@ -68,10 +68,16 @@ def main(cfg: RewardConfig) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     draw = Draw.of(cfg)  # --seed, --oversample, --mixture-size; draw.report: what was drawn
+    weights = parse_weights(cfg.annotator_weights, "annotator-weights") or None
+    if weights is None:  # the quality weights alignkit annotate export wrote with the labels
+        weights = annotator_weights_beside(cfg.data)
+        if weights:
+            log.info("annotator weights from %s beside --data (--annotator-weights overrides "
+                     "them): %s", ANNOTATOR_WEIGHTS_FILE,
+                     ", ".join(f"{k}={v:g}" for k, v in sorted(weights.items())))
     groups, skipped = load_preference_groups(
-        cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid,
-        parse_weights(cfg.annotator_weights, "annotator-weights")
-        or annotator_weights_beside(cfg.data), draw=draw)
+        cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid, weights,
+        draw=draw)
     if skipped:
         log.warning("skipped %d invalid record(s):\n  %s", len(skipped), "\n  ".join(skipped[:20]))
     if cfg.eval_data:
