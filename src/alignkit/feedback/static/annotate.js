@@ -44,49 +44,15 @@
 
   // ---------------------------------------------------------------- ranking
   const list = document.getElementById("ranking");
-  function items() { return Array.from(list.querySelectorAll("li.rank-item")); }
+  // the shared widget (ranking.js): drag, renumbering, moves
+  const widget = list ? window.alignkitRanking.attach(list, li => pick(li)) : null;
+  function items() { return widget ? widget.items() : []; }
   function pick(li) {
     state.picked = li;
     items().forEach(x => x.classList.toggle("picked", x === li));
   }
-  // each response's position (1 = best), the number key that picks it
-  function renumber() {
-    items().forEach((li, i) => { const pos = li.querySelector(".pos"); pos.textContent = String(i + 1); pos.title = `press ${i + 1} to pick`; });
-  }
-  function move(li, delta) {
-    if (!li) return;
-    if (delta < 0 && li.previousElementSibling) list.insertBefore(li, li.previousElementSibling);
-    if (delta > 0 && li.nextElementSibling) list.insertBefore(li.nextElementSibling, li);
-    renumber();
-  }
-  if (list) {
-    items().forEach(li => li.addEventListener("click", () => pick(li)));
-    // pointer-based drag (works with mouse, touch and WebDriver pointer actions)
-    let dragged = null;
-    list.addEventListener("pointerdown", ev => {
-      const handle = ev.target.closest(".handle");
-      if (!handle) return;
-      dragged = handle.closest("li");
-      dragged.classList.add("dragging");
-      pick(dragged);
-      ev.preventDefault();
-    });
-    document.addEventListener("pointermove", ev => {
-      if (!dragged) return;
-      // the dragged response goes before the first other one whose middle is below the pointer
-      const after = items().filter(x => x !== dragged).find(o => {
-        const box = o.getBoundingClientRect();
-        return ev.clientY < box.top + box.height / 2;
-      });
-      if (after) { if (dragged.nextElementSibling !== after) list.insertBefore(dragged, after); }
-      else if (list.lastElementChild !== dragged) list.appendChild(dragged);
-      renumber();
-    });
-    document.addEventListener("pointerup", () => {
-      if (dragged) dragged.classList.remove("dragging");
-      dragged = null;
-    });
-  }
+  function move(li, delta) { widget.move(li, delta); }
+  if (list) items().forEach(li => li.addEventListener("click", () => pick(li)));
 
   // ---------------------------------------------------------------- submit / undo
   function value() {
@@ -98,7 +64,7 @@
     }
     // data-index is the response's canonical index: the label is stored in the task's own
     // order, whatever order this annotator was shown
-    return { ranking: items().map(li => parseInt(li.dataset.index, 10)) };
+    return { ranking: widget.order() };
   }
   async function submit() {
     if (state.busy) return;
