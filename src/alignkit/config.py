@@ -1626,6 +1626,13 @@ class ServeConfig(RolloutArgs):
                        "Default: $ALIGNKIT_API_KEY if set, else no key (prefer the variable: a "
                        "flag shows in the process list).")
     device: str = opt("auto", "Device: auto, cpu, cuda.")
+    feedback_db: str = opt("", "Annotation-store database (a SQLite path or sqlite:///..., or "
+                           "postgresql://...): serves the chat page /chat where signed-in users "
+                           "chat with the policy and rate its answers, which are stored there "
+                           "(default: off, nothing is stored; --rollout-engine hf).")
+    feedback_temperature: float = opt(0.8, "Sampling temperature of the chat page's answers.",
+                                      ge=0, le=2)
+    feedback_top_p: float = opt(0.95, "top_p of the chat page's answers.", gt=0, le=1)
 
 
 @config
@@ -1854,3 +1861,11 @@ class AnnotateExportConfig(AnnotateDBArgs):
                     "(or an admin's resolution), annotator ids and agreement; labels: one record "
                     "per annotator label.", ("aggregated", "labels"))
     include_gold: bool = opt(False, "Also export the hidden gold items.")
+    source: str = opt("labels", "labels: a project's labels (--project); feedback: the chat "
+                      "feedback of 'alignkit serve --feedback-db' (picks and thumbs as pairs in "
+                      "pairs.jsonl, unpaired thumbs in ratings.jsonl; every project).",
+                      ("labels", "feedback"))
+    format: str = opt("jsonl", "jsonl: pairs.jsonl, rankings.jsonl; parquet: pairs.parquet, "
+                      "rankings.parquet; datasets: Hugging Face datasets folders pairs/ and "
+                      "rankings/ (Dataset.save_to_disk). alignkit reward / dpo --data read all "
+                      "three.", ("jsonl", "parquet", "datasets"))

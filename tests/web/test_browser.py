@@ -324,3 +324,160 @@ def test_two_annotators_see_a_ranking_in_their_own_orders_and_disputes_show_who_
                      "ann1": {"helpful": "B", "harmless": "tie"}}
     page.shot("dispute-votes")
     store.dispose()
+
+
+def test_admin_creates_a_project_and_a_user_and_uploads_tasks_in_the_browser(
+        server, browser, request, tmp_path):
+    store = Store(server.db_url)
+    page = Page(browser, server.url, ARTIFACTS / ("admin-pages-" + request.node.callspec.id))
+    page.sign_in(ADMIN_TOKEN)
+    page.css("#admin-home").click()
+    page.css("#project-form")
+    page.shot("admin-home")
+
+    # --- a project from the form (Markdown guidelines), then the dashboard
+    page.css("#project-name").send_keys("web <b>made</b>")
+    aspects = page.css("#project-aspects")
+    aspects.clear()
+    aspects.send_keys("helpful, harmless")
+    labels = page.css("#project-labels")
+    labels.clear()
+    labels.send_keys("3")
+    page.css("#project-guidelines").send_keys("Read [the rules](https://example.org/rules).")
+    page.css("#create-project").click()
+    page.css("#upload-form")
+    project = store.project_by_name("web <b>made</b>")
+    assert project["aspects"] == ["helpful", "harmless"] and project["labels_per_item"] == 3
+    assert browser.current_url.endswith(f"/admin/projects/{project['id']}")
+
+    # --- an upload with bad records imports nothing and lists every one as file:line
+    bad = tmp_path / "tasks.csv"
+    bad.write_text('prompt,chosen,rejected\nHi,Hello!,No.\n,x,y\nYo,"",z\n')
+    page.css("#upload-file").send_keys(str(bad))
+    page.css("#upload").click()
+    problems = [li.text for li in browser.find_elements("css selector", "#upload-problems li")]
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("tasks.csv:3: ") and problems[1].startswith("tasks.csv:4: ")
+    assert "nothing was imported" in page.css("#upload-error").text
+    assert store.tasks_of(project["id"]) == []
+    page.shot("upload-bad-records")
+
+    # --- a good JSONL file: a pair and a ranking
+    good = tmp_path / "tasks.jsonl"
+    good.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "No."}) + "\n"
+                    + json.dumps({"prompt": "Rank", "responses": ["a", "b", "c"]}) + "\n")
+    page.css("#upload-file").send_keys(str(good))
+    page.css("#upload").click()
+    assert "Added 2 task(s) from tasks.jsonl (1 pairwise, 1 ranking" in page.css(
+        "#upload-result").text
+    assert sorted(t["kind"] for t in store.tasks_of(project["id"])) == ["pairwise", "ranking"]
+    page.shot("upload-done")
+
+    # --- a user on the project: the token is shown once and signs them in
+    page.d.get(server.url + "/admin")
+    page.css("#user-name").send_keys("webann")
+    page.css(f'input.user-project[value="{project["id"]}"]').click()
+    page.css("#add-user").click()
+    token = page.css("#new-token").text
+    assert len(token) >= 24
+    page.shot("user-token-shown-once")
+    page.d.get(server.url + "/admin")
+    assert not browser.find_elements("css selector", "#new-token")
+    page.sign_in(token)
+    page.css("a.project-link").click()
+    assert page.task_id() is not None
+    link = page.css("#guidelines a")
+    assert link.get_attribute("href") == "https://example.org/rules"
+    page.shot("annotator-on-new-project")
+    store.dispose()
+
+
+def test_markdown_and_code_render_as_elements_and_scripts_never_run(server, browser, request):
+    store = Store(server.db_url)
+    pid = store.create_project("markdown", "Guide: see [docs](https://example.org/docs) and "
+                               "[bad](javascript:window.__pwned=1)\n\n```\nguide code\n```",
+                               ["helpful"], 1)
+    store.add_tasks(pid, [{
+        "kind": "pairwise",
+        "prompt": "Write **code** <script>window.__pwned=1</script>",
+        "responses": ["Here:\n\n```python\nprint('hi')\n```\n\nSee [the docs](https://docs.python.org/)"
+                      " or [this](javascript:window.__pwned=2).",
+                      "<img src=x onerror=\"window.__pwned=3\"> <script>window.__pwned=4</script>"
+                      "\n<a href=\"javascript:window.__pwned=5\">click</a>"]}])
+    user, token = store.create_user("md")
+    store.add_member(pid, user.id)
+    page = Page(browser, server.url, ARTIFACTS / ("markdown-" + request.node.callspec.id))
+    page.sign_in(token)
+    page.d.get(f"{server.url}/projects/{pid}")
+    page.css("#task")
+    a, b = browser.find_elements("css selector", ".response .text")
+    code = a.find_element("css selector", "pre > code")
+    assert code.text.strip() == "print('hi')"
+    links = a.find_elements("css selector", "a")
+    assert [x.get_attribute("href") for x in links] == ["https://docs.python.org/"]
+    assert "[this](javascript:" in a.text  # a javascript: link stays text
+    assert page.css("#prompt strong").text == "code"
+    assert "<script>" in page.css("#prompt").text  # shown as text, not run
+    # raw HTML is text: no element, no handler
+    assert not b.find_elements("css selector", "img, script, a")
+    assert "<img src=x" in b.text
+    guide = page.css("#guidelines")
+    assert [x.get_attribute("href") for x in guide.find_elements("css selector", "a")] == [
+        "https://example.org/docs"]
+    assert guide.find_element("css selector", "pre > code").text.strip() == "guide code"
+    for el in browser.find_elements("css selector", "a"):
+        assert not (el.get_attribute("href") or "").lower().startswith("javascript:")
+    assert browser.execute_script("return window.__pwned") is None
+    page.shot("markdown-rendered")
+    store.dispose()
+
+
+def test_admin_resolves_a_disputed_ranking_by_dragging(server, browser, request):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    store = Store(server.db_url)
+    pid = store.create_project("drag disputes", "", ["overall"], 2)
+    (rk,) = store.add_tasks(pid, [{"kind": "ranking", "prompt": "Rank",
+                                   "responses": ["zero", "one", "two"]}])
+    for i, ranking in enumerate(([0, 1, 2], [2, 1, 0])):
+        user, token = store.create_user(f"d{i}")
+        store.add_member(pid, user.id)
+        r = requests.post(f"{server.url}/api/projects/{pid}/labels",
+                          headers={"Authorization": f"Bearer {token}"},
+                          json={"task_id": rk, "value": {"ranking": ranking}}, timeout=30)
+        assert r.status_code == 201, r.text
+    page = Page(browser, server.url, ARTIFACTS / ("dispute-drag-" + request.node.callspec.id))
+    page.sign_in(ADMIN_TOKEN)
+    page.d.get(f"{server.url}/admin/projects/{pid}")
+    box = page.css(".dispute")
+    assert int(box.get_attribute("data-task-id")) == rk
+    assert not box.find_elements("css selector", "input")  # no typed indices any more
+
+    def order() -> list[int]:
+        return [int(li.get_attribute("data-index"))
+                for li in box.find_elements("css selector", "ol.resolve-ranking li")]
+
+    assert order() == [0, 1, 2]
+    page.shot("dispute-ranking-before-drag")
+    # drag "two" (last) to the top, then "zero" (now second) below "one"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})",
+                           box.find_element("css selector", "ol.resolve-ranking"))
+    items = box.find_elements("css selector", "ol.resolve-ranking li")
+    (ActionChains(browser).click_and_hold(items[2].find_element("css selector", ".handle"))
+     .move_by_offset(0, -5)
+     .move_to_element_with_offset(items[0], 0, -items[0].size["height"] // 2 + 2)
+     .move_by_offset(0, -5).release().perform())
+    assert order() == [2, 0, 1]
+    items = box.find_elements("css selector", "ol.resolve-ranking li")
+    (ActionChains(browser).click_and_hold(items[1].find_element("css selector", ".handle"))
+     .move_by_offset(0, 20)
+     .move_to_element_with_offset(items[2], 0, items[2].size["height"] // 2 - 2)
+     .move_by_offset(0, 10).release().perform())
+    assert order() == [2, 1, 0]
+    assert [el.text for el in box.find_elements("css selector", ".pos")] == ["1", "2", "3"]
+    page.shot("dispute-ranking-dragged")
+    box.find_element("css selector", "button.resolve").click()
+    page.css("#no-disputes")
+    assert store.resolutions_of(pid)[rk]["value"] == {"ranking": [2, 1, 0]}
+    page.shot("dispute-ranking-resolved")
+    store.dispose()

@@ -2,15 +2,25 @@
 
 Pages: ``/login``, ``/`` (my projects), ``/projects/{id}`` (the next task of my queue, guidelines
 beside it, keyboard shortcuts, progress, undo), ``/admin/projects/{id}`` (agreement dashboard,
-per-annotator quality, dispute queue, active-learning order, export links).
+per-annotator quality, dispute queue -- a disputed ranking is resolved by dragging its responses
+--, task upload, active-learning order, export links), ``/admin`` (projects; forms that create a
+project and add a user, whose token is shown once). Admin forms post to ``/admin/projects``,
+``/admin/users`` and ``/admin/projects/{id}/tasks`` (a file upload); a bad form shows the page
+again with the problem.
 
 API (JSON; auth by the ``alignkit_token`` cookie set at sign-in, or ``Authorization: Bearer``):
 ``GET /api/projects``, ``GET /api/projects/{id}/next``, ``POST /api/projects/{id}/labels``,
 ``PUT /api/projects/{id}/labels/{task_id}`` (edit one's own label),
 ``POST /api/projects/{id}/undo``, ``GET /api/projects/{id}/labels/mine``; admin only:
 ``GET /api/admin/projects/{id}/report``, ``GET /api/admin/projects/{id}/labels``,
-``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels``
-(``kind=weights``: each annotator's reward-model loss weight, ``annotator_weights.json``),
+``GET /api/admin/projects/{id}/export?kind=pairs|rankings&mode=aggregated|labels
+&format=jsonl|parquet|datasets`` (``datasets``: a zip of a ``Dataset.save_to_disk`` folder;
+``kind=weights``: each annotator's reward-model loss weight, ``annotator_weights.json``),
+``POST /api/admin/projects`` (``{name, aspects, labels_per_item, guidelines, ...}``),
+``POST /api/admin/users`` (``{name, role, password?, projects?}``; answers the token once),
+``POST /api/admin/projects/{id}/tasks`` (``{filename, content}`` or ``{filename,
+content_base64}``: a JSONL, JSON, CSV, TSV or Parquet file read by the CLI's readers; any bad
+record imports nothing and every one is listed as ``file:line: problem`` in ``problems``),
 ``GET /api/admin/projects/{id}/audit`` (the project's append-only audit log: who labelled,
 undid -- with the whole label --, edited, resolved, exported, when),
 ``GET /api/admin/projects/{id}/tasks/{task_id}/history`` and
@@ -53,8 +63,12 @@ inert.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import re
+import tempfile
 import threading
 import time
 from collections import defaultdict, deque
@@ -63,22 +77,25 @@ from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alignkit.errors import UserError
-from alignkit.feedback.markdown import render_markdown
-from alignkit.feedback.store import (Forbidden, Invalid, NotFound, Store, StoreError, User,
-                                     shown_order, text_of, unrenderable)
+from alignkit.errors import DataError, UserError
+from alignkit.feedback.markdown import render_markdown, render_text
+from alignkit.feedback.store import (ROLES, Forbidden, Invalid, NotFound, Store, StoreError,
+                                     User, shown_order, text_of, unrenderable)
 
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
 COOKIE = "alignkit_token"
 # ids are ``INTEGER`` columns: 32-bit on PostgreSQL, so a larger number names no row anywhere
 MAX_ID = 2**31 - 1
+# task uploads: the formats the CLI's readers take from a file, and the largest file taken
+UPLOAD_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
 
 SECURITY_HEADERS = {
@@ -171,6 +188,106 @@ def public_task(task: dict, aspects: list[str], user_id: int | None = None) -> d
             "aspects": aspects}
 
 
+def upload_tasks(store: Store, project: dict, filename: str, raw: bytes, user: User) -> dict:
+    """Import an uploaded task file into ``project`` with the readers and validation of
+    ``alignkit annotate add-tasks``, all or nothing: ``DataError`` lists every bad record as
+    ``file:line: problem`` under the uploaded file's own name. Records with only a prompt are
+    refused here (sampling candidates from a policy is the CLI's ``--model``)."""
+    from alignkit.feedback.tasks import read_task_records, to_store_tasks
+
+    name = Path(str(filename or "").replace("\\", "/")).name.strip()
+    if Path(name).suffix.lower() not in UPLOAD_SUFFIXES:
+        raise Invalid(f"upload a {', '.join(UPLOAD_SUFFIXES)} file, got {name or 'no file'!r}")
+    if not raw:
+        raise Invalid(f"{name}: the file is empty")
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise Invalid(f"{name}: larger than {MAX_UPLOAD_BYTES // 2**20} MiB; use "
+                      "alignkit annotate add-tasks")
+    with tempfile.TemporaryDirectory(prefix="alignkit-upload-") as tmp:
+        # the readers pick the format by suffix and name records by path: a safe name of the
+        # upload's own, shown back as the name the admin chose
+        path = Path(tmp) / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+        path.write_bytes(raw)
+        try:
+            records = read_task_records(str(path))
+        except DataError as e:
+            raise DataError([q.replace(str(path), name) for q in e.problems]) from None
+        except UserError as e:
+            raise UserError(str(e).replace(str(path), name)) from None
+    for r in records:
+        r["meta"]["source"] = r["meta"]["source"].replace(str(path), name)
+    prompt_only = [f"{r['meta']['source']}: responses: only a prompt; give \"responses\" (or "
+                   "\"chosen\" and \"rejected\"), or sample candidates with alignkit annotate "
+                   "add-tasks --model" for r in records if r["responses"] is None]
+    if prompt_only:
+        raise DataError(prompt_only)
+    tasks = to_store_tasks(records, project["aspects"])
+    ids = store.add_tasks(project["id"], tasks, created_by=user.id)
+    if project["reward_model"]:
+        from alignkit.feedback.active import refresh_priorities
+
+        refresh_priorities(store, project["id"])
+    return {"added": len(ids), "pairwise": sum(t["kind"] == "pairwise" for t in tasks),
+            "ranking": sum(t["kind"] == "ranking" for t in tasks),
+            "gold": sum(t["gold"] is not None for t in tasks), "file": name}
+
+
+def number(value: Any, name: str, kind: type = int, default: Any = None) -> Any:
+    """A form or JSON number (``default`` when absent or blank); ``Invalid`` naming the field."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool):
+        raise Invalid(f'field "{name}" must be a number')
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise Invalid(f'field "{name}" must be {"an integer" if kind is int else "a number"}, '
+                      f"got {value!r}") from None
+
+
+def aspect_list(value: Any) -> list[str]:
+    """Aspects as a list, or as one comma-separated text (a form field)."""
+    if value is None or value == "":
+        return ["overall"]
+    if isinstance(value, str):
+        return [a.strip() for a in value.split(",")]
+    if isinstance(value, list) and all(isinstance(a, str) for a in value):
+        return value
+    raise Invalid('field "aspects" must be a list of names or one comma-separated text')
+
+
+def new_project(store: Store, fields: dict, user: User) -> int:
+    """A project from an admin form or JSON body (the fields of ``create-project``)."""
+    guidelines = fields.get("guidelines") or ""
+    if not isinstance(guidelines, str):
+        raise Invalid('field "guidelines" must be text (Markdown)')
+    name = fields.get("name")
+    if not isinstance(name, str):
+        raise Invalid('field "name" must be text')
+    return store.create_project(
+        name, guidelines.replace("\r\n", "\n"), aspect_list(fields.get("aspects")),
+        number(fields.get("labels_per_item"), "labels_per_item", int, 2), created_by=user.id,
+        calibration_items=number(fields.get("calibration_items"), "calibration_items", int, 0),
+        calibration_accuracy=number(fields.get("calibration_accuracy"), "calibration_accuracy",
+                                    float, 0.8),
+        attention_rate=number(fields.get("attention_rate"), "attention_rate", float, 0.0))
+
+
+def new_user(store: Store, fields: dict, project_ids: list[Any]) -> tuple[User, str, list[str]]:
+    """A user (and their projects) from an admin form or JSON body; (user, token, projects)."""
+    name, role = fields.get("name"), fields.get("role") or "annotator"
+    password = fields.get("password") or None
+    if not isinstance(name, str) or not isinstance(role, str):
+        raise Invalid('fields "name" and "role" must be text')
+    if password is not None and (not isinstance(password, str) or len(password) < 8):
+        raise Invalid("a password must be text of at least 8 characters")
+    projects = [store.project(number(pid, "projects", int)) for pid in project_ids]
+    user, token = store.create_user(name, role, password)
+    for project in projects:
+        store.add_member(project["id"], user.id)
+    return user, token, [p["name"] for p in projects]
+
+
 def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     def ids_in_range(request: Request) -> None:
         """Every ``..._id`` in the path names a row or nothing: one past the database's integer
@@ -212,6 +329,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     templates.env.autoescape = True  # every template, whatever its file name
     templates.env.filters["fmt"] = fmt
     templates.env.filters["markdown"] = render_markdown
+    templates.env.filters["text_html"] = render_text
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.store = store
 
@@ -219,6 +337,10 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
 
     def wants_html(request: Request) -> bool:
         return not request.url.path.startswith("/api/")
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError):
+        return JSONResponse({"error": str(exc), "problems": exc.problems}, status_code=400)
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
@@ -299,8 +421,9 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
             raise NotFound(f'no {name.removesuffix("_id")} {value}')
         return value
 
-    def page(request: Request, name: str, user: Optional[User], **ctx):
-        return templates.TemplateResponse(request, name, {"user": user, **ctx})
+    def page(request: Request, name: str, user: Optional[User], status_code: int = 200, **ctx):
+        return templates.TemplateResponse(request, name, {"user": user, **ctx},
+                                          status_code=status_code)
 
     # ------------------------------------------------------------------ sign-in
 
@@ -413,12 +536,11 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ admin
 
-    @app.get("/admin/projects/{project_id}", response_class=HTMLResponse)
-    def dashboard(request: Request, project_id: int):
+    def dashboard_page(request: Request, user: User, project_id: int, status: int = 200,
+                       **extra):
         from alignkit.feedback.active import queue_change
         from alignkit.feedback.quality import project_report
 
-        user = admin_user(request)
         project = store.project(project_id)
         report = project_report(store, project_id)
         tasks = {t["id"]: t for t in store.tasks_of(project_id)}
@@ -431,7 +553,106 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         return page(request, "admin.html", user, project=project, report=report,
                     tasks={tid: public_task(t, project["aspects"]) for tid, t in tasks.items()},
                     queue=queue_change(list(tasks.values()))[:50], broken=broken,
-                    members=store.member_names(project_id))
+                    members=store.member_names(project_id), status_code=status, **extra)
+
+    @app.get("/admin/projects/{project_id}", response_class=HTMLResponse)
+    def dashboard(request: Request, project_id: int):
+        return dashboard_page(request, admin_user(request), project_id)
+
+    @app.post("/admin/projects/{project_id}/tasks", response_class=HTMLResponse)
+    async def upload_form(request: Request, project_id: int):
+        user = admin_user(request)
+        project = store.project(project_id)
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return dashboard_page(request, user, project_id, 400,
+                                  upload_error="choose a file to upload")
+        raw = await upload.read()
+        try:
+            added = upload_tasks(store, project, upload.filename or "", raw, user)
+        except DataError as e:
+            return dashboard_page(request, user, project_id, 400,
+                                  upload_error=f"{len(e.problems)} bad record(s); nothing "
+                                  "was imported:", upload_problems=e.problems)
+        except UserError as e:
+            return dashboard_page(request, user, project_id, 400, upload_error=str(e))
+        return dashboard_page(request, user, project_id, uploaded=added)
+
+    def admin_home(request: Request, user: User, status: int = 200, **extra):
+        return page(request, "admin_home.html", user, projects=store.projects_for(user),
+                    roles=ROLES, status_code=status, **extra)
+
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin_index(request: Request):
+        return admin_home(request, admin_user(request))
+
+    @app.post("/admin/projects", response_class=HTMLResponse)
+    async def create_project_form(request: Request):
+        user = admin_user(request)
+        form = await request.form()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:
+            pid = new_project(store, fields, user)
+        except UserError as e:
+            return admin_home(request, user, getattr(e, "status", 400), project_error=str(e),
+                              project_form=fields)
+        return RedirectResponse(f"/admin/projects/{pid}", status_code=303)
+
+    @app.post("/admin/users", response_class=HTMLResponse)
+    async def add_user_form(request: Request):
+        user = admin_user(request)
+        form = await request.form()
+        fields = {k: v for k, v in form.items() if isinstance(v, str) and k != "projects"}
+        try:
+            created, token, names = new_user(store, fields, form.getlist("projects"))
+        except UserError as e:
+            fields.pop("password", None)
+            return admin_home(request, user, getattr(e, "status", 400), user_error=str(e),
+                              user_form=fields)
+        store.record("admin_add_user", user, name=created.name, role=created.role)
+        return admin_home(request, user, created={"name": created.name, "role": created.role,
+                                                  "token": token, "projects": names,
+                                                  "password": bool(fields.get("password"))})
+
+    @app.post("/api/admin/projects")
+    async def create_project_api(request: Request):
+        user = admin_user(request)
+        pid = new_project(store, await json_body(request), user)
+        project = store.project(pid)
+        return JSONResponse({"id": pid, "name": project["name"], "aspects": project["aspects"],
+                             "labels_per_item": project["labels_per_item"]}, status_code=201)
+
+    @app.post("/api/admin/users")
+    async def add_user_api(request: Request):
+        admin = admin_user(request)
+        body = await json_body(request)
+        projects = body.get("projects") or []
+        if not isinstance(projects, list):
+            raise Invalid('field "projects" must be a list of project ids')
+        created, token, names = new_user(store, body, projects)
+        store.record("admin_add_user", admin, name=created.name, role=created.role)
+        return JSONResponse({"id": created.id, "name": created.name, "role": created.role,
+                             "token": token, "projects": names}, status_code=201)
+
+    @app.post("/api/admin/projects/{project_id}/tasks")
+    async def upload_api(request: Request, project_id: int):
+        user = admin_user(request)
+        project = store.project(project_id)
+        body = await json_body(request)
+        if isinstance(body.get("content"), str):
+            raw = body["content"].encode("utf-8")
+        elif isinstance(body.get("content_base64"), str):
+            try:
+                raw = base64.b64decode(body["content_base64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise Invalid('field "content_base64" is not base64') from None
+        else:
+            raise Invalid('give the file as "content" (text) or "content_base64"')
+        filename = body.get("filename")
+        if not isinstance(filename, str):
+            raise Invalid('field "filename" must be text (its suffix names the format)')
+        return JSONResponse(upload_tasks(store, project, filename, raw, user), status_code=201)
 
     @app.get("/api/admin/projects/{project_id}/report")
     def report(request: Request, project_id: int):
@@ -454,12 +675,15 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
 
     @app.get("/api/admin/projects/{project_id}/export")
     def export(request: Request, project_id: int, kind: str = "pairs",
-               mode: str = "aggregated"):
-        from alignkit.feedback.export import annotator_weights, export_records, jsonl
+               mode: str = "aggregated", format: str = "jsonl"):
+        from alignkit.feedback.export import (FORMATS, annotator_weights, export_bytes,
+                                              export_records)
 
         admin = admin_user(request)
         if kind not in ("pairs", "rankings", "weights") or mode not in ("aggregated", "labels"):
             raise Invalid("kind must be pairs, rankings or weights; mode aggregated or labels")
+        if format not in FORMATS:
+            raise Invalid(f"format must be one of {', '.join(FORMATS)}")
         if kind == "weights":
             store.project(project_id)
             weights = annotator_weights(store, project_id)
@@ -467,12 +691,12 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
             return JSONResponse(weights, headers={
                 "Content-Disposition": 'attachment; filename="annotator_weights.json"'})
         pairs, rankings, _ = export_records(store, project_id, mode)
-        store.record("export", admin, project_id, kind=kind, mode=mode,
-                     records=len(pairs if kind == "pairs" else rankings))
-        name = f"project-{project_id}-{kind}.jsonl"
-        return PlainTextResponse(jsonl(pairs if kind == "pairs" else rankings),
-                                 media_type="application/x-ndjson",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        records = pairs if kind == "pairs" else rankings
+        body, media, name = export_bytes(records, kind, format)
+        store.record("export", admin, project_id, kind=kind, mode=mode, format=format,
+                     records=len(records))
+        return Response(body, media_type=media, headers={
+            "Content-Disposition": f'attachment; filename="project-{project_id}-{name}"'})
 
     @app.get("/api/admin/projects/{project_id}/audit")
     def audit_log(request: Request, project_id: int):

@@ -6,7 +6,8 @@
   learning);
 - ``add-user``: a person with a role and projects; prints their sign-in token once;
 - ``add-tasks``: prompts plus K sampled candidates, or uploaded pairs / rankings;
-- ``export``: preference pairs and rankings for ``alignkit reward`` / ``alignkit dpo``.
+- ``export``: preference pairs and rankings for ``alignkit reward`` / ``alignkit dpo`` (JSONL,
+  Parquet or a ``datasets`` folder).
 """
 
 from __future__ import annotations
@@ -192,19 +193,21 @@ def add_tasks(cfg: AnnotateTasksConfig) -> list[int]:
 
 
 def export(cfg: AnnotateExportConfig) -> dict:
-    from alignkit.feedback.export import (WEIGHTS_FILE, annotator_weights, export_records,
-                                          write_jsonl)
+    from alignkit.feedback.export import (WEIGHTS_FILE, annotator_weights, export_name,
+                                          export_records, write_records)
     from alignkit.feedback.quality import project_report
 
+    if cfg.source == "feedback":
+        return export_deployment_feedback(cfg)
     # 1. Resolved labels: pairs and rankings.
     store = open_store(cfg.db)
     project = store.project_by_name(_need(cfg.project, "--project"))
     pairs, rankings, counts = export_records(store, project["id"], cfg.mode, cfg.include_gold)
     store.record("export", None, project["id"], output=str(cfg.output), mode=cfg.mode,
-                 pairs=counts["pairs"], rankings=counts["rankings"])
+                 format=cfg.format, pairs=counts["pairs"], rankings=counts["rankings"])
     out = Path(cfg.output)
-    write_jsonl(pairs, out / "pairs.jsonl")
-    write_jsonl(rankings, out / "rankings.jsonl")
+    pairs_path = write_records(pairs, out / export_name("pairs", cfg.format), cfg.format)
+    rankings_path = write_records(rankings, out / export_name("rankings", cfg.format), cfg.format)
     # 2. Each annotator's loss weight, where ``alignkit reward`` looks for it (beside the data).
     weights = annotator_weights(store, project["id"])
     tmp = out / f".{WEIGHTS_FILE}.tmp"
@@ -217,12 +220,31 @@ def export(cfg: AnnotateExportConfig) -> dict:
     tmp = out / ".agreement.json.tmp"
     tmp.write_text(json.dumps(report, indent=1, default=str))
     tmp.replace(out / "agreement.json")
-    print(f"exported {counts['pairs']} pair(s) -> {out / 'pairs.jsonl'}, {counts['rankings']} "
-          f"ranking(s) -> {out / 'rankings.jsonl'}; left out: {counts['skipped_disputed']} "
+    print(f"exported {counts['pairs']} pair(s) -> {pairs_path}, {counts['rankings']} "
+          f"ranking(s) -> {rankings_path}; left out: {counts['skipped_disputed']} "
           f"unresolved dispute(s), {counts['skipped_unlabelled']} unlabelled, "
           f"{counts['skipped_gold']} gold, {counts['labels_not_counted']} label(s) of "
           f"annotators not (yet) calibrated; annotator weights -> {out / WEIGHTS_FILE}")
     log.info("agreement report -> %s", out / "agreement.json")
+    return counts
+
+
+def export_deployment_feedback(cfg: AnnotateExportConfig) -> dict:
+    """``--source feedback``: the chat feedback of ``alignkit serve --feedback-db`` as
+    preference pairs (``pairs.jsonl``, what reward and DPO train on) and single ratings
+    (``ratings.jsonl``), each with the provenance of its answers."""
+    from alignkit.feedback.export import deployment_records, write_jsonl
+
+    store = open_store(cfg.db)
+    pairs, ratings, counts = deployment_records(store)
+    out = Path(cfg.output)
+    write_jsonl(pairs, out / "pairs.jsonl")
+    write_jsonl(ratings, out / "ratings.jsonl")
+    store.record("export", None, None, output=str(out), source="feedback", **counts)
+    print(f"exported {counts['pairs']} pair(s) ({counts['pick_pairs']} side-by-side pick(s), "
+          f"{counts['thumbs_pairs']} thumbs up over down) -> {out / 'pairs.jsonl'}, "
+          f"{counts['ratings']} unpaired rating(s) -> {out / 'ratings.jsonl'}; left out: "
+          f"{counts['skipped_identical']} pair(s) of identical answers")
     return counts
 
 

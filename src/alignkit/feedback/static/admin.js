@@ -1,4 +1,5 @@
-// Admin dashboard: resolve disputes, re-score the queue with the attached reward model.
+// Admin dashboard: resolve disputes (a ranking by dragging its responses, with the annotation
+// page's ranking widget), re-score the queue with the attached reward model.
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("page-data").textContent);
@@ -10,6 +11,8 @@
     return { ok: res.ok, payload: payload };
   }
   document.querySelectorAll(".dispute").forEach(box => {
+    const list = box.querySelector("ol.resolve-ranking");
+    const widget = list ? window.alignkitRanking.attach(list, null) : null;
     box.querySelector("button.resolve").addEventListener("click", async () => {
       let value;
       if (box.dataset.kind === "pairwise") {
@@ -17,7 +20,7 @@
         box.querySelectorAll(".resolve-choice").forEach(s => { choices[s.dataset.aspect] = s.value; });
         value = { choices: choices };
       } else {
-        value = { ranking: box.querySelector(".resolve-ranking").value.split(",").map(x => parseInt(x, 10)) };
+        value = { ranking: widget.order() };
       }
       const r = await post(`/api/admin/tasks/${box.dataset.taskId}/resolve`, { value: value });
       if (r.ok) window.location.reload();
