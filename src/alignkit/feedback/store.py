@@ -1064,3 +1064,247 @@ def validate_label(value: Any, kind: str, k: int, aspects: list[str],
         raise Invalid(f'a ranking label needs "ranking": every response index 0..{k - 1} once, '
                       "best first")
     return {"ranking": list(ranking)}
+
+
+# ---------------------------------------------------------------------- feedback from deployment
+# ``alignkit serve --feedback-db``: signed-in users chat with the served policy and rate its
+# answers. A conversation is a list of turns; a turn is one user message, the whole conversation
+# up to it as the model saw it (``prompt``, chat messages: what a preference record's prompt is),
+# and the answers shown for it (one, or two side by side), each with where it came from. The
+# answer a user picked (or the only one) continues the conversation.
+chat_conversations = sa.Table(
+    "chat_conversations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+chat_turns = sa.Table(
+    "chat_turns", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("conversation_id", sa.Integer,
+              sa.ForeignKey("chat_conversations.id", ondelete="CASCADE"), nullable=False,
+              index=True),
+    sa.Column("message", sa.Text, nullable=False),  # the user's message of this turn
+    sa.Column("prompt", sa.JSON, nullable=False),  # chat messages, ending with that message
+    # the answer picked side by side (an id of chat_answers; no foreign key: answers point here)
+    sa.Column("picked_answer_id", sa.Integer, nullable=True),
+    sa.Column("picked_at", TS, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+chat_answers = sa.Table(
+    "chat_answers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("turn_id", sa.Integer, sa.ForeignKey("chat_turns.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("slot", sa.Integer, nullable=False),  # 0 = A (or the only answer), 1 = B
+    sa.Column("content", sa.Text, nullable=False),
+    # provenance: which policy, how it was sampled, when
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("temperature", sa.Float, nullable=False),
+    sa.Column("top_p", sa.Float, nullable=False),
+    sa.Column("max_tokens", sa.Integer, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+chat_ratings = sa.Table(
+    "chat_ratings", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("answer_id", sa.Integer, sa.ForeignKey("chat_answers.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("value", sa.Integer, nullable=False),  # +1 thumbs up, -1 thumbs down
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("answer_id", "user_id", name="uq_chat_rating_answer_user"),
+)
+PROVENANCE = ("model", "temperature", "top_p", "max_tokens", "seed")
+
+
+def _answer_json(a: dict) -> dict:
+    return {"id": a["id"], "slot": a["slot"], "content": a["content"],
+            **{k: a[k] for k in PROVENANCE}, "created_at": a["created_at"].isoformat()}
+
+
+class ChatFeedback:
+    """The reads and writes of deployment feedback, on a ``Store``'s database. Every method that
+    takes a user acts on that user's own conversations only (another user's ids answer 404)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def _own_conversation(self, c, user: User, conversation_id: int):
+        row = c.execute(sa.select(chat_conversations).where(
+            chat_conversations.c.id == conversation_id,
+            chat_conversations.c.user_id == user.id)).first()
+        if row is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        return row
+
+    def _own_turn(self, c, user: User, turn_id: int):
+        row = c.execute(sa.select(chat_turns).join(
+            chat_conversations, chat_conversations.c.id == chat_turns.c.conversation_id).where(
+            chat_turns.c.id == turn_id, chat_conversations.c.user_id == user.id)).first()
+        if row is None:
+            raise NotFound(f"no turn {turn_id}")
+        return row
+
+    def next_prompt(self, user: User, conversation_id: int | None, message: str
+                    ) -> tuple[int, list[dict]]:
+        """The conversation (a new one when ``None``) and the chat messages the model answers:
+        every earlier turn with the answer that continued it (picked, else the first), then
+        ``message``. Built here, from what is stored, so a client cannot put words in the
+        model's mouth."""
+        from alignkit.data.readers import lone_surrogate
+
+        if not isinstance(message, str) or not message.strip():
+            raise Invalid("the message must be non-empty text")
+        if len(message) > MAX_TEXT or lone_surrogate(message) is not None:
+            raise Invalid(f"the message must be text of at most {MAX_TEXT} characters")
+        with self.store.tx() as c:
+            if conversation_id is None:
+                conversation_id = c.execute(chat_conversations.insert().values(
+                    user_id=user.id, created_at=now())).inserted_primary_key[0]
+                return conversation_id, [{"role": "user", "content": message}]
+            self._own_conversation(c, user, conversation_id)
+            last = c.execute(sa.select(chat_turns).where(
+                chat_turns.c.conversation_id == conversation_id)
+                .order_by(chat_turns.c.id.desc()).limit(1)).first()
+            if last is None:
+                return conversation_id, [{"role": "user", "content": message}]
+            answers = c.execute(sa.select(chat_answers).where(
+                chat_answers.c.turn_id == last.id).order_by(chat_answers.c.slot)).all()
+            kept = next((a for a in answers if a.id == last.picked_answer_id), answers[0])
+            return conversation_id, [*last.prompt, {"role": "assistant", "content": kept.content},
+                                     {"role": "user", "content": message}]
+
+    def add_turn(self, conversation_id: int, prompt: list[dict], answers: list[dict]) -> dict:
+        """Store a turn and the answers shown for it (``{content, model, temperature, top_p,
+        max_tokens, seed}`` each, in slot order)."""
+        stamp = now()
+        with self.store.tx() as c:
+            turn_id = c.execute(chat_turns.insert().values(
+                conversation_id=conversation_id, message=prompt[-1]["content"], prompt=prompt,
+                created_at=stamp)).inserted_primary_key[0]
+            stored = []
+            for slot, a in enumerate(answers):
+                row = {"turn_id": turn_id, "slot": slot, "content": a["content"],
+                       **{k: a[k] for k in PROVENANCE}, "created_at": stamp}
+                row["id"] = c.execute(chat_answers.insert().values(**row)).inserted_primary_key[0]
+                stored.append(_answer_json(row))
+        return {"conversation_id": conversation_id, "turn_id": turn_id, "answers": stored}
+
+    def pick(self, user: User, turn_id: int, answer_id: int) -> None:
+        """The user prefers ``answer_id`` of a side-by-side turn (picking again changes it)."""
+        with self.store.tx() as c:
+            self._own_turn(c, user, turn_id)
+            answers = [r.id for r in c.execute(sa.select(chat_answers.c.id).where(
+                chat_answers.c.turn_id == turn_id))]
+            if len(answers) < 2:
+                raise Invalid("only a turn with answers side by side has a pick")
+            if answer_id not in answers:
+                raise NotFound(f"no answer {answer_id} in turn {turn_id}")
+            c.execute(chat_turns.update().where(chat_turns.c.id == turn_id).values(
+                picked_answer_id=answer_id, picked_at=now()))
+
+    def rate(self, user: User, answer_id: int, value: Any, reason: Any = None) -> None:
+        """Thumbs up (``"up"``) or down (``"down"``) on one of the user's answers, with an
+        optional reason; rating again replaces the rating."""
+        if value not in ("up", "down"):
+            raise Invalid('the rating must be "up" or "down"')
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_TEXT):
+            raise Invalid(f"the reason must be text of at most {MAX_TEXT} characters")
+        with self.store.tx() as c:
+            row = c.execute(sa.select(chat_answers.c.turn_id).where(
+                chat_answers.c.id == answer_id)).first()
+            if row is None:
+                raise NotFound(f"no answer {answer_id}")
+            try:
+                self._own_turn(c, user, row.turn_id)
+            except NotFound:
+                raise NotFound(f"no answer {answer_id}") from None
+            c.execute(chat_ratings.delete().where(chat_ratings.c.answer_id == answer_id,
+                                                  chat_ratings.c.user_id == user.id))
+            c.execute(chat_ratings.insert().values(
+                answer_id=answer_id, user_id=user.id, value=1 if value == "up" else -1,
+                reason=(reason or "").strip() or None, created_at=now()))
+
+    def _conversations(self, c, user_id: int | None, conversation_id: int | None = None
+                       ) -> list[dict]:
+        q = sa.select(chat_conversations, users.c.name.label("user")).join(
+            users, users.c.id == chat_conversations.c.user_id)
+        if user_id is not None:
+            q = q.where(chat_conversations.c.user_id == user_id)
+        if conversation_id is not None:
+            q = q.where(chat_conversations.c.id == conversation_id)
+        out = []
+        for conv in c.execute(q.order_by(chat_conversations.c.id)):
+            turns = []
+            for t in c.execute(sa.select(chat_turns).where(
+                    chat_turns.c.conversation_id == conv.id).order_by(chat_turns.c.id)):
+                answers = []
+                for a in c.execute(sa.select(chat_answers).where(
+                        chat_answers.c.turn_id == t.id).order_by(chat_answers.c.slot)):
+                    ratings = [{"value": "up" if r.value > 0 else "down", "reason": r.reason,
+                                "at": r.created_at.isoformat()}
+                               for r in c.execute(sa.select(chat_ratings).where(
+                                   chat_ratings.c.answer_id == a.id))]
+                    answers.append({**_answer_json(_row(a)), "ratings": ratings})
+                turns.append({"id": t.id, "message": t.message, "prompt": t.prompt,
+                              "answers": answers, "picked_answer_id": t.picked_answer_id,
+                              "created_at": t.created_at.isoformat()})
+            out.append({"id": conv.id, "user": conv.user, "user_id": conv.user_id,
+                        "created_at": conv.created_at.isoformat(), "turns": turns})
+        return out
+
+    def conversations_of(self, user: User) -> list[dict]:
+        """Everything stored of the user's conversations (their export)."""
+        with self.store.rx() as c:
+            return self._conversations(c, user.id)
+
+    def all_conversations(self) -> list[dict]:
+        with self.store.rx() as c:
+            return self._conversations(c, None)
+
+    def conversation(self, conversation_id: int) -> dict:
+        with self.store.rx() as c:
+            found = self._conversations(c, None, conversation_id)
+        if not found:
+            raise NotFound(f"no conversation {conversation_id}")
+        return found[0]
+
+    def delete(self, user: User, conversation_id: int | None = None) -> int:
+        """Delete one of the user's conversations, or all of them (``None``), with their turns,
+        answers and ratings; returns how many conversations went."""
+        with self.store.tx() as c:
+            q = sa.select(chat_conversations.c.id).where(chat_conversations.c.user_id == user.id)
+            if conversation_id is not None:
+                self._own_conversation(c, user, conversation_id)
+                q = q.where(chat_conversations.c.id == conversation_id)
+            ids = [r.id for r in c.execute(q)]
+            if ids:
+                # explicit, child tables first: SQLite enforces ON DELETE only with a pragma on
+                turns = sa.select(chat_turns.c.id).where(chat_turns.c.conversation_id.in_(ids))
+                answers = sa.select(chat_answers.c.id).where(chat_answers.c.turn_id.in_(turns))
+                c.execute(chat_ratings.delete().where(chat_ratings.c.answer_id.in_(answers)))
+                c.execute(chat_answers.delete().where(chat_answers.c.turn_id.in_(turns)))
+                c.execute(chat_turns.delete().where(chat_turns.c.conversation_id.in_(ids)))
+                c.execute(chat_conversations.delete().where(chat_conversations.c.id.in_(ids)))
+        return len(ids)
+
+    def send_to_review(self, conversation_id: int, project_id: int, admin: User) -> list[int]:
+        """Each side-by-side turn of a conversation as a pairwise task of a project's queue
+        (prompt = the conversation up to the turn), for expert labels; returns the task ids."""
+        conv = self.conversation(conversation_id)
+        items = [{"kind": "pairwise", "prompt": t["prompt"],
+                  "responses": [a["content"] for a in t["answers"][:2]],
+                  "meta": {"source": f"deployment:conversation {conversation_id} turn {t['id']}",
+                           "conversation_id": conversation_id, "turn_id": t["id"],
+                           "provenance": [{k: a[k] for k in PROVENANCE}
+                                          for a in t["answers"][:2]]}}
+                 for t in conv["turns"] if len(t["answers"]) >= 2]
+        if not items:
+            raise Invalid(f"conversation {conversation_id} has no turn with two answers side by "
+                          "side to compare")
+        return self.store.add_tasks(project_id, items, created_by=admin.id)
