@@ -232,18 +232,19 @@ def export(cfg: AnnotateExportConfig) -> dict:
 def export_deployment_feedback(cfg: AnnotateExportConfig) -> dict:
     """``--source feedback``: the chat feedback of ``alignkit serve --feedback-db`` as
     preference pairs (``pairs.jsonl``, what reward and DPO train on) and single ratings
-    (``ratings.jsonl``), each with the provenance of its answers."""
-    from alignkit.feedback.export import deployment_records, write_jsonl
+    (``ratings.jsonl``), each with the provenance of its answers; ``--format`` as for labels."""
+    from alignkit.feedback.export import deployment_records, export_name, write_records
 
     store = open_store(cfg.db)
     pairs, ratings, counts = deployment_records(store)
     out = Path(cfg.output)
-    write_jsonl(pairs, out / "pairs.jsonl")
-    write_jsonl(ratings, out / "ratings.jsonl")
-    store.record("export", None, None, output=str(out), source="feedback", **counts)
+    pairs_path = write_records(pairs, out / export_name("pairs", cfg.format), cfg.format)
+    ratings_path = write_records(ratings, out / export_name("ratings", cfg.format), cfg.format)
+    store.record("export", None, None, output=str(out), source="feedback", format=cfg.format,
+                 **counts)
     print(f"exported {counts['pairs']} pair(s) ({counts['pick_pairs']} side-by-side pick(s), "
-          f"{counts['thumbs_pairs']} thumbs up over down) -> {out / 'pairs.jsonl'}, "
-          f"{counts['ratings']} unpaired rating(s) -> {out / 'ratings.jsonl'}; left out: "
+          f"{counts['thumbs_pairs']} thumbs up over down) -> {pairs_path}, "
+          f"{counts['ratings']} unpaired rating(s) -> {ratings_path}; left out: "
           f"{counts['skipped_identical']} pair(s) of identical answers")
     return counts
 
