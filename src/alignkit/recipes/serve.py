@@ -137,8 +137,53 @@ def serve_with_vllm(cfg: ServeConfig) -> dict:
     return {"url": url}
 
 
+def mount_feedback_chat(app, state, cfg: ServeConfig) -> None:
+    """``--feedback-db``: the chat page of ``feedback.chat_app`` at ``/chat``, its answers made
+    on the API's model thread (one answer at a time, queued with the API's requests) and counted
+    in ``/v1/stats``; the annotation store is migrated first."""
+    try:
+        from alignkit.feedback.chat_app import Unavailable, create_chat_app
+        from alignkit.feedback.store import Invalid, Store
+    except ImportError as e:
+        raise UserError(f"--feedback-db needs the web extra: pip install 'alignkit[web]' "
+                        f"({e})") from None
+    from alignkit.serve.chat import ChatRequest, RequestError
+
+    store = Store(cfg.feedback_db)
+    store.upgrade()
+    worker = app.state.worker
+    max_tokens = state.default_max_tokens
+
+    async def generate(messages: list[dict], seed: int) -> str:
+        chat = state.chat
+        if chat is None:
+            raise Unavailable(f"the model is {'not loaded' if state.load_error else 'loading'};"
+                              " retry shortly")
+        if worker.pending >= state.max_queue:
+            raise Unavailable(f"{worker.pending} answers are queued or running; retry shortly")
+        req = ChatRequest(messages, max_tokens, cfg.feedback_temperature, cfg.feedback_top_p,
+                          1, [], seed, False, state.name)
+
+        def counted_answer() -> dict:
+            out = chat.complete(req)
+            state.count_usage(out["usage"])
+            return out
+
+        try:
+            out = await worker.call(counted_answer)
+        except RequestError as e:  # e.g. the conversation outgrew the model's context
+            raise Invalid(str(e)) from None
+        return out["choices"][0]["message"]["content"]
+
+    app.mount("/chat", create_chat_app(store, generate, state.name, cfg.feedback_temperature,
+                                       cfg.feedback_top_p, max_tokens))
+
+
 def main(cfg: ServeConfig) -> dict:
     if cfg.rollout_engine == "vllm":
+        if cfg.feedback_db:
+            raise UserError("--feedback-db needs --rollout-engine hf (the chat page runs on "
+                            "alignkit's own server)")
         return serve_with_vllm(cfg)
     try:
         import uvicorn
@@ -160,7 +205,10 @@ def main(cfg: ServeConfig) -> dict:
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
-    server = uvicorn.Server(uvicorn.Config(create_app(state, api_key), log_level="warning",
+    app = create_app(state, api_key)
+    if cfg.feedback_db:
+        mount_feedback_chat(app, state, cfg)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=3,
                                            http=h11_with_header_deadline(cfg.request_timeout)))
     failure: list[BaseException] = []
@@ -183,6 +231,9 @@ def main(cfg: ServeConfig) -> dict:
 
     print(f"listening on {url} (model {state.name!r} loading"
           f"{'; API key required' if api_key else ''})", flush=True)
+    if cfg.feedback_db:
+        print(f"chat page: {url.removesuffix('/v1')}/chat/ (sign in with an annotation-store "
+              "account; conversations and ratings are stored in --feedback-db)", flush=True)
     threading.Thread(target=load, name="alignkit-load", daemon=True).start()
     try:
         server.run(sockets=[sock])

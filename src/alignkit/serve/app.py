@@ -270,6 +270,7 @@ class ServerState:
 
 
 def create_app(state: ServerState, api_key: str = "") -> FastAPI:
+    """The API app; ``app.state.worker`` is its model thread (``ModelWorker``)."""
     worker = ModelWorker()
 
     def count_request() -> None:
@@ -287,6 +288,7 @@ def create_app(state: ServerState, api_key: str = "") -> FastAPI:
 
     app = FastAPI(title="alignkit serve", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(count_request)])
+    app.state.worker = worker  # the chat page of --feedback-db runs its answers on it too
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
     @app.exception_handler(RequestError)
