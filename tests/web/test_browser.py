@@ -355,6 +355,7 @@ def test_admin_creates_a_project_and_a_user_and_uploads_tasks_in_the_browser(
     bad.write_text('prompt,chosen,rejected\nHi,Hello!,No.\n,x,y\nYo,"",z\n')
     page.css("#upload-file").send_keys(str(bad))
     page.css("#upload").click()
+    page.css("#upload-problems li")
     problems = [li.text for li in browser.find_elements("css selector", "#upload-problems li")]
     assert len(problems) == 2, problems
     assert problems[0].startswith("tasks.csv:3: ") and problems[1].startswith("tasks.csv:4: ")
