@@ -1633,6 +1633,9 @@ class ServeConfig(RolloutArgs):
     feedback_temperature: float = opt(0.8, "Sampling temperature of the chat page's answers.",
                                       ge=0, le=2)
     feedback_top_p: float = opt(0.95, "top_p of the chat page's answers.", gt=0, le=1)
+    feedback_model_b: str = opt("", "A second policy for the chat page of --feedback-db: in "
+                                "side-by-side turns one answer comes from each (sides drawn per "
+                                "turn); default: two samples of --model with different seeds.")
 
 
 @config

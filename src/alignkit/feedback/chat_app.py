@@ -3,8 +3,8 @@
 and rates its answers; everything is stored in the annotation store (``store.ChatFeedback``).
 
 This module knows nothing of the model: ``create_chat_app`` takes ``generate``, an async
-callable ``(messages, seed) -> answer`` (``recipes.serve`` wires it to the serve app's model
-thread), so the layers stay apart (serve and feedback do not import each other).
+callable ``(messages, seed, policy) -> answer`` (``recipes.serve`` wires it to the serve app's
+model thread), so the layers stay apart (serve and feedback do not import each other).
 
 Pages: ``/chat/login`` (token or name + password, the annotation app's accounts, limiter and
 session cookie), ``/chat/`` (the chat; it says visibly that conversations are stored, and links
@@ -13,7 +13,9 @@ sends it to a project's queue for expert review).
 
 API (JSON; the session cookie or ``Authorization: Bearer``, as in the annotation app):
 ``POST /chat/api/turns`` ``{conversation_id?, message, side_by_side?}`` (one answer, or two side
-by side: two samples of the policy with different seeds), ``POST /chat/api/turns/{id}/pick``
+by side: two samples of the policy with different seeds, or one answer of each policy when
+serve has a second one, in a random order per turn so that neither gains from its side),
+``POST /chat/api/turns/{id}/pick``
 ``{answer_id}``, ``POST /chat/api/answers/{id}/rating`` ``{value: "up" | "down", reason?}``;
 privacy: ``GET /chat/api/me/conversations`` (everything stored of one's conversations, as a
 download), ``DELETE /chat/api/me/conversations`` (all of them) and ``DELETE
@@ -43,17 +45,20 @@ from alignkit.feedback.chat_page import CHAT_CSS, CHAT_JS
 from alignkit.feedback.store import (ChatFeedback, Forbidden, Invalid, NotFound, Store,
                                      StoreError, User)
 
-Generate = Callable[[list[dict], int], Awaitable[str]]
+# (messages, seed, index of the policy in ``model_names``) -> the answer's text
+Generate = Callable[[list[dict], int, int], Awaitable[str]]
 
 
 class Unavailable(Exception):
     """The model cannot answer yet (still loading): a 503 to retry."""
 
 
-def create_chat_app(store: Store, generate: Generate, model_name: str, temperature: float,
-                    top_p: float, max_tokens: int, prefix: str = "/chat",
+def create_chat_app(store: Store, generate: Generate, model_names: list[str],
+                    temperature: float, top_p: float, max_tokens: int, prefix: str = "/chat",
                     limiter: SignInLimiter | None = None) -> FastAPI:
-    """The chat app, to be mounted at ``prefix`` (links and the cookie's path use it)."""
+    """The chat app, to be mounted at ``prefix`` (links and the cookie's path use it).
+    ``model_names``: the served policy, and optionally a second one that answers beside it in
+    side-by-side turns."""
     chats = ChatFeedback(store)
     limiter = limiter or SignInLimiter()
     app = FastAPI(title="alignkit chat feedback", docs_url=None, redoc_url=None,
@@ -220,7 +225,7 @@ autofocus></label> <button type="submit" id="sign-in">Sign in</button></form>
         user = current_user(request)
         admin = f' <a href="{prefix}/admin" id="admin-link">Admin</a>' if user.is_admin else ""
         return html_page("alignkit chat", f"""
-<header><strong>alignkit chat</strong> with <code id="model">{html.escape(model_name)}</code>
+<header><strong>alignkit chat</strong> with <code id="model">{html.escape(" / ".join(model_names))}</code>
 <span class="who">signed in as <b id="user">{html.escape(user.name)}</b></span>{admin}
 <a href="{prefix}/api/me/conversations" id="export-mine" download>Export my conversations</a>
 <button type="button" id="delete-mine">Delete my conversations</button>
@@ -236,9 +241,9 @@ required></textarea>
 <button type="submit" id="send">Send</button> <button type="button" id="new-chat">New
 conversation</button> <span id="status" role="status"></span></form>""")
 
-    async def answer(messages: list[dict], seed: int) -> dict:
-        content = await generate(messages, seed)
-        return {"content": content, "model": model_name, "temperature": temperature,
+    async def answer(messages: list[dict], seed: int, policy: int) -> dict:
+        content = await generate(messages, seed, policy)
+        return {"content": content, "model": model_names[policy], "temperature": temperature,
                 "top_p": top_p, "max_tokens": max_tokens, "seed": seed}
 
     @app.post("/api/turns")
@@ -253,7 +258,10 @@ conversation</button> <span id="status" role="status"></span></form>""")
         seeds = [secrets.randbelow(2**31 - 1) + 1]
         if side_by_side:  # two samples of the policy: different seeds, never the same one
             seeds.append((seeds[0] + 1 + secrets.randbelow(2**30)) % (2**31 - 1) + 1)
-        answers = [await answer(prompt, seed) for seed in seeds]
+        policies = [0, 0]
+        if len(model_names) > 1:  # one answer of each policy, sides drawn per turn
+            policies = [1, 0] if secrets.randbelow(2) else [0, 1]
+        answers = [await answer(prompt, seed, policy) for seed, policy in zip(seeds, policies)]
         turn = chats.add_turn(conversation_id, prompt, answers)
         return JSONResponse(turn, status_code=201)
 

@@ -15,7 +15,8 @@ form.inline { display: inline; }
 .narrow label { display: block; margin: .6em 0; }
 .error { color: #a10000; }
 .turn { margin: 1em 0; }
-.user-message { background: #e9f0ff; padding: .5em .8em; border-radius: 6px; white-space: pre-wrap; }
+.user-message { background: #e9f0ff; padding: .5em .8em; border-radius: 6px;
+                white-space: pre-wrap; }
 .answers { display: flex; gap: 1em; margin-top: .5em; }
 .answer { flex: 1; border: 1px solid #d8dce5; border-radius: 6px; padding: .6em .8em; }
 .answer.picked { border: 2px solid #1c7c3c; background: #f1fbf4; }

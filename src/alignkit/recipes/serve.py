@@ -26,13 +26,15 @@ API_KEY_ENV = "ALIGNKIT_API_KEY"
 
 
 def served_name(cfg: ServeConfig) -> str:
-    if cfg.model_name:
-        return cfg.model_name
-    path = Path(cfg.model)
+    return cfg.model_name or folder_name(cfg.model)
+
+
+def folder_name(model: str) -> str:
+    path = Path(model)
     # runs/demo/ppo/final -> "ppo" is more telling than "final"
     if path.name == "final" and path.parent.name:
         return path.parent.name
-    return path.name or cfg.model
+    return path.name or model
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -137,10 +139,11 @@ def serve_with_vllm(cfg: ServeConfig) -> dict:
     return {"url": url}
 
 
-def mount_feedback_chat(app, state, cfg: ServeConfig) -> None:
+def mount_feedback_chat(app, state, cfg: ServeConfig, second: list) -> None:
     """``--feedback-db``: the chat page of ``feedback.chat_app`` at ``/chat``, its answers made
     on the API's model thread (one answer at a time, queued with the API's requests) and counted
-    in ``/v1/stats``; the annotation store is migrated first."""
+    in ``/v1/stats``; the annotation store is migrated first. ``second`` holds the
+    ``--feedback-model-b`` policy once it is loaded."""
     try:
         from alignkit.feedback.chat_app import Unavailable, create_chat_app
         from alignkit.feedback.store import Invalid, Store
@@ -154,15 +157,20 @@ def mount_feedback_chat(app, state, cfg: ServeConfig) -> None:
     worker = app.state.worker
     max_tokens = state.default_max_tokens
 
-    async def generate(messages: list[dict], seed: int) -> str:
-        chat = state.chat
+    names = [state.name]
+    if cfg.feedback_model_b:
+        name_b = folder_name(cfg.feedback_model_b)
+        names.append(name_b if name_b != state.name else f"{name_b} (B)")
+
+    async def generate(messages: list[dict], seed: int, policy: int) -> str:
+        chat = state.chat if policy == 0 else (second[0] if second else None)
         if chat is None:
             raise Unavailable(f"the model is {'not loaded' if state.load_error else 'loading'};"
                               " retry shortly")
         if worker.pending >= state.max_queue:
             raise Unavailable(f"{worker.pending} answers are queued or running; retry shortly")
         req = ChatRequest(messages, max_tokens, cfg.feedback_temperature, cfg.feedback_top_p,
-                          1, [], seed, False, state.name)
+                          1, [], seed, False, names[policy])
 
         def counted_answer() -> dict:
             out = chat.complete(req)
@@ -175,13 +183,13 @@ def mount_feedback_chat(app, state, cfg: ServeConfig) -> None:
             raise Invalid(str(e)) from None
         return out["choices"][0]["message"]["content"]
 
-    app.mount("/chat", create_chat_app(store, generate, state.name, cfg.feedback_temperature,
+    app.mount("/chat", create_chat_app(store, generate, names, cfg.feedback_temperature,
                                        cfg.feedback_top_p, max_tokens))
 
 
 def main(cfg: ServeConfig) -> dict:
     if cfg.rollout_engine == "vllm":
-        if cfg.feedback_db:
+        if cfg.feedback_db or cfg.feedback_model_b:
             raise UserError("--feedback-db needs --rollout-engine hf (the chat page runs on "
                             "alignkit's own server)")
         return serve_with_vllm(cfg)
@@ -205,9 +213,13 @@ def main(cfg: ServeConfig) -> dict:
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+    if cfg.feedback_model_b and not cfg.feedback_db:
+        raise UserError("--feedback-model-b answers on the chat page of --feedback-db: give "
+                        "both")
     app = create_app(state, api_key)
+    second: list = []  # the --feedback-model-b policy, once loaded
     if cfg.feedback_db:
-        mount_feedback_chat(app, state, cfg)
+        mount_feedback_chat(app, state, cfg, second)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=3,
                                            http=h11_with_header_deadline(cfg.request_timeout)))
@@ -219,6 +231,11 @@ def main(cfg: ServeConfig) -> dict:
 
             model, tokenizer = load_model_and_tokenizer(cfg.model, pick_device(cfg.device))
             model.eval()
+            if cfg.feedback_model_b:  # loaded first: ready means both answer
+                model_b, tokenizer_b = load_model_and_tokenizer(cfg.feedback_model_b,
+                                                                pick_device(cfg.device))
+                model_b.eval()
+                second.append(ChatModel(model_b, tokenizer_b, folder_name(cfg.feedback_model_b)))
             state.chat = ChatModel(model, tokenizer, state.name)
         except Exception as e:  # raised by the main thread once the server has stopped
             state.load_error = str(e)
