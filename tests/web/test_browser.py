@@ -401,8 +401,9 @@ def test_markdown_and_code_render_as_elements_and_scripts_never_run(server, brow
     store.add_tasks(pid, [{
         "kind": "pairwise",
         "prompt": "Write **code** <script>window.__pwned=1</script>",
-        "responses": ["Here:\n\n```python\nprint('hi')\n```\n\nSee [the docs](https://docs.python.org/)"
-                      " or [this](javascript:window.__pwned=2).",
+        "responses": ["Here:\n\n```python\nprint('hi')\n```\n\n"
+                      "See [the docs](https://docs.python.org/) or [this](javascript:"
+                      "window.__pwned=2).",
                       "<img src=x onerror=\"window.__pwned=3\"> <script>window.__pwned=4</script>"
                       "\n<a href=\"javascript:window.__pwned=5\">click</a>"]}])
     user, token = store.create_user("md")
