@@ -202,10 +202,20 @@ def test_chat_page_in_chromium_then_export_trains_dpo_and_reward(tiny_model_dir,
         assert requests.post(f"{base}/chat/api/admin/conversations/{conv_id}/review",
                              json={"project_id": pid}, cookies=cookies,
                              timeout=10).status_code == 403
-        review = requests.post(f"{base}/chat/api/admin/conversations/{conv_id}/review",
-                               json={"project_id": pid}, headers=admin, timeout=10)
-        assert review.status_code == 201 and len(review.json()["task_ids"]) == 2
-        assert requests.get(base + "/chat/admin", headers=admin, timeout=10).status_code == 200
+        assert requests.get(base + "/chat/api/admin/conversations", headers=admin,
+                            timeout=10).status_code == 200
+
+        # --- an admin sends the conversation to the review project from the admin page
+        browser.delete_all_cookies()
+        browser.get(base + "/chat/login")
+        page.css("#token").send_keys(admin_token)
+        page.css("#sign-in").click()
+        page.css("#admin-link").click()
+        page.css(f'button.review[data-conversation-id="{conv_id}"]').click()
+        page.wait.until(lambda d: "Sent 2 task(s)" in d.find_element(By.ID, "status").text)
+        page.shot("admin")
+        assert [t["kind"] for t in store.tasks_of(pid)] == ["pairwise", "pairwise"]
+        assert store.tasks_of(pid)[0]["meta"]["conversation_id"] == conv_id
 
         # --- export: both as preference records with provenance
         out = tmp_path / "export"
@@ -214,6 +224,11 @@ def test_chat_page_in_chromium_then_export_trains_dpo_and_reward(tiny_model_dir,
         assert proc.returncode == 0, proc.stderr[-3000:]
 
         # --- privacy: the user deletes their conversations from the page
+        browser.delete_all_cookies()
+        browser.get(base + "/chat/login")
+        page.css("#name").send_keys("carol")
+        page.css("#password").send_keys("correct horse battery")
+        page.css("#password-sign-in").click()
         page.css("#delete-mine").click()
         browser.switch_to.alert.accept()
         page.wait.until(lambda d: "Deleted 1" in d.find_element(By.ID, "status").text)
