@@ -460,10 +460,10 @@ def test_admin_resolves_a_disputed_ranking_by_dragging(server, browser, request)
                 for li in box.find_elements("css selector", "ol.resolve-ranking li")]
 
     assert order() == [0, 1, 2]
-    page.shot("dispute-ranking-before-drag")
-    # drag "two" (last) to the top, then "zero" (now second) below "one"
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})",
                            box.find_element("css selector", "ol.resolve-ranking"))
+    page.shot("dispute-ranking-before-drag")
+    # drag "two" (last) to the top, then "zero" (now second) below "one"
     items = box.find_elements("css selector", "ol.resolve-ranking li")
     (ActionChains(browser).click_and_hold(items[2].find_element("css selector", ".handle"))
      .move_by_offset(0, -5)
