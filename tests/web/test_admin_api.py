@@ -113,6 +113,7 @@ def test_admin_forms_and_json_writes_are_same_origin_only(server):
                                            "projects": ["1"]}, headers={"Origin": url},
                timeout=30)
     assert r.status_code == 200 and 'id="new-token"' in r.text
+    assert r.headers["cache-control"] == "no-store"
     # the annotator may not use the admin pages
     token = r.text.split('id="new-token">')[1].split("<")[0]
     a = requests.Session()

@@ -611,9 +611,11 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
             return admin_home(request, user, getattr(e, "status", 400), user_error=str(e),
                               user_form=fields)
         store.record("admin_add_user", user, name=created.name, role=created.role)
-        return admin_home(request, user, created={"name": created.name, "role": created.role,
-                                                  "token": token, "projects": names,
-                                                  "password": bool(fields.get("password"))})
+        response = admin_home(request, user, created={
+            "name": created.name, "role": created.role, "token": token, "projects": names,
+            "password": bool(fields.get("password"))})
+        response.headers["Cache-Control"] = "no-store"  # the token is shown once, never cached
+        return response
 
     @app.post("/api/admin/projects")
     async def create_project_api(request: Request):
@@ -633,7 +635,8 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         created, token, names = new_user(store, body, projects)
         store.record("admin_add_user", admin, name=created.name, role=created.role)
         return JSONResponse({"id": created.id, "name": created.name, "role": created.role,
-                             "token": token, "projects": names}, status_code=201)
+                             "token": token, "projects": names}, status_code=201,
+                            headers={"Cache-Control": "no-store"})
 
     @app.post("/api/admin/projects/{project_id}/tasks")
     async def upload_api(request: Request, project_id: int):
