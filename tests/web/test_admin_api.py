@@ -41,6 +41,10 @@ def test_admin_api_creates_projects_and_users_and_uploads_tasks(server):
                       timeout=30)
     assert r.status_code == 201, r.text
     token = r.json()["token"]
+    for projects in ([2**40], ["x"], [0]):
+        r = requests.post(f"{url}/api/admin/users", headers=ADMIN,
+                          json={"name": "nobody", "projects": projects}, timeout=30)
+        assert r.status_code in (404, 422), r.text
     annotator = {"Authorization": f"Bearer {token}"}
     assert requests.get(f"{url}/api/projects", headers=annotator, timeout=30).json()[0][
         "id"] == pid

@@ -281,7 +281,11 @@ def new_user(store: Store, fields: dict, project_ids: list[Any]) -> tuple[User, 
         raise Invalid('fields "name" and "role" must be text')
     if password is not None and (not isinstance(password, str) or len(password) < 8):
         raise Invalid("a password must be text of at least 8 characters")
-    projects = [store.project(number(pid, "projects", int)) for pid in project_ids]
+    ids = [number(pid, "projects", int) for pid in project_ids]
+    for pid in ids:
+        if pid is None or not 0 < pid <= MAX_ID:
+            raise NotFound(f"no project {pid}")
+    projects = [store.project(pid) for pid in ids]
     user, token = store.create_user(name, role, password)
     for project in projects:
         store.add_member(project["id"], user.id)
