@@ -347,9 +347,13 @@ def flag_name(name: str) -> str:
 
 
 def closest(name: str, candidates: typing.Iterable[str]) -> str | None:
-    """The candidate a mistyped ``name`` most likely meant, if any is close."""
-    found = difflib.get_close_matches(name, sorted(candidates), n=1)
-    return found[0] if found else None
+    """The candidate a mistyped ``name`` most likely meant, if any is close: of the three most
+    similar, the one sharing the longest start with it (a typo rarely hits the first letters:
+    ``--max-stpes`` means ``--max-prompts``, not the similar-looking ``--aspects``)."""
+    found = difflib.get_close_matches(name, sorted(candidates), n=3)
+    if not found:
+        return None
+    return max(found, key=lambda c: len(os.path.commonprefix([name.lstrip("-"), c.lstrip("-")])))
 
 
 # where the parser puts a retired option's flag; build_config turns it into a UserError
