@@ -258,8 +258,8 @@ conversation</button> <span id="status" role="status"></span></form>""")
         seeds = [secrets.randbelow(2**31 - 1) + 1]
         if side_by_side:  # two samples of the policy: different seeds, never the same one
             seeds.append((seeds[0] + 1 + secrets.randbelow(2**30)) % (2**31 - 1) + 1)
-        policies = [0, 0]
-        if len(model_names) > 1:  # one answer of each policy, sides drawn per turn
+        policies = [0, 0]  # a single answer always comes from the served policy
+        if side_by_side and len(model_names) > 1:  # one of each policy, sides drawn per turn
             policies = [1, 0] if secrets.randbelow(2) else [0, 1]
         answers = [await answer(prompt, seed, policy) for seed, policy in zip(seeds, policies)]
         turn = chats.add_turn(conversation_id, prompt, answers)
