@@ -168,6 +168,39 @@ def cross_origin(request: Request) -> bool:
     return origin.lower() != own_origin(request)
 
 
+def request_user(store: Store, request: Request) -> User:
+    """The user of the request: ``Authorization: Bearer`` (a personal token or a session's),
+    else the session cookie; ``NotSignedIn`` without either."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+        user = store.user_by_token(token) or store.user_by_session(token)
+    else:
+        user = store.user_by_session(request.cookies.get(COOKIE))
+    if user is None:
+        raise NotSignedIn()
+    return user
+
+
+def request_admin(store: Store, request: Request) -> User:
+    """``request_user``, who must be an admin."""
+    user = request_user(store, request)
+    if not user.is_admin:
+        raise Forbidden("admins only")
+    return user
+
+
+async def json_body(request: Request) -> dict:
+    """The request's JSON object body (``Invalid`` for anything else)."""
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Invalid("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise Invalid("request body must be a JSON object")
+    return body
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "n/a"
@@ -390,32 +423,10 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
     # ------------------------------------------------------------------ helpers
 
     def current_user(request: Request) -> User:
-        """The user of the request: ``Authorization: Bearer`` (a personal token or a session's),
-        else the session cookie."""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-            user = store.user_by_token(token) or store.user_by_session(token)
-        else:
-            user = store.user_by_session(request.cookies.get(COOKIE))
-        if user is None:
-            raise NotSignedIn()
-        return user
+        return request_user(store, request)
 
     def admin_user(request: Request) -> User:
-        user = current_user(request)
-        if not user.is_admin:
-            raise Forbidden("admins only")
-        return user
-
-    async def json_body(request: Request) -> dict:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Invalid("request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise Invalid("request body must be a JSON object")
-        return body
+        return request_admin(store, request)
 
     def int_field(body: dict, name: str) -> int:
         value = body.get(name)

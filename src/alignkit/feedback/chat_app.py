@@ -40,7 +40,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from alignkit.errors import UserError
 from alignkit.feedback.app import (COOKIE, MAX_ID, SECURITY_HEADERS, UNSAFE_METHODS, NotSignedIn,
-                                   SignInLimiter, cross_origin)
+                                   SignInLimiter, cross_origin, json_body, request_admin,
+                                   request_user)
 from alignkit.feedback.chat_page import CHAT_CSS, CHAT_JS
 from alignkit.feedback.store import (ChatFeedback, Forbidden, Invalid, NotFound, Store,
                                      StoreError, User)
@@ -106,30 +107,10 @@ def create_chat_app(store: Store, generate: Generate, model_names: list[str],
                             status_code=401)
 
     def current_user(request: Request) -> User:
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-            user = store.user_by_token(token) or store.user_by_session(token)
-        else:
-            user = store.user_by_session(request.cookies.get(COOKIE))
-        if user is None:
-            raise NotSignedIn()
-        return user
+        return request_user(store, request)
 
     def admin_user(request: Request) -> User:
-        user = current_user(request)
-        if not user.is_admin:
-            raise Forbidden("admins only")
-        return user
-
-    async def json_body(request: Request) -> dict:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Invalid("request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise Invalid("request body must be a JSON object")
-        return body
+        return request_admin(store, request)
 
     def an_id(value: Any, name: str, optional: bool = False) -> int | None:
         if value is None and optional:
