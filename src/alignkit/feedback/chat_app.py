@@ -31,7 +31,6 @@ styles only from this server: the page's script and style are served as files).
 from __future__ import annotations
 
 import html
-import json
 import secrets
 from typing import Any, Awaitable, Callable
 
@@ -43,7 +42,7 @@ from alignkit.feedback.app import (COOKIE, MAX_ID, SECURITY_HEADERS, UNSAFE_METH
                                    SignInLimiter, cross_origin, json_body, request_admin,
                                    request_user)
 from alignkit.feedback.chat_page import CHAT_CSS, CHAT_JS
-from alignkit.feedback.store import (ChatFeedback, Forbidden, Invalid, NotFound, Store,
+from alignkit.feedback.store import (ChatFeedback, Invalid, NotFound, Store,
                                      StoreError, User)
 
 # (messages, seed, index of the policy in ``model_names``) -> the answer's text
