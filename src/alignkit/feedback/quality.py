@@ -188,6 +188,40 @@ def item_summary(task: dict, item_labels: list[dict], aspects: list[str],
             "is_gold": task["is_gold"]}
 
 
+def assist_report(project: dict, tasks: dict[int, dict], labels: list[dict],
+                  suggestions: dict[int, dict]) -> dict:
+    """Human-AI agreement with the judge's suggestions (``alignkit annotate create-project
+    --judge``): overall, and per annotator on the labels given without the suggestion shown
+    (the control: under ``assist = before`` a seeded half of each annotator's items, every item
+    otherwise) and with it shown. ``anchoring`` is agreement shown minus agreement not shown:
+    about zero when the suggestion does not move the annotator, positive when they follow it.
+    Agreement of one label is scored as against a gold answer (share of aspects, or of response
+    pairs, that match); gold items are left out (their answer is known, not judged)."""
+    per: dict[str, dict[str, list[float]]] = {}
+    every: list[float] = []
+    for lab in labels:
+        sug, task = suggestions.get(lab["task_id"]), tasks[lab["task_id"]]
+        if sug is None or task["is_gold"]:
+            continue
+        score = gold_score(task["kind"], lab["value"], sug["value"])
+        if score is None:
+            continue
+        every.append(score)
+        side = "shown" if lab.get("assisted") else "not_shown"
+        per.setdefault(lab["annotator"], {"shown": [], "not_shown": []})[side].append(score)
+    annotators = {}
+    for name, sides in sorted(per.items()):
+        shown, control = _mean(sides["shown"]), _mean(sides["not_shown"])
+        annotators[name] = {
+            "labels_shown": len(sides["shown"]), "agreement_shown": shown,
+            "labels_not_shown": len(sides["not_shown"]), "agreement_not_shown": control,
+            "anchoring": shown - control if shown is not None and control is not None else None,
+        }
+    return {"mode": project.get("assist") or "off", "suggested_items": len(suggestions),
+            "judges": sorted({s["judge"] for s in suggestions.values()}),
+            "labels": len(every), "agreement": _mean(every), "per_annotator": annotators}
+
+
 def project_report(store, project_id: int) -> dict:
     project = store.project(project_id)
     aspects = project["aspects"]
@@ -258,4 +292,5 @@ def project_report(store, project_id: int) -> dict:
         "disputes": [i for i in items if i["disputed"] and not i["resolved"]],
         "resolved": [i for i in items if i["resolved"]],
         "item_details": items,
+        "assist": assist_report(project, tasks, labels, store.suggestions_of(project_id)),
     }

@@ -106,6 +106,8 @@ projects = sa.Table(
     sa.Column("calibration_items", sa.Integer, nullable=False, server_default="0"),
     sa.Column("calibration_accuracy", sa.Float, nullable=False, server_default="0.8"),
     sa.Column("attention_rate", sa.Float, nullable=False, server_default="0"),
+    # AI assist (``ASSIST``): whether annotators see the judge's suggestion, and when
+    sa.Column("assist", sa.String(10), nullable=False, server_default="off"),
 )
 members = sa.Table(
     "members", metadata,
@@ -146,7 +148,20 @@ labels = sa.Table(
     # ranking: the canonical indices in the order this annotator was shown them (``shown_order``)
     sa.Column("shown_order", sa.JSON, nullable=True),
     sa.UniqueConstraint("task_id", "user_id", name="uq_label_task_user"),
+    # whether the judge's suggestion was shown before this label was given (``assist_shown``)
+    sa.Column("assisted", sa.Boolean, nullable=True),
     sqlite_autoincrement=True,  # an undone label's id is never reused (the history names it)
+)
+# a judge's suggested answer of a task (``alignkit annotate create-project --judge``), label-shaped
+# ({"choices": ...} or {"ranking": ...}) so it compares with labels as a gold answer does
+suggestions = sa.Table(
+    "suggestions", metadata,
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("judge", sa.String(1000), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
 )
 # append-only: a label as it was before an annotator edited it ("edit") or took it back ("undo"),
 # with who did so and when; ``label_id`` stays after the label itself is gone (None only for a
@@ -219,6 +234,21 @@ def shown_order(task_id: int, user_id: int, k: int) -> list[int]:
     order = list(range(k))
     random.Random(int.from_bytes(seed[:8], "big")).shuffle(order)
     return order
+
+
+ASSIST = ("off", "after", "before")
+ASSIST_SHARE = 0.5
+
+
+def assist_shown(project: dict, task_id: int, user_id: int) -> bool:
+    """Whether annotator ``user_id`` sees task ``task_id``'s suggestion before answering: only
+    under ``assist == "before"``, and then for a seeded half of the (task, annotator) pairs; the
+    other half is the control that measures anchoring (agreement with the judge with the
+    suggestion shown minus without). Deterministic, so a reload shows the same."""
+    if project.get("assist") != "before":
+        return False
+    seed = hashlib.sha256(f"alignkit-assist:{task_id}:{user_id}".encode("ascii")).digest()
+    return int.from_bytes(seed[:8], "big") / 2.0 ** 64 < ASSIST_SHARE
 
 
 def hash_token(token: str) -> str:
@@ -494,7 +524,7 @@ class Store:
                        labels_per_item: int = 2, reward_model: str | None = None,
                        al_strategy: str = "std", created_by: int | None = None,
                        calibration_items: int = 0, calibration_accuracy: float = 0.8,
-                       attention_rate: float = 0.0) -> int:
+                       attention_rate: float = 0.0, assist: str = "off") -> int:
         """A new project. ``calibration_items``: N gold items each annotator answers first;
         their labels count once their accuracy on them reaches ``calibration_accuracy``.
         ``attention_rate``: the share of a calibrated annotator's queue that is hidden gold
@@ -510,6 +540,7 @@ class Store:
         if al_strategy not in AL_STRATEGIES:
             raise Invalid(f"active-learning strategy must be one of {AL_STRATEGIES}")
         check_quality_settings(calibration_items, calibration_accuracy, attention_rate)
+        check_assist(assist)
         with self.tx() as c:
             if c.execute(sa.select(projects.c.id).where(projects.c.name == name)).first():
                 raise Conflict(f"project {name!r} already exists")
@@ -518,7 +549,7 @@ class Store:
                 labels_per_item=labels_per_item, reward_model=reward_model,
                 al_strategy=al_strategy, created_at=now(), created_by=created_by,
                 calibration_items=calibration_items, calibration_accuracy=calibration_accuracy,
-                attention_rate=attention_rate)).inserted_primary_key[0]
+                attention_rate=attention_rate, assist=assist)).inserted_primary_key[0]
             self._audit(c, "create_project", created_by, pid, name=name, aspects=aspects,
                         labels_per_item=labels_per_item, calibration_items=calibration_items,
                         calibration_accuracy=calibration_accuracy,
@@ -527,12 +558,13 @@ class Store:
 
     def update_project(self, project_id: int, **values) -> None:
         allowed = {"guidelines", "labels_per_item", "reward_model", "al_strategy",
-                   "calibration_accuracy", "attention_rate"}
+                   "calibration_accuracy", "attention_rate", "assist"}
         bad = set(values) - allowed
         if bad:
             raise Invalid(f"cannot change {', '.join(sorted(bad))}")
         check_quality_settings(0, values.get("calibration_accuracy", 0.8),
                                values.get("attention_rate", 0.0))
+        check_assist(values.get("assist", "off"))
         with self.tx() as c:
             c.execute(projects.update().where(projects.c.id == project_id).values(**values))
 
@@ -822,6 +854,9 @@ class Store:
                        "reason": (reason or "").strip() or None, "created_at": now(),
                        "shown_order": shown_order(task_id, user.id, len(task.responses))
                        if task.kind == "ranking" else None}
+                row["assisted"] = assist_shown(project, task_id, user.id) and c.execute(
+                    sa.select(suggestions.c.task_id).where(suggestions.c.task_id == task_id)
+                ).first() is not None
                 row["id"] = c.execute(labels.insert().values(**row)).inserted_primary_key[0]
                 c.execute(leases.delete().where(leases.c.task_id == task_id,
                                                 leases.c.user_id == user.id))
@@ -936,6 +971,36 @@ class Store:
         with self.rx() as c:
             return c.execute(q).scalar_one()
 
+    # ------------------------------------------------------------------ AI assist
+
+    def set_suggestions(self, project_id: int, judge: str,
+                        values: dict[int, tuple[dict, Optional[float]]]) -> int:
+        """Store (replace) the suggestion of each task ``values`` names: its label-shaped
+        answer and the judge's confidence. Returns how many were stored."""
+        stamp = now()
+        with self.tx() as c:
+            ids = set(c.execute(sa.select(tasks.c.id).where(
+                tasks.c.project_id == project_id)).scalars())
+            for tid, (value, confidence) in values.items():
+                if tid not in ids:
+                    raise NotFound(f"no task {tid} in project {project_id}")
+                c.execute(suggestions.delete().where(suggestions.c.task_id == tid))
+                c.execute(suggestions.insert().values(task_id=tid, judge=judge, value=value,
+                                                      confidence=confidence, created_at=stamp))
+            self._audit(c, "suggest", None, project_id, judge=judge, count=len(values))
+        return len(values)
+
+    def suggestions_of(self, project_id: int) -> dict[int, dict]:
+        with self.rx() as c:
+            return {r.task_id: _row(r) for r in c.execute(
+                sa.select(suggestions).join(tasks, tasks.c.id == suggestions.c.task_id)
+                .where(tasks.c.project_id == project_id))}
+
+    def suggestion(self, task_id: int) -> Optional[dict]:
+        with self.rx() as c:
+            return _row(c.execute(sa.select(suggestions).where(
+                suggestions.c.task_id == task_id)).first())
+
     # ------------------------------------------------------------------ disputes
 
     def resolve(self, task_id: int, admin: User, value: Any, note: str | None = None) -> dict:
@@ -967,6 +1032,11 @@ class Store:
 
 
 # ---------------------------------------------------------------------- validation
+
+
+def check_assist(assist: str) -> None:
+    if assist not in ASSIST:
+        raise Invalid(f"assist must be one of {', '.join(ASSIST)}, got {assist!r}")
 
 
 def quality_control(project: dict) -> bool:
