@@ -55,6 +55,13 @@ label outside the calibration while it is under way, or any label after a failed
 refused (403). The report lists each annotator's state, attention-check accuracy, quality and
 weight.
 
+AI assist (a project's ``assist``; suggestions stored by ``create-project --judge``): under
+``before`` the page and ``next`` carry the task's ``suggestion`` for a seeded half of the
+(task, annotator) pairs (``store.assist_shown``; the other half is the anchoring control) and the
+label records that it was shown; under ``after`` the answer to a new label carries it instead, as
+feedback once the annotator has committed. A suggestion names responses as the annotator sees
+them (A/B, or the shown positions best first), never canonical indices.
+
 Rules: an annotator sees only projects they are on (others answer 404) and only their own
 labels; admin routes answer 403 to annotators; bad requests answer 4xx with ``{"error": ...}``.
 All text is rendered by Jinja2 with autoescaping, so prompts, responses, reasons and names stay
@@ -86,7 +93,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from alignkit.errors import DataError, UserError
 from alignkit.feedback.markdown import render_markdown, render_text
 from alignkit.feedback.store import (ROLES, Forbidden, Invalid, NotFound, Store, StoreError,
-                                     User, shown_order, text_of, unrenderable)
+                                     User, assist_shown, shown_order, text_of, unrenderable)
 
 log = logging.getLogger("alignkit.annotate")
 HERE = Path(__file__).parent
@@ -221,6 +228,30 @@ def public_task(task: dict, aspects: list[str], user_id: int | None = None) -> d
             "aspects": aspects}
 
 
+def public_suggestion(suggestion: Optional[dict], task: dict, user_id: int) -> Optional[dict]:
+    """A stored suggestion as annotator ``user_id`` sees the task: a pair's choice (A, B or
+    tie, the judge's verdict on the first aspect) or a ranking as the 1-based positions of the
+    responses as shown to them, best first; with the judge's confidence."""
+    if suggestion is None:
+        return None
+    value, out = suggestion["value"], {"confidence": suggestion["confidence"]}
+    if task["kind"] == "pairwise":
+        choices = value.get("choices") or {}
+        out["choice"] = next(iter(choices.values()), None)
+    else:
+        order = shown_order(task["id"], user_id, len(task["responses"]))
+        out["ranking"] = [order.index(i) + 1 for i in value["ranking"]]
+    return out
+
+
+def suggestion_before(store: Store, project: dict, task: Optional[dict],
+                      user: User) -> Optional[dict]:
+    """The suggestion to show with ``task`` before the annotator answers, if any."""
+    if task is None or not assist_shown(project, task["id"], user.id):
+        return None
+    return public_suggestion(store.suggestion(task["id"]), task, user.id)
+
+
 def upload_tasks(store: Store, project: dict, filename: str, raw: bytes, user: User) -> dict:
     """Import an uploaded task file into ``project`` with the readers and validation of
     ``alignkit annotate add-tasks``, all or nothing: ``DataError`` lists every bad record as
@@ -303,7 +334,8 @@ def new_project(store: Store, fields: dict, user: User) -> int:
         calibration_items=number(fields.get("calibration_items"), "calibration_items", int, 0),
         calibration_accuracy=number(fields.get("calibration_accuracy"), "calibration_accuracy",
                                     float, 0.8),
-        attention_rate=number(fields.get("attention_rate"), "attention_rate", float, 0.0))
+        attention_rate=number(fields.get("attention_rate"), "attention_rate", float, 0.0),
+        assist=fields.get("assist") or "off")
 
 
 def new_user(store: Store, fields: dict, project_ids: list[Any]) -> tuple[User, str, list[str]]:
@@ -497,6 +529,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         task = store.next_task(project, user)
         return page(request, "annotate.html", user, project=project,
                     task=public_task(task, project["aspects"], user.id) if task else None,
+                    suggestion=suggestion_before(store, project, task, user),
                     progress=store.progress(project, user))
 
     # ------------------------------------------------------------------ annotator API
@@ -518,6 +551,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         project = store.check_access(project_id, user)
         task = store.next_task(project, user)
         return {"task": public_task(task, project["aspects"], user.id) if task else None,
+                "suggestion": suggestion_before(store, project, task, user),
                 "progress": store.progress(project, user)}
 
     @app.post("/api/projects/{project_id}/labels")
@@ -526,8 +560,12 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         body = await json_body(request)
         label, created = store.submit(project_id, user, int_field(body, "task_id"),
                                       body.get("value"), body.get("reason"))
-        return JSONResponse({"label_id": label["id"], "task_id": label["task_id"],
-                             "created": created}, status_code=201 if created else 200)
+        answer = {"label_id": label["id"], "task_id": label["task_id"], "created": created}
+        project = store.project(project_id)
+        if project["assist"] == "after":
+            answer["suggestion"] = public_suggestion(store.suggestion(label["task_id"]),
+                                                     store.task(label["task_id"]), user.id)
+        return JSONResponse(answer, status_code=201 if created else 200)
 
     @app.put("/api/projects/{project_id}/labels/{task_id}")
     async def edit(request: Request, project_id: int, task_id: int):

@@ -68,6 +68,7 @@
   }
   async function submit() {
     if (state.busy) return;
+    if (state.revealed) { window.location.reload(); return; }
     const v = value();
     if (!v) return;
     state.busy = true;
@@ -75,9 +76,26 @@
     const r = await post(`/api/projects/${projectId}/labels`,
                          { task_id: task.id, value: v, reason: reason || null });
     state.busy = false;
-    if (r.ok) { say("Saved.", true); window.location.reload(); }
+    if (r.ok && r.payload.suggestion) { say("Saved.", true); reveal(r.payload.suggestion); }
+    else if (r.ok) { say("Saved.", true); window.location.reload(); }
     else say(r.payload.error || `Error ${r.status}`, false);
   }
+  // assist "after": the judge's suggestion, shown once the label is in, then on to the next
+  function reveal(s) {
+    const p = document.getElementById("suggestion-after");
+    const what = task.kind === "pairwise"
+      ? (s.choice === "tie" ? "a tie" : s.choice + " is better")
+      : s.ranking.join(" > ");
+    const conf = s.confidence === null ? "" : ` (confidence ${Math.round(s.confidence * 100)}%)`;
+    p.textContent = "AI suggestion: " + what + conf;
+    p.hidden = false;
+    state.revealed = true;
+    const next = document.getElementById("next");
+    next.hidden = false;
+    next.focus();
+  }
+  const nextButton = document.getElementById("next");
+  if (nextButton) nextButton.addEventListener("click", () => window.location.reload());
   async function undo() {
     if (state.busy) return;
     state.busy = true;
