@@ -1797,8 +1797,18 @@ class AnnotateProjectConfig(AnnotateDBArgs):
     attention_rate: Optional[float] = opt(None, "Share of a calibrated annotator's queue that is "
                                           "hidden gold items (attention checks; unset: 0, none, "
                                           "or unchanged with --update).", ge=0, lt=1)
+    assist: Optional[str] = opt(None, "AI suggestions on the annotation page: off (not shown), "
+                                "after (revealed once the annotator has answered) or before "
+                                "(shown up-front on a seeded half of each annotator's items, the "
+                                "other half being the control that measures anchoring); unset: "
+                                "off, or unchanged with --update.")
+    judge: Optional[str] = opt(None, "Judge whose suggestion is stored for every (non-gold) task "
+                               "of the project, replacing earlier ones: http(s)://HOST:PORT/v1"
+                               "#MODEL, local:PATH, reward:PATH (a reward model or ensemble) or "
+                               "gold. Run again after add-tasks to cover new tasks.")
+    judge_device: str = opt("cpu", "Device of a local: or reward: judge.")
     update: bool = opt(False, "Change an existing project (guidelines, R, reward model, "
-                       "calibration accuracy, attention rate).")
+                       "calibration accuracy, attention rate, assist; --judge: suggestions).")
 
 
 @config

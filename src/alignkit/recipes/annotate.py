@@ -3,7 +3,8 @@
 - ``serve --db URL``: migrate the database, bootstrap the admin from ``$ALIGNKIT_ADMIN_TOKEN``,
   serve the web app (FastAPI on uvicorn);
 - ``create-project``: a project (guidelines, aspects, R, optional reward model for active
-  learning);
+  learning, AI assist: ``--assist`` and ``--judge SPEC`` to store a judge's suggestion for every
+  task, see ``suggest``);
 - ``add-user``: a person with a role and projects; prints their sign-in token once;
 - ``add-tasks``: prompts plus K sampled candidates, or uploaded pairs / rankings;
 - ``export``: preference pairs and rankings for ``alignkit reward`` / ``alignkit dpo`` (JSONL,
@@ -104,6 +105,10 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
             line = path.read_bytes()[:e.start].count(b"\n") + 1
             raise UserError(f"{cfg.guidelines}:{line}: not UTF-8 text; save the file as "
                             "UTF-8") from None
+    if cfg.judge:
+        from alignkit.judges.spec import check_spec
+
+        check_spec(cfg.judge)  # before any change: a typo fails with nothing written
     if cfg.reward_model and not (Path(cfg.reward_model) / "reward_config.json").exists() \
             and not Path(cfg.reward_model).is_dir():
         raise UserError(f"--reward-model {cfg.reward_model}: not a reward-model folder")
@@ -111,7 +116,7 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
     if cfg.update:
         project = store.project_by_name(name)
         values = {"labels_per_item": cfg.labels_per_item, "al_strategy": cfg.al_strategy}
-        for key in ("calibration_accuracy", "attention_rate"):
+        for key in ("calibration_accuracy", "attention_rate", "assist"):
             if getattr(cfg, key) is not None:
                 values[key] = getattr(cfg, key)
         if guidelines is not None:
@@ -128,14 +133,58 @@ def create_project(cfg: AnnotateProjectConfig) -> int:
             cfg.al_strategy, calibration_items=cfg.calibration_items,
             calibration_accuracy=0.8 if cfg.calibration_accuracy is None
             else cfg.calibration_accuracy,
-            attention_rate=cfg.attention_rate or 0.0)
+            attention_rate=cfg.attention_rate or 0.0, assist=cfg.assist or "off")
         print(f"project {name!r} created (id {pid})")
     # 3. With a reward model: order the project's tasks for active learning.
     if cfg.reward_model and store.tasks_of(pid):
         from alignkit.feedback.active import refresh_priorities
 
         print(f"active learning: scored {refresh_priorities(store, pid)} task(s)")
+    # 4. With a judge: its suggestion for every task (shown as the project's --assist says).
+    if cfg.judge:
+        n = suggest(store, pid, cfg.judge, cfg.judge_device)
+        print(f"AI assist: stored {cfg.judge}'s suggestion for {n} task(s) "
+              f"(assist: {store.project(pid)['assist']})")
     return pid
+
+
+def suggest(store, project_id: int, spec: str, device: str = "cpu") -> int:
+    """Ask the judge ``spec`` (any ``--judge``: gold, reward:PATH incl. an ensemble, local:PATH,
+    http(s)://...) about every non-gold task of the project and store its suggestion: a pair's
+    preferred response (the same verdict for every aspect) with the judge's confidence, or a
+    ranking ordered by summed win probability over all response pairs with their mean
+    confidence. Gold items get none (a suggestion would give an attention check away). The
+    suggestion is stored label-shaped, in canonical indices, so the report scores human-AI
+    agreement as it scores gold accuracy. Returns how many tasks got one."""
+    from alignkit.judges.spec import JudgeOptions, check_spec, make_judge
+
+    spec = check_spec(spec)
+    project = store.project(project_id)
+    todo = [t for t in store.tasks_of(project_id) if not t["is_gold"]]
+    if not todo:
+        return 0
+    categories = {t["prompt"]: (t.get("meta") or {}).get("category") for t in todo
+                  if isinstance(t["prompt"], str)}
+    judge = make_judge(spec, JudgeOptions(device=device), categories=categories)
+    values = {}
+    for task in todo:
+        responses = task["responses"]
+        pairs = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))]
+        verdicts = [(a, b, judge.judge(task["prompt"], responses[a], responses[b]))
+                    for a, b in pairs]
+        confidence = sum(v.confidence for _, _, v in verdicts) / len(verdicts)
+        if task["kind"] == "pairwise":
+            winner = verdicts[0][2].winner
+            choice = {"a": "A", "b": "B"}.get(winner, "tie")
+            value = {"choices": {aspect: choice for aspect in project["aspects"]}}
+        else:
+            wins = [0.0] * len(responses)
+            for a, b, v in verdicts:
+                wins[a] += v.prob_a
+                wins[b] += 1.0 - v.prob_a
+            value = {"ranking": sorted(range(len(responses)), key=lambda i: (-wins[i], i))}
+        values[task["id"]] = (value, round(confidence, 6))
+    return store.set_suggestions(project_id, spec, values)
 
 
 def add_user(cfg: AnnotateUserConfig) -> str:
