@@ -151,6 +151,14 @@ def test_after_reveals_the_suggestion_only_in_the_answer_to_a_label(server):
                       json={"task_id": body["task"]["id"] + 1,
                             "value": {"choices": {"overall": "A"}}})
     assert r.status_code == 201 and "suggestion" not in r.json()
+    # a backup keeps the mode, the suggestions and what each label was shown
+    from alignkit.feedback.backup import backup_project, restore_project
+
+    copy = restore_project(store, backup_project(store, pid), name="copy")
+    assert store.project(copy)["assist"] == "off"
+    restored = sorted(s["value"]["choices"]["overall"] for s in store.suggestions_of(copy).values())
+    assert restored == sorted(v["choices"]["overall"] for v, _ in suggested.values())
+    assert [lab["assisted"] for lab in store.project_labels(copy)] == [False, False]
     store.dispose()
 
 

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from alignkit.feedback.store import (Conflict, Invalid, NotFound, Store, audit, label_history,
-                                     labels, members, now, projects, resolutions, tasks, users)
+                                     labels, members, now, projects, resolutions, suggestions,
+                                     tasks, users)
 
 
 def backup_project(store: Store, project_id: int) -> dict:
@@ -35,6 +36,8 @@ def backup_project(store: Store, project_id: int) -> dict:
             resolutions.c.task_id.in_(in_project)).order_by(resolutions.c.task_id))
         audit_rows = rows(sa.select(audit).where(audit.c.project_id == project_id)
                           .order_by(audit.c.id))
+        suggestion_rows = rows(sa.select(suggestions).where(
+            suggestions.c.task_id.in_(in_project)).order_by(suggestions.c.task_id))
         history_rows = rows(sa.select(label_history).where(
             label_history.c.task_id.in_(in_project)).order_by(label_history.c.id))
         member_ids = [r.user_id for r in c.execute(sa.select(members.c.user_id).where(
@@ -52,7 +55,7 @@ def backup_project(store: Store, project_id: int) -> dict:
         "project": {k: project._mapping[k] for k in (
             "name", "guidelines", "aspects", "labels_per_item", "reward_model",
             "al_strategy", "calibration_items", "calibration_accuracy",
-            "attention_rate")} | {"created_at": iso(project.created_at),
+            "attention_rate", "assist")} | {"created_at": iso(project.created_at),
                                "created_by": name.get(project.created_by)},
         "users": [{"name": r.name, "role": r.role, "token_hash": r.token_hash,
                    "password_hash": r.password_hash, "created_at": iso(r.created_at)}
@@ -64,8 +67,11 @@ def backup_project(store: Store, project_id: int) -> dict:
                      "created_by": name.get(t["created_by"])} for t in task_rows],
         "labels": [{"task": at[r["task_id"]], "user": name[r["user_id"]],
                     "value": r["value"], "reason": r["reason"],
-                    "shown_order": r["shown_order"],
+                    "shown_order": r["shown_order"], "assisted": r["assisted"],
                     "created_at": iso(r["created_at"])} for r in label_rows],
+        "suggestions": [{"task": at[r["task_id"]], "judge": r["judge"], "value": r["value"],
+                         "confidence": r["confidence"], "created_at": iso(r["created_at"])}
+                        for r in suggestion_rows],
         "resolutions": [{"task": at[r["task_id"]], "user": name[r["user_id"]],
                          "value": r["value"], "note": r["note"],
                          "created_at": iso(r["created_at"])} for r in resolution_rows],
@@ -114,6 +120,7 @@ def restore_project(store: Store, dump: dict, name: str | None = None) -> int:
                 calibration_items=p.get("calibration_items", 0),
                 calibration_accuracy=p.get("calibration_accuracy", 0.8),
                 attention_rate=p.get("attention_rate", 0.0),
+                assist=p.get("assist", "off"),
                 created_by=ids.get(p["created_by"]))).inserted_primary_key[0]
             for member in dump["members"]:
                 c.execute(members.insert().values(project_id=pid, user_id=ids[member],
@@ -127,8 +134,14 @@ def restore_project(store: Store, dump: dict, name: str | None = None) -> int:
             label_ids = [c.execute(labels.insert().values(
                 task_id=task_ids[r["task"]], user_id=ids[r["user"]], value=r["value"],
                 reason=r["reason"], shown_order=r.get("shown_order"),
+                assisted=r.get("assisted"),
                 created_at=when(r["created_at"]))).inserted_primary_key[0]
                 for r in dump["labels"]]
+            # backups written before AI assist existed have none
+            for r in dump.get("suggestions", []):
+                c.execute(suggestions.insert().values(
+                    task_id=task_ids[r["task"]], judge=r["judge"], value=r["value"],
+                    confidence=r["confidence"], created_at=when(r["created_at"])))
             # backups written before the label history existed have none
             for r in dump.get("label_history", []):
                 c.execute(label_history.insert().values(
