@@ -198,3 +198,19 @@ def test_create_project_with_judge_gold_stores_a_suggestion_per_task(tmp_path, c
     assert main(["annotate", "create-project", "--db", db, "--name", "p", "--update",
                  "--judge", "gpt"]) != 0
     store.dispose()
+
+
+def test_a_ranking_suggestion_names_the_positions_the_annotator_sees():
+    """Each annotator sees a ranking's responses in their own order, so the suggested order is
+    given as the positions on their page, not as the stored (canonical) indices."""
+    from alignkit.feedback.app import public_suggestion
+    from alignkit.feedback.store import shown_order
+
+    task = {"id": 17, "kind": "ranking", "responses": ["r0", "r1", "r2", "r3"]}
+    stored = {"value": {"ranking": [2, 0, 3, 1]}, "confidence": 0.75}
+    for user_id in (1, 2, 3):
+        order = shown_order(17, user_id, 4)  # order[position] = canonical index
+        shown = public_suggestion(stored, task, user_id)
+        assert [order[p - 1] for p in shown["ranking"]] == [2, 0, 3, 1]
+        assert shown["confidence"] == 0.75
+    assert public_suggestion(None, task, 1) is None
