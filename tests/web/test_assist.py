@@ -214,3 +214,32 @@ def test_a_ranking_suggestion_names_the_positions_the_annotator_sees():
         assert [order[p - 1] for p in shown["ranking"]] == [2, 0, 3, 1]
         assert shown["confidence"] == 0.75
     assert public_suggestion(None, task, 1) is None
+
+
+def test_admin_forms_set_assist_at_creation_and_on_the_dashboard(server):
+    url = server.url
+    s = requests.Session()
+    s.post(f"{url}/login", data={"token": ADMIN_TOKEN}, timeout=30)
+    r = s.post(f"{url}/admin/projects", data={"name": "form", "assist": "after"},
+               headers={"Origin": url}, timeout=30)
+    assert r.status_code == 200 and r.url.endswith("/admin/projects/1")
+    assert '<b id="assist-mode">after</b>' in r.text
+    store = Store(server.db_url)
+    assert store.project(1)["assist"] == "after"
+    other = f"http://127.0.0.1:{server.port + 1}"
+    r = s.post(f"{url}/admin/projects/1/assist", data={"assist": "off"},
+               headers={"Origin": other}, timeout=30)
+    assert r.status_code == 403 and store.project(1)["assist"] == "after"
+    r = s.post(f"{url}/admin/projects/1/assist", data={"assist": "before"},
+               headers={"Origin": url}, timeout=30)
+    assert r.status_code == 200 and '<b id="assist-mode">before</b>' in r.text
+    assert store.project(1)["assist"] == "before"
+    r = s.post(f"{url}/admin/projects/1/assist", data={"assist": "always"},
+               headers={"Origin": url}, timeout=30)
+    assert r.status_code == 422 and 'id="assist-error"' in r.text
+    assert store.project(1)["assist"] == "before"
+    assert [e["action"] for e in store.audit_of(1)][-1] == "set_assist"
+    r = s.post(f"{url}/admin/projects", data={"name": "bad", "assist": "sometimes"},
+               headers={"Origin": url}, timeout=30)
+    assert r.status_code == 422 and "assist must be one of" in r.text
+    store.dispose()

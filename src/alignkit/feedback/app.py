@@ -632,6 +632,21 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
             return dashboard_page(request, user, project_id, 400, upload_error=str(e))
         return dashboard_page(request, user, project_id, uploaded=added)
 
+    @app.post("/admin/projects/{project_id}/assist", response_class=HTMLResponse)
+    async def assist_form(request: Request, project_id: int):
+        """The dashboard's AI-suggestions form: change when annotators see the suggestion."""
+        user = admin_user(request)
+        store.project(project_id)
+        form = await request.form()
+        mode = form.get("assist")
+        try:
+            store.update_project(project_id, assist=mode if isinstance(mode, str) else "")
+        except UserError as e:
+            return dashboard_page(request, user, project_id, getattr(e, "status", 400),
+                                  assist_error=str(e))
+        store.record("set_assist", user, project_id, assist=mode)
+        return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
     def admin_home(request: Request, user: User, status: int = 200, **extra):
         return page(request, "admin_home.html", user, projects=store.projects_for(user),
                     roles=ROLES, status_code=status, **extra)
