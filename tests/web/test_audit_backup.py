@@ -64,7 +64,7 @@ def test_the_audit_log_records_who_did_what_and_keeps_undone_labels(server):
     undo = next(e for e in log if e["action"] == "undo")
     assert undo["detail"]["value"] == {"ranking": [2, 0, 1]}  # the undone label, kept
     assert undo["detail"]["labelled_at"] and undo["task_id"] is not None
-    assert log[-1]["detail"] == {"kind": "pairs", "mode": "aggregated",
+    assert log[-1]["detail"] == {"kind": "pairs", "mode": "aggregated", "format": "jsonl",
                                  "records": len(export.text.splitlines())}
     # annotators do not read it
     _, token = store.create_user("nosy")
