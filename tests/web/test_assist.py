@@ -243,3 +243,42 @@ def test_admin_forms_set_assist_at_creation_and_on_the_dashboard(server):
                headers={"Origin": url}, timeout=30)
     assert r.status_code == 422 and "assist must be one of" in r.text
     store.dispose()
+
+
+def test_create_project_with_a_reward_ensemble_judge(tmp_path, tiny_model_dir, capsys):
+    """``--judge reward:PATH``: a reward ensemble suggests, for each pair, the response it scores
+    higher, with the probability its combined rewards give (sigmoid of the difference)."""
+    import math
+
+    from alignkit.cli import main
+    from alignkit.models.reward import RewardModel
+    from tests.conftest import run_cli
+    from tests.smoke.test_reward_cli import write_prefs
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 32)
+    proc = run_cli("reward", "--model", str(tiny_model_dir), "--data", str(prefs), "--output",
+                   str(tmp_path / "rm"), "--ensemble", "2", "--max-steps", "4", "--lr", "0.003",
+                   "--eval-fraction", "0", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    assert main(["annotate", "create-project", "--db", db, "--name", "p", "--assist",
+                 "after"]) == 0
+    store = Store(db)
+    pid = store.project_by_name("p")["id"]
+    pairs = [("Why is the sky blue?", "Sunlight scatters off air molecules, blue the most.",
+              "why is the sky blue why is the sky blue"),
+             ("Name a fruit.", "Apple.", "An apple is a fruit that grows on trees.")]
+    ids = store.add_tasks(pid, [{"kind": "pairwise", "prompt": p, "responses": [a, b]}
+                                for p, a, b in pairs])
+    rm = str(tmp_path / "rm" / "final")
+    assert main(["annotate", "create-project", "--db", db, "--name", "p", "--update",
+                 "--judge", f"reward:{rm}"]) == 0
+    sugs = store.suggestions_of(pid)
+    assert set(sugs) == set(ids)
+    model = RewardModel.load(rm)
+    for tid, (p, a, b) in zip(ids, pairs):
+        ra, rb = model.score([p, p], [a, b]).combined.tolist()
+        assert sugs[tid]["value"] == {"choices": {"overall": "A" if ra > rb else "B"}}
+        assert sugs[tid]["confidence"] == pytest.approx(1 / (1 + math.exp(-abs(ra - rb))),
+                                                        abs=0.02)
+    store.dispose()
