@@ -39,11 +39,11 @@ def labelled_db(tmp_path):
                                             ("datasets", "pairs")])
 def test_cli_export_formats_load_as_reward_data(labelled_db, tmp_path, tiny_tokenizer, fmt,
                                                 pairs_name, capsys):
-    from alignkit.recipes.annotate import export
+    from alignkit.cli import run
 
     out = tmp_path / f"out-{fmt}"
-    counts = export(AnnotateExportConfig(db=labelled_db, project="fmt", output=str(out),
-                                         format=fmt))
+    counts = run(AnnotateExportConfig(db=labelled_db, project="fmt", output=str(out),
+                                      format=fmt))
     assert counts["pairs"] == 1 and counts["rankings"] == 1
     assert pairs_name in capsys.readouterr().out
     pairs = out / pairs_name
