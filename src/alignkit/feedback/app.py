@@ -197,6 +197,18 @@ def request_admin(store: Store, request: Request) -> User:
     return user
 
 
+def id_value(value: Any, name: str, optional: bool = False) -> int | None:
+    """An id field of a JSON body: an integer (``Invalid`` otherwise) naming a possible row
+    (``NotFound`` past ``MAX_ID``); None when ``optional`` and absent."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f'field "{name}" must be an integer')
+    if not 0 < value <= MAX_ID:
+        raise NotFound(f'no {name.removesuffix("_id")} {value}')
+    return value
+
+
 async def json_body(request: Request) -> dict:
     """The request's JSON object body (``Invalid`` for anything else)."""
     try:
@@ -461,12 +473,7 @@ def create_app(store: Store, limiter: SignInLimiter | None = None) -> FastAPI:
         return request_admin(store, request)
 
     def int_field(body: dict, name: str) -> int:
-        value = body.get(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid(f'field "{name}" must be an integer')
-        if not 0 < value <= MAX_ID:
-            raise NotFound(f'no {name.removesuffix("_id")} {value}')
-        return value
+        return id_value(body.get(name), name)
 
     def page(request: Request, name: str, user: Optional[User], status_code: int = 200, **ctx):
         return templates.TemplateResponse(request, name, {"user": user, **ctx},

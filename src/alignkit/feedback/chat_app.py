@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import html
 import secrets
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from alignkit.errors import UserError
 from alignkit.feedback.app import (COOKIE, MAX_ID, SECURITY_HEADERS, UNSAFE_METHODS, NotSignedIn,
-                                   SignInLimiter, cross_origin, json_body, request_admin,
+                                   SignInLimiter, cross_origin, id_value, json_body, request_admin,
                                    request_user)
 from alignkit.feedback.chat_page import CHAT_CSS, CHAT_JS
 from alignkit.feedback.store import (ChatFeedback, Invalid, NotFound, Store,
@@ -110,15 +110,6 @@ def create_chat_app(store: Store, generate: Generate, model_names: list[str],
 
     def admin_user(request: Request) -> User:
         return request_admin(store, request)
-
-    def an_id(value: Any, name: str, optional: bool = False) -> int | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid(f'field "{name}" must be an integer')
-        if not 0 < value <= MAX_ID:
-            raise NotFound(f"no {name.removesuffix('_id')} {value}")
-        return value
 
     def path_id(value: int, what: str) -> int:
         if not 0 < value <= MAX_ID:
@@ -230,7 +221,7 @@ conversation</button> <span id="status" role="status"></span></form>""")
     async def new_turn(request: Request):
         user = current_user(request)
         body = await json_body(request)
-        conversation_id = an_id(body.get("conversation_id"), "conversation_id", optional=True)
+        conversation_id = id_value(body.get("conversation_id"), "conversation_id", optional=True)
         side_by_side = body.get("side_by_side", False)
         if not isinstance(side_by_side, bool):
             raise Invalid('field "side_by_side" must be true or false')
@@ -249,7 +240,7 @@ conversation</button> <span id="status" role="status"></span></form>""")
     async def pick(request: Request, turn_id: int):
         user = current_user(request)
         body = await json_body(request)
-        chats.pick(user, path_id(turn_id, "turn"), an_id(body.get("answer_id"), "answer_id"))
+        chats.pick(user, path_id(turn_id, "turn"), id_value(body.get("answer_id"), "answer_id"))
         return {"turn_id": turn_id, "picked_answer_id": body["answer_id"]}
 
     @app.post("/api/answers/{answer_id}/rating")
@@ -293,7 +284,7 @@ conversation</button> <span id="status" role="status"></span></form>""")
     async def send_to_review(request: Request, conversation_id: int):
         admin = admin_user(request)
         body = await json_body(request)
-        project_id = an_id(body.get("project_id"), "project_id")
+        project_id = id_value(body.get("project_id"), "project_id")
         ids = chats.send_to_review(path_id(conversation_id, "conversation"), project_id, admin)
         return JSONResponse({"project_id": project_id, "task_ids": ids}, status_code=201)
 

@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from alignkit.errors import UserError
+from alignkit.feedback.quality import calibration_state, gold_score, quality_control
 
 log = logging.getLogger("alignkit.annotate")
 
@@ -755,8 +756,6 @@ class Store:
                    tasks.c.is_gold).order_by(labels.c.id)).all()
 
     def _quality_state(self, c, project: dict, user_id: int) -> dict:
-        from alignkit.feedback.quality import calibration_state, gold_score
-
         return calibration_state(project, [gold_score(r.kind, r.value, r.gold)
                                            for r in self._gold_labels(c, project["id"], user_id)])
 
@@ -1037,12 +1036,6 @@ class Store:
 def check_assist(assist: str) -> None:
     if assist not in ASSIST:
         raise Invalid(f"assist must be one of {', '.join(ASSIST)}, got {assist!r}")
-
-
-def quality_control(project: dict) -> bool:
-    from alignkit.feedback.quality import quality_control as qc
-
-    return qc(project)
 
 
 def check_quality_settings(calibration_items: int, calibration_accuracy: float,
