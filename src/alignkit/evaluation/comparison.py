@@ -37,6 +37,21 @@ def tokenise(texts: list, tokenizer, chat: str, max_prompt_length: int) -> list[
     return ids
 
 
+def answer_suite(model, tokenizer, suite: list, ids: list[list[int]], sampling,
+                 **common) -> tuple[list[str], dict, float]:
+    """One answer of ``model`` to each suite prompt (``ids``: the prompts tokenised, as
+    ``tokenise`` does; ``common``: ``measure_policy``'s seed, device, precision, batch size,
+    world, engine), scored by ``score_suite``. Returns (answers, scores, mean answer length)."""
+    from alignkit.evaluation.adversarial import score_suite
+    from alignkit.evaluation.policy import measure_policy
+
+    texts = [s.prompt for s in suite]
+    row = measure_policy(model, tokenizer, texts, ids, [None] * len(texts), None, None, None,
+                         sampling, samples=len(texts), **common)
+    answers = [s["response"] for s in row["samples"]]
+    return answers, score_suite(suite, answers), row["response_length"]
+
+
 def pick_suite(spec: str, per_category: int):
     """The adversarial suite of ``spec`` ('none': no suite), at most ``per_category`` prompts of
     each category (0: all)."""
@@ -74,7 +89,6 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
     the prompts (``measure_policy``), every process with the whole result. ``engine``: a rollout
     engine serving ``model`` that writes the answers."""
     from alignkit.data.prompts import load_prompts
-    from alignkit.evaluation.adversarial import score_suite
     from alignkit.evaluation.policy import measure_policy
 
     gold = None
@@ -94,15 +108,11 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
                          **common)
     out = Measured(held, row, [s["response"] for s in row.pop("samples")])
     if suite:
-        texts = [s.prompt for s in suite]
-        adv = measure_policy(model, tokenizer, texts,
-                             tokenise(texts, tokenizer, cfg.chat, cfg.max_prompt_length),
-                             [None] * len(texts), None, None, None, sampling,
-                             samples=len(texts), **common)
-        out.suite_answers = [s["response"] for s in adv["samples"]]
-        scored = score_suite(suite, out.suite_answers)
+        ids = tokenise([s.prompt for s in suite], tokenizer, cfg.chat, cfg.max_prompt_length)
+        out.suite_answers, scored, length = answer_suite(model, tokenizer, suite, ids, sampling,
+                                                         **common)
         out.suite_verdicts = scored.pop("verdicts")
-        row["adversarial"] = {**scored, "response_length": adv["response_length"]}
+        row["adversarial"] = {**scored, "response_length": length}
     return out
 
 

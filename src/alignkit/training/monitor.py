@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 
 from alignkit.data.prompts import Prompts
-from alignkit.evaluation.adversarial import score_suite
-from alignkit.evaluation.comparison import pick_suite, tokenise
+from alignkit.evaluation.comparison import answer_suite, pick_suite, tokenise
 from alignkit.evaluation.policy import measure_policy
 from alignkit.training.ppo import reference_logprobs
 from alignkit.training.rollout import sampling_config
@@ -84,18 +83,15 @@ class HackingMonitor:
         """The policy's answers to the adversarial suite scored: refusal, over-refusal and
         uncertainty rates, each category's own rate (``refusal_rate_harmful`` ...) and every
         answer with its verdict (``adversarial_samples``)."""
-        texts = [s.prompt for s in self.suite]
-        answers = measure_policy(policy, tokenizer, texts, self.suite_ids, [None] * len(texts),
-                                 None, None, None, sampling_config(self.cfg),
-                                 samples=len(texts), **common)["samples"]
-        scored = score_suite(self.suite, [a["response"] for a in answers])
+        answers, scored, _ = answer_suite(policy, tokenizer, self.suite, self.suite_ids,
+                                          sampling_config(self.cfg), **common)
         row = {k: scored[k] for k in ("refusal_rate", "over_refusal_rate", "uncertainty_rate")
                if scored[k] is not None}
         for category, c in scored["per_category"].items():
             row[f"{'uncertainty' if c['expect'] == 'uncertain' else 'refusal'}_rate_{category}"] \
                 = c["rate"]
         row["adversarial_samples"] = [
-            {"prompt": s.prompt, "category": s.category, "response": a["response"],
+            {"prompt": s.prompt, "category": s.category, "response": a,
              "refused": v["refused"], "uncertain": v["uncertain"]}
             for s, a, v in zip(self.suite, answers, scored["verdicts"])]
         return row
