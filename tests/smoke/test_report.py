@@ -228,3 +228,23 @@ def test_monitor_section_shows_the_refusal_curve(tmp_path):
     assert [y for _, y in figure.axes][-2:] == ["harmful + jailbreak refused (fraction)",
                                                   "benign refused (fraction)"]
     assert "refusal" in figure.caption
+
+
+def test_best_checkpoint_names_the_selected_step_and_its_regret(tmp_path):
+    """The last ``best`` row is logged at the run's last step; the checkpoint it names is its
+    ``selected_step``, and with gold measured the page gives that choice's gold regret."""
+    from alignkit.evaluation.report import build_report
+
+    stage = tmp_path / "run" / "ppo"
+    stage.mkdir(parents=True)
+    readings = [{"step": s, "split": "eval", "proxy": p, "gold": g, "kl": s / 4,
+                 "warnings": []} for s, p, g in ((0, 0.0, 1.76), (4, 0.44, 1.30),
+                                                (8, 0.33, 2.01))]
+    best = {"step": 8, "split": "best", "best_by": "lcb", "best_value": 0.443,
+            "selected_step": 4.0, "gold_best_step": 8, "selected_gold": 1.297,
+            "selection_regret": 0.711}
+    stage.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (*readings, best)))
+    page = build_report(tmp_path / "run").path.read_text()
+    assert "Best checkpoint (by lcb): step 4, value 0.443." in page
+    assert "Its gold 1.297; the gold-best reading (step 8) is 0.711 higher" in page

@@ -321,9 +321,18 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
         best = stage.split("best")
         if best:
             last = best[-1]
+            # a best row is logged at the step it was written; the checkpoint is selected_step
+            chosen = last.get("selected_step", last.get("step"))
+            chosen = int(chosen) if isinstance(chosen, float) and chosen.is_integer() else chosen
+            regret = ""
+            if last.get("selection_regret") is not None:
+                regret = (f" Its gold {fmt(last.get('selected_gold'))}; the gold-best reading "
+                          f"(step {plain(last.get('gold_best_step'))}) is "
+                          f"{fmt(last.get('selection_regret'))} higher (the choice's regret, "
+                          f"which a user without gold cannot see).")
             parts.append(Paragraph(f"Best checkpoint (by {plain(last.get('best_by'))}): step "
-                                   f"{plain(last.get('step'))}, value "
-                                   f"{fmt(last.get('best_value'))}."))
+                                   f"{plain(chosen)}, value {fmt(last.get('best_value'))}."
+                                   + regret))
     if not monitored:
         parts.append(page.note("no PPO stage with held-out monitor readings in this run "
                                "(skipped)"))
