@@ -1191,7 +1191,7 @@ class DemoConfig(RolloutArgs):
                    "output": "<output>/reward", "overwrite": "always", **_DEMO_RUN},
         "ppo": {"model": "the SFT policy, <output>/sft/final",
                 "reward_model": "the reward ensemble, <output>/reward/final",
-                "output": "<output>/ppo", "minibatch_size": "half of ppo.batch_size",
+                "output": "<output>/ppo",
                 "max_new_tokens": "--max-new-tokens",
                 "eval_prompts": "--compare-prompts, at most 16",
                 "eval_every": "a quarter of ppo.max_steps", "precision": "--precision",
@@ -1234,6 +1234,13 @@ class DemoConfig(RolloutArgs):
                                "shipped held-out prompts.", ge=1)
     best_of: int = opt(4, "n of the best-of-n baseline (SFT samples, reward ensemble picks).",
                        ge=1)
+    compare_samples: int = opt(2, "Answers per held-out prompt from each compared policy (its "
+                               "gold on a prompt is their mean: more answers, a smaller paired "
+                               "standard error).", ge=1)
+    best_of_pool: int = opt(8, "SFT answers per held-out prompt in the comparison (at least "
+                            "--best-of and --compare-samples): the SFT row averages them, and "
+                            "best-of-n is the exact expectation over every n of them (not one "
+                            "noisy draw of n).", ge=1)
     skip_ppo: bool = opt(False, "Leave out stage 3, PPO (as --ppo-steps 0 did).")
     skip_dpo: bool = opt(False, "Leave out stage 4, DPO (as --dpo-steps 0 did).")
     sft: SFTConfig = field(
@@ -1251,13 +1258,16 @@ class DemoConfig(RolloutArgs):
         metadata={"help": "stage 2, the MiniLM reward ensemble learned from the rankings"})
     ppo: PPOConfig = field(
         default_factory=functools.partial(
-            PPOConfig, lora=True, lr=5e-4, batch_size=8, ppo_epochs=2, max_steps=16,
-            kl_coef=0.05, combine="mean_minus_std", save_every=0),
+            PPOConfig, lora=True, lr=5e-4, batch_size=4, samples_per_prompt=4,
+            advantage="rloo", minibatch_size=4, ppo_epochs=2, max_steps=20, kl_coef=0.05,
+            combine="mean_minus_std", save_every=0),
         metadata={"help": "stage 3, PPO with LoRA against the ensemble (its combine also "
-                          "scores the comparison)"})
+                          "scores the comparison); 4 answers per prompt, each one's advantage "
+                          "its reward less the mean of the other three (RLOO): with 16 rollouts "
+                          "a step a value head learned too little to beat SFT on gold"})
     dpo: DPOConfig = field(
         default_factory=functools.partial(
-            DPOConfig, lora=True, lr=3e-4, beta=0.1, max_steps=24, batch_size=8, warmup_steps=2,
+            DPOConfig, lora=True, lr=3e-4, beta=0.1, max_steps=40, batch_size=8, warmup_steps=2,
             eval_fraction=0.1, eval_every=0, save_every=0, sample_prompts=None),
         metadata={"help": "stage 4, DPO with LoRA on the panel's rankings (warm-up at most "
                           "dpo.max_steps)"})
@@ -1275,6 +1285,9 @@ class DemoConfig(RolloutArgs):
     def validate(self) -> None:
         super().validate()
         self.label.validate()
+        if self.best_of_pool < max(self.best_of, self.compare_samples):
+            raise UserError(f"--best-of-pool {self.best_of_pool} must be at least --best-of "
+                            f"({self.best_of}) and --compare-samples ({self.compare_samples})")
 
     def shortened(self) -> "DemoConfig":
         """``--quick``: fewer steps, prompts and samples in every stage."""
@@ -1308,9 +1321,7 @@ class DemoConfig(RolloutArgs):
             "reward": replace(self.reward, data=labels, output=str(root / "reward"),
                               overwrite=True, **run_wide),
             "ppo": replace(self.ppo, model=sft_final, reward_model=reward_final,
-                           output=str(root / "ppo"),
-                           minibatch_size=max(1, self.ppo.batch_size // 2),
-                           max_new_tokens=self.max_new_tokens,
+                           output=str(root / "ppo"), max_new_tokens=self.max_new_tokens,
                            eval_prompts=min(self.compare_prompts, 16),
                            eval_every=max(1, self.ppo.max_steps // 4), precision=self.precision,
                            overwrite=True, **run_wide,

@@ -44,7 +44,8 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
     mean token entropy, the share of answers that ended, and a few samples. ``gold_se``: the
     standard error of the gold mean over prompts. ``per_prompt``: also ``gold_per_prompt``, the
     gold score of each prompt's answer in prompt order (two policies measured with the same
-    prompts and seed compare prompt by prompt: ``evaluation.paired``).
+    prompts and seed compare prompt by prompt: ``evaluation.paired``), and likewise
+    ``proxy_per_prompt`` (with ``reward_fn``), ``length_per_prompt`` and ``ended_per_prompt``.
 
     Under torchrun (``world``) each process samples and scores its contiguous share of the
     prompts and the per-prompt results are gathered, so every process returns the same row,
@@ -74,6 +75,10 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
         row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
         if per_prompt:
             row["gold_per_prompt"] = scores.tolist()
+    if per_prompt:
+        for key in ("proxy", "length", "ended"):
+            if key in every[0]:
+                row[f"{key}_per_prompt"] = [p[key] for p in every]
     row["samples"] = [{"prompt": t if isinstance(t, str) else t[-1]["content"],
                        "response": p["response"], "ended": p["ended"]}
                       for t, p in zip(texts[:samples], every[:samples])]

@@ -454,17 +454,21 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                                "RUN_DIR/eval; skipped)"))
     if demo and demo.get("policies"):
         parts.append(Heading("Demo comparison (held-out prompts)"))
-        parts.append(Table(["policy", "gold", "gold − SFT ± paired s.e.", "beyond noise?",
-                            "proxy", "KL to SFT (nats)", "length (tokens)", "ended"],
-                           [[n, fmt(r.get("gold")), *paired_cells(n, r), fmt(r.get("proxy")),
+        parts.append(Table(["policy", "answers per prompt", "gold", "gold − SFT ± paired s.e.",
+                            "beyond noise?", "proxy", "KL to SFT (nats)", "length (tokens)",
+                            "ended"],
+                           [[n, plain(r.get("answers_per_prompt", 1)), fmt(r.get("gold")),
+                             *paired_cells(n, r), fmt(r.get("proxy")),
                              fmt(r.get("kl"), ".2f"), fmt(r.get("response_length"), ".1f"),
                              pct(r.get("ended_fraction"))]
                             for n, r in demo["policies"].items()]))
         if any("gold_diff_vs_sft" in r for r in demo["policies"].values()):
             parts.append(Paragraph(
                 "gold − SFT: the mean of the per-prompt gold differences to the SFT policy (every "
-                "policy answered the same prompts with the same seed), ± their standard error; "
-                "beyond noise: |difference| ≥ 3 paired standard errors."))
+                "policy answered the same prompts with the same seed; a policy's gold on a prompt "
+                "is the mean over its answers), ± their standard error; beyond noise: "
+                "|difference| ≥ 3 paired standard errors. Best-of-n: the exact expectation over "
+                "every n of the SFT answers to a prompt, the ensemble keeping its favourite."))
     page.add("eval", "Evaluation", parts)
 
 

@@ -16,10 +16,8 @@ policy. Each stage prints its results as it ends; the long sampling loops show p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
-import statistics
 import textwrap
 import time
 from pathlib import Path
@@ -136,14 +134,19 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
 def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
                      reward_final: Path, device: str, sft_folder: str,
                      engine=None) -> tuple[dict, int]:
-    """Each policy answers the same held-out prompts with the same seed: gold score, proxy reward
-    (the ensemble), KL to the SFT policy (k1 on its own samples), length; best-of-n draws n SFT
-    answers per prompt and keeps the ensemble's favourite (KL: the closed form). Every row keeps
-    its per-prompt gold scores (``gold_per_prompt``) and its gold difference to SFT paired by
-    prompt (``paired_to_sft``). ``engine``: a vLLM engine that writes every policy's answers (it
-    loads each folder in turn)."""
+    """Each policy answers the same held-out prompts with the same seed, ``--compare-samples``
+    answers per prompt (the SFT policy ``--best-of-pool``): gold score, proxy reward (the
+    ensemble), KL to the SFT policy (k1 on its own samples), length. A policy's gold on a prompt
+    is the mean over its answers (``gold_per_prompt``, in prompt order), and its difference to
+    SFT is paired by prompt (``paired_to_sft``). Best-of-n is the exact expectation over every
+    n of the SFT answers to a prompt (the unbiased estimator of Nakano et al. 2021, app. I; KL:
+    the closed form), not one draw of n. ``engine``: a vLLM engine that writes every policy's
+    answers (it loads each folder in turn)."""
+    import torch
+
     from alignkit.data.prompts import load_prompts
-    from alignkit.evaluation.best_of_n import analytic_kl, best_of_n
+    from alignkit.evaluation.best_of_n import analytic_kl
+    from alignkit.evaluation.overoptimisation import best_of_n_expectation
     from alignkit.evaluation.policy import logprobs_under, measure_policy
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
@@ -151,48 +154,52 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
 
     prompts = load_prompts("demo-prompts-heldout", tokenizer)
     n = min(cfg.compare_prompts, len(prompts.ids))
-    prompts = dataclasses.replace(prompts, texts=prompts.texts[:n], ids=prompts.ids[:n],
-                                  categories=prompts.categories[:n])
     reward_fn = RewardFunction(str(reward_final), device, cfg.ppo.combine)
     gold = GoldScorer(token_counter=tokenizer)
     sft_model.eval()
 
     sft_logprobs = logprobs_under(sft_model)
     sampling = SamplingConfig(cfg.max_new_tokens, 1.0)
-    table = {}
+    table, pooled = {}, {}
     for name, spec in policies.items():
+        draws = cfg.best_of_pool if spec is None else cfg.compare_samples
         policy = sft_model if spec is None else load_model_and_tokenizer(spec, device)[0]
         if engine is not None:
             engine.serve_folder(spec or sft_folder)
-        table[name] = measure_policy(policy, tokenizer, prompts.texts, prompts.ids,
-                                     prompts.categories, sft_logprobs, reward_fn, gold, sampling,
-                                     seed=cfg.seed + 1, device=device, precision=cfg.precision,
-                                     engine=engine, per_prompt=True,
-                                     progress=progress_for(cfg, f"comparison: {name} answers "
-                                                                f"{n} held-out prompts"))
-        if spec is not None:
+        # the prompts repeated: answer j to prompt i is row j * n + i with its own seeded
+        # stream, so every policy's first answers are the ones a single draw gives
+        row = measure_policy(policy, tokenizer, prompts.texts[:n] * draws,
+                             prompts.ids[:n] * draws, prompts.categories[:n] * draws,
+                             # SFT's KL to itself is 0: no reference pass over its answers
+                             None if spec is None else sft_logprobs, reward_fn, gold,
+                             sampling, seed=cfg.seed + 1,
+                             device=device, precision=cfg.precision, engine=engine,
+                             per_prompt=True,
+                             progress=progress_for(cfg, f"comparison: {name} answers {n} "
+                                                        f"held-out prompts x {draws}"))
+        answers = {key: torch.tensor(row.pop(f"{key}_per_prompt"), dtype=torch.float64)
+                   .view(draws, n).T for key in ("gold", "proxy", "length", "ended")}
+        scores = answers["gold"].mean(1)
+        row.setdefault("kl", 0.0)
+        row.update(gold_per_prompt=scores.tolist(), answers_per_prompt=draws, prompts=n,
+                   gold_se=float(scores.std() / n ** 0.5) if n > 1 else 0.0)
+        table[name] = row
+        if spec is None:
+            pooled = answers
+        else:
             del policy
-    if cfg.best_of > 1:
-        if engine is not None:
-            engine.serve_folder(sft_folder)
-        picked = best_of_n(sft_model, tokenizer, prompts, reward_fn, cfg.best_of, sampling,
-                           cfg.seed + 1, device, cfg.precision, engine=engine,
-                           progress=progress_for(cfg, f"comparison: best-of-{cfg.best_of}, SFT "
-                                                      f"answers {n} held-out prompts x "
-                                                      f"{cfg.best_of}"))
-        rows = list(range(n))
-        ended = picked.ended[rows, picked.best]
-        scores = [float(s) for s in gold.score(prompts.texts, picked.picked(),
-                                               prompts.categories, ended.tolist())]
-        lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + int(e)
-                   for a, e in zip(picked.picked(), ended.tolist())]
+    if cfg.best_of > 1 and pooled:
+        def expected(key: str) -> torch.Tensor:  # (n,) the kept answer's value, in expectation
+            return best_of_n_expectation(pooled["proxy"], pooled[key], cfg.best_of)
+
+        scores = expected("gold")
         table[f"best-of-{cfg.best_of}"] = {
-            "gold": sum(scores) / n,
-            "gold_se": statistics.stdev(scores) / n ** 0.5 if n > 1 else 0.0,
-            "proxy": float(picked.rewards[rows, picked.best].mean()),
-            "kl": analytic_kl(cfg.best_of), "response_length": sum(lengths) / n,
-            "ended_fraction": float(ended.float().mean()), "prompts": n,
-            "gold_per_prompt": scores}
+            "gold": float(scores.mean()),
+            "gold_se": float(scores.std() / n ** 0.5) if n > 1 else 0.0,
+            "proxy": float(expected("proxy").mean()), "kl": analytic_kl(cfg.best_of),
+            "response_length": float(expected("length").mean()),
+            "ended_fraction": float(expected("ended").mean()), "prompts": n,
+            "answers_per_prompt": cfg.best_of_pool, "gold_per_prompt": scores.tolist()}
     paired_to_sft(table)
     return table, n
 
@@ -267,8 +274,10 @@ def reward_lines(cfg: DemoConfig, ev: dict, rep: dict) -> list[str]:
 
 
 def ppo_lines(cfg: DemoConfig, monitor: list[dict]) -> list[str]:
+    k = cfg.ppo.samples_per_prompt
     lines = [f"stage 3: PPO with LoRA, {cfg.ppo.max_steps} steps x {cfg.ppo.batch_size} "
-             f"prompts, reward = ensemble {cfg.ppo.combine}, KL coefficient {cfg.ppo.kl_coef}"]
+             f"prompts{f' x {k} answers' if k > 1 else ''}, advantage {cfg.ppo.advantage}, "
+             f"reward = ensemble {cfg.ppo.combine}, KL coefficient {cfg.ppo.kl_coef}"]
     if monitor:
         last = monitor[-1]
         gold = (f", gold {last['gold']:.3f} +/- {last.get('gold_se', 0.0):.3f}"
@@ -300,17 +309,19 @@ def comparison_lines(table: dict, n_compare: int) -> list[str]:
             verdict = f"yes, {'higher' if row['gold_diff_vs_sft'] > 0 else 'lower'}"
         return f"{row['gold_diff_vs_sft']:+.3f} +/- {row['gold_diff_se']:.3f}", verdict
 
-    lines = [f"held-out comparison on {n_compare} unseen prompts (one sampled answer each, same "
-             "seed; best-of-n: n SFT answers, the ensemble picks):",
-             f"  {'policy':<9} {'gold':>6} {'gold - SFT +/- s.e.':>20} {'beyond noise?':>13} "
-             f"{'proxy':>7} {'KL to SFT':>10} {'length':>7} {'ended':>6}"]
+    lines = [f"held-out comparison on {n_compare} unseen prompts (every policy the same prompts "
+             "and seed; best-of-n: the expectation over every n of the SFT answers, the ensemble "
+             "picks):",
+             f"  {'policy':<9} {'answers':>7} {'gold':>6} {'gold - SFT +/- s.e.':>20} "
+             f"{'beyond noise?':>13} {'proxy':>7} {'KL to SFT':>10} {'length':>7} {'ended':>6}"]
     for name, row in table.items():
         delta, verdict = diff(row, name)
-        lines.append(f"  {name:<9} {row['gold']:>6.3f} {delta:>20} {verdict:>13} "
-                     f"{row['proxy']:>7.3f} {row['kl']:>10.2f} {row['response_length']:>7.1f} "
-                     f"{row['ended_fraction']:>6.0%}")
-    lines.append("  gold - SFT: mean of the per-prompt differences, +/- their paired standard "
-                 "error; beyond noise: |difference| >= 3 paired s.e.")
+        lines.append(f"  {name:<9} {row.get('answers_per_prompt', 1):>7} {row['gold']:>6.3f} "
+                     f"{delta:>20} {verdict:>13} {row['proxy']:>7.3f} {row['kl']:>10.2f} "
+                     f"{row['response_length']:>7.1f} {row['ended_fraction']:>6.0%}")
+    lines.append("  answers: per prompt (a policy's gold on a prompt is their mean); gold - SFT: "
+                 "mean of the per-prompt differences, +/- their paired standard error; beyond "
+                 "noise: |difference| >= 3 paired s.e.")
     return lines
 
 
