@@ -1237,7 +1237,7 @@ class DemoConfig(RolloutArgs):
     compare_samples: int = opt(2, "Answers per held-out prompt from each compared policy (its "
                                "gold on a prompt is their mean: more answers, a smaller paired "
                                "standard error).", ge=1)
-    best_of_pool: int = opt(8, "SFT answers per held-out prompt in the comparison (at least "
+    best_of_pool: int = opt(6, "SFT answers per held-out prompt in the comparison (at least "
                             "--best-of and --compare-samples): the SFT row averages them, and "
                             "best-of-n is the exact expectation over every n of them (not one "
                             "noisy draw of n).", ge=1)
@@ -1267,7 +1267,7 @@ class DemoConfig(RolloutArgs):
                           "a step a value head learned too little to beat SFT on gold"})
     dpo: DPOConfig = field(
         default_factory=functools.partial(
-            DPOConfig, lora=True, lr=3e-4, beta=0.1, max_steps=40, batch_size=8, warmup_steps=2,
+            DPOConfig, lora=True, lr=3e-4, beta=0.1, max_steps=32, batch_size=8, warmup_steps=2,
             eval_fraction=0.1, eval_every=0, save_every=0, sample_prompts=None),
         metadata={"help": "stage 4, DPO with LoRA on the panel's rankings (warm-up at most "
                           "dpo.max_steps)"})

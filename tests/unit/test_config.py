@@ -485,9 +485,9 @@ FLAT_DEMO_DEFAULTS = {
 }
 # defaults the demo changed on purpose since the flat one (a saved flat config keeps the value it
 # names): the comparison uses all 96 held-out prompts, for a paired standard error that can tell
-# the policies apart; DPO runs 40 steps (at 24 its gold gain over SFT was within noise); PPO
+# the policies apart; DPO runs 32 steps (at 24 its gold gain over SFT was within noise); PPO
 # samples 4 answers to each of 4 prompts a step for 20 steps (below, its RLOO advantage)
-CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 40, "ppo_steps": 20,
+CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_steps": 20,
                          "ppo_batch_size": 4}
 
 

@@ -98,11 +98,21 @@ def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()
-    with autocast(device, precision):
-        fwd = response_logprobs(policy, rollout.query, rollout.query_mask, rollout.response,
-                                rollout.response_mask, sampling.temperature or 1.0,
-                                with_entropy=True)
-        ref = reference_logprobs(rollout) if reference_logprobs is not None else None
+    logprobs, entropy, ref_parts = [], [], []
+    # batch by batch: the logits of every answer at once (answers x tokens x vocabulary) would
+    # take gigabytes for a few hundred answers
+    for start in range(0, len(rows), batch_size):
+        part = rollout.select(torch.arange(start, min(start + batch_size, len(rows))))
+        with autocast(device, precision):
+            fwd = response_logprobs(policy, part.query, part.query_mask, part.response,
+                                    part.response_mask, sampling.temperature or 1.0,
+                                    with_entropy=True)
+            if reference_logprobs is not None:
+                ref_parts.append(reference_logprobs(part))
+        logprobs.append(fwd["logprobs"])
+        entropy.append(fwd["entropy"])
+    fwd = {"logprobs": torch.cat(logprobs), "entropy": torch.cat(entropy)}
+    ref = torch.cat(ref_parts) if ref_parts else None
     policy.train(was)
     responses = decode_responses(tokenizer, rollout)
     ended = rollout.ended.tolist()

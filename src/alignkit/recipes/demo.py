@@ -181,6 +181,9 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
                    .view(draws, n).T for key in ("gold", "proxy", "length", "ended")}
         scores = answers["gold"].mean(1)
         row.setdefault("kl", 0.0)
+        # every answer's gold and proxy, (prompts, answers): best-of-n can be checked by hand
+        row.update(gold_per_answer=answers["gold"].tolist(),
+                   proxy_per_answer=answers["proxy"].tolist())
         row.update(gold_per_prompt=scores.tolist(), answers_per_prompt=draws, prompts=n,
                    gold_se=float(scores.std() / n ** 0.5) if n > 1 else 0.0)
         table[name] = row
