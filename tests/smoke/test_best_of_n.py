@@ -74,3 +74,33 @@ def test_cli_with_a_reward_model(tiny_model_dir, tmp_path):
     again = run_cli("best-of-n", "--model", str(tiny_model_dir), "--reward-model",
                     str(tmp_path / "rm" / "final"), "--output", str(out))
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_measure_policy_is_the_same_batch_by_batch(tiny_model_dir, tmp_path):
+    """``measure_policy`` samples and scores its answers batch by batch (all the answers' logits
+    at once do not fit in memory for a few hundred): the answers, their KL to the reference,
+    entropy, length and reward are the same whatever the batch size, and a policy's KL to
+    itself is exactly 0."""
+    from alignkit.data.prompts import load_prompts
+    from alignkit.evaluation.policy import logprobs_under, measure_policy
+    from alignkit.generation.sampler import SamplingConfig
+    from alignkit.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir), "cpu")
+    reference, _ = load_model_and_tokenizer(str(tiny_model_dir), "cpu")
+    with torch.no_grad():  # a different reference, so that the KL is not 0
+        next(reference.parameters()).mul_(1.5)
+    prompts = load_prompts(str(write_prompts(tmp_path / "p.jsonl", 7)), tok)
+    texts, ids = prompts.texts * 3, prompts.ids * 3  # 21 answers: batches of 4 leave 1
+    rows = {size: measure_policy(model, tok, texts, ids, [None] * 21, logprobs_under(reference),
+                                 space_share, None, SamplingConfig(12, 1.0), seed=5,
+                                 batch_size=size, per_prompt=True) for size in (4, 21)}
+    small, whole = rows[4], rows[21]
+    assert small["proxy_per_prompt"] == pytest.approx(whole["proxy_per_prompt"], abs=1e-6)
+    assert small["length_per_prompt"] == whole["length_per_prompt"]
+    for key in ("kl", "entropy", "response_length", "proxy"):
+        assert small[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5), key
+    assert whole["kl"] > 0.01
+    itself = measure_policy(model, tok, texts, ids, [None] * 21, logprobs_under(model), None,
+                            None, SamplingConfig(12, 1.0), seed=5, batch_size=4)
+    assert itself["kl"] == 0.0
