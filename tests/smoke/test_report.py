@@ -241,7 +241,7 @@ def test_best_checkpoint_names_the_selected_step_and_its_regret(tmp_path):
                  "warnings": []} for s, p, g in ((0, 0.0, 1.76), (4, 0.44, 1.30),
                                                 (8, 0.33, 2.01))]
     best = {"step": 8, "split": "best", "best_by": "lcb", "best_value": 0.443,
-            "selected_step": 4.0, "gold_best_step": 8, "selected_gold": 1.297,
+            "selected_step": 4.0, "gold_best_step": 8.0, "selected_gold": 1.297,
             "selection_regret": 0.711}
     stage.joinpath("metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in (*readings, best)))

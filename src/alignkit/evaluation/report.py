@@ -322,12 +322,14 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
         if best:
             last = best[-1]
             # a best row is logged at the step it was written; the checkpoint is selected_step
-            chosen = last.get("selected_step", last.get("step"))
-            chosen = int(chosen) if isinstance(chosen, float) and chosen.is_integer() else chosen
+            def step_of(value):  # metrics.jsonl may hold a step as 4.0
+                return int(value) if isinstance(value, float) and value.is_integer() else value
+
+            chosen = step_of(last.get("selected_step", last.get("step")))
             regret = ""
             if last.get("selection_regret") is not None:
                 regret = (f" Its gold {fmt(last.get('selected_gold'))}; the gold-best reading "
-                          f"(step {plain(last.get('gold_best_step'))}) is "
+                          f"(step {plain(step_of(last.get('gold_best_step')))}) is "
                           f"{fmt(last.get('selection_regret'))} higher (the choice's regret, "
                           f"which a user without gold cannot see).")
             parts.append(Paragraph(f"Best checkpoint (by {plain(last.get('best_by'))}): step "
