@@ -87,6 +87,10 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
         assert row["gold_diff_vs_sft"] == pytest.approx(row["gold"] - policies["sft"]["gold"])
         assert row["gold_diff_se"] >= 0 and isinstance(row["beyond_noise"], bool), name
     assert "beyond noise?" in proc.stdout
-    assert (out / "ppo" / "final" / "value_head.safetensors").is_file()
+    # RLOO's baseline is the other answers to the prompt: the PPO policy has no value head
+    final = out / "ppo" / "final"
+    assert (final / "model.safetensors").is_file() and (final / "adapter").is_dir()
+    assert not (final / "value_head.safetensors").exists()
+    assert "advantage rloo" in proc.stdout
     assert (out / "ppo" / "monitor.png").stat().st_size > 1000
     assert "stage 3: PPO" in proc.stdout
