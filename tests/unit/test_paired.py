@@ -59,3 +59,14 @@ def test_a_policy_against_itself_and_the_edge_cases():
         paired_difference([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="no prompts"):
         paired_difference([], [])
+
+
+def test_standard_error_by_hand():
+    import torch
+
+    from alignkit.evaluation.paired import standard_error
+
+    # mean 2.5, sample variance ((1.5^2 + 0.5^2) * 2) / 3 = 5/3, se = sqrt(5/3) / 2
+    assert standard_error(torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(
+        math.sqrt(5 / 3) / 2)
+    assert standard_error(torch.tensor([7.0])) == 0.0

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from alignkit.evaluation.best_of_n import analytic_kl
+from alignkit.evaluation.paired import standard_error
 from alignkit.evaluation.scaling_laws import GaoFit, fit_gao
 from alignkit.losses.reward import combine_ensemble
 
@@ -81,12 +82,8 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int]) 
         proxies = best_of_n_expectation(proxy, proxy, n)
         kl = analytic_kl(n)
         points.append({"n": n, "kl": kl, "d": math.sqrt(kl), "gold": float(golds.mean()),
-                       "gold_se": _se(golds), "proxy": float(proxies.mean())})
+                       "gold_se": standard_error(golds), "proxy": float(proxies.mean())})
     return points
-
-
-def _se(values: torch.Tensor) -> float:
-    return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else 0.0
 
 
 def fit_curve(points: Sequence[dict], form: str) -> dict | None:

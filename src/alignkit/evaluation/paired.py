@@ -12,6 +12,13 @@ from collections.abc import Sequence
 NOISE_THRESHOLD = 3.0
 
 
+def standard_error(values) -> float:
+    """The standard error of the mean of ``values`` (a 1-D tensor, one score per prompt):
+    sample std / sqrt(n); 0.0 for fewer than two values."""
+    n = values.numel()
+    return float(values.std() / math.sqrt(n)) if n > 1 else 0.0
+
+
 def paired_difference(policy: Sequence[float], baseline: Sequence[float],
                       threshold: float = NOISE_THRESHOLD) -> dict:
     """Per-prompt scores of a policy and of a baseline on the same prompts, in the same order

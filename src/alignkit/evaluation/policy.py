@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from alignkit.evaluation.paired import standard_error
 from alignkit.generation.sampler import (Rollout, SamplingConfig, response_logprobs, row_seed,
                                          sample)
 from alignkit.losses.ppo import kl_estimate
@@ -72,7 +73,7 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
         scores = torch.tensor([p["gold"] for p in every], dtype=torch.float64)
         row["gold"] = float(scores.mean())
         # standard error of that mean over prompts: how much of a change is noise
-        row["gold_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
+        row["gold_se"] = standard_error(scores)
         if per_prompt:
             row["gold_per_prompt"] = scores.tolist()
     if per_prompt:

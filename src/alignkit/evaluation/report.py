@@ -292,6 +292,11 @@ def curves_section(page: Page, stages: list[Stage]) -> None:
     page.add("curves", "Training curves", parts)
 
 
+def step_of(value):
+    """A step as metrics.jsonl may hold it (4.0) printed as the integer it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def monitor_section(page: Page, stages: list[Stage]) -> None:
     parts: list[Block | None] = []
     monitored = [s for s in stages if s.kind == "ppo" and any("proxy" in r or "gold" in r
@@ -322,9 +327,6 @@ def monitor_section(page: Page, stages: list[Stage]) -> None:
         if best:
             last = best[-1]
             # a best row is logged at the step it was written; the checkpoint is selected_step
-            def step_of(value):  # metrics.jsonl may hold a step as 4.0
-                return int(value) if isinstance(value, float) and value.is_integer() else value
-
             chosen = step_of(last.get("selected_step", last.get("step")))
             regret = ""
             if last.get("selection_regret") is not None:

@@ -147,6 +147,7 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.best_of_n import analytic_kl
     from alignkit.evaluation.overoptimisation import best_of_n_expectation
+    from alignkit.evaluation.paired import standard_error
     from alignkit.evaluation.policy import logprobs_under, measure_policy
     from alignkit.generation.sampler import SamplingConfig
     from alignkit.judges.gold import GoldScorer
@@ -183,9 +184,8 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
         row.setdefault("kl", 0.0)
         # every answer's gold and proxy, (prompts, answers): best-of-n can be checked by hand
         row.update(gold_per_answer=answers["gold"].tolist(),
-                   proxy_per_answer=answers["proxy"].tolist())
-        row.update(gold_per_prompt=scores.tolist(), answers_per_prompt=draws, prompts=n,
-                   gold_se=float(scores.std() / n ** 0.5) if n > 1 else 0.0)
+                   proxy_per_answer=answers["proxy"].tolist(), gold_per_prompt=scores.tolist(),
+                   answers_per_prompt=draws, prompts=n, gold_se=standard_error(scores))
         table[name] = row
         if spec is None:
             pooled = answers
@@ -198,7 +198,7 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
         scores = expected("gold")
         table[f"best-of-{cfg.best_of}"] = {
             "gold": float(scores.mean()),
-            "gold_se": float(scores.std() / n ** 0.5) if n > 1 else 0.0,
+            "gold_se": standard_error(scores),
             "proxy": float(expected("proxy").mean()), "kl": analytic_kl(cfg.best_of),
             "response_length": float(expected("length").mean()),
             "ended_fraction": float(expected("ended").mean()), "prompts": n,
