@@ -485,10 +485,9 @@ FLAT_DEMO_DEFAULTS = {
 }
 # defaults the demo changed on purpose since the flat one (a saved flat config keeps the value it
 # names): the comparison uses all 96 held-out prompts, for a paired standard error that can tell
-# the policies apart; DPO runs 32 steps (at 24 its gold gain over SFT was within noise); PPO
-# samples 4 answers to each of 4 prompts a step for 20 steps (below, its RLOO advantage)
-CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_steps": 20,
-                         "ppo_batch_size": 4}
+# the policies apart; DPO runs 48 steps (at 24 and 32 its gold gain over SFT was within
+# noise); PPO samples 4 answers to each of 4 prompts a step (below, its RLOO advantage)
+CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 48, "ppo_batch_size": 4}
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
@@ -815,3 +814,16 @@ def test_the_comparison_pool_holds_best_of_and_compare_samples(flags):
     cfg = build_config(DemoConfig, parse("demo", [*flags, "--best-of-pool", "16"]))
     cfg.validate()
     assert cfg.best_of_pool == 16
+
+
+def test_the_base_model_answers_at_most_as_often_as_the_compared_policies():
+    """The base model's answers in the comparison are capped by --compare-samples (a clear
+    error before anything loads); one answer each is the default."""
+    assert DemoConfig().base_samples == 1
+    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "3"]))
+    with pytest.raises(UserError, match="--base-samples 3 must be at most --compare-samples"):
+        cfg.validate()
+    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "3", "--compare-samples",
+                                                  "3"]))
+    cfg.validate()
+    assert (cfg.base_samples, cfg.compare_samples) == (3, 3)

@@ -135,9 +135,9 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
                      reward_final: Path, device: str, sft_folder: str,
                      engine=None) -> tuple[dict, int]:
     """Each policy answers the same held-out prompts with the same seed, ``--compare-samples``
-    answers per prompt (the SFT policy ``--best-of-pool``): gold score, proxy reward (the
-    ensemble), KL to the SFT policy (k1 on its own samples), length. A policy's gold on a prompt
-    is the mean over its answers (``gold_per_prompt``, in prompt order), and its difference to
+    answers per prompt (the SFT policy ``--best-of-pool``, the base model ``--base-samples``):
+    gold score, proxy reward (the ensemble), KL to the SFT policy (k1 on its own samples),
+    length. A policy's gold on a prompt is the mean over its answers (``gold_per_prompt``, in prompt order), and its difference to
     SFT is paired by prompt (``paired_to_sft``). Best-of-n is the exact expectation over every
     n of the SFT answers to a prompt (the unbiased estimator of Nakano et al. 2021, app. I; KL:
     the closed form), not one draw of n. ``engine``: a vLLM engine that writes every policy's
@@ -163,7 +163,8 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     sampling = SamplingConfig(cfg.max_new_tokens, 1.0)
     table, pooled = {}, {}
     for name, spec in policies.items():
-        draws = cfg.best_of_pool if spec is None else cfg.compare_samples
+        draws = (cfg.best_of_pool if spec is None else
+                 cfg.base_samples if name == "base" else cfg.compare_samples)
         policy = sft_model if spec is None else load_model_and_tokenizer(spec, device)[0]
         if engine is not None:
             engine.serve_folder(spec or sft_folder)
