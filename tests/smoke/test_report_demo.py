@@ -72,8 +72,8 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     assert (policies["sft"]["gold_diff_vs_sft"], policies["sft"]["gold_diff_se"],
             policies["sft"]["beyond_noise"]) == (0.0, 0.0, False)
     # a policy's gold on a prompt is the mean over its answers (2 each, the base model 1, SFT
-    # 6); best-of-4 is the mean, over all 15 ways to draw 4 of the 6 SFT answers, of the gold of the draw's
-    # highest-proxy answer (the first of tied ones), enumerated here by brute force
+    # 6); best-of-4 is the mean, over all 15 ways to draw 4 of the 6 SFT answers, of the gold
+    # of the draw's highest-proxy answer (the first of tied ones), enumerated here by brute force
     for name, row in policies.items():
         if name != "best-of-4":
             assert [len(a) for a in row["gold_per_answer"]] == [row["answers_per_prompt"]] * 6
