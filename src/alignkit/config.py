@@ -1238,7 +1238,7 @@ class DemoConfig(RolloutArgs):
                                "gold on a prompt is their mean: more answers, a smaller paired "
                                "standard error).", ge=1)
     base_samples: int = opt(1, "Answers per held-out prompt from the base model in the "
-                            "comparison (at most --compare-samples): it trails SFT by about 25 "
+                            "comparison (at most --compare-samples): it trails SFT by about 20 "
                             "paired standard errors with one, so more buy nothing but time.",
                             ge=1)
     best_of_pool: int = opt(6, "SFT answers per held-out prompt in the comparison (at least "

@@ -137,10 +137,10 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     """Each policy answers the same held-out prompts with the same seed, ``--compare-samples``
     answers per prompt (the SFT policy ``--best-of-pool``, the base model ``--base-samples``):
     gold score, proxy reward (the ensemble), KL to the SFT policy (k1 on its own samples),
-    length. A policy's gold on a prompt is the mean over its answers (``gold_per_prompt``, in prompt order), and its difference to
-    SFT is paired by prompt (``paired_to_sft``). Best-of-n is the exact expectation over every
-    n of the SFT answers to a prompt (the unbiased estimator of Nakano et al. 2021, app. I; KL:
-    the closed form), not one draw of n. ``engine``: a vLLM engine that writes every policy's
+    length. A policy's gold on a prompt is the mean over its answers (``gold_per_prompt``, in
+    prompt order), and its difference to SFT is paired by prompt (``paired_to_sft``). Best-of-n
+    is the exact expectation over every n of the SFT answers to a prompt (the unbiased
+    estimator of Nakano et al. 2021, app. I; KL: the closed form), not one draw of n. ``engine``: a vLLM engine that writes every policy's
     answers (it loads each folder in turn)."""
     import torch
 
