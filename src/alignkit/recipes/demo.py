@@ -140,8 +140,9 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     length. A policy's gold on a prompt is the mean over its answers (``gold_per_prompt``, in
     prompt order), and its difference to SFT is paired by prompt (``paired_to_sft``). Best-of-n
     is the exact expectation over every n of the SFT answers to a prompt (the unbiased
-    estimator of Nakano et al. 2021, app. I; KL: the closed form), not one draw of n. ``engine``: a vLLM engine that writes every policy's
-    answers (it loads each folder in turn)."""
+    estimator of Nakano et al. 2021, app. I; KL: the closed form), not one draw of n.
+    ``engine``: a vLLM engine that writes every policy's answers (it loads each folder in
+    turn)."""
     import torch
 
     from alignkit.data.prompts import load_prompts
