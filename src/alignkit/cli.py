@@ -155,11 +155,12 @@ def run_stage(name: str, cfg, **kwargs):
 DATA_PARALLEL = {"sft", "reward", "dpo", "ppo", "online-dpo", "label", "eval", "best-of-n"}
 
 
-def leave_process_group(together: bool = False) -> None:
+def leave_process_group(together: bool = False) -> bool:
     """Under torchrun: leave the process group when the stage is over (a plain run never
-    imported torch.distributed). ``together`` (the stage succeeded on this process): first wait
-    for the others, so that no process tears its connections down while another still writes
-    (the first process often has the files left to write)."""
+    imported torch.distributed); True when there was one to leave. ``together`` (the stage
+    succeeded on this process): first wait for the others, so that no process tears its
+    connections down while another still writes (the first process often has the files left
+    to write)."""
     if "torch.distributed" in sys.modules:
         import torch.distributed as dist
 
@@ -167,6 +168,22 @@ def leave_process_group(together: bool = False) -> None:
             if together:
                 dist.barrier()
             dist.destroy_process_group()
+            return True
+    return False
+
+
+def end_process(code: int) -> None:
+    """End a process that left a process group without the interpreter's teardown: a gloo
+    thread still alive when the interpreter destroys its objects can abort a process whose
+    work is done (SIGABRT, "terminate called without an active exception"), and torchrun then
+    fails the whole run. Every file is written and closed by now; the streams and the log
+    handlers are flushed first."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def run(cfg, **kwargs):
@@ -199,21 +216,23 @@ def main(argv: list[str] | None = None) -> int:
               f"runs in one process (under torchrun: {', '.join(sorted(DATA_PARALLEL))}); "
               "launch it without torchrun", file=sys.stderr)
         return 2
-    succeeded = False
+    succeeded, code = False, 0
     try:
         cfg = build_config(STAGES[args.stage][0], args)
         run_stage(args.stage, cfg)
         succeeded = True
     except UserError as e:
         print(f"alignkit {args.stage}: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print(f"alignkit {args.stage}: interrupted (checkpoints already written are intact; "
               "continue with --resume)", file=sys.stderr)
-        return 130
+        code = 130
     finally:
-        leave_process_group(together=succeeded)
-    return 0
+        left = leave_process_group(together=succeeded)
+    if left:
+        end_process(code)
+    return code
 
 
 if __name__ == "__main__":

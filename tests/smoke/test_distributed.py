@@ -131,6 +131,28 @@ def test_a_grad_accum_the_ranks_cannot_share_is_refused(tiny_model_dir, tmp_path
     assert "Traceback" not in proc.stderr.split("alignkit sft: error")[0][-2000:]
 
 
+def test_a_process_in_a_group_ends_without_the_interpreters_teardown(tmp_path):
+    """A stage that leaves a process group ends the process at once with its exit code (a gloo
+    thread alive during the interpreter's teardown can abort a finished process): what it
+    printed is flushed, the user error keeps code 2, and no exit handler runs."""
+    script = (
+        "import atexit, socket, sys, torch.distributed as dist\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()\n"
+        "dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, "
+        "world_size=1)\n"
+        "atexit.register(print, 'the interpreter tore down')\n"
+        "print('in the group', end='')\n"
+        "from alignkit.cli import main\n"
+        f"sys.exit(main(['sft', '--data', '{tmp_path / 'missing.jsonl'}', '--max-steps', '1', "
+        f"'--output', '{tmp_path / 'out'}']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stdout == "in the group"
+    assert "alignkit sft: error" in proc.stderr and "missing.jsonl" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_token_budget_micro_batches_train_the_same_steps(tiny_model_dir, tmp_path):
     """``--max-tokens-per-micro-batch`` changes how a step's examples are cut (by padded
     tokens, shared out evenly over the processes), not what the step computes: one process with
