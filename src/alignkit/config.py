@@ -1735,7 +1735,9 @@ class EvalConfig(RolloutArgs):
                                  "--skip-invalid).", ge=1)
     temperature: float = opt(1.0, "Sampling temperature (0: greedy).", ge=0)
     top_p: float = opt(1.0, "Nucleus sampling (1: off).", gt=0, le=1)
-    batch_size: int = opt(16, "Sequences sampled per generate call.", ge=1)
+    batch_size: int = opt(64, "Answers decoded at once (a wider batch decodes faster until "
+                          "memory binds; log-probs and KL are computed 16 answers at a time).",
+                          ge=1)
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     skip_invalid: bool = opt(False, "Drop invalid prompts (counted) instead of stopping.")
     seed: int = opt(42, "Seed of the sampling (every policy draws with the same seed) and of "

@@ -40,7 +40,7 @@ def tokenise(texts: list, tokenizer, chat: str, max_prompt_length: int) -> list[
 def answer_suite(model, tokenizer, suite: list, ids: list[list[int]], sampling,
                  **common) -> tuple[list[str], dict, float]:
     """One answer of ``model`` to each suite prompt (``ids``: the prompts tokenised, as
-    ``tokenise`` does; ``common``: ``measure_policy``'s seed, device, precision, batch size,
+    ``tokenise`` does; ``common``: ``measure_policy``'s seed, device, precision, sampling batch,
     world, engine), scored by ``score_suite``. Returns (answers, scores, mean answer length)."""
     from alignkit.evaluation.adversarial import score_suite
     from alignkit.evaluation.policy import measure_policy
@@ -102,7 +102,7 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
         k = cfg.max_prompts
         held = Prompts(held.texts[:k], held.ids[:k], held.categories[:k])
     common = dict(seed=cfg.seed, device=device, precision=cfg.precision,
-                  batch_size=cfg.batch_size, world=world, engine=engine)
+                  sampling_batch=cfg.batch_size, world=world, engine=engine)
     row = measure_policy(model, tokenizer, held.texts, held.ids, held.categories,
                          reference_logprobs, reward_fn, gold, sampling, samples=len(held.ids),
                          **common)

@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 
 from alignkit.evaluation.paired import standard_error
-from alignkit.generation.sampler import (Rollout, SamplingConfig, response_logprobs, row_seed,
-                                         sample)
+from alignkit.generation.sampler import (SAMPLING_BATCH, Rollout, SamplingConfig,
+                                         response_logprobs, row_seed, sample)
 from alignkit.losses.ppo import kl_estimate
 from alignkit.models.precision import autocast
 from alignkit.utils.distributed import World, gather_shares, share
@@ -37,7 +37,8 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
                    reward_fn=None, gold=None, sampling: SamplingConfig = SamplingConfig(),
                    seed: int = 0, device: str = "cpu", precision: str = "auto",
                    batch_size: int = 16, samples: int = 3, world: World = World(),
-                   engine=None, progress: str | None = None, per_prompt: bool = False) -> dict:
+                   engine=None, progress: str | None = None, per_prompt: bool = False,
+                   sampling_batch: int = SAMPLING_BATCH) -> dict:
     """Sample one answer per prompt (prompt i draws from its own stream, seeded by (``seed``,
     i): the same answers at every call and whatever the batch, the caller's RNG untouched),
     then report the mean proxy reward (``reward_fn``), gold score (``gold``), KL to the
@@ -53,13 +54,15 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
     the one a single process computes (up to float rounding). ``engine``: a rollout engine that
     writes the answers (entropy and KL stay ``policy``'s own numbers). ``progress``: the
     description of a progress bar on stderr over the answers (None: none; under torchrun the
-    first process shows its own share)."""
+    first process shows its own share). ``sampling_batch`` answers are decoded at once, and the
+    log-probs, entropy and KL are computed ``batch_size`` answers at a time (their logits span
+    the vocabulary)."""
     if not ids:
         raise ValueError("no prompts to measure the policy on")
     mine = share(list(range(len(ids))), world)
     per_prompt = (_measure_prompts(policy, tokenizer, texts, ids, categories, mine,
                                    reference_logprobs, reward_fn, gold, sampling, seed, device,
-                                   precision, batch_size, engine,
+                                   precision, batch_size, sampling_batch, engine,
                                    progress if world.is_main else None) if mine else [])
     every = gather_shares(per_prompt, world)
     tokens = sum(p["length"] for p in every)
@@ -88,13 +91,15 @@ def measure_policy(policy, tokenizer, texts: list, ids: list[list[int]], categor
 
 def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
                      reference_logprobs, reward_fn, gold, sampling: SamplingConfig, seed: int,
-                     device: str, precision: str, batch_size: int, engine=None,
+                     device: str, precision: str, batch_size: int, sampling_batch: int,
+                     engine=None,
                      progress: str | None = None) -> list[dict]:
     """``measure_policy``'s numbers for the prompts ``rows``, one dict per prompt."""
     with autocast(device, precision):
         rollout = sample(policy, [ids[i] for i in rows], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, sampling, with_logprobs=False,
-                         batch_size=batch_size, row_seeds=[row_seed(seed, i) for i in rows],
+                         batch_size=sampling_batch,
+                         row_seeds=[row_seed(seed, i) for i in rows],
                          engine=engine, progress=progress)
     mask = rollout.response_mask.float()
     was = policy.training

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from alignkit.data.tokenize import use_chat_template
-from alignkit.generation.sampler import row_seed
+from alignkit.generation.sampler import SAMPLING_BATCH, row_seed
 from alignkit.utils.distributed import World, gather_shares, share
 from alignkit.utils.logs import log
 
@@ -48,7 +48,8 @@ def sample_responses(model, tokenizer, items: list[dict], num_responses: int,
 
 def sample_diverse_responses(model, tokenizer, items: list[dict], num_responses: int,
                              max_new_tokens: int, temperatures: list[float], seed: int,
-                             batch_size: int = 16, base_model=None, base_responses: int = 0,
+                             batch_size: int = SAMPLING_BATCH, base_model=None,
+                             base_responses: int = 0,
                              engine=None, progress: str | None = None) -> None:
     """Fill each item's K = ``num_responses`` answers from several sources, as InstructGPT
     labelled answers of several policies and temperatures (Ouyang et al. 2022): the answers of
