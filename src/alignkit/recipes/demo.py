@@ -134,10 +134,10 @@ def plot_monitor(metrics_path: Path, png: Path) -> Path | None:
 def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
                      reward_final: Path, device: str, sft_folder: str,
                      engine=None) -> tuple[dict, int]:
-    """Each policy answers the same held-out prompts with the same seed, ``--compare-samples``
-    answers per prompt (the SFT policy ``--best-of-pool``, the base model ``--base-samples``):
-    gold score, proxy reward (the ensemble), KL to the SFT policy (k1 on its own samples),
-    length. A policy's gold on a prompt is the mean over its answers (``gold_per_prompt``, in
+    """Each policy of ``policies`` (name -> (model folder, None for the SFT policy in memory;
+    answers per prompt)) answers the same held-out prompts with the same seed: gold score,
+    proxy reward (the ensemble), KL to the SFT policy (k1 on its own samples), length. A
+    policy's gold on a prompt is the mean over its answers (``gold_per_prompt``, in
     prompt order), and its difference to SFT is paired by prompt (``paired_to_sft``). Best-of-n
     is the exact expectation over every n of the SFT answers to a prompt (the unbiased
     estimator of Nakano et al. 2021, app. I; KL: the closed form), not one draw of n.
@@ -163,9 +163,7 @@ def compare_policies(cfg: DemoConfig, sft_model, tokenizer, policies: dict,
     sft_logprobs = logprobs_under(sft_model)
     sampling = SamplingConfig(cfg.max_new_tokens, 1.0)
     table, pooled = {}, {}
-    for name, spec in policies.items():
-        draws = (cfg.best_of_pool if spec is None else
-                 cfg.base_samples if name == "base" else cfg.compare_samples)
+    for name, (spec, draws) in policies.items():
         policy = sft_model if spec is None else load_model_and_tokenizer(spec, device)[0]
         if engine is not None:
             engine.serve_folder(spec or sft_folder)
@@ -442,11 +440,11 @@ def main(cfg: DemoConfig) -> dict:
 
     # 9. Every policy on the same unseen prompts: gold score (paired by prompt against SFT) and
     #    KL to SFT.
-    policies = {"base": cfg.model, "sft": None}
+    policies = {"base": (cfg.model, cfg.base_samples), "sft": (None, cfg.best_of_pool)}
     if stage3 is not None:
-        policies["ppo"] = str(stage3["final"])
+        policies["ppo"] = (str(stage3["final"]), cfg.compare_samples)
     if stage4 is not None:
-        policies["dpo"] = str(stage4["final"])
+        policies["dpo"] = (str(stage4["final"]), cfg.compare_samples)
     engine = engine_for(cfg, str(result.final))
     table, n_compare = compare_policies(cfg, result.model, tokenizer, policies, stage2["final"],
                                         device, str(result.final), engine)
@@ -463,7 +461,8 @@ def main(cfg: DemoConfig) -> dict:
 
     # the adversarial suite and judged win rates take another ~12 min on 2 cores: offered, not
     # run; the report's path stays the last line the demo prints
-    evaluated = ",".join(f"{k}={result.final if v is None else v}" for k, v in policies.items())
+    evaluated = ",".join(f"{k}={result.final if v is None else v}"
+                         for k, (v, _) in policies.items())
     print(f"next: alignkit eval --policies {evaluated} --baseline sft --reward-model "
           f"{stage2['final']} --output {root / 'eval'}  (then alignkit report {root})",
           flush=True)
