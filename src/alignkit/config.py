@@ -1234,7 +1234,7 @@ class DemoConfig(RolloutArgs):
                                "shipped held-out prompts.", ge=1)
     best_of: int = opt(4, "n of the best-of-n baseline (SFT samples, reward ensemble picks).",
                        ge=1)
-    compare_samples: int = opt(4, "Answers per held-out prompt from each compared policy (its "
+    compare_samples: int = opt(2, "Answers per held-out prompt from each compared policy (its "
                                "gold on a prompt is their mean: more answers, a smaller paired "
                                "standard error).", ge=1)
     base_samples: int = opt(1, "Answers per held-out prompt from the base model in the "

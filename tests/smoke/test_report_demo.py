@@ -71,7 +71,7 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
         assert row["beyond_noise"] is diff["beyond_noise"], name
     assert (policies["sft"]["gold_diff_vs_sft"], policies["sft"]["gold_diff_se"],
             policies["sft"]["beyond_noise"]) == (0.0, 0.0, False)
-    # a policy's gold on a prompt is the mean over its answers (4 each, the base model 1, SFT
+    # a policy's gold on a prompt is the mean over its answers (2 each, the base model 1, SFT
     # 6); best-of-4 is the mean, over all 15 ways to draw 4 of the 6 SFT answers, of the gold
     # of the draw's highest-proxy answer (the first of tied ones), enumerated here by brute force
     for name, row in policies.items():
@@ -80,7 +80,7 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
             assert row["gold_per_prompt"] == pytest.approx(
                 [sum(a) / len(a) for a in row["gold_per_answer"]])
     assert {k: policies[k]["answers_per_prompt"] for k in ("base", "sft", "ppo")} == {
-        "base": 1, "sft": 6, "ppo": 4}
+        "base": 1, "sft": 6, "ppo": 2}
     by_hand = []
     for golds, proxies in zip(policies["sft"]["gold_per_answer"],
                               policies["sft"]["proxy_per_answer"]):

@@ -820,11 +820,10 @@ def test_the_base_model_answers_at_most_as_often_as_the_compared_policies():
     """The base model's answers in the comparison are capped by --compare-samples (a clear
     error before anything loads); one answer each is the default."""
     assert DemoConfig().base_samples == 1
-    assert DemoConfig().compare_samples == 4
-    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "5"]))
-    with pytest.raises(UserError, match="--base-samples 5 must be at most --compare-samples"):
+    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "3"]))
+    with pytest.raises(UserError, match="--base-samples 3 must be at most --compare-samples"):
         cfg.validate()
-    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "5", "--compare-samples",
-                                                  "5"]))
+    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "3", "--compare-samples",
+                                                  "3"]))
     cfg.validate()
-    assert (cfg.base_samples, cfg.compare_samples) == (5, 5)
+    assert (cfg.base_samples, cfg.compare_samples) == (3, 3)
