@@ -1138,23 +1138,25 @@ class DemoLabelConfig(Config):
                        "rankings by helpfulness, and harmlessness asked of the pairs that differ "
                        "in it); empty: one overall ranking.")
 
-    def aspect_list(self) -> tuple[str, ...]:
-        return _aspect_list(self.aspects, "--label.aspects")
+    def aspect_list(self, flag: str = "--label") -> tuple[str, ...]:
+        return _aspect_list(self.aspects, f"{flag}.aspects")
 
-    def temperature_list(self) -> list[float]:
-        values = _float_list(self.temperatures, "--label.temperatures", 0.0, math.inf)
+    def temperature_list(self, flag: str = "--label") -> list[float]:
+        values = _float_list(self.temperatures, f"{flag}.temperatures", 0.0, math.inf)
         if not values or 0.0 in values:
-            raise UserError(f"--label.temperatures {self.temperatures!r}: give temperatures > 0 "
+            raise UserError(f"{flag}.temperatures {self.temperatures!r}: give temperatures > 0 "
                             "(sampled answers), separated by commas")
         return values
 
-    def validate(self) -> None:
+    def validate(self, flag: str = "--label") -> None:
+        """``flag``: the option that holds this config (``--label``, the demo's ``--relabel``),
+        named in the errors."""
         super().validate()
-        self.temperature_list()
-        self.aspect_list()
+        self.temperature_list(flag)
+        self.aspect_list(flag)
         if self.base_answers >= self.num_responses:
-            raise UserError(f"--label.base-answers {self.base_answers} leaves the policy no "
-                            f"answer of the {self.num_responses} per prompt (--label."
+            raise UserError(f"{flag}.base-answers {self.base_answers} leaves the policy no "
+                            f"answer of the {self.num_responses} per prompt ({flag}."
                             "num-responses)")
 
 
@@ -1187,11 +1189,13 @@ class DemoConfig(RolloutArgs):
     FILLED = {
         "sft": {"model": "--model", "output": "<output>/sft", "precision": "--precision",
                 "overwrite": "--overwrite", **_DEMO_RUN},
-        "reward": {"data": "the panel's rankings, <output>/prefs.jsonl",
-                   "output": "<output>/reward", "overwrite": "always", **_DEMO_RUN},
+        "reward": {"data": "the panel's rankings, <output>/prefs.jsonl (round k > 1: and "
+                           "<output>/prefs-r2.jsonl ... prefs-r<k>.jsonl)",
+                   "output": "<output>/reward (earlier rounds: <output>/reward-r<k>)",
+                   "overwrite": "always", **_DEMO_RUN},
         "ppo": {"model": "the SFT policy, <output>/sft/final",
-                "reward_model": "the reward ensemble, <output>/reward/final",
-                "output": "<output>/ppo",
+                "reward_model": "the round's reward ensemble, <output>/reward/final",
+                "output": "<output>/ppo (earlier rounds: <output>/ppo-r<k>)",
                 "max_new_tokens": "--max-new-tokens",
                 "eval_prompts": "--compare-prompts, at most 16",
                 "eval_every": "a quarter of ppo.max_steps", "precision": "--precision",
@@ -1234,7 +1238,7 @@ class DemoConfig(RolloutArgs):
                                "shipped held-out prompts.", ge=1)
     best_of: int = opt(4, "n of the best-of-n baseline (SFT samples, reward ensemble picks).",
                        ge=1)
-    compare_samples: int = opt(2, "Answers per held-out prompt from each compared policy (its "
+    compare_samples: int = opt(4, "Answers per held-out prompt from each compared policy (its "
                                "gold on a prompt is their mean: more answers, a smaller paired "
                                "standard error).", ge=1)
     base_samples: int = opt(1, "Answers per held-out prompt from the base model in the "
@@ -1247,6 +1251,14 @@ class DemoConfig(RolloutArgs):
                             "noisy draw of n).", ge=1)
     skip_ppo: bool = opt(False, "Leave out stage 3, PPO (as --ppo-steps 0 did).")
     skip_dpo: bool = opt(False, "Leave out stage 4, DPO (as --dpo-steps 0 did).")
+    rounds: int = opt(1, "Rounds of RLHF in stage 3 (iterated RLHF, as InstructGPT and "
+                      "Anthropic ran it): after each PPO run but the last, the panel ranks that "
+                      "policy's answers to the training prompts (--relabel), the ensemble learns "
+                      "again from every ranking so far, and PPO starts again from the SFT "
+                      "policy against it. An ensemble learned from SFT answers alone misjudges "
+                      "the answers PPO moves to (it paid for brevity). Earlier rounds keep "
+                      "reward-r<k>/, ppo-r<k>/ and prefs-r<k+1>.jsonl; reward/ and ppo/ hold "
+                      "the last. Each round adds about 9 minutes on 2 CPU cores.", ge=1)
     sft: SFTConfig = field(
         default_factory=functools.partial(
             SFTConfig, data="demo", lora=True, lr=1e-3, warmup_steps=4, max_steps=60,
@@ -1255,6 +1267,10 @@ class DemoConfig(RolloutArgs):
     label: DemoLabelConfig = field(
         default_factory=DemoLabelConfig,
         metadata={"help": "stage 2, the SFT policy's answers ranked by a simulated panel"})
+    relabel: DemoLabelConfig = field(
+        default_factory=functools.partial(DemoLabelConfig, temperatures="1.0", base_answers=0),
+        metadata={"help": "stage 3's later rounds (--rounds): the last PPO policy's own answers "
+                          "to training prompts, ranked by the simulated panel"})
     reward: RewardConfig = field(
         default_factory=functools.partial(
             RewardConfig, model="minilm", ensemble=3, max_steps=40, lr=1e-4, warmup_steps=2,
@@ -1289,6 +1305,7 @@ class DemoConfig(RolloutArgs):
     def validate(self) -> None:
         super().validate()
         self.label.validate()
+        self.relabel.validate("--relabel")
         if self.best_of_pool < max(self.best_of, self.compare_samples):
             raise UserError(f"--best-of-pool {self.best_of_pool} must be at least --best-of "
                             f"({self.best_of}) and --compare-samples ({self.compare_samples})")
@@ -1304,39 +1321,63 @@ class DemoConfig(RolloutArgs):
             sft=replace(self.sft, max_steps=min(self.sft.max_steps, 8), eval_every=0,
                         save_every=0, warmup_steps=min(self.sft.warmup_steps, 2)),
             label=replace(self.label, prompts=min(self.label.prompts, 10)),
+            relabel=replace(self.relabel, prompts=min(self.relabel.prompts, 10)),
             reward=replace(self.reward, max_steps=min(self.reward.max_steps, 4)),
             ppo=replace(self.ppo, max_steps=min(self.ppo.max_steps, 2),
                         batch_size=min(self.ppo.batch_size, 4)),
             dpo=replace(self.dpo, max_steps=min(self.dpo.max_steps, 2)))
 
+    def ppo_rounds(self) -> int:
+        """Rounds of reward learning and PPO that run (one when PPO is left out)."""
+        return 1 if self.skip_ppo else self.rounds
+
+    @staticmethod
+    def round_folder(stage: str, k: int, rounds: int) -> str:
+        """Folder of round ``k``'s ``stage`` (reward, ppo) of ``rounds``: the last round's is
+        the stage's own name, an earlier one's ``<stage>-r<k>``."""
+        return stage if k == rounds else f"{stage}-r{k}"
+
+    @staticmethod
+    def round_labels(k: int) -> str:
+        """The rankings that round ``k`` adds: the SFT answers' (stage 2) for the first, the
+        answers of round k - 1's PPO policy after it."""
+        return DEMO_LABELS if k == 1 else f"prefs-r{k}.jsonl"
+
     def stage_configs(self, root: str | Path) -> dict[str, Config]:
-        """Each stage's own config under the demo folder ``root``: the demo's nested one with
-        what the demo fills in (``DemoConfig.FILLED``), so that each stage's config.yaml loads
-        again with ``alignkit <stage> --config``."""
+        """Each stage's own config under the demo folder ``root``, keyed by its folder: the
+        demo's nested one with what the demo fills in (``DemoConfig.FILLED``), so that each
+        stage's config.yaml loads again with ``alignkit <stage> --config``. Round k of
+        ``ppo_rounds()`` learns its ensemble from the rankings of rounds 1 ... k."""
         replace = dataclasses.replace
         root = Path(root)
         run_wide = {"seed": self.seed, "device": self.device, "progress": self.progress,
                     "chat_template": self.chat_template}
-        sft_final, reward_final = str(root / "sft" / "final"), str(root / "reward" / "final")
+        sft_final = str(root / "sft" / "final")
         labels = str(root / DEMO_LABELS)
         dpo_warmup = self.dpo.warmup_steps  # never longer than the run
         if self.dpo.max_steps > 0:
             dpo_warmup = min(dpo_warmup, self.dpo.max_steps)
-        return {
+        configs: dict[str, Config] = {
             "sft": replace(self.sft, model=self.model, output=str(root / "sft"),
-                           precision=self.precision, overwrite=self.overwrite, **run_wide),
-            "reward": replace(self.reward, data=labels, output=str(root / "reward"),
-                              overwrite=True, **run_wide),
-            "ppo": replace(self.ppo, model=sft_final, reward_model=reward_final,
-                           output=str(root / "ppo"), max_new_tokens=self.max_new_tokens,
-                           eval_prompts=min(self.compare_prompts, 16),
-                           eval_every=max(1, self.ppo.max_steps // 4), precision=self.precision,
-                           overwrite=True, **run_wide,
-                           **{name: getattr(self, name) for name in _DEMO_ROLLOUT}),
-            "dpo": replace(self.dpo, model=sft_final, data=labels, output=str(root / "dpo"),
-                           warmup_steps=dpo_warmup, precision=self.precision, overwrite=True,
-                           **run_wide),
-        }
+                           precision=self.precision, overwrite=self.overwrite, **run_wide)}
+        rounds = self.ppo_rounds()
+        for k in range(1, rounds + 1):
+            reward_dir = root / self.round_folder("reward", k, rounds)
+            ppo_dir = root / self.round_folder("ppo", k, rounds)
+            so_far = ",".join(str(root / self.round_labels(j)) for j in range(1, k + 1))
+            configs[reward_dir.name] = replace(self.reward, data=so_far, output=str(reward_dir),
+                                               overwrite=True, **run_wide)
+            configs[ppo_dir.name] = replace(
+                self.ppo, model=sft_final, reward_model=str(reward_dir / "final"),
+                output=str(ppo_dir), max_new_tokens=self.max_new_tokens,
+                eval_prompts=min(self.compare_prompts, 16),
+                eval_every=max(1, self.ppo.max_steps // 4), precision=self.precision,
+                overwrite=True, **run_wide,
+                **{name: getattr(self, name) for name in _DEMO_ROLLOUT})
+        configs["dpo"] = replace(self.dpo, model=sft_final, data=labels,
+                                 output=str(root / "dpo"), warmup_steps=dpo_warmup,
+                                 precision=self.precision, overwrite=True, **run_wide)
+        return configs
 
 
 @config

@@ -67,20 +67,21 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert summary["reward_eval"]["pairs"] > 0 and "member2_accuracy" in summary["reward_eval"]
     assert (out / "reward" / "final" / "reward_config.json").is_file()
     assert "Bayes-optimal" in proc.stdout
-    # stages 3 and 4: PPO and DPO with LoRA; base, SFT, PPO, DPO and best-of-4 compared on
-    # held-out prompts
+    # stages 3 and 4: PPO (one round) and DPO with LoRA; base, SFT, PPO, DPO and best-of-4
+    # compared on held-out prompts
+    assert [r["reward_model"] for r in summary["rounds"]] == [str(out / "reward" / "final")]
     policies = summary["policies"]
-    assert set(policies) == {"base", "sft", "ppo", "dpo", "best-of-4"}
+    assert list(policies) == ["base", "sft", "ppo", "dpo", "best-of-4"]
     assert policies["best-of-4"]["kl"] == pytest.approx(0.6362944, abs=1e-6)  # log 4 - 3/4
     assert (out / "dpo" / "final" / "config.json").is_file()
     assert "stage 4: DPO" in proc.stdout
     assert all({"gold", "proxy", "kl", "response_length"} <= set(row) for row in policies.values())
     assert policies["sft"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
-    # each trained policy answered every prompt twice, the base model once, SFT 6 times;
+    # each trained policy answered every prompt 4 times, the base model once, SFT 6 times;
     # best-of-4 is the expectation over every 4 of those 6, so the answer it keeps scores at
     # least the SFT answers' mean proxy
     assert {k: r["answers_per_prompt"] for k, r in policies.items()} == {
-        "base": 1, "sft": 6, "ppo": 2, "dpo": 2, "best-of-4": 6}
+        "base": 1, "sft": 6, "ppo": 4, "dpo": 4, "best-of-4": 6}
     assert policies["best-of-4"]["proxy"] > policies["sft"]["proxy"]
     assert all(len(r["gold_per_prompt"]) == 6 for r in policies.values())
     # every policy against SFT paired by prompt: difference, its standard error, the verdict

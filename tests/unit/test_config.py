@@ -547,8 +547,9 @@ def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
 
 
 def demo_stages(cfg: DemoConfig, root: Path) -> dict:
-    """What the demo hands each stage now (``DemoConfig.stage_configs``)."""
-    run_cfg = cfg.shortened() if cfg.quick else cfg
+    """What the demo hands each stage now (``DemoConfig.stage_configs``) with one round of
+    stage 3, as the flat demo ran (--rounds came later)."""
+    run_cfg = dataclasses.replace(cfg.shortened() if cfg.quick else cfg, rounds=1)
     configs = run_cfg.stage_configs(root)
     label = run_cfg.label
     return {
@@ -629,6 +630,42 @@ def test_the_demo_compares_on_every_held_out_prompt():
     assert DemoConfig().compare_prompts == held_out == 96
     assert DemoConfig(quick=True).shortened().compare_prompts == 6
     assert DemoConfig().stage_configs("runs/demo")["ppo"].eval_prompts == 16  # PPO's monitor
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_each_round_of_the_demo_learns_from_every_ranking_so_far(rounds):
+    """Iterated RLHF (--rounds): round k's ensemble learns from the rankings of rounds 1 ... k,
+    its PPO run starts from SFT against that ensemble; the last round owns reward/ and ppo/,
+    DPO keeps stage 2's rankings; --skip-ppo leaves one round."""
+    root = Path("/r")
+    configs = DemoConfig(rounds=rounds).stage_configs(root)
+    names = ["sft"] + [f"{stage}-r{k}" for k in range(1, rounds) for stage in ("reward", "ppo")]
+    assert list(configs) == names + ["reward", "ppo", "dpo"]
+    labels = ["/r/prefs.jsonl"] + [f"/r/prefs-r{k}.jsonl" for k in range(2, rounds + 1)]
+    for k in range(1, rounds + 1):
+        reward_dir = "/r/reward" if k == rounds else f"/r/reward-r{k}"
+        reward_cfg = configs[Path(reward_dir).name]
+        assert (reward_cfg.data, reward_cfg.output) == (",".join(labels[:k]), reward_dir)
+        ppo_cfg = configs["ppo" if k == rounds else f"ppo-r{k}"]
+        assert ppo_cfg.reward_model == f"{reward_dir}/final"
+        assert ppo_cfg.model == "/r/sft/final" and ppo_cfg.max_steps == 16
+        assert DemoConfig.round_labels(k) == Path(labels[k - 1]).name
+    assert configs["dpo"].data == "/r/prefs.jsonl"
+    skipped = DemoConfig(rounds=rounds, skip_ppo=True)
+    assert skipped.ppo_rounds() == 1
+    assert list(skipped.stage_configs(root)) == ["sft", "reward", "ppo", "dpo"]
+    assert skipped.stage_configs(root)["reward"].data == "/r/prefs.jsonl"
+
+
+def test_later_rounds_label_the_policys_own_answers():
+    relabel = DemoConfig().relabel
+    assert (relabel.temperature_list(), relabel.base_answers, relabel.prompts,
+            relabel.num_responses, relabel.labels_per_prompt) == ([1.0], 0, 254, 4, 2)
+    assert DemoConfig(quick=True).shortened().relabel.prompts == 10
+    assert build_config(DemoConfig, parse("demo", ["--rounds", "3", "--relabel.prompts", "7"])
+                        ) == DemoConfig(rounds=3, relabel=dataclasses.replace(relabel, prompts=7))
+    with pytest.raises(UserError, match="relabel.temperatures"):
+        DemoConfig(relabel=dataclasses.replace(relabel, temperatures="0")).validate()
 
 
 def test_an_old_saved_flat_demo_config_loads(in_tmp):
@@ -768,7 +805,7 @@ def test_demo_help_lists_the_nested_options_by_stage(capsys):
     out = capsys.readouterr().out
     titles = [line.split(":")[0] for line in out.splitlines()
               if line and not line.startswith(" ") and line.endswith(":")]
-    assert titles[-5:] == ["sft", "label", "reward", "ppo", "dpo"]
+    assert titles[-6:] == ["sft", "label", "relabel", "reward", "ppo", "dpo"]
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert "--ppo.max-steps INT, --ppo-steps INT" in lines
     assert "--sft.lora, --sft.no-lora, --lora, --no-lora" in lines
@@ -820,10 +857,11 @@ def test_the_base_model_answers_at_most_as_often_as_the_compared_policies():
     """The base model's answers in the comparison are capped by --compare-samples (a clear
     error before anything loads); one answer each is the default."""
     assert DemoConfig().base_samples == 1
-    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "3"]))
-    with pytest.raises(UserError, match="--base-samples 3 must be at most --compare-samples"):
+    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "5"]))
+    with pytest.raises(UserError, match="--base-samples 5 must be at most --compare-samples "
+                                        r"\(4\)"):
         cfg.validate()
-    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "3", "--compare-samples",
-                                                  "3"]))
+    cfg = build_config(DemoConfig, parse("demo", ["--base-samples", "5", "--compare-samples",
+                                                  "5"]))
     cfg.validate()
-    assert (cfg.base_samples, cfg.compare_samples) == (3, 3)
+    assert (cfg.base_samples, cfg.compare_samples) == (5, 5)

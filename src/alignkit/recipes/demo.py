@@ -56,33 +56,35 @@ def side_by_side(left: str, right: str, width: int) -> str:
     return "\n".join(f"  {x:<{width}} | {y}" for x, y in zip(a, b))
 
 
-def label_answers(cfg: DemoConfig, policy, tokenizer, path: Path,
-                  engine=None) -> tuple[dict, int]:
-    """Stage 2's labels: K answers to each training prompt (the policy's at several
-    temperatures and the model's before SFT: ``--label.temperatures``, ``--label.base-answers``),
-    the hidden gold scorer scores them and the simulated panel ranks them; returns the agreement
-    report and the number of prompts."""
+def label_answers(cfg: DemoConfig, label_cfg, policy, tokenizer, path: Path, seed: int,
+                  engine=None, who: str = "SFT") -> tuple[dict, int]:
+    """Rankings of ``policy``'s answers (stage 2: ``cfg.label``; a later round of stage 3:
+    ``cfg.relabel``): K answers to each training prompt (the policy's at the temperatures of
+    ``label_cfg.temperatures`` and the model's before SFT: ``label_cfg.base_answers``), the
+    hidden gold scorer scores them and the simulated panel (seeded by ``seed``) ranks them;
+    returns the agreement report and the number of prompts."""
     from alignkit.data.prompts import read_prompts
     from alignkit.feedback.labelling import label_items, write_labels
     from alignkit.feedback.simulated import SimulatedPanel
     from alignkit.generation.responses import sample_diverse_responses
     from alignkit.judges.gold import GoldScorer
 
-    items = read_prompts("demo-prompts", cfg.label.prompts)
+    items = read_prompts("demo-prompts", label_cfg.prompts)
     base = (load_model_and_tokenizer(cfg.model, pick_device(cfg.device))[0]
-            if cfg.label.base_answers else None)
+            if label_cfg.base_answers else None)
     sample_diverse_responses(
-        policy, tokenizer, items, cfg.label.num_responses, cfg.max_new_tokens,
-        cfg.label.temperature_list(), cfg.seed, base_model=base,
-        base_responses=cfg.label.base_answers, engine=engine,
-        progress=progress_for(cfg, f"sampling answers for labelling ({len(items)} prompts)"))
+        policy, tokenizer, items, label_cfg.num_responses, cfg.max_new_tokens,
+        label_cfg.temperature_list(), seed, base_model=base,
+        base_responses=label_cfg.base_answers, engine=engine,
+        progress=progress_for(cfg, f"sampling {who} answers for labelling "
+                                   f"({len(items)} prompts)"))
     del base
     scorer = GoldScorer(token_counter=tokenizer)
-    panel = SimulatedPanel(seed=cfg.seed, gold_scale=cfg.label.gold_scale, scorer=scorer)
+    panel = SimulatedPanel(seed=seed, gold_scale=label_cfg.gold_scale, scorer=scorer)
     log.info("the simulated panel ranks the answers (%d rankings per prompt)",
-             cfg.label.labels_per_prompt)
-    records = label_items(items, scorer, panel, cfg.label.labels_per_prompt,
-                          aspects=cfg.label.aspect_list())
+             label_cfg.labels_per_prompt)
+    records = label_items(items, scorer, panel, label_cfg.labels_per_prompt,
+                          aspects=label_cfg.aspect_list())
     return write_labels(records, path, panel), len(items)
 
 
@@ -229,13 +231,39 @@ def validated(cfg):
     return cfg
 
 
-def run_ppo(cfg: DemoConfig, stage_cfg, root: Path) -> dict:
-    """Stage 3 (``ppo.main``), its monitor's plot, and its results printed."""
+def run_ppo(cfg: DemoConfig, stage_cfg, k: int) -> dict:
+    """Round ``k`` of stage 3 (``ppo.main``), its monitor's plot, and its results printed."""
     rl = ppo.main(validated(stage_cfg))
     stage3 = {"final": rl["final"], "best": rl["best"], "monitor": rl["monitor"],
-              "png": plot_monitor(rl["metrics"], root / "ppo" / "monitor.png")}
-    announce(["", *ppo_lines(cfg, stage3["monitor"])])
+              "png": plot_monitor(rl["metrics"], Path(stage_cfg.output) / "monitor.png"),
+              "round": k, "reward_model": stage_cfg.reward_model}
+    announce(["", *ppo_lines(cfg, stage3)])
     return stage3
+
+
+def run_reward(cfg: DemoConfig, stage_cfg, reports: list[dict], k: int) -> dict:
+    """Round ``k``'s reward ensemble (``reward.main``) and its held-out results printed, against
+    the ceiling of the rankings it learned from (``reports``: rounds 1 ... k)."""
+    trained = reward.main(validated(stage_cfg))
+    announce(["", *reward_lines(cfg, trained["eval"], pooled_ceiling(reports), k)])
+    return {"eval": trained["eval"], "final": trained["final"], "data": stage_cfg.data}
+
+
+def relabel(cfg: DemoConfig, stage3: dict, tokenizer, root: Path, k: int) -> tuple[dict, int]:
+    """Round ``k``'s new rankings: the panel ranks the answers of round k - 1's PPO policy
+    (``--relabel``), printed."""
+    device = pick_device(cfg.device)
+    policy = load_model_and_tokenizer(str(stage3["final"]), device)[0]
+    engine = engine_for(cfg, str(stage3["final"]))
+    report, prompts = label_answers(cfg, cfg.relabel, policy, tokenizer,
+                                    root / cfg.round_labels(k), cfg.seed + k - 1, engine,
+                                    who=f"round-{k - 1} PPO")
+    del policy
+    if engine is not None:
+        engine.close()
+    announce(["", *label_lines(cfg.relabel, report, prompts, f"round {k}: the round-{k - 1} "
+                                                             "PPO policy's")])
+    return report, prompts
 
 
 def run_dpo(cfg: DemoConfig, stage_cfg) -> dict:
@@ -258,29 +286,39 @@ def sft_lines(cfg: DemoConfig, result, before: list, after: list) -> list[str]:
             f"{sum(g.ended for g in after)}/{len(after)}"]
 
 
-def label_lines(cfg: DemoConfig, rep: dict, prompts: int) -> list[str]:
-    return [f"stage 2: {prompts} prompts x {cfg.label.num_responses} SFT answers, ranked by a "
+def label_lines(label_cfg, rep: dict, prompts: int, whose: str = "stage 2: SFT") -> list[str]:
+    return [f"{whose} answers, {prompts} prompts x {label_cfg.num_responses}, ranked by a "
             f"simulated panel ({len(rep['per_annotator'])} annotators labelled) -> "
             f"{rep['pairs']} pairs",
             f"labels agree with the hidden gold scorer: {rep['gold_agreement']:.3f}   "
             f"Bayes-optimal accuracy (ceiling): {rep['bayes_optimal']:.3f}"]
 
 
-def reward_lines(cfg: DemoConfig, ev: dict, rep: dict) -> list[str]:
+def pooled_ceiling(reports: list[dict]) -> float:
+    """The Bayes-optimal accuracy over the pairs of several label reports (a pair-weighted
+    mean): the ceiling of an ensemble learned from all of them."""
+    pairs = sum(r["pairs"] for r in reports)
+    return sum(r["bayes_optimal"] * r["pairs"] for r in reports) / max(pairs, 1)
+
+
+def reward_lines(cfg: DemoConfig, ev: dict, ceiling: float, k: int = 1) -> list[str]:
     nan = float("nan")
-    return [f"{cfg.reward.ensemble}-member MiniLM reward ensemble, held-out pairs "
+    learned = "" if k == 1 else f"round {k}: learned again from the rankings of rounds 1-{k}, "
+    return [f"{learned}{cfg.reward.ensemble}-member MiniLM reward ensemble, held-out pairs "
             f"{ev.get('pairs', 0)}: accuracy {ev.get('accuracy', nan):.3f} "
-            f"({ev.get('accuracy', nan) / max(rep['bayes_optimal'], 1e-9):.0%} of the ceiling), "
+            f"({ev.get('accuracy', nan) / max(ceiling, 1e-9):.0%} of the ceiling), "
             f"log-loss {ev.get('log_loss', nan):.3f}, ECE {ev.get('ece', nan):.3f}"
             + (f", spread flags mistakes AUROC {ev['std_auroc_vs_mistakes']:.2f}"
                if "std_auroc_vs_mistakes" in ev else "")]
 
 
-def ppo_lines(cfg: DemoConfig, monitor: list[dict]) -> list[str]:
-    k = cfg.ppo.samples_per_prompt
-    lines = [f"stage 3: PPO with LoRA, {cfg.ppo.max_steps} steps x {cfg.ppo.batch_size} "
-             f"prompts{f' x {k} answers' if k > 1 else ''}, advantage {cfg.ppo.advantage}, "
-             f"reward = ensemble {cfg.ppo.combine}, KL coefficient {cfg.ppo.kl_coef}"]
+def ppo_lines(cfg: DemoConfig, stage3: dict) -> list[str]:
+    k, monitor, rounds = cfg.ppo.samples_per_prompt, stage3["monitor"], cfg.ppo_rounds()
+    of_rounds = f", round {stage3['round']} of {rounds}" if rounds > 1 else ""
+    lines = [f"stage 3: PPO with LoRA from SFT{of_rounds}, {cfg.ppo.max_steps} steps x "
+             f"{cfg.ppo.batch_size} prompts{f' x {k} answers' if k > 1 else ''}, advantage "
+             f"{cfg.ppo.advantage}, reward = ensemble {cfg.ppo.combine} "
+             f"({Path(stage3['reward_model']).parent.name}/), KL coefficient {cfg.ppo.kl_coef}"]
     if monitor:
         last = monitor[-1]
         gold = (f", gold {last['gold']:.3f} +/- {last.get('gold_se', 0.0):.3f}"
@@ -329,10 +367,13 @@ def comparison_lines(table: dict, n_compare: int) -> list[str]:
 
 
 def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: list,
-                 after: list, stage2: dict, stage3: dict | None, stage4: dict | None,
+                 after: list, stage2: dict, rounds: list[dict], stage4: dict | None,
                  table: dict, n_compare: int, started: float) -> dict:
     """Print the whole summary (every stage's results, the answers side by side, the
-    comparison) and write ``demo_summary.json``; returns the summary."""
+    comparison) and write ``demo_summary.json``; returns the summary. ``rounds``: stage 3's
+    rounds in order, each its ``reward`` ensemble, its ``ppo`` run (None when PPO is left
+    out) and, after the first, the new ``labels`` report and their ``prompts``."""
+    stage3 = rounds[-1]["ppo"]
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
     width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
@@ -346,10 +387,16 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
         lines.append(side_by_side(b.text, a.text, width))
         lines.append("")
     ev, rep = stage2["eval"], stage2["report"]
-    lines += ["-" * (2 * width + 5), *label_lines(cfg, rep, stage2["prompts"]),
-              *reward_lines(cfg, ev, rep), "", "-" * (2 * width + 5)]
-    if stage3 is not None:
-        lines += ppo_lines(cfg, stage3["monitor"])
+    lines += ["-" * (2 * width + 5), *label_lines(cfg.label, rep, stage2["prompts"]),
+              *reward_lines(cfg, ev, rep["bayes_optimal"]), "", "-" * (2 * width + 5)]
+    for k, stage in enumerate(rounds, 1):
+        if k > 1:
+            ceiling = pooled_ceiling([r["labels"] for r in rounds[:k]])
+            lines += [*label_lines(cfg.relabel, stage["labels"], stage["prompts"],
+                                   f"round {k}: the round-{k - 1} PPO policy's"),
+                      *reward_lines(cfg, stage["reward"]["eval"], ceiling, k)]
+        if stage["ppo"] is not None:
+            lines += ppo_lines(cfg, stage["ppo"])
     if stage4 is not None:
         lines += dpo_lines(cfg, stage4["eval"])
     lines += comparison_lines(table, n_compare)
@@ -371,12 +418,20 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
     if stage3 is not None:
         summary["ppo_model"] = str(stage3["final"])
         summary["ppo_monitor"] = stage3["monitor"]
+    summary["rounds"] = [
+        {"round": k, "reward_model": str(stage["reward"]["final"]),
+         "reward_data": stage["reward"]["data"], "reward_eval": stage["reward"]["eval"],
+         **({"labels": stage["labels"]} if k > 1 else {}),
+         **({"ppo_model": str(stage["ppo"]["final"]), "ppo_monitor": stage["ppo"]["monitor"]}
+            if stage["ppo"] is not None else {})}
+        for k, stage in enumerate(rounds, 1)]
     if stage4 is not None:
         summary["dpo_model"] = str(stage4["final"])
         summary["dpo_eval"] = stage4["eval"]
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
-    lines.append(f"reward model: {stage2['final']}   labels: {stage2['labels']}")
+    lines.append(f"reward model: {rounds[-1]['reward']['final']}   labels: "
+                 f"{rounds[-1]['reward']['data']}")
     lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
     announce(lines)
     return summary
@@ -421,39 +476,53 @@ def main(cfg: DemoConfig) -> dict:
                      engine=engine)
     announce(["", "stage 1: SFT with LoRA", *sft_lines(cfg, result, before, after)])
 
-    # 6. Stage 2: the SFT policy answers training prompts K times, a simulated panel ranks the
-    #    answers, and a MiniLM reward ensemble learns from the rankings.
-    report, n_labelled = label_answers(cfg, result.model, tokenizer, root / DEMO_LABELS, engine)
-    announce(["", *label_lines(cfg, report, n_labelled)])
+    # 6. Stage 2: the SFT policy answers training prompts K times and a simulated panel ranks
+    #    the answers.
+    report, n_labelled = label_answers(cfg, cfg.label, result.model, tokenizer,
+                                       root / DEMO_LABELS, cfg.seed, engine)
+    announce(["", *label_lines(cfg.label, report, n_labelled)])
     if engine is not None:  # PPO starts its own; one engine in memory at a time
         engine.close()
-    trained = reward.main(validated(configs["reward"]))
-    stage2 = {"report": report, "eval": trained["eval"], "final": trained["final"],
-              "labels": root / DEMO_LABELS, "prompts": n_labelled}
-    announce(["", *reward_lines(cfg, trained["eval"], report)])
 
-    # 7. Stage 3: PPO (LoRA) on the SFT policy against the ensemble, and its monitor's plot.
-    stage3 = None if cfg.skip_ppo else run_ppo(cfg, configs["ppo"], root)
+    # 7. Stage 3, round by round (--rounds): a MiniLM reward ensemble learns from every ranking
+    #    so far, PPO (LoRA) trains the SFT policy against it (with its monitor's plot), and
+    #    before the next round the panel ranks that PPO policy's answers (iterated RLHF).
+    rounds, rankings = [], {"labels": report, "prompts": n_labelled}
+    total = cfg.ppo_rounds()
+    for k in range(1, total + 1):
+        if k > 1:
+            new_report, new_prompts = relabel(cfg, rounds[-1]["ppo"], tokenizer, root, k)
+            rankings = {"labels": new_report, "prompts": new_prompts}
+        trained = run_reward(cfg, configs[cfg.round_folder("reward", k, total)],
+                             [r["labels"] for r in rounds] + [rankings["labels"]], k)
+        rl = (None if cfg.skip_ppo else
+              run_ppo(cfg, configs[cfg.round_folder("ppo", k, total)], k))
+        rounds.append({**rankings, "reward": trained, "ppo": rl})
+    stage2 = {"report": report, "eval": rounds[0]["reward"]["eval"],
+              "final": rounds[0]["reward"]["final"], "prompts": n_labelled}
+    reward_final = rounds[-1]["reward"]["final"]
 
-    # 8. Stage 4: DPO (LoRA) on the same rankings.
+    # 8. Stage 4: DPO (LoRA) on stage 2's rankings.
     stage4 = None if cfg.skip_dpo else run_dpo(cfg, configs["dpo"])
 
     # 9. Every policy on the same unseen prompts: gold score (paired by prompt against SFT) and
-    #    KL to SFT.
+    #    KL to SFT; proxy (and best-of-n's pick) by the last round's ensemble.
     policies = {"base": (cfg.model, cfg.base_samples), "sft": (None, cfg.best_of_pool)}
-    if stage3 is not None:
-        policies["ppo"] = (str(stage3["final"]), cfg.compare_samples)
+    for k, stage in enumerate(rounds, 1):
+        if stage["ppo"] is not None:
+            name = cfg.round_folder("ppo", k, total)
+            policies[name] = (str(stage["ppo"]["final"]), cfg.compare_samples)
     if stage4 is not None:
         policies["dpo"] = (str(stage4["final"]), cfg.compare_samples)
     engine = engine_for(cfg, str(result.final))
-    table, n_compare = compare_policies(cfg, result.model, tokenizer, policies, stage2["final"],
+    table, n_compare = compare_policies(cfg, result.model, tokenizer, policies, reward_final,
                                         device, str(result.final), engine)
     if engine is not None:
         engine.close()
 
     # 10. The summary: every stage's results again, the answers side by side, the comparison;
     #     demo_summary.json.
-    summary = final_report(cfg, root, result, prompts, before, after, stage2, stage3, stage4,
+    summary = final_report(cfg, root, result, prompts, before, after, stage2, rounds, stage4,
                            table, n_compare, started)
 
     # 11. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
@@ -464,7 +533,7 @@ def main(cfg: DemoConfig) -> dict:
     evaluated = ",".join(f"{k}={result.final if v is None else v}"
                          for k, (v, _) in policies.items())
     print(f"next: alignkit eval --policies {evaluated} --baseline sft --reward-model "
-          f"{stage2['final']} --output {root / 'eval'}  (then alignkit report {root})",
+          f"{reward_final} --output {root / 'eval'}  (then alignkit report {root})",
           flush=True)
     summary["report"] = str(build_report(root).path)
     print(f"report: {summary['report']}", flush=True)
