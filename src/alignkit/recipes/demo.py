@@ -7,8 +7,10 @@ SmolLM2-135M-Instruct on the demonstrations alignkit ships (complete, concise an
 refusals of harmful requests; honest uncertainty), with held-out loss before and after and
 answers to unseen prompts side by side; (2) the SFT policy's answers ranked by a simulated panel
 and a MiniLM reward ensemble learned from them; (3) PPO with LoRA against that ensemble, with a
-plot of the reward-hacking monitor; (4) DPO with LoRA on the same rankings; then base, SFT, PPO,
-DPO and best-of-n (SFT samples picked by the ensemble) compared on unseen prompts by gold score
+plot of the reward-hacking monitor (``--rounds`` > 1: iterated RLHF, the panel ranks the PPO
+policy's answers, the ensemble learns again from every ranking and PPO starts again from SFT);
+(4) DPO with LoRA on stage 2's rankings; then base, SFT, PPO (each round), DPO and best-of-n
+(SFT samples picked by the last ensemble) compared on unseen prompts by gold score
 (each policy's difference to SFT paired by prompt, with its standard error) and KL to the SFT
 policy. Each stage prints its results as it ends; the long sampling loops show progress bars
 (``--progress``).
