@@ -1306,6 +1306,10 @@ class DemoConfig(RolloutArgs):
         super().validate()
         self.label.validate()
         self.relabel.validate("--relabel")
+        if self.ppo_rounds() > 1 and "," in self.output:
+            raise UserError(f"--output {self.output!r}: with --rounds {self.rounds} the later "
+                            "rounds' reward models read the rankings as a comma-separated list; "
+                            "choose an output folder without a comma")
         if self.best_of_pool < max(self.best_of, self.compare_samples):
             raise UserError(f"--best-of-pool {self.best_of_pool} must be at least --best-of "
                             f"({self.best_of}) and --compare-samples ({self.compare_samples})")

@@ -114,3 +114,13 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
                   "stage 3: PPO with LoRA from SFT, round 2 of 2", "stage 4: DPO"):
         assert -1 < out_text.find(block) < final, block
     assert "beyond noise?" in out_text[final:] and "gold_per_prompt" not in out_text
+    # a one-round run into the same folder replaces the later stages: the earlier run's first
+    # round and its answers' rankings go, so the report shows only this run's stages
+    proc = run_cli("demo", "--model", str(tiny_model_dir), "--quick", "--output", str(out),
+                   "--no-progress", "--skip-dpo")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any((out / name).exists() for name in ("reward-r1", "ppo-r1", "prefs-r2.jsonl",
+                                                       "prefs-r2.report.json"))
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert list(summary["policies"]) == ["base", "sft", "ppo", "best-of-4"]
+    assert summary["rounds"][0]["reward_data"] == str(out / "prefs.jsonl")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from alignkit.config import DemoConfig
-from alignkit.recipes.demo import pooled_ceiling, ppo_lines, reward_lines
+from alignkit.errors import UserError
+from alignkit.recipes.demo import pooled_ceiling, ppo_lines, reward_lines, stale_rounds
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +32,24 @@ def test_each_round_says_what_it_learned_from_and_against_what():
                                                "16 steps x 4 prompts x 4 answers")
     assert "(reward-r1/)" in ppo_lines(cfg, stage)[0]
     assert ", round" not in ppo_lines(DemoConfig(), {**stage, "round": 1})[0]
+
+
+def test_an_earlier_runs_later_rounds_are_found_and_nothing_else(tmp_path):
+    for name in ("reward-r1", "ppo-r1", "reward-r2", "ppo-r2", "reward", "ppo", "sft", "dpo",
+                 "ppo-rx", "notes-r1"):
+        (tmp_path / name).mkdir()
+    for name in ("prefs.jsonl", "prefs-r2.jsonl", "prefs-r2.report.json", "prefs-r3.jsonl",
+                 "prefs-r2.jsonl.bak"):
+        (tmp_path / name).write_text("")
+    names = lambda rounds: [p.name for p in stale_rounds(tmp_path, rounds)]  # noqa: E731
+    assert names(1) == ["ppo-r1", "ppo-r2", "prefs-r2.jsonl", "prefs-r2.report.json",
+                        "prefs-r3.jsonl", "reward-r1", "reward-r2"]
+    assert names(2) == ["ppo-r2", "prefs-r3.jsonl", "reward-r2"]
+    assert names(3) == []
+    assert stale_rounds(tmp_path / "absent", 1) == []
+
+
+def test_later_rounds_need_an_output_folder_without_a_comma():
+    with pytest.raises(UserError, match="choose an output folder without a comma"):
+        DemoConfig(rounds=2, output="runs/a,b").validate()
+    DemoConfig(output="runs/a,b").validate()  # one round reads one file

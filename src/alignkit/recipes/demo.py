@@ -227,6 +227,26 @@ def paired_to_sft(table: dict, baseline: str = "sft") -> None:
                    beyond_noise=diff["beyond_noise"])
 
 
+def stale_rounds(root: Path, rounds: int) -> list[Path]:
+    """What an earlier run with more rounds left in the demo folder ``root`` that this run of
+    ``rounds`` does not write again (``reward-r<k>/``, ``ppo-r<k>/`` for k >= rounds,
+    ``prefs-r<k>.jsonl`` and its ``.report.json`` for k > rounds): the demo replaces its later
+    stages, and the run report would otherwise show them as this run's."""
+    import re
+
+    def round_of(path: Path) -> int | None:
+        found = re.fullmatch(r"(?:reward|ppo)-r(\d+)|prefs-r(\d+)\.(?:jsonl|report\.json)",
+                             path.name)
+        return int(found.group(1) or found.group(2)) if found else None
+
+    stale = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        k = round_of(path)
+        if k is not None and (k > rounds or (k == rounds and path.is_dir())):
+            stale.append(path)
+    return stale
+
+
 def validated(cfg):
     """A stage config the pipeline built, checked as the command line checks it."""
     cfg.validate()
@@ -450,6 +470,9 @@ def main(cfg: DemoConfig) -> dict:
     # 1. The flags, then every stage's own config, derived from the nested one.
     cfg.validate()
     configs = cfg.stage_configs(root)
+    for path in stale_rounds(root, cfg.ppo_rounds()):
+        log.info("removing %s, a later round of an earlier demo run in %s", path.name, root)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     # 2. Resolve the model (the default converts once from the packaged GGUF, ~30 s).
     t0 = time.time()
