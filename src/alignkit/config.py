@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1340,6 +1341,17 @@ class DemoConfig(RolloutArgs):
         """Folder of round ``k``'s ``stage`` (reward, ppo) of ``rounds``: the last round's is
         the stage's own name, an earlier one's ``<stage>-r<k>``."""
         return stage if k == rounds else f"{stage}-r{k}"
+
+    @staticmethod
+    def later_round(name: str, is_dir: bool, rounds: int) -> bool:
+        """Whether ``name`` in a demo folder is a stage or rankings file of a round after the
+        last of ``rounds`` (an earlier run's: ``reward-r<k>/`` and ``ppo-r<k>/`` for k >=
+        rounds, ``prefs-r<k>.jsonl`` and its ``.report.json`` for k > rounds)."""
+        found = re.fullmatch(r"(?:reward|ppo)-r(\d+)|prefs-r(\d+)\.(?:jsonl|report\.json)", name)
+        if found is None or is_dir != (found.group(1) is not None):
+            return False
+        k = int(found.group(1) or found.group(2))
+        return k > rounds or (k == rounds and is_dir)
 
     @staticmethod
     def round_labels(k: int) -> str:

@@ -1,5 +1,6 @@
 """The demo's later rounds: the ceiling an ensemble learned from several label sets can reach,
-and what each round prints."""
+which files of an earlier run's later rounds a new run removes, and the output folder they
+need."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from alignkit.config import DemoConfig
 from alignkit.errors import UserError
-from alignkit.recipes.demo import pooled_ceiling, ppo_lines, reward_lines, stale_rounds
+from alignkit.feedback.labelling import pooled_ceiling
 
 pytestmark = pytest.mark.unit
 
@@ -20,33 +21,21 @@ def test_the_pooled_ceiling_weighs_each_label_set_by_its_pairs():
     assert pooled_ceiling([]) == 0.0
 
 
-def test_each_round_says_what_it_learned_from_and_against_what():
-    cfg = DemoConfig(rounds=2)
-    line = reward_lines(cfg, {"accuracy": 0.7, "pairs": 10, "log_loss": 0.5, "ece": 0.1},
-                        0.875, 2)[0]
-    assert line.startswith("round 2: learned again from the rankings of rounds 1-2, 3-member")
-    assert "accuracy 0.700 (80% of the ceiling)" in line
-    assert not reward_lines(cfg, {}, 0.8)[0].startswith("round")
-    stage = {"round": 1, "monitor": [], "reward_model": "/r/reward-r1/final"}
-    assert ppo_lines(cfg, stage)[0].startswith("stage 3: PPO with LoRA from SFT, round 1 of 2, "
-                                               "16 steps x 4 prompts x 4 answers")
-    assert "(reward-r1/)" in ppo_lines(cfg, stage)[0]
-    assert ", round" not in ppo_lines(DemoConfig(), {**stage, "round": 1})[0]
+FOLDERS = ("reward-r1", "ppo-r1", "reward-r2", "ppo-r2", "reward", "ppo", "sft", "dpo", "ppo-rx",
+           "notes-r1", "prefs-r2.jsonl")
+FILES = ("prefs.jsonl", "prefs-r2.jsonl", "prefs-r2.report.json", "prefs-r3.jsonl",
+         "prefs-r2.jsonl.bak", "reward-r2")
 
 
-def test_an_earlier_runs_later_rounds_are_found_and_nothing_else(tmp_path):
-    for name in ("reward-r1", "ppo-r1", "reward-r2", "ppo-r2", "reward", "ppo", "sft", "dpo",
-                 "ppo-rx", "notes-r1"):
-        (tmp_path / name).mkdir()
-    for name in ("prefs.jsonl", "prefs-r2.jsonl", "prefs-r2.report.json", "prefs-r3.jsonl",
-                 "prefs-r2.jsonl.bak"):
-        (tmp_path / name).write_text("")
-    names = lambda rounds: [p.name for p in stale_rounds(tmp_path, rounds)]  # noqa: E731
-    assert names(1) == ["ppo-r1", "ppo-r2", "prefs-r2.jsonl", "prefs-r2.report.json",
-                        "prefs-r3.jsonl", "reward-r1", "reward-r2"]
-    assert names(2) == ["ppo-r2", "prefs-r3.jsonl", "reward-r2"]
-    assert names(3) == []
-    assert stale_rounds(tmp_path / "absent", 1) == []
+@pytest.mark.parametrize("rounds, later", [
+    (1, {"reward-r1/", "ppo-r1/", "reward-r2/", "ppo-r2/", "prefs-r2.jsonl",
+         "prefs-r2.report.json", "prefs-r3.jsonl"}),
+    (2, {"reward-r2/", "ppo-r2/", "prefs-r3.jsonl"}),
+    (3, set())])
+def test_an_earlier_runs_later_rounds_are_found_and_nothing_else(rounds, later):
+    found = {f"{name}/" for name in FOLDERS if DemoConfig.later_round(name, True, rounds)}
+    found |= {name for name in FILES if DemoConfig.later_round(name, False, rounds)}
+    assert found == later
 
 
 def test_later_rounds_need_an_output_folder_without_a_comma():

@@ -129,3 +129,10 @@ def print_report(report: dict, records: int, output) -> None:
     for ann, r in report["per_annotator"].items():
         print(f"  {ann:<16} pairs {r['pairs']:>5}  gold agreement {r['gold_agreement']:.3f}  "
               f"bayes-optimal {r['bayes_optimal']:.3f}")
+
+
+def pooled_ceiling(reports: list[dict]) -> float:
+    """The Bayes-optimal accuracy over the pairs of several label reports (a pair-weighted
+    mean): the ceiling of an ensemble learned from all of them."""
+    pairs = sum(r["pairs"] for r in reports)
+    return sum(r["bayes_optimal"] * r["pairs"] for r in reports) / max(pairs, 1)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from alignkit.config import DEMO_LABELS, DemoConfig, save_config
 from alignkit.data.readers import read_records
+from alignkit.feedback.labelling import pooled_ceiling
 from alignkit.generation.simple import generate
 from alignkit.generation.vllm_engine import engine_for
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
@@ -229,22 +230,12 @@ def paired_to_sft(table: dict, baseline: str = "sft") -> None:
 
 def stale_rounds(root: Path, rounds: int) -> list[Path]:
     """What an earlier run with more rounds left in the demo folder ``root`` that this run of
-    ``rounds`` does not write again (``reward-r<k>/``, ``ppo-r<k>/`` for k >= rounds,
-    ``prefs-r<k>.jsonl`` and its ``.report.json`` for k > rounds): the demo replaces its later
+    ``rounds`` does not write again (``DemoConfig.later_round``): the demo replaces its later
     stages, and the run report would otherwise show them as this run's."""
-    import re
-
-    def round_of(path: Path) -> int | None:
-        found = re.fullmatch(r"(?:reward|ppo)-r(\d+)|prefs-r(\d+)\.(?:jsonl|report\.json)",
-                             path.name)
-        return int(found.group(1) or found.group(2)) if found else None
-
-    stale = []
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
-        k = round_of(path)
-        if k is not None and (k > rounds or (k == rounds and path.is_dir())):
-            stale.append(path)
-    return stale
+    if not root.is_dir():
+        return []
+    return [path for path in sorted(root.iterdir())
+            if DemoConfig.later_round(path.name, path.is_dir(), rounds)]
 
 
 def validated(cfg):
@@ -314,13 +305,6 @@ def label_lines(label_cfg, rep: dict, prompts: int, whose: str = "stage 2: SFT")
             f"{rep['pairs']} pairs",
             f"labels agree with the hidden gold scorer: {rep['gold_agreement']:.3f}   "
             f"Bayes-optimal accuracy (ceiling): {rep['bayes_optimal']:.3f}"]
-
-
-def pooled_ceiling(reports: list[dict]) -> float:
-    """The Bayes-optimal accuracy over the pairs of several label reports (a pair-weighted
-    mean): the ceiling of an ensemble learned from all of them."""
-    pairs = sum(r["pairs"] for r in reports)
-    return sum(r["bayes_optimal"] * r["pairs"] for r in reports) / max(pairs, 1)
 
 
 def reward_lines(cfg: DemoConfig, ev: dict, ceiling: float, k: int = 1) -> list[str]:
