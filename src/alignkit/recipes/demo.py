@@ -373,12 +373,13 @@ def comparison_lines(table: dict, n_compare: int) -> list[str]:
 
 
 def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: list,
-                 after: list, stage2: dict, rounds: list[dict], stage4: dict | None,
+                 after: list, rounds: list[dict], stage4: dict | None,
                  table: dict, n_compare: int, started: float) -> dict:
     """Print the whole summary (every stage's results, the answers side by side, the
     comparison) and write ``demo_summary.json``; returns the summary. ``rounds``: stage 3's
-    rounds in order, each its ``reward`` ensemble, its ``ppo`` run (None when PPO is left
-    out) and, after the first, the new ``labels`` report and their ``prompts``."""
+    rounds in order, each its ``labels`` report and their ``prompts`` (the first round's:
+    stage 2's rankings of the SFT answers), its ``reward`` ensemble and its ``ppo`` run (None
+    when PPO is left out)."""
     stage3 = rounds[-1]["ppo"]
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
@@ -392,8 +393,9 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
                                   f"AFTER SFT ({a.num_tokens} tok{'' if a.ended else ', cut'})", width))
         lines.append(side_by_side(b.text, a.text, width))
         lines.append("")
-    ev, rep = stage2["eval"], stage2["report"]
-    lines += ["-" * (2 * width + 5), *label_lines(cfg.label, rep, stage2["prompts"]),
+    # stage 2: the first round's rankings (the SFT answers') and ensemble
+    ev, rep = rounds[0]["reward"]["eval"], rounds[0]["labels"]
+    lines += ["-" * (2 * width + 5), *label_lines(cfg.label, rep, rounds[0]["prompts"]),
               *reward_lines(cfg, ev, rep["bayes_optimal"]), "", "-" * (2 * width + 5)]
     for k, stage in enumerate(rounds, 1):
         if k > 1:
@@ -417,7 +419,7 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
                      "before": b.text, "after": a.text, "before_ended": b.ended,
                      "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
         "final_model": str(result.final), "seconds": round(time.time() - started, 1),
-        "labels": rep, "reward_eval": ev, "reward_model": str(stage2["final"]),
+        "labels": rep, "reward_eval": ev, "reward_model": str(rounds[0]["reward"]["final"]),
     }
     summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
                            for k, row in table.items()}
@@ -507,8 +509,6 @@ def main(cfg: DemoConfig) -> dict:
         rl = (None if cfg.skip_ppo else
               run_ppo(cfg, configs[cfg.round_folder("ppo", k, total)], k))
         rounds.append({**rankings, "reward": trained, "ppo": rl})
-    stage2 = {"report": report, "eval": rounds[0]["reward"]["eval"],
-              "final": rounds[0]["reward"]["final"], "prompts": n_labelled}
     reward_final = rounds[-1]["reward"]["final"]
 
     # 8. Stage 4: DPO (LoRA) on stage 2's rankings.
@@ -531,7 +531,7 @@ def main(cfg: DemoConfig) -> dict:
 
     # 10. The summary: every stage's results again, the answers side by side, the comparison;
     #     demo_summary.json.
-    summary = final_report(cfg, root, result, prompts, before, after, stage2, rounds, stage4,
+    summary = final_report(cfg, root, result, prompts, before, after, rounds, stage4,
                            table, n_compare, started)
 
     # 11. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
