@@ -83,6 +83,36 @@ def test_logprobs_equal_the_training_forward_and_the_draw_is_seeded(model, tiny_
     torch.testing.assert_close(a.logprobs, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cfg", [SamplingConfig(10, temperature=0.7, top_p=0.9, top_k=50),
+                                 SamplingConfig(10), SamplingConfig(10, temperature=0.0)],
+                         ids=["filtered", "plain", "greedy"])
+def test_decode_stats_equal_a_second_forward_and_draw_the_same_answers(model, tiny_tokenizer,
+                                                                       cfg):
+    """``with_decode_stats``: the log-probs and entropy read off the decoding pass are the
+    second forward's (``response_logprobs`` at the sampling temperature, top-k / top-p not
+    applied), and the answers are those drawn without them, chunked or not."""
+    from alignkit.generation.sampler import row_seed
+
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    p = prompts(tiny_tokenizer) * 3
+    seeds = [row_seed(5, i) for i in range(len(p))]
+    plain = sample(model, p, pad, eos, cfg, with_logprobs=False, row_seeds=seeds)
+    stats = sample(model, p, pad, eos, cfg, with_logprobs=False, row_seeds=seeds,
+                   with_decode_stats=True, batch_size=4)
+    assert plain.logprobs is None and plain.entropy is None
+    assert torch.equal(stats.response, plain.response)
+    assert torch.equal(stats.response_mask, plain.response_mask)
+    want = response_logprobs(model, stats.query, stats.query_mask, stats.response,
+                             stats.response_mask, cfg.temperature or 1.0, with_entropy=True)
+    torch.testing.assert_close(stats.logprobs, want["logprobs"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats.entropy, want["entropy"], atol=1e-5, rtol=1e-5)
+    real = stats.response_mask == 1
+    assert (stats.entropy[real] > 0).all() and (stats.entropy[~real] == 0).all()
+    assert (stats.logprobs[~real] == 0).all()
+    with pytest.raises(ValueError, match="with_decode_stats"):
+        sample(model, p, pad, eos, cfg, with_decode_stats=True)
+
+
 def test_top_k_one_and_greedy_agree(model, tiny_tokenizer):
     eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
     greedy = sample(model, prompts(tiny_tokenizer), pad, eos, SamplingConfig(8, temperature=0.0))

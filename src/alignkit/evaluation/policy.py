@@ -96,11 +96,13 @@ def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
                      progress: str | None = None) -> list[dict]:
     """``measure_policy``'s numbers for the prompts ``rows``, one dict per prompt."""
     with autocast(device, precision):
+        # the own sampler hands over the policy's log-probs and entropy from its decoding
+        # pass; an engine's are its own numerics, so the policy computes them again
         rollout = sample(policy, [ids[i] for i in rows], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, sampling, with_logprobs=False,
                          batch_size=sampling_batch,
                          row_seeds=[row_seed(seed, i) for i in rows],
-                         engine=engine, progress=progress)
+                         engine=engine, progress=progress, with_decode_stats=engine is None)
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()
@@ -110,14 +112,17 @@ def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
     for start in range(0, len(rows), batch_size):
         part = rollout.select(torch.arange(start, min(start + batch_size, len(rows))))
         with autocast(device, precision):
-            fwd = response_logprobs(policy, part.query, part.query_mask, part.response,
-                                    part.response_mask, sampling.temperature or 1.0,
-                                    with_entropy=True)
+            if rollout.entropy is None:
+                fwd = response_logprobs(policy, part.query, part.query_mask, part.response,
+                                        part.response_mask, sampling.temperature or 1.0,
+                                        with_entropy=True)
+                logprobs.append(fwd["logprobs"])
+                entropy.append(fwd["entropy"])
             if reference_logprobs is not None:
                 ref_parts.append(reference_logprobs(part))
-        logprobs.append(fwd["logprobs"])
-        entropy.append(fwd["entropy"])
-    fwd = {"logprobs": torch.cat(logprobs), "entropy": torch.cat(entropy)}
+    fwd = ({"logprobs": rollout.logprobs, "entropy": rollout.entropy}
+           if rollout.entropy is not None else
+           {"logprobs": torch.cat(logprobs), "entropy": torch.cat(entropy)})
     ref = torch.cat(ref_parts) if ref_parts else None
     policy.train(was)
     responses = decode_responses(tokenizer, rollout)

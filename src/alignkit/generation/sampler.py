@@ -40,7 +40,9 @@ class Rollout:
     logprobs: (B, T) log-prob of each sampled token under the sampling policy (0 on padding);
     ended: (B,) True when the response stopped at EOS (False: cut at ``max_new_tokens``);
     engine_logprobs: (B, T) the same log-probs as the rollout engine computed them while
-    sampling (vLLM; None for the own sampler), to measure its gap to the training numerics."""
+    sampling (vLLM; None for the own sampler), to measure its gap to the training numerics.
+    entropy: (B, T) the entropy of each token's distribution, with ``logprobs`` taken from the
+    decoding pass itself (``sample(..., with_decode_stats=True)``; else None)."""
 
     query: torch.Tensor
     query_mask: torch.Tensor
@@ -49,6 +51,7 @@ class Rollout:
     logprobs: torch.Tensor | None
     ended: torch.Tensor
     engine_logprobs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -62,7 +65,8 @@ class Rollout:
         return Rollout(self.query[index], self.query_mask[index], self.response[index],
                        self.response_mask[index],
                        None if self.logprobs is None else self.logprobs[index], self.ended[index],
-                       None if self.engine_logprobs is None else self.engine_logprobs[index])
+                       None if self.engine_logprobs is None else self.engine_logprobs[index],
+                       None if self.entropy is None else self.entropy[index])
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,10 +194,16 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator] | None,
 
 
 def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingConfig,
-           pad_id: int, eos_id: int | None, row_seeds: list[int] | None = None) -> torch.Tensor:
+           pad_id: int, eos_id: int | None, row_seeds: list[int] | None = None,
+           stats: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """KV-cached decoding of left-padded prompts -> (B, T) new tokens (``pad_id`` after EOS).
     Finished sequences leave the batch. Draws use the global torch RNG (seed it to repeat), or
-    with ``row_seeds`` one generator per row seeded with its seed."""
+    with ``row_seeds`` one generator per row seeded with its seed.
+
+    ``stats``: a dict that receives ``logprobs`` and ``entropy`` (B, T) of every drawn token
+    under logits / temperature, unfiltered by top-k / top-p: what ``response_logprobs``
+    computes, read off the decoding pass's own logits instead of a second forward (equal up to
+    float rounding; 0 after EOS)."""
     from transformers import DynamicCache
 
     batch = query.shape[0]
@@ -207,13 +217,26 @@ def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingCo
     next_position = position[:, -1] + 1
     alive = torch.arange(batch, device=query.device)  # original row of each live cache row
     out = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=query.device)
+    if stats is not None:
+        for key in ("logprobs", "entropy"):
+            stats[key] = torch.zeros((batch, cfg.max_new_tokens), device=query.device)
     for t in range(cfg.max_new_tokens):
+        logp = None
+        if stats is not None:
+            scaled = logits.float()
+            if cfg.temperature not in (0.0, 1.0):
+                scaled = scaled / cfg.temperature
+            logp = torch.log_softmax(scaled, dim=-1)
         if cfg.temperature <= 0:
             token = logits.argmax(-1)
         else:
+            # drawn exactly as without the statistics: the same answers either way
             probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
             token = draw(probs, generators, alive)
         out[alive, t] = token
+        if logp is not None:
+            stats["logprobs"][alive, t] = logp.gather(-1, token[:, None]).squeeze(-1)
+            stats["entropy"][alive, t] = -(logp.exp() * logp).sum(-1)
         if t == cfg.max_new_tokens - 1:
             break
         if eos_id is not None:
@@ -247,7 +270,8 @@ def fixed_draw(seed: int):
 def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
            cfg: SamplingConfig = SamplingConfig(), with_logprobs: bool = True,
            batch_size: int = 0, row_seeds: list[int] | None = None,
-           engine=None, progress: str | None = None) -> Rollout:
+           engine=None, progress: str | None = None,
+           with_decode_stats: bool = False) -> Rollout:
     """Sample one response per tokenised prompt (repeat a prompt for several samples). Seed the
     global torch RNG beforehand for a reproducible draw, or give each response its own seed
     (``row_seeds``, see ``row_seed``): then a response is the same whatever batch or process
@@ -259,9 +283,17 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
     None when they are not asked for.
 
     ``progress``: the description of a progress bar on stderr that counts the answers as each
-    chunk is done (None: no bar). The bar changes nothing that is drawn."""
+    chunk is done (None: no bar). The bar changes nothing that is drawn.
+
+    ``with_decode_stats`` (this module's decoding only, not ``engine``): ``logprobs`` and
+    ``entropy`` read off the decoding pass (``decode``'s ``stats``), not recomputed by a second
+    forward: for evaluation, which needs no bit-exact training numerics; exclusive with
+    ``with_logprobs``."""
     if not prompts:
         raise ValueError("no prompts to sample from")
+    if with_decode_stats and (with_logprobs or engine is not None):
+        raise ValueError("with_decode_stats reads the own decoding pass: not with "
+                         "with_logprobs or a rollout engine")
     if row_seeds is not None and len(row_seeds) != len(prompts):
         raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
     step = batch_size if batch_size and len(prompts) > batch_size else len(prompts)
@@ -269,7 +301,7 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
         step = len(prompts)
     if step == len(prompts) and progress is None:
         return _sample_chunk(model, prompts, pad_id, eos_id, cfg, with_logprobs, row_seeds,
-                             engine)
+                             engine, with_decode_stats)
     from alignkit.utils.logs import progress_bar
 
     parts = []
@@ -278,14 +310,15 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
         for i in range(0, len(prompts), step):
             parts.append(_sample_chunk(
                 model, prompts[i:i + step], pad_id, eos_id, cfg, with_logprobs,
-                None if row_seeds is None else row_seeds[i:i + step], engine))
+                None if row_seeds is None else row_seeds[i:i + step], engine,
+                with_decode_stats))
             bar.update(len(prompts[i:i + step]))
     return parts[0] if len(parts) == 1 else concat_rollouts(parts, pad_id)
 
 
 def _sample_chunk(model, prompts: list[list[int]], pad_id: int, eos_id: int | None,
                   cfg: SamplingConfig, with_logprobs: bool, row_seeds: list[int] | None,
-                  engine=None) -> Rollout:
+                  engine=None, with_decode_stats: bool = False) -> Rollout:
     """``sample`` of one chunk: all its prompts in one batch."""
     if engine is not None:
         return engine_sample(engine, model, prompts, pad_id, eos_id, cfg, with_logprobs,
@@ -296,7 +329,8 @@ def _sample_chunk(model, prompts: list[list[int]], pad_id: int, eos_id: int | No
     try:
         query, query_mask = left_pad(prompts, pad_id)
         query, query_mask = query.to(device), query_mask.to(device)
-        response = decode(model, query, query_mask, cfg, pad_id, eos_id, row_seeds)
+        stats = {} if with_decode_stats else None
+        response = decode(model, query, query_mask, cfg, pad_id, eos_id, row_seeds, stats)
         # real tokens: everything up to and including the first EOS
         if eos_id is not None:
             is_eos = response == eos_id
@@ -309,11 +343,15 @@ def _sample_chunk(model, prompts: list[list[int]], pad_id: int, eos_id: int | No
         response = torch.where(before_eos, response, torch.full_like(response, pad_id))
         width = max(int(response_mask.sum(1).max()), 1)  # no all-padding columns to train on
         response, response_mask = response[:, :width], response_mask[:, :width]
-        logprobs = None
+        logprobs = entropy = None
         if with_logprobs:
             logprobs = response_logprobs(model, query, query_mask, response, response_mask,
                                          cfg.temperature or 1.0)["logprobs"]
-        return Rollout(query, query_mask, response, response_mask, logprobs, ended)
+        if stats is not None:
+            real = response_mask.to(stats["logprobs"].dtype)
+            logprobs, entropy = (stats[key][:, :width] * real for key in ("logprobs", "entropy"))
+        return Rollout(query, query_mask, response, response_mask, logprobs, ended,
+                       entropy=entropy)
     finally:
         model.train(was_training)
 
@@ -380,4 +418,6 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([pad(p.logprobs, t, 0.0, False) for p in parts]),
         torch.cat([p.ended for p in parts]),
         None if any(p.engine_logprobs is None for p in parts) else
-        torch.cat([pad(p.engine_logprobs, t, 0.0, False) for p in parts]))
+        torch.cat([pad(p.engine_logprobs, t, 0.0, False) for p in parts]),
+        None if any(p.entropy is None for p in parts) else
+        torch.cat([pad(p.entropy, t, 0.0, False) for p in parts]))
