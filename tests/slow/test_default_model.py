@@ -67,9 +67,12 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert summary["reward_eval"]["pairs"] > 0 and "member2_accuracy" in summary["reward_eval"]
     assert (out / "reward" / "final" / "reward_config.json").is_file()
     assert "Bayes-optimal" in proc.stdout
-    # stages 3 and 4: PPO (one round) and DPO with LoRA; base, SFT, PPO, DPO and best-of-4
-    # compared on held-out prompts
-    assert [r["reward_model"] for r in summary["rounds"]] == [str(out / "reward" / "final")]
+    # stages 3 and 4: PPO (two rounds: the second ensemble also learned from the panel's
+    # rankings of the first PPO policy's answers) and DPO with LoRA; base, SFT, the last PPO
+    # policy, DPO and best-of-4 compared on held-out prompts
+    assert [r["reward_model"] for r in summary["rounds"]] == [
+        str(out / "reward-r1" / "final"), str(out / "reward" / "final")]
+    assert summary["rounds"][1]["labels"]["pairs"] == 10 * 2 * 6
     policies = summary["policies"]
     assert list(policies) == ["base", "sft", "ppo", "dpo", "best-of-4"]
     assert policies["best-of-4"]["kl"] == pytest.approx(0.6362944, abs=1e-6)  # log 4 - 3/4

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.smoke
 def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
     # a nested stage option, a flat flag of earlier versions (an alias of reward.max_steps) and
-    # two rounds of RLHF
+    # two rounds of RLHF, both rounds' PPO policies compared
     argv = ["demo", "--model", str(tiny_model_dir), "--quick", "--output", str(out),
-            "--no-progress", "--ppo.kl-coef", "0.1", "--reward-steps", "3", "--rounds", "2"]
+            "--no-progress", "--ppo.kl-coef", "0.1", "--reward-steps", "3", "--rounds", "2",
+            "--compare-earlier-rounds"]
     proc = run_cli(*argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # each stage ran with the config the demo derived from its nested one
@@ -117,7 +118,7 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     # a one-round run into the same folder replaces the later stages: the earlier run's first
     # round and its answers' rankings go, so the report shows only this run's stages
     proc = run_cli("demo", "--model", str(tiny_model_dir), "--quick", "--output", str(out),
-                   "--no-progress", "--skip-dpo")
+                   "--no-progress", "--skip-dpo", "--rounds", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any((out / name).exists() for name in ("reward-r1", "ppo-r1", "prefs-r2.jsonl",
                                                        "prefs-r2.report.json"))

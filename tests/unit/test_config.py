@@ -485,9 +485,10 @@ FLAT_DEMO_DEFAULTS = {
 }
 # defaults the demo changed on purpose since the flat one (a saved flat config keeps the value it
 # names): the comparison uses all 96 held-out prompts, for a paired standard error that can tell
-# the policies apart; DPO runs 48 steps (at 24 and 32 its gold gain over SFT was within
-# noise); PPO samples 4 answers to each of 4 prompts a step (below, its RLOO advantage)
-CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 48, "ppo_batch_size": 4}
+# the policies apart; DPO runs 32 steps (at 24 its gold gain over SFT was within noise; on
+# the diverse candidates labelled since, 32 steps gain 4 paired standard errors); PPO samples 4
+# answers to each of 4 prompts a step (below, its RLOO advantage)
+CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size": 4}
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
@@ -648,7 +649,10 @@ def test_each_round_of_the_demo_learns_from_every_ranking_so_far(rounds):
         assert (reward_cfg.data, reward_cfg.output) == (",".join(labels[:k]), reward_dir)
         ppo_cfg = configs["ppo" if k == rounds else f"ppo-r{k}"]
         assert ppo_cfg.reward_model == f"{reward_dir}/final"
-        assert ppo_cfg.model == "/r/sft/final" and ppo_cfg.max_steps == 16
+        # the rounds before the last only write the next round's answers: 8 steps
+        assert ppo_cfg.model == "/r/sft/final" and ppo_cfg.max_steps == (16 if k == rounds
+                                                                         else 8)
+        assert ppo_cfg.eval_every == ppo_cfg.max_steps // 4
         assert DemoConfig.round_labels(k) == Path(labels[k - 1]).name
     assert configs["dpo"].data == "/r/prefs.jsonl"
     skipped = DemoConfig(rounds=rounds, skip_ppo=True)
@@ -660,12 +664,29 @@ def test_each_round_of_the_demo_learns_from_every_ranking_so_far(rounds):
 def test_later_rounds_label_the_policys_own_answers():
     relabel = DemoConfig().relabel
     assert (relabel.temperature_list(), relabel.base_answers, relabel.prompts,
-            relabel.num_responses, relabel.labels_per_prompt) == ([1.0], 0, 254, 4, 2)
+            relabel.num_responses, relabel.labels_per_prompt) == ([1.0], 0, 128, 4, 2)
     assert DemoConfig(quick=True).shortened().relabel.prompts == 10
     assert build_config(DemoConfig, parse("demo", ["--rounds", "3", "--relabel.prompts", "7"])
                         ) == DemoConfig(rounds=3, relabel=dataclasses.replace(relabel, prompts=7))
     with pytest.raises(UserError, match="relabel.temperatures"):
         DemoConfig(relabel=dataclasses.replace(relabel, temperatures="0")).validate()
+
+
+def test_earlier_rounds_run_fewer_ppo_steps():
+    """--earlier-rounds-ppo-steps: every round but the last runs that many steps (0: all of
+    ppo.max-steps; never more than the last round's), the last round ppo.max-steps."""
+    root = Path("/r")
+    cfg = DemoConfig(rounds=3, earlier_rounds_ppo_steps=5,
+                     ppo=dataclasses.replace(DemoConfig().ppo, max_steps=12))
+    steps = {name: c.max_steps for name, c in cfg.stage_configs(root).items()
+             if name.startswith("ppo")}
+    assert steps == {"ppo-r1": 5, "ppo-r2": 5, "ppo": 12}
+    assert [cfg.ppo_steps(k) for k in (1, 2, 3)] == [5, 5, 12]
+    assert dataclasses.replace(cfg, earlier_rounds_ppo_steps=0).ppo_steps(1) == 12
+    assert dataclasses.replace(cfg, earlier_rounds_ppo_steps=40).ppo_steps(1) == 12
+    assert DemoConfig(rounds=1).ppo_steps(1) == 16  # the only round is the last
+    assert build_config(DemoConfig, parse("demo", ["--earlier-rounds-ppo-steps", "3"])
+                        ).earlier_rounds_ppo_steps == 3
 
 
 def test_an_old_saved_flat_demo_config_loads(in_tmp):
@@ -820,12 +841,13 @@ def test_demo_help_lists_the_nested_options_by_stage(capsys):
 def test_the_demo_stage_configs_load_with_their_own_stage(tmp_path):
     for cfg in (DemoConfig(), build_config(DemoConfig, parse("demo", flat_argv(
             FLAT_CASES["every demo option"])))):
-        for stage, sub in cfg.stage_configs(tmp_path / "demo").items():
+        for name, sub in cfg.stage_configs(tmp_path / "demo").items():
+            stage = name.split("-r")[0]  # an earlier round's folder, ppo-r1: the ppo stage
             cls = STAGES[stage][0]
             assert type(sub) is cls
             sub.validate()
-            path = save_config(sub, tmp_path / stage)
-            assert build_config(cls, parse(stage, ["--config", str(path)])) == sub, stage
+            path = save_config(sub, tmp_path / name)
+            assert build_config(cls, parse(stage, ["--config", str(path)])) == sub, name
 
 
 @pytest.mark.parametrize("spelling", ["none", "None", "", "null"])

@@ -321,7 +321,8 @@ def reward_lines(cfg: DemoConfig, ev: dict, ceiling: float, k: int = 1) -> list[
 def ppo_lines(cfg: DemoConfig, stage3: dict) -> list[str]:
     k, monitor, rounds = cfg.ppo.samples_per_prompt, stage3["monitor"], cfg.ppo_rounds()
     of_rounds = f", round {stage3['round']} of {rounds}" if rounds > 1 else ""
-    lines = [f"stage 3: PPO with LoRA from SFT{of_rounds}, {cfg.ppo.max_steps} steps x "
+    steps = cfg.ppo_steps(stage3["round"])
+    lines = [f"stage 3: PPO with LoRA from SFT{of_rounds}, {steps} steps x "
              f"{cfg.ppo.batch_size} prompts{f' x {k} answers' if k > 1 else ''}, advantage "
              f"{cfg.ppo.advantage}, reward = ensemble {cfg.ppo.combine} "
              f"({Path(stage3['reward_model']).parent.name}/), KL coefficient {cfg.ppo.kl_coef}"]
@@ -515,10 +516,11 @@ def main(cfg: DemoConfig) -> dict:
     stage4 = None if cfg.skip_dpo else run_dpo(cfg, configs["dpo"])
 
     # 9. Every policy on the same unseen prompts: gold score (paired by prompt against SFT) and
-    #    KL to SFT; proxy (and best-of-n's pick) by the last round's ensemble.
+    #    KL to SFT; proxy (and best-of-n's pick) by the last round's ensemble. PPO: the last
+    #    round (--compare-earlier-rounds: every round).
     policies = {"base": (cfg.model, cfg.base_samples), "sft": (None, cfg.best_of_pool)}
     for k, stage in enumerate(rounds, 1):
-        if stage["ppo"] is not None:
+        if stage["ppo"] is not None and (k == total or cfg.compare_earlier_rounds):
             name = cfg.round_folder("ppo", k, total)
             policies[name] = (str(stage["ppo"]["final"]), cfg.compare_samples)
     if stage4 is not None:
