@@ -649,9 +649,7 @@ def test_each_round_of_the_demo_learns_from_every_ranking_so_far(rounds):
         assert (reward_cfg.data, reward_cfg.output) == (",".join(labels[:k]), reward_dir)
         ppo_cfg = configs["ppo" if k == rounds else f"ppo-r{k}"]
         assert ppo_cfg.reward_model == f"{reward_dir}/final"
-        # the rounds before the last only write the next round's answers: 8 steps
-        assert ppo_cfg.model == "/r/sft/final" and ppo_cfg.max_steps == (16 if k == rounds
-                                                                         else 8)
+        assert ppo_cfg.model == "/r/sft/final" and ppo_cfg.max_steps == 16
         assert ppo_cfg.eval_every == ppo_cfg.max_steps // 4
         assert DemoConfig.round_labels(k) == Path(labels[k - 1]).name
     assert configs["dpo"].data == "/r/prefs.jsonl"
