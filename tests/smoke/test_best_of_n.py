@@ -103,4 +103,6 @@ def test_measure_policy_is_the_same_batch_by_batch(tiny_model_dir, tmp_path):
     assert whole["kl"] > 0.01
     itself = measure_policy(model, tok, texts, ids, [None] * 21, logprobs_under(model), None,
                             None, SamplingConfig(12, 1.0), seed=5, batch_size=4)
-    assert itself["kl"] == 0.0
+    # its log-probs off the decoding pass, the reference's from a full forward: equal up to
+    # float rounding
+    assert itself["kl"] == pytest.approx(0.0, abs=1e-5)
