@@ -76,7 +76,7 @@ def test_cli_with_a_reward_model(tiny_model_dir, tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-def test_measure_policy_is_the_same_batch_by_batch(tiny_model_dir, tmp_path):
+def test_measure_policy_is_the_same_batch_by_batch(tiny_model_dir, tmp_path, monkeypatch):
     """``measure_policy`` samples and scores its answers batch by batch (all the answers' logits
     at once do not fit in memory for a few hundred): the answers, their KL to the reference,
     entropy, length and reward are the same whatever the batch size, and a policy's KL to
@@ -106,3 +106,23 @@ def test_measure_policy_is_the_same_batch_by_batch(tiny_model_dir, tmp_path):
     # its log-probs off the decoding pass, the reference's from a full forward: equal up to
     # float rounding
     assert itself["kl"] == pytest.approx(0.0, abs=1e-5)
+    # under bf16 autocast the step-by-step decode rounds otherwise than a full forward (on
+    # SmolLM2's matrices; this tiny model's happen to round alike): the policy's log-probs come
+    # from a full forward, as the reference's, so its KL to itself is exactly 0
+    from alignkit.evaluation import policy as evaluation_policy
+
+    asked = []
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["with_decode_stats"])
+        return real_sample(*args, **kwargs)
+
+    real_sample = evaluation_policy.sample
+    monkeypatch.setattr(evaluation_policy, "sample", recording)
+    for name in ("fp32", "bf16"):
+        row = measure_policy(model, tok, texts, ids, [None] * 21, logprobs_under(model), None,
+                             None, SamplingConfig(12, 1.0), seed=5, batch_size=4,
+                             precision=name)
+        assert row["kl"] == (pytest.approx(0.0, abs=1e-5) if name == "fp32" else 0.0), name
+        assert row["entropy"] == pytest.approx(itself["entropy"], rel=0.05), name
+    assert asked == [True, False]

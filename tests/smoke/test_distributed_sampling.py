@@ -6,7 +6,7 @@ process writes; online DPO (each rank samples, labels and scores the reference f
 round, each DPO step's groups shared out, a rank left without one joining the gradient average
 with an empty pass) has the per-step metrics and final weights of one process, and resumes from
 its checkpoint in one process. The one-process runs go through ``alignkit.cli.run`` in this
-process (no second interpreter start)."""
+process (no second interpreter start). Every run is fp32 (``test_distributed.FP32_STAGES``)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_best_of_n_on_two_ranks_equals_one_process(tiny_model_dir, reward_model,
     prompts = write_prompts(tmp_path / "p.jsonl", 5)
     run(BestOfNConfig(model=str(tiny_model_dir), reward_model=str(reward_model),
                       data=str(prompts), n=3, max_new_tokens=8, batch_size=4,
-                      output=str(tmp_path / "one")))
+                      precision="fp32", output=str(tmp_path / "one")))
     # torchrun's own parser takes --n for an abbreviation of its options: n comes from a file
     (tmp_path / "n.yaml").write_text("n: 3\n")
     run_ranks(2, "best-of-n", "--config", str(tmp_path / "n.yaml"), "--model",
@@ -138,7 +138,7 @@ def test_eval_on_two_ranks_equals_one_process(tiny_model_dir, reward_model, tmp_
     policies = f"base={tiny_model_dir},other={other}"
     run(EvalConfig(policies=policies, reward_model=str(reward_model), max_prompts=5,
                    max_adversarial=1, max_new_tokens=8, bootstrap=200, seed=5,
-                   output=str(tmp_path / "one")))
+                   precision="fp32", output=str(tmp_path / "one")))
     proc = run_ranks(2, "eval", "--policies", policies, "--reward-model", str(reward_model),
                      "--max-prompts", "5", "--max-adversarial", "1", "--max-new-tokens", "8",
                      "--bootstrap", "200", "--seed", "5", "--output", str(tmp_path / "two"))
@@ -164,7 +164,7 @@ def test_online_dpo_on_two_ranks_equals_one_process_and_resumes_in_one(tiny_mode
                     lora=True, rounds=4, prompts_per_round=5, samples_per_prompt=3,
                     batch_size=4, lr=1e-3, max_new_tokens=8, sample_prompts=str(prompts),
                     sample_count=5, eval_every=2, save_every=2, keep_checkpoints=0, seed=4,
-                    progress=False)
+                    progress=False, precision="fp32")
     run(OnlineDPOConfig(**settings, output=str(tmp_path / "one")))
     two = tmp_path / "two"
     flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"

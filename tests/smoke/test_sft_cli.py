@@ -72,6 +72,8 @@ def test_lora_sft_final_is_merged_plain_model(tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     setup = next(r for r in read_metrics(out) if r["split"] == "setup")
     assert setup["lora"] is True and setup["trainable_params"] < setup["total_params"] / 5
+    from alignkit.models.precision import numerics_name
+    assert setup["numerics"] == numerics_name("cpu", "auto")  # what --precision auto ran as
     assert not (out / "final" / "adapter_config.json").exists()
     from safetensors.torch import load_file
     trained = load_file(str(out / "final" / "model.safetensors"))

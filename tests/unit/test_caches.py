@@ -48,7 +48,8 @@ def parts(tiny_tokenizer):
     groups, problems = build_groups(pair_examples(), tiny_tokenizer, "policy", chat="always")
     assert not problems and len(groups) == 4
     model = build_tiny_model(tiny_tokenizer, seed=3).eval()
-    cfg = DPOConfig(data="unused.jsonl", batch_size=2, max_length=512, precision="auto")
+    # fp32 named: --precision auto is bf16 on CUDA, and the cases below change it
+    cfg = DPOConfig(data="unused.jsonl", batch_size=2, max_length=512, precision="fp32")
     return model, groups[:3], groups[3:], cfg, tiny_tokenizer
 
 
@@ -152,7 +153,8 @@ def test_reference_key_sees_device_pad_id_and_chat_and_max_length_effects(parts,
     model, train, heldout, cfg, tok = parts
     before = key_of(model, train, heldout, cfg)
     # CUDA: another device's arithmetic, and bf16 autocast under --precision auto
-    cuda = key_of(model, train, heldout, cfg, device="cuda")
+    cuda = key_of(model, train, heldout, dataclasses.replace(cfg, precision="auto"),
+                  device="cuda")
     assert cuda["numerics"]["device"] == "cuda" and cuda["numerics"]["bf16_autocast"] is True
     assert changed_parts(before, cuda) == {"numerics"}
     assert changed_parts(before, key_of(model, train, heldout, cfg, pad_id=5)) == {"numerics"}

@@ -11,7 +11,7 @@ from alignkit.evaluation.paired import standard_error
 from alignkit.generation.sampler import (SAMPLING_BATCH, Rollout, SamplingConfig,
                                          response_logprobs, row_seed, sample)
 from alignkit.losses.ppo import kl_estimate
-from alignkit.models.precision import autocast
+from alignkit.models.precision import autocast, autocast_dtype
 from alignkit.utils.distributed import World, gather_shares, share
 
 
@@ -95,14 +95,18 @@ def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
                      engine=None,
                      progress: str | None = None) -> list[dict]:
     """``measure_policy``'s numbers for the prompts ``rows``, one dict per prompt."""
+    # the own sampler hands over the policy's log-probs and entropy from its decoding pass
+    # when they equal a full forward's (fp32: to 1e-5). An engine's are its own numerics, and
+    # under bf16/fp16 autocast the step-by-step decode rounds otherwise than the reference's
+    # full forward (an identical policy would read a KL of rounding): the policy computes
+    # them again, as the reference does.
+    from_decoding = engine is None and autocast_dtype(device, precision) is None
     with autocast(device, precision):
-        # the own sampler hands over the policy's log-probs and entropy from its decoding
-        # pass; an engine's are its own numerics, so the policy computes them again
         rollout = sample(policy, [ids[i] for i in rows], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, sampling, with_logprobs=False,
                          batch_size=sampling_batch,
                          row_seeds=[row_seed(seed, i) for i in rows],
-                         engine=engine, progress=progress, with_decode_stats=engine is None)
+                         engine=engine, progress=progress, with_decode_stats=from_decoding)
     mask = rollout.response_mask.float()
     was = policy.training
     policy.eval()

@@ -30,6 +30,7 @@ from alignkit.feedback.labelling import pooled_ceiling
 from alignkit.generation.simple import generate
 from alignkit.generation.vllm_engine import engine_for
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
+from alignkit.models.precision import numerics_name
 from alignkit.recipes import dpo, ppo, reward, sft
 from alignkit.utils.logs import log
 
@@ -386,8 +387,11 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
     width = max(30, min(60, (shutil.get_terminal_size((120, 20)).columns - 6) // 2))
     stages = ["SFT", "reward"] + ["PPO"] * (stage3 is not None) + ["DPO"] * (stage4 is not None)
+    device = pick_device(cfg.device)
+    numerics = numerics_name(device, cfg.precision)  # --precision auto: bf16 on CUDA
     lines = ["", "=" * (2 * width + 5), f"alignkit demo: {', '.join(stages)} (LoRA policies) on "
-             f"{cfg.model}", "=" * (2 * width + 5), *sft_lines(cfg, result, before, after), ""]
+             f"{cfg.model}, {numerics} on {device}", "=" * (2 * width + 5),
+             *sft_lines(cfg, result, before, after), ""]
     for p, b, a in zip(prompts, before, after):
         lines.append(f"[{p.get('category', '')}] {p['prompt']}")
         lines.append(side_by_side(f"BEFORE ({b.num_tokens} tok{'' if b.ended else ', cut'})",
@@ -413,7 +417,8 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
         lines.append(f"monitor plot (proxy, gold, KL over PPO steps): {stage3['png']}")
     lines.append("")
     summary = {
-        "model": cfg.model, "steps": steps[-1], "heldout_loss_before": first["loss"],
+        "model": cfg.model, "device": device, "numerics": numerics, "steps": steps[-1],
+        "heldout_loss_before": first["loss"],
         "heldout_loss_after": last["loss"], "heldout_ppl_before": first["perplexity"],
         "heldout_ppl_after": last["perplexity"],
         "samples": [{"prompt": p["prompt"], "category": p.get("category"),

@@ -54,7 +54,7 @@ from alignkit.errors import UserError
 from alignkit.models import checkpoint as ckpt
 from alignkit.models.loading import pick_device, resolve_model
 from alignkit.models.lora import count_parameters, is_lora
-from alignkit.models.precision import autocast, uses_fp16
+from alignkit.models.precision import autocast, numerics_name, uses_fp16
 from alignkit.training.distributed import (gathered, init_world, no_sync, plain_copy, shard,
                                            skeleton, wrap)
 from alignkit.utils.distributed import World, barrier, sum_across
@@ -416,6 +416,7 @@ class Trainer:
             trainable, total = count_parameters(self.model)
             self.log(0, {**row, "trainable_params": trainable, "total_params": total,
                          "total_steps": self.total_steps, "device": self.device,
+                         "numerics": numerics_name(self.device, self.cfg.precision),
                          "gradient_checkpointing": getattr(self.cfg, "gradient_checkpointing",
                                                            False)}, split="setup")
 
