@@ -284,3 +284,35 @@ def test_label_items_by_aspect():
                                                                         "helpful": 6}
     assert report["per_aspect"]["harmless"]["gold_agreement"] == 1.0
     assert "per_aspect" not in agreement_report(plain, panel.annotators, 1.0)
+
+
+def test_label_items_labels_a_repeated_response_once_and_skips_a_prompt_with_one():
+    """A converged policy writes the same answer twice (the demo's round 2 on seed 1 did, and
+    the reward stage refused the rankings): each distinct response is ranked once, its ``ended``
+    flag kept beside it, and a prompt with one distinct response is not labelled."""
+    from alignkit.feedback.labelling import distinct_responses, label_items
+    from alignkit.judges.gold import GoldScorer
+
+    class Scored(GoldScorer):  # gold by hand: the length of the answer
+        def score(self, prompts, responses, categories=None, ended=None):
+            return [float(len(r)) for r in responses]
+
+    items = [{"prompt": "p1", "responses": ["bb", "a", "bb", "ccc"],
+              "ended": [True, False, True, True]},
+             {"prompt": "p2", "responses": ["same", "same"]},
+             {"prompt": "p3", "responses": ["x", "yy"]}]
+    kept, repeats, alone = distinct_responses(items)
+    assert (repeats, alone) == (2, 1)
+    assert kept[0] == {"prompt": "p1", "responses": ["bb", "a", "ccc"],
+                       "ended": [True, False, True]}
+    assert kept[1] is items[2]  # nothing to drop: the same item
+    panel = SimulatedPanel([Annotator("exact", 0.0)], seed=0)
+    records = label_items(items, Scored(), panel, 2)
+    assert [r["prompt"] for r in records] == ["p1", "p3", "p1", "p3"]
+    first = records[0]
+    assert first["responses"] == ["bb", "a", "ccc"] and first["gold"] == [2.0, 1.0, 3.0]
+    assert first["ranking"] == [2, 0, 1]  # the exact annotator: by gold
+    for record in records:  # every ranking parses: no identical responses left
+        parse_ranking(Record("sim", 1, record))
+    pairs = label_items(items, Scored(), panel, 1, fmt="pairs")
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("bb", "a"), ("yy", "x")]

@@ -5,10 +5,13 @@ Plackett-Luce noise (the Gao et al. 2022 protocol), written with an agreement re
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from alignkit.errors import UserError
 from alignkit.utils.files import write_jsonl_atomic
+
+log = logging.getLogger("alignkit.label")
 
 
 def load_panel(panel_file: str | None, gold_scale: float, seed: int, scorer=None):
@@ -52,7 +55,16 @@ def label_items(items: list[dict], scorer, panel, labels_per_prompt: int = 1,
     ``aspects`` (names of ``judges.gold.ASPECTS``): label each aspect by its own part of the
     gold score and tag each record with it (``"aspect"``), for reward heads per aspect. Aspects
     of ``RANKED_ASPECTS`` are labelled as without aspects; the others only on the pairs of
-    answers to a prompt whose aspect scores differ (one pair record per such pair and round)."""
+    answers to a prompt whose aspect scores differ (one pair record per such pair and round).
+
+    A response repeated for a prompt (a policy that has converged writes the same short answer
+    twice) is labelled once (``distinct_responses``), and a prompt left with one response is
+    not labelled: a ranking or pair of identical answers says nothing, and the readers refuse
+    it."""
+    items, repeats, alone = distinct_responses(items)
+    if repeats:
+        log.info("%d repeated response(s) labelled once; %d prompt(s) with a single distinct "
+                 "response left out", repeats, alone)
     prompts = [i["prompt"] for i in items]
     responses = [i["responses"] for i in items]
     categories = [i.get("category") for i in items]
@@ -92,6 +104,31 @@ def label_items(items: list[dict], scorer, panel, labels_per_prompt: int = 1,
                     rec["aspect"] = aspect
             records.extend(labelled)
     return records
+
+
+def distinct_responses(items: list[dict]) -> tuple[list[dict], int, int]:
+    """``items`` with each prompt's repeated responses dropped (the first kept, with its
+    ``ended`` flag) and the prompts left with fewer than two responses dropped; returns (items,
+    responses dropped, prompts dropped). Items without repeats are returned as they are."""
+    kept, repeats, alone = [], 0, 0
+    for item in items:
+        responses = item["responses"]
+        first = {}
+        for j, response in enumerate(responses):
+            first.setdefault(response, j)
+        if len(first) == len(responses):
+            kept.append(item)
+            continue
+        repeats += len(responses) - len(first)
+        if len(first) < 2:
+            alone += 1
+            continue
+        order = sorted(first.values())
+        item = {**item, "responses": [responses[j] for j in order]}
+        if item.get("ended"):
+            item["ended"] = [item["ended"][j] for j in order]
+        kept.append(item)
+    return kept, repeats, alone
 
 
 def _label_differing_pairs(panel, prompts, responses, golds, categories):
