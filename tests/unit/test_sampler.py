@@ -230,3 +230,62 @@ def test_a_progress_bar_changes_nothing_drawn(model, tiny_tokenizer, capsys):
     assert torch.equal(a.response, b.response)
     err = capsys.readouterr().err
     assert "sampling answers" in err and "9/9" in err and "one chunk" in err
+
+
+def slow_inverse_cdf(probs: torch.Tensor, seed: int) -> int:
+    """The reference draw of one row: the uniform its stream gives first, then the first token
+    whose float64 cumulative probability exceeds u times the total, by a Python loop."""
+    u = float(torch.rand(1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    target, running = u * float(probs.double().sum()), 0.0
+    for token, p in enumerate(probs.double().tolist()):
+        running += p
+        if running > target:
+            return token
+    raise AssertionError("no token")
+
+
+@pytest.mark.parametrize("vocabulary", [700, 512, 49])
+def test_a_seeded_draw_is_the_inverse_cdf_of_its_rows_own_uniform(vocabulary):
+    from alignkit.generation.sampler import draw, row_generators
+
+    rows = 40
+    logits = torch.randn(rows, vocabulary, generator=torch.Generator().manual_seed(vocabulary))
+    probs = torch.softmax(3 * logits, -1)
+    # zeroed tokens and whole zero blocks (top-k / top-p leave rows like these)
+    probs[:, 5:300] = 0
+    probs[::3, vocabulary // 2:] = 0
+    probs /= probs.sum(-1, keepdim=True)
+    seeds = [row * 7919 + vocabulary for row in range(rows)]
+    tokens = draw(probs, row_generators(seeds, "cpu"), torch.arange(rows))
+    assert tokens.tolist() == [slow_inverse_cdf(probs[r], seeds[r]) for r in range(rows)]
+    assert bool((probs.gather(1, tokens[:, None]) > 0).all())
+    # a live row keeps its own stream: rows 3 and 1 alone draw what they drew in the batch
+    again = draw(probs[[3, 1]], row_generators(seeds, "cpu"), torch.tensor([3, 1]))
+    assert again.tolist() == [tokens[3].item(), tokens[1].item()]
+
+
+def test_a_draw_follows_the_probabilities():
+    from alignkit.generation.sampler import draw, row_generators
+
+    probs = torch.zeros(1, 700)
+    probs[0, [3, 300, 699]] = torch.tensor([0.2, 0.5, 0.3])
+    generator = row_generators([11], "cpu")
+    counts = torch.bincount(torch.cat([draw(probs, generator, torch.tensor([0]))
+                                       for _ in range(4000)]), minlength=700)
+    assert set(counts.nonzero().flatten().tolist()) == {3, 300, 699}
+    # binomial standard errors at 4000 draws: under 0.008; 4 of them apart would fail
+    assert counts[[3, 300, 699]].double().div(4000).sub(torch.tensor(
+        [0.2, 0.5, 0.3], dtype=torch.float64)).abs().max() < 0.03
+
+
+def test_a_target_rounded_up_to_the_total_draws_the_last_token_with_any_probability(monkeypatch):
+    from alignkit.generation import sampler
+
+    probs = torch.zeros(2, 600)
+    probs[0, [10, 260]] = torch.tensor([0.25, 0.75])
+    probs[1, [599]] = 1.0
+    # u = 1: the target is the total, past every token's interval (u * total rounds there once
+    # in 2**53 draws)
+    monkeypatch.setattr(sampler.torch, "rand", lambda *a, **k: torch.ones(1, dtype=torch.float64))
+    tokens = sampler.draw(probs, sampler.row_generators([1, 2], "cpu"), torch.arange(2))
+    assert tokens.tolist() == [260, 599]

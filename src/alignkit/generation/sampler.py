@@ -182,15 +182,45 @@ def row_generators(seeds: list[int], device) -> list[torch.Generator]:
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
+# Inverse-CDF draws search a row's cumulative probabilities a block of this many tokens at a time
+DRAW_BLOCK = 256
+
+
 def draw(probs: torch.Tensor, generators: list[torch.Generator] | None,
          rows: torch.Tensor) -> torch.Tensor:
     """(B, V) probabilities -> (B,) sampled tokens. With ``generators`` each live row draws
     from its own response's stream (``rows``: the original row of each), so a response's tokens
-    do not depend on which other prompts share its batch, or which process samples it."""
+    do not depend on which other prompts share its batch, or which process samples it.
+
+    A seeded row's draw is inverse-CDF sampling: one uniform u from its stream, and the token i
+    with cdf[i-1] <= u * cdf[V-1] < cdf[i], in float64 (a zero-probability token spans an empty
+    interval and is never drawn). ``torch.multinomial`` draws one random number per vocabulary
+    entry instead, a sixth of a small model's decoding time on a CPU. The search runs in two
+    levels, the sums of blocks of ``DRAW_BLOCK`` tokens and then the one block the target falls
+    in, so no (B, V) float64 copy is made."""
     if generators is None:
         return torch.multinomial(probs, 1).squeeze(1)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=generators[int(r)])
-                      for i, r in enumerate(rows.tolist())])
+    batch, vocabulary = probs.shape
+    uniform = torch.cat([torch.rand(1, generator=generators[int(r)], device=probs.device,
+                                    dtype=torch.float64) for r in rows.tolist()])
+    padded = torch.nn.functional.pad(probs, (0, -vocabulary % DRAW_BLOCK))
+    blocks = padded.view(batch, -1, DRAW_BLOCK)
+    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, blocks)
+    target = uniform * block_cdf[:, -1]
+    block = torch.searchsorted(block_cdf, target[:, None], right=True).squeeze(1)
+    block = block.clamp(max=block_cdf.shape[1] - 1)  # u * total rounded up to the total
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)[:, None])
+                         .squeeze(1), torch.zeros_like(target))
+    inner_cdf = blocks[torch.arange(batch, device=probs.device), block].cumsum(
+        -1, dtype=torch.float64)  # (B, DRAW_BLOCK)
+    inner = torch.searchsorted(inner_cdf, (target - before)[:, None], right=True).squeeze(1)
+    token = block * DRAW_BLOCK + inner
+    # the block's own sum and its cumsum can round apart, leaving the target just past the
+    # block's end: the last token with any probability up to there
+    for r in (inner == DRAW_BLOCK).nonzero().flatten().tolist():
+        end = int(block[r] + 1) * DRAW_BLOCK
+        token[r] = int((padded[r, :end] > 0).nonzero()[-1])
+    return token
 
 
 def decode(model, query: torch.Tensor, query_mask: torch.Tensor, cfg: SamplingConfig,
