@@ -526,8 +526,9 @@ def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
         "ppo": None if cfg.ppo_steps == 0 else PPOConfig(
             model=str(sft_final), reward_model=str(root / "reward" / "final"), lora=True,
             lr=cfg.ppo_lr, batch_size=cfg.ppo_batch_size,
-            # changed on purpose since: 4 answers a prompt, RLOO, minibatches of 4 rollouts
-            samples_per_prompt=4, advantage="rloo", minibatch_size=4, ppo_epochs=2,
+            # changed on purpose since: 4 answers a prompt, RLOO, minibatches of 4 rollouts,
+            # one pass over each batch
+            samples_per_prompt=4, advantage="rloo", minibatch_size=4, ppo_epochs=1,
             max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.ppo_kl_coef,
             combine=cfg.ppo_combine, eval_prompts=min(cfg.compare_prompts, 16),
             eval_every=max(1, cfg.ppo_steps // 4), save_every=0, output=str(root / "ppo"),

@@ -289,3 +289,30 @@ def test_a_target_rounded_up_to_the_total_draws_the_last_token_with_any_probabil
     monkeypatch.setattr(sampler.torch, "rand", lambda *a, **k: torch.ones(1, dtype=torch.float64))
     tokens = sampler.draw(probs, sampler.row_generators([1, 2], "cpu"), torch.arange(2))
     assert tokens.tolist() == [260, 599]
+
+
+def test_columns_no_row_uses_are_cut_before_the_forward_and_padded_back(model, tiny_tokenizer):
+    from alignkit.generation.sampler import trim_padding
+
+    pad = tiny_tokenizer.pad_token_id
+    query, query_mask = left_pad(prompts(tiny_tokenizer)[:2], pad)
+    response = torch.tensor([[5, 6, 7, pad], [8, 9, pad, pad]])
+    response_mask = (response != pad).long()
+    # the same rows as a slice of a wider rollout: 3 more query columns on the left, 4 more
+    # response columns on the right, none of them used
+    wide_query = torch.cat([torch.full((2, 3), pad), query], 1)
+    wide_query_mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), query_mask], 1)
+    wide_response = torch.cat([response, torch.full((2, 4), pad)], 1)
+    wide_response_mask = torch.cat([response_mask, torch.zeros(2, 4, dtype=torch.long)], 1)
+    cut = trim_padding(wide_query, wide_query_mask, wide_response, wide_response_mask)
+    assert [t.shape[1] for t in cut] == [query.shape[1], query.shape[1], 3, 3]
+    assert torch.equal(cut[0], query) and torch.equal(cut[2], response[:, :3])
+    tight = response_logprobs(model, query, query_mask, response, response_mask,
+                              with_entropy=True)
+    wide = response_logprobs(model, wide_query, wide_query_mask, wide_response,
+                             wide_response_mask, with_entropy=True)
+    for key in ("logprobs", "entropy"):
+        assert wide[key].shape == (2, 8)
+        assert torch.allclose(wide[key][:, :4], tight[key], atol=1e-6)
+        assert (wide[key][:, 3:] == 0).all()
+        assert (tight[key][response_mask == 1] != 0).all()

@@ -112,9 +112,11 @@ def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
     policy.eval()
     logprobs, entropy, ref_parts = [], [], []
     # batch by batch: the logits of every answer at once (answers x tokens x vocabulary) would
-    # take gigabytes for a few hundred answers
+    # take gigabytes for a few hundred answers. Answers of like length share a batch (a batch
+    # is as wide as its longest prompt and answer), then go back to prompt order
+    order = torch.argsort(rollout.attention_mask.sum(1), stable=True)
     for start in range(0, len(rows), batch_size):
-        part = rollout.select(torch.arange(start, min(start + batch_size, len(rows))))
+        part = rollout.select(order[start:start + batch_size])
         with autocast(device, precision):
             if rollout.entropy is None:
                 fwd = response_logprobs(policy, part.query, part.query_mask, part.response,
@@ -124,10 +126,11 @@ def _measure_prompts(policy, tokenizer, texts, ids, categories, rows: list[int],
                 entropy.append(fwd["entropy"])
             if reference_logprobs is not None:
                 ref_parts.append(reference_logprobs(part))
+    back = torch.argsort(order)
     fwd = ({"logprobs": rollout.logprobs, "entropy": rollout.entropy}
            if rollout.entropy is not None else
-           {"logprobs": torch.cat(logprobs), "entropy": torch.cat(entropy)})
-    ref = torch.cat(ref_parts) if ref_parts else None
+           {"logprobs": torch.cat(logprobs)[back], "entropy": torch.cat(entropy)[back]})
+    ref = torch.cat(ref_parts)[back] if ref_parts else None
     policy.train(was)
     responses = decode_responses(tokenizer, rollout)
     ended = rollout.ended.tolist()

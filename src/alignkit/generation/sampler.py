@@ -93,7 +93,32 @@ def response_logprobs(model, query: torch.Tensor, query_mask: torch.Tensor,
       when one is given (a value head sharing the policy's backbone).
 
     Padding positions hold 0. The LM head runs only at the T positions that predict response
-    tokens."""
+    tokens. Columns that are padding in every row (the left of a query batch wider than its
+    longest prompt, the right of responses shorter than the widest) are cut before the forward
+    and the outputs padded back: a slice of a larger rollout keeps that rollout's widths."""
+    width = response.shape[1]
+    query, query_mask, response, response_mask = trim_padding(query, query_mask, response,
+                                                              response_mask)
+    out = _response_logprobs(model, query, query_mask, response, response_mask, temperature,
+                             with_entropy, value_head)
+    return {key: torch.nn.functional.pad(v, (0, width - v.shape[1])) for key, v in out.items()}
+
+
+def trim_padding(query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
+                 response_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The query's leading and the response's trailing columns that no row uses, cut (at least
+    one query and one response column stay). Positions come from the mask, so the real tokens'
+    numbers do not change."""
+    first = int(query_mask.any(0).float().argmax()) if bool(query_mask.any()) else \
+        query.shape[1] - 1
+    used = response_mask.any(0).nonzero()
+    last = int(used[-1]) + 1 if len(used) else 1
+    return (query[:, first:], query_mask[:, first:], response[:, :last],
+            response_mask[:, :last])
+
+
+def _response_logprobs(model, query, query_mask, response, response_mask, temperature: float,
+                       with_entropy: bool, value_head) -> dict[str, torch.Tensor]:
     ids = torch.cat([query, response], 1)
     mask = torch.cat([query_mask, response_mask], 1)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
