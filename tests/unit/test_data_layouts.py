@@ -276,3 +276,14 @@ def test_builder_spec_errors(in_tmp, spec, message):
     with pytest.raises(UserError) as info:
         read_records(spec)
     assert str(info.value) == message
+
+
+def test_distinct_indices_keep_each_responses_first_occurrence_strings_and_messages_alike():
+    from alignkit.data.schemas import distinct_indices
+
+    chat = [bot("Hi"), user("More?")]
+    same_chat_other_key_order = [{"content": "Hi", "role": "assistant"}, user("More?")]
+    responses = ["a", "b", "a", chat, same_chat_other_key_order, "c", "b"]
+    assert distinct_indices(responses) == [0, 1, 3, 5]
+    assert distinct_indices(["x", "x"]) == [0]
+    assert distinct_indices([]) == []

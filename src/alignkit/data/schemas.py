@@ -7,6 +7,7 @@ file in one pass.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -109,6 +110,16 @@ def check_responses(value: Any, name: str = "responses", minimum: int = 2) -> li
         else:
             raise RecordProblem(name, f'field "{name}"[{i}] must be a string or messages')
     return value
+
+
+def distinct_indices(responses: list) -> list[int]:
+    """The index of each distinct response's first occurrence, in order (a response is a string
+    or a list of chat messages; two are the same when their JSON is): a comparison needs two
+    different responses, so labelling ranks a repeat once."""
+    first: dict[str, int] = {}
+    for i, response in enumerate(responses):
+        first.setdefault(json.dumps(response, sort_keys=True, ensure_ascii=False), i)
+    return list(first.values())
 
 
 def _text(fields: dict, name: str, allow_empty: bool = False) -> Text:

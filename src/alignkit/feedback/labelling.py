@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from alignkit.data.schemas import distinct_indices
 from alignkit.errors import UserError
 from alignkit.utils.files import write_jsonl_atomic
 
@@ -113,17 +114,14 @@ def distinct_responses(items: list[dict]) -> tuple[list[dict], int, int]:
     kept, repeats, alone = [], 0, 0
     for item in items:
         responses = item["responses"]
-        first = {}
-        for j, response in enumerate(responses):
-            first.setdefault(response, j)
-        if len(first) == len(responses):
+        order = distinct_indices(responses)
+        if len(order) == len(responses):
             kept.append(item)
             continue
-        repeats += len(responses) - len(first)
-        if len(first) < 2:
+        repeats += len(responses) - len(order)
+        if len(order) < 2:
             alone += 1
             continue
-        order = sorted(first.values())
         item = {**item, "responses": [responses[j] for j in order]}
         if item.get("ended"):
             item["ended"] = [item["ended"][j] for j in order]

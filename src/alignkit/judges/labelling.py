@@ -18,7 +18,7 @@ from pathlib import Path
 from alignkit.config import LabelConfig
 from alignkit.data.prompts import read_prompts
 from alignkit.data.readers import read_records
-from alignkit.data.schemas import RecordProblem, _optional_str
+from alignkit.data.schemas import RecordProblem, _optional_str, distinct_indices
 from alignkit.errors import DataError, UserError
 from alignkit.utils.files import write_jsonl_atomic
 from alignkit.utils.logs import log
@@ -87,8 +87,7 @@ def plan_units(items: list[dict], fmt: str,
     pair record, of ``rankings`` a ranking)."""
     units, skipped = [], 0
     for index, item in enumerate(items):
-        distinct = list(dict.fromkeys(json.dumps(r) for r in item["responses"]))
-        responses = [json.loads(r) for r in distinct]
+        responses = [item["responses"][j] for j in distinct_indices(item["responses"])]
         if fmt == "pairs":
             responses = responses[:2]
         if len(responses) < 2:
