@@ -1297,7 +1297,7 @@ class DemoConfig(RolloutArgs):
                           "its reward less the mean of the other three (RLOO): with 16 rollouts "
                           "a step a value head learned too little to beat SFT on gold. One pass "
                           "over each batch (TRL's RLOO and GRPO default): a second pass cost "
-                          "a third of each step and gained nothing on gold (seed 1, round 2: "
+                          "a sixth of each step and gained nothing on gold (seed 1, round 2: "
                           "+0.168 +/- 0.046 with one, +0.179 +/- 0.051 with two)"})
     dpo: DPOConfig = field(
         default_factory=functools.partial(

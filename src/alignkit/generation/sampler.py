@@ -228,7 +228,8 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator] | None,
     batch, vocabulary = probs.shape
     uniform = torch.cat([torch.rand(1, generator=generators[int(r)], device=probs.device,
                                     dtype=torch.float64) for r in rows.tolist()])
-    padded = torch.nn.functional.pad(probs, (0, -vocabulary % DRAW_BLOCK))
+    padded = (probs if vocabulary % DRAW_BLOCK == 0 else
+              torch.nn.functional.pad(probs, (0, -vocabulary % DRAW_BLOCK)))
     blocks = padded.view(batch, -1, DRAW_BLOCK)
     block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, blocks)
     target = uniform * block_cdf[:, -1]
