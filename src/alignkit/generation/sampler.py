@@ -106,11 +106,10 @@ def response_logprobs(model, query: torch.Tensor, query_mask: torch.Tensor,
 
 def trim_padding(query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
                  response_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The query's leading and the response's trailing columns that no row uses, cut (at least
-    one query and one response column stay). Positions come from the mask, so the real tokens'
+    """The query's leading and the response's trailing columns that no row uses, cut (one
+    response column stays when none is used). Positions come from the mask, so the real tokens'
     numbers do not change."""
-    first = int(query_mask.any(0).float().argmax()) if bool(query_mask.any()) else \
-        query.shape[1] - 1
+    first = int(query_mask.any(0).int().argmax())  # an all-padding query keeps its columns
     used = response_mask.any(0).nonzero()
     last = int(used[-1]) + 1 if len(used) else 1
     return (query[:, first:], query_mask[:, first:], response[:, :last],
@@ -235,8 +234,9 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator] | None,
     target = uniform * block_cdf[:, -1]
     block = torch.searchsorted(block_cdf, target[:, None], right=True).squeeze(1)
     block = block.clamp(max=block_cdf.shape[1] - 1)  # u * total rounded up to the total
-    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)[:, None])
-                         .squeeze(1), torch.zeros_like(target))
+    # the cumulative probability before each block: 0, then block_cdf shifted right by one
+    block_starts = torch.nn.functional.pad(block_cdf[:, :-1], (1, 0))
+    before = block_starts.gather(1, block[:, None]).squeeze(1)
     inner_cdf = blocks[torch.arange(batch, device=probs.device), block].cumsum(
         -1, dtype=torch.float64)  # (B, DRAW_BLOCK)
     inner = torch.searchsorted(inner_cdf, (target - before)[:, None], right=True).squeeze(1)
