@@ -19,7 +19,7 @@ from alignkit.config import (AnnotateBackupConfig, AnnotateExportConfig, Annotat
                              OnlineDPOConfig, PPOConfig, ReportConfig, RewardConfig, ScoreConfig,
                              ServeConfig, SFTConfig, StudyConfig, TinyModelConfig, add_config_flags,
                              build_config, closest)
-from alignkit.errors import UserError
+from alignkit.errors import UserError, disk_full
 
 # stage name -> (config class, "module:function", one-line description)
 STAGES = {
@@ -228,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignkit {args.stage}: interrupted (checkpoints already written are intact; "
               "continue with --resume)", file=sys.stderr)
         code = 130
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        # not the user's mistake, but nothing to debug either: one line, not a traceback
+        print(f"alignkit {args.stage}: error: the disk is full ({e}); free some space and run "
+              "the stage again (checkpoints already written are intact; continue with "
+              "--resume)", file=sys.stderr)
+        code = 1
     finally:
         left = leave_process_group(together=succeeded)
     if left:

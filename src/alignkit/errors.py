@@ -10,6 +10,23 @@ class UserError(Exception):
     """
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, says the disk is full: an ``OSError``
+    with ENOSPC, or a library's own error that only quotes it (safetensors writes "No space left
+    on device (os error 28)" in a ``SafetensorError``)."""
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "os error 28" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def in_file_order(problems: list[str]) -> list[str]:
     """``file:line: message`` strings sorted by line within each file, files in the order they
     first appear; problems of one line, and any without a line number, keep their order."""

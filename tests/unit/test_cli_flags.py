@@ -474,3 +474,44 @@ def test_a_required_option_left_out_is_named(stage, in_tmp, capsys):
     cfg = build_config(STAGES[stage][0], build_parser().parse_args([stage, "--config", "c.yaml"]))
     assert all(getattr(cfg, f[2:].replace("-", "_")) == "given" for f in flags)
     assert not (in_tmp / "out").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    # what transformers' save_pretrained raised when the disk filled: safetensors' own error
+    # type, quoting the OS error
+    "safetensors",
+])
+def test_a_full_disk_is_one_line_not_a_traceback(error, monkeypatch, capsys):
+    import alignkit.cli as cli
+
+    if error == "safetensors":
+        from safetensors import SafetensorError
+
+        error = SafetensorError('Error while serializing: I/O error: No space left on device '
+                                '(os error 28)')
+
+    def fill_the_disk(name, cfg, **kwargs):
+        try:
+            raise error
+        except Exception as inner:
+            raise RuntimeError("saving the model failed") from inner
+
+    monkeypatch.setattr(cli, "run_stage", fill_the_disk)
+    assert main(["tiny-model", "--output", "unused"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("alignkit tiny-model: error: the disk is full")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.unit
+def test_other_failures_keep_their_traceback(monkeypatch):
+    import alignkit.cli as cli
+
+    def broken(name, cfg, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(cli, "run_stage", broken)
+    with pytest.raises(OSError, match="Permission denied"):
+        main(["tiny-model", "--output", "unused"])
