@@ -535,7 +535,8 @@ def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
             seed=cfg.seed, progress=cfg.progress, overwrite=True, device=cfg.device,
             precision=cfg.precision),
         "dpo": None if cfg.dpo_steps == 0 else DPOConfig(
-            model=str(sft_final), data=str(labels), lora=True, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
+            # changed on purpose since: the rankings of the SFT policy's own answers
+            model=str(sft_final), data=str(root / "prefs-policy.jsonl"), lora=True, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
             max_steps=cfg.dpo_steps, batch_size=8, warmup_steps=min(2, cfg.dpo_steps),
             eval_fraction=0.1, eval_every=0, save_every=0, sample_prompts=None,
             output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress, overwrite=True,
@@ -638,7 +639,7 @@ def test_the_demo_compares_on_every_held_out_prompt():
 def test_each_round_of_the_demo_learns_from_every_ranking_so_far(rounds):
     """Iterated RLHF (--rounds): round k's ensemble learns from the rankings of rounds 1 ... k,
     its PPO run starts from SFT against that ensemble; the last round owns reward/ and ppo/,
-    DPO keeps stage 2's rankings; --skip-ppo leaves one round."""
+    DPO keeps stage 2's rankings (of the SFT policy's answers); --skip-ppo leaves one round."""
     root = Path("/r")
     configs = DemoConfig(rounds=rounds).stage_configs(root)
     names = ["sft"] + [f"{stage}-r{k}" for k in range(1, rounds) for stage in ("reward", "ppo")]
@@ -653,11 +654,21 @@ def test_each_round_of_the_demo_learns_from_every_ranking_so_far(rounds):
         assert ppo_cfg.model == "/r/sft/final" and ppo_cfg.max_steps == 16
         assert ppo_cfg.eval_every == ppo_cfg.max_steps // 4
         assert DemoConfig.round_labels(k) == Path(labels[k - 1]).name
-    assert configs["dpo"].data == "/r/prefs.jsonl"
+    assert configs["dpo"].data == "/r/prefs-policy.jsonl"
     skipped = DemoConfig(rounds=rounds, skip_ppo=True)
     assert skipped.ppo_rounds() == 1
     assert list(skipped.stage_configs(root)) == ["sft", "reward", "ppo", "dpo"]
     assert skipped.stage_configs(root)["reward"].data == "/r/prefs.jsonl"
+
+
+def test_demo_dpo_learns_from_the_sft_policys_own_answers_unless_asked():
+    root = Path("/r")
+    assert DemoConfig().stage_configs(root)["dpo"].data == "/r/prefs-policy.jsonl"
+    asked = DemoConfig(dpo_base_answers=True)
+    assert asked.stage_configs(root)["dpo"].data == "/r/prefs.jsonl"
+    no_base = DemoConfig(label=dataclasses.replace(DemoConfig().label, base_answers=0))
+    assert no_base.dpo_labels() == "prefs.jsonl"
+    assert no_base.stage_configs(root)["dpo"].data == "/r/prefs.jsonl"
 
 
 def test_later_rounds_label_the_policys_own_answers():

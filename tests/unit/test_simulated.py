@@ -316,3 +316,30 @@ def test_label_items_labels_a_repeated_response_once_and_skips_a_prompt_with_one
         parse_ranking(Record("sim", 1, record))
     pairs = label_items(items, Scored(), panel, 1, fmt="pairs")
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("bb", "a"), ("yy", "x")]
+
+
+def test_rankings_without_some_responses_keep_the_order_of_the_rest():
+    """The demo's DPO rankings: the base model's answers taken out of each ranking, the order
+    of the others and their per-response lists kept; a pair loses when either side goes, a
+    ranking left with one answer goes."""
+    from alignkit.feedback.labelling import without_responses
+
+    records = [
+        {"prompt": "p1", "responses": ["a", "b", "base", "c"], "ranking": [2, 0, 3, 1],
+         "gold": [3.0, 1.0, 4.0, 2.0], "annotator": "sim-0", "category": "helpful"},
+        {"prompt": "p2", "responses": ["x", "base2"], "ranking": [1, 0], "gold": [0.0, 1.0]},
+        {"prompt": "p3", "responses": ["u", "v"], "ranking": [0, 1], "gold": [1.0, 0.0]},
+        {"prompt": "p1", "chosen": "a", "rejected": "base"},
+        {"prompt": "p1", "chosen": "c", "rejected": "b"},
+    ]
+    left_out = {"p1": ["base"], "p2": ["base2"]}
+    kept = without_responses(records, left_out)
+    assert kept == [
+        {"prompt": "p1", "responses": ["a", "b", "c"], "ranking": [0, 2, 1],
+         "gold": [3.0, 1.0, 2.0], "annotator": "sim-0", "category": "helpful"},
+        records[2],
+        records[4],
+    ]
+    for record in kept[:2]:
+        parse_ranking(Record("sim", 1, record))
+    assert records[0]["responses"] == ["a", "b", "base", "c"]  # the input is left as it was

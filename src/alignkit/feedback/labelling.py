@@ -129,6 +129,36 @@ def distinct_responses(items: list[dict]) -> tuple[list[dict], int, int]:
     return kept, repeats, alone
 
 
+def without_responses(records: list[dict], left_out: dict) -> list[dict]:
+    """The label records with the responses of ``left_out`` (prompt text -> the responses to
+    it, strings or chat messages) taken out: a ranking keeps the order of the responses left, with its per-response lists
+    (``gold``) cut alike; a pair record is dropped when either side is left out, and so is a
+    ranking left with fewer than two responses. The demo's DPO learns from the rankings of its
+    policy's own answers this way (the base model's answers, there for the reward model's
+    sake, left out)."""
+    kept = []
+    for rec in records:
+        gone = left_out.get(rec["prompt"], [])
+        if "responses" not in rec:
+            if rec["chosen"] not in gone and rec["rejected"] not in gone:
+                kept.append(rec)
+            continue
+        responses = rec["responses"]
+        keep = [j for j, r in enumerate(responses) if r not in gone]
+        if len(keep) == len(responses):
+            kept.append(rec)
+            continue
+        if len(keep) < 2:
+            continue
+        index = {old: new for new, old in enumerate(keep)}
+        cut = {field: [value[j] for j in keep] for field, value in rec.items()
+               if isinstance(value, list) and len(value) == len(responses)
+               and field != "ranking"}
+        kept.append({**rec, **cut,
+                     "ranking": [index[j] for j in rec["ranking"] if j in index]})
+    return kept
+
+
 def _label_differing_pairs(panel, prompts, responses, golds, categories):
     """Pair records for every two answers to a prompt whose (aspect) gold differs; and the
     category of each record's prompt."""

@@ -9,10 +9,10 @@ answers to unseen prompts side by side; (2) the SFT policy's answers ranked by a
 and a MiniLM reward ensemble learned from them; (3) PPO with LoRA against that ensemble, with a
 plot of the reward-hacking monitor (``--rounds`` > 1: iterated RLHF, the panel ranks the PPO
 policy's answers, the ensemble learns again from every ranking and PPO starts again from SFT);
-(4) DPO with LoRA on stage 2's rankings; then base, SFT, PPO (each round), DPO and best-of-n
-(SFT samples picked by the last ensemble) compared on unseen prompts by gold score
-(each policy's difference to SFT paired by prompt, with its standard error) and KL to the SFT
-policy. Each stage prints its results as it ends; the long sampling loops show progress bars
+(4) DPO with LoRA on stage 2's rankings of the SFT policy's own answers; then base, SFT, PPO
+(each round), DPO and best-of-n (SFT samples picked by the last ensemble) compared on unseen
+prompts by gold score (each policy's difference to SFT paired by prompt, with its standard
+error) and KL to the SFT policy. Each stage prints its results as it ends; the long sampling loops show progress bars
 (``--progress``).
 """
 
@@ -61,14 +61,16 @@ def side_by_side(left: str, right: str, width: int) -> str:
 
 
 def label_answers(cfg: DemoConfig, label_cfg, policy, tokenizer, path: Path, seed: int,
-                  engine=None, who: str = "SFT") -> tuple[dict, int]:
+                  engine=None, who: str = "SFT",
+                  policy_path: Path | None = None) -> tuple[dict, int]:
     """Rankings of ``policy``'s answers (stage 2: ``cfg.label``; a later round of stage 3:
     ``cfg.relabel``): K answers to each training prompt (the policy's at the temperatures of
     ``label_cfg.temperatures`` and the model's before SFT: ``label_cfg.base_answers``), the
     hidden gold scorer scores them and the simulated panel (seeded by ``seed``) ranks them;
-    returns the agreement report and the number of prompts."""
+    returns the agreement report and the number of prompts. ``policy_path``: also write there
+    the same rankings of the policy's own answers only (the base model's taken out)."""
     from alignkit.data.prompts import read_prompts
-    from alignkit.feedback.labelling import label_items, write_labels
+    from alignkit.feedback.labelling import label_items, without_responses, write_labels
     from alignkit.feedback.simulated import SimulatedPanel
     from alignkit.generation.responses import sample_diverse_responses
     from alignkit.judges.gold import GoldScorer
@@ -89,7 +91,15 @@ def label_answers(cfg: DemoConfig, label_cfg, policy, tokenizer, path: Path, see
              label_cfg.labels_per_prompt)
     records = label_items(items, scorer, panel, label_cfg.labels_per_prompt,
                           aspects=label_cfg.aspect_list())
-    return write_labels(records, path, panel), len(items)
+    report = write_labels(records, path, panel)
+    if policy_path is not None:
+        # sample_diverse_responses puts the base model's answers last; an answer the policy
+        # also wrote stays
+        k = label_cfg.base_answers
+        base = {i["prompt"]: [r for r in i["responses"][-k:] if r not in i["responses"][:-k]]
+                for i in items} if k else {}
+        write_labels(without_responses(records, base), policy_path, panel)
+    return report, len(items)
 
 
 def progress_for(cfg: DemoConfig, description: str) -> str | None:
@@ -340,8 +350,9 @@ def ppo_lines(cfg: DemoConfig, stage3: dict) -> list[str]:
 
 
 def dpo_lines(cfg: DemoConfig, ev4: dict) -> list[str]:
+    whose = "" if cfg.dpo_labels() == DEMO_LABELS else " of the SFT policy's own answers"
     return [f"stage 4: DPO with LoRA, {cfg.dpo.max_steps} steps, beta {cfg.dpo.beta}, on the "
-            f"panel's rankings; held-out pairs: implicit-reward accuracy "
+            f"panel's rankings{whose}; held-out pairs: implicit-reward accuracy "
             f"{ev4.get('reward_accuracy', float('nan')):.3f}"]
 
 
@@ -496,7 +507,10 @@ def main(cfg: DemoConfig) -> dict:
     # 6. Stage 2: the SFT policy answers training prompts K times and a simulated panel ranks
     #    the answers.
     report, n_labelled = label_answers(cfg, cfg.label, result.model, tokenizer,
-                                       root / DEMO_LABELS, cfg.seed, engine)
+                                       root / DEMO_LABELS, cfg.seed, engine,
+                                       policy_path=(root / cfg.dpo_labels()
+                                                    if cfg.dpo_labels() != DEMO_LABELS
+                                                    else None))
     announce(["", *label_lines(cfg.label, report, n_labelled)])
     if engine is not None:  # PPO starts its own; one engine in memory at a time
         engine.close()
@@ -517,7 +531,7 @@ def main(cfg: DemoConfig) -> dict:
         rounds.append({**rankings, "reward": trained, "ppo": rl})
     reward_final = rounds[-1]["reward"]["final"]
 
-    # 8. Stage 4: DPO (LoRA) on stage 2's rankings.
+    # 8. Stage 4: DPO (LoRA) on stage 2's rankings of the SFT policy's own answers.
     stage4 = None if cfg.skip_dpo else run_dpo(cfg, configs["dpo"])
 
     # 9. Every policy on the same unseen prompts: gold score (paired by prompt against SFT) and
