@@ -78,6 +78,16 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert policies["best-of-4"]["kl"] == pytest.approx(0.6362944, abs=1e-6)  # log 4 - 3/4
     assert (out / "dpo" / "final" / "config.json").is_file()
     assert "stage 4: DPO" in proc.stdout
+    # DPO learned from the same rankings with the base model's answer (the last of each
+    # prompt's 4) taken out: the SFT policy's own answers
+    every, own = ([json.loads(line) for line in (out / name).read_text().splitlines()]
+                  for name in ("prefs.jsonl", "prefs-policy.jsonl"))
+    assert len(own) == len(every) == 10 * 2
+    for full, mine in zip(every, own):
+        assert mine["responses"] == full["responses"][:-1] and len(mine["ranking"]) == 3
+    import yaml
+    dpo_cfg = yaml.safe_load((out / "dpo" / "config.yaml").read_text())
+    assert dpo_cfg["data"] == str(out / "prefs-policy.jsonl")
     assert all({"gold", "proxy", "kl", "response_length"} <= set(row) for row in policies.values())
     assert policies["sft"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
     # each trained policy answered every prompt 4 times, the base model once, SFT 6 times;
