@@ -536,7 +536,8 @@ def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
             precision=cfg.precision),
         "dpo": None if cfg.dpo_steps == 0 else DPOConfig(
             # changed on purpose since: the rankings of the SFT policy's own answers
-            model=str(sft_final), data=str(root / "prefs-policy.jsonl"), lora=True, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
+            model=str(sft_final), data=str(root / "prefs-policy.jsonl"), lora=True,
+            lr=cfg.dpo_lr, beta=cfg.dpo_beta,
             max_steps=cfg.dpo_steps, batch_size=8, warmup_steps=min(2, cfg.dpo_steps),
             eval_fraction=0.1, eval_every=0, save_every=0, sample_prompts=None,
             output=str(root / "dpo"), seed=cfg.seed, progress=cfg.progress, overwrite=True,

@@ -131,11 +131,11 @@ def distinct_responses(items: list[dict]) -> tuple[list[dict], int, int]:
 
 def without_responses(records: list[dict], left_out: dict) -> list[dict]:
     """The label records with the responses of ``left_out`` (prompt text -> the responses to
-    it, strings or chat messages) taken out: a ranking keeps the order of the responses left, with its per-response lists
-    (``gold``) cut alike; a pair record is dropped when either side is left out, and so is a
-    ranking left with fewer than two responses. The demo's DPO learns from the rankings of its
-    policy's own answers this way (the base model's answers, there for the reward model's
-    sake, left out)."""
+    it, strings or chat messages) taken out: a ranking keeps the order of the responses left,
+    with its per-response lists (``gold``) cut alike; a pair record is dropped when either side
+    is left out, and so is a ranking left with fewer than two responses. The demo's DPO learns
+    from the rankings of its policy's own answers this way (the base model's answers, there
+    for the reward model's sake, left out)."""
     kept = []
     for rec in records:
         gone = left_out.get(rec["prompt"], [])

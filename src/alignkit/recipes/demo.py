@@ -12,8 +12,8 @@ policy's answers, the ensemble learns again from every ranking and PPO starts ag
 (4) DPO with LoRA on stage 2's rankings of the SFT policy's own answers; then base, SFT, PPO
 (each round), DPO and best-of-n (SFT samples picked by the last ensemble) compared on unseen
 prompts by gold score (each policy's difference to SFT paired by prompt, with its standard
-error) and KL to the SFT policy. Each stage prints its results as it ends; the long sampling loops show progress bars
-(``--progress``).
+error) and KL to the SFT policy. Each stage prints its results as it ends; the long sampling
+loops show progress bars (``--progress``).
 """
 
 from __future__ import annotations
