@@ -6,6 +6,7 @@ rankings, a PPO with another setting) trained from that demo's folders.
 
     python bench/demo_compare.py runs/demo dpo=runs/demo/dpo/final dpo_policy=runs/x/final
     python bench/demo_compare.py runs/demo --seed 1 --answers 4 ppo=runs/demo/ppo/final
+    python bench/demo_compare.py runs/demo --seed 1 --answers 8 --sft-answers 8 ppo=... dpo=...
 
 ``--seed``: the demo seed whose comparison this repeats (the answers are drawn with seed + 1,
 as the demo draws them); another seed repeats the comparison on fresh answers, a second look at
@@ -26,6 +27,8 @@ def main() -> None:
     p.add_argument("policies", nargs="+", help="NAME=FOLDER, each a policy folder")
     p.add_argument("--seed", type=int, default=42, help="the demo seed whose comparison to repeat")
     p.add_argument("--answers", type=int, default=4, help="answers per prompt of each policy")
+    p.add_argument("--sft-answers", type=int, default=6,
+                   help="answers per prompt of the SFT policy (the demo's --best-of-pool)")
     p.add_argument("--reward-model", default=None, help="default: <demo>/reward/final")
     p.add_argument("--json", default=None, help="write the table here")
     args = p.parse_args()
@@ -35,7 +38,8 @@ def main() -> None:
     from alignkit.recipes.demo import compare_policies
 
     demo = Path(args.demo)
-    cfg = DemoConfig(output=str(demo), progress=False, seed=args.seed)
+    cfg = DemoConfig(output=str(demo), progress=False, seed=args.seed,
+                     best_of_pool=args.sft_answers)
     device = pick_device(cfg.device)
     sft_folder = str(demo / "sft" / "final")
     sft, tokenizer = load_model_and_tokenizer(sft_folder, device)
