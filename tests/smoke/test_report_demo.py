@@ -35,7 +35,9 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     # two rounds of RLHF: the panel ranked the round-1 PPO policy's answers (10 prompts x 2
     # rankings), the second ensemble learned from both rankings, the second PPO run used it
     assert stage["ppo-r1"]["model"] == stage["ppo"]["model"]
-    assert stage["reward-r1"]["data"] == str(out / "prefs.jsonl") == stage["dpo"]["data"]
+    assert stage["reward-r1"]["data"] == str(out / "prefs.jsonl")
+    # DPO: stage 2's rankings with the base model's answers taken out
+    assert stage["dpo"]["data"] == str(out / "prefs-policy.jsonl")
     assert stage["reward"]["data"] == f"{out / 'prefs.jsonl'},{out / 'prefs-r2.jsonl'}"
     for name in ("reward-r1", "reward"):
         assert stage[name.replace("reward", "ppo")]["reward_model"] == str(out / name / "final")
