@@ -1,7 +1,7 @@
 """Policies against a finished demo's SFT policy on its 96 held-out prompts, exactly as the
-demo's own comparison (``recipes.demo.compare_policies``) pairs them: every policy answers the
-same prompts with the same seeded streams, gold by the hidden scorer, the difference to SFT
-paired by prompt with its standard error, KL to SFT. For variants of one stage (a DPO on other
+demo's own comparison (``evaluation.policy_comparison.compare_policies``) pairs them: every
+policy answers the same prompts with the same seeded streams, gold by the hidden scorer, the
+difference to SFT paired by prompt with its standard error, KL to SFT. For variants of one stage (a DPO on other
 rankings, a PPO with another setting) trained from that demo's folders.
 
     python bench/demo_compare.py runs/demo dpo=runs/demo/dpo/final dpo_policy=runs/x/final
@@ -35,7 +35,7 @@ def main() -> None:
 
     from alignkit.config import DemoConfig
     from alignkit.models.loading import load_model_and_tokenizer, pick_device
-    from alignkit.recipes.demo import compare_policies
+    from alignkit.evaluation.policy_comparison import compare_policies
 
     demo = Path(args.demo)
     cfg = DemoConfig(output=str(demo), progress=False, seed=args.seed,
