@@ -87,7 +87,8 @@ def test_items_are_leased_so_concurrent_annotators_get_different_ones(db_url):
     import threading
     import time
 
-    store = Store(db_url, lease_seconds=0.5)
+    # a lease long enough that a slow, busy machine never lets one run out between two calls
+    store = Store(db_url, lease_seconds=4)
     store.upgrade()
     pid = store.create_project("p", aspects=["overall"], labels_per_item=1)
     ids = store.add_tasks(pid, [pair(f"q{i}") for i in range(3)])
@@ -101,7 +102,7 @@ def test_items_are_leased_so_concurrent_annotators_get_different_ones(db_url):
     # all leased to others: nothing for the fourth now, though progress counts them
     assert store.next_task(project, people[3]) is None
     assert store.progress(project, people[3])["left"] == 3
-    time.sleep(0.6)  # every lease expires: the items go to whoever asks next
+    time.sleep(4.2)  # every lease expires: the items go to whoever asks next
     assert store.next_task(project, people[3])["id"] == ids[0]
     assert store.next_task(project, people[0])["id"] == ids[1]  # u0's item went to u3
     # labelling an item ends its lease: the next one is handed out
