@@ -487,8 +487,10 @@ FLAT_DEMO_DEFAULTS = {
 # names): the comparison uses all 96 held-out prompts, for a paired standard error that can tell
 # the policies apart; DPO runs 32 steps (at 24 its gold gain over SFT was within noise; on
 # the diverse candidates labelled since, 32 steps gain 4 paired standard errors); PPO samples 4
-# answers to each of 4 prompts a step (below, its RLOO advantage)
-CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size": 4}
+# answers to each of 4 prompts a step (below, its RLOO advantage); the panel ranks each prompt's
+# answers 5 times, not 2 (less label noise for the ensemble, at no cost in compute)
+CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size": 4,
+                         "labels_per_prompt": 5}
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
@@ -675,7 +677,7 @@ def test_demo_dpo_learns_from_the_sft_policys_own_answers_unless_asked():
 def test_later_rounds_label_the_policys_own_answers():
     relabel = DemoConfig().relabel
     assert (relabel.temperature_list(), relabel.base_answers, relabel.prompts,
-            relabel.num_responses, relabel.labels_per_prompt) == ([1.0], 0, 128, 4, 2)
+            relabel.num_responses, relabel.labels_per_prompt) == ([1.0], 0, 128, 4, 5)
     assert DemoConfig(quick=True).shortened().relabel.prompts == 10
     assert build_config(DemoConfig, parse("demo", ["--rounds", "3", "--relabel.prompts", "7"])
                         ) == DemoConfig(rounds=3, relabel=dataclasses.replace(relabel, prompts=7))
@@ -710,7 +712,8 @@ def test_an_old_saved_flat_demo_config_loads(in_tmp):
         DemoConfig(), seed=5,
         sft=dataclasses.replace(DemoConfig().sft, lr=0.01), compare_prompts=32,
         dpo=dataclasses.replace(DemoConfig().dpo, max_steps=24),
-        ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3, batch_size=8))
+        ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3, batch_size=8),
+        label=dataclasses.replace(DemoConfig().label, labels_per_prompt=2))
 
 
 def test_every_flat_demo_flag_is_an_alias_of_its_nested_option():
