@@ -8,8 +8,8 @@ reward config, and each ensemble scored on the demo's held-out prompts against
   not on its own held-out share (whose noise differs from set to set);
 - the gold order (the pairs whose gold scores differ).
 
-    python bench/reward_labels.py runs/demo --seed 42
-    python bench/reward_labels.py runs/q11 --seed 11 --labels 2,5,8 --json reward_labels.json
+    python bench/reward_labels.py runs/demo
+    python bench/reward_labels.py runs/q11 --labels 2,4,8 --json reward_labels.json
 
 The rankings of one prompt share one forward pass (identical responses are merged into one
 group), so the label count costs the ensemble no compute. Run it alone: a second torch job on
@@ -106,7 +106,8 @@ def accuracies(reward_folder: Path, items: list[dict], held: set[str],
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("demo", help="a finished demo folder (its prefs.jsonl and reward config)")
-    p.add_argument("--seed", type=int, default=42, help="the demo's seed (its held-out split)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the demo's seed (its held-out split; default: its reward config's)")
     p.add_argument("--labels", default="2,5,8", help="rankings per prompt to compare")
     p.add_argument("--eval-labels", type=int, default=8,
                    help="rankings per prompt of the independent label set")
@@ -121,7 +122,10 @@ def main() -> None:
     demo = Path(args.demo)
     folder = demo / "reward-r1" if (demo / "reward-r1").is_dir() else demo / "reward"
     reward_config = folder / "config.yaml"
-    eval_fraction = yaml.safe_load(reward_config.read_text())["eval_fraction"]
+    resolved = yaml.safe_load(reward_config.read_text())
+    eval_fraction = resolved["eval_fraction"]
+    if args.seed is None:
+        args.seed = resolved["seed"]
     items = one_item_per_prompt(demo / "prefs.jsonl")
     held = heldout_prompts(items, args.seed, eval_fraction)
     # the independent labels: a panel seeded apart from every training set below
