@@ -62,7 +62,7 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     from transformers import AutoConfig
     assert AutoConfig.from_pretrained(out / "sft" / "final").model_type == "llama"
     # stage 2: SFT answers ranked by the simulated panel, a MiniLM ensemble trained on them
-    assert summary["labels"]["pairs"] == 10 * 2 * 6  # 10 prompts x 2 rankings of K=4 -> 6 pairs
+    assert summary["labels"]["pairs"] == 10 * 5 * 6  # 10 prompts x 5 rankings of K=4 -> 6 pairs
     assert 0.5 < summary["labels"]["bayes_optimal"] <= 1.0
     assert summary["reward_eval"]["pairs"] > 0 and "member2_accuracy" in summary["reward_eval"]
     assert (out / "reward" / "final" / "reward_config.json").is_file()
@@ -72,7 +72,7 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     # policy, DPO and best-of-4 compared on held-out prompts
     assert [r["reward_model"] for r in summary["rounds"]] == [
         str(out / "reward-r1" / "final"), str(out / "reward" / "final")]
-    assert summary["rounds"][1]["labels"]["pairs"] == 10 * 2 * 6
+    assert summary["rounds"][1]["labels"]["pairs"] == 10 * 5 * 6
     policies = summary["policies"]
     assert list(policies) == ["base", "sft", "ppo", "dpo", "best-of-4"]
     assert policies["best-of-4"]["kl"] == pytest.approx(0.6362944, abs=1e-6)  # log 4 - 3/4
@@ -82,7 +82,7 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     # prompt's 4) taken out: the SFT policy's own answers
     every, own = ([json.loads(line) for line in (out / name).read_text().splitlines()]
                   for name in ("prefs.jsonl", "prefs-policy.jsonl"))
-    assert len(own) == len(every) == 10 * 2
+    assert len(own) == len(every) == 10 * 5
     for full, mine in zip(every, own):
         assert mine["responses"] == full["responses"][:-1] and len(mine["ranking"]) == 3
     import yaml
