@@ -32,7 +32,7 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
              for name in ("sft", "reward-r1", "ppo-r1", "reward", "ppo", "dpo")}
     assert (stage["ppo"]["kl_coef"], stage["reward"]["max_steps"]) == (0.1, 3)
     assert stage["ppo"]["model"] == str(out / "sft" / "final") == stage["dpo"]["model"]
-    # two rounds of RLHF: the panel ranked the round-1 PPO policy's answers (10 prompts x 2
+    # two rounds of RLHF: the panel ranked the round-1 PPO policy's answers (10 prompts x 5
     # rankings), the second ensemble learned from both rankings, the second PPO run used it
     assert stage["ppo-r1"]["model"] == stage["ppo"]["model"]
     assert stage["reward-r1"]["data"] == str(out / "prefs.jsonl")
@@ -41,7 +41,7 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     assert stage["reward"]["data"] == f"{out / 'prefs.jsonl'},{out / 'prefs-r2.jsonl'}"
     for name in ("reward-r1", "reward"):
         assert stage[name.replace("reward", "ppo")]["reward_model"] == str(out / name / "final")
-    assert len((out / "prefs-r2.jsonl").read_text().splitlines()) == 20
+    assert len((out / "prefs-r2.jsonl").read_text().splitlines()) == 10 * 5
     assert stage["sft"]["model"] == str(tiny_model_dir)
     # the demo's own record is nested and loads again with --config
     saved = yaml.safe_load((out / "config.yaml").read_text())
