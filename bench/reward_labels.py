@@ -1,12 +1,14 @@
 """How many panel rankings per prompt the demo's reward ensemble should learn from: a finished
 demo's stage-2 answers (the same answers, the same gold) ranked 2, 5, 8 ... times a prompt by
 the simulated panel, one ensemble learned from each label set with the demo's own round-1
-reward config, and each ensemble scored on the demo's held-out prompts against
+reward config (trained on the demo's training prompts), and each ensemble scored on its
+held-out prompts against
 
 - an independent label set (8 more rankings a prompt from a panel seeded apart; its
-  Bayes-optimal accuracy is the ceiling), so every label count is judged on the same labels,
-  not on its own held-out share (whose noise differs from set to set);
-- the gold order (the pairs whose gold scores differ).
+  Bayes-optimal accuracy is the ceiling), by the reward recipe's own evaluation
+  (``--eval-data``): every label count is judged on the same labels, not on its own held-out
+  share (whose noise differs from set to set);
+- the gold order (the pairs of answers to one prompt whose gold scores differ).
 
     python bench/reward_labels.py runs/demo
     python bench/reward_labels.py runs/q11 --labels 2,4,8 --json reward_labels.json
@@ -53,54 +55,45 @@ def rank(items: list[dict], times: int, seed: int, gold_scale: float) -> list[di
     return out
 
 
-def heldout_prompts(items: list[dict], seed: int, eval_fraction: float) -> set[str]:
-    """The prompts the reward recipe holds out (``data.preferences.split_groups``: whole prompt
-    groups in file order, a seeded permutation)."""
-    import torch
+def split_prompts(items: list[dict], seed: int, eval_fraction: float) -> tuple[set[str], set[str]]:
+    """(training, held-out) prompt keys, split as the reward recipe splits the demo's data
+    (``data.preferences.split_groups``: whole prompt groups, seeded)."""
+    from alignkit.data.preferences import PreferenceGroup, split_groups
 
-    units = [json.dumps(i["prompt"]) for i in items]
-    n_eval = min(max(int(round(len(units) * eval_fraction)), 1), len(units) - 1)
-    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
-    return {units[i] for i in order[:n_eval]}
+    groups = [PreferenceGroup(prompt=i["prompt"], unit=json.dumps(i["prompt"])) for i in items]
+    train, held = split_groups(groups, eval_fraction, seed)
+    return {g.unit for g in train}, {g.unit for g in held}
 
 
-def accuracies(reward_folder: Path, items: list[dict], held: set[str],
-               labels: list[dict]) -> dict:
-    """The ensemble's mean reward on every held-out answer; its agreement with ``labels``'
-    ranked pairs and with the gold order."""
+def only(records: list[dict], prompts: set[str]) -> list[dict]:
+    return [r for r in records if json.dumps(r["prompt"]) in prompts]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def gold_order_accuracy(reward_folder: Path, items: list[dict]) -> tuple[float, int]:
+    """Share of the pairs of answers to one prompt whose gold scores differ that the ensemble's
+    mean reward orders as gold does, and the number of such pairs."""
     import torch
 
     from alignkit.models.reward import RewardModel
 
-    kept = [i for i in items if json.dumps(i["prompt"]) in held]
-    prompts = [i["prompt"] for i in kept for _ in i["responses"]]
-    responses = [r for i in kept for r in i["responses"]]
-    model = RewardModel.load(reward_folder)
+    prompts = [i["prompt"] for i in items for _ in i["responses"]]
+    responses = [r for i in items for r in i["responses"]]
     with torch.no_grad():
-        scores = model.score(prompts, responses).mean.reshape(-1).tolist()
-    score = {(json.dumps(p), r): s for p, r, s in zip(prompts, responses, scores)}
-    right = total = 0
-    for rec in labels:
-        key = json.dumps(rec["prompt"])
-        if key not in held:
-            continue
-        order = rec["ranking"]
-        for a, b in itertools.combinations(range(len(order)), 2):
-            better, worse = rec["responses"][order[a]], rec["responses"][order[b]]
-            right += score[(key, better)] > score[(key, worse)]
-            total += 1
-    gold_right = gold_total = 0
-    for item in kept:
-        key, gold = json.dumps(item["prompt"]), item["gold"]
+        scores = RewardModel.load(reward_folder).score(prompts, responses).mean.tolist()
+    right = total = at = 0
+    for item in items:
+        gold, mine = item["gold"], scores[at:at + len(item["gold"])]
+        at += len(gold)
         for a, b in itertools.combinations(range(len(gold)), 2):
-            if gold[a] == gold[b]:
-                continue
-            hi, lo = (a, b) if gold[a] > gold[b] else (b, a)
-            gold_right += (score[(key, item["responses"][hi])]
-                           > score[(key, item["responses"][lo])])
-            gold_total += 1
-    return {"label_accuracy": right / total, "label_pairs": total,
-            "gold_order_accuracy": gold_right / gold_total, "gold_pairs": gold_total}
+            if gold[a] != gold[b]:
+                right += (gold[a] > gold[b]) == (mine[a] > mine[b])
+                total += 1
+    return right / total, total
 
 
 def main() -> None:
@@ -123,37 +116,42 @@ def main() -> None:
     folder = demo / "reward-r1" if (demo / "reward-r1").is_dir() else demo / "reward"
     reward_config = folder / "config.yaml"
     resolved = yaml.safe_load(reward_config.read_text())
-    eval_fraction = resolved["eval_fraction"]
     if args.seed is None:
         args.seed = resolved["seed"]
     items = one_item_per_prompt(demo / "prefs.jsonl")
-    held = heldout_prompts(items, args.seed, eval_fraction)
-    # the independent labels: a panel seeded apart from every training set below
-    eval_labels = rank(items, args.eval_labels, args.seed + 100_003, args.gold_scale)
+    train, held = split_prompts(items, args.seed, resolved["eval_fraction"])
+    # the independent labels of the held-out prompts: a panel seeded apart from every training
+    # set below; each ensemble is evaluated on them by the reward recipe itself (--eval-data)
+    eval_labels = only(rank(items, args.eval_labels, args.seed + 100_003, args.gold_scale), held)
     annotators = SimulatedPanel(gold_scale=args.gold_scale).annotators
-    ceiling = bayes_optimal_accuracy([r for r in eval_labels if json.dumps(r["prompt"]) in held],
-                                     annotators, args.gold_scale)
+    ceiling = bayes_optimal_accuracy(eval_labels, annotators, args.gold_scale)
     print(f"{len(items)} prompts, {len(held)} held out; independent labels: {args.eval_labels} "
           f"rankings a prompt, ceiling {ceiling:.4f}", flush=True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
+        heldout_file = write_jsonl(Path(tmp) / "heldout.jsonl", eval_labels)
         for times in [int(x) for x in args.labels.split(",")]:
-            data = Path(tmp) / f"prefs_{times}.jsonl"
-            data.write_text("".join(json.dumps(r) + "\n" for r in
-                                    rank(items, times, args.seed, args.gold_scale)))
+            data = write_jsonl(Path(tmp) / f"prefs_{times}.jsonl",
+                               only(rank(items, times, args.seed, args.gold_scale), train))
+            output = Path(tmp) / f"reward_{times}"
             started = time.time()
             subprocess.run([sys.executable, "-m", "alignkit", "reward", "--config",
-                            str(reward_config), "--data", str(data), "--output",
-                            str(Path(tmp) / f"reward_{times}"), "--no-progress"],
+                            str(reward_config), "--data", str(data), "--eval-data",
+                            str(heldout_file), "--output", str(output), "--no-progress"],
                            check=True, stdout=subprocess.DEVNULL)
-            row = accuracies(Path(tmp) / f"reward_{times}" / "final", items, held, eval_labels)
-            row.update(share_of_ceiling=row["label_accuracy"] / ceiling,
-                       seconds=round(time.time() - started, 1))
-            rows[times] = row
+            seconds = time.time() - started
+            heldout = [r for r in map(json.loads, (output / "metrics.jsonl").read_text()
+                                      .splitlines()) if r.get("split") == "eval"][-1]
+            gold, gold_pairs = gold_order_accuracy(
+                output / "final", [i for i in items if json.dumps(i["prompt"]) in held])
+            rows[times] = row = {
+                "label_accuracy": heldout["accuracy"], "label_pairs": int(heldout["pairs"]),
+                "share_of_ceiling": heldout["accuracy"] / ceiling,
+                "gold_order_accuracy": gold, "gold_pairs": gold_pairs,
+                "seconds": round(seconds, 1)}
             print(f"{times} rankings a prompt: accuracy {row['label_accuracy']:.4f} "
                   f"({row['share_of_ceiling']:.1%} of the ceiling, {row['label_pairs']} pairs), "
-                  f"gold order {row['gold_order_accuracy']:.4f} ({row['gold_pairs']} pairs), "
-                  f"{row['seconds']:.0f} s", flush=True)
+                  f"gold order {gold:.4f} ({gold_pairs} pairs), {seconds:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"demo": str(demo), "seed": args.seed, "reward_config": str(reward_config),
