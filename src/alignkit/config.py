@@ -1289,10 +1289,10 @@ class DemoConfig(RolloutArgs):
     label: DemoLabelConfig = field(
         default_factory=functools.partial(DemoLabelConfig, labels_per_prompt=5),
         metadata={"help": "stage 2, the SFT policy's answers ranked by a simulated panel, each "
-                          "prompt's answers 5 times (the panel's size): the ensemble learns "
-                          "from less label noise at no cost in compute (the rankings of one "
-                          "prompt share one forward pass), and its held-out accuracy is "
-                          "measured on 2.5 times the pairs"})
+                          "prompt's answers 5 times: at no cost in compute (the rankings of "
+                          "one prompt share one forward pass) the ensemble's held-out accuracy "
+                          "is read on 2.5 times the pairs; the accuracy itself moved by a "
+                          "point at most"})
     relabel: DemoLabelConfig = field(
         default_factory=functools.partial(DemoLabelConfig, prompts=128, temperatures="1.0",
                                           base_answers=0, labels_per_prompt=5),

@@ -488,7 +488,7 @@ FLAT_DEMO_DEFAULTS = {
 # the policies apart; DPO runs 32 steps (at 24 its gold gain over SFT was within noise; on
 # the diverse candidates labelled since, 32 steps gain 4 paired standard errors); PPO samples 4
 # answers to each of 4 prompts a step (below, its RLOO advantage); the panel ranks each prompt's
-# answers 5 times, not 2 (less label noise for the ensemble, at no cost in compute)
+# answers 5 times, not 2 (a held-out reading on 2.5x the pairs, at no cost in compute)
 CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size": 4,
                          "labels_per_prompt": 5}
 
