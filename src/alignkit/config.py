@@ -190,6 +190,12 @@ class ModelArgs(ChatTemplateArgs):
     lora_dropout: float = opt(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj",
                             "Comma-separated module names that get LoRA adapters.")
+    lora_init: Optional[str] = opt(None, "With --lora: go on training these adapters (a peft "
+                                   "adapter folder, or a saved model folder with adapter/ "
+                                   "inside, trained on --model with the same rank and targets) "
+                                   "instead of fresh ones. The reference stays --model itself "
+                                   "(adapters disabled), so the KL is measured from where the "
+                                   "adapters first started.")
     device: str = opt("auto", "Device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
     precision: str = opt("auto", "Numerics: auto (fp32 on CPU, bf16 autocast on CUDA), fp32, "
                          "bf16, fp16 (autocast with loss scaling). Weights stay fp32.",
@@ -1198,6 +1204,8 @@ class DemoConfig(RolloutArgs):
                    "output": "<output>/reward (earlier rounds: <output>/reward-r<k>)",
                    "overwrite": "always", **_DEMO_RUN},
         "ppo": {"model": "the SFT policy, <output>/sft/final",
+                "lora_init": "none (--continue-rounds, round k > 1: round k - 1's adapters, "
+                             "<output>/ppo-r<k-1>/final/adapter)",
                 "reward_model": "the round's reward ensemble, <output>/reward/final",
                 "output": "<output>/ppo (earlier rounds: <output>/ppo-r<k>)",
                 "max_new_tokens": "--max-new-tokens",
@@ -1278,6 +1286,9 @@ class DemoConfig(RolloutArgs):
            "write the answers the panel ranks next, but fewer steps cost the last round its "
            "gain: with 8 of 16 the round-2 policy gained +0.10 gold over SFT, with 16 +0.32.",
         ge=0)
+    continue_rounds: bool = opt(False, "Each round's PPO after the first goes on training "
+                                "the LoRA adapters of the round before (--ppo.lora-init), "
+                                "instead of starting again from SFT; the KL is still to SFT.")
     compare_earlier_rounds: bool = opt(False, "Also compare every round's PPO policy but the "
                                        "last (ppo-r<k>) on the held-out prompts (about 1.5 "
                                        "minutes each on 2 CPU cores).")
@@ -1340,6 +1351,9 @@ class DemoConfig(RolloutArgs):
             raise UserError(f"--output {self.output!r}: with --rounds {self.rounds} the later "
                             "rounds' reward models read the rankings as a comma-separated list; "
                             "choose an output folder without a comma")
+        if self.continue_rounds and self.ppo_rounds() > 1 and not self.ppo.lora:
+            raise UserError("--continue-rounds goes on training the LoRA adapters of the round "
+                            "before; it needs --ppo.lora")
         if self.best_of_pool < max(self.best_of, self.compare_samples):
             raise UserError(f"--best-of-pool {self.best_of_pool} must be at least --best-of "
                             f"({self.best_of}) and --compare-samples ({self.compare_samples})")
@@ -1424,8 +1438,13 @@ class DemoConfig(RolloutArgs):
             configs[reward_dir.name] = replace(self.reward, data=so_far, output=str(reward_dir),
                                                overwrite=True, **run_wide)
             steps = self.ppo_steps(k)
+            lora_init = None
+            if self.continue_rounds and k > 1:
+                lora_init = str(root / self.round_folder("ppo", k - 1, rounds) / "final"
+                                / "adapter")
             configs[ppo_dir.name] = replace(
-                self.ppo, model=sft_final, reward_model=str(reward_dir / "final"),
+                self.ppo, model=sft_final, lora_init=lora_init,
+                reward_model=str(reward_dir / "final"),
                 output=str(ppo_dir), max_new_tokens=self.max_new_tokens, max_steps=steps,
                 eval_prompts=min(self.compare_prompts, 16),
                 eval_every=max(1, steps // 4), precision=self.precision,

@@ -74,3 +74,49 @@ def test_adapter_folder_without_base_is_a_clear_error(tmp_path):
     assert proc.stderr.strip().endswith("adapter_config.json: base_model_name_or_path: missing "
                                         "(the base model the adapter was trained on)")
     assert "Traceback" not in proc.stderr
+
+
+def test_lora_init_goes_on_training_saved_adapters(tiny_model_dir, tmp_path):
+    """``--lora-init``: the policy starts as the saved adapters' model, trains those adapters
+    (not fresh ones), and its reference (adapters disabled) is still ``--model``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.config import DPOConfig
+    from alignkit.errors import UserError
+    from alignkit.training.policy import load_policy
+
+    out = tmp_path / "sft"
+    proc = run_cli("sft", "--model", str(tiny_model_dir), "--data", "demo", "--output", str(out),
+                   "--lora", "--lora-r", "4", "--lora-targets", "q_proj,v_proj", "--lr", "1e-2",
+                   "--max-steps", "3", "--batch-size", "4", "--eval-fraction", "0.05",
+                   "--eval-every", "0", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tok = AutoTokenizer.from_pretrained(str(out / "final"))
+    merged = logits(AutoModelForCausalLM.from_pretrained(str(out / "final")).eval(), tok)
+    base = logits(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval(), tok)
+
+    for init in (out / "final", out / "final" / "adapter"):  # the saved folder or its adapter/
+        cfg = DPOConfig(model=str(tiny_model_dir), lora=True, lora_r=4,
+                        lora_targets="v_proj,q_proj", lora_init=str(init))
+        policy, _ = load_policy(cfg, "cpu")
+        policy.eval()
+        assert torch.allclose(logits(policy, tok), merged, atol=1e-5)
+        with policy.disable_adapter():
+            assert torch.allclose(logits(policy, tok), base, atol=1e-5)
+        trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+        assert len(trainable) == 2 * 2 * policy.config.num_hidden_layers  # A and B, q and v
+
+    with pytest.raises(UserError) as err:
+        load_policy(DPOConfig(model=str(tiny_model_dir), lora=True, lora_init=str(out / "final")),
+                    "cpu")
+    assert str(err.value) == (
+        f"{out / 'final' / 'adapter' / 'adapter_config.json'}: --lora-r 16 but the adapters have "
+        "4; --lora-targets ['k_proj', 'o_proj', 'q_proj', 'v_proj'] but the adapters have "
+        "['q_proj', 'v_proj'] (pass the adapters' values)")
+    with pytest.raises(UserError, match=r"^--lora-init .*: goes on training LoRA adapters; add "
+                                        r"--lora$"):
+        load_policy(DPOConfig(model=str(tiny_model_dir), lora_init=str(out / "final")), "cpu")
+    with pytest.raises(UserError, match="no adapter_config.json there"):
+        load_policy(DPOConfig(model=str(tiny_model_dir), lora=True, lora_init=str(tmp_path)),
+                    "cpu")

@@ -901,3 +901,24 @@ def test_the_base_model_answers_at_most_as_often_as_the_compared_policies():
                                                   "5"]))
     cfg.validate()
     assert (cfg.base_samples, cfg.compare_samples) == (5, 5)
+
+
+def test_continue_rounds_trains_the_round_befores_adapters():
+    """--continue-rounds: round k > 1's PPO starts from round k - 1's saved adapters (the model
+    and so the KL reference stay the SFT policy); without it every round starts from SFT."""
+    root = Path("/r")
+    cfg = DemoConfig(rounds=3, continue_rounds=True)
+    configs = cfg.stage_configs(root)
+    assert {name: c.lora_init for name, c in configs.items() if name.startswith("ppo")} == {
+        "ppo-r1": None, "ppo-r2": "/r/ppo-r1/final/adapter", "ppo": "/r/ppo-r2/final/adapter"}
+    assert {c.model for name, c in configs.items() if name.startswith("ppo")} == {
+        "/r/sft/final"}
+    assert all(c.lora_init is None for c in DemoConfig(rounds=3).stage_configs(root).values()
+               if hasattr(c, "lora_init"))
+    assert build_config(DemoConfig, parse("demo", ["--continue-rounds"])).continue_rounds
+    with pytest.raises(UserError, match=r"^--continue-rounds goes on training the LoRA adapters "
+                                        r"of the round before; it needs --ppo.lora$"):
+        DemoConfig(continue_rounds=True,
+                   ppo=dataclasses.replace(DemoConfig().ppo, lora=False)).validate()
+    DemoConfig(continue_rounds=True, rounds=1,
+               ppo=dataclasses.replace(DemoConfig().ppo, lora=False)).validate()

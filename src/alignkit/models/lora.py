@@ -19,6 +19,39 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
     return get_peft_model(model, config)
 
 
+def load_lora(model, folder: str, r: int, alpha: int, targets: str):
+    """``model`` with the trainable peft LoRA adapters saved in ``folder`` (an adapter folder,
+    or a saved model folder with ``adapter/`` inside). Their rank, alpha and target modules must
+    be ``r``, ``alpha`` and ``targets`` (the run's --lora-* flags), so that a run's config says
+    what it trains; the adapters were trained on ``model``'s weights."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    path = Path(folder)
+    if not (path / "adapter_config.json").is_file() and (path / "adapter").is_dir():
+        path = path / "adapter"
+    config_file = path / "adapter_config.json"
+    try:
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--lora-init {folder}: no adapter_config.json there (a peft adapter "
+                        "folder, or a saved model folder with adapter/ inside)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_file}: not readable ({e})") from None
+    wanted = {"r": r, "lora_alpha": alpha,
+              "target_modules": sorted(t.strip() for t in targets.split(",") if t.strip())}
+    found = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+             "target_modules": sorted(saved.get("target_modules") or [])}
+    flags = {"r": "--lora-r", "lora_alpha": "--lora-alpha", "target_modules": "--lora-targets"}
+    differ = [f"{flags[k]} {wanted[k]} but the adapters have {found[k]}"
+              for k in wanted if wanted[k] != found[k]]
+    if differ:
+        raise UserError(f"{config_file}: " + "; ".join(differ) + " (pass the adapters' values)")
+    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+
+
 def _linear_names(model) -> set[str]:
     import torch
 

@@ -242,7 +242,10 @@ def ppo_lines(cfg: DemoConfig, stage3: dict) -> list[str]:
     k, monitor, rounds = cfg.ppo.samples_per_prompt, stage3["monitor"], cfg.ppo_rounds()
     of_rounds = f", round {stage3['round']} of {rounds}" if rounds > 1 else ""
     steps = cfg.ppo_steps(stage3["round"])
-    lines = [f"stage 3: PPO with LoRA from SFT{of_rounds}, {steps} steps x "
+    start = "SFT"
+    if cfg.continue_rounds and stage3["round"] > 1:
+        start = f"the round-{stage3['round'] - 1} PPO policy (KL to SFT)"
+    lines = [f"stage 3: PPO with LoRA from {start}{of_rounds}, {steps} steps x "
              f"{cfg.ppo.batch_size} prompts{f' x {k} answers' if k > 1 else ''}, advantage "
              f"{cfg.ppo.advantage}, reward = ensemble {cfg.ppo.combine} "
              f"({Path(stage3['reward_model']).parent.name}/), KL coefficient {cfg.ppo.kl_coef}"]

@@ -33,8 +33,9 @@ def check_flags(cfg: RewardConfig) -> None:
     if cfg.loss == "plackett_luce" and cfg.label_smoothing:
         raise UserError("--label-smoothing applies to the Bradley-Terry loss; Plackett-Luce has "
                         "no smoothed form here (use --loss bradley_terry, or no smoothing)")
-    if cfg.lora:
-        raise UserError("--lora is not supported by the reward stage yet (full fine-tuning, or "
+    if cfg.lora or cfg.lora_init:
+        flag = "--lora" if cfg.lora else "--lora-init"
+        raise UserError(f"{flag} is not supported by the reward stage yet (full fine-tuning, or "
                         "--shared-backbone to train heads only)")
 
 
