@@ -1275,20 +1275,25 @@ class DemoConfig(RolloutArgs):
     rounds: int = opt(2, "Rounds of RLHF in stage 3 (iterated RLHF, as InstructGPT and "
                       "Anthropic ran it): after each PPO run but the last, the panel ranks that "
                       "policy's answers to the training prompts (--relabel), the ensemble learns "
-                      "again from every ranking so far, and PPO starts again from the SFT "
-                      "policy against it. An ensemble learned from SFT answers alone misjudges "
+                      "again from every ranking so far, and PPO goes on against it "
+                      "(--continue-rounds). An ensemble learned from SFT answers alone misjudges "
                       "the answers PPO moves to (it paid for brevity: one round's PPO gained "
                       "+0.10 gold, two rounds' +0.32). Earlier rounds keep reward-r<k>/, "
                       "ppo-r<k>/ and prefs-r<k+1>.jsonl; reward/ and ppo/ hold the last. Each "
                       "round adds about 8 minutes on 2 CPU cores.", ge=1)
     earlier_rounds_ppo_steps: int = opt(
-        0, "PPO steps of every round but the last (0: ppo.max-steps). Those policies only "
-           "write the answers the panel ranks next, but fewer steps cost the last round its "
+        0, "PPO steps of every round but the last (0: ppo.max-steps). Those policies "
+           "write the answers the panel ranks next (and are where the next round starts, "
+           "--continue-rounds), but fewer steps cost the last round its "
            "gain: with 8 of 16 the round-2 policy gained +0.10 gold over SFT, with 16 +0.32.",
         ge=0)
-    continue_rounds: bool = opt(False, "Each round's PPO after the first goes on training "
-                                "the LoRA adapters of the round before (--ppo.lora-init), "
-                                "instead of starting again from SFT; the KL is still to SFT.")
+    continue_rounds: bool = opt(
+        True, "Each round's PPO after the first goes on training the LoRA adapters of the "
+              "round before (--ppo.lora-init; the KL is still to SFT) against the ensemble that "
+              "just learned from that policy's answers, instead of starting again from SFT "
+              "(--no-continue-rounds). Round 2 then builds on round 1's 16 steps at no cost: "
+              "on the same folders, +0.246 +/- 0.052 gold over SFT instead of +0.033 +/- 0.051 "
+              "(seed 1), +0.337 +/- 0.055 instead of +0.266 +/- 0.066 (seed 11).")
     compare_earlier_rounds: bool = opt(False, "Also compare every round's PPO policy but the "
                                        "last (ppo-r<k>) on the held-out prompts (about 1.5 "
                                        "minutes each on 2 CPU cores).")

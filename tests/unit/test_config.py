@@ -904,8 +904,9 @@ def test_the_base_model_answers_at_most_as_often_as_the_compared_policies():
 
 
 def test_continue_rounds_trains_the_round_befores_adapters():
-    """--continue-rounds: round k > 1's PPO starts from round k - 1's saved adapters (the model
-    and so the KL reference stay the SFT policy); without it every round starts from SFT."""
+    """--continue-rounds (the default): round k > 1's PPO starts from round k - 1's saved
+    adapters (the model and so the KL reference stay the SFT policy); without it every round
+    starts from SFT."""
     root = Path("/r")
     cfg = DemoConfig(rounds=3, continue_rounds=True)
     configs = cfg.stage_configs(root)
@@ -913,9 +914,12 @@ def test_continue_rounds_trains_the_round_befores_adapters():
         "ppo-r1": None, "ppo-r2": "/r/ppo-r1/final/adapter", "ppo": "/r/ppo-r2/final/adapter"}
     assert {c.model for name, c in configs.items() if name.startswith("ppo")} == {
         "/r/sft/final"}
-    assert all(c.lora_init is None for c in DemoConfig(rounds=3).stage_configs(root).values()
+    assert DemoConfig().continue_rounds
+    restart = DemoConfig(rounds=3, continue_rounds=False)
+    assert all(c.lora_init is None for c in restart.stage_configs(root).values()
                if hasattr(c, "lora_init"))
-    assert build_config(DemoConfig, parse("demo", ["--continue-rounds"])).continue_rounds
+    assert build_config(DemoConfig, parse("demo", ["--no-continue-rounds"])) == dataclasses.replace(
+        DemoConfig(), continue_rounds=False)
     with pytest.raises(UserError, match=r"^--continue-rounds goes on training the LoRA adapters "
                                         r"of the round before; it needs --ppo.lora$"):
         DemoConfig(continue_rounds=True,

@@ -8,7 +8,8 @@ refusals of harmful requests; honest uncertainty), with held-out loss before and
 answers to unseen prompts side by side; (2) the SFT policy's answers ranked by a simulated panel
 and a MiniLM reward ensemble learned from them; (3) PPO with LoRA against that ensemble, with a
 plot of the reward-hacking monitor (``--rounds`` > 1: iterated RLHF, the panel ranks the PPO
-policy's answers, the ensemble learns again from every ranking and PPO starts again from SFT);
+policy's answers, the ensemble learns again from every ranking and PPO goes on from that
+policy's adapters, its KL still to SFT);
 (4) DPO with LoRA on stage 2's rankings of the SFT policy's own answers; then base, SFT, PPO
 (each round), DPO and best-of-n (SFT samples picked by the last ensemble) compared on unseen
 prompts by gold score (each policy's difference to SFT paired by prompt, with its standard
