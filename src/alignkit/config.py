@@ -1204,8 +1204,8 @@ class DemoConfig(RolloutArgs):
                    "output": "<output>/reward (earlier rounds: <output>/reward-r<k>)",
                    "overwrite": "always", **_DEMO_RUN},
         "ppo": {"model": "the SFT policy, <output>/sft/final",
-                "lora_init": "none (--continue-rounds, round k > 1: round k - 1's adapters, "
-                             "<output>/ppo-r<k-1>/final/adapter)",
+                "lora_init": "round k > 1 with --continue-rounds (the default): round "
+                             "k - 1's adapters, <output>/ppo-r<k-1>/final/adapter; else none",
                 "reward_model": "the round's reward ensemble, <output>/reward/final",
                 "output": "<output>/ppo (earlier rounds: <output>/ppo-r<k>)",
                 "max_new_tokens": "--max-new-tokens",

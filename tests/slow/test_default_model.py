@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 
@@ -109,3 +110,14 @@ def test_demo_quick_end_to_end(fresh_cache, tmp_path):
     assert "advantage rloo" in proc.stdout
     assert (out / "ppo" / "monitor.png").stat().st_size > 1000
     assert "stage 3: PPO" in proc.stdout
+    # round 2's PPO goes on from round 1's adapters: its first look is round 1's policy, away
+    # from SFT, while round 1 starts at SFT itself (--continue-rounds, the default)
+    assert "stage 3: PPO with LoRA from the round-1 PPO policy (KL to SFT), round 2 of 2" \
+        in proc.stdout
+    first_kl = {}
+    for stage in ("ppo-r1", "ppo"):
+        rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").open()]
+        first_kl[stage] = next(r["kl"] for r in rows if r.get("split") == "eval")
+    assert abs(first_kl["ppo-r1"]) < 1e-4 and first_kl["ppo"] > 1e-3, first_kl
+    assert yaml.safe_load((out / "ppo" / "config.yaml").read_text())["lora_init"] == str(
+        out / "ppo-r1" / "final" / "adapter")

@@ -496,7 +496,7 @@ CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size
 # SFT options added after the flat demo was replaced (so never among its options)
 NEWER_SFT_OPTIONS = {"gradient_checkpointing", "distributed", "fsdp_cpu_offload",
                      "max_tokens_per_micro_batch", "chat_template", "report_to",
-                     "oversample", "mixture_size", "skip_nonfinite", "force"}
+                     "oversample", "mixture_size", "skip_nonfinite", "force", "lora_init"}
 
 
 def flat_demo(**changes) -> SimpleNamespace:

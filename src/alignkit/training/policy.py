@@ -14,8 +14,8 @@ def load_policy(cfg, device: str, *, dropout_off: bool | None = None):
     """``--model`` with LoRA adapters when ``--lora`` (fresh, or ``--lora-init``'s). Dropout is
     switched off unless ``--keep-dropout`` (or ``dropout_off=False``): the reference log-probs
     come from an eval-mode forward, and training forwards with dropout would compute another
-    function (the first DPO loss would not be ln 2, PPO's first ratio not 1). Returns (model in train mode,
-    tokenizer)."""
+    function (the first DPO loss would not be ln 2, PPO's first ratio not 1). Returns (model in
+    train mode, tokenizer)."""
     if cfg.lora_init and not cfg.lora:
         raise UserError(f"--lora-init {cfg.lora_init}: goes on training LoRA adapters; add "
                         "--lora")
