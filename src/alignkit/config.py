@@ -1320,7 +1320,7 @@ class DemoConfig(RolloutArgs):
             eval_fraction=0.2, eval_every=0, save_every=0),
         metadata={"help": "stage 2, the MiniLM reward ensemble learned from the rankings (lr "
                           "2e-4: on three demos' rankings its held-out accuracy rose 1.2-1.6 "
-                          "points over 1e-4, to 90.5-92.4% of the ceiling; 3e-4 or 80 steps at "
+                          "points over 1e-4, to 90.6-92.4% of the ceiling; 3e-4 or 80 steps at "
                           "1e-4 gained less)"})
     ppo: PPOConfig = field(
         default_factory=functools.partial(
