@@ -35,6 +35,9 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     # two rounds of RLHF: the panel ranked the round-1 PPO policy's answers (10 prompts x 5
     # rankings), the second ensemble learned from both rankings, the second PPO run used it
     assert stage["ppo-r1"]["model"] == stage["ppo"]["model"]
+    # round 2 goes on training round 1's adapters (--continue-rounds, the default)
+    assert (stage["ppo-r1"]["lora_init"], stage["ppo"]["lora_init"]) == (
+        None, str(out / "ppo-r1" / "final" / "adapter"))
     assert stage["reward-r1"]["data"] == str(out / "prefs.jsonl")
     # DPO: stage 2's rankings with the base model's answers taken out
     assert stage["dpo"]["data"] == str(out / "prefs-policy.jsonl")
@@ -114,7 +117,8 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
                   "MiniLM reward ensemble", "stage 3: PPO with LoRA from SFT, round 1 of 2",
                   "monitor at step", "round 2: the round-1 PPO policy's answers, 10 prompts",
                   "round 2: learned again from the rankings of rounds 1-2",
-                  "stage 3: PPO with LoRA from SFT, round 2 of 2", "stage 4: DPO"):
+                  "stage 3: PPO with LoRA from the round-1 PPO policy (KL to SFT), round 2 of 2",
+                  "stage 4: DPO"):
         assert -1 < out_text.find(block) < final, block
     assert "beyond noise?" in out_text[final:] and "gold_per_prompt" not in out_text
     # a one-round run into the same folder replaces the later stages: the earlier run's first
