@@ -216,12 +216,9 @@ def merge_adapter_folder(adapter: Path) -> Path:
     in ``adapter_config.json``, itself resolved like ``--model``) with the adapter merged in;
     built once per adapter content and base, beside the other converted models, and renamed into
     place finished."""
-    import json
+    from alignkit.models.lora import read_adapter_config
 
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{adapter / 'adapter_config.json'}: not readable ({e})") from None
+    config = read_adapter_config(adapter)
     base_spec = config.get("base_model_name_or_path")
     if not base_spec:
         raise UserError(f"{adapter / 'adapter_config.json'}: base_model_name_or_path: missing "

@@ -19,12 +19,24 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
     return get_peft_model(model, config)
 
 
+def read_adapter_config(adapter) -> dict:
+    """``adapter_config.json`` of the peft adapter folder ``adapter``; unreadable or not JSON:
+    a ``UserError`` naming the file."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(adapter) / "adapter_config.json"
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_file}: not readable ({e})") from None
+
+
 def load_lora(model, folder: str, r: int, alpha: int, targets: str):
     """``model`` with the trainable peft LoRA adapters saved in ``folder`` (an adapter folder,
     or a saved model folder with ``adapter/`` inside). Their rank, alpha and target modules must
     be ``r``, ``alpha`` and ``targets`` (the run's --lora-* flags), so that a run's config says
     what it trains; the adapters were trained on ``model``'s weights."""
-    import json
     from pathlib import Path
 
     from peft import PeftModel
@@ -32,14 +44,10 @@ def load_lora(model, folder: str, r: int, alpha: int, targets: str):
     path = Path(folder)
     if not (path / "adapter_config.json").is_file() and (path / "adapter").is_dir():
         path = path / "adapter"
-    config_file = path / "adapter_config.json"
-    try:
-        saved = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not (path / "adapter_config.json").is_file():
         raise UserError(f"--lora-init {folder}: no adapter_config.json there (a peft adapter "
-                        "folder, or a saved model folder with adapter/ inside)") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{config_file}: not readable ({e})") from None
+                        "folder, or a saved model folder with adapter/ inside)")
+    saved = read_adapter_config(path)
     wanted = {"r": r, "lora_alpha": alpha,
               "target_modules": sorted(t.strip() for t in targets.split(",") if t.strip())}
     found = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
@@ -48,7 +56,8 @@ def load_lora(model, folder: str, r: int, alpha: int, targets: str):
     differ = [f"{flags[k]} {wanted[k]} but the adapters have {found[k]}"
               for k in wanted if wanted[k] != found[k]]
     if differ:
-        raise UserError(f"{config_file}: " + "; ".join(differ) + " (pass the adapters' values)")
+        raise UserError(f"{path / 'adapter_config.json'}: " + "; ".join(differ)
+                        + " (pass the adapters' values)")
     return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 
 
