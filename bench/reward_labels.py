@@ -69,11 +69,6 @@ def only(records: list[dict], prompts: set[str]) -> list[dict]:
     return [r for r in records if json.dumps(r["prompt"]) in prompts]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 def gold_order_accuracy(reward_folder: Path, items: list[dict]) -> tuple[float, int]:
     """Share of the pairs of answers to one prompt whose gold scores differ that the ensemble's
     mean reward orders as gold does, and the number of such pairs."""
@@ -111,6 +106,7 @@ def main() -> None:
     import yaml
 
     from alignkit.feedback.simulated import SimulatedPanel, bayes_optimal_accuracy
+    from alignkit.utils.files import write_jsonl_atomic
 
     demo = Path(args.demo)
     folder = demo / "reward-r1" if (demo / "reward-r1").is_dir() else demo / "reward"
@@ -129,10 +125,10 @@ def main() -> None:
           f"rankings a prompt, ceiling {ceiling:.4f}", flush=True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        heldout_file = write_jsonl(Path(tmp) / "heldout.jsonl", eval_labels)
+        heldout_file = write_jsonl_atomic(eval_labels, Path(tmp) / "heldout.jsonl")
         for times in [int(x) for x in args.labels.split(",")]:
-            data = write_jsonl(Path(tmp) / f"prefs_{times}.jsonl",
-                               only(rank(items, times, args.seed, args.gold_scale), train))
+            data = write_jsonl_atomic(only(rank(items, times, args.seed, args.gold_scale), train),
+                                      Path(tmp) / f"prefs_{times}.jsonl")
             output = Path(tmp) / f"reward_{times}"
             started = time.time()
             subprocess.run([sys.executable, "-m", "alignkit", "reward", "--config",
