@@ -45,6 +45,30 @@ def eval_args(setup, output) -> list[str]:
             "--max-new-tokens", "8", "--bootstrap", "500", "--seed", "5", "--output", str(output)]
 
 
+def differences(got, want, path: str = "eval.json", rel: float = 1e-6) -> list[str]:
+    """Every field of ``got`` that is not ``want``: floats within ``rel`` (relative: float32
+    rounding is ~6e-8), every other
+    value (text, count, key, length) exactly."""
+    if isinstance(want, float) and isinstance(got, float):
+        return [] if got == pytest.approx(want, rel=rel, abs=1e-12) else [f"{path}: {got} != {want}"]
+    if isinstance(want, dict) and isinstance(got, dict) and list(got) == list(want):
+        return [d for k in want for d in differences(got[k], want[k], f"{path}.{k}", rel)]
+    if isinstance(want, list) and isinstance(got, list) and len(got) == len(want):
+        return [d for i, (g, w) in enumerate(zip(got, want))
+                for d in differences(g, w, f"{path}[{i}]", rel)]
+    return [] if got == want else [f"{path}: {got!r} != {want!r}"]
+
+
+def test_differences_names_each_field_that_is_not_the_same():
+    want = {"a": 1.0, "b": [1, "x"], "c": {"d": 2.0}}
+    assert differences({"a": 1.0 + 1e-9, "b": [1, "x"], "c": {"d": 2.0}}, want) == []
+    assert differences({"a": 1.001, "b": [1, "y"], "c": {"d": 2.0}}, want) == [
+        "eval.json.a: 1.001 != 1.0", "eval.json.b[1]: 'y' != 'x'"]
+    assert differences({"a": 1.0, "b": [1, "x"], "c": {"e": 2.0}}, want) == [
+        "eval.json.c: {'e': 2.0} != {'d': 2.0}"]
+    assert differences({"a": 1, "b": [1, "x"], "c": {"d": 2.0}}, want) == []  # 1 == 1.0
+
+
 def test_eval_outputs_win_rates_kl_and_suite(tiny_setup):
     out = tiny_setup["root"] / "out"
     proc = run_cli(*eval_args(tiny_setup, out))
@@ -105,11 +129,16 @@ def test_eval_outputs_win_rates_kl_and_suite(tiny_setup):
         assert f"\n{name}" in proc.stdout
     assert "win vs base" in proc.stdout
 
-    # the same seed gives the same numbers
+    # the same seed gives the same answers, verdicts and counts, and the same numbers up to
+    # float rounding (a CPU kernel may sum in another order in another process); every field
+    # that differs is named
     again = tiny_setup["root"] / "again"
     proc = run_cli(*eval_args(tiny_setup, again))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((again / "eval.json").read_text()) == result
+    assert (again / "samples.jsonl").read_text() == (out / "samples.jsonl").read_text()
+    assert ((again / "adversarial_samples.jsonl").read_text()
+            == (out / "adversarial_samples.jsonl").read_text())
+    assert differences(json.loads((again / "eval.json").read_text()), result) == []
     # an earlier evaluation is not overwritten without --overwrite
     proc = run_cli(*eval_args(tiny_setup, out))
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
