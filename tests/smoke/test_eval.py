@@ -46,9 +46,8 @@ def eval_args(setup, output) -> list[str]:
 
 
 def differences(got, want, path: str = "eval.json", rel: float = 1e-6) -> list[str]:
-    """Every field of ``got`` that is not ``want``: floats within ``rel`` (relative: float32
-    rounding is ~6e-8), every other
-    value (text, count, key, length) exactly."""
+    """Every field of ``got`` that is not ``want``: floats within ``rel`` (relative; float32
+    rounding is ~6e-8), every other value (text, count, key, length) exactly."""
     if isinstance(want, float) and isinstance(got, float):
         return [] if got == pytest.approx(want, rel=rel, abs=1e-12) else [f"{path}: {got} != {want}"]
     if isinstance(want, dict) and isinstance(got, dict) and list(got) == list(want):
