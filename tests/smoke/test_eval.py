@@ -49,7 +49,8 @@ def differences(got, want, path: str = "eval.json", rel: float = 1e-6) -> list[s
     """Every field of ``got`` that is not ``want``: floats within ``rel`` (relative; float32
     rounding is ~6e-8), every other value (text, count, key, length) exactly."""
     if isinstance(want, float) and isinstance(got, float):
-        return [] if got == pytest.approx(want, rel=rel, abs=1e-12) else [f"{path}: {got} != {want}"]
+        close = got == pytest.approx(want, rel=rel, abs=1e-12)
+        return [] if close else [f"{path}: {got} != {want}"]
     if isinstance(want, dict) and isinstance(got, dict) and list(got) == list(want):
         return [d for k in want for d in differences(got[k], want[k], f"{path}.{k}", rel)]
     if isinstance(want, list) and isinstance(got, list) and len(got) == len(want):
