@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,19 +31,6 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "alignkit", *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env)
-
-
-def run_cli_until_killed(*args: str, when: Path, timeout: float = 300) -> None:
-    """Start ``alignkit`` and SIGKILL it (no chance to clean up) as soon as ``when`` exists."""
-    proc = subprocess.Popen([sys.executable, "-m", "alignkit", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not when.exists():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline, f"{when} did not appear within {timeout}s"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 # One interpreter runs many CLI cases through the real entry point (a subprocess per case would

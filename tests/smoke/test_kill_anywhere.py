@@ -2,8 +2,8 @@
 killed with SIGKILL three times at seeded random points -- after a random number of metrics
 rows plus a random delay, so kills land in training steps, evaluations, checkpoint writes and
 the metrics rewrite of a resume -- and resumed with --resume each time, then to the end. The
-result is bit-identical to an uninterrupted run: final weights, and every training row's numbers
-(rows once each, in order)."""
+result is bit-identical to an uninterrupted run: final weights, and every training and
+evaluation row's numbers (rows once each, in order)."""
 
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ def stage_args(stage: str, model: Path, work: Path, rm: Path | None) -> list[str
                 str(reward_prefs(work / "prefs.jsonl", 32)), "--ensemble", "2",
                 "--max-steps", "8", "--batch-size", "4", "--lr", "3e-3", "--eval-every", "3",
                 *run]
-    if stage == "dpo":
+    if stage == "dpo":  # with gradient accumulation: a kill can land between micro-steps
         return ["dpo", "--model", str(model), "--data", str(dpo_prefs(work / "prefs.jsonl", 32)),
-                "--max-steps", "8", "--batch-size", "4", "--lr", "2e-3", "--eval-every", "3",
-                *run]
+                "--max-steps", "8", "--batch-size", "4", "--grad-accum", "2", "--lr", "2e-3",
+                "--eval-every", "3", *run]
     prompts = write_prompts(work / "p.jsonl", 16)
     if stage == "ppo":
         return ["ppo", "--model", str(model), "--reward-model", str(rm), "--data", str(prompts),
@@ -77,9 +77,10 @@ def kill_after(args: list[str], metrics: Path, rows: int, delay: float, timeout:
 
 
 def numbers(folder: Path) -> list[dict]:
+    """Every training and evaluation row, all but the clock's readings."""
     rows = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if "time" not in k and not k.endswith("_s")}
-            for r in rows if r["split"] == "train"]  # all but the clock's readings
+            for r in rows if r["split"] in ("train", "eval")]
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -111,7 +112,23 @@ def test_killed_anywhere_resumes_bit_exactly(stage, tiny_model_dir, tiny_reward_
     final = run_cli(*args, "--output", str(killed), "--resume")
     assert final.returncode == 0, final.stderr[-3000:]
 
-    assert numbers(killed) == numbers(whole)
+    got, want = numbers(killed), numbers(whole)
+    assert [(r["split"], r["step"]) for r in got] == [(r["split"], r["step"]) for r in want]
+    assert got == want, [(w, g) for w, g in zip(want, got) if w != g][:3]
     a, b = weights(whole), weights(killed)
     assert a.keys() == b.keys() and a
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+    if stage == "sft":
+        # each checkpoint records the process's CPU threads (CPU reductions split their work by
+        # thread); a resume with another count says that its numbers may then differ
+        last = max(killed.glob("checkpoints/step-*"), key=lambda p: int(p.name.split("-")[1]))
+        threads = json.loads((last / "state.json").read_text())["torch_threads"]
+        assert threads == torch.get_num_threads()  # the CLI's default: this process's count
+        fewer = max(threads - 1, 1)  # torch takes no more threads than cores
+        other = run_cli(*args, "--output", str(killed), "--resume",
+                        env={"OMP_NUM_THREADS": str(fewer)})
+        assert other.returncode == 0, other.stderr[-3000:]
+        warned = (f"the checkpoint was written with {threads} CPU threads and this process has "
+                  f"{fewer}") in other.stderr
+        assert warned == (fewer != threads), other.stderr[-3000:]

@@ -1,6 +1,7 @@
 """``alignkit online-dpo`` on a tiny random policy: with a reward model as labeler the policy's own
 answers are labelled round by round and the labeler's reward rises; uncertain pairs are dropped or
-soft-labelled; the simulated panel labels too; a killed run resumes exactly."""
+soft-labelled; the simulated panel labels too (a killed run's exact resume:
+``test_kill_anywhere``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import run_cli, run_cli_until_killed
+from tests.conftest import run_cli
 from tests.smoke.test_ppo import write_prompts
 
 pytestmark = pytest.mark.smoke
@@ -107,29 +107,3 @@ def test_simulated_panel_labels(tiny_model_dir, tmp_path):
     train = rows(out["metrics"])
     assert len(train) == 2 and all(r["pairs"] + r["pairs_identical"] == 8 for r in train)
     assert "sample_gold" in rows(out["metrics"], "eval")[-1]
-
-
-def test_killed_run_resumes_exactly(tiny_model_dir, space_reward_model, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", 16)
-    common = ["online-dpo", "--model", str(tiny_model_dir), "--reward-model",
-              str(space_reward_model), "--data", str(prompts), "--rounds", "6",
-              "--prompts-per-round", "4", "--samples-per-prompt", "3", "--batch-size", "2",
-              "--lr", "3e-3", "--max-new-tokens", "6", "--sample-count", "3", "--eval-every", "3",
-              "--save-every", "2", "--keep-checkpoints", "0", "--no-progress"]
-    ref = tmp_path / "uninterrupted"
-    done = run_cli(*common, "--output", str(ref))
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = tmp_path / "killed"
-    run_cli_until_killed(*common, "--output", str(killed), when=killed / "checkpoints" / "step-4")
-    resumed = run_cli(*common, "--output", str(killed), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
-    keys = ("sample_reward", "loss", "reward_margin", "grad_norm")
-    want = [{k: r.get(k) for k in keys} for r in rows(ref / "metrics.jsonl")]
-    got = [{k: r.get(k) for k in keys} for r in rows(killed / "metrics.jsonl")]
-    assert got == want and len(got) == 6
-    from safetensors.torch import load_file
-
-    a = load_file(str(ref / "final" / "model.safetensors"))
-    b = load_file(str(killed / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,6 @@
 """``alignkit ppo`` on a tiny random policy: every advantage estimator raises a reward it can
-learn, the CLI runs against a reward-model folder with the monitor and the gold scorer, and a
-killed run resumes exactly."""
+learn, the CLI runs against a reward-model folder with the monitor and the gold scorer (a killed
+run's exact resume: ``test_kill_anywhere``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, run_cli_until_killed
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.smoke
 
@@ -261,38 +261,6 @@ def test_cli_errors_are_clear(tiny_model_dir, tmp_path):
     proc = run_cli("ppo", "--model", str(tiny_model_dir), "--advantage", "grpo",
                    "--data", str(prompts), "--output", str(tmp_path / "r2"))
     assert proc.returncode == 2 and "--samples-per-prompt 2 or more" in proc.stderr
-
-
-def test_killed_run_resumes_exactly(tiny_model_dir, tiny_reward_model, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", 16)
-    common = ["ppo", "--model", str(tiny_model_dir), "--reward-model", str(tiny_reward_model),
-              "--data", str(prompts), "--eval-data", str(prompts), "--eval-prompts", "4",
-              "--no-gold", "--max-steps", "8", "--batch-size", "4", "--minibatch-size", "2",
-              "--max-new-tokens", "8", "--eval-every", "3", "--save-every", "2",
-              "--keep-checkpoints", "0", "--adaptive-kl", "--kl-target", "0.5", "--lr", "3e-3",
-              "--no-progress"]
-    ref = tmp_path / "uninterrupted"
-    done = run_cli(*common, "--output", str(ref))
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = tmp_path / "killed"
-    run_cli_until_killed(*common, "--output", str(killed),
-                         when=killed / "checkpoints" / "step-4")
-    assert not (killed / "final").exists()
-    resumed = run_cli(*common, "--output", str(killed), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
-    keys = ("score", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "response_length")
-    want = [{k: r[k] for k in keys} for r in rows(ref / "metrics.jsonl")]
-    got = [{k: r[k] for k in keys} for r in rows(killed / "metrics.jsonl")]
-    assert [r["step"] for r in rows(killed / "metrics.jsonl")] == list(range(1, 9))
-    assert got == want  # every step after the kill continues identically
-    ev = lambda p: [(r["step"], r["proxy"], r["kl"]) for r in rows(p / "metrics.jsonl", "eval")]
-    assert ev(killed) == ev(ref)
-    from safetensors.torch import load_file
-
-    for name in ("model.safetensors", "value_head.safetensors"):  # the same final weights
-        a, b = load_file(str(ref / "final" / name)), load_file(str(killed / "final" / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_target_kl_stops_after_the_minibatch_that_crossed_it(tiny_model_dir, tmp_path):

@@ -59,7 +59,7 @@ from alignkit.training.distributed import (gathered, init_world, no_sync, plain_
                                            skeleton, wrap)
 from alignkit.utils.distributed import World, barrier, sum_across
 from alignkit.utils.logs import progress_bar
-from alignkit.utils.metrics import MetricsLog
+from alignkit.utils.metrics import MetricsLog, strict
 from alignkit.utils.trackers import TrackerError, check_installed, parse_report_to
 
 # what stages cache inside their output folder (recomputed when missing)
@@ -388,6 +388,17 @@ class Trainer:
                     obj.load_state_dict(saved[key])
             self.log_to.info("resuming from %s (step %d of %d)", found[-1], self.state.step,
                              self.total_steps)
+            if saved.get("evaluated"):
+                self._evaluated.add(self.state.step)
+                if saved.get("eval_row"):
+                    self.eval_history[self.state.step] = saved["eval_row"]
+            threads = saved.get("torch_threads")
+            if self.device == "cpu" and threads not in (None, torch.get_num_threads()):
+                self.log_to.warning(
+                    "the checkpoint was written with %d CPU threads and this process has %d: "
+                    "the run goes on, but its numbers can differ from an uninterrupted run's in "
+                    "the last float digits (OMP_NUM_THREADS=%d resumes it bit for bit)",
+                    threads, torch.get_num_threads(), threads)
         resuming = getattr(self.cfg, "resume", False)
         if self.run.is_main:
             try:
@@ -664,7 +675,15 @@ class Trainer:
         if not self.run.is_main and not self.sharded:
             return None
         extra = {key: obj.state_dict() for key, obj in self.extra_state.items()}
-        state = {**self.state.counters, **extra}
+        step = self.state.step
+        state = {**self.state.counters, **extra,
+                 # CPU reductions split their work by thread: a resume with another count is
+                 # exact in everything but the last float digits, and says so (``resume``)
+                 "torch_threads": torch.get_num_threads(),
+                 # the last step's evaluation comes before its checkpoint: a resume from there
+                 # (the run killed while finishing, or resumed once done) does not repeat it
+                 "evaluated": step in self._evaluated,
+                 "eval_row": strict(self.eval_history.get(step))}
         if self.sharded:
             return ckpt.save_sharded_checkpoint(
                 self.output, self.state.step, self.model, self.optimizer, self.scheduler, state,
