@@ -397,7 +397,7 @@ class Trainer:
                 self.log_to.warning(
                     "the checkpoint was written with %d CPU threads and this process has %d: "
                     "the run goes on, but its numbers can differ from an uninterrupted run's in "
-                    "the last float digits (OMP_NUM_THREADS=%d resumes it bit for bit)",
+                    "the last float digits (OMP_NUM_THREADS=%d resumes with the same count)",
                     threads, torch.get_num_threads(), threads)
         resuming = getattr(self.cfg, "resume", False)
         if self.run.is_main:
