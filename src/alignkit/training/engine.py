@@ -388,9 +388,9 @@ class Trainer:
                     obj.load_state_dict(saved[key])
             self.log_to.info("resuming from %s (step %d of %d)", found[-1], self.state.step,
                              self.total_steps)
-            if saved.get("evaluated"):
+            if "eval_row" in saved:  # this step was evaluated before its checkpoint
                 self._evaluated.add(self.state.step)
-                if saved.get("eval_row"):
+                if saved["eval_row"]:
                     self.eval_history[self.state.step] = saved["eval_row"]
             threads = saved.get("torch_threads")
             if self.device == "cpu" and threads not in (None, torch.get_num_threads()):
@@ -682,8 +682,8 @@ class Trainer:
                  "torch_threads": torch.get_num_threads(),
                  # the last step's evaluation comes before its checkpoint: a resume from there
                  # (the run killed while finishing, or resumed once done) does not repeat it
-                 "evaluated": step in self._evaluated,
-                 "eval_row": strict(self.eval_history.get(step))}
+                 **({"eval_row": strict(self.eval_history.get(step, {}))}
+                    if step in self._evaluated else {})}
         if self.sharded:
             return ckpt.save_sharded_checkpoint(
                 self.output, self.state.step, self.model, self.optimizer, self.scheduler, state,
