@@ -22,7 +22,19 @@ training prompts drawn ``--oversample`` times as often, and its monitor answerin
 adversarial suite at every reading (``--eval-adversarial shipped``): the refusal rate on harmful
 and jailbreak prompts, the over-refusal rate on benign ones, and held-out gold, against step.
 
+Contrast prompts (``--contrast``, default ``bench/data/refusal_contrast.jsonl``, written for
+this bench and disjoint from the adversarial suite) join the training prompts: 40 benign requests
+worded with alarming verbs ("kill the mold", "steal second base"; category helpful, so a refusal
+costs gold) and 32 of the demo's harmful training requests inside jailbreak wrappers (category
+harmful). Without them the candidates hold almost no over-refusal to learn from.
+
+The ``dpo`` arm (``--arms dpo``) skips the reward model: DPO from ``--dpo-from`` on the
+harmlessness pairs, split by prompt (refusal over compliance on harmful prompts; answer over
+over-refusal on the rest) and mixed with the overall rankings by ``--dpo-mix``. The start policy
+and the DPO policy then answer the whole suite (``alignkit eval --adversarial shipped``).
+
     python bench/refusal_training.py --sft runs/demo/sft/final      # ~55 min on 2 cores
+    python bench/refusal_training.py --sft runs/demo/sft/final --arms dpo   # ~35 min
     python bench/refusal_training.py --sft runs/demo/sft/final --quick   # harness check
 
 Without ``--refuser`` the bench trains it first (the demo's SFT settings, ``--refuser-steps``).
@@ -36,24 +48,35 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONTRAST = Path(__file__).resolve().parent / "data" / "refusal_contrast.jsonl"
 SUITE_KEYS = ("refusal_rate", "over_refusal_rate", "refusal_rate_harmful",
               "refusal_rate_jailbreak", "uncertainty_rate")
 
 
-def split_labels(labels: Path, out: Path) -> dict[str, Path]:
-    """The overall records (untagged: one head) and the helpful + harmless records, two files."""
+def split_labels(labels: Path, out: Path, categories: dict[str, str | None]) -> dict[str, Path]:
+    """The overall records (untagged: one head), the helpful + harmless records, and the
+    harmless records alone (untagged, for DPO), split by the prompt's category into those on
+    harmful prompts (a refusal against a compliance) and those on the rest (an answer against an
+    over-refusal): four files."""
     rows = [json.loads(line) for line in labels.read_text().splitlines() if line.strip()]
-    files = {"overall": out / "prefs_overall.jsonl", "aspects": out / "prefs_aspects.jsonl"}
-    overall = [{k: v for k, v in r.items() if k != "aspect"} for r in rows
-               if r["aspect"] == "overall"]
-    aspects = [r for r in rows if r["aspect"] in ("helpful", "harmless")]
-    for name, recs in (("overall", overall), ("aspects", aspects)):
+    untagged = [{k: v for k, v in r.items() if k != "aspect"} for r in rows]
+    groups = {
+        "overall": [u for r, u in zip(rows, untagged) if r["aspect"] == "overall"],
+        "aspects": [r for r in rows if r["aspect"] in ("helpful", "harmless")],
+        "harmless_harmful": [u for r, u in zip(rows, untagged) if r["aspect"] == "harmless"
+                             and categories.get(r["prompt"]) == "harmful"],
+        "harmless_benign": [u for r, u in zip(rows, untagged) if r["aspect"] == "harmless"
+                            and categories.get(r["prompt"]) != "harmful"],
+    }
+    files = {}
+    for name, recs in groups.items():
+        files[name] = out / f"prefs_{name}.jsonl"
         files[name].write_text("".join(json.dumps(r) + "\n" for r in recs))
     return files
 
 
 def candidates(policies: list[str], per_policy: int, max_prompts: int, seed: int,
-               work: Path) -> Path:
+               work: Path, data: str = "demo-prompts") -> Path:
     """``per_policy`` answers of each policy to every training prompt, merged per prompt into
     samples ({prompt, responses, category}) that ``alignkit label`` labels without sampling."""
     from alignkit.cli import run
@@ -62,7 +85,7 @@ def candidates(policies: list[str], per_policy: int, max_prompts: int, seed: int
     merged: dict[str, dict] = {}
     for i, policy in enumerate(policies):
         out = work / f"answers-{i}.jsonl"
-        run(LabelConfig(model=policy, data="demo-prompts", output=str(out),
+        run(LabelConfig(model=policy, data=data, output=str(out),
                         num_responses=per_policy, max_prompts=max_prompts, seed=seed + i))
         for line in out.read_text().splitlines():
             rec = json.loads(line)
@@ -127,6 +150,34 @@ def plot(results: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def training_prompts(contrast: str, work: Path) -> tuple[str, int]:
+    """The demo's training prompts, plus the contrast prompts of ``contrast`` (``none``: the
+    demo's alone) as one prompt file; returns its name and the number of contrast prompts."""
+    if contrast == "none":
+        return "demo-prompts", 0
+    from alignkit.data.readers import shipped_data_path
+
+    extra = [line for line in Path(contrast).read_text().splitlines() if line.strip()]
+    base = shipped_data_path("demo-prompts").read_text().splitlines()
+    merged = work / "prompts.jsonl"
+    merged.write_text("".join(line + "\n" for line in [*base, *extra] if line.strip()))
+    return str(merged), len(extra)
+
+
+def suite_scores(eval_json: Path) -> dict[str, dict]:
+    """Per policy: held-out gold and the adversarial suite's rates, from ``alignkit eval``."""
+    report = json.loads(eval_json.read_text())
+    out = {}
+    for name, row in report["policies"].items():
+        adv = row.get("adversarial") or {}
+        per_category = adv.get("per_category") or {}
+        out[name] = {"gold": row.get("gold"), "gold_se": row.get("gold_se"), "kl": row.get("kl"),
+                     **{k: adv.get(k) for k in SUITE_KEYS},
+                     **{f"refusal_rate_{c}": per_category.get(c, {}).get("rate")
+                        for c in ("harmful", "jailbreak")}}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sft", required=True, help="the SFT policy folder (e.g. runs/demo/sft/final)")
@@ -134,6 +185,20 @@ def main(argv=None) -> int:
                    help="a policy that refuses more, whose answers join the candidates "
                         "(default: train one, the demo's SFT for --refuser-steps)")
     p.add_argument("--refuser-steps", type=int, default=180)
+    p.add_argument("--contrast", default=str(CONTRAST),
+                   help="extra training prompts that teach where refusal belongs: benign "
+                        "requests with alarming words (category helpful) and harmful requests "
+                        "inside jailbreak wrappers (category harmful); 'none' for the demo's only")
+    p.add_argument("--arms", default="overall,aspects",
+                   help="comma list: overall, aspects (PPO arms), dpo (DPO on the harmlessness "
+                        "pairs plus the overall rankings, then the whole suite)")
+    p.add_argument("--dpo-from", default="sft", choices=("sft", "refuser"),
+                   help="the policy the dpo arm starts from (and its reference)")
+    p.add_argument("--dpo-steps", type=int, default=128)
+    p.add_argument("--dpo-mix", default="harmful=0.45,benign=0.35,overall=0.2",
+                   help="shares of the dpo arm's examples: harmlessness pairs on harmful prompts "
+                        "(refusal over compliance), on the other prompts (answer over "
+                        "over-refusal), and the overall rankings")
     p.add_argument("--work", default="runs/refusal_training", help="folder for the runs")
     p.add_argument("--out", default=None, help="results JSON (default bench/results/...)")
     p.add_argument("--quick", action="store_true", help="a few prompts and steps")
@@ -148,9 +213,21 @@ def main(argv=None) -> int:
     p.add_argument("--reward-steps", type=int, default=60)
     p.add_argument("--kl-coef", type=float, default=0.05)
     args = p.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = set(arms) - {"overall", "aspects", "dpo"}
+    if unknown:
+        p.error(f"--arms: unknown {sorted(unknown)}; choose from overall, aspects, dpo")
+
+    try:
+        mix = {k: float(v) for k, v in (part.split("=") for part in args.dpo_mix.split(","))}
+    except ValueError:
+        p.error(f"--dpo-mix: {args.dpo_mix!r} is not name=share,...")
+    if set(mix) - {"harmful", "benign", "overall"} or min(mix.values()) < 0:
+        p.error(f"--dpo-mix: names are harmful, benign, overall with shares >= 0; "
+                f"got {args.dpo_mix!r}")
 
     from alignkit.cli import run
-    from alignkit.config import LabelConfig, PPOConfig, RewardConfig
+    from alignkit.config import DPOConfig, EvalConfig, LabelConfig, PPOConfig, RewardConfig
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -169,26 +246,35 @@ def main(argv=None) -> int:
                                 max_steps=4 if quick else args.refuser_steps, save_every=0,
                                 eval_every=0, seed=args.seed, progress=False, overwrite=True))
         refuser = str(work / "refuser" / "final")
-    samples = candidates([args.sft, refuser], 2, 12 if quick else 0, args.seed, work)
+    prompts, contrast_prompts = training_prompts(args.contrast, work)
+    samples = candidates([args.sft, refuser], 2, 12 if quick else 0, args.seed, work, prompts)
     # 2. One labelling pass, three aspects of the same answers.
     labels = work / "prefs.jsonl"
     report = run(LabelConfig(data=str(samples), output=str(labels),
                              aspects="overall,helpful,harmless", labels_per_prompt=2,
                              seed=args.seed))["report"]
-    files = split_labels(labels, work)
-    # 3. The two reward ensembles; how the harmlessness head scores the candidates.
+    categories = {}
+    for line in samples.read_text().splitlines():
+        item = json.loads(line)
+        categories[item["prompt"]] = item.get("category")
+    files = split_labels(labels, work, categories)
+    curves, ppo_s, rms, head = {}, {}, {}, None
+    ppo_arms = [a for a in arms if a != "dpo"]
+    # 3. The reward ensembles of the PPO arms; how the harmlessness head scores the candidates.
     common_rm = dict(model="minilm", ensemble=3, max_steps=4 if quick else args.reward_steps,
                      lr=1e-4, warmup_steps=2, eval_fraction=0.2, eval_every=0, save_every=0,
                      seed=args.seed, overwrite=True, progress=False)
-    rms = {"overall": run(RewardConfig(data=str(files["overall"]),
-                                       output=str(work / "rm-overall"), **common_rm)),
-           "aspects": run(RewardConfig(data=str(files["aspects"]), output=str(work / "rm-aspects"),
-                                       aspects="helpful,harmless", aspect_weights="helpful=1",
-                                       aspect_floor=f"harmless={args.floor}", **common_rm))}
-    head = harmless_head(work / "rm-aspects" / "final", samples, args.floor)
+    if "overall" in ppo_arms:
+        rms["overall"] = run(RewardConfig(data=str(files["overall"]),
+                                          output=str(work / "rm-overall"), **common_rm))
+    if "aspects" in ppo_arms:
+        rms["aspects"] = run(RewardConfig(data=str(files["aspects"]),
+                                          output=str(work / "rm-aspects"),
+                                          aspects="helpful,harmless", aspect_weights="helpful=1",
+                                          aspect_floor=f"harmless={args.floor}", **common_rm))
+        head = harmless_head(work / "rm-aspects" / "final", samples, args.floor)
     # 4. PPO against each, same seed and settings, the suite answered at every reading.
-    curves, ppo_s = {}, {}
-    for arm in ("overall", "aspects"):
+    for arm in ppo_arms:
         t = time.time()
         out = work / f"ppo-{arm}"
         run(PPOConfig(model=args.sft, reward_model=str(work / f"rm-{arm}" / "final"),
@@ -201,26 +287,50 @@ def main(argv=None) -> int:
                       seed=args.seed, overwrite=True, progress=False))
         curves[arm] = curve(out / "metrics.jsonl")
         ppo_s[arm] = round(time.time() - t, 1)
+    # 5. DPO on the harmlessness pairs mixed with the overall rankings (the demo's DPO settings),
+    #    then the start policy and the DPO policy answer the whole suite.
+    dpo = None
+    if "dpo" in arms:
+        t = time.time()
+        start = args.sft if args.dpo_from == "sft" else refuser
+        names = {"harmful": "harmless_harmful", "benign": "harmless_benign", "overall": "overall"}
+        run(DPOConfig(model=start, output=str(work / "dpo"), lora=True, lr=3e-4, batch_size=8,
+                      max_steps=2 if quick else args.dpo_steps, beta=0.1, warmup_steps=2,
+                      data=",".join(f"{files[names[k]]}:{v:g}" for k, v in mix.items() if v),
+                      eval_every=0, save_every=0, sample_prompts=None, seed=args.seed,
+                      overwrite=True, progress=False))
+        run(EvalConfig(policies=f"start={start},dpo={work / 'dpo' / 'final'}", baseline="start",
+                       adversarial="shipped", judge="gold", max_prompts=4 if quick else 8,
+                       max_adversarial=2 if quick else 0, seed=args.seed,
+                       output=str(work / "dpo-eval"), overwrite=True))
+        dpo = {"from": args.dpo_from, "seconds": round(time.time() - t, 1),
+               "policies": suite_scores(work / "dpo-eval" / "eval.json")}
     results = {
         "sft": args.sft, "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "refuser": refuser,
+        "refuser": refuser, "contrast_prompts": contrast_prompts,
         "labels": {"records": report["records"], "per_aspect": report.get("per_aspect")},
         "harmless_head": head,
         "reward_eval": {arm: r.get("eval") if isinstance(r, dict) else None
                         for arm, r in rms.items()},
-        "curves": curves, "ppo_seconds": ppo_s, "seconds": round(time.time() - started, 1),
+        "curves": curves, "ppo_seconds": ppo_s, "dpo": dpo,
+        "seconds": round(time.time() - started, 1),
     }
     out = Path(args.out) if args.out else RESULTS / (
         "refusal_training_quick.json" if quick else "refusal_training.json")
     out.write_text(json.dumps(results, indent=1, default=str))
-    plot(results, out.with_suffix(".png"))
+    if curves:
+        plot(results, out.with_suffix(".png"))
     for arm, rows in curves.items():
         print(f"{arm}:")
         for r in rows:
             print(f"  step {r['step']:>3}  refuse {r.get('refusal_rate', 0):.2f}  over-refuse "
                   f"{r.get('over_refusal_rate', 0):.2f}  gold {r.get('gold', 0):.3f}  "
                   f"KL {r.get('kl', 0):.2f}")
-    print(f"wrote {out} and {out.with_suffix('.png')} ({results['seconds']:.0f} s)")
+    if dpo:
+        for name, row in dpo["policies"].items():
+            print(f"dpo arm, {name}: refuse {row['refusal_rate']}  over-refuse "
+                  f"{row['over_refusal_rate']}  gold {row['gold']}  KL {row['kl']}")
+    print(f"wrote {out} ({results['seconds']:.0f} s)")
     return 0
 
 
