@@ -81,7 +81,7 @@ def test_no_trainer_loop_outside_the_engine():
 
 
 PATH_IN_COMMENT = re.compile(r"(?<![\w/.-])((?:docs|bench|tests|src|\.ci)/[\w./-]+\.(?:md|py|"
-                             r"yaml|json|jsonl|html|toml)|README\.md|DESIGN\.md)")
+                             r"yaml|jsonl|json|html|toml)\b|README\.md|DESIGN\.md)")
 
 
 def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
