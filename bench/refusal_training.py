@@ -26,7 +26,9 @@ Contrast prompts (``--contrast``, default ``bench/data/refusal_contrast.jsonl``,
 this bench and disjoint from the adversarial suite) join the training prompts: 40 benign requests
 worded with alarming verbs ("kill the mold", "steal second base"; category helpful, so a refusal
 costs gold) and 32 of the demo's harmful training requests inside jailbreak wrappers (category
-harmful). Without them the candidates hold almost no over-refusal to learn from.
+harmful). Without them the candidates hold almost no over-refusal to learn from. The PPO
+results in ``bench/results/refusal_training.json`` were measured before they existed:
+``--contrast none`` repeats that setup.
 
 The ``dpo`` arm (``--arms dpo``) skips the reward model: DPO from ``--dpo-from`` on the
 harmlessness pairs, split by prompt (refusal over compliance on harmful prompts; answer over
@@ -315,8 +317,8 @@ def main(argv=None) -> int:
         "curves": curves, "ppo_seconds": ppo_s, "dpo": dpo,
         "seconds": round(time.time() - started, 1),
     }
-    out = Path(args.out) if args.out else RESULTS / (
-        "refusal_training_quick.json" if quick else "refusal_training.json")
+    stem = "refusal_dpo" if arms == ["dpo"] else "refusal_training"
+    out = Path(args.out) if args.out else RESULTS / f"{stem}{'_quick' if quick else ''}.json"
     out.write_text(json.dumps(results, indent=1, default=str))
     if curves:
         plot(results, out.with_suffix(".png"))
