@@ -152,20 +152,6 @@ def plot(results: dict, png: Path) -> None:
     plt.close(fig)
 
 
-def training_prompts(contrast: str, work: Path) -> tuple[str, int]:
-    """The demo's training prompts, plus the contrast prompts of ``contrast`` (``none``: the
-    demo's alone) as one prompt file; returns its name and the number of contrast prompts."""
-    if contrast == "none":
-        return "demo-prompts", 0
-    from alignkit.data.readers import shipped_data_path
-
-    extra = [line for line in Path(contrast).read_text().splitlines() if line.strip()]
-    base = shipped_data_path("demo-prompts").read_text().splitlines()
-    merged = work / "prompts.jsonl"
-    merged.write_text("".join(line + "\n" for line in [*base, *extra] if line.strip()))
-    return str(merged), len(extra)
-
-
 def suite_scores(eval_json: Path) -> dict[str, dict]:
     """Per policy: held-out gold and the adversarial suite's rates, from ``alignkit eval``."""
     report = json.loads(eval_json.read_text())
@@ -248,7 +234,10 @@ def main(argv=None) -> int:
                                 max_steps=4 if quick else args.refuser_steps, save_every=0,
                                 eval_every=0, seed=args.seed, progress=False, overwrite=True))
         refuser = str(work / "refuser" / "final")
-    prompts, contrast_prompts = training_prompts(args.contrast, work)
+    # Unweighted sources on --data are read whole, one after the other.
+    prompts = "demo-prompts" if args.contrast == "none" else f"demo-prompts,{args.contrast}"
+    contrast_prompts = 0 if args.contrast == "none" else sum(
+        1 for line in Path(args.contrast).read_text().splitlines() if line.strip())
     samples = candidates([args.sft, refuser], 2, 12 if quick else 0, args.seed, work, prompts)
     # 2. One labelling pass, three aspects of the same answers.
     labels = work / "prefs.jsonl"
