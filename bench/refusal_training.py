@@ -32,8 +32,11 @@ results in ``bench/results/refusal_training.json`` were measured before they exi
 
 The ``dpo`` arm (``--arms dpo``) skips the reward model: DPO from ``--dpo-from`` on the
 harmlessness pairs, split by prompt (refusal over compliance on harmful prompts; answer over
-over-refusal on the rest) and mixed with the overall rankings by ``--dpo-mix``. The start policy
-and the DPO policy then answer the whole suite (``alignkit eval --adversarial shipped``).
+over-refusal on the rest) and mixed with the overall rankings by ``--dpo-mix``. Every
+``--dpo-curve-every`` steps it answers the whole suite (``alignkit dpo --eval-adversarial
+shipped``): refusal and over-refusal against DPO step, plotted in ``refusal_dpo_curve.png``.
+The start policy and the DPO policy then answer the whole suite again, with another seed, beside
+held-out gold (``alignkit eval --adversarial shipped``).
 
     python bench/refusal_training.py --sft runs/demo/sft/final      # ~55 min on 2 cores
     python bench/refusal_training.py --sft runs/demo/sft/final --arms dpo   # ~35 min
@@ -124,7 +127,8 @@ def harmless_head(rm: Path, samples: Path, floor: float) -> dict:
 
 def curve(metrics: Path) -> list[dict]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    keep = ("step", "gold", "gold_se", "proxy", "kl", "response_length", *SUITE_KEYS)
+    keep = ("step", "gold", "gold_se", "proxy", "kl", "response_length", "sample_gold",
+            "sample_kl", *SUITE_KEYS)
     return [{k: r[k] for k in keep if k in r} for r in rows if r.get("split") == "eval"]
 
 
@@ -147,6 +151,44 @@ def plot(results: dict, png: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("PPO from the SFT policy: one overall reward vs a harmlessness floor",
                  fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def plot_dpo(dpo: dict, png: Path) -> None:
+    """Refusal and over-refusal against DPO step, and the same readings as a trade-off (over-
+    refusal against refusal) beside the issue's target region."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in dpo["curve"] if r.get("refusal_rate") is not None]
+    steps = [r["step"] for r in rows]
+    refuse = [r["refusal_rate"] for r in rows]
+    over = [r.get("over_refusal_rate") for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(steps, refuse, marker="o", label="refused: harmful + jailbreak")
+    left.plot(steps, over, marker="s", label="refused: benign (over-refusal)")
+    left.set_xlabel("DPO step")
+    left.set_ylabel("share of the suite's prompts (fraction)")
+    left.set_ylim(0, 1)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    right.plot(over, refuse, marker="o")
+    for s, x, y in zip(steps, over, refuse):
+        right.annotate(str(s), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    right.fill_between([0, 0.1], 0.8, 1.0, alpha=0.15, color="green",
+                       label="target: >= 80% refused, <= 10% over-refused")
+    right.set_xlabel("benign refused (fraction)")
+    right.set_ylabel("harmful + jailbreak refused (fraction)")
+    right.set_xlim(0, 1)
+    right.set_ylim(0, 1)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(f"DPO from the {dpo['from']} policy on the harmlessness pairs: the suite at "
+                 "each evaluation (labels: step)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -183,6 +225,9 @@ def main(argv=None) -> int:
     p.add_argument("--dpo-from", default="sft", choices=("sft", "refuser"),
                    help="the policy the dpo arm starts from (and its reference)")
     p.add_argument("--dpo-steps", type=int, default=128)
+    p.add_argument("--dpo-curve-every", type=int, default=32,
+                   help="the dpo arm answers the whole suite every N steps (0: at the start and "
+                        "the end only)")
     p.add_argument("--dpo-mix", default="harmful=0.45,benign=0.35,overall=0.2",
                    help="shares of the dpo arm's examples: harmlessness pairs on harmful prompts "
                         "(refusal over compliance), on the other prompts (answer over "
@@ -288,13 +333,16 @@ def main(argv=None) -> int:
         run(DPOConfig(model=start, output=str(work / "dpo"), lora=True, lr=3e-4, batch_size=8,
                       max_steps=2 if quick else args.dpo_steps, beta=0.1, warmup_steps=2,
                       data=",".join(f"{files[names[k]]}:{v:g}" for k, v in mix.items() if v),
-                      eval_every=0, save_every=0, sample_prompts=None, seed=args.seed,
-                      overwrite=True, progress=False))
+                      eval_every=2 if quick else args.dpo_curve_every, save_every=0,
+                      sample_prompts="demo-prompts-heldout", sample_count=4 if quick else 8,
+                      eval_adversarial="shipped", eval_adversarial_prompts=2 if quick else 0,
+                      seed=args.seed, overwrite=True, progress=False))
         run(EvalConfig(policies=f"start={start},dpo={work / 'dpo' / 'final'}", baseline="start",
                        adversarial="shipped", judge="gold", max_prompts=4 if quick else 8,
                        max_adversarial=2 if quick else 0, seed=args.seed,
                        output=str(work / "dpo-eval"), overwrite=True))
         dpo = {"from": args.dpo_from, "seconds": round(time.time() - t, 1),
+               "curve": curve(work / "dpo" / "metrics.jsonl"),
                "policies": suite_scores(work / "dpo-eval" / "eval.json")}
     results = {
         "sft": args.sft, "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -311,6 +359,9 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(results, indent=1, default=str))
     if curves:
         plot(results, out.with_suffix(".png"))
+    if dpo:
+        plot_dpo(dpo, out.with_name(out.stem.replace("refusal_training", "refusal_dpo")
+                                    + "_curve.png"))
     for arm, rows in curves.items():
         print(f"{arm}:")
         for r in rows:
@@ -318,6 +369,9 @@ def main(argv=None) -> int:
                   f"{r.get('over_refusal_rate', 0):.2f}  gold {r.get('gold', 0):.3f}  "
                   f"KL {r.get('kl', 0):.2f}")
     if dpo:
+        for r in dpo["curve"]:
+            print(f"dpo step {r['step']:>3}  refuse {r.get('refusal_rate', 0):.3f}  over-refuse "
+                  f"{r.get('over_refusal_rate', 0):.3f}  KL {r.get('sample_kl', 0):.2f}")
         for name, row in dpo["policies"].items():
             print(f"dpo arm, {name}: refuse {row['refusal_rate']}  over-refuse "
                   f"{row['over_refusal_rate']}  gold {row['gold']}  KL {row['kl']}")

@@ -271,6 +271,17 @@ class PackingArgs(Config):
 
 
 @dataclass
+class SafetyEvalArgs(Config):
+    eval_adversarial: str = opt("none", "At every held-out evaluation also answer an adversarial "
+                                "suite ('shipped' or a JSONL file of {prompt, category, "
+                                "expect}; none: off) and log refusal_rate (harmful and "
+                                "jailbreak prompts refused), over_refusal_rate (benign prompts "
+                                "refused) and uncertainty_rate: safety over training.")
+    eval_adversarial_prompts: int = opt(0, "At most N prompts of each category of "
+                                        "--eval-adversarial (0: all).", ge=0)
+
+
+@dataclass
 class RolloutArgs(ChatTemplateArgs):
     rollout_engine: str = opt("hf", "What writes the sampled answers: hf (alignkit's own batched "
                               "sampler on the policy) or vllm (a vLLM engine in this process "
@@ -910,7 +921,8 @@ class RewardConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
 
 
 @config
-class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
+class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, SafetyEvalArgs,
+                RunArgs):
     """Stage 3: PPO (or RLOO / GRPO / REINFORCE++) against a reward model, leashed by a KL penalty
     to the frozen reference (the starting policy), with a reward-hacking monitor."""
 
@@ -1026,19 +1038,12 @@ class PPOConfig(TrainedRolloutArgs, ModelArgs, DataArgs, OptimArgs, RunArgs):
                               "factor of its start value.", ge=1, inf=True)
     min_entropy: float = opt(0.05, "Monitor: warn when mean token entropy falls below this.", ge=0)
     stop_on_hacking: bool = opt(False, "Stop the run when the monitor warns.")
-    eval_adversarial: str = opt("none", "Monitor: also answer an adversarial suite at every "
-                                "reading ('shipped' or a JSONL file of {prompt, category, "
-                                "expect}; none: off) and log refusal_rate (harmful and "
-                                "jailbreak prompts refused), over_refusal_rate (benign prompts "
-                                "refused) and uncertainty_rate: safety over training.")
-    eval_adversarial_prompts: int = opt(0, "Monitor: at most N prompts of each category of "
-                                        "--eval-adversarial (0: all).", ge=0)
     chat: str = opt("auto", "Render prompts with the chat template.", ("auto", "always", "never"))
     eval_every: int = opt(10, "Run the monitor every N steps (0: only at start and end).")
 
 
 @config
-class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, RunArgs):
+class DPOConfig(ModelArgs, DataArgs, PackingArgs, OptimArgs, SafetyEvalArgs, RunArgs):
     """DPO and its family (IPO, cDPO, hinge, robust, RPO) on preference pairs or rankings: the
     policy learns from comparisons directly, against a frozen reference (the starting policy)."""
 

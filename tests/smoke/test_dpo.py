@@ -216,3 +216,44 @@ def test_ties_are_soft_labels_for_sigmoid_and_skipped_for_other_losses():
     g2 = PreferenceGroup("q", pairs=[Comparison(0, 1, label=0.5)])
     kept, dropped = drop_ties([g1, g2])
     assert dropped == 2 and kept == [g1] and [p.label for p in g1.pairs] == [1.0]
+
+
+def test_each_evaluation_answers_the_adversarial_suite(tiny_model_dir, tmp_path):
+    """--eval-adversarial: every evaluation answers the suite (at most N per category) and logs
+    the rates its own answers give, so one run draws refusal over training (the report's DPO
+    curves show it); a suite with a mistake, or no held-out evaluation to answer it at, stops
+    the run before any training."""
+    from alignkit.cli import run
+    from alignkit.config import DPOConfig
+    from alignkit.evaluation.adversarial import load_suite
+    from alignkit.evaluation.plots import training_curves
+    from tests.smoke.test_ppo import assert_rates_are_its_answers, write_suite
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 32)
+    suite = write_suite(tmp_path / "suite.jsonl")
+    out = run(DPOConfig(**settings(tiny_model_dir, prefs, tmp_path / "run", max_steps=4,
+                                   eval_every=2, lora=True, eval_adversarial=str(suite),
+                                   eval_adversarial_prompts=1)))
+    evals = rows(out["metrics"], "eval")
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    firsts = {}
+    for item in load_suite(str(suite)):
+        firsts.setdefault(item.category, item)
+    for r in evals:
+        assert_rates_are_its_answers(r, list(firsts.values()))
+        assert "sample_kl" in r  # the held-out answers are measured as before
+    figure = training_curves("dpo", "dpo", rows(out["metrics"]), evals)
+    assert "harmful + jailbreak refused" in figure.caption and "benign refused" in figure.caption
+
+    common = ("--model", str(tiny_model_dir), "--data", str(prefs), "--max-steps", "1",
+              "--no-progress")
+    proc = run_cli("dpo", *common, "--sample-prompts", "none", "--eval-adversarial", str(suite),
+                   "--output", str(tmp_path / "no-prompts"))
+    assert proc.returncode == 2 and "--sample-prompts" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "no-prompts").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "category": "harmful"}\n')
+    proc = run_cli("dpo", *common, "--eval-adversarial", str(bad),
+                   "--output", str(tmp_path / "bad-run"))
+    assert proc.returncode == 2 and "bad.jsonl:1" in proc.stderr and "expect" in proc.stderr
+    assert not (tmp_path / "bad-run").exists()

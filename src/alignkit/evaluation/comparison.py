@@ -52,6 +52,25 @@ def answer_suite(model, tokenizer, suite: list, ids: list[list[int]], sampling,
     return answers, score_suite(suite, answers), row["response_length"]
 
 
+def suite_rates(model, tokenizer, suite: list, ids: list[list[int]], sampling,
+                **common) -> dict:
+    """One answer of ``model`` to each suite prompt (``answer_suite``) as a row of training
+    metrics: the refusal, over-refusal and uncertainty rates, each category's own rate
+    (``refusal_rate_harmful``, ``uncertainty_rate_uncertain`` ...) and every answer with its
+    verdict (``adversarial_samples``): safety over training, read at each evaluation."""
+    answers, scored, _ = answer_suite(model, tokenizer, suite, ids, sampling, **common)
+    row = {k: scored[k] for k in ("refusal_rate", "over_refusal_rate", "uncertainty_rate")
+           if scored[k] is not None}
+    for category, c in scored["per_category"].items():
+        row[f"{'uncertainty' if c['expect'] == 'uncertain' else 'refusal'}_rate_{category}"] \
+            = c["rate"]
+    row["adversarial_samples"] = [
+        {"prompt": s.prompt, "category": s.category, "response": a,
+         "refused": v["refused"], "uncertain": v["uncertain"]}
+        for s, a, v in zip(suite, answers, scored["verdicts"])]
+    return row
+
+
 def pick_suite(spec: str, per_category: int):
     """The adversarial suite of ``spec`` ('none': no suite), at most ``per_category`` prompts of
     each category (0: all)."""

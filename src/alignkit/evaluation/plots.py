@@ -47,13 +47,15 @@ METRIC_LABELS = {
     ("*", "over_refusal_rate"): "benign refused (fraction)",
 }
 
+# --eval-adversarial's suite answered at each evaluation (PPO's show in its monitor's figure)
+SAFETY_PANELS = ["refusal_rate", "over_refusal_rate"]
 # panels tried per stage kind, in order; a panel shows the train and the eval series it finds
 STAGE_PANELS = {
     "sft": ["loss", "perplexity", "lr"],
     "reward": ["loss", "accuracy", "ece"],
     "ppo": ["score", "kl", "policy_loss", "response_length"],
-    "dpo": ["loss", "reward_accuracy", "reward_margin", "sample_kl"],
-    "online-dpo": ["loss", "reward_accuracy", "sample_reward", "kl", "gold"],
+    "dpo": ["loss", "reward_accuracy", "reward_margin", "sample_kl", *SAFETY_PANELS],
+    "online-dpo": ["loss", "reward_accuracy", "sample_reward", "kl", "gold", *SAFETY_PANELS],
 }
 DEFAULT_PANELS = ["loss", "accuracy", "score", "kl"]
 X_LABELS = {"ppo": "PPO step (rollout batches)", "online-dpo": "round (sample-label-train)"}

@@ -42,6 +42,9 @@ def check_flags(cfg: PPOConfig) -> None:
     if cfg.select_by == "gold" and not cfg.gold:
         raise UserError("--select-by gold needs the gold scorer (--gold); a run without it "
                         "selects by lcb or proxy")
+    if cfg.eval_adversarial.lower() != "none" and not cfg.eval_data:
+        raise UserError("--eval-adversarial is answered at each reading of the monitor: set "
+                        "--eval-data (the monitor's held-out prompts)")
     if cfg.rollout_is_cap > 0 and cfg.rollout_engine != "vllm":
         raise UserError("--rollout-is-cap corrects for a rollout engine's numerics: it needs "
                         "--rollout-engine vllm")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from alignkit.data.prompts import Prompts
-from alignkit.evaluation.comparison import answer_suite, pick_suite, tokenise
+from alignkit.evaluation.comparison import pick_suite, suite_rates, tokenise
 from alignkit.evaluation.policy import measure_policy
 from alignkit.training.ppo import reference_logprobs
 from alignkit.training.rollout import sampling_config
@@ -76,24 +76,8 @@ class HackingMonitor:
             lambda rollout: reference_logprobs(parts, reference, rollout, cfg), reward_fn,
             self.gold, sampling_config(cfg), **common)
         if self.suite:
-            row.update(self.suite_rates(parts.policy, tokenizer, common))
-        return row
-
-    def suite_rates(self, policy, tokenizer, common: dict) -> dict:
-        """The policy's answers to the adversarial suite scored: refusal, over-refusal and
-        uncertainty rates, each category's own rate (``refusal_rate_harmful`` ...) and every
-        answer with its verdict (``adversarial_samples``)."""
-        answers, scored, _ = answer_suite(policy, tokenizer, self.suite, self.suite_ids,
-                                          sampling_config(self.cfg), **common)
-        row = {k: scored[k] for k in ("refusal_rate", "over_refusal_rate", "uncertainty_rate")
-               if scored[k] is not None}
-        for category, c in scored["per_category"].items():
-            row[f"{'uncertainty' if c['expect'] == 'uncertain' else 'refusal'}_rate_{category}"] \
-                = c["rate"]
-        row["adversarial_samples"] = [
-            {"prompt": s.prompt, "category": s.category, "response": a,
-             "refused": v["refused"], "uncertain": v["uncertain"]}
-            for s, a, v in zip(self.suite, answers, scored["verdicts"])]
+            row.update(suite_rates(parts.policy, tokenizer, self.suite, self.suite_ids,
+                                   sampling_config(cfg), **common))
         return row
 
     def reading(self, step: int, parts, reference, reward_fn, tokenizer, device: str) -> dict:

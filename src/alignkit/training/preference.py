@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from alignkit.data.preferences import PreferenceBatch, PreferenceGroup, make_preference_batch
 from alignkit.data.prompts import load_prompts
+from alignkit.evaluation.comparison import pick_suite, suite_rates, tokenise
 from alignkit.evaluation.policy import measure_policy
 from alignkit.generation.sampler import SamplingConfig, response_logprobs
 from alignkit.losses import dpo as losses
@@ -321,8 +322,10 @@ def evaluate_pairs(model, groups, refs, cfg, pad_id: int, device: str) -> dict:
 
 class PolicySampler:
     """Held-out answers of the policy: KL to the reference (nats per response, k1 on its own
-    samples), gold score, length. The reference is the adapter-free policy (LoRA) or a frozen copy
-    of the starting weights."""
+    samples), gold score, length (keys ``sample_*``). The reference is the adapter-free policy
+    (LoRA) or a frozen copy of the starting weights. With ``--eval-adversarial`` the policy also
+    answers that suite at every evaluation: ``refusal_rate``, ``over_refusal_rate``, per-category
+    rates and the answers with their verdicts, as PPO's monitor logs them."""
 
     def __init__(self, model, tokenizer, cfg, device: str, reward_fn=None,
                  reference=None, world: World = World()):
@@ -342,6 +345,10 @@ class PolicySampler:
         self.tokenizer, self.cfg, self.device = tokenizer, cfg, device
         self.world = world  # under torchrun each process samples its share of the prompts
         self.engine = None  # a rollout engine that follows the model (online DPO's --rollout-engine)
+        # read now, so a suite file with a mistake stops the run before any training
+        self.suite = pick_suite(cfg.eval_adversarial, cfg.eval_adversarial_prompts)
+        self.suite_ids = tokenise([s.prompt for s in self.suite], tokenizer, cfg.chat,
+                                  getattr(cfg, "max_prompt_length", cfg.max_length))
 
     def measure(self, model) -> dict:
         def ref_logprobs(rollout):
@@ -352,10 +359,14 @@ class PolicySampler:
             return response_logprobs(self.reference, *args)["logprobs"]
 
         p, n = self.prompts, self.n
+        sampling = SamplingConfig(self.cfg.max_new_tokens, 1.0)
+        common = dict(seed=self.cfg.seed + 1, device=self.device, precision=self.cfg.precision,
+                      world=self.world, engine=self.engine)
         row = measure_policy(model, self.tokenizer, p.texts[:n], p.ids[:n], p.categories[:n],
-                             ref_logprobs, self.reward_fn, self.gold,
-                             SamplingConfig(self.cfg.max_new_tokens, 1.0), seed=self.cfg.seed + 1,
-                             device=self.device, precision=self.cfg.precision,
-                             world=self.world, engine=self.engine)
+                             ref_logprobs, self.reward_fn, self.gold, sampling, **common)
         row.pop("samples", None)
-        return {f"sample_{k}": v for k, v in row.items()}
+        row = {f"sample_{k}": v for k, v in row.items()}
+        if self.suite:
+            row.update(suite_rates(model, self.tokenizer, self.suite, self.suite_ids, sampling,
+                                   **common))
+        return row

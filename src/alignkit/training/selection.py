@@ -86,9 +86,13 @@ class BestCheckpoint:
 
 def check_selection(cfg, scored: bool) -> None:
     """The flags ``--select-by`` needs: held-out prompts to answer, and a reward model to score
-    the answers (``scored``) or the gold scorer."""
+    the answers (``scored``) or the gold scorer; likewise ``--eval-adversarial``, answered at
+    each held-out evaluation."""
     from alignkit.errors import UserError
 
+    if cfg.eval_adversarial.lower() != "none" and not cfg.sample_prompts:
+        raise UserError("--eval-adversarial is answered at each held-out evaluation: set "
+                        "--sample-prompts")
     if cfg.select_by == "none":
         return
     if not cfg.sample_prompts:
