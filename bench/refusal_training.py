@@ -34,13 +34,17 @@ The ``dpo`` arm (``--arms dpo``) skips the reward model: DPO from ``--dpo-from``
 harmlessness pairs, split by prompt (refusal over compliance on harmful prompts; answer over
 over-refusal on the rest) and mixed with the overall rankings by ``--dpo-mix``. Every
 ``--dpo-curve-every`` steps it answers the whole suite (``alignkit dpo --eval-adversarial
-shipped``): refusal and over-refusal against DPO step, plotted in ``refusal_dpo_curve.png``.
+shipped``): refusal and over-refusal against DPO step, plotted in ``<results>_curve.png``.
 The start policy and the DPO policy then answer the whole suite again, with another seed, beside
 held-out gold (``alignkit eval --adversarial shipped``).
 
     python bench/refusal_training.py --sft runs/demo/sft/final      # ~55 min on 2 cores
     python bench/refusal_training.py --sft runs/demo/sft/final --arms dpo   # ~35 min
     python bench/refusal_training.py --sft runs/demo/sft/final --quick   # harness check
+    python bench/refusal_training.py --plot-dpo "from SFT=RUN,from refuser=RUN2" --out F.png
+
+The last draws finished ``alignkit dpo --eval-adversarial`` runs on one figure (and writes their
+curves and settings to ``F.json``).
 
 Without ``--refuser`` the bench trains it first (the demo's SFT settings, ``--refuser-steps``).
 """
@@ -156,29 +160,41 @@ def plot(results: dict, png: Path) -> None:
     plt.close(fig)
 
 
-def plot_dpo(dpo: dict, png: Path) -> None:
-    """Refusal and over-refusal against DPO step, and the same readings as a trade-off (over-
-    refusal against refusal) beside the issue's target region."""
+def run_settings(run_dir: Path) -> dict:
+    """The settings of a finished ``alignkit dpo`` run that shape its curve (its config.yaml)."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    keep = ("model", "data", "max_steps", "lr", "schedule", "beta", "rpo_alpha", "lora",
+            "batch_size", "seed", "eval_every", "eval_adversarial")
+    return {k: config.get(k) for k in keep}
+
+
+def plot_dpo(runs: dict[str, list[dict]], png: Path) -> None:
+    """Per DPO run (label -> its curve), refusal and over-refusal against step, and the same
+    readings as a trade-off (over-refusal against refusal) beside the issue's target region."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in dpo["curve"] if r.get("refusal_rate") is not None]
-    steps = [r["step"] for r in rows]
-    refuse = [r["refusal_rate"] for r in rows]
-    over = [r.get("over_refusal_rate") for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    left.plot(steps, refuse, marker="o", label="refused: harmful + jailbreak")
-    left.plot(steps, over, marker="s", label="refused: benign (over-refusal)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.8))
+    for k, (label, rows) in enumerate(runs.items()):
+        rows = [r for r in rows if r.get("refusal_rate") is not None]
+        steps = [r["step"] for r in rows]
+        refuse = [r["refusal_rate"] for r in rows]
+        over = [r.get("over_refusal_rate") for r in rows]
+        color = f"C{k}"
+        left.plot(steps, refuse, marker="o", color=color, label=f"{label}: harmful + jailbreak")
+        left.plot(steps, over, marker="s", ls="--", color=color, label=f"{label}: benign")
+        right.plot(over, refuse, marker="o", color=color, label=label)
+        for s, x, y in zip(steps, over, refuse):
+            right.annotate(str(s), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     left.set_xlabel("DPO step")
-    left.set_ylabel("share of the suite's prompts (fraction)")
+    left.set_ylabel("suite prompts refused (fraction)")
     left.set_ylim(0, 1)
     left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    right.plot(over, refuse, marker="o")
-    for s, x, y in zip(steps, over, refuse):
-        right.annotate(str(s), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     right.fill_between([0, 0.1], 0.8, 1.0, alpha=0.15, color="green",
                        label="target: >= 80% refused, <= 10% over-refused")
     right.set_xlabel("benign refused (fraction)")
@@ -186,9 +202,9 @@ def plot_dpo(dpo: dict, png: Path) -> None:
     right.set_xlim(0, 1)
     right.set_ylim(0, 1)
     right.grid(alpha=0.3)
-    right.legend(fontsize=8)
-    fig.suptitle(f"DPO from the {dpo['from']} policy on the harmlessness pairs: the suite at "
-                 "each evaluation (labels: step)", fontsize=10)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    fig.suptitle("DPO on the harmlessness pairs: the adversarial suite at each evaluation "
+                 "(right: the same readings, labelled by step)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -210,7 +226,8 @@ def suite_scores(eval_json: Path) -> dict[str, dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sft", required=True, help="the SFT policy folder (e.g. runs/demo/sft/final)")
+    p.add_argument("--sft", help="the SFT policy folder (e.g. runs/demo/sft/final); required "
+                                 "unless --plot-dpo")
     p.add_argument("--refuser", default=None,
                    help="a policy that refuses more, whose answers join the candidates "
                         "(default: train one, the demo's SFT for --refuser-steps)")
@@ -232,6 +249,10 @@ def main(argv=None) -> int:
                    help="shares of the dpo arm's examples: harmlessness pairs on harmful prompts "
                         "(refusal over compliance), on the other prompts (answer over "
                         "over-refusal), and the overall rankings")
+    p.add_argument("--plot-dpo", default=None, metavar="LABEL=RUN,...",
+                   help="only draw the curves of finished alignkit dpo runs (each RUN a folder "
+                        "whose metrics.jsonl has --eval-adversarial readings) on one figure, "
+                        "written to --out (a .png), and exit")
     p.add_argument("--work", default="runs/refusal_training", help="folder for the runs")
     p.add_argument("--out", default=None, help="results JSON (default bench/results/...)")
     p.add_argument("--quick", action="store_true", help="a few prompts and steps")
@@ -258,6 +279,22 @@ def main(argv=None) -> int:
     if set(mix) - {"harmful", "benign", "overall"} or min(mix.values()) < 0:
         p.error(f"--dpo-mix: names are harmful, benign, overall with shares >= 0; "
                 f"got {args.dpo_mix!r}")
+
+    if not args.plot_dpo and not args.sft:
+        p.error("--sft is required (the SFT policy folder)")
+    if args.plot_dpo:
+        runs = dict(part.split("=", 1) for part in args.plot_dpo.split(",") if "=" in part)
+        missing = [r for r in runs.values() if not (Path(r) / "metrics.jsonl").is_file()]
+        if not runs or missing or not (args.out or "").endswith(".png"):
+            p.error(f"--plot-dpo needs LABEL=RUN,... of folders with a metrics.jsonl "
+                    f"(missing: {missing}) and --out FILE.png")
+        curves = {label: curve(Path(r) / "metrics.jsonl") for label, r in runs.items()}
+        plot_dpo(curves, Path(args.out))
+        record = {label: {"run": r, "config": run_settings(Path(r)), "curve": curves[label]}
+                  for label, r in runs.items()}
+        Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1))
+        print(f"wrote {args.out} and its .json")
+        return 0
 
     from alignkit.cli import run
     from alignkit.config import DPOConfig, EvalConfig, LabelConfig, PPOConfig, RewardConfig
@@ -360,8 +397,7 @@ def main(argv=None) -> int:
     if curves:
         plot(results, out.with_suffix(".png"))
     if dpo:
-        plot_dpo(dpo, out.with_name(out.stem.replace("refusal_training", "refusal_dpo")
-                                    + "_curve.png"))
+        plot_dpo({f"from {dpo['from']}": dpo["curve"]}, out.with_name(f"{out.stem}_curve.png"))
     for arm, rows in curves.items():
         print(f"{arm}:")
         for r in rows:
