@@ -39,7 +39,7 @@ The start policy and the DPO policy then answer the whole suite again, with anot
 held-out gold (``alignkit eval --adversarial shipped``).
 
     python bench/refusal_training.py --sft runs/demo/sft/final      # ~55 min on 2 cores
-    python bench/refusal_training.py --sft runs/demo/sft/final --arms dpo   # ~35 min
+    python bench/refusal_training.py --sft runs/demo/sft/final --arms dpo   # ~40 min
     python bench/refusal_training.py --sft runs/demo/sft/final --quick   # harness check
     python bench/refusal_training.py --plot-dpo "from SFT=RUN,from refuser=RUN2" --out F.png
 
@@ -283,9 +283,10 @@ def main(argv=None) -> int:
     if not args.plot_dpo and not args.sft:
         p.error("--sft is required (the SFT policy folder)")
     if args.plot_dpo:
-        runs = dict(part.split("=", 1) for part in args.plot_dpo.split(",") if "=" in part)
+        parts = args.plot_dpo.split(",")
+        runs = dict(part.split("=", 1) for part in parts if "=" in part)
         missing = [r for r in runs.values() if not (Path(r) / "metrics.jsonl").is_file()]
-        if not runs or missing or not (args.out or "").endswith(".png"):
+        if len(runs) < len(parts) or missing or not (args.out or "").endswith(".png"):
             p.error(f"--plot-dpo needs LABEL=RUN,... of folders with a metrics.jsonl "
                     f"(missing: {missing}) and --out FILE.png")
         curves = {label: curve(Path(r) / "metrics.jsonl") for label, r in runs.items()}
