@@ -52,6 +52,16 @@ def answer_suite(model, tokenizer, suite: list, ids: list[list[int]], sampling,
     return answers, score_suite(suite, answers), row["response_length"]
 
 
+def suite_for_training(cfg, tokenizer, max_prompt_length: int) -> tuple[list, list[list[int]]]:
+    """``--eval-adversarial``'s suite (``--eval-adversarial-prompts`` per category) and its
+    prompts tokenised, read when a trainer starts so that a suite file with a mistake stops the
+    run before any training. ([], []) when the flag is off."""
+    suite = pick_suite(cfg.eval_adversarial, cfg.eval_adversarial_prompts)
+    ids = tokenise([s.prompt for s in suite], tokenizer, cfg.chat, max_prompt_length) \
+        if suite else []
+    return suite, ids
+
+
 def suite_rates(model, tokenizer, suite: list, ids: list[list[int]], sampling,
                 **common) -> dict:
     """One answer of ``model`` to each suite prompt (``answer_suite``) as a row of training

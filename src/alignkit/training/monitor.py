@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from alignkit.data.prompts import Prompts
-from alignkit.evaluation.comparison import pick_suite, suite_rates, tokenise
+from alignkit.evaluation.comparison import suite_for_training, suite_rates
 from alignkit.evaluation.policy import measure_policy
 from alignkit.training.ppo import reference_logprobs
 from alignkit.training.rollout import sampling_config
@@ -41,10 +41,9 @@ class HackingMonitor:
         self.best: float | None = None
         self.gold = None
         # the safety curve: an adversarial suite answered at every reading (--eval-adversarial)
-        self.suite = pick_suite(cfg.eval_adversarial, cfg.eval_adversarial_prompts) \
-            if prompts is not None and tokenizer is not None else []
-        self.suite_ids = tokenise([s.prompt for s in self.suite], tokenizer, cfg.chat,
-                                  cfg.max_prompt_length) if self.suite else []
+        self.suite, self.suite_ids = (
+            suite_for_training(cfg, tokenizer, cfg.max_prompt_length)
+            if prompts is not None and tokenizer is not None else ([], []))
         if prompts is not None and cfg.gold:
             from alignkit.judges.gold import GoldScorer
 

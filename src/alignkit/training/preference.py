@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from alignkit.data.preferences import PreferenceBatch, PreferenceGroup, make_preference_batch
 from alignkit.data.prompts import load_prompts
-from alignkit.evaluation.comparison import pick_suite, suite_rates, tokenise
+from alignkit.evaluation.comparison import suite_for_training, suite_rates
 from alignkit.evaluation.policy import measure_policy
 from alignkit.generation.sampler import SamplingConfig, response_logprobs
 from alignkit.losses import dpo as losses
@@ -345,10 +345,8 @@ class PolicySampler:
         self.tokenizer, self.cfg, self.device = tokenizer, cfg, device
         self.world = world  # under torchrun each process samples its share of the prompts
         self.engine = None  # a rollout engine that follows the model (online DPO's --rollout-engine)
-        # read now, so a suite file with a mistake stops the run before any training
-        self.suite = pick_suite(cfg.eval_adversarial, cfg.eval_adversarial_prompts)
-        self.suite_ids = tokenise([s.prompt for s in self.suite], tokenizer, cfg.chat,
-                                  getattr(cfg, "max_prompt_length", cfg.max_length))
+        self.suite, self.suite_ids = suite_for_training(
+            cfg, tokenizer, getattr(cfg, "max_prompt_length", cfg.max_length))
 
     def measure(self, model) -> dict:
         def ref_logprobs(rollout):
