@@ -14,6 +14,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def worker_threads(cores: int, workers: int) -> int:
+    """CPU threads for each of ``workers`` parallel test processes on ``cores`` cores: their
+    share, at least one (OpenMP threads beyond the cores spin against each other and slow every
+    process down manyfold)."""
+    return max(1, cores // max(1, workers))
+
+
+# under pytest-xdist (addopts: -n), this worker and the CLI subprocesses it starts use its share
+# of the cores; set before anything imports torch, which reads it once
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(
+        len(os.sched_getaffinity(0)), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 # tests/vllm run where vLLM's CPU build is installed, an environment of their own
 # (scripts/test_vllm.sh, which README's test command runs after this suite)
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
