@@ -22,6 +22,12 @@ def worker_threads(cores: int, workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per core this process may run on, at most 4
+    (the cores torch itself counts; a container's host may have many more)."""
+    return min(4, len(os.sched_getaffinity(0)))
+
+
 # under pytest-xdist (addopts: -n), this worker and the CLI subprocesses it starts use its share
 # of the cores; set before anything imports torch, which reads it once
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:

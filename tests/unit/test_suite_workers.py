@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import worker_threads
+from tests.conftest import pytest_xdist_auto_num_workers, worker_threads
 
 pytestmark = pytest.mark.unit
 
@@ -27,3 +27,11 @@ def test_this_workers_torch_uses_its_share():
         assert "OMP_NUM_THREADS" in os.environ
     want = min(int(os.environ.get("OMP_NUM_THREADS", cores)), cores)
     assert torch.get_num_threads() == want
+
+
+def test_auto_starts_a_worker_per_core_this_process_may_use_at_most_four():
+    cores = len(os.sched_getaffinity(0))
+    assert pytest_xdist_auto_num_workers(None) == min(4, cores)
+    if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "-n" not in os.environ.get(
+            "PYTEST_ADDOPTS", ""):
+        assert int(os.environ["PYTEST_XDIST_WORKER_COUNT"]) == min(4, cores)
