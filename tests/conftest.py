@@ -22,17 +22,23 @@ def worker_threads(cores: int, workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (the count torch takes; a container's host may have
+    many more)."""
+    return len(os.sched_getaffinity(0))
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto`` (pyproject's addopts): one worker per core this process may run on, at most 4
-    (the cores torch itself counts; a container's host may have many more)."""
-    return min(4, len(os.sched_getaffinity(0)))
+    """``-n auto`` (pyproject's addopts): one worker per core this process may run on, at most
+    4."""
+    return min(4, usable_cores())
 
 
 # under pytest-xdist (addopts: -n), this worker and the CLI subprocesses it starts use its share
 # of the cores; set before anything imports torch, which reads it once
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(
-        len(os.sched_getaffinity(0)), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+        usable_cores(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 # tests/vllm run where vLLM's CPU build is installed, an environment of their own
 # (scripts/test_vllm.sh, which README's test command runs after this suite)

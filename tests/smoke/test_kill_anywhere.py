@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, usable_cores
 from tests.smoke.test_online_dpo import space_reward_model  # noqa: F401 (fixture)
 from tests.smoke.test_ppo import tiny_reward_model, write_prompts  # noqa: F401 (fixture)
 
@@ -127,7 +127,7 @@ def test_killed_anywhere_resumes_bit_exactly(stage, tiny_model_dir, tiny_reward_
         assert threads == torch.get_num_threads()  # the CLI's default: this process's count
         # another count: one fewer, or two where the run had one (a parallel test worker's
         # share of the cores); torch takes no more threads than cores
-        count = threads - 1 if threads > 1 else min(2, len(os.sched_getaffinity(0)))
+        count = threads - 1 if threads > 1 else min(2, usable_cores())
         other = run_cli(*args, "--output", str(killed), "--resume",
                         env={"OMP_NUM_THREADS": str(count)})
         assert other.returncode == 0, other.stderr[-3000:]

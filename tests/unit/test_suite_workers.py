@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import pytest_xdist_auto_num_workers, worker_threads
+from tests.conftest import pytest_xdist_auto_num_workers, usable_cores, worker_threads
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +22,7 @@ def test_this_workers_torch_uses_its_share():
     given), so two workers on two cores take one thread each, not two that fight."""
     import torch
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
         assert "OMP_NUM_THREADS" in os.environ
     want = min(int(os.environ.get("OMP_NUM_THREADS", cores)), cores)
@@ -30,5 +30,5 @@ def test_this_workers_torch_uses_its_share():
 
 
 def test_auto_starts_a_worker_per_core_this_process_may_use_at_most_four():
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     assert pytest_xdist_auto_num_workers(None) == min(4, cores)
