@@ -248,3 +248,21 @@ def test_best_checkpoint_names_the_selected_step_and_its_regret(tmp_path):
     page = build_report(tmp_path / "run").path.read_text()
     assert "Best checkpoint (by lcb): step 4, value 0.443." in page
     assert "Its gold 1.297; the gold-best reading (step 8) is 0.711 higher" in page
+
+
+def test_demo_stage_times_table_with_shares_and_bad_entries_skipped(tmp_path):
+    """demo_summary.json's ``stage_seconds``: minutes and share of the whole run per stage, in
+    the order they ran; a hand-edited entry that is not a number is left out, not a crash."""
+    from alignkit.evaluation.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    run.joinpath("demo_summary.json").write_text(json.dumps(
+        {"seconds": 600.0, "stage_seconds": {"sft": 90.0, "labels": "slow", "ppo-r1": 300.0,
+                                             "comparison": 210.0}}))
+    page = build_report(run).path.read_text()
+    assert "Demo: wall-clock time per stage" in page
+    rows = re.findall(r"<tr><td>([\w -]+)</td><td>([\d.]+)</td><td>(\d+%)</td></tr>", page)
+    assert rows == [("sft", "1.5", "15%"), ("ppo-r1", "5.0", "50%"),
+                    ("comparison", "3.5", "35%"), ("whole run", "10.0", "100%")]
+    assert "<td>labels</td>" not in page

@@ -75,6 +75,17 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     assert "gold − SFT ± paired s.e." in page and "beyond noise?" in page
     # every policy against SFT, paired by prompt (the same 6 prompts, the same seed)
     summary = json.loads((out / "demo_summary.json").read_text())
+    # where the run's time went, stage by stage in the order they ran: printed, in the summary
+    # and on the page
+    laps = summary["stage_seconds"]
+    assert list(laps) == ["model", "sft", "labels", "reward-r1", "ppo-r1", "relabel-r2",
+                          "reward-r2", "ppo-r2", "dpo", "comparison"]
+    assert all(seconds >= 0 for seconds in laps.values())
+    # the laps cover the whole run up to the summary (each rounded to 0.1 s)
+    assert abs(sum(laps.values()) - summary["seconds"]) < 5.0, (laps, summary["seconds"])
+    printed = [line for line in lines if line.startswith("time: ")]
+    assert len(printed) == 1 and "relabel-r2 " in printed[0] and "comparison " in printed[0]
+    assert "Demo: wall-clock time per stage" in page and "<td>ppo-r2</td>" in page
     policies = summary["policies"]
     assert list(policies) == ["base", "sft", "ppo-r1", "ppo", "dpo", "best-of-4"]
     rounds = summary["rounds"]

@@ -473,6 +473,18 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                 "is the mean over its answers), ± their standard error; beyond noise: "
                 "|difference| ≥ 3 paired standard errors. Best-of-n: the exact expectation over "
                 "every n of the SFT answers to a prompt, the ensemble keeping its favourite."))
+    laps = demo.get("stage_seconds") if demo else None
+    if isinstance(laps, dict) and laps:
+        # a hand-edited summary may hold anything: only numbers are shown
+        laps = {name: s for name, s in laps.items() if isinstance(s, (int, float))}
+        total = demo.get("seconds") if isinstance(demo.get("seconds"), (int, float)) else 0
+        parts.append(Heading("Demo: wall-clock time per stage"))
+        parts.append(Table(["stage", "minutes", "share of the run"],
+                           [[name, fmt(seconds / 60, ".1f"),
+                             pct(seconds / total if total else None)]
+                            for name, seconds in laps.items()]
+                           + [["whole run", fmt(total / 60 if total else None, ".1f"),
+                              pct(1.0 if total else None)]]))
     page.add("eval", "Evaluation", parts)
 
 

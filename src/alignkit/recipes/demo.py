@@ -109,6 +109,25 @@ def progress_for(cfg: DemoConfig, description: str) -> str | None:
     return description if cfg.progress else None
 
 
+class StageClock:
+    """The wall-clock seconds of each demo stage, in the order they ran (``demo_summary.json``'s
+    ``stage_seconds``): where a run's time went, to compare runs stage by stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.mark = time.time()
+
+    def lap(self, stage: str) -> None:
+        """``stage`` ended now: it took the time since the last lap (or the clock's start)."""
+        now = time.time()
+        self.seconds[stage] = round(now - self.mark, 1)
+        self.mark = now
+
+    def line(self, total: float) -> str:
+        laps = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
+        return f"time: {total / 60:.1f} min ({laps}; minutes)"
+
+
 def announce(lines: list[str]) -> None:
     """A stage's results as soon as it ends, flushed (stdout may be a pipe or a file)."""
     print("\n".join(lines), flush=True)
@@ -300,12 +319,12 @@ def comparison_lines(table: dict, n_compare: int) -> list[str]:
 
 def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: list,
                  after: list, rounds: list[dict], stage4: dict | None,
-                 table: dict, n_compare: int, started: float) -> dict:
+                 table: dict, n_compare: int, started: float, clock: StageClock) -> dict:
     """Print the whole summary (every stage's results, the answers side by side, the
     comparison) and write ``demo_summary.json``; returns the summary. ``rounds``: stage 3's
     rounds in order, each its ``labels`` report and their ``prompts`` (the first round's:
     stage 2's rankings of the SFT answers), its ``reward`` ensemble and its ``ppo`` run (None
-    when PPO is left out)."""
+    when PPO is left out). ``clock``: each stage's seconds so far."""
     stage3 = rounds[-1]["ppo"]
     steps = sorted(result.eval_history)
     first, last = result.eval_history[steps[0]], result.eval_history[steps[-1]]
@@ -349,6 +368,7 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
                      "before": b.text, "after": a.text, "before_ended": b.ended,
                      "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
         "final_model": str(result.final), "seconds": round(time.time() - started, 1),
+        "stage_seconds": clock.seconds,
         "labels": rep, "reward_eval": ev, "reward_model": str(rounds[0]["reward"]["final"]),
     }
     summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
@@ -370,13 +390,14 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
     lines.append(f"fine-tuned model: {result.final}  (a plain Hugging Face folder)")
     lines.append(f"reward model: {rounds[-1]['reward']['final']}   labels: "
                  f"{rounds[-1]['reward']['data']}")
-    lines.append(f"metrics: {root}/*/metrics.jsonl   time: {summary['seconds']:.0f}s")
+    lines.append(f"metrics: {root}/*/metrics.jsonl")
+    lines.append(clock.line(summary["seconds"]))
     announce(lines)
     return summary
 
 
 def main(cfg: DemoConfig) -> dict:
-    started = time.time()
+    started, clock = time.time(), StageClock()
     if cfg.annotate:  # the annotation app instead of training (alignkit.recipes.annotate)
         from alignkit.recipes.annotate import demo_app
 
@@ -404,6 +425,7 @@ def main(cfg: DemoConfig) -> dict:
     before = generate(base_model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens,
                       engine=engine)
     del base_model
+    clock.lap("model")
 
     # 4. Stage 1: SFT with LoRA on the shipped demonstrations; once it has run (an earlier run
     #    it refused to replace keeps its record), the demo's resolved config beside the stages.
@@ -416,6 +438,7 @@ def main(cfg: DemoConfig) -> dict:
     after = generate(result.model, tokenizer, [p["prompt"] for p in prompts], cfg.max_new_tokens,
                      engine=engine)
     announce(["", "stage 1: SFT with LoRA", *sft_lines(cfg, result, before, after)])
+    clock.lap("sft")
 
     # 6. Stage 2: the SFT policy answers training prompts K times and a simulated panel ranks
     #    the answers.
@@ -427,6 +450,7 @@ def main(cfg: DemoConfig) -> dict:
     announce(["", *label_lines(cfg.label, report, n_labelled)])
     if engine is not None:  # PPO starts its own; one engine in memory at a time
         engine.close()
+    clock.lap("labels")
 
     # 7. Stage 3, round by round (--rounds): a MiniLM reward ensemble learns from every ranking
     #    so far, PPO (LoRA) trains the SFT policy against it (with its monitor's plot), and
@@ -437,15 +461,21 @@ def main(cfg: DemoConfig) -> dict:
         if k > 1:
             new_report, new_prompts = relabel(cfg, rounds[-1]["ppo"], tokenizer, root, k)
             rankings = {"labels": new_report, "prompts": new_prompts}
+            clock.lap(f"relabel-r{k}")
         trained = run_reward(cfg, configs[cfg.round_folder("reward", k, total)],
                              [r["labels"] for r in rounds] + [rankings["labels"]], k)
+        clock.lap(f"reward-r{k}")
         rl = (None if cfg.skip_ppo else
               run_ppo(cfg, configs[cfg.round_folder("ppo", k, total)], k))
+        if rl is not None:
+            clock.lap(f"ppo-r{k}")
         rounds.append({**rankings, "reward": trained, "ppo": rl})
     reward_final = rounds[-1]["reward"]["final"]
 
     # 8. Stage 4: DPO (LoRA) on stage 2's rankings of the SFT policy's own answers.
     stage4 = None if cfg.skip_dpo else run_dpo(cfg, configs["dpo"])
+    if stage4 is not None:
+        clock.lap("dpo")
 
     # 9. Every policy on the same unseen prompts: gold score (paired by prompt against SFT) and
     #    KL to SFT; proxy (and best-of-n's pick) by the last round's ensemble. PPO: the last
@@ -462,11 +492,12 @@ def main(cfg: DemoConfig) -> dict:
                                         device, str(result.final), engine)
     if engine is not None:
         engine.close()
+    clock.lap("comparison")
 
     # 10. The summary: every stage's results again, the answers side by side, the comparison;
     #     demo_summary.json.
     summary = final_report(cfg, root, result, prompts, before, after, rounds, stage4,
-                           table, n_compare, started)
+                           table, n_compare, started, clock)
 
     # 11. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
     from alignkit.evaluation.report import build_report
