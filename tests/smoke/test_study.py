@@ -51,6 +51,13 @@ def test_every_part_ran(study):
             # best-of-n's expected proxy never falls as n grows
             proxies = [p["proxy"] for p in bon["curve"]]
             assert all(b >= a - 1e-9 for a, b in zip(proxies, proxies[1:]))
+            # the fall from the peak is read prompt by prompt (every n: the same samples)
+            peak = max(bon["curve"], key=lambda p: p["gold"])
+            drops = (torch.tensor(peak["gold_per_prompt"], dtype=torch.float64)
+                     - torch.tensor(bon["curve"][-1]["gold_per_prompt"], dtype=torch.float64))
+            assert bon["peak"]["paired"] and len(drops) == 4
+            assert bon["peak"]["drop_se"] == pytest.approx(float(drops.std() / 2))
+            assert bon["peak"]["fell"] == (bon["peak"]["drop"] > bon["peak"]["drop_se"])
         assert f"label noise {float(rate):.0%}" in stdout
     assert "ppo" not in summary["levels"]["0"]  # --ppo-label-noise 0.25 only
     runs = summary["levels"]["0.25"]["ppo"]
@@ -61,6 +68,7 @@ def test_every_part_ran(study):
         assert run["selection"]["best_by"] == "lcb"
         assert run["selection"]["selection_regret"] >= 0.0
         assert run["forecast"]["gold_peak_step"] in (0, 1, 2)
+        assert not run["peak"]["paired"]  # monitor readings keep no per-prompt gold
 
 
 def test_each_ppo_run_optimised_its_proxy_and_reloads(study):
@@ -93,6 +101,7 @@ def test_the_report_shows_the_study(study):
     out, stdout, _ = study
     html = (out / "report" / "report.html").read_text()
     assert "Reward over-optimisation study" in html and "LCB choice" in html
+    assert "BoN fell (drop ± s.e.)" in html and "paired by prompt" in html
     for rate in ("0", "0.25"):
         for key in ("gold", "proxy"):
             assert (out / "report" / f"study-noise-{rate}-{key}.png").stat().st_size > 1000

@@ -66,6 +66,10 @@ def test_curve_and_bon_fit():
     assert curve[0]["gold"] == pytest.approx(float(gold.mean()))  # best-of-1: any sample
     assert curve[2]["proxy"] == pytest.approx(float(proxy.max(1).values.mean()))
     assert curve[2]["gold"] > curve[0]["gold"]  # a proxy that tracks gold helps
+    # each point keeps its prompts' expectations, in prompt order, for paired comparisons
+    assert curve[1]["gold_per_prompt"] == pytest.approx(
+        best_of_n_expectation(proxy, gold, 4).tolist())
+    assert sum(curve[1]["gold_per_prompt"]) / len(gold) == pytest.approx(curve[1]["gold"])
     # points exactly on a BoN form with a peak: the fit recovers it
     pts = [{"d": d, "kl": d * d, "gold": 1.0 + d * (2.0 - 1.0 * d)} for d in (0.0, 0.5, 1.0, 1.5,
                                                                               2.0)]
@@ -111,6 +115,31 @@ def test_peak_and_fall():
     assert out["fell"] and not out["within_se"]
     flat = peak_and_fall(rl_points(readings([1.0, 1.5, 1.45], [0.0, 1.0, 4.0])))
     assert not flat["fell"] and flat["within_se"]  # 0.05 is within one s.e. (0.1) of the peak
+
+
+def test_best_of_n_fall_is_read_prompt_by_prompt():
+    """Best-of-n points share their prompts and samples: the drop from the peak is judged
+    against the paired standard error of the per-prompt drops, not the prompts' own spread."""
+    points = [{"n": 1, "kl": 0.0, "gold": 1.0, "gold_se": 1.0, "gold_per_prompt": [0.0, 2.0]},
+              {"n": 2, "kl": 0.5, "gold": 1.3, "gold_se": 1.0, "gold_per_prompt": [0.4, 2.2]},
+              {"n": 4, "kl": 1.5, "gold": 1.1, "gold_se": 1.0, "gold_per_prompt": [0.3, 1.9]}]
+    out = peak_and_fall(points)
+    # per-prompt drops 0.1 and 0.3: mean 0.2, sample std sqrt(0.02), s.e. sqrt(0.02 / 2) = 0.1
+    assert out["paired"] and out["peak_kl"] == 0.5
+    assert out["drop"] == pytest.approx(0.2) and out["drop_se"] == pytest.approx(0.1)
+    assert out["fell"] and not out["within_se"]
+    # the same means without the per-prompt values: sqrt(1 + 1) = 1.41 hides the drop
+    unpaired = peak_and_fall([{k: v for k, v in p.items() if k != "gold_per_prompt"}
+                              for p in points])
+    assert not unpaired["paired"] and unpaired["drop_se"] == pytest.approx(math.sqrt(2))
+    assert not unpaired["fell"] and unpaired["within_se"]
+    # drops that disagree between prompts (+0.5, -0.1): s.e. 0.3 > the mean drop 0.2
+    points[2]["gold_per_prompt"] = [-0.1, 2.3]
+    noisy = peak_and_fall(points)
+    assert noisy["drop_se"] == pytest.approx(0.3) and not noisy["fell"] and noisy["within_se"]
+    # a curve whose peak is its last point has not fallen
+    top = peak_and_fall(points[:2])
+    assert top["drop"] == 0.0 and top["drop_se"] == 0.0 and not top["fell"]
 
 
 def test_forecast_lead():

@@ -74,15 +74,17 @@ def default_ns(largest: int) -> list[int]:
 
 def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int]) -> list[dict]:
     """proxy, gold: (P, N). One point per n: the analytic KL of best-of-n and its square root
-    ``d``, the expected proxy and gold of the kept answer averaged over prompts, and the gold's
-    standard error over prompts."""
+    ``d``, the expected proxy and gold of the kept answer averaged over prompts, the gold's
+    standard error over prompts, and ``gold_per_prompt`` (P,): every n is read on the same
+    prompts and samples, so two points compare prompt by prompt (``peak_and_fall``)."""
     points = []
     for n in ns:
         golds = best_of_n_expectation(proxy, gold, n)
         proxies = best_of_n_expectation(proxy, proxy, n)
         kl = analytic_kl(n)
         points.append({"n": n, "kl": kl, "d": math.sqrt(kl), "gold": float(golds.mean()),
-                       "gold_se": standard_error(golds), "proxy": float(proxies.mean())})
+                       "gold_se": standard_error(golds), "proxy": float(proxies.mean()),
+                       "gold_per_prompt": golds.tolist()})
     return points
 
 
@@ -108,17 +110,31 @@ def fit_curve(points: Sequence[dict], form: str) -> dict | None:
 
 def peak_and_fall(points: Sequence[dict]) -> dict:
     """Where gold peaked along a curve (best-of-n: n growing; RL: the run's readings in step
-    order, whose KL need not grow every time) and whether it then fell:
-    ``fell`` when the last point's gold is below the peak by more than one standard error of
-    their difference (``sqrt(se_peak^2 + se_last^2)``), ``within_se`` when the last point is
-    within one of the peak's own standard error."""
+    order, whose KL need not grow every time) and whether it then fell: ``drop`` (peak gold
+    less the last point's) against ``drop_se``, the standard error of that difference.
+
+    Points with ``gold_per_prompt`` on the same prompts (best-of-n: every n reads the same
+    samples) are compared prompt by prompt: ``drop_se`` is the paired standard error of the
+    per-prompt drops (``paired``: true); the prompts' own spread, common to both points, then
+    cancels. Otherwise (RL readings) it is ``sqrt(se_peak^2 + se_last^2)``. ``fell``: the drop
+    exceeds ``drop_se``; ``within_se``: it is within one standard error (paired: ``drop_se``;
+    unpaired: the peak's own ``gold_se``)."""
     peak = max(points, key=lambda p: p["gold"])
     last = points[-1]
-    noise = math.sqrt(peak.get("gold_se", 0.0) ** 2 + last.get("gold_se", 0.0) ** 2)
     drop = peak["gold"] - last["gold"]
+    per_peak, per_last = peak.get("gold_per_prompt"), last.get("gold_per_prompt")
+    paired = (per_peak is not None and per_last is not None
+              and len(per_peak) == len(per_last) >= 2)
+    if paired:
+        drop_se = standard_error(torch.tensor(per_peak, dtype=torch.float64)
+                                 - torch.tensor(per_last, dtype=torch.float64))
+        within = drop <= drop_se
+    else:
+        drop_se = math.sqrt(peak.get("gold_se", 0.0) ** 2 + last.get("gold_se", 0.0) ** 2)
+        within = drop <= peak.get("gold_se", 0.0)
     return {"peak_gold": peak["gold"], "peak_kl": peak["kl"], "last_gold": last["gold"],
-            "last_kl": last["kl"], "drop": drop, "fell": drop > noise,
-            "within_se": drop <= peak.get("gold_se", 0.0)}
+            "last_kl": last["kl"], "drop": drop, "drop_se": drop_se, "paired": paired,
+            "fell": drop > drop_se, "within_se": within}
 
 
 def forecast_lead(readings: Sequence[dict], margin: float) -> dict:

@@ -499,7 +499,8 @@ def study_section(page: Page, study: dict) -> None:
         f"coefficients {', '.join(str(c) for c in study.get('kl_coefs', [])) or 'none'}; "
         f"UWO lambda {plain(study.get('uwo_lambda'))}. Gold is the hidden scorer the simulated "
         "panel labels by; 'fell': the last point is below the peak by more than one standard "
-        "error of the difference.")]
+        "error of the difference (best-of-n: paired by prompt, as every n reads the same "
+        "samples; PPO: the two readings' standard errors combined).")]
     for rate, level in study.get("levels", {}).items():
         labels, ev = level.get("labels", {}), level.get("reward_eval", {})
         parts.append(Heading(f"Label noise {pct(float(rate))}",
@@ -516,7 +517,8 @@ def study_section(page: Page, study: dict) -> None:
                 row += [fmt(b.get("gold_pair_accuracy")),
                         f"{fmt(b['curve'][0]['gold'])} → {fmt(pk['peak_gold'])} (KL "
                         f"{fmt(pk['peak_kl'], '.2f')}) → {fmt(pk['last_gold'])}",
-                        "yes" if pk["fell"] else "no", fmt(fit.get("r2"), ".2f")]
+                        f"{'yes' if pk['fell'] else 'no'} ({fmt(pk.get('drop'))} ± "
+                        f"{fmt(pk.get('drop_se'))})", fmt(fit.get("r2"), ".2f")]
             else:
                 row += ["-"] * 4
             if r:
@@ -535,7 +537,7 @@ def study_section(page: Page, study: dict) -> None:
             else:
                 rows.append(row + ["-"] * 6)
         parts.append(Table(["proxy", "BoN: proxy's pair accuracy vs gold",
-                            "BoN gold: n=1 → peak → largest n", "BoN fell", "BoN form R²",
+                            "BoN gold: n=1 → peak → largest n", "BoN fell (drop ± s.e.)", "BoN form R²",
                             "PPO KL coef", "PPO gold: start → peak → last", "PPO fell",
                             "RL form R²", "forecast warned", "LCB choice's gold regret"], rows))
         methods = {"best-of-n": {p: [v["curve"]] for p, v in bon.items()},

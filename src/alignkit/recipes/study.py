@@ -164,7 +164,7 @@ def print_level(rate: float, level: dict) -> None:
           f" (Bayes ceiling {labels['bayes_optimal']:.3f}); ensemble held-out accuracy "
           f"{level['reward_eval'].get('accuracy', float('nan')):.3f}", flush=True)
     print(f"  {'proxy':<7} {'pair acc':>8} | {'BoN gold n=1 -> peak (n) -> last':>34} "
-          f"{'fell':>5} {'R2':>5} | {'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} "
+          f"{'drop +/- s.e.':>15} {'fell':>5} {'R2':>5} | {'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} "
           f"{'R2':>5} {'lead':>5} {'regret':>6}", flush=True)
     for proxy in level.get("bon", {}) or level.get("ppo", {}):
         bon, rl = level.get("bon", {}).get(proxy), level.get("ppo", {}).get(proxy)
@@ -175,9 +175,10 @@ def print_level(rate: float, level: dict) -> None:
             r2 = bon["fit"]["r2"] if bon["fit"] else float("nan")
             cells.append(f"{bon['gold_pair_accuracy']:>8.3f} | {c[0]['gold']:>9.3f} -> "
                          f"{pk['peak_gold']:.3f} ({peak_n:>2}) -> {pk['last_gold']:.3f}   "
+                         f"{pk['drop']:>6.3f} +/- {pk['drop_se']:.3f} "
                          f"{'yes' if pk['fell'] else 'no':>5} {r2:>5.2f} |")
         else:
-            cells.append(f"{'':>8} | {'':>34} {'':>5} {'':>5} |")
+            cells.append(f"{'':>8} | {'':>34} {'':>15} {'':>5} {'':>5} |")
         if rl:
             run = max(rl["runs"], key=lambda r: r["readings"][-1]["kl"])
             pk, first = run["peak"], run["readings"][0]
