@@ -537,7 +537,8 @@ def study_section(page: Page, study: dict) -> None:
             else:
                 rows.append(row + ["-"] * 6)
         parts.append(Table(["proxy", "BoN: proxy's pair accuracy vs gold",
-                            "BoN gold: n=1 → peak → largest n", "BoN fell (drop ± s.e.)", "BoN form R²",
+                            "BoN gold: n=1 → peak → largest n", "BoN fell (drop ± s.e.)",
+                            "BoN form R²",
                             "PPO KL coef", "PPO gold: start → peak → last", "PPO fell",
                             "RL form R²", "forecast warned", "LCB choice's gold regret"], rows))
         methods = {"best-of-n": {p: [v["curve"]] for p, v in bon.items()},
