@@ -164,8 +164,9 @@ def print_level(rate: float, level: dict) -> None:
           f" (Bayes ceiling {labels['bayes_optimal']:.3f}); ensemble held-out accuracy "
           f"{level['reward_eval'].get('accuracy', float('nan')):.3f}", flush=True)
     print(f"  {'proxy':<7} {'pair acc':>8} | {'BoN gold n=1 -> peak (n) -> last':>34} "
-          f"{'drop +/- s.e.':>15} {'fell':>5} {'R2':>5} | {'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} "
-          f"{'R2':>5} {'lead':>5} {'regret':>6}", flush=True)
+          f"{'drop +/- s.e.':>15} {'fell':>5} {'R2':>5} | "
+          f"{'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} {'R2':>5} {'lead':>5} "
+          f"{'regret':>6}", flush=True)
     for proxy in level.get("bon", {}) or level.get("ppo", {}):
         bon, rl = level.get("bon", {}).get(proxy), level.get("ppo", {}).get(proxy)
         cells = [f"  {proxy:<7}"]
