@@ -60,6 +60,13 @@ def test_every_part_ran(study):
             assert bon["peak"]["fell"] == (bon["peak"]["drop"] > bon["peak"]["drop_se"])
         assert f"label noise {float(rate):.0%}" in stdout
     assert "ppo" not in summary["levels"]["0"]  # --ppo-label-noise 0.25 only
+    # where the time went, part by part in the order they ran (--policy given: no SFT)
+    assert list(summary["stage_seconds"]) == [
+        "candidates", "bon-samples", "labels-0", "reward-0", "bon-0", "labels-0.25",
+        "reward-0.25", "bon-0.25", "ppo-0.25"]
+    assert sum(summary["stage_seconds"].values()) <= summary["seconds"] + 1.0
+    assert any(line.startswith("time: ") and "ppo-0.25 " in line
+               for line in stdout.splitlines())
     runs = summary["levels"]["0.25"]["ppo"]
     for proxy in ("single", "wco", "uwo"):
         (run,) = runs[proxy]["runs"]

@@ -34,7 +34,7 @@ from alignkit.generation.vllm_engine import engine_for
 from alignkit.models.loading import load_model_and_tokenizer, pick_device, resolve_model
 from alignkit.models.precision import numerics_name
 from alignkit.recipes import dpo, ppo, reward, sft
-from alignkit.utils.logs import log
+from alignkit.utils.logs import StageClock, log
 
 def pick_sample_prompts(n: int) -> list[dict]:
     """Unseen held-out prompts, alternating categories so refusals and uncertainty show up."""
@@ -107,25 +107,6 @@ def label_answers(cfg: DemoConfig, label_cfg, policy, tokenizer, path: Path, see
 def progress_for(cfg: DemoConfig, description: str) -> str | None:
     """A progress bar's description where the demo shows bars (``--progress``), else None."""
     return description if cfg.progress else None
-
-
-class StageClock:
-    """The wall-clock seconds of each demo stage, in the order they ran (``demo_summary.json``'s
-    ``stage_seconds``): where a run's time went, to compare runs stage by stage."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.mark = time.time()
-
-    def lap(self, stage: str) -> None:
-        """``stage`` ended now: it took the time since the last lap (or the clock's start)."""
-        now = time.time()
-        self.seconds[stage] = round(now - self.mark, 1)
-        self.mark = now
-
-    def line(self, total: float) -> str:
-        laps = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
-        return f"time: {total / 60:.1f} min ({laps}; minutes)"
 
 
 def announce(lines: list[str]) -> None:

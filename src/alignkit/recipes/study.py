@@ -30,7 +30,7 @@ from alignkit.evaluation.overoptimisation import (PROXIES, best_of_n_curve, comb
                                                   rl_points)
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
-from alignkit.utils.logs import log
+from alignkit.utils.logs import StageClock, log
 
 
 def noise_folder(root: Path, rate: float) -> Path:
@@ -196,7 +196,7 @@ def print_level(rate: float, level: dict) -> None:
 def overoptimisation(cfg: StudyConfig) -> dict:
     from alignkit.judges.gold import GoldScorer
 
-    started = time.time()
+    started, clock = time.time(), StageClock()
     # 1. Flags; --quick shortens every part; the study's folder.
     cfg.validate()
     given, cfg = cfg, cfg.shortened() if cfg.quick else cfg
@@ -210,6 +210,7 @@ def overoptimisation(cfg: StudyConfig) -> dict:
                                      seed=cfg.seed, device=cfg.device, progress=cfg.progress)
         stage1.validate()
         policy_path = str(sft.main(stage1).final)
+        clock.lap("sft")
     save_config(given, root)
     device = pick_device(cfg.device)
     policy, tokenizer = load_model_and_tokenizer(policy_path, device)
@@ -221,11 +222,13 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     log.info("study: sampling %d answers to each of %d training prompts", cfg.label.num_responses,
              cfg.label.prompts)
     items = sample_candidates_for_labels(cfg, policy, tokenizer)
+    clock.lap("candidates")
     samples = None
     if cfg.bon_n > 0:
         log.info("study: sampling %d answers to each of %d held-out prompts", cfg.bon_n,
                  cfg.bon_prompts)
         samples = best_of_n_samples(cfg, policy, tokenizer, scorer, device)
+        clock.lap("bon-samples")
     del policy
 
     # 4. Each noise level: the panel's rankings, the ensemble learned from them, best-of-n
@@ -238,28 +241,33 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     for rate in cfg.levels():
         folder = noise_folder(root, rate)
         labels = label_at_noise(cfg, items, scorer, rate, folder / "prefs.jsonl")
+        clock.lap(f"labels-{rate:g}")
         stage2 = dataclasses.replace(cfg.reward, data=str(folder / "prefs.jsonl"),
                                      output=str(folder / "reward"), overwrite=True,
                                      seed=cfg.seed, device=cfg.device, progress=cfg.progress)
         stage2.validate()
         trained = reward.main(stage2)
+        clock.lap(f"reward-{rate:g}")
         level = {"labels": labels, "reward_eval": trained["eval"],
                  "reward_model": str(trained["final"])}
         levels[f"{rate:g}"] = level
         if samples is not None:  # each part is in study.json as soon as it is measured
             level["bon"] = best_of_n_study(cfg, samples, trained["final"], device)
             write_summary(root, summary)
+            clock.lap(f"bon-{rate:g}")
         if cfg.coefficients() and rate in cfg.ppo_levels():
             level["ppo"] = ppo_study(cfg, policy_path, rate, trained["final"], root)
             write_summary(root, summary)
+            clock.lap(f"ppo-{rate:g}")
         print_level(rate, level)
 
     # 5. The study's numbers beside its outputs, then the run report with its plots.
     from alignkit.evaluation.report import build_report
 
-    summary.update(complete=True, seconds=round(time.time() - started, 1))
+    summary.update(complete=True, seconds=round(time.time() - started, 1),
+                   stage_seconds=clock.seconds)
     write_summary(root, summary)
     summary["report"] = str(build_report(root).path)
-    print(f"study: {root / 'study.json'}   time: {summary['seconds']:.0f}s\n"
+    print(f"study: {root / 'study.json'}\n{clock.line(summary['seconds'])}\n"
           f"report: {summary['report']}", flush=True)
     return summary

@@ -1,10 +1,12 @@
 """What a run prints: the ``alignkit`` logger (to stderr, so stdout stays for results), the
-libraries' own chatter turned down, and the progress bar."""
+libraries' own chatter turned down, the progress bar, and the pipelines' stage clock."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Callable
 
 log = logging.getLogger("alignkit")
 
@@ -21,3 +23,25 @@ def progress_bar(total: int, initial: int, enabled: bool, desc: str, unit: str =
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit=unit,
                 dynamic_ncols=True, file=sys.stderr)
+
+
+class StageClock:
+    """The wall-clock seconds of each stage of a pipeline run, in the order they ran (the demo's
+    and the study's ``stage_seconds``): where a run's time went, to compare runs stage by
+    stage."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self.now = now
+        self.seconds: dict[str, float] = {}
+        self.mark = now()
+
+    def lap(self, stage: str) -> None:
+        """``stage`` ended now: it took the time since the last lap (or the clock's start),
+        kept to a tenth of a second."""
+        now = self.now()
+        self.seconds[stage] = round(now - self.mark, 1)
+        self.mark = now
+
+    def line(self, total: float) -> str:
+        laps = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
+        return f"time: {total / 60:.1f} min ({laps}; minutes)"
