@@ -300,7 +300,7 @@ def comparison_lines(table: dict, n_compare: int) -> list[str]:
 
 def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: list,
                  after: list, rounds: list[dict], stage4: dict | None,
-                 table: dict, n_compare: int, started: float, clock: StageClock) -> dict:
+                 table: dict, n_compare: int, clock: StageClock) -> dict:
     """Print the whole summary (every stage's results, the answers side by side, the
     comparison) and write ``demo_summary.json``; returns the summary. ``rounds``: stage 3's
     rounds in order, each its ``labels`` report and their ``prompts`` (the first round's:
@@ -348,7 +348,7 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
         "samples": [{"prompt": p["prompt"], "category": p.get("category"),
                      "before": b.text, "after": a.text, "before_ended": b.ended,
                      "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
-        "final_model": str(result.final), "seconds": round(time.time() - started, 1),
+        "final_model": str(result.final), "seconds": clock.elapsed(),
         "stage_seconds": clock.seconds,
         "labels": rep, "reward_eval": ev, "reward_model": str(rounds[0]["reward"]["final"]),
     }
@@ -378,7 +378,7 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
 
 
 def main(cfg: DemoConfig) -> dict:
-    started, clock = time.time(), StageClock()
+    clock = StageClock()
     if cfg.annotate:  # the annotation app instead of training (alignkit.recipes.annotate)
         from alignkit.recipes.annotate import demo_app
 
@@ -478,7 +478,7 @@ def main(cfg: DemoConfig) -> dict:
     # 10. The summary: every stage's results again, the answers side by side, the comparison;
     #     demo_summary.json.
     summary = final_report(cfg, root, result, prompts, before, after, rounds, stage4,
-                           table, n_compare, started, clock)
+                           table, n_compare, clock)
 
     # 11. The run report: one self-contained HTML page (plus PNGs) for the whole demo folder.
     from alignkit.evaluation.report import build_report

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -196,7 +195,7 @@ def print_level(rate: float, level: dict) -> None:
 def overoptimisation(cfg: StudyConfig) -> dict:
     from alignkit.judges.gold import GoldScorer
 
-    started, clock = time.time(), StageClock()
+    clock = StageClock()
     # 1. Flags; --quick shortens every part; the study's folder.
     cfg.validate()
     given, cfg = cfg, cfg.shortened() if cfg.quick else cfg
@@ -264,7 +263,7 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     # 5. The study's numbers beside its outputs, then the run report with its plots.
     from alignkit.evaluation.report import build_report
 
-    summary.update(complete=True, seconds=round(time.time() - started, 1),
+    summary.update(complete=True, seconds=clock.elapsed(),
                    stage_seconds=clock.seconds)
     write_summary(root, summary)
     summary["report"] = str(build_report(root).path)

@@ -33,7 +33,11 @@ class StageClock:
     def __init__(self, now: Callable[[], float] = time.time) -> None:
         self.now = now
         self.seconds: dict[str, float] = {}
-        self.mark = now()
+        self.started = self.mark = now()
+
+    def elapsed(self) -> float:
+        """Seconds since the clock started (the whole run so far), to a tenth of a second."""
+        return round(self.now() - self.started, 1)
 
     def lap(self, stage: str) -> None:
         """``stage`` ended now: it took the time since the last lap (or the clock's start),
@@ -43,5 +47,7 @@ class StageClock:
         self.mark = now
 
     def line(self, total: float) -> str:
+        """The summary line: ``total`` seconds (the run's ``elapsed``) and every lap, in
+        minutes."""
         laps = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
         return f"time: {total / 60:.1f} min ({laps}; minutes)"
