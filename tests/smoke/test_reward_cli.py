@@ -164,3 +164,62 @@ def test_reward_run_resumes_exactly_from_its_checkpoint(tiny_model_dir, tmp_path
                                                     [t["chosen"] for t in texts]).members
               for out in (whole, killed)]
     assert scores[0].tolist() == scores[1].tolist()
+
+
+def test_reward_lora_trains_adapters_only_and_saves_plain_classifiers(tiny_model_dir, tmp_path):
+    """--lora: each member trains LoRA adapters and its head, not its backbone's weights; the
+    saved folder holds plain sequence classifiers with the adapters folded in, scoring exactly
+    what the trained model in memory scores; the model in memory is left unmerged."""
+    import torch
+
+    from alignkit.cli import run
+    from alignkit.config import RewardConfig
+    from alignkit.models.lora import is_lora
+    from alignkit.models.reward import RewardModel, load_backbone
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
+    out = tmp_path / "rm"
+    result = run(RewardConfig(model=str(tiny_model_dir), data=str(prefs), output=str(out),
+                              ensemble=2, max_steps=12, batch_size=8, lr=0.01, lora=True,
+                              lora_r=4, lora_alpha=8, eval_fraction=0.0, progress=False))
+    trained = result["model"].eval()
+    original = load_backbone(str(tiny_model_dir))[0].state_dict()
+    for member in trained.members:
+        assert is_lora(member.backbone)
+        grads = {n for n, p in member.named_parameters() if p.requires_grad}
+        assert grads and all("lora_" in n or n.startswith(("head.", "pre.")) for n in grads)
+        assert any(n.startswith("head.") for n in grads)
+        frozen = {n.replace("backbone.base_model.model.", "").replace(".base_layer", ""): p
+                  for n, p in member.named_parameters()
+                  if not p.requires_grad and n.startswith("backbone.")}
+        # the base weights are those of the model trained on, untouched by saving
+        assert frozen.keys() == original.keys()
+        assert all(torch.equal(frozen[k], original[k]) for k in frozen)
+        # the adapters moved away from their start (B starts at zero)
+        assert any(p.abs().sum() > 0 for n, p in member.named_parameters() if "lora_B" in n)
+
+    texts = [json.loads(ln) for ln in prefs.read_text().splitlines()[:6]]
+    prompts, answers = [t["prompt"] for t in texts], [t["chosen"] for t in texts]
+    saved = RewardModel.load(out / "final")
+    assert not any(is_lora(m.backbone) for m in saved.members)
+    with torch.no_grad():
+        want = trained.score(prompts, answers).members
+    got = saved.score(prompts, answers).members
+    assert got.flatten().tolist() == pytest.approx(want.flatten().tolist(), abs=1e-5)
+    # the adapters changed the scores: the folded weights are not the base model's
+    fresh = load_backbone(str(out / "final" / "member-0"))[0].state_dict()
+    assert any(not torch.equal(fresh[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lora", "--shared-backbone"], "--lora with --shared-backbone"),
+    (["--lora", "--reinit-layers", "1"], "--lora with --reinit-layers"),
+    (["--lora-init", "somewhere"], "--lora-init: reward members start from fresh adapters"),
+    (["--lora", "--lora-targets", "nonexistent"], "no modules named nonexistent"),
+])
+def test_reward_lora_flag_conflicts_are_one_line_errors(tiny_model_dir, tmp_path, flags, message):
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 12)
+    proc = run_cli("reward", "--model", str(tiny_model_dir), "--data", str(prefs), "--output",
+                   str(tmp_path / "rm"), "--max-steps", "1", "--no-progress", *flags)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "rm" / "final").exists()

@@ -60,6 +60,7 @@ def test_every_part_ran(study):
             assert bon["peak"]["fell"] == (bon["peak"]["drop"] > bon["peak"]["drop_se"])
         assert f"label noise {float(rate):.0%}" in stdout
     assert "ppo" not in summary["levels"]["0"]  # --ppo-label-noise 0.25 only
+    assert "single-avg" in stdout
     # where the time went, part by part in the order they ran (--policy given: no SFT)
     assert list(summary["stage_seconds"]) == [
         "candidates", "bon-samples", "labels-0", "reward-0", "bon-0", "labels-0.25",
@@ -130,3 +131,30 @@ def test_bad_flags_are_one_line(flags, message, tmp_path):
     assert proc.stderr.startswith(f"alignkit study-overoptimisation: error: {message}")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_single_reward_model_curve_is_every_member_alone_averaged(study):
+    """``single-avg``: each of the 2 members picks its own best-of-n answers; recomputed here
+    from the saved samples and the saved ensemble, prompt by prompt."""
+    from alignkit.evaluation.overoptimisation import best_of_n_curve
+    from alignkit.models.reward import RewardModel
+
+    out, _, summary = study
+    samples = [json.loads(ln) for ln in (out / "bon_samples.jsonl").read_text().splitlines()]
+    gold = torch.tensor([s["gold"] for s in samples], dtype=torch.float64)
+    for rate, level in summary["levels"].items():
+        members = RewardModel.load(out / f"noise-{rate}" / "reward" / "final").score(
+            [s["prompt"] for s in samples for _ in s["responses"]],
+            [a for s in samples for a in s["responses"]]).per_member.float()
+        alone = [best_of_n_curve(m.view_as(gold), gold, [1, 2, 4, 6]) for m in members]
+        first, second = alone
+        got = level["bon"]["single-avg"]
+        for i, point in enumerate(got["curve"]):
+            want = [(first[i]["gold_per_prompt"][p] + second[i]["gold_per_prompt"][p]) / 2
+                    for p in range(4)]
+            assert point["gold_per_prompt"] == pytest.approx(want, abs=1e-9)
+            assert point["gold"] == pytest.approx(sum(want) / 4, abs=1e-9)
+        # member 0's own curve is the study's "single" proxy
+        assert [p["gold"] for p in level["bon"]["single"]["curve"]] == pytest.approx(
+            [p["gold"] for p in alone[0]], abs=1e-9)
+        assert got["peak"]["paired"] and got["fit"]["form"] == "bon"

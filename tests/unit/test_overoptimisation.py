@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from alignkit.evaluation.overoptimisation import (best_of_n_curve, best_of_n_expectation,
-                                                  best_of_n_weights, combined_proxy, default_ns,
-                                                  fit_curve, forecast_lead,
-                                                  pairwise_gold_accuracy, peak_and_fall,
-                                                  rl_points)
+from alignkit.evaluation.overoptimisation import (average_curves, best_of_n_curve,
+                                                  best_of_n_expectation, best_of_n_weights,
+                                                  combined_proxy, default_ns, fit_curve,
+                                                  forecast_lead, pairwise_gold_accuracy,
+                                                  peak_and_fall, rl_points)
 
 pytestmark = pytest.mark.unit
 
@@ -140,6 +140,33 @@ def test_best_of_n_fall_is_read_prompt_by_prompt():
     # a curve whose peak is its last point has not fallen
     top = peak_and_fall(points[:2])
     assert top["drop"] == 0.0 and top["drop_se"] == 0.0 and not top["fell"]
+
+
+def test_average_curves_by_hand():
+    """Two reward models' best-of-n curves on the same two prompts, each alone, averaged prompt
+    by prompt. One prompt: answers with gold (0, 2), member A prefers the second, member B the
+    first. The other: gold (1, 1), either choice gives 1."""
+    gold = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    member_a = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    member_b = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    curves = [best_of_n_curve(m, gold, [1, 2]) for m in (member_a, member_b)]
+    # best-of-2 keeps A's choice 2 and B's choice 0 on prompt 1, and 1 on prompt 2 either way
+    assert curves[0][1]["gold_per_prompt"] == [2.0, 1.0]
+    assert curves[1][1]["gold_per_prompt"] == [0.0, 1.0]
+    mean = average_curves(curves)
+    assert [p["n"] for p in mean] == [1, 2]
+    # n = 1: any answer, gold 1 on both prompts; n = 2: (2 + 0) / 2 = 1 and 1
+    assert mean[0]["gold_per_prompt"] == [1.0, 1.0] and mean[1]["gold_per_prompt"] == [1.0, 1.0]
+    assert mean[1]["gold"] == 1.0 and mean[1]["gold_se"] == 0.0
+    # the expected proxy of best-of-2: each member's max, averaged (1 + 1) / 2 over prompts
+    assert mean[1]["proxy"] == pytest.approx(1.0)
+    assert mean[1]["kl"] == curves[0][1]["kl"]
+    # member A alone rose, member B alone fell: their average is flat, with no spread
+    assert curves[0][1]["gold"] == 1.5 and curves[1][1]["gold"] == 0.5
+    with pytest.raises(ValueError, match="share their n"):
+        average_curves([curves[0], best_of_n_curve(member_b, gold, [1, 1])])
+    with pytest.raises(ValueError):  # not the same number of points
+        average_curves([curves[0], curves[1][:1]])
 
 
 def test_forecast_lead():

@@ -88,6 +88,26 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int]) 
     return points
 
 
+def average_curves(curves: Sequence[Sequence[dict]]) -> list[dict]:
+    """The prompt-by-prompt average of best-of-n curves read on the same samples (one per
+    reward model, e.g. each member of an ensemble alone): at every n, ``gold_per_prompt`` (P,)
+    is the members' mean gold of the answer each would keep, ``gold`` its mean over prompts and
+    ``gold_se`` its standard error, ``proxy`` the members' mean expected proxy. This is the
+    expected curve of one reward model drawn from the members' distribution (seed, data order),
+    with less of one draw's luck than any one member's curve."""
+    averaged = []
+    for points in zip(*curves, strict=True):
+        if len({p["n"] for p in points}) != 1:
+            raise ValueError("the curves must share their n")
+        per_prompt = torch.tensor([p["gold_per_prompt"] for p in points],
+                                  dtype=torch.float64).mean(0)
+        averaged.append({**points[0], "gold": float(per_prompt.mean()),
+                         "gold_se": standard_error(per_prompt),
+                         "proxy": sum(p["proxy"] for p in points) / len(points),
+                         "gold_per_prompt": per_prompt.tolist()})
+    return averaged
+
+
 def fit_curve(points: Sequence[dict], form: str) -> dict | None:
     """Gao et al.'s ``form`` ("bon" or "rl") fitted to gold gain against ``d = sqrt(KL)``; the
     gain is measured from the point nearest ``d = 0`` (best-of-1, or the RL run's start). None

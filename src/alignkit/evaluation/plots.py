@@ -221,7 +221,8 @@ def adversarial_plot(rates: dict[str, dict[str, float | None]]) -> Plot | None:
     return Plot("adversarial", _png(fig), caption, [(xlabel, ylabel)])
 
 
-PROXY_COLOURS = {"single": "#cc0000", "mean": "#3465a4", "wco": "#4e9a06", "uwo": "#75507b"}
+PROXY_COLOURS = {"single": "#cc0000", "single-avg": "#f57900", "mean": "#3465a4",
+                 "wco": "#4e9a06", "uwo": "#75507b"}
 
 
 def overoptimisation_plot(methods: dict[str, dict[str, list[list[dict]]]],

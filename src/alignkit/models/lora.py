@@ -5,7 +5,11 @@ from __future__ import annotations
 from alignkit.errors import UserError
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
+def add_lora(model, r: int, alpha: int, dropout: float, targets: str,
+             task_type: str = "CAUSAL_LM"):
+    """``model`` wrapped by peft with trainable LoRA adapters on the ``targets`` modules (the
+    rest frozen). ``task_type``: ``CAUSAL_LM`` for a policy, ``FEATURE_EXTRACTION`` for a bare
+    backbone whose hidden states a head reads (a reward member)."""
     from peft import LoraConfig, get_peft_model
 
     names = [t.strip() for t in targets.split(",") if t.strip()]
@@ -15,7 +19,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
         raise UserError(f"--lora-targets: the model has no modules named {', '.join(missing)} "
                         f"(linear layers it has: {', '.join(sorted(_linear_names(model)))})")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-                        bias="none", task_type="CAUSAL_LM")
+                        bias="none", task_type=task_type)
     return get_peft_model(model, config)
 
 
@@ -74,6 +78,31 @@ def is_lora(model) -> bool:
 def merged_copy_for_saving(model):
     """Fold adapters into the base weights (in place) and return the plain transformers model."""
     return model.merge_and_unload() if is_lora(model) else model
+
+
+def merged_state_dict(model) -> dict:
+    """The state dict of the plain transformers model under ``model``'s adapters, with each
+    adapted weight replaced by W + scale * B @ A; ``model`` itself is left as it is (no merge
+    and unmerge, whose float round trip would change the weights still being trained). A model
+    without adapters: its own state dict."""
+    if not is_lora(model):
+        return model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    merged = {}
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            delta = sum(module.get_delta_weight(a) for a in module.active_adapters
+                        if a in module.lora_A)
+            merged[f"{name}.weight"] = module.get_base_layer().weight.detach() + delta
+    state = {}
+    for key, value in inner.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        state[key] = merged.get(key, value)
+    return state
 
 
 def count_parameters(model) -> tuple[int, int]:

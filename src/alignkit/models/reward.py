@@ -380,6 +380,19 @@ class RewardModel(nn.Module):
         spec.base_model = base
         return cls(spec, members, tok)
 
+    def add_adapters(self, r: int, alpha: int, dropout: float, targets: str) -> None:
+        """Train LoRA adapters on each member's own backbone instead of all its weights (the
+        head, and the family's pre-layer, stay fully trained). A save folds the adapters into
+        the weights, so the folder is the same plain sequence classifiers as full training
+        writes."""
+        from alignkit.models.lora import add_lora
+
+        if self.spec.shared_backbone:
+            raise ValueError("a shared backbone is frozen: there is nothing to adapt")
+        for member in self.members:
+            member.backbone = add_lora(member.backbone, r, alpha, dropout, targets,
+                                       task_type="FEATURE_EXTRACTION")
+
     def classifier_folder(self, members: list[int], folder: Path) -> None:
         """Write ``members`` (all sharing one backbone) as one standard sequence-classification
         folder with a label per (member, aspect): the backbone, the family's pre-layer and the
@@ -387,6 +400,7 @@ class RewardModel(nn.Module):
         from transformers import AutoModelForSequenceClassification
 
         from alignkit.models.loading import quiet_transformers
+        from alignkit.models.lora import merged_state_dict
 
         quiet_transformers()
         first = self.members[members[0]]
@@ -402,7 +416,7 @@ class RewardModel(nn.Module):
             config.pad_token_id = self.tokenizer.pad_token_id
         # fp32 as trained, whatever dtype the base model's config names
         classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-        missing, _ = classifier.base_model.load_state_dict(first.backbone.state_dict(),
+        missing, _ = classifier.base_model.load_state_dict(merged_state_dict(first.backbone),
                                                            strict=False)
         if missing:
             raise RuntimeError(f"the sequence classifier's backbone lacks {missing[:3]}")

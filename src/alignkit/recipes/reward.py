@@ -17,6 +17,7 @@ from alignkit.data.preferences import (ANNOTATOR_WEIGHTS_FILE, annotator_weights
                                        load_preference_groups, split_groups)
 from alignkit.errors import UserError
 from alignkit.models.chat_templates import apply_chat_template_option
+from alignkit.models.lora import count_parameters
 from alignkit.models.reward import RewardModel, RewardSpec, backbone_kind
 from alignkit.training.engine import Trainer, start_run, steps_for_epochs
 from alignkit.utils.logs import log
@@ -33,10 +34,15 @@ def check_flags(cfg: RewardConfig) -> None:
     if cfg.loss == "plackett_luce" and cfg.label_smoothing:
         raise UserError("--label-smoothing applies to the Bradley-Terry loss; Plackett-Luce has "
                         "no smoothed form here (use --loss bradley_terry, or no smoothing)")
-    if cfg.lora or cfg.lora_init:
-        flag = "--lora" if cfg.lora else "--lora-init"
-        raise UserError(f"{flag} is not supported by the reward stage yet (full fine-tuning, or "
-                        "--shared-backbone to train heads only)")
+    if cfg.lora_init:
+        raise UserError("--lora-init: reward members start from fresh adapters (--lora); to go "
+                        "on from a reward model, pass its member folder as --model")
+    if cfg.lora and cfg.shared_backbone:
+        raise UserError("--lora with --shared-backbone: a shared backbone is frozen and only the "
+                        "heads train; choose one")
+    if cfg.lora and cfg.reinit_layers:
+        raise UserError("--lora with --reinit-layers: re-drawn blocks would stay frozen at "
+                        "random weights; choose one")
 
 
 def reward_spec(cfg: RewardConfig, base: str) -> RewardSpec:
@@ -95,6 +101,14 @@ def main(cfg: RewardConfig) -> dict:
 
     # 4. Members and heads; bootstrap weights per member and prompt.
     model = RewardModel.create(base, spec, run.device, cfg.reinit_layers)
+    if cfg.lora:
+        try:
+            model.add_adapters(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        except UserError as e:  # the targets name no module of this backbone
+            raise UserError(f"{e} (reward backbone {base})") from None
+        trainable, total = count_parameters(model)
+        log.info("LoRA (r=%d) on each member: %d of %d parameters trained", cfg.lora_r,
+                 trainable, total)
     model.train()
     boot = bootstrap_weights(len(train), cfg.ensemble, cfg.seed, cfg.bootstrap)
 

@@ -9,6 +9,8 @@ people: the starting policy's answers to training prompts are ranked at each lab
 level; a MiniLM ensemble learns from each level's rankings; then best-of-n (n = 1 ... --bon-n,
 exact over every n-subset of the samples) and PPO at each KL coefficient optimise each proxy
 (member 0 alone, the mean, WCO, UWO), and gold and proxy are read against ``sqrt(KL)``.
+Best-of-n also reads every member alone and averages their curves prompt by prompt
+(``single-avg``): the expected single reward model, where member 0 is one draw of it.
 
 It drives the stage recipes like the demo does (sft, reward, ppo, each with its own config,
 saved beside its outputs); the numbers are ``alignkit.evaluation.overoptimisation``'s.
@@ -23,13 +25,15 @@ from pathlib import Path
 import torch
 
 from alignkit.config import StudyConfig, save_config
-from alignkit.evaluation.overoptimisation import (PROXIES, best_of_n_curve, combined_proxy,
-                                                  default_ns, fit_curve, forecast_lead,
-                                                  pairwise_gold_accuracy, peak_and_fall,
-                                                  rl_points)
+from alignkit.evaluation.overoptimisation import (PROXIES, average_curves, best_of_n_curve,
+                                                  combined_proxy, default_ns, fit_curve,
+                                                  forecast_lead, pairwise_gold_accuracy,
+                                                  peak_and_fall, rl_points)
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
 from alignkit.utils.logs import StageClock, log
+
+SINGLE_AVERAGE = "single-avg"  # best-of-n only: every member alone, curves averaged
 
 
 def noise_folder(root: Path, rate: float) -> Path:
@@ -106,13 +110,23 @@ def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device:
     gold = samples["gold"]
     members = RewardModel.load(str(reward_final), device).score(
         samples["texts"], samples["answers"]).per_member.float().cpu()
+    def summary(curve: list[dict], pair_accuracy: float) -> dict:
+        return {"curve": curve, "fit": fit_curve(curve, "bon"), "peak": peak_and_fall(curve),
+                "gold_pair_accuracy": pair_accuracy}
+
+    ns = default_ns(cfg.bon_n)
     out = {}
     for proxy in cfg.proxy_names():
         scores = combined_proxy(members, proxy, cfg.uwo_lambda).view_as(gold)
-        curve = best_of_n_curve(scores, gold, default_ns(cfg.bon_n))
-        out[proxy] = {"curve": curve, "fit": fit_curve(curve, "bon"),
-                      "peak": peak_and_fall(curve),
-                      "gold_pair_accuracy": pairwise_gold_accuracy(scores, gold)}
+        out[proxy] = summary(best_of_n_curve(scores, gold, ns),
+                             pairwise_gold_accuracy(scores, gold))
+    if "single" in out and members.shape[0] > 1:
+        # each member is a single reward model of its own seed: their average curve is what
+        # one reward model does in expectation, member 0's is one draw of it
+        alone = [m.view_as(gold) for m in members]
+        out[SINGLE_AVERAGE] = summary(
+            average_curves([best_of_n_curve(m, gold, ns) for m in alone]),
+            sum(pairwise_gold_accuracy(m, gold) for m in alone) / len(alone))
     return out
 
 
@@ -162,13 +176,13 @@ def print_level(rate: float, level: dict) -> None:
     print(f"\nlabel noise {rate:.0%}: labels agree with gold {labels['gold_agreement']:.3f}"
           f" (Bayes ceiling {labels['bayes_optimal']:.3f}); ensemble held-out accuracy "
           f"{level['reward_eval'].get('accuracy', float('nan')):.3f}", flush=True)
-    print(f"  {'proxy':<7} {'pair acc':>8} | {'BoN gold n=1 -> peak (n) -> last':>34} "
+    print(f"  {'proxy':<10} {'pair acc':>8} | {'BoN gold n=1 -> peak (n) -> last':>34} "
           f"{'drop +/- s.e.':>15} {'fell':>5} {'R2':>5} | "
           f"{'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} {'R2':>5} {'lead':>5} "
           f"{'regret':>6}", flush=True)
     for proxy in level.get("bon", {}) or level.get("ppo", {}):
         bon, rl = level.get("bon", {}).get(proxy), level.get("ppo", {}).get(proxy)
-        cells = [f"  {proxy:<7}"]
+        cells = [f"  {proxy:<10}"]
         if bon:
             c, pk = bon["curve"], bon["peak"]
             peak_n = max(c, key=lambda p: p["gold"])["n"]
