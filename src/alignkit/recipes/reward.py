@@ -45,6 +45,30 @@ def check_flags(cfg: RewardConfig) -> None:
                         "random weights; choose one")
 
 
+def annotator_weights(cfg: RewardConfig) -> dict[str, float] | None:
+    """--annotator-weights, else the quality weights ``alignkit annotate export`` wrote beside
+    --data, else none."""
+    weights = parse_weights(cfg.annotator_weights, "annotator-weights") or None
+    if weights is None:
+        weights = annotator_weights_beside(cfg.data)
+        if weights:
+            log.info("annotator weights from %s beside --data (--annotator-weights overrides "
+                     "them): %s", ANNOTATOR_WEIGHTS_FILE,
+                     ", ".join(f"{k}={v:g}" for k, v in sorted(weights.items())))
+    return weights
+
+
+def add_adapters(model: RewardModel, cfg: RewardConfig, base: str) -> None:
+    """--lora: adapters on every member's backbone, which then trains them and its head only."""
+    try:
+        model.add_adapters(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    except UserError as e:  # the targets name no module of this backbone
+        raise UserError(f"{e} (reward backbone {base})") from None
+    trainable, total = count_parameters(model)
+    log.info("LoRA (r=%d) on each member: %d of %d parameters trained", cfg.lora_r, trainable,
+             total)
+
+
 def reward_spec(cfg: RewardConfig, base: str) -> RewardSpec:
     spec = RewardSpec(backbone=cfg.backbone, members=cfg.ensemble,
                       shared_backbone=cfg.shared_backbone, chat=cfg.chat,
@@ -75,16 +99,9 @@ def main(cfg: RewardConfig) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     draw = Draw.of(cfg)  # --seed, --oversample, --mixture-size; draw.report: what was drawn
-    weights = parse_weights(cfg.annotator_weights, "annotator-weights") or None
-    if weights is None:  # the quality weights alignkit annotate export wrote with the labels
-        weights = annotator_weights_beside(cfg.data)
-        if weights:
-            log.info("annotator weights from %s beside --data (--annotator-weights overrides "
-                     "them): %s", ANNOTATOR_WEIGHTS_FILE,
-                     ", ".join(f"{k}={v:g}" for k, v in sorted(weights.items())))
     groups, skipped = load_preference_groups(
-        cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid, weights,
-        draw=draw)
+        cfg.data, tokenizer, spec.backbone, cfg.chat, cfg.max_length, cfg.skip_invalid,
+        annotator_weights(cfg), draw=draw)
     if skipped:
         log.warning("skipped %d invalid record(s):\n  %s", len(skipped), "\n  ".join(skipped[:20]))
     if cfg.eval_data:
@@ -102,13 +119,7 @@ def main(cfg: RewardConfig) -> dict:
     # 4. Members and heads; bootstrap weights per member and prompt.
     model = RewardModel.create(base, spec, run.device, cfg.reinit_layers)
     if cfg.lora:
-        try:
-            model.add_adapters(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-        except UserError as e:  # the targets name no module of this backbone
-            raise UserError(f"{e} (reward backbone {base})") from None
-        trainable, total = count_parameters(model)
-        log.info("LoRA (r=%d) on each member: %d of %d parameters trained", cfg.lora_r,
-                 trainable, total)
+        add_adapters(model, cfg, base)
     model.train()
     boot = bootstrap_weights(len(train), cfg.ensemble, cfg.seed, cfg.bootstrap)
 
