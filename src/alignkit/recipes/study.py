@@ -110,6 +110,7 @@ def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device:
     gold = samples["gold"]
     members = RewardModel.load(str(reward_final), device).score(
         samples["texts"], samples["answers"]).per_member.float().cpu()
+
     def summary(curve: list[dict], pair_accuracy: float) -> dict:
         return {"curve": curve, "fit": fit_curve(curve, "bon"), "peak": peak_and_fall(curve),
                 "gold_pair_accuracy": pair_accuracy}
