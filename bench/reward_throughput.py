@@ -3,13 +3,17 @@
     python bench/reward_throughput.py                  # both workloads (~10 min on 2 idle cores)
     python bench/reward_throughput.py --quick          # MiniLM, a few steps: checks the harness
     python bench/reward_throughput.py --workloads minilm --steps 40 --repeats 3
+    python bench/reward_throughput.py --workloads smollm2 --lora 16   # LoRA on both sides
 
 Workloads (same model, data, batch of preference pairs, max length and steps on every side; one
-reward model, i.e. ``--ensemble 1``; full fine-tuning, fp32):
+reward model, i.e. ``--ensemble 1``; full fine-tuning unless ``--lora``, fp32):
 - ``minilm``: the packaged all-MiniLM-L6-v2 encoder (``--model minilm``, 22M parameters);
 - ``smollm2``: SmolLM2-135M-Instruct (``--model default``) as a causal reward model.
-Full fine-tuning on both: alignkit's reward recipe trains every weight (it has no LoRA path), and
-TRL's ``RewardTrainer`` does the same when given no ``peft_config``.
+Full fine-tuning on both by default: alignkit's reward recipe trains every weight, and TRL's
+``RewardTrainer`` does the same when given no ``peft_config``. ``--lora R``: LoRA adapters of rank
+R (alpha 2R, no dropout) on the attention projections instead, on both sides (alignkit
+``--lora``; TRL a peft ``LoraConfig`` with ``task_type="SEQ_CLS"``, which also trains the
+classifier's ``score`` head, as alignkit trains its head).
 
 Data: a pairwise preference file generated from the shipped demonstrations
 (``alignkit.data.readers.shipped_data_path("demo")``, 340 records with unique prompts): chosen =
@@ -101,9 +105,11 @@ WORKLOADS = {
     # TRL's default (bf16 autocast + gradient checkpointing) is left out for SmolLM2: bf16
     # matmuls on a CPU without AVX-512/AMX make each step take minutes (opt in with --frameworks).
     "minilm": {"model": "minilm", "backbone": "encoder", "lr": 5e-5, "steps": 40,
-               "frameworks": ["alignkit", "trl-fp32", "trl"]},
+               "frameworks": ["alignkit", "trl-fp32", "trl"],
+               "lora_targets": ["query", "key", "value"]},
     "smollm2": {"model": "default", "backbone": "causal", "lr": 1e-5, "steps": 12,
-                "frameworks": ["alignkit", "trl-fp32"]},
+                "frameworks": ["alignkit", "trl-fp32"],
+                "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
 }
 
 
@@ -136,7 +142,10 @@ def child_alignkit(spec: dict) -> dict:
         device=spec["device"], eval_fraction=0.0, max_length=spec["max_length"], lr=spec["lr"],
         warmup_steps=0, batch_size=spec["batch_size"], grad_accum=1, max_steps=spec["steps"],
         output=str(out), seed=spec["seed"], log_every=1, eval_every=0, save_every=0,
-        overwrite=True, progress=False, packing=spec["framework"] != "alignkit-nopack")
+        overwrite=True, progress=False, packing=spec["framework"] != "alignkit-nopack",
+        lora=bool(spec["lora_r"]), lora_r=spec["lora_r"] or 16,
+        lora_alpha=2 * spec["lora_r"] or 32, lora_dropout=0.0,
+        lora_targets=",".join(spec["lora_targets"]))
 
     # Observe (not change) training: count what each batch holds as alignkit builds it (once per
     # step with grad_accum 1), and note the peak memory once training is over.
@@ -159,7 +168,7 @@ def child_alignkit(spec: dict) -> dict:
     reward_training.preference_batch = preference_batch
     reward_training.fit_normalisation = fit_normalisation
     try:
-        run(cfg)
+        trained = run(cfg)["model"]
     finally:
         reward_training.preference_batch = real_batch
         reward_training.fit_normalisation = real_fit
@@ -205,7 +214,9 @@ def child_alignkit(spec: dict) -> dict:
                   "precision": "fp32 (the reward recipe has no mixed precision)",
                   "optimizer": "torch AdamW (fused where available)", "schedule": cfg.schedule,
                   "gradient_checkpointing": False, "max_length": cfg.max_length,
-                  "max_grad_norm": cfg.max_grad_norm, "weight_decay": cfg.weight_decay})
+                  "max_grad_norm": cfg.max_grad_norm, "weight_decay": cfg.weight_decay,
+                  "trainable_params": sum(p.numel() for p in trained.parameters()
+                                          if p.requires_grad)})
     return result
 
 
@@ -257,8 +268,15 @@ def child_trl(spec: dict) -> dict:
 
     # RewardTrainer loads AutoModelForSequenceClassification(num_labels=1) from the path itself.
     tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
+    peft_config = None
+    if spec["lora_r"]:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=2 * spec["lora_r"],
+                                 lora_dropout=0.0, target_modules=spec["lora_targets"],
+                                 task_type="SEQ_CLS")
     trainer = RewardTrainer(model=spec["model_path"], args=args, train_dataset=dataset,
-                            processing_class=tokenizer, callbacks=[Clock()])
+                            processing_class=tokenizer, callbacks=[Clock()],
+                            peft_config=peft_config)
     if len(trainer.train_dataset) != len(ordered):
         raise SystemExit(f"TRL kept {len(trainer.train_dataset)} of {len(ordered)} pairs "
                          f"(max_length filter?); the order would no longer match alignkit's")
@@ -438,8 +456,8 @@ def data_checks(results: list[dict]) -> dict:
 def print_table(summary: list[dict], checks: dict, settings: dict) -> None:
     print()
     print(f"Reward-model training throughput: batch {settings['batch_size']} pairs, grad accum 1, "
-          f"max length {settings['max_length']}, device {settings['device']}, 1 member, full "
-          f"fine-tuning; timed: steps {settings['warmup'] + 1}..N")
+          f"max length {settings['max_length']}, device {settings['device']}, 1 member, "
+          f"{settings['training'].split(',')[0]}; timed: steps {settings['warmup'] + 1}..N")
     cuda = any(r["cuda_peak_mib"] is not None for r in summary)
     head = (f"{'workload':<8} {'framework':<15} {'steps':>5} {'pairs/step':>10} {'tok/step':>8} "
             f"{'run/step':>8} {'pos/step':>8} {'pairs/s':>8} {'s/step':>7} {'peak RSS MiB':>12} "
@@ -499,6 +517,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Preference pairs per optimiser step (= alignkit prompt groups, one pair "
                         "each) (default: %(default)s).")
     p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--lora", type=int, default=0,
+                   help="LoRA rank on both sides (0: full fine-tuning; default: %(default)s).")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s).")
     p.add_argument("--threads", type=int, default=0,
@@ -545,7 +565,9 @@ def main(argv=None) -> int:
                 "steps": steps, "trl_default_steps": trl_default_steps,
                 "budget_s": args.budget_s, "frameworks": frameworks, "device": args.device,
                 "seed": args.seed, "repeats": args.repeats, "threads": args.threads or None,
-                "members": 1, "training": "full fine-tuning, fp32 (trl: TRL's defaults)",
+                "members": 1,
+                "training": (f"LoRA r {args.lora}, alpha {2 * args.lora}" if args.lora
+                             else "full fine-tuning") + ", fp32 (trl: TRL's defaults)",
                 "workloads": {w: {k: v for k, v in WORKLOADS[w].items()
                                   if k not in ("steps", "frameworks")} for w in workloads}}
     log_dir = Path(args.log_dir) if args.log_dir else None
@@ -595,6 +617,7 @@ def main(argv=None) -> int:
                             "max_length": args.max_length, "seed": args.seed,
                             "device": args.device, "threads": args.threads,
                             "order": prep["order"][:n_steps], "budget_s": args.budget_s,
+                            "lora_r": args.lora, "lora_targets": w["lora_targets"],
                             "workdir": str(workdir / label)}
                     t0, busy0, child0 = time.time(), cpu_busy_s(), children_cpu_s()
                     try:
