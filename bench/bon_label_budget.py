@@ -69,6 +69,7 @@ def main() -> int:
 
     from alignkit.evaluation.overoptimisation import default_ns
     from alignkit.models.reward import RewardModel
+    from alignkit.utils.metrics import read_metrics
 
     study = Path(args.study)
     level = study / f"noise-{args.noise}"
@@ -99,8 +100,8 @@ def main() -> int:
                 started = time.time()
                 subprocess.run(["alignkit", "reward", "--config", str(config_file)], check=True,
                                stdout=subprocess.DEVNULL)
-                metrics = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-                held_out = [m for m in metrics if m.get("split") == "eval"]
+                held_out = [m for m in read_metrics(out / "metrics.jsonl")
+                            if m.get("split") == "eval"]
                 members = RewardModel.load(str(out / "final"), "cpu").score(
                     texts, answers).per_member.float().cpu()
                 run = {"prompts": budget, "steps": steps,

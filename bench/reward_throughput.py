@@ -130,6 +130,7 @@ def child_alignkit(spec: dict) -> dict:
 
     from alignkit.cli import run
     from alignkit.config import RewardConfig
+    from alignkit.models.lora import count_parameters
     from alignkit.training import reward as reward_training
     from alignkit.utils.metrics import read_metrics
 
@@ -215,8 +216,7 @@ def child_alignkit(spec: dict) -> dict:
                   "optimizer": "torch AdamW (fused where available)", "schedule": cfg.schedule,
                   "gradient_checkpointing": False, "max_length": cfg.max_length,
                   "max_grad_norm": cfg.max_grad_norm, "weight_decay": cfg.weight_decay,
-                  "trainable_params": sum(p.numel() for p in trained.parameters()
-                                          if p.requires_grad)})
+                  "trainable_params": count_parameters(trained)[0]})
     return result
 
 
