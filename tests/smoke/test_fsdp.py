@@ -132,6 +132,27 @@ def test_reward_ensemble_under_fsdp_equals_one_process(tiny_model_dir, tmp_path)
     assert "returned a view tensor" not in proc.stderr
 
 
+def test_reward_lora_under_fsdp_equals_one_process(tiny_model_dir, tmp_path):
+    """--lora on the members' backbones: frozen base weights beside trainable adapters in each
+    sharded layer, and the final folders' folded weights (W + scale * B @ A) gathered from the
+    shards equal one process's."""
+    from tests.smoke.test_reward_cli import write_prefs
+
+    prefs = write_prefs(tmp_path / "prefs.jsonl", 48)
+    common = ["reward", "--model", str(tiny_model_dir), "--data", str(prefs), "--ensemble", "2",
+              "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-2",
+              "--lora", "--lora-r", "4", "--lora-alpha", "8", "--eval-fraction", "0",
+              "--save-every", "0", "--no-progress"]
+    run_ranks(1, *common, "--output", str(tmp_path / "one"))
+    run_ranks(2, *common, *FSDP, "--output", str(tmp_path / "two"))
+    assert_same_training(tmp_path / "one", tmp_path / "two",
+                         ("loss", "loss_member0", "loss_member1", "grad_norm"), ("pairs",),
+                         adam_lr=1e-2)
+    assert rows(tmp_path / "two")[0]["loss"] == rows(tmp_path / "one")[0]["loss"]
+    assert rows(tmp_path / "two", "setup")[0]["trainable_params"] == \
+        rows(tmp_path / "one", "setup")[0]["trainable_params"]
+
+
 def test_fsdp_flag_mistakes_are_one_line(tmp_path, capsys):
     import torch
 
