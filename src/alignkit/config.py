@@ -1523,6 +1523,12 @@ class StudyConfig(Config):
                      "exactly over every n-subset of --bon-n samples per prompt (0: no "
                      "best-of-n).", ge=0)
     bon_prompts: int = opt(32, "Held-out prompts best-of-n answers.", ge=1)
+    bon_samples: Optional[str] = opt(None, "Reuse the best-of-n samples of an earlier study of "
+                                     "the same policy (its bon_samples.jsonl) instead of "
+                                     "sampling: the first --bon-prompts prompts and the first "
+                                     "--bon-n answers of each, with the gold recorded beside "
+                                     "them; with --label.prompts, the same samples are read by "
+                                     "ensembles learned from fewer labels.")
     kl_coefs: str = opt("0.01,0.05", "KL coefficients of the PPO runs, comma-separated (empty: "
                         "no PPO); one run per noise level, proxy and coefficient.")
     ppo_label_noise: str = opt("", "The label-noise levels whose ensembles the PPO runs optimise, "

@@ -158,3 +158,66 @@ def test_single_reward_model_curve_is_every_member_alone_averaged(study):
         assert [p["gold"] for p in level["bon"]["single"]["curve"]] == pytest.approx(
             [p["gold"] for p in alone[0]], abs=1e-9)
         assert got["peak"]["paired"] and got["fit"]["form"] == "bon"
+
+
+def test_a_later_study_reads_the_same_samples(study, tiny_model_dir, tmp_path):
+    """--bon-samples: no best-of-n sampling; the first 3 prompts and 4 answers of the earlier
+    study's samples, copied beside the new study, are what its proxies choose from. Same seed
+    and labels, so the ensemble is the earlier one, and its best-of-n reads as if recomputed
+    from the earlier study's saved ensemble on those samples."""
+    from alignkit.evaluation.overoptimisation import best_of_n_curve, combined_proxy
+    from alignkit.models.reward import RewardModel
+
+    first, _, first_summary = study
+    out = tmp_path / "again"
+    proc = run_cli("study", "overoptimisation", "--policy", str(tiny_model_dir), "--output",
+                   str(out), "--no-progress", "--label.prompts", "8", "--bon-n", "4",
+                   "--bon-prompts", "3", "--bon-samples", str(first / "bon_samples.jsonl"),
+                   "--kl-coefs", "", "--label-noise", "0", "--proxies", "single,wco",
+                   "--max-new-tokens", "8", "--reward.ensemble", "2", "--reward.max-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "study.json").read_text())
+    assert "bon-samples" not in summary["stage_seconds"]
+    assert summary["bon_samples_from"] == str(first / "bon_samples.jsonl")
+    earlier = [json.loads(ln) for ln in (first / "bon_samples.jsonl").read_text().splitlines()]
+    copied = [json.loads(ln) for ln in (out / "bon_samples.jsonl").read_text().splitlines()]
+    assert copied == [{"prompt": s["prompt"], "responses": s["responses"][:4],
+                       "ended": s["ended"][:4], "gold": s["gold"][:4]} for s in earlier[:3]]
+    level = summary["levels"]["0"]
+    assert level["reward_eval"] == first_summary["levels"]["0"]["reward_eval"]
+    gold = torch.tensor([s["gold"] for s in copied], dtype=torch.float64)
+    members = RewardModel.load(first / "noise-0" / "reward" / "final").score(
+        [s["prompt"] for s in copied for _ in s["responses"]],
+        [a for s in copied for a in s["responses"]]).per_member.float()
+    for proxy in ("single", "wco"):
+        scores = combined_proxy(members, proxy, 1.0).view_as(gold)
+        want = best_of_n_curve(scores, gold, [1, 2, 4])
+        got = level["bon"][proxy]["curve"]
+        assert [p["n"] for p in got] == [1, 2, 4]
+        for point, expected in zip(got, want):
+            assert point["gold_per_prompt"] == pytest.approx(expected["gold_per_prompt"],
+                                                             abs=1e-9)
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"prompt": "p", "responses": ["a"], "ended": [True], "gold": [0.5]},
+     "field 'responses': 1 answers, fewer than --bon-n 2"),
+    ({"prompt": "p", "responses": ["a", "b"], "ended": [True, True], "gold": [0.5, "x"]},
+     "field 'gold': one finite number per answer is required"),
+    ({"prompt": "", "responses": ["a", "b"], "gold": [0.5, 1.0]},
+     "field 'prompt': a non-empty string is required"),
+])
+def test_bad_bon_samples_are_named_by_line_and_field(line, message, tmp_path):
+    good = {"prompt": "q", "responses": ["a", "b"], "ended": [True, False], "gold": [0.1, 0.2]}
+    path = tmp_path / "bon_samples.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(line) + "\n")
+    proc = run_cli("study", "overoptimisation", "--output", str(tmp_path / "s"), "--bon-n", "2",
+                   "--bon-prompts", "2", "--bon-samples", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{path}:2: {message}" in proc.stderr
+    assert not (tmp_path / "s").exists()  # nothing written
+    path.write_text(json.dumps(good) + "\n")
+    proc = run_cli("study", "overoptimisation", "--output", str(tmp_path / "s"), "--bon-n", "2",
+                   "--bon-prompts", "2", "--bon-samples", str(path))
+    assert proc.returncode == 2 and "1 prompts, fewer than --bon-prompts 2" in proc.stderr
+    assert not (tmp_path / "s").exists()

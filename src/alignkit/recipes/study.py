@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 
 from alignkit.config import StudyConfig, save_config
+from alignkit.errors import DataError, UserError
 from alignkit.evaluation.overoptimisation import (PROXIES, average_curves, best_of_n_curve,
                                                   combined_proxy, default_ns, fit_curve,
                                                   forecast_lead, pairwise_gold_accuracy,
                                                   peak_and_fall, rl_points)
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
+from alignkit.utils.files import write_jsonl_atomic
 from alignkit.utils.logs import StageClock, log
 
 SINGLE_AVERAGE = "single-avg"  # best-of-n only: every member alone, curves averaged
@@ -74,9 +76,9 @@ def label_at_noise(cfg: StudyConfig, items: list[dict], scorer, rate: float,
     return write_labels(records, path, panel)
 
 
-def best_of_n_samples(cfg: StudyConfig, policy, tokenizer, scorer, device: str) -> dict:
-    """--bon-n answers to each of --bon-prompts held-out prompts and their gold scores (also
-    written to <output>/bon_samples.jsonl)."""
+def best_of_n_samples(cfg: StudyConfig, policy, tokenizer, scorer, device: str) -> list[dict]:
+    """--bon-n answers to each of --bon-prompts held-out prompts and their gold scores, one
+    row per prompt (``prompt``, ``responses``, ``ended``, ``gold``)."""
     from alignkit.data.prompts import load_prompts
     from alignkit.evaluation.best_of_n import sample_candidates
     from alignkit.generation.sampler import SamplingConfig
@@ -88,18 +90,60 @@ def best_of_n_samples(cfg: StudyConfig, policy, tokenizer, scorer, device: str) 
     every = sample_candidates(policy, tokenizer, prompts, cfg.bon_n,
                               SamplingConfig(cfg.max_new_tokens, 1.0), cfg.seed + 1, device,
                               cfg.precision)
-    texts = [t for t in prompts.texts for _ in range(cfg.bon_n)]
-    answers = [a for answers, _, _ in every for a in answers]
-    ended = [e for _, _, flags in every for e in flags]
-    gold = scorer.score(texts, answers, [c for c in prompts.categories for _ in range(cfg.bon_n)],
-                        ended)
-    with (Path(cfg.output) / "bon_samples.jsonl").open("w", encoding="utf-8") as fh:
-        for i, text in enumerate(prompts.texts):  # the samples, for any later analysis
-            at = slice(i * cfg.bon_n, (i + 1) * cfg.bon_n)
-            fh.write(json.dumps({"prompt": text, "responses": answers[at], "ended": ended[at],
-                                 "gold": gold[at]}) + "\n")
-    return {"texts": texts, "answers": answers,
-            "gold": torch.tensor(gold, dtype=torch.float64).view(count, cfg.bon_n)}
+    rows = []
+    for text, category, (answers, _, ended) in zip(prompts.texts, prompts.categories, every):
+        gold = scorer.score([text] * cfg.bon_n, answers, [category] * cfg.bon_n, ended)
+        rows.append({"prompt": text, "responses": answers, "ended": ended, "gold": gold})
+    return rows
+
+
+def reused_bon_samples(cfg: StudyConfig) -> list[dict] | None:
+    """--bon-samples: an earlier study's rows, cut to the first --bon-prompts prompts and the
+    first --bon-n answers of each; every malformed line named by file, line and field."""
+    import math
+
+    from alignkit.data.readers import read_records
+
+    if not cfg.bon_samples or cfg.bon_n == 0:
+        return None
+    records = read_records(cfg.bon_samples)
+    problems, rows = [], []
+    for record in records[:cfg.bon_prompts]:
+        row = record.fields
+        responses, gold = row.get("responses"), row.get("gold")
+        ended = row.get("ended", [True] * len(responses or []))
+        if not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            problems.append(f"{record.where}: field 'prompt': a non-empty string is required")
+        elif not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            problems.append(f"{record.where}: field 'responses': a list of strings is required")
+        elif len(responses) < cfg.bon_n:
+            problems.append(f"{record.where}: field 'responses': {len(responses)} answers, fewer "
+                            f"than --bon-n {cfg.bon_n}")
+        elif not isinstance(gold, list) or len(gold) != len(responses) or not all(
+                isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g)
+                for g in gold):
+            problems.append(f"{record.where}: field 'gold': one finite number per answer is "
+                            f"required")
+        elif not isinstance(ended, list) or len(ended) != len(responses):
+            problems.append(f"{record.where}: field 'ended': one true/false per answer is "
+                            f"required")
+        else:
+            rows.append({"prompt": row["prompt"], "responses": responses[:cfg.bon_n],
+                         "ended": ended[:cfg.bon_n], "gold": gold[:cfg.bon_n]})
+    if problems:
+        raise DataError(problems)
+    if len(records) < cfg.bon_prompts:
+        raise UserError(f"--bon-samples {cfg.bon_samples}: {len(records)} prompts, fewer than "
+                        f"--bon-prompts {cfg.bon_prompts}")
+    return rows
+
+
+def bon_sample_tensors(rows: list[dict]) -> dict:
+    """The study's view of best-of-n rows: every (prompt, answer) pair flattened prompt-major,
+    and gold as a [prompts, n] float64 tensor."""
+    return {"texts": [row["prompt"] for row in rows for _ in row["responses"]],
+            "answers": [a for row in rows for a in row["responses"]],
+            "gold": torch.tensor([row["gold"] for row in rows], dtype=torch.float64)}
 
 
 def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device: str) -> dict:
@@ -215,6 +259,7 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     cfg.validate()
     given, cfg = cfg, cfg.shortened() if cfg.quick else cfg
     root = Path(cfg.output)
+    bon_rows = reused_bon_samples(cfg)
 
     # 2. The starting policy: --policy, or the demo's stage 1 (LoRA SFT) into <output>/sft.
     policy_path = cfg.policy
@@ -238,11 +283,16 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     items = sample_candidates_for_labels(cfg, policy, tokenizer)
     clock.lap("candidates")
     samples = None
-    if cfg.bon_n > 0:
+    if bon_rows is None and cfg.bon_n > 0:
         log.info("study: sampling %d answers to each of %d held-out prompts", cfg.bon_n,
                  cfg.bon_prompts)
-        samples = best_of_n_samples(cfg, policy, tokenizer, scorer, device)
+        bon_rows = best_of_n_samples(cfg, policy, tokenizer, scorer, device)
         clock.lap("bon-samples")
+    if bon_rows is not None:  # the samples beside the study's numbers, for any later analysis
+        target = root / "bon_samples.jsonl"
+        if not (cfg.bon_samples and target.exists() and target.samefile(cfg.bon_samples)):
+            write_jsonl_atomic(bon_rows, target)
+        samples = bon_sample_tensors(bon_rows)
     del policy
 
     # 4. Each noise level: the panel's rankings, the ensemble learned from them, best-of-n
@@ -250,6 +300,7 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     levels = {}
     summary = {"policy": policy_path, "uwo_lambda": cfg.uwo_lambda, "bon_n": cfg.bon_n,
                "bon_prompts": cfg.bon_prompts if samples is not None else 0,
+               "bon_samples_from": cfg.bon_samples if samples is not None else None,
                "kl_coefs": cfg.coefficients(), "proxies": cfg.proxy_names(), "levels": levels,
                "complete": False}
     for rate in cfg.levels():
