@@ -38,6 +38,12 @@ shipped``): refusal and over-refusal against DPO step, plotted in ``<results>_cu
 The start policy and the DPO policy then answer the whole suite again, with another seed, beside
 held-out gold (``alignkit eval --adversarial shipped``).
 
+Borderline demonstrations (``--refuser-data``): the refuser also learns extra SFT
+demonstrations, read whole after the demo's. ``bench/data/refusal_borderline_sft.jsonl`` (written
+for this bench, disjoint from the suite, the contrast prompts and the demo's prompts) holds 60
+benign requests with alarming words answered helpfully and 24 harmful requests in jailbreak
+wrappers refused, as Llama 2 added borderline prompts to its safety data against false refusals.
+
     python bench/refusal_training.py --sft runs/demo/sft/final      # ~55 min on 2 cores
     python bench/refusal_training.py --sft runs/demo/sft/final --arms dpo   # ~40 min
     python bench/refusal_training.py --sft runs/demo/sft/final --quick   # harness check
@@ -232,6 +238,10 @@ def main(argv=None) -> int:
                    help="a policy that refuses more, whose answers join the candidates "
                         "(default: train one, the demo's SFT for --refuser-steps)")
     p.add_argument("--refuser-steps", type=int, default=180)
+    p.add_argument("--refuser-data", default=None,
+                   help="extra SFT demonstrations the trained refuser also learns, read whole "
+                        "after the demo's (e.g. bench/data/refusal_borderline_sft.jsonl: benign "
+                        "requests with alarming words answered, wrapped harmful ones refused)")
     p.add_argument("--contrast", default=str(CONTRAST),
                    help="extra training prompts that teach where refusal belongs: benign "
                         "requests with alarming words (category helpful) and harmful requests "
@@ -313,7 +323,9 @@ def main(argv=None) -> int:
         from alignkit.config import DemoConfig
 
         demo = DemoConfig(seed=args.seed, progress=False)
+        sft_data = demo.sft.data + (f",{args.refuser_data}" if args.refuser_data else "")
         run(dataclasses.replace(demo.sft, model=demo.model, output=str(work / "refuser"),
+                                data=sft_data,
                                 max_steps=4 if quick else args.refuser_steps, save_every=0,
                                 eval_every=0, seed=args.seed, progress=False, overwrite=True))
         refuser = str(work / "refuser" / "final")
