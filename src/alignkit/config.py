@@ -1588,6 +1588,9 @@ class StudyConfig(Config):
         self.coefficients()
         self.ppo_levels()
         self.proxy_names()
+        if self.bon_samples and self.bon_n == 0:
+            raise UserError("--bon-samples with --bon-n 0: there is no best-of-n to read them; "
+                            "give --bon-n, or drop --bon-samples")
         if self.reward.ensemble < 2 and any(p != "single" for p in self.proxy_names()):
             raise UserError("--reward.ensemble 1 has no ensemble to combine: raise it, or "
                             "--proxies single")

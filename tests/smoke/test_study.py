@@ -124,6 +124,7 @@ def test_the_report_shows_the_study(study):
                                    "--label-noise '0,0.25'"),
     (["--kl-coefs", "0.1,x"], "--kl-coefs '0.1,x': give numbers separated by commas"),
     (["--reward.ensemble", "1"], "--reward.ensemble 1 has no ensemble to combine"),
+    (["--bon-samples", "x.jsonl", "--bon-n", "0"], "--bon-samples with --bon-n 0"),
 ])
 def test_bad_flags_are_one_line(flags, message, tmp_path):
     proc = run_cli("study", "overoptimisation", "--output", str(tmp_path / "s"), *flags)

@@ -104,7 +104,7 @@ def reused_bon_samples(cfg: StudyConfig) -> list[dict] | None:
 
     from alignkit.data.readers import read_records
 
-    if not cfg.bon_samples or cfg.bon_n == 0:
+    if not cfg.bon_samples:
         return None
     records = read_records(cfg.bon_samples)
     problems, rows = [], []
