@@ -63,7 +63,16 @@ class Page:
         return self.wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)))
 
     def task_id(self):
-        """The shown task's id (None: queue empty; "loading": the page is being replaced)."""
+        """The shown task's id (None: queue empty), once the page has settled: a read can land
+        while the page is still being replaced (after ``get`` or a submit), which is not an
+        answer yet."""
+        read = []
+        self.wait.until(lambda d: read.append(self.task_id_now()) or read[-1] != "loading")
+        return read[-1]
+
+    def task_id_now(self):
+        """The shown task's id as read now (None: queue empty; "loading": the page is being
+        replaced)."""
         from selenium.common.exceptions import WebDriverException
 
         try:
@@ -75,7 +84,7 @@ class Page:
             return "loading"
 
     def wait_task_change(self, old) -> None:
-        self.wait.until(lambda d: self.task_id() not in (old, "loading"))
+        self.wait.until(lambda d: self.task_id_now() not in (old, "loading"))
 
     def keys(self, *keys: str) -> None:
         from selenium.webdriver.common.action_chains import ActionChains
