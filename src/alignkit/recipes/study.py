@@ -32,7 +32,7 @@ from alignkit.evaluation.overoptimisation import (PROXIES, average_curves, best_
                                                   peak_and_fall, rl_points)
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
-from alignkit.utils.files import write_jsonl_atomic
+from alignkit.utils.files import write_jsonl_atomic, write_text_atomic
 from alignkit.utils.logs import StageClock, log
 
 SINGLE_AVERAGE = "single-avg"  # best-of-n only: every member alone, curves averaged
@@ -210,9 +210,7 @@ def ppo_study(cfg: StudyConfig, policy: str, rate: float, reward_final: Path,
 
 def write_summary(root: Path, summary: dict) -> None:
     """``study.json``, replaced atomically (``complete``: false while parts are still to come)."""
-    tmp = root / "study.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(root / "study.json")
+    write_text_atomic(root / "study.json", json.dumps(summary, indent=1))
 
 
 def print_level(rate: float, level: dict) -> None:
