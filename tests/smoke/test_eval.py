@@ -144,6 +144,45 @@ def test_eval_outputs_win_rates_kl_and_suite(tiny_setup):
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
 
 
+def test_several_answers_a_suite_prompt_are_pooled_and_their_error_is_over_prompts(tiny_setup):
+    """--adversarial-answers 2: each suite prompt answered twice, independently; every answer is
+    a line of adversarial_samples.jsonl (``answer`` 0 and 1), and the rates and their standard
+    errors are what those lines give, each prompt's two verdicts one share."""
+    import math
+
+    out = tiny_setup["root"] / "twice"
+    args = eval_args(tiny_setup, out)
+    args[args.index("--policies") + 1] = f"base={tiny_setup['base']},other={tiny_setup['other']}"
+    proc = run_cli(*args, "--adversarial-answers", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{4 * PER_CATEGORY} adversarial prompts x 2 answers" in proc.stdout
+    result = json.loads((out / "eval.json").read_text())
+    assert result["adversarial_answers"] == 2
+    lines = [json.loads(ln) for ln in (out / "adversarial_samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 4 * PER_CATEGORY
+    assert [ln["answer"] for ln in lines[:4]] == [0, 1, 0, 1]
+    assert lines[0]["prompt"] == lines[1]["prompt"] != lines[2]["prompt"]
+    for name in ("base", "other"):
+        adv = result["policies"][name]["adversarial"]
+        assert adv["answers_per_prompt"] == 2
+        assert {c: (v["prompts"], v["n"]) for c, v in adv["per_category"].items()} == {
+            c: (PER_CATEGORY, 2 * PER_CATEGORY)
+            for c in ("harmful", "jailbreak", "benign", "uncertain")}
+        texts = [ln["responses"][name]["text"] for ln in lines]
+        assert texts[0::2] != texts[1::2]  # the two answers are sampled, not copied
+        for expect, key in (("refuse", "refusal_rate"), ("comply", "over_refusal_rate")):
+            shares = [(a["responses"][name]["refused"] + b["responses"][name]["refused"]) / 2
+                      for a, b in zip(lines[0::2], lines[1::2]) if a["expect"] == expect]
+            mean = sum(shares) / len(shares)
+            assert adv[key] == pytest.approx(mean)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in shares) / (len(shares) - 1))
+            assert adv[f"{key}_se"] == pytest.approx(sd / math.sqrt(len(shares)))
+    with (out / "eval.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert float(table[1]["refusal_rate_se"]) == pytest.approx(
+        result["policies"]["other"]["adversarial"]["refusal_rate_se"])
+
+
 def test_any_judge_spec_reward_model(tiny_setup):
     """--judge takes the judges.spec specs: a reward-model judge here, asked in both orders."""
     out = tiny_setup["root"] / "reward-judge"

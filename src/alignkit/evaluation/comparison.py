@@ -19,9 +19,9 @@ from alignkit.utils.files import write_text_atomic
 CSV_COLUMNS = ["policy", "gold", "gold_se", "proxy", "proxy_mean", "proxy_std", "kl",
                "response_length", "ended_fraction", "win_rate", "win_rate_low", "win_rate_high",
                "wins", "ties", "losses", "refusal_rate", "over_refusal_rate", "uncertainty_rate",
-               "as_expected_rate"]
+               "as_expected_rate", "refusal_rate_se", "over_refusal_rate_se"]
 ADVERSARIAL_COLUMNS = ("refusal_rate", "over_refusal_rate", "uncertainty_rate",
-                       "as_expected_rate")
+                       "as_expected_rate", "refusal_rate_se", "over_refusal_rate_se")
 OUTPUTS = ("eval.json", "eval.csv", "samples.jsonl", "adversarial_samples.jsonl")
 
 
@@ -38,18 +38,20 @@ def tokenise(texts: list, tokenizer, chat: str, max_prompt_length: int) -> list[
 
 
 def answer_suite(model, tokenizer, suite: list, ids: list[list[int]], sampling,
-                 **common) -> tuple[list[str], dict, float]:
-    """One answer of ``model`` to each suite prompt (``ids``: the prompts tokenised, as
-    ``tokenise`` does; ``common``: ``measure_policy``'s seed, device, precision, sampling batch,
-    world, engine), scored by ``score_suite``. Returns (answers, scores, mean answer length)."""
+                 answers_per_prompt: int = 1, **common) -> tuple[list[str], dict, float]:
+    """``answers_per_prompt`` answers of ``model`` to each suite prompt, sampled in one pass over
+    the suite repeated (``ids``: the prompts tokenised, as ``tokenise`` does; ``common``:
+    ``measure_policy``'s seed, device, precision, sampling batch, world, engine), scored by
+    ``score_suite``. Returns (answers pass after pass, scores, mean answer length)."""
     from alignkit.evaluation.adversarial import score_suite
     from alignkit.evaluation.policy import measure_policy
 
-    texts = [s.prompt for s in suite]
-    row = measure_policy(model, tokenizer, texts, ids, [None] * len(texts), None, None, None,
-                         sampling, samples=len(texts), **common)
+    texts = [s.prompt for s in suite] * answers_per_prompt
+    row = measure_policy(model, tokenizer, texts, ids * answers_per_prompt, [None] * len(texts),
+                         None, None, None, sampling, samples=len(texts), **common)
     answers = [s["response"] for s in row["samples"]]
-    return answers, score_suite(suite, answers), row["response_length"]
+    return (answers, score_suite(suite, answers, answers_per_prompt),
+            row["response_length"])
 
 
 def suite_for_training(cfg, tokenizer, max_prompt_length: int) -> tuple[list, list[list[int]]]:
@@ -139,7 +141,7 @@ def measure_one(model, tokenizer, cfg: EvalConfig, reference_logprobs, reward_fn
     if suite:
         ids = tokenise([s.prompt for s in suite], tokenizer, cfg.chat, cfg.max_prompt_length)
         out.suite_answers, scored, length = answer_suite(model, tokenizer, suite, ids, sampling,
-                                                         **common)
+                                                         cfg.adversarial_answers, **common)
         out.suite_verdicts = scored.pop("verdicts")
         row["adversarial"] = {**scored, "response_length": length}
     return out
@@ -165,7 +167,8 @@ def comparison_result(cfg: EvalConfig, baseline: str, reference: str, measured: 
     return {
         "baseline": baseline, "reference": reference, "judge": cfg.judge,
         "prompts": len(prompts.ids), "prompts_file": cfg.prompts, "suite": cfg.adversarial,
-        "suite_prompts": len(suite), "seed": cfg.seed,
+        "suite_prompts": len(suite), "adversarial_answers": cfg.adversarial_answers,
+        "seed": cfg.seed,
         "judge_position_bias": position_bias,
         "method": {
             "win_rate": "policy vs baseline per prompt, the judge asked in both orders "
@@ -174,8 +177,10 @@ def comparison_result(cfg: EvalConfig, baseline: str, reference: str, measured: 
                         f"{cfg.confidence:.0%} coverage, numpy default_rng({cfg.seed}), "
                         "inverted-CDF quantiles",
             "kl": "k1 estimate on the policy's own samples, nats per response",
-            "adversarial": "regex detectors of refusal and expressed uncertainty "
-                           "(alignkit.evaluation.adversarial)"},
+            "adversarial": "the refusal detector and the uncertainty patterns "
+                           "(alignkit.evaluation.adversarial) on each answer; a rate pools a "
+                           "category's answers, its standard error is over prompts (each "
+                           "prompt's share of its answers)"},
         "policies": {name: m.row for name, m in measured.items()},
     }
 
@@ -197,11 +202,17 @@ def write_outputs(output: Path, result: dict, measured: dict, suite: list) -> No
         json.dumps({"prompt": t, "category": c,
                     "responses": {n: m.answers[i] for n, m in measured.items()}}) + "\n"
         for i, (t, c) in enumerate(zip(prompts.texts, prompts.categories))))
+    # one line per answer: prompt by prompt, each prompt's answers in order (``answer``, from 0,
+    # written when there are several)
+    several = result.get("adversarial_answers", 1) > 1
     write_text_atomic(output / "adversarial_samples.jsonl", "".join(
         json.dumps({"prompt": s.prompt, "category": s.category, "expect": s.expect,
-                    "responses": {n: {"text": m.suite_answers[i], **m.suite_verdicts[i]}
+                    **({"answer": j} if several else {}),
+                    "responses": {n: {"text": m.suite_answers[at], **m.suite_verdicts[at]}
                                   for n, m in measured.items()}}) + "\n"
-        for i, s in enumerate(suite)))
+        for i, s in enumerate(suite)
+        for j, at in enumerate(range(i, len(next(iter(measured.values())).suite_answers),
+                                     len(suite)))))
 
 
 def format_table(result: dict) -> str:
@@ -211,9 +222,16 @@ def format_table(result: dict) -> str:
         width = "".join(ch for ch in fmt.split(".")[0] if ch.isdigit())
         return "-".rjust(int(width or 0))
 
+    def rate(adv: dict, key: str) -> str:
+        """A suite rate with its standard error over prompts, in points: 66% ±5."""
+        value, se = adv.get(key), adv.get(f"{key}_se")
+        if not isinstance(value, (int, float)):
+            return "-"
+        return f"{value:.0%}" + (f" ±{se * 100:.0f}" if isinstance(se, (int, float)) else "")
+
     base = result["baseline"]
     lines = [f"{'policy':<12} {'gold':>7} {'proxy':>7} {'rm std':>7} {'KL':>7} {'length':>7} "
-             f"{'win vs ' + base:>22} {'refuse':>7} {'over-ref':>8} {'uncert':>7}"]
+             f"{'win vs ' + base:>22} {'refuse':>10} {'over-ref':>10} {'uncert':>7}"]
     for name, row in result["policies"].items():
         adv = row.get("adversarial", {})
         win = (f"{num(row.get('win_rate'), '.3f')} [{num(row.get('win_rate_low'), '.2f')}, "
@@ -221,7 +239,6 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:<12} {num(row.get('gold'), '7.3f')} {num(row.get('proxy'), '7.3f')} "
                      f"{num(row.get('proxy_std'), '7.3f')} {num(row.get('kl'), '7.2f')} "
                      f"{num(row.get('response_length'), '7.1f')} {win:>22} "
-                     f"{num(adv.get('refusal_rate'), '7.0%')} "
-                     f"{num(adv.get('over_refusal_rate'), '8.0%')} "
+                     f"{rate(adv, 'refusal_rate'):>10} {rate(adv, 'over_refusal_rate'):>10} "
                      f"{num(adv.get('uncertainty_rate'), '7.0%')}")
     return "\n".join(lines)

@@ -151,7 +151,8 @@ def main(cfg: EvalConfig) -> dict:
     save_config(cfg, output)
     write_outputs(output, result, measured, suite)
     print(f"\nalignkit eval: {len(policies)} policies on {len(prompts.ids)} held-out prompts and "
-          f"{len(suite)} adversarial prompts (judge: {cfg.judge}, baseline: {baseline}, "
+          f"{len(suite)} adversarial prompts"
+          f"{f' x {cfg.adversarial_answers} answers' if cfg.adversarial_answers > 1 else ''} (judge: {cfg.judge}, baseline: {baseline}, "
           f"KL to {reference_dir})\n{table}\nwrote {output / 'eval.json'}, "
           f"{output / 'eval.csv'}  ({time.time() - started:.0f}s)")
     return {"result": result, "output": output, "table": table}
