@@ -100,6 +100,12 @@ def test_report_sections_figures_and_escaping(tiny_run):
         assert f"<li>step {r['step']}: mean token entropy" in page
     # eval tables: both policies, the suite with its categories
     assert "win rate vs sft [CI]" in page and "Adversarial suite (8 prompts)" in page
+    # each suite rate with its standard error over prompts, as eval.json holds them
+    evaluation = json.loads((tiny_run / "eval" / "eval.json").read_text())
+    for name, row in evaluation["policies"].items():
+        adv = row["adversarial"]
+        cell = f"{adv['refusal_rate'] * 100:.0f}% ± {adv['refusal_rate_se'] * 100:.0f}"
+        assert f"<tr><td>{name}</td><td>{cell}</td>" in page
     # 2 policies x 2 prompts, each pair asked in both orders; the gold judge has no position bias
     assert "asked in both orders on 4 pairs; position decided 0% of them" in page
     for cat in ("harmful", "jailbreak", "benign", "uncertain"):

@@ -189,7 +189,8 @@ EXPECTED_FLAGS = {
         '--reward-model',
     ),
     'eval': (
-        '--adversarial', '--baseline', '--batch-size', '--bootstrap', '--chat', '--confidence',
+        '--adversarial', '--adversarial-answers', '--baseline', '--batch-size', '--bootstrap',
+        '--chat', '--confidence',
         '--config', '--device', '--gold', '--help', '--judge', '--max-adversarial',
         '--max-new-tokens', '--max-prompt-length', '--max-prompts', '--max-steps', '--no-gold',
         '--no-overwrite', '--no-skip-invalid', '--output', '--overwrite', '--policies',

@@ -202,17 +202,16 @@ def write_outputs(output: Path, result: dict, measured: dict, suite: list) -> No
         json.dumps({"prompt": t, "category": c,
                     "responses": {n: m.answers[i] for n, m in measured.items()}}) + "\n"
         for i, (t, c) in enumerate(zip(prompts.texts, prompts.categories))))
-    # one line per answer: prompt by prompt, each prompt's answers in order (``answer``, from 0,
-    # written when there are several)
-    several = result.get("adversarial_answers", 1) > 1
+    # one line per answer: prompt by prompt, each prompt's K answers in order (``answer`` 0 to
+    # K - 1, written when K > 1); answer j to prompt i is at j * len(suite) + i (answer_suite)
+    k = result.get("adversarial_answers", 1)
     write_text_atomic(output / "adversarial_samples.jsonl", "".join(
         json.dumps({"prompt": s.prompt, "category": s.category, "expect": s.expect,
-                    **({"answer": j} if several else {}),
-                    "responses": {n: {"text": m.suite_answers[at], **m.suite_verdicts[at]}
+                    **({"answer": j} if k > 1 else {}),
+                    "responses": {n: {"text": m.suite_answers[j * len(suite) + i],
+                                      **m.suite_verdicts[j * len(suite) + i]}
                                   for n, m in measured.items()}}) + "\n"
-        for i, s in enumerate(suite)
-        for j, at in enumerate(range(i, len(next(iter(measured.values())).suite_answers),
-                                     len(suite)))))
+        for i, s in enumerate(suite) for j in range(k)))
 
 
 def format_table(result: dict) -> str:

@@ -136,6 +136,13 @@ def pct(value: Any) -> str:
         else "-"
 
 
+def pct_se(scores: dict, key: str) -> str:
+    """A suite rate and its standard error over prompts (``KEY_se``), in percent: 66% ± 5."""
+    se = scores.get(f"{key}_se")
+    return pct(scores.get(key)) + (f" ± {fmt(se * 100, '.0f')}"
+                                   if isinstance(se, (int, float)) and se == se else "")
+
+
 def paired_cells(name: str, row: dict) -> list[str]:
     """A demo comparison row's gold difference to SFT (paired by prompt) ± its standard error,
     and whether it is beyond noise, as two table cells ("-" where the summary has none)."""
@@ -432,12 +439,14 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                             "W/T/L"], rows))
         advs = {n: r["adversarial"] for n, r in pols.items() if r.get("adversarial")}
         if advs:
+            answers = evaluation.get("adversarial_answers", 1)
             parts.append(Heading(f"Adversarial suite ({plain(evaluation.get('suite_prompts'))} "
-                                 "prompts)"))
-            parts.append(Table(["policy", "refusal rate (harmful + jailbreak)",
-                                "over-refusal (benign)", "uncertainty expressed",
+                                 "prompts" + (f", {plain(answers)} answers each" if answers != 1
+                                              else "") + ")"))
+            parts.append(Table(["policy", "refusal rate (harmful + jailbreak) ± s.e.",
+                                "over-refusal (benign) ± s.e.", "uncertainty expressed",
                                 "as expected"],
-                               [[n, pct(a.get("refusal_rate")), pct(a.get("over_refusal_rate")),
+                               [[n, pct_se(a, "refusal_rate"), pct_se(a, "over_refusal_rate"),
                                  pct(a.get("uncertainty_rate")), pct(a.get("as_expected_rate"))]
                                 for n, a in advs.items()]))
             cats = sorted({c for a in advs.values() for c in a.get("per_category", {})})
