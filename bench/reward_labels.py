@@ -12,6 +12,7 @@ held-out prompts against
 
     python bench/reward_labels.py runs/demo
     python bench/reward_labels.py runs/q11 --labels 2,4,8 --json reward_labels.json
+    python bench/reward_labels.py runs/demo --labels 5 --steps 40,120   # training steps too
 
 The rankings of one prompt share one forward pass (identical responses are merged into one
 group), so the label count costs the ensemble no compute. Run it alone: a second torch job on
@@ -97,6 +98,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="the demo's seed (its held-out split; default: its reward config's)")
     p.add_argument("--labels", default="2,5,8", help="rankings per prompt to compare")
+    p.add_argument("--steps", default="",
+                   help="reward training steps to compare (comma list; default: the config's)")
     p.add_argument("--eval-labels", type=int, default=8,
                    help="rankings per prompt of the independent label set")
     p.add_argument("--gold-scale", type=float, default=2.0, help="the demo's --label.gold-scale")
@@ -126,28 +129,34 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         heldout_file = write_jsonl_atomic(eval_labels, Path(tmp) / "heldout.jsonl")
-        for times in [int(x) for x in args.labels.split(",")]:
+        steps_list = [int(x) for x in args.steps.split(",")] if args.steps else [None]
+        for times, steps in itertools.product([int(x) for x in args.labels.split(",")],
+                                              steps_list):
             data = write_jsonl_atomic(only(rank(items, times, args.seed, args.gold_scale), train),
                                       Path(tmp) / f"prefs_{times}.jsonl")
-            output = Path(tmp) / f"reward_{times}"
+            output = Path(tmp) / f"reward_{times}_{steps}"
             started = time.time()
             subprocess.run([sys.executable, "-m", "alignkit", "reward", "--config",
                             str(reward_config), "--data", str(data), "--eval-data",
-                            str(heldout_file), "--output", str(output), "--no-progress"],
+                            str(heldout_file), "--output", str(output), "--no-progress",
+                            *(["--max-steps", str(steps)] if steps else [])],
                            check=True, stdout=subprocess.DEVNULL)
             seconds = time.time() - started
             heldout = [r for r in map(json.loads, (output / "metrics.jsonl").read_text()
                                       .splitlines()) if r.get("split") == "eval"][-1]
             gold, gold_pairs = gold_order_accuracy(
                 output / "final", [i for i in items if json.dumps(i["prompt"]) in held])
-            rows[times] = row = {
+            steps = steps or resolved["max_steps"]
+            rows[times if not args.steps else f"{times}x{steps}"] = row = {
+                "rankings_per_prompt": times, "steps": steps,
                 "label_accuracy": heldout["accuracy"], "label_pairs": int(heldout["pairs"]),
                 "share_of_ceiling": heldout["accuracy"] / ceiling,
                 "gold_order_accuracy": gold, "gold_pairs": gold_pairs,
                 "seconds": round(seconds, 1)}
-            print(f"{times} rankings a prompt: accuracy {row['label_accuracy']:.4f} "
-                  f"({row['share_of_ceiling']:.1%} of the ceiling, {row['label_pairs']} pairs), "
-                  f"gold order {gold:.4f} ({gold_pairs} pairs), {seconds:.0f} s", flush=True)
+            print(f"{times} rankings a prompt, {steps} steps: accuracy "
+                  f"{row['label_accuracy']:.4f} ({row['share_of_ceiling']:.1%} of the ceiling, "
+                  f"{row['label_pairs']} pairs), gold order {gold:.4f} ({gold_pairs} pairs), "
+                  f"{seconds:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"demo": str(demo), "seed": args.seed, "reward_config": str(reward_config),

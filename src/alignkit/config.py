@@ -1292,6 +1292,12 @@ class DemoConfig(RolloutArgs):
            "--continue-rounds), but fewer steps cost the last round its "
            "gain: with 8 of 16 the round-2 policy gained +0.10 gold over SFT, with 16 +0.32.",
         ge=0)
+    later_rounds_reward_steps: int = opt(
+        40, "Training steps of every round's reward ensemble but the first (0: "
+            "reward.max-steps). The first ensemble learns from the SFT answers' rankings with "
+            "reward.max-steps (120: about one pass over them); the later ones keep 40, which "
+            "holds the demo's time.",
+        ge=0)
     continue_rounds: bool = opt(
         True, "Each round's PPO after the first goes on training the LoRA adapters of the "
               "round before (--ppo.lora-init; the KL is still to SFT) against the ensemble that "
@@ -1321,12 +1327,15 @@ class DemoConfig(RolloutArgs):
                           "to training prompts, ranked by the simulated panel"})
     reward: RewardConfig = field(
         default_factory=functools.partial(
-            RewardConfig, model="minilm", ensemble=3, max_steps=40, lr=2e-4, warmup_steps=2,
+            RewardConfig, model="minilm", ensemble=3, max_steps=120, lr=2e-4, warmup_steps=2,
             eval_fraction=0.2, eval_every=0, save_every=0),
         metadata={"help": "stage 2, the MiniLM reward ensemble learned from the rankings (lr "
                           "2e-4: on three demos' rankings its held-out accuracy rose 1.2-1.6 "
-                          "points over 1e-4, to 90.6-92.4% of the ceiling; 3e-4 or 80 steps at "
-                          "1e-4 gained less)"})
+                          "points over 1e-4; 3e-4 or 80 steps at 1e-4 gained less. 120 steps, "
+                          "about one pass over 254 prompts' rankings, over 40: 0.5-2 points of "
+                          "accuracy against independent labels and 2-3 points of agreement with "
+                          "the gold order, on two demos' rankings; later rounds: "
+                          "--later-rounds-reward-steps)"})
     ppo: PPOConfig = field(
         default_factory=functools.partial(
             PPOConfig, lora=True, lr=5e-4, batch_size=4, samples_per_prompt=4,
@@ -1384,6 +1393,7 @@ class DemoConfig(RolloutArgs):
             label=replace(self.label, prompts=min(self.label.prompts, 10)),
             relabel=replace(self.relabel, prompts=min(self.relabel.prompts, 10)),
             reward=replace(self.reward, max_steps=min(self.reward.max_steps, 4)),
+            later_rounds_reward_steps=min(self.later_rounds_reward_steps, 4),
             ppo=replace(self.ppo, max_steps=min(self.ppo.max_steps, 2),
                         batch_size=min(self.ppo.batch_size, 4)),
             dpo=replace(self.dpo, max_steps=min(self.dpo.max_steps, 2)))
@@ -1391,6 +1401,13 @@ class DemoConfig(RolloutArgs):
     def ppo_rounds(self) -> int:
         """Rounds of reward learning and PPO that run (one when PPO is left out)."""
         return 1 if self.skip_ppo else self.rounds
+
+    def reward_steps(self, k: int) -> int:
+        """Training steps of round ``k``'s reward ensemble: ``reward.max_steps`` in the first
+        round, else ``later_rounds_reward_steps`` (when set)."""
+        if k == 1 or not self.later_rounds_reward_steps:
+            return self.reward.max_steps
+        return self.later_rounds_reward_steps
 
     def ppo_steps(self, k: int) -> int:
         """PPO steps of round ``k``: ``ppo.max_steps`` in the last round, else
@@ -1449,7 +1466,8 @@ class DemoConfig(RolloutArgs):
             ppo_dir = root / self.round_folder("ppo", k, rounds)
             so_far = ",".join(str(root / self.round_labels(j)) for j in range(1, k + 1))
             configs[reward_dir.name] = replace(self.reward, data=so_far, output=str(reward_dir),
-                                               overwrite=True, **run_wide)
+                                               max_steps=self.reward_steps(k), overwrite=True,
+                                               **run_wide)
             steps = self.ppo_steps(k)
             lora_init = None
             if self.continue_rounds and k > 1:

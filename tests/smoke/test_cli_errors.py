@@ -32,6 +32,7 @@ ZERO_OK = {
     "vllm_max_model_len", "rollout_is_cap", "forecast_margin", "uwo_lambda", "bon_n",
     "eval_adversarial_prompts", "feedback_temperature", "calibration_items",
     "calibration_accuracy", "attention_rate", "earlier_rounds_ppo_steps",
+    "later_rounds_reward_steps",
 }
 # temperature divides PPO's training logits, and greedy samples of one prompt are all the same
 # (no pair for online DPO); the demo's samples are answered before and after training

@@ -489,9 +489,11 @@ FLAT_DEMO_DEFAULTS = {
 # the diverse candidates labelled since, 32 steps gain 4 paired standard errors); PPO samples 4
 # answers to each of 4 prompts a step (below, its RLOO advantage); the panel ranks each prompt's
 # answers 5 times, not 2 (a held-out reading on 2.5x the pairs, at no cost in compute); the
-# ensemble learns at 2e-4 (1.2-1.6 points of held-out accuracy over 1e-4 on three demos)
+# ensemble learns at 2e-4 (1.2-1.6 points of held-out accuracy over 1e-4 on three demos) and,
+# in the first round, for 120 steps (about one pass over its rankings)
 CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size": 4,
-                         "labels_per_prompt": 5, "reward_lr": 2e-4}
+                         "labels_per_prompt": 5, "reward_lr": 2e-4,
+                         "reward_steps": 120}
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
@@ -703,6 +705,23 @@ def test_earlier_rounds_run_fewer_ppo_steps():
                         ).earlier_rounds_ppo_steps == 3
 
 
+def test_later_rounds_learn_their_reward_ensemble_with_fewer_steps():
+    """The first round's ensemble trains reward.max-steps (120 by default), every later one
+    --later-rounds-reward-steps (40; 0: reward.max-steps); --quick caps both at 4."""
+    root = Path("/r")
+    steps = {name: c.max_steps for name, c in DemoConfig(rounds=3).stage_configs(root).items()
+             if name.startswith("reward")}
+    assert steps == {"reward-r1": 120, "reward-r2": 40, "reward": 40}
+    cfg = DemoConfig(rounds=2, later_rounds_reward_steps=0,
+                     reward=dataclasses.replace(DemoConfig().reward, max_steps=7))
+    assert [cfg.reward_steps(k) for k in (1, 2)] == [7, 7]
+    assert DemoConfig(rounds=1).stage_configs(root)["reward"].max_steps == 120
+    quick = DemoConfig().shortened()
+    assert [quick.reward_steps(k) for k in (1, 2)] == [4, 4]
+    assert build_config(DemoConfig, parse("demo", ["--later-rounds-reward-steps", "9"])
+                        ).reward_steps(2) == 9
+
+
 def test_an_old_saved_flat_demo_config_loads(in_tmp):
     """A runs/demo/config.yaml of the flat demo: all 57 options, each mapped to its new place."""
     (in_tmp / "old.yaml").write_text(
@@ -715,7 +734,7 @@ def test_an_old_saved_flat_demo_config_loads(in_tmp):
         dpo=dataclasses.replace(DemoConfig().dpo, max_steps=24),
         ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3, batch_size=8),
         label=dataclasses.replace(DemoConfig().label, labels_per_prompt=2),
-        reward=dataclasses.replace(DemoConfig().reward, lr=1e-4))
+        reward=dataclasses.replace(DemoConfig().reward, lr=1e-4, max_steps=40))
 
 
 def test_every_flat_demo_flag_is_an_alias_of_its_nested_option():
