@@ -1294,9 +1294,9 @@ class DemoConfig(RolloutArgs):
         ge=0)
     later_rounds_reward_steps: int = opt(
         40, "Training steps of every round's reward ensemble but the first (0: "
-            "reward.max-steps). The first ensemble learns from the SFT answers' rankings with "
-            "reward.max-steps (120: about one pass over them); the later ones keep 40, which "
-            "holds the demo's time.",
+            "reward.max-steps; never more than it). The first ensemble learns from the SFT "
+            "answers' rankings with reward.max-steps (120: about one pass over them); the later "
+            "ones keep 40, which holds the demo's time.",
         ge=0)
     continue_rounds: bool = opt(
         True, "Each round's PPO after the first goes on training the LoRA adapters of the "
@@ -1404,10 +1404,14 @@ class DemoConfig(RolloutArgs):
 
     def reward_steps(self, k: int) -> int:
         """Training steps of round ``k``'s reward ensemble: ``reward.max_steps`` in the first
-        round, else ``later_rounds_reward_steps`` (when set)."""
+        round, else ``later_rounds_reward_steps`` (when set; never more than the first round's
+        step count)."""
+        first = self.reward.max_steps
         if k == 1 or not self.later_rounds_reward_steps:
-            return self.reward.max_steps
-        return self.later_rounds_reward_steps
+            return first
+        if first < 0:  # -1: the first round runs --reward.epochs passes
+            return self.later_rounds_reward_steps
+        return min(self.later_rounds_reward_steps, first)
 
     def ppo_steps(self, k: int) -> int:
         """PPO steps of round ``k``: ``ppo.max_steps`` in the last round, else

@@ -707,7 +707,8 @@ def test_earlier_rounds_run_fewer_ppo_steps():
 
 def test_later_rounds_learn_their_reward_ensemble_with_fewer_steps():
     """The first round's ensemble trains reward.max-steps (120 by default), every later one
-    --later-rounds-reward-steps (40; 0: reward.max-steps); --quick caps both at 4."""
+    --later-rounds-reward-steps (40; 0: reward.max-steps; never more than the first round's
+    step count); --quick caps both at 4."""
     root = Path("/r")
     steps = {name: c.max_steps for name, c in DemoConfig(rounds=3).stage_configs(root).items()
              if name.startswith("reward")}
@@ -715,6 +716,10 @@ def test_later_rounds_learn_their_reward_ensemble_with_fewer_steps():
     cfg = DemoConfig(rounds=2, later_rounds_reward_steps=0,
                      reward=dataclasses.replace(DemoConfig().reward, max_steps=7))
     assert [cfg.reward_steps(k) for k in (1, 2)] == [7, 7]
+    few = dataclasses.replace(cfg, later_rounds_reward_steps=40)
+    assert [few.reward_steps(k) for k in (1, 2)] == [7, 7]  # capped at the first round's
+    passes = dataclasses.replace(few, reward=dataclasses.replace(cfg.reward, max_steps=-1))
+    assert [passes.reward_steps(k) for k in (1, 2)] == [-1, 40]  # -1: --reward.epochs
     assert DemoConfig(rounds=1).stage_configs(root)["reward"].max_steps == 120
     quick = DemoConfig().shortened()
     assert [quick.reward_steps(k) for k in (1, 2)] == [4, 4]
