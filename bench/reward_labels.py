@@ -132,8 +132,10 @@ def main() -> None:
         steps_list = [int(x) for x in args.steps.split(",")] if args.steps else [None]
         for times, steps in itertools.product([int(x) for x in args.labels.split(",")],
                                               steps_list):
-            data = write_jsonl_atomic(only(rank(items, times, args.seed, args.gold_scale), train),
-                                      Path(tmp) / f"prefs_{times}.jsonl")
+            data = Path(tmp) / f"prefs_{times}.jsonl"
+            if not data.exists():  # one label set per count, shared by every step count
+                write_jsonl_atomic(only(rank(items, times, args.seed, args.gold_scale), train),
+                                   data)
             output = Path(tmp) / f"reward_{times}_{steps}"
             started = time.time()
             subprocess.run([sys.executable, "-m", "alignkit", "reward", "--config",
