@@ -136,15 +136,21 @@ def test_eval_on_two_ranks_equals_one_process(tiny_model_dir, reward_model, tmp_
 
     other = save_tiny_model(tmp_path / "other", seed=1)
     policies = f"base={tiny_model_dir},other={other}"
+    # two answers a suite prompt: 4 prompts x 2 = 8 answers, shared out over the ranks across
+    # the repeat of the suite, come back in order (answer j to prompt i at j * 4 + i)
     run(EvalConfig(policies=policies, reward_model=str(reward_model), max_prompts=5,
-                   max_adversarial=1, max_new_tokens=8, bootstrap=200, seed=5,
-                   precision="fp32", output=str(tmp_path / "one")))
+                   max_adversarial=1, adversarial_answers=2, max_new_tokens=8, bootstrap=200,
+                   seed=5, precision="fp32", output=str(tmp_path / "one")))
     proc = run_ranks(2, "eval", "--policies", policies, "--reward-model", str(reward_model),
-                     "--max-prompts", "5", "--max-adversarial", "1", "--max-new-tokens", "8",
-                     "--bootstrap", "200", "--seed", "5", "--output", str(tmp_path / "two"))
+                     "--max-prompts", "5", "--max-adversarial", "1", "--adversarial-answers", "2",
+                     "--max-new-tokens", "8", "--bootstrap", "200", "--seed", "5",
+                     "--output", str(tmp_path / "two"))
     one, two = tmp_path / "one", tmp_path / "two"
     for name in ("samples.jsonl", "adversarial_samples.jsonl"):
         assert (two / name).read_text() == (one / name).read_text(), name
+    suite_lines = records(two / "adversarial_samples.jsonl")
+    assert [ln["answer"] for ln in suite_lines] == [0, 1] * 4
+    assert all(a["prompt"] == b["prompt"] for a, b in zip(suite_lines[0::2], suite_lines[1::2]))
     close(json.loads((one / "eval.json").read_text()), json.loads((two / "eval.json").read_text()))
     assert json.loads((two / "eval.json").read_text())["judge_position_bias"]["pairs"] == 10
     assert proc.stdout.count("alignkit eval:") == 1
