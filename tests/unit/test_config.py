@@ -489,11 +489,9 @@ FLAT_DEMO_DEFAULTS = {
 # the diverse candidates labelled since, 32 steps gain 4 paired standard errors); PPO samples 4
 # answers to each of 4 prompts a step (below, its RLOO advantage); the panel ranks each prompt's
 # answers 5 times, not 2 (a held-out reading on 2.5x the pairs, at no cost in compute); the
-# ensemble learns at 2e-4 (1.2-1.6 points of held-out accuracy over 1e-4 on three demos) and,
-# in the first round, for 120 steps (about one pass over its rankings)
+# ensemble learns at 2e-4 (1.2-1.6 points of held-out accuracy over 1e-4 on three demos)
 CHANGED_DEMO_DEFAULTS = {"compare_prompts": 96, "dpo_steps": 32, "ppo_batch_size": 4,
-                         "labels_per_prompt": 5, "reward_lr": 2e-4,
-                         "reward_steps": 120}
+                         "labels_per_prompt": 5, "reward_lr": 2e-4}
 
 
 # SFT options added after the flat demo was replaced (so never among its options)
@@ -706,13 +704,19 @@ def test_earlier_rounds_run_fewer_ppo_steps():
 
 
 def test_later_rounds_learn_their_reward_ensemble_with_fewer_steps():
-    """The first round's ensemble trains reward.max-steps (120 by default), every later one
+    """The first round's ensemble trains reward.max-steps (40 by default), every later one
     --later-rounds-reward-steps (40; 0: reward.max-steps; never more than the first round's
     step count); --quick caps both at 4."""
     root = Path("/r")
-    steps = {name: c.max_steps for name, c in DemoConfig(rounds=3).stage_configs(root).items()
-             if name.startswith("reward")}
-    assert steps == {"reward-r1": 120, "reward-r2": 40, "reward": 40}
+
+    def steps(cfg: DemoConfig) -> dict:
+        return {name: c.max_steps for name, c in cfg.stage_configs(root).items()
+                if name.startswith("reward")}
+
+    assert steps(DemoConfig(rounds=3)) == {"reward-r1": 40, "reward-r2": 40, "reward": 40}
+    longer_first = DemoConfig(rounds=3, reward=dataclasses.replace(DemoConfig().reward,
+                                                                   max_steps=120))
+    assert steps(longer_first) == {"reward-r1": 120, "reward-r2": 40, "reward": 40}
     cfg = DemoConfig(rounds=2, later_rounds_reward_steps=0,
                      reward=dataclasses.replace(DemoConfig().reward, max_steps=7))
     assert [cfg.reward_steps(k) for k in (1, 2)] == [7, 7]
@@ -720,8 +724,8 @@ def test_later_rounds_learn_their_reward_ensemble_with_fewer_steps():
     assert [few.reward_steps(k) for k in (1, 2)] == [7, 7]  # capped at the first round's
     passes = dataclasses.replace(few, reward=dataclasses.replace(cfg.reward, max_steps=-1))
     assert [passes.reward_steps(k) for k in (1, 2)] == [-1, 40]  # -1: --reward.epochs
-    assert DemoConfig(rounds=1).stage_configs(root)["reward"].max_steps == 120
-    quick = DemoConfig().shortened()
+    assert steps(dataclasses.replace(longer_first, rounds=1)) == {"reward": 120}
+    quick = longer_first.shortened()
     assert [quick.reward_steps(k) for k in (1, 2)] == [4, 4]
     assert build_config(DemoConfig, parse("demo", ["--later-rounds-reward-steps", "9"])
                         ).reward_steps(2) == 9
@@ -739,7 +743,7 @@ def test_an_old_saved_flat_demo_config_loads(in_tmp):
         dpo=dataclasses.replace(DemoConfig().dpo, max_steps=24),
         ppo=dataclasses.replace(DemoConfig().ppo, max_steps=3, batch_size=8),
         label=dataclasses.replace(DemoConfig().label, labels_per_prompt=2),
-        reward=dataclasses.replace(DemoConfig().reward, lr=1e-4, max_steps=40))
+        reward=dataclasses.replace(DemoConfig().reward, lr=1e-4))
 
 
 def test_every_flat_demo_flag_is_an_alias_of_its_nested_option():
