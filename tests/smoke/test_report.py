@@ -258,17 +258,24 @@ def test_best_checkpoint_names_the_selected_step_and_its_regret(tmp_path):
 
 def test_demo_stage_times_table_with_shares_and_bad_entries_skipped(tmp_path):
     """demo_summary.json's ``stage_seconds``: minutes and share of the whole run per stage, in
-    the order they ran; a hand-edited entry that is not a number is left out, not a crash."""
+    the order they ran, and the machine they ran on; a hand-edited entry that is not a number is
+    left out, not a crash."""
     from alignkit.evaluation.report import build_report
 
     run = tmp_path / "run"
     run.mkdir()
     run.joinpath("demo_summary.json").write_text(json.dumps(
         {"seconds": 600.0, "stage_seconds": {"sft": 90.0, "labels": "slow", "ppo-r1": 300.0,
-                                             "comparison": 210.0}}))
+                                             "comparison": 210.0},
+         "machine": {"cpu": "Intel Xeon 2.80GHz", "architecture": "x86_64", "physical_cores": 2,
+                     "torch_threads": 2, "vector_units": ["AVX-512", "AVX2"],
+                     "torch": "2.13.0+cpu"}}))
     page = build_report(run).path.read_text()
     assert "Demo: wall-clock time per stage" in page
     rows = re.findall(r"<tr><td>([\w -]+)</td><td>([\d.]+)</td><td>(\d+%)</td></tr>", page)
     assert rows == [("sft", "1.5", "15%"), ("ppo-r1", "5.0", "50%"),
                     ("comparison", "3.5", "35%"), ("whole run", "10.0", "100%")]
     assert "<td>labels</td>" not in page
+    # what the times ran on, under the table
+    assert ("<p>machine: Intel Xeon 2.80GHz (x86_64, 2 cores, AVX-512), 2 torch threads, torch "
+            "2.13.0+cpu</p>") in page

@@ -8,11 +8,13 @@ import json
 import re
 
 import pytest
+import torch
 import yaml
 
 from alignkit.cli import build_parser
 from alignkit.config import DemoConfig, build_config
 from alignkit.evaluation.paired import paired_difference
+from alignkit.utils.machine import machine_line
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.smoke
@@ -85,6 +87,10 @@ def test_demo_writes_the_report_and_prints_its_path(tiny_model_dir, tmp_path):
     assert abs(sum(laps.values()) - summary["seconds"]) < 5.0, (laps, summary["seconds"])
     printed = [line for line in lines if line.startswith("time: ")]
     assert len(printed) == 1 and "relabel-r2 " in printed[0] and "comparison " in printed[0]
+    # and the machine they ran on, printed after them, in the summary and under the table
+    assert summary["machine"]["torch"] == torch.__version__
+    assert lines[lines.index(printed[0]) + 1] == machine_line(summary["machine"])
+    assert f"<p>{machine_line(summary['machine'])}</p>" in page
     assert "Demo: wall-clock time per stage" in page and "<td>ppo-r2</td>" in page
     policies = summary["policies"]
     assert list(policies) == ["base", "sft", "ppo-r1", "ppo", "dpo", "best-of-4"]

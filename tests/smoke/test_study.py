@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from alignkit.utils.machine import machine_line
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.smoke
@@ -68,6 +69,8 @@ def test_every_part_ran(study):
     assert sum(summary["stage_seconds"].values()) <= summary["seconds"] + 1.0
     assert any(line.startswith("time: ") and "ppo-0.25 " in line
                for line in stdout.splitlines())
+    assert summary["machine"]["torch"] == torch.__version__
+    assert machine_line(summary["machine"]) in stdout.splitlines()
     runs = summary["levels"]["0.25"]["ppo"]
     for proxy in ("single", "wco", "uwo"):
         (run,) = runs[proxy]["runs"]

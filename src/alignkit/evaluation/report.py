@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from alignkit.errors import UserError
 from alignkit.evaluation import plots
 from alignkit.evaluation.plots import Plot
+from alignkit.utils.machine import machine_line
 
 if TYPE_CHECKING:
     import jinja2
@@ -494,6 +495,8 @@ def eval_section(page: Page, evaluation: dict | None, eval_path: Path | None,
                             for name, seconds in laps.items()]
                            + [["whole run", fmt(total / 60 if total else None, ".1f"),
                               pct(1.0 if total else None)]]))
+        if isinstance(demo.get("machine"), dict):
+            parts.append(Paragraph(machine_line(demo["machine"])))
     page.add("eval", "Evaluation", parts)
 
 

@@ -35,6 +35,7 @@ from alignkit.models.loading import load_model_and_tokenizer, pick_device, resol
 from alignkit.models.precision import numerics_name
 from alignkit.recipes import dpo, ppo, reward, sft
 from alignkit.utils.logs import StageClock, log
+from alignkit.utils.machine import describe_machine, machine_line
 
 def pick_sample_prompts(n: int) -> list[dict]:
     """Unseen held-out prompts, alternating categories so refusals and uncertainty show up."""
@@ -349,7 +350,7 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
                      "before": b.text, "after": a.text, "before_ended": b.ended,
                      "after_ended": a.ended} for p, b, a in zip(prompts, before, after)],
         "final_model": str(result.final), "seconds": clock.elapsed(),
-        "stage_seconds": clock.seconds,
+        "stage_seconds": clock.seconds, "machine": describe_machine(device),
         "labels": rep, "reward_eval": ev, "reward_model": str(rounds[0]["reward"]["final"]),
     }
     summary["policies"] = {k: {m: v for m, v in row.items() if m != "samples"}
@@ -372,7 +373,7 @@ def final_report(cfg: DemoConfig, root: Path, result, prompts: list, before: lis
     lines.append(f"reward model: {rounds[-1]['reward']['final']}   labels: "
                  f"{rounds[-1]['reward']['data']}")
     lines.append(f"metrics: {root}/*/metrics.jsonl")
-    lines.append(clock.line(summary["seconds"]))
+    lines += [clock.line(summary["seconds"]), machine_line(summary["machine"])]
     announce(lines)
     return summary
 

@@ -34,6 +34,7 @@ from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
 from alignkit.utils.files import write_jsonl_atomic, write_text_atomic
 from alignkit.utils.logs import StageClock, log
+from alignkit.utils.machine import describe_machine, machine_line
 
 SINGLE_AVERAGE = "single-avg"  # best-of-n only: every member alone, curves averaged
 
@@ -328,9 +329,9 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     from alignkit.evaluation.report import build_report
 
     summary.update(complete=True, seconds=clock.elapsed(),
-                   stage_seconds=clock.seconds)
+                   stage_seconds=clock.seconds, machine=describe_machine(device))
     write_summary(root, summary)
     summary["report"] = str(build_report(root).path)
     print(f"study: {root / 'study.json'}\n{clock.line(summary['seconds'])}\n"
-          f"report: {summary['report']}", flush=True)
+          f"{machine_line(summary['machine'])}\nreport: {summary['report']}", flush=True)
     return summary
