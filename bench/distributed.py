@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -72,9 +71,9 @@ from harness import (  # noqa: E402
     RunFailed,
     children_cpu_s,
     cpu_busy_s,
-    cpu_name,
     fmt,
     idle_check,
+    machine_facts,
     others_share,
     spawn,
     versions,
@@ -615,8 +614,7 @@ def main(argv=None) -> int:
     write_json(out_path, {
         "benchmark": "distributed", "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": time.time() - started,
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_facts(),
         "versions": versions(), "settings": settings, "summary": summary, "runs": runs,
         "busy_runs": busy, "failed_runs": failed,
         "definitions": {

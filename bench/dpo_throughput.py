@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -54,9 +52,9 @@ from harness import (  # noqa: E402
     RunFailed,
     children_cpu_s,
     cpu_busy_s,
-    cpu_name,
     fmt,
     idle_check,
+    machine_facts,
     others_share,
     peak_rss_mib,
     spawn,
@@ -323,8 +321,7 @@ def main(argv=None) -> int:
     write_json(json_path, {
         "benchmark": "dpo_throughput", "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": time.time() - started,
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_facts(),
         "versions": versions(),
         "settings": {"batch_size_pairs": args.batch_size, "steps": steps, "warmup": args.warmup,
                      "max_length": args.max_length, "beta": 0.1, "lora": LORA, "tiny": TINY,

@@ -150,6 +150,19 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def machine_facts(**extra) -> dict:
+    """The machine a benchmark ran on, for its results file: the processor's name, cores,
+    platform, Python, and the vector units and torch threads that decide its CPU speed
+    (``alignkit.utils.machine``; the same demo took 22 and 38 minutes on two 2-core VMs that
+    differed in processor generation); ``extra`` adds a benchmark's own entries."""
+    from alignkit.utils.machine import describe_machine
+
+    torch_side = describe_machine("cpu")
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "vector_units": torch_side["vector_units"],
+            "torch_threads": torch_side["torch_threads"], **extra}
+
+
 def cpu_busy_s() -> float | None:
     """CPU-seconds all processes of the machine have been busy since boot (Linux /proc/stat)."""
     try:

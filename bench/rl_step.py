@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -58,9 +57,9 @@ from harness import (  # noqa: E402
     RunFailed,
     children_cpu_s,
     cpu_busy_s,
-    cpu_name,
     fmt,
     idle_check,
+    machine_facts,
     others_share,
     peak_rss_mib,
     spawn,
@@ -519,8 +518,7 @@ def main(argv=None) -> int:
     write_json(json_path, {
         "benchmark": "rl_step", "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": time.time() - started,
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_facts(),
         "versions": versions(), "settings": settings, "summary": summary, "runs": results,
         "busy_runs": busy, "failed_runs": failed})
     print(f"wrote {json_path}")

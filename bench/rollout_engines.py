@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -53,8 +52,8 @@ from harness import (  # noqa: E402
     BUSY_SHARE,
     children_cpu_s,
     cpu_busy_s,
-    cpu_name,
     idle_check,
+    machine_facts,
     others_share,
     peak_rss_mib,
     versions,
@@ -311,9 +310,7 @@ def main(argv=None) -> int:
     write_json(json_path, {
         "benchmark": "rollout_engines", "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": time.time() - STARTED,
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "machine": machine_facts(omp_num_threads=os.environ.get("OMP_NUM_THREADS")),
         "versions": ver, "torch_threads": threads, "global_state": global_state,
         "settings": {"model": args.model, "model_path": path, "prompts": sizes,
                      "samples": args.samples, "max_new_tokens": args.max_new_tokens,

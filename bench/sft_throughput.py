@@ -47,7 +47,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -64,10 +63,10 @@ from harness import (  # noqa: E402
     RunFailed,
     children_cpu_s,
     cpu_busy_s,
-    cpu_name,
     cuda_peak_mib,
     fmt,
     idle_check,
+    machine_facts,
     others_share,
     peak_rss_mib,
     spawn,
@@ -542,8 +541,7 @@ def main(argv=None) -> int:
         "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": time.time() - started,
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine_facts(),
         "versions": versions(), "settings": settings, "token_checks": checks,
         "summary": summary, "runs": results,
         "definitions": {
