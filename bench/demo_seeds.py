@@ -23,6 +23,9 @@ import re
 import statistics
 from pathlib import Path
 
+# "beyond noise": a gain of at least this many paired standard errors, as the demo judges it
+from alignkit.evaluation.paired import NOISE_THRESHOLD as LINE
+
 HERE = Path(__file__).resolve().parent
 # the default demo of 2026-12-05 on (round 2 going on from round 1, ensemble at lr 2e-4 and 40
 # steps, 5 rankings a prompt), one run per seed
@@ -31,7 +34,6 @@ DEFAULT_RESULTS = [f"results/{name}" for name in (
     "demo_seed4_continue_lr2_1205.json", "demo_seed5_continue_lr2_1205.json",
     "demo_seed6_1206.json", "demo_seed8_1207.json", "demo_seed9_1207.json")]
 POLICIES = ("ppo", "dpo", "best-of-4")
-LINE = 3.0  # the "beyond noise": at least this many paired standard errors
 
 
 def run_records(path: Path) -> list[dict]:
