@@ -1141,6 +1141,11 @@ class DemoLabelConfig(Config):
                                  "random, with its own noise (the demo's stages: 5).", ge=1)
     num_responses: int = opt(4, "Answers sampled per prompt (K).", ge=2)
     gold_scale: float = opt(2.0, "Gold scale of the simulated annotators.", ge=0)
+    length_bias: float = opt(0.0, "Verbosity bias of every simulated annotator: gold units it "
+                             "adds to an answer per 10 words, so longer answers look better to "
+                             "it, as they do to people (0: none; the labels' report gives how "
+                             "often the longer answer was chosen, and how often gold prefers "
+                             "it).")
     temperatures: str = opt("0.7,1.0,1.2", "Sampling temperatures of the policy's answers, "
                             "comma-separated: the answers to a prompt are shared out over them "
                             "in turn (diverse candidates, as InstructGPT labelled).")

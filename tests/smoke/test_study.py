@@ -203,6 +203,43 @@ def test_a_later_study_reads_the_same_samples(study, tiny_model_dir, tmp_path):
                                                              abs=1e-9)
 
 
+def test_annotators_with_a_length_bias_label_by_gold_plus_length(study, tiny_model_dir,
+                                                                 tmp_path):
+    """--label.length-bias: the same seed ranks the same candidates, but by gold + bias x
+    words / 10; the labels' report holds the ceiling of that panel and how often the longer
+    answer won, and the report and stdout say so."""
+    from alignkit.feedback.simulated import (DEFAULT_ANNOTATORS, agreement_report,
+                                             with_length_bias)
+
+    first, _, _ = study
+    out = tmp_path / "verbose"
+    proc = run_cli("study", "overoptimisation", "--policy", str(tiny_model_dir), "--output",
+                   str(out), "--no-progress", "--label.prompts", "8", "--bon-n", "4",
+                   "--bon-prompts", "3", "--bon-samples", str(first / "bon_samples.jsonl"),
+                   "--kl-coefs", "", "--label-noise", "0", "--proxies", "single",
+                   "--max-new-tokens", "8", "--reward.ensemble", "2", "--reward.max-steps", "2",
+                   "--label.length-bias", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["label_length_bias"] == 2.0
+    plain_labels = [json.loads(ln) for ln in
+                    (first / "noise-0" / "prefs.jsonl").read_text().splitlines()]
+    labels = [json.loads(ln) for ln in (out / "noise-0" / "prefs.jsonl").read_text().splitlines()]
+    # the same candidates and gold, ranked differently
+    assert [(r["responses"], r["gold"]) for r in labels] == \
+        [(r["responses"], r["gold"]) for r in plain_labels]
+    assert [r["ranking"] for r in labels] != [r["ranking"] for r in plain_labels]
+    report = summary["levels"]["0"]["labels"]
+    biased = agreement_report(labels, with_length_bias(DEFAULT_ANNOTATORS, 2.0), 2.0)
+    assert report == biased
+    assert report["bayes_optimal"] != pytest.approx(
+        agreement_report(labels, DEFAULT_ANNOTATORS, 2.0)["bayes_optimal"])
+    assert "the labels chose the longer answer" in proc.stdout
+    html = (out / "report" / "report.html").read_text()
+    assert "length bias of 2.0 gold units per 10 words" in html
+    assert yaml.safe_load((out / "config.yaml").read_text())["label"]["length_bias"] == 2.0
+
+
 @pytest.mark.parametrize("line, message", [
     ({"prompt": "p", "responses": ["a"], "ended": [True], "gold": [0.5]},
      "field 'responses': 1 answers, fewer than --bon-n 2"),

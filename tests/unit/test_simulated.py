@@ -15,7 +15,9 @@ from alignkit.data.schemas import parse_preference, parse_ranking
 from alignkit.errors import UserError
 from alignkit.feedback.simulated import (DEFAULT_ANNOTATORS, Annotator, PanelConfig,
                                          SimulatedPanel, agreement_report, bayes_optimal_accuracy,
-                                         gold_agreement, pair_correct_probabilities, sigmoid)
+                                         gold_agreement, longer_chosen_share,
+                                         pair_correct_probabilities, response_words, sigmoid,
+                                         with_label_noise, with_length_bias)
 
 pytestmark = pytest.mark.unit
 
@@ -343,3 +345,82 @@ def test_rankings_without_some_responses_keep_the_order_of_the_rest():
     for record in kept[:2]:
         parse_ranking(Record("sim", 1, record))
     assert records[0]["responses"] == ["a", "b", "base", "c"]  # the input is left as it was
+
+
+def test_length_bias_is_what_the_annotator_sees():
+    biased = Annotator("v", temperature=1.0, length_bias=0.5)
+    # 0.5 gold units per 10 words: 10 words +0.5, 30 words +1.5
+    assert biased.seen([1.0, 2.0], [10, 30]) == pytest.approx([1.5, 3.5])
+    assert Annotator("u").seen([1.0, 2.0]) == [1.0, 2.0]  # no bias: no word counts needed
+    with pytest.raises(ValueError, match="word count"):
+        biased.seen([1.0, 2.0])
+    assert response_words("one two  three\nfour") == 4
+    assert response_words([{"role": "user", "content": "a b"},
+                           {"role": "assistant", "content": "x y z"}]) == 3
+    # a perfect annotator (T = 0) ranks by gold + bias: gold 2 with 5 words sees 2.25, gold 1
+    # with 40 words sees 3.0, so the longer, gold-worse answer wins
+    perfect = SimulatedPanel([Annotator("p", 0.0, length_bias=0.5)], seed=0)
+    assert perfect.rank([2.0, 1.0], words=[5, 40])[0] == [1, 0]
+    assert perfect.compare(2.0, 1.0, words=[5, 40])[0] is False
+    assert SimulatedPanel([Annotator("p", 0.0)], seed=0).rank([2.0, 1.0])[0] == [0, 1]
+    recs = perfect.label_pairs(["q"], ["short answer"], [" ".join(["w"] * 40)], [2.0], [1.0])
+    assert recs[0]["chosen"].startswith("w w") and recs[0]["gold"] == [1.0, 2.0]
+    # every annotator gets the bias; the careless rate from label noise is kept
+    panel = with_length_bias(with_label_noise(DEFAULT_ANNOTATORS, 0.25), 0.3)
+    assert [a.length_bias for a in panel] == [0.3] * len(DEFAULT_ANNOTATORS)
+    assert panel[0].careless_rate == pytest.approx(0.5)
+    assert with_length_bias(DEFAULT_ANNOTATORS, 0.0) == list(DEFAULT_ANNOTATORS)
+    with pytest.raises(UserError, match="finite"):
+        with_length_bias(DEFAULT_ANNOTATORS, float("nan"))
+    with pytest.raises(UserError, match="length_bias"):
+        Annotator("x", length_bias=float("inf"))
+    cfg = SimulatedPanel.from_config({"annotators": [{"id": "x", "length_bias": 0.2}]})
+    assert cfg.by_id["x"] == Annotator("x", 1.0, 0.0, 0.2)
+    with pytest.raises(UserError, match="annotator 0: length_bias must be a number"):
+        SimulatedPanel.from_config({"annotators": [{"id": "x", "length_bias": "long"}]})
+
+
+def test_ceiling_and_longer_share_with_a_length_bias_by_hand():
+    ann = {"V": Annotator("V", 1.0, length_bias=0.5)}
+    ten, two = " ".join(["w"] * 10), "w w"
+    records = [
+        # chosen: gold 1.0, 10 words -> sees 1.5; rejected: gold 1.2, 2 words -> sees 1.3;
+        # the annotator sees the chosen as better by 0.2: P = s(0.2), against gold
+        {"prompt": "q", "chosen": ten, "rejected": two, "annotator": "V", "gold": [1.0, 1.2]},
+        # a ranking 0 > 1 of gold [0.0, 1.0] and words [10, 2]: sees 0.5 vs 1.1, the label is
+        # against what it sees: P(it picks the seen-better 1) = s(0.6)
+        {"prompt": "q", "responses": [ten, two], "ranking": [0, 1], "annotator": "V",
+         "gold": [0.0, 1.0]},
+    ]
+    s02, s06 = sigmoid(0.2), sigmoid(0.6)
+    assert pair_correct_probabilities(records, ann) == pytest.approx([s02, s06])
+    assert bayes_optimal_accuracy(records, ann) == pytest.approx((s02 + s06) / 2)
+    assert gold_agreement(records) == 0.0
+    # both labels chose the longer answer; gold prefers the shorter one in both
+    assert longer_chosen_share(records) == {"pairs": 2, "labels": 1.0, "gold": 0.0}
+    same = [{"prompt": "q", "chosen": "a b", "rejected": "c d", "annotator": "V",
+             "gold": [1.0, 0.0]}]
+    assert longer_chosen_share(same)["pairs"] == 0
+    assert agreement_report(records, ann)["longer_chosen"]["labels"] == 1.0
+
+
+def test_a_length_biased_panel_prefers_longer_answers_as_predicted():
+    ga, gb = _random_pairs(2000, 13)
+    rng = np.random.default_rng(3)
+    words_a, words_b = rng.integers(5, 40, 2000), rng.integers(5, 40, 2000)
+    texts_a = [" ".join(["w"] * int(n)) for n in words_a]
+    texts_b = [" ".join(["w"] * int(n)) for n in words_b]
+    plain = SimulatedPanel(seed=5)
+    biased = SimulatedPanel(with_length_bias(DEFAULT_ANNOTATORS, 1.0), seed=5)
+    unbiased = agreement_report(plain.label_pairs(["q"] * 2000, texts_a, texts_b, ga, gb), plain)
+    recs = biased.label_pairs(["q"] * 2000, texts_a, texts_b, ga, gb)
+    rep = agreement_report(recs, biased)
+    # the labels agree with what the annotators see as often as the ceiling predicts ...
+    seen = [(ga[i] + 0.1 * words_a[i], gb[i] + 0.1 * words_b[i]) for i in range(2000)]
+    chose_a = [r["chosen"] == texts_a[i] for i, r in enumerate(recs)]
+    hits = [1.0 if (sa > sb) == a else 0.0 for (sa, sb), a in zip(seen, chose_a)]
+    assert abs(np.mean(hits) - rep["bayes_optimal"]) <= 4 * rep["noise_std"]
+    # ... and with gold less often: the bias costs agreement, and pulls toward longer answers
+    assert rep["gold_agreement"] < unbiased["gold_agreement"] - 0.03  # 0.691 against 0.747
+    assert rep["longer_chosen"]["labels"] > unbiased["longer_chosen"]["labels"] + 0.1  # 68% : 50%
+    assert rep["longer_chosen"]["gold"] == unbiased["longer_chosen"]["gold"]

@@ -513,12 +513,22 @@ def study_section(page: Page, study: dict) -> None:
         "panel labels by; 'fell': the last point is below the peak by more than one standard "
         "error of the difference (best-of-n: paired by prompt, as every n reads the same "
         "samples; PPO: the two readings' standard errors combined).")]
+    if study.get("label_length_bias"):
+        parts.append(Paragraph(
+            f"Every annotator had a length bias of {plain(study['label_length_bias'])} gold "
+            "units per 10 words: it judged an answer by its gold score plus that, so longer "
+            "answers looked better to it. Its Bayes ceiling is that of predicting what it saw "
+            "as better; agreement with gold is lower by what the bias costs."))
     for rate, level in study.get("levels", {}).items():
         labels, ev = level.get("labels", {}), level.get("reward_eval", {})
+        longer = labels.get("longer_chosen") or {}
         parts.append(Heading(f"Label noise {pct(float(rate))}",
                              f"labels agree with gold {fmt(labels.get('gold_agreement'))}, "
                              f"Bayes ceiling {fmt(labels.get('bayes_optimal'))}, ensemble "
-                             f"held-out accuracy {fmt(ev.get('accuracy'))}"))
+                             f"held-out accuracy {fmt(ev.get('accuracy'))}"
+                             + (f"; the labels chose the longer answer of a pair "
+                                f"{pct(longer['labels'])}, gold prefers it "
+                                f"{pct(longer['gold'])}" if longer.get("pairs") else "")))
         bon, rl = level.get("bon", {}), level.get("ppo", {})
         rows = []
         for proxy in dict.fromkeys([*bon, *rl]):

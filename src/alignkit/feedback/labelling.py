@@ -188,6 +188,10 @@ def print_report(report: dict, records: int, output) -> None:
     print(f"pairs {report['pairs']}: labels agree with gold {report['gold_agreement']:.3f}; "
           f"Bayes-optimal accuracy (the ceiling for any reward model) "
           f"{report['bayes_optimal']:.3f}")
+    longer = report.get("longer_chosen")
+    if longer and longer["pairs"]:
+        print(f"of {longer['pairs']} pairs of different lengths, the labels chose the longer "
+              f"answer {longer['labels']:.0%}; gold prefers it {longer['gold']:.0%}")
     for aspect, r in report.get("per_aspect", {}).items():
         print(f"  aspect {aspect:<9} pairs {r['pairs']:>5}  gold agreement "
               f"{r['gold_agreement']:.3f}  bayes-optimal {r['bayes_optimal']:.3f}")

@@ -13,11 +13,17 @@ A hidden gold scorer (:class:`alignkit.judges.gold.GoldScorer`) gives each respo
   uniformly random permutation). By Luce's choice axiom the chance that response i is ranked
   above j is then exactly the pairwise probability above, so rankings and pairs share one
   Bayes-optimal accuracy.
+* an annotator with a ``length_bias`` ``b`` judges by what it sees, ``g + b * words / 10``
+  in place of ``g``: longer answers look better to it, as they do to people (Singhal et al.
+  2023, "A Long Way to Go"; Saito et al. 2023, "Verbosity Bias in Preference Labeling").
+  Such a bias is shared by the whole panel, so more labels or more annotators do not average
+  it out, and a reward model learns it as if it were quality.
 
 Because the gold is known, the best accuracy any reward model can reach on the labels is known
 too: :func:`bayes_optimal_accuracy` is the expected agreement of the ideal predictor (always
-predict the gold-better response) with the noisy labels, i.e. the mean over compared pairs of
-the labelling annotator's probability of choosing the gold-better response.
+predict the response the labelling annotator sees as better: the gold-better one when it has
+no length bias) with the noisy labels, i.e. the mean over compared pairs of the annotator's
+probability of choosing that response.
 
 Records follow README.md "Data" -- rankings ``{"prompt", "responses", "ranking",
 "annotator"}`` (``ranking`` = response indices, best first) and pairs ``{"prompt", "chosen",
@@ -37,7 +43,8 @@ from alignkit.errors import UserError
 
 __all__ = ["Annotator", "PanelConfig", "SimulatedPanel", "DEFAULT_ANNOTATORS", "sigmoid",
            "compared_pairs", "pair_correct_probabilities", "bayes_optimal_accuracy",
-           "gold_agreement", "agreement_report", "with_label_noise"]
+           "gold_agreement", "agreement_report", "with_label_noise", "with_length_bias",
+           "response_words", "compared_pair_words", "longer_chosen_share"]
 
 
 def sigmoid(x: float) -> float:
@@ -47,14 +54,27 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
+def response_words(response: Any) -> int:
+    """Words of an answer as an annotator reads them: a string's whitespace-separated words;
+    for chat messages, those of the last message's content."""
+    if isinstance(response, Mapping):
+        response = response.get("content", "")
+    elif isinstance(response, (list, tuple)):
+        response = response[-1].get("content", "") if response and isinstance(
+            response[-1], Mapping) else ""
+    return len(str(response).split())
+
+
 @dataclass(frozen=True)
 class Annotator:
     """One simulated person. ``temperature`` >= 0 (0: always agrees with gold);
-    ``careless_rate`` in [0, 1]: the share of labels given at random."""
+    ``careless_rate`` in [0, 1]: the share of labels given at random; ``length_bias``: gold
+    units the annotator adds to an answer per 10 words (> 0: it favours longer answers)."""
 
     id: str
     temperature: float = 1.0
     careless_rate: float = 0.0
+    length_bias: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.id, str) or not self.id:
@@ -65,6 +85,19 @@ class Annotator:
         if not 0.0 <= self.careless_rate <= 1.0:
             raise UserError(f"annotator {self.id}: careless_rate must be in [0, 1], got "
                             f"{self.careless_rate}")
+        if not math.isfinite(self.length_bias):
+            raise UserError(f"annotator {self.id}: length_bias must be a finite number, got "
+                            f"{self.length_bias}")
+
+    def seen(self, golds: Sequence[float], words: Optional[Sequence[int]] = None) -> list[float]:
+        """What the annotator judges by: the gold scores plus its length bias per 10 words
+        (``words``: each response's word count; needed only when it has a bias)."""
+        if self.length_bias == 0:
+            return [float(g) for g in golds]
+        if words is None or len(words) != len(golds):
+            raise ValueError(f"annotator {self.id} has a length bias: give each response's "
+                             "word count")
+        return [float(g) + self.length_bias * w / 10.0 for g, w in zip(golds, words)]
 
     def prob_prefers(self, gold_a: float, gold_b: float, gold_scale: float = 1.0) -> float:
         """P(this annotator labels ``a`` better than ``b``) (also P(a ranked above b))."""
@@ -104,6 +137,14 @@ DEFAULT_ANNOTATORS = (
     Annotator("sim-3", temperature=1.5),
     Annotator("sim-careless", temperature=0.75, careless_rate=0.3),
 )
+
+
+def with_length_bias(annotators: Sequence[Annotator], bias: float) -> list[Annotator]:
+    """The annotators, each with ``length_bias`` set to ``bias`` (gold units per 10 words)."""
+    if not math.isfinite(bias):
+        raise UserError(f"length bias must be a finite number, got {bias}")
+    return list(annotators) if bias == 0 else [replace(a, length_bias=float(bias))
+                                               for a in annotators]
 
 
 def with_label_noise(annotators: Sequence[Annotator], flip_rate: float) -> list[Annotator]:
@@ -164,12 +205,15 @@ class PanelConfig:
             if isinstance(a, Annotator):
                 out.append(a)
             elif isinstance(a, Mapping):
-                extra = sorted(str(k) for k in set(a) - {"id", "temperature", "careless_rate"})
+                extra = sorted(str(k) for k in set(a) - {"id", "temperature", "careless_rate",
+                                                         "length_bias"})
                 if extra:
                     raise PanelError(("annotators", i), f"annotator {i}: unknown field(s) "
-                                     f"{', '.join(extra)} (known: id, temperature, careless_rate)")
+                                     f"{', '.join(extra)} (known: id, temperature, "
+                                     "careless_rate, length_bias)")
                 numbers = {}
-                for name, default in (("temperature", 1.0), ("careless_rate", 0.0)):
+                for name, default in (("temperature", 1.0), ("careless_rate", 0.0),
+                                      ("length_bias", 0.0)):
                     value = a.get(name, default)
                     if isinstance(value, bool) or not isinstance(value, (int, float)):
                         raise PanelError(("annotators", i), f"annotator {i}: {name} must be a "
@@ -244,10 +288,12 @@ class SimulatedPanel:
                                 f"{', '.join(self.by_id)})") from None
         return annotator
 
-    def compare(self, gold_a: float, gold_b: float,
-                annotator: Annotator | str | None = None) -> tuple[bool, Annotator]:
-        """One pairwise label: (``True`` when ``a`` is chosen, the annotator)."""
+    def compare(self, gold_a: float, gold_b: float, annotator: Annotator | str | None = None,
+                words: Optional[Sequence[int]] = None) -> tuple[bool, Annotator]:
+        """One pairwise label: (``True`` when ``a`` is chosen, the annotator). ``words``: the
+        two answers' word counts, for an annotator with a length bias."""
         ann = self._annotator(annotator)
+        gold_a, gold_b = ann.seen([gold_a, gold_b], words)
         if self.rng.random() < ann.careless_rate:
             return bool(self.rng.random() < 0.5), ann
         if ann.temperature == 0:
@@ -257,14 +303,15 @@ class SimulatedPanel:
         p = sigmoid(self.gold_scale * (float(gold_a) - float(gold_b)) / ann.temperature)
         return bool(self.rng.random() < p), ann
 
-    def rank(self, golds: Sequence[float],
-             annotator: Annotator | str | None = None) -> tuple[list[int], Annotator]:
-        """One K-way ranking (response indices, best first) by Plackett-Luce sampling."""
+    def rank(self, golds: Sequence[float], annotator: Annotator | str | None = None,
+             words: Optional[Sequence[int]] = None) -> tuple[list[int], Annotator]:
+        """One K-way ranking (response indices, best first) by Plackett-Luce sampling.
+        ``words``: the answers' word counts, for an annotator with a length bias."""
         ann = self._annotator(annotator)
         k = len(golds)
         if self.rng.random() < ann.careless_rate:
             return [int(i) for i in self.rng.permutation(k)], ann
-        g = np.asarray(golds, dtype=np.float64) * self.gold_scale
+        g = np.asarray(ann.seen(golds, words), dtype=np.float64) * self.gold_scale
         left = list(range(k))
         order = []
         while left:
@@ -315,7 +362,7 @@ class SimulatedPanel:
         for p, rs, gs in zip(prompts, responses, golds):
             if len(rs) != len(gs):
                 raise ValueError(f"{len(rs)} responses but {len(gs)} gold scores")
-            order, ann = self.rank(gs)
+            order, ann = self.rank(gs, words=[response_words(r) for r in rs])
             out.append({"prompt": p, "responses": list(rs), "ranking": order,
                         "annotator": ann.id, "gold": [round(float(g), 6) for g in gs]})
         return out
@@ -339,7 +386,7 @@ class SimulatedPanel:
             gold_a, gold_b = both[:n], both[n:]
         out = []
         for p, a, b, ga, gb in zip(prompts, responses_a, responses_b, gold_a, gold_b):
-            a_wins, ann = self.compare(ga, gb)
+            a_wins, ann = self.compare(ga, gb, words=[response_words(a), response_words(b)])
             chosen, rejected, gc, gr = (a, b, ga, gb) if a_wins else (b, a, gb, ga)
             out.append({"prompt": p, "chosen": chosen, "rejected": rejected,
                         "annotator": ann.id, "gold": [round(float(gc), 6), round(float(gr), 6)]})
@@ -377,25 +424,61 @@ def compared_pairs(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[float
             yield float(gold[0]), float(gold[1]), ann
 
 
+def compared_pair_words(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, int]]:
+    """The word counts of every compared pair of :func:`compared_pairs`, in its order:
+    (words of the preferred, words of the other)."""
+    for rec in records:
+        if "ranking" in rec:
+            order, words = rec["ranking"], [response_words(r) for r in rec["responses"]]
+            for x in range(len(order)):
+                for y in range(x + 1, len(order)):
+                    yield words[order[x]], words[order[y]]
+        else:
+            yield response_words(rec["chosen"]), response_words(rec["rejected"])
+
+
 def pair_correct_probabilities(records: Iterable[Mapping[str, Any]], annotators: AnnotatorsLike,
                                gold_scale: float | None = None) -> list[float]:
-    """For every compared pair: P(the labelling annotator prefers the gold-better response)."""
+    """For every compared pair: P(the labelling annotator prefers the response it sees as
+    better): the gold-better one, or with a length bias the better of gold + bias."""
     by_id, scale = _resolve(annotators, gold_scale)
+    records = list(records)
     out = []
-    for g_pref, g_other, ann in compared_pairs(records):
+    for (g_pref, g_other, ann), words in zip(compared_pairs(records),
+                                             compared_pair_words(records)):
         if ann not in by_id:
             raise UserError(f"annotator {ann!r} of a record is not in the panel "
                             f"({', '.join(by_id)})")
-        out.append(by_id[ann].prob_correct(g_pref, g_other, scale))
+        annotator = by_id[ann]
+        if annotator.length_bias:
+            g_pref, g_other = annotator.seen([g_pref, g_other], words)
+        out.append(annotator.prob_correct(g_pref, g_other, scale))
     return out
+
+
+def longer_chosen_share(records: Iterable[Mapping[str, Any]]) -> dict:
+    """Of the compared pairs whose answers differ in length: the share whose label preferred
+    the longer answer, and the share gold prefers it (a length bias shows as the gap)."""
+    records = list(records)
+    labels, gold = [], []
+    for (g_pref, g_other, _), (w_pref, w_other) in zip(compared_pairs(records),
+                                                       compared_pair_words(records)):
+        if w_pref == w_other:
+            continue
+        labels.append(1.0 if w_pref > w_other else 0.0)
+        gold_longer = g_pref - g_other if w_pref > w_other else g_other - g_pref
+        gold.append(1.0 if gold_longer > 0 else 0.0 if gold_longer < 0 else 0.5)
+    if not labels:
+        return {"pairs": 0, "labels": float("nan"), "gold": float("nan")}
+    return {"pairs": len(labels), "labels": float(np.mean(labels)), "gold": float(np.mean(gold))}
 
 
 def bayes_optimal_accuracy(records: Iterable[Mapping[str, Any]], annotators: AnnotatorsLike,
                            gold_scale: float | None = None) -> float:
-    """Expected accuracy of the best possible predictor (predict the gold-better response) on
-    these labels: mean over compared pairs of the labelling annotator's probability of choosing
-    the gold-better response (ties count 0.5). ``gold_scale`` defaults to the panel's (1.0 for
-    a plain annotator list)."""
+    """Expected accuracy of the best possible predictor (predict the response the labelling
+    annotator sees as better: the gold-better one without a length bias) on these labels: mean
+    over compared pairs of the annotator's probability of choosing it (ties count 0.5).
+    ``gold_scale`` defaults to the panel's (1.0 for a plain annotator list)."""
     probs = pair_correct_probabilities(records, annotators, gold_scale)
     if not probs:
         raise UserError("no compared pairs: cannot compute a Bayes-optimal accuracy")
@@ -413,7 +496,8 @@ def gold_agreement(records: Iterable[Mapping[str, Any]]) -> float:
 def agreement_report(records: Sequence[Mapping[str, Any]], annotators: AnnotatorsLike,
                      gold_scale: float | None = None) -> dict:
     """Overall and per-annotator counts, agreement with gold, Bayes-optimal accuracy, and the
-    standard deviation of the agreement expected from label noise alone."""
+    standard deviation of the agreement expected from label noise alone; how often the labels
+    and gold prefer the longer answer (``longer_chosen``)."""
     pairs = list(compared_pairs(records))
     probs = pair_correct_probabilities(records, annotators, gold_scale)
     if not pairs:
@@ -429,6 +513,7 @@ def agreement_report(records: Sequence[Mapping[str, Any]], annotators: Annotator
 
     report = summary(list(range(len(pairs))))
     report["records"] = len(records)
+    report["longer_chosen"] = longer_chosen_share(records)
     per: dict[str, list[int]] = {}
     for i, (_, _, ann) in enumerate(pairs):
         per.setdefault(ann, []).append(i)

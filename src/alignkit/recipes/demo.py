@@ -74,7 +74,7 @@ def label_answers(cfg: DemoConfig, label_cfg, policy, tokenizer, path: Path, see
     the same rankings of the policy's own answers only (the base model's taken out)."""
     from alignkit.data.prompts import read_prompts
     from alignkit.feedback.labelling import label_items, without_responses, write_labels
-    from alignkit.feedback.simulated import SimulatedPanel
+    from alignkit.feedback.simulated import DEFAULT_ANNOTATORS, SimulatedPanel, with_length_bias
     from alignkit.generation.responses import sample_diverse_responses
     from alignkit.judges.gold import GoldScorer
 
@@ -89,7 +89,8 @@ def label_answers(cfg: DemoConfig, label_cfg, policy, tokenizer, path: Path, see
                                    f"({len(items)} prompts)"))
     del base
     scorer = GoldScorer(token_counter=tokenizer)
-    panel = SimulatedPanel(seed=seed, gold_scale=label_cfg.gold_scale, scorer=scorer)
+    panel = SimulatedPanel(with_length_bias(DEFAULT_ANNOTATORS, label_cfg.length_bias),
+                           seed=seed, gold_scale=label_cfg.gold_scale, scorer=scorer)
     log.info("the simulated panel ranks the answers (%d rankings per prompt)",
              label_cfg.labels_per_prompt)
     records = label_items(items, scorer, panel, label_cfg.labels_per_prompt,

@@ -69,9 +69,11 @@ def label_at_noise(cfg: StudyConfig, items: list[dict], scorer, rate: float,
     returns the agreement report (agreement with gold, the Bayes-optimal ceiling)."""
     from alignkit.feedback.labelling import label_items, write_labels
     from alignkit.feedback.simulated import (DEFAULT_ANNOTATORS, SimulatedPanel,
-                                             with_label_noise)
+                                             with_label_noise, with_length_bias)
 
-    panel = SimulatedPanel(with_label_noise(DEFAULT_ANNOTATORS, rate), seed=cfg.seed,
+    annotators = with_length_bias(with_label_noise(DEFAULT_ANNOTATORS, rate),
+                                  cfg.label.length_bias)
+    panel = SimulatedPanel(annotators, seed=cfg.seed,
                            gold_scale=cfg.label.gold_scale, scorer=scorer)
     records = label_items(items, scorer, panel, cfg.label.labels_per_prompt)
     return write_labels(records, path, panel)
@@ -220,6 +222,11 @@ def print_level(rate: float, level: dict) -> None:
     print(f"\nlabel noise {rate:.0%}: labels agree with gold {labels['gold_agreement']:.3f}"
           f" (Bayes ceiling {labels['bayes_optimal']:.3f}); ensemble held-out accuracy "
           f"{level['reward_eval'].get('accuracy', float('nan')):.3f}", flush=True)
+    longer = labels.get("longer_chosen")
+    if longer and longer["pairs"]:
+        print(f"  of {longer['pairs']} labelled pairs of different lengths, the labels chose the "
+              f"longer answer {longer['labels']:.0%}, gold prefers it {longer['gold']:.0%}",
+              flush=True)
     print(f"  {'proxy':<10} {'pair acc':>8} | {'BoN gold n=1 -> peak (n) -> last':>34} "
           f"{'drop +/- s.e.':>15} {'fell':>5} {'R2':>5} | "
           f"{'PPO gold start -> peak (KL) -> last':>36} {'fell':>5} {'R2':>5} {'lead':>5} "
@@ -297,7 +304,8 @@ def overoptimisation(cfg: StudyConfig) -> dict:
     # 4. Each noise level: the panel's rankings, the ensemble learned from them, best-of-n
     #    against every proxy, then PPO against every proxy at every KL coefficient.
     levels = {}
-    summary = {"policy": policy_path, "uwo_lambda": cfg.uwo_lambda, "bon_n": cfg.bon_n,
+    summary = {"policy": policy_path, "label_length_bias": cfg.label.length_bias,
+               "uwo_lambda": cfg.uwo_lambda, "bon_n": cfg.bon_n,
                "bon_prompts": cfg.bon_prompts if samples is not None else 0,
                "bon_samples_from": cfg.bon_samples if samples is not None else None,
                "kl_coefs": cfg.coefficients(), "proxies": cfg.proxy_names(), "levels": levels,
