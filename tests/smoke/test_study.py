@@ -240,6 +240,36 @@ def test_annotators_with_a_length_bias_label_by_gold_plus_length(study, tiny_mod
     assert yaml.safe_load((out / "config.yaml").read_text())["label"]["length_bias"] == 2.0
 
 
+def test_the_length_bias_bench_reproduces_the_study_with_lengths(study, tmp_path):
+    """bench/bon_length_bias.py recomputes each level's best-of-n from the saved ensemble: the
+    same gold curves as study.json, and the kept answers' words (at n = 1: any sample, so the
+    mean length of all of them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from alignkit.feedback.simulated import response_words
+
+    out, _, summary = study
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bon_length_bias.py"
+    proc = subprocess.run([sys.executable, str(bench), str(out), "--json",
+                           str(tmp_path / "b.json")], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "b.json").read_text())["studies"]
+    assert result["length_bias"] == 0.0 and list(result["levels"]) == ["0", "0.25"]
+    samples = [json.loads(ln) for ln in (out / "bon_samples.jsonl").read_text().splitlines()]
+    mean_words = sum(response_words(a) for s in samples for a in s["responses"]) / 24
+    for rate, level in result["levels"].items():
+        assert level["ns"] == [1, 2, 4, 6]
+        for proxy in ("single", "wco", "uwo", "single-avg"):
+            got, want = level["proxies"][proxy], summary["levels"][rate]["bon"][proxy]
+            assert got["gold"] == pytest.approx([p["gold"] for p in want["curve"]], abs=1e-4)
+            assert got["drop"] == pytest.approx(want["peak"]["drop"], abs=1e-4)
+            assert got["words"][0] == pytest.approx(mean_words, abs=0.01)
+    assert "single-avg" in proc.stdout and "words n=1 -> last" in proc.stdout
+
+
 @pytest.mark.parametrize("line, message", [
     ({"prompt": "p", "responses": ["a"], "ended": [True], "gold": [0.5]},
      "field 'responses': 1 answers, fewer than --bon-n 2"),

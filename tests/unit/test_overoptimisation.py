@@ -169,6 +169,24 @@ def test_average_curves_by_hand():
         average_curves([curves[0], curves[1][:1]])
 
 
+def test_best_of_n_reads_the_kept_answers_length_by_hand():
+    """One prompt, three answers of 10, 20 and 30 words, the proxy ranking them in that order:
+    best-of-1 keeps any (20 words on average), best-of-2 the better of each pair ({10, 20} ->
+    20, {10, 30} -> 30, {20, 30} -> 30: 80 / 3), best-of-3 the 30-word one. With a proxy that
+    ranks them the other way round, the shortest wins instead."""
+    words = torch.tensor([[10.0, 20.0, 30.0]])
+    gold = torch.tensor([[2.0, 1.0, 0.0]])
+    longer = best_of_n_curve(torch.tensor([[0.0, 1.0, 2.0]]), gold, [1, 2, 3], words)
+    assert [p["words"] for p in longer] == pytest.approx([20.0, 80 / 3, 30.0])
+    assert [p["gold"] for p in longer] == pytest.approx([1.0, 1 / 3, 0.0])
+    shorter = best_of_n_curve(torch.tensor([[2.0, 1.0, 0.0]]), gold, [1, 2, 3], words)
+    assert [p["words"] for p in shorter] == pytest.approx([20.0, 40 / 3, 10.0])
+    assert "words" not in best_of_n_curve(gold, gold, [1])[0]
+    # averaged like the proxy: the members' mean
+    assert average_curves([longer, shorter])[1]["words"] == pytest.approx(20.0)
+    assert "words" not in average_curves([best_of_n_curve(gold, gold, [1])] * 2)[0]
+
+
 def test_forecast_lead():
     rows = readings([1.0, 1.4, 1.6, 1.2], [0.0, 2.0, 5.0, 9.0], [None, 10.0, 6.0, 6.0])
     # step 4: KL 2 < 0.8 * 10; step 8: KL 5 >= 0.8 * 6 = 4.8 -> warns at step 8, where gold
@@ -182,6 +200,8 @@ def test_forecast_lead():
     assert rl_points([{"step": 0, "kl": -0.01, "gold": 0.0, "proxy": 1.0, "proxy_mean": 1.0,
                        "proxy_std": 0.25}])[0] == {"step": 0, "kl": -0.01, "d": 0.0, "gold": 0.0,
                                                    "gold_se": 0.0, "proxy": 1.0, "lcb": 0.75}
+    assert rl_points([{"step": 3, "kl": 4.0, "gold": 1.0, "proxy": 2.0,
+                       "response_length": 31.5}])[0]["response_length"] == 31.5
 
 
 def test_label_noise_flips_that_share_of_pairs():

@@ -72,11 +72,14 @@ def default_ns(largest: int) -> list[int]:
     return ns + [largest]
 
 
-def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int]) -> list[dict]:
+def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int],
+                    words: torch.Tensor | None = None) -> list[dict]:
     """proxy, gold: (P, N). One point per n: the analytic KL of best-of-n and its square root
     ``d``, the expected proxy and gold of the kept answer averaged over prompts, the gold's
     standard error over prompts, and ``gold_per_prompt`` (P,): every n is read on the same
-    prompts and samples, so two points compare prompt by prompt (``peak_and_fall``)."""
+    prompts and samples, so two points compare prompt by prompt (``peak_and_fall``).
+    ``words`` (P, N), each sample's word count: each point also gets ``words``, the kept
+    answer's expected length (what a length-biased proxy pushes up)."""
     points = []
     for n in ns:
         golds = best_of_n_expectation(proxy, gold, n)
@@ -85,6 +88,8 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int]) 
         points.append({"n": n, "kl": kl, "d": math.sqrt(kl), "gold": float(golds.mean()),
                        "gold_se": standard_error(golds), "proxy": float(proxies.mean()),
                        "gold_per_prompt": golds.tolist()})
+        if words is not None:
+            points[-1]["words"] = float(best_of_n_expectation(proxy, words, n).mean())
     return points
 
 
@@ -105,6 +110,8 @@ def average_curves(curves: Sequence[Sequence[dict]]) -> list[dict]:
                          "gold_se": standard_error(per_prompt),
                          "proxy": sum(p["proxy"] for p in points) / len(points),
                          "gold_per_prompt": per_prompt.tolist()})
+        if all("words" in p for p in points):
+            averaged[-1]["words"] = sum(p["words"] for p in points) / len(points)
     return averaged
 
 
@@ -178,10 +185,12 @@ def forecast_lead(readings: Sequence[dict], margin: float) -> dict:
 
 def rl_points(readings: Sequence[dict]) -> list[dict]:
     """The monitor's readings as curve points: ``d = sqrt(max(KL, 0))`` (a k1 estimate of a
-    small KL can come out slightly negative)."""
+    small KL can come out slightly negative), with the mean response length in tokens where
+    the monitor read it."""
     return [{"step": r["step"], "kl": r["kl"], "d": math.sqrt(max(r["kl"], 0.0)),
              "gold": r["gold"], "gold_se": r.get("gold_se", 0.0), "proxy": r["proxy"],
-             "lcb": r.get("proxy_mean", r["proxy"]) - r.get("proxy_std", 0.0)}
+             "lcb": r.get("proxy_mean", r["proxy"]) - r.get("proxy_std", 0.0),
+             **({"response_length": r["response_length"]} if "response_length" in r else {})}
             for r in readings]
 
 

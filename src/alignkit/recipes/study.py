@@ -143,10 +143,14 @@ def reused_bon_samples(cfg: StudyConfig) -> list[dict] | None:
 
 def bon_sample_tensors(rows: list[dict]) -> dict:
     """The study's view of best-of-n rows: every (prompt, answer) pair flattened prompt-major,
-    and gold as a [prompts, n] float64 tensor."""
+    and gold and each answer's word count as [prompts, n] float64 tensors."""
+    from alignkit.feedback.simulated import response_words
+
     return {"texts": [row["prompt"] for row in rows for _ in row["responses"]],
             "answers": [a for row in rows for a in row["responses"]],
-            "gold": torch.tensor([row["gold"] for row in rows], dtype=torch.float64)}
+            "gold": torch.tensor([row["gold"] for row in rows], dtype=torch.float64),
+            "words": torch.tensor([[response_words(a) for a in row["responses"]]
+                                   for row in rows], dtype=torch.float64)}
 
 
 def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device: str) -> dict:
@@ -162,18 +166,18 @@ def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device:
         return {"curve": curve, "fit": fit_curve(curve, "bon"), "peak": peak_and_fall(curve),
                 "gold_pair_accuracy": pair_accuracy}
 
-    ns = default_ns(cfg.bon_n)
+    ns, words = default_ns(cfg.bon_n), samples["words"]
     out = {}
     for proxy in cfg.proxy_names():
         scores = combined_proxy(members, proxy, cfg.uwo_lambda).view_as(gold)
-        out[proxy] = summary(best_of_n_curve(scores, gold, ns),
+        out[proxy] = summary(best_of_n_curve(scores, gold, ns, words),
                              pairwise_gold_accuracy(scores, gold))
     if "single" in out and members.shape[0] > 1:
         # each member is a single reward model of its own seed: their average curve is what
         # one reward model does in expectation, member 0's is one draw of it
         alone = [m.view_as(gold) for m in members]
         out[SINGLE_AVERAGE] = summary(
-            average_curves([best_of_n_curve(m, gold, ns) for m in alone]),
+            average_curves([best_of_n_curve(m, gold, ns, words) for m in alone]),
             sum(pairwise_gold_accuracy(m, gold) for m in alone) / len(alone))
     return out
 
