@@ -2,8 +2,9 @@
 
 Finished over-optimisation studies that read the same best-of-n samples (``--bon-samples``) and
 differ in ``--label.length-bias`` (and nothing else) are read again: each study's best-of-n
-is recomputed from its saved ensemble with the study's own code and settings
-(``recipes.study.best_of_n_study``), now with the kept answer's expected length beside gold.
+is recomputed from its saved ensemble with the study's own function and settings
+(``evaluation.overoptimisation.best_of_n_by_proxy``), now with the kept answer's expected length
+beside gold.
 For each study and proxy it reports how often the labels and gold prefer the longer answer of
 a pair, the ensemble's held-out accuracy and ceiling, gold at n = 1, at its peak and at the
 largest n, the drop from the peak with its paired standard error, and the words of the kept
@@ -14,7 +15,7 @@ answer at n = 1 and at the largest n.
     alignkit study overoptimisation ... --output runs/stlen0 --label.length-bias 0 \\
         --bon-samples runs/stlen1/bon_samples.jsonl       (and 0.5, ...)
     python bench/bon_length_bias.py runs/stlen0 runs/stlen0.5 runs/stlen1 \\
-        --json bench/results/bon_length_bias.json
+        --json bench/results/bon_length_bias_1207.json
 
 Run it alone: a second torch job on the machine slows both.
 """
@@ -29,21 +30,30 @@ from pathlib import Path
 
 def read_study(folder: Path) -> dict:
     """One study's best-of-n, recomputed with the kept answers' lengths."""
-    from alignkit.cli import build_parser
-    from alignkit.config import StudyConfig, build_config
-    from alignkit.data.readers import read_records
-    from alignkit.recipes.study import best_of_n_study, bon_sample_tensors
+    import torch
 
-    cfg = build_config(StudyConfig, build_parser().parse_args(
-        ["study-overoptimisation", "--config", str(folder / "config.yaml")]))
+    from alignkit.data.readers import read_records
+    from alignkit.evaluation.overoptimisation import best_of_n_by_proxy, default_ns
+    from alignkit.feedback.simulated import response_words
+    from alignkit.models.reward import RewardModel
+
     summary = json.loads((folder / "study.json").read_text())
     if not summary.get("complete"):
         raise SystemExit(f"{folder}: the study has not finished (study.json: complete false)")
     rows = [r.fields for r in read_records(str(folder / "bon_samples.jsonl"))]
-    samples = bon_sample_tensors(rows)
+    texts = [row["prompt"] for row in rows for _ in row["responses"]]
+    answers = [a for row in rows for a in row["responses"]]
+    gold = torch.tensor([row["gold"] for row in rows], dtype=torch.float64)
+    words = torch.tensor([[response_words(a) for a in row["responses"]] for row in rows],
+                         dtype=torch.float64)
     levels = {}
     for rate, level in summary["levels"].items():
-        bon = best_of_n_study(cfg, samples, Path(level["reward_model"]), "cpu")
+        if "bon" not in level:  # a study run with --bon-n 0
+            continue
+        members = RewardModel.load(level["reward_model"], "cpu").score(
+            texts, answers).per_member.float()
+        bon = best_of_n_by_proxy(members, gold, default_ns(summary["bon_n"]),
+                                 summary["proxies"], summary["uwo_lambda"], words)
         proxies = {}
         for proxy, result in bon.items():
             curve, peak = result["curve"], result["peak"]
@@ -64,7 +74,7 @@ def read_study(folder: Path) -> dict:
                         "ensemble_pairs": level["reward_eval"].get("pairs"),
                         "proxies": proxies}
     samples_from = summary.get("bon_samples_from") or str(folder / "bon_samples.jsonl")
-    return {"study": str(folder), "length_bias": cfg.label.length_bias,
+    return {"study": str(folder), "length_bias": summary["label_length_bias"],
             "bon_samples_from": samples_from, "bon_prompts": summary["bon_prompts"],
             "policy": summary["policy"], "levels": levels}
 

@@ -164,6 +164,18 @@ def test_single_reward_model_curve_is_every_member_alone_averaged(study):
         assert got["peak"]["paired"] and got["fit"]["form"] == "bon"
 
 
+def _later_study(policy, first, out, *flags):
+    """A best-of-n-only study at noise 0 on the first 3 prompts and 4 answers of ``first``'s
+    samples (same seed and candidates), with ``flags`` added; asserts it succeeded."""
+    proc = run_cli("study", "overoptimisation", "--policy", str(policy), "--output", str(out),
+                   "--no-progress", "--label.prompts", "8", "--bon-n", "4", "--bon-prompts", "3",
+                   "--bon-samples", str(first / "bon_samples.jsonl"), "--kl-coefs", "",
+                   "--label-noise", "0", "--max-new-tokens", "8", "--reward.ensemble", "2",
+                   "--reward.max-steps", "2", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_a_later_study_reads_the_same_samples(study, tiny_model_dir, tmp_path):
     """--bon-samples: no best-of-n sampling; the first 3 prompts and 4 answers of the earlier
     study's samples, copied beside the new study, are what its proxies choose from. Same seed
@@ -174,12 +186,7 @@ def test_a_later_study_reads_the_same_samples(study, tiny_model_dir, tmp_path):
 
     first, _, first_summary = study
     out = tmp_path / "again"
-    proc = run_cli("study", "overoptimisation", "--policy", str(tiny_model_dir), "--output",
-                   str(out), "--no-progress", "--label.prompts", "8", "--bon-n", "4",
-                   "--bon-prompts", "3", "--bon-samples", str(first / "bon_samples.jsonl"),
-                   "--kl-coefs", "", "--label-noise", "0", "--proxies", "single,wco",
-                   "--max-new-tokens", "8", "--reward.ensemble", "2", "--reward.max-steps", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _later_study(tiny_model_dir, first, out, "--proxies", "single,wco")
     summary = json.loads((out / "study.json").read_text())
     assert "bon-samples" not in summary["stage_seconds"]
     assert summary["bon_samples_from"] == str(first / "bon_samples.jsonl")
@@ -213,13 +220,8 @@ def test_annotators_with_a_length_bias_label_by_gold_plus_length(study, tiny_mod
 
     first, _, _ = study
     out = tmp_path / "verbose"
-    proc = run_cli("study", "overoptimisation", "--policy", str(tiny_model_dir), "--output",
-                   str(out), "--no-progress", "--label.prompts", "8", "--bon-n", "4",
-                   "--bon-prompts", "3", "--bon-samples", str(first / "bon_samples.jsonl"),
-                   "--kl-coefs", "", "--label-noise", "0", "--proxies", "single",
-                   "--max-new-tokens", "8", "--reward.ensemble", "2", "--reward.max-steps", "2",
-                   "--label.length-bias", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _later_study(tiny_model_dir, first, out, "--proxies", "single",
+                        "--label.length-bias", "2")
     summary = json.loads((out / "study.json").read_text())
     assert summary["label_length_bias"] == 2.0
     plain_labels = [json.loads(ln) for ln in

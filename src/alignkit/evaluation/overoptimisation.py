@@ -115,6 +115,38 @@ def average_curves(curves: Sequence[Sequence[dict]]) -> list[dict]:
     return averaged
 
 
+SINGLE_AVERAGE = "single-avg"  # best-of-n only: every member alone, curves averaged
+
+
+def best_of_n_by_proxy(members: torch.Tensor, gold: torch.Tensor, ns: Sequence[int],
+                       proxies: Sequence[str], uwo_lambda: float,
+                       words: torch.Tensor | None = None) -> dict:
+    """members: (M, P * N) each ensemble member's score of every sample, prompt-major; gold and
+    ``words``: (P, N). For each proxy of ``PROXIES``: its best-of-n curve
+    (:func:`best_of_n_curve`), Gao et al.'s BoN form fitted to it, where gold peaked and its
+    fall (:func:`peak_and_fall`) and the proxy's pairwise accuracy against gold on the samples.
+    With "single" among the proxies and more than one member, also ``single-avg``: every
+    member alone, the curves averaged prompt by prompt."""
+
+    def summary(curve: list[dict], pair_accuracy: float) -> dict:
+        return {"curve": curve, "fit": fit_curve(curve, "bon"), "peak": peak_and_fall(curve),
+                "gold_pair_accuracy": pair_accuracy}
+
+    out = {}
+    for proxy in proxies:
+        scores = combined_proxy(members, proxy, uwo_lambda).view_as(gold)
+        out[proxy] = summary(best_of_n_curve(scores, gold, ns, words),
+                             pairwise_gold_accuracy(scores, gold))
+    if "single" in out and members.shape[0] > 1:
+        # each member is a single reward model of its own seed: their average curve is what
+        # one reward model does in expectation, member 0's is one draw of it
+        alone = [m.view_as(gold) for m in members]
+        out[SINGLE_AVERAGE] = summary(
+            average_curves([best_of_n_curve(m, gold, ns, words) for m in alone]),
+            sum(pairwise_gold_accuracy(m, gold) for m in alone) / len(alone))
+    return out
+
+
 def fit_curve(points: Sequence[dict], form: str) -> dict | None:
     """Gao et al.'s ``form`` ("bon" or "rl") fitted to gold gain against ``d = sqrt(KL)``; the
     gain is measured from the point nearest ``d = 0`` (best-of-1, or the RL run's start). None

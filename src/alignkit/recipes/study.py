@@ -26,18 +26,14 @@ import torch
 
 from alignkit.config import StudyConfig, save_config
 from alignkit.errors import DataError, UserError
-from alignkit.evaluation.overoptimisation import (PROXIES, average_curves, best_of_n_curve,
-                                                  combined_proxy, default_ns, fit_curve,
-                                                  forecast_lead, pairwise_gold_accuracy,
-                                                  peak_and_fall, rl_points)
+from alignkit.evaluation.overoptimisation import (PROXIES, best_of_n_by_proxy, default_ns,
+                                                  fit_curve, forecast_lead, peak_and_fall,
+                                                  rl_points)
 from alignkit.models.loading import load_model_and_tokenizer, pick_device
 from alignkit.recipes import ppo, reward, sft
 from alignkit.utils.files import write_jsonl_atomic, write_text_atomic
 from alignkit.utils.logs import StageClock, log
 from alignkit.utils.machine import describe_machine, machine_line
-
-SINGLE_AVERAGE = "single-avg"  # best-of-n only: every member alone, curves averaged
-
 
 def noise_folder(root: Path, rate: float) -> Path:
     return root / f"noise-{rate:g}"
@@ -158,28 +154,10 @@ def best_of_n_study(cfg: StudyConfig, samples: dict, reward_final: Path, device:
     gold peaked, and how often the proxy orders two answers as gold does."""
     from alignkit.models.reward import RewardModel
 
-    gold = samples["gold"]
     members = RewardModel.load(str(reward_final), device).score(
         samples["texts"], samples["answers"]).per_member.float().cpu()
-
-    def summary(curve: list[dict], pair_accuracy: float) -> dict:
-        return {"curve": curve, "fit": fit_curve(curve, "bon"), "peak": peak_and_fall(curve),
-                "gold_pair_accuracy": pair_accuracy}
-
-    ns, words = default_ns(cfg.bon_n), samples["words"]
-    out = {}
-    for proxy in cfg.proxy_names():
-        scores = combined_proxy(members, proxy, cfg.uwo_lambda).view_as(gold)
-        out[proxy] = summary(best_of_n_curve(scores, gold, ns, words),
-                             pairwise_gold_accuracy(scores, gold))
-    if "single" in out and members.shape[0] > 1:
-        # each member is a single reward model of its own seed: their average curve is what
-        # one reward model does in expectation, member 0's is one draw of it
-        alone = [m.view_as(gold) for m in members]
-        out[SINGLE_AVERAGE] = summary(
-            average_curves([best_of_n_curve(m, gold, ns, words) for m in alone]),
-            sum(pairwise_gold_accuracy(m, gold) for m in alone) / len(alone))
-    return out
+    return best_of_n_by_proxy(members, samples["gold"], default_ns(cfg.bon_n),
+                              cfg.proxy_names(), cfg.uwo_lambda, samples["words"])
 
 
 def ppo_study(cfg: StudyConfig, policy: str, rate: float, reward_final: Path,
