@@ -35,6 +35,7 @@ from alignkit.utils.files import write_jsonl_atomic, write_text_atomic
 from alignkit.utils.logs import StageClock, log
 from alignkit.utils.machine import describe_machine, machine_line
 
+
 def noise_folder(root: Path, rate: float) -> Path:
     return root / f"noise-{rate:g}"
 
