@@ -1145,7 +1145,7 @@ class DemoLabelConfig(Config):
                              "adds to an answer per 10 words, so longer answers look better to "
                              "it, as they do to people (0: none; the labels' report gives how "
                              "often the longer answer was chosen, and how often gold prefers "
-                             "it).")
+                             "it; < 0: shorter answers look better).", unbounded=True)
     temperatures: str = opt("0.7,1.0,1.2", "Sampling temperatures of the policy's answers, "
                             "comma-separated: the answers to a prompt are shared out over them "
                             "in turn (diverse candidates, as InstructGPT labelled).")
