@@ -450,9 +450,7 @@ def pair_correct_probabilities(records: Iterable[Mapping[str, Any]], annotators:
             raise UserError(f"annotator {ann!r} of a record is not in the panel "
                             f"({', '.join(by_id)})")
         annotator = by_id[ann]
-        if annotator.length_bias:
-            g_pref, g_other = annotator.seen([g_pref, g_other], words)
-        out.append(annotator.prob_correct(g_pref, g_other, scale))
+        out.append(annotator.prob_correct(*annotator.seen([g_pref, g_other], words), scale))
     return out
 
 

@@ -91,13 +91,13 @@ class Labeler:
                             "std": float(margins.std()) if len(margins) > 1 else 0.0,
                             "reward": float(combined[i].mean())})
             return out
-        from alignkit.feedback.simulated import SimulatedPanel, response_words
+        from alignkit.feedback.simulated import SimulatedPanel
 
         for i, t in enumerate(texts):
             golds = self.gold.score([t] * k, answers[i], [categories[i]] * k, ended[i])
             panel = SimulatedPanel(seed=row_seed(self.cfg.seed, round_index, positions[i]),
                                    gold_scale=self.cfg.gold_scale)
-            order, _ = panel.rank(golds, words=[response_words(r) for r in answers[i]])
+            order, _ = panel.rank(golds)
             out.append({"better": order[0], "worse": order[-1], "label": 1.0, "margin": 0.0,
                         "std": 0.0, "reward": sum(golds) / k})
         return out
