@@ -40,14 +40,6 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(
         usable_cores(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """The tests marked ``slow`` (the packaged model end to end: its quick demo takes about 12
-    minutes on one worker's core) run first. Collected last, as their folder name sorts, they
-    began when the other workers had nearly finished and ran alone at the end while those
-    workers' cores idled."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 # tests/vllm run where vLLM's CPU build is installed, an environment of their own
 # (scripts/test_vllm.sh, which README's test command runs after this suite)
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
