@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = [f"results/{name}" for name in (
     "demo_seed1_continue_lr2_1205.json", "demo_seed3_continue_lr2_1205.json",
     "demo_seed4_continue_lr2_1205.json", "demo_seed5_continue_lr2_1205.json",
-    "demo_seed6_1206.json", "demo_seed8_1207.json", "demo_seed9_1207.json")]
+    "demo_seed6_1206.json", "demo_seed8_1207.json", "demo_seed9_1207.json",
+    "demo_seed42_1207.json")]
 POLICIES = ("ppo", "dpo", "best-of-4")
 
 
@@ -50,8 +51,19 @@ def run_records(path: Path) -> list[dict]:
 
 
 def seed_of(run: dict) -> int | None:
-    match = re.search(r"--seed (\d+)", run.get("command", ""))
-    return int(match.group(1)) if match else run.get("seed")
+    """The run's seed: its command's ``--seed``, else a ``seed`` field, else, for an ``alignkit
+    demo`` command without the flag, the demo's default seed (what a newcomer's run uses)."""
+    command = run.get("command", "")
+    match = re.search(r"--seed[= ](\d+)", command)
+    if match:
+        return int(match.group(1))
+    if "seed" in run:
+        return run["seed"]
+    if command.startswith("alignkit demo"):
+        from alignkit.config import DemoConfig
+
+        return DemoConfig().seed
+    return None
 
 
 def first_ensemble_accuracy(run: dict) -> float:

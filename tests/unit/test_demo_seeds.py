@@ -94,6 +94,14 @@ def test_the_command_prints_seeds_in_order_and_writes_its_json(tmp_path, capsys)
     assert written["across_seeds"]["ppo"]["runs_beyond_line"] == 2
 
 
+def test_a_demo_run_without_the_seed_flag_has_the_demos_default_seed():
+    demo_seeds = _module()
+    assert demo_seeds.seed_of({"command": "alignkit demo --output runs/d"}) == 42
+    assert demo_seeds.seed_of({"command": "alignkit demo --seed=7 --output runs/d"}) == 7
+    assert demo_seeds.seed_of({"command": "alignkit demo --output runs/d", "seed": 5}) == 5
+    assert demo_seeds.seed_of({"command": "python bench/other.py"}) is None
+
+
 def test_a_file_that_is_no_demo_result_is_named(tmp_path):
     bad = tmp_path / "other.json"
     bad.write_text(json.dumps({"benchmark": "sft_throughput"}))
