@@ -1388,7 +1388,9 @@ class DemoConfig(RolloutArgs):
                             f"--compare-samples ({self.compare_samples})")
 
     def shortened(self) -> "DemoConfig":
-        """``--quick``: fewer steps, prompts and samples in every stage."""
+        """``--quick``: fewer steps, prompts and samples in every stage. PPO takes one step a
+        round: one step runs every part of it (rollouts, rewards, advantages, the update, the
+        monitor before and after), and each further step cost about 50 s on 2 AVX2 cores."""
         replace = dataclasses.replace
         return replace(
             self, samples=min(self.samples, 2), compare_prompts=min(self.compare_prompts, 6),
@@ -1398,7 +1400,7 @@ class DemoConfig(RolloutArgs):
             relabel=replace(self.relabel, prompts=min(self.relabel.prompts, 10)),
             reward=replace(self.reward, max_steps=min(self.reward.max_steps, 4)),
             later_rounds_reward_steps=min(self.later_rounds_reward_steps, 4),
-            ppo=replace(self.ppo, max_steps=min(self.ppo.max_steps, 2),
+            ppo=replace(self.ppo, max_steps=min(self.ppo.max_steps, 1),
                         batch_size=min(self.ppo.batch_size, 4)),
             dpo=replace(self.dpo, max_steps=min(self.dpo.max_steps, 2)))
 

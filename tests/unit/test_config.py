@@ -514,7 +514,8 @@ def flat_demo_stages(cfg: SimpleNamespace, root: Path) -> dict:
             **vars(cfg), "max_steps": min(cfg.max_steps, 8), "samples": min(cfg.samples, 2),
             "eval_every": 0, "save_every": 0, "warmup_steps": min(cfg.warmup_steps, 2),
             "label_prompts": min(cfg.label_prompts, 10), "reward_steps": min(cfg.reward_steps, 4),
-            "ppo_steps": min(cfg.ppo_steps, 2), "ppo_batch_size": min(cfg.ppo_batch_size, 4),
+            # the flat demo's --quick ran 2 PPO steps; one a round now (DemoConfig.shortened)
+            "ppo_steps": min(cfg.ppo_steps, 1), "ppo_batch_size": min(cfg.ppo_batch_size, 4),
             "dpo_steps": min(cfg.dpo_steps, 2), "compare_prompts": min(cfg.compare_prompts, 6)})
     sft_final, labels = root / "sft" / "final", root / "prefs.jsonl"
     shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)
@@ -636,6 +637,10 @@ def test_the_demo_compares_on_every_held_out_prompt():
     held_out = len(list(read_records("demo-prompts-heldout")))
     assert DemoConfig().compare_prompts == held_out == 96
     assert DemoConfig(quick=True).shortened().compare_prompts == 6
+    quick = DemoConfig(quick=True).shortened()
+    assert [quick.ppo_steps(k) for k in (1, 2)] == [1, 1]  # --quick: one PPO step a round
+    assert {name: c.eval_every for name, c in quick.stage_configs("runs/q").items()
+            if name.startswith("ppo")} == {"ppo-r1": 1, "ppo": 1}
     assert DemoConfig().stage_configs("runs/demo")["ppo"].eval_prompts == 16  # PPO's monitor
 
 

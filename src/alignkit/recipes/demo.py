@@ -248,7 +248,7 @@ def ppo_lines(cfg: DemoConfig, stage3: dict) -> list[str]:
     start = "SFT"
     if cfg.continue_rounds and stage3["round"] > 1:
         start = f"the round-{stage3['round'] - 1} PPO policy (KL to SFT)"
-    lines = [f"stage 3: PPO with LoRA from {start}{of_rounds}, {steps} steps x "
+    lines = [f"stage 3: PPO with LoRA from {start}{of_rounds}, {steps} step{'s' * (steps != 1)} x "
              f"{cfg.ppo.batch_size} prompts{f' x {k} answers' if k > 1 else ''}, advantage "
              f"{cfg.ppo.advantage}, reward = ensemble {cfg.ppo.combine} "
              f"({Path(stage3['reward_model']).parent.name}/), KL coefficient {cfg.ppo.kl_coef}"]
