@@ -637,11 +637,15 @@ def test_the_demo_compares_on_every_held_out_prompt():
     held_out = len(list(read_records("demo-prompts-heldout")))
     assert DemoConfig().compare_prompts == held_out == 96
     assert DemoConfig(quick=True).shortened().compare_prompts == 6
-    quick = DemoConfig(quick=True).shortened()
-    assert [quick.ppo_steps(k) for k in (1, 2)] == [1, 1]  # --quick: one PPO step a round
-    assert {name: c.eval_every for name, c in quick.stage_configs("runs/q").items()
-            if name.startswith("ppo")} == {"ppo-r1": 1, "ppo": 1}
     assert DemoConfig().stage_configs("runs/demo")["ppo"].eval_prompts == 16  # PPO's monitor
+
+
+def test_quick_runs_one_ppo_step_a_round_with_the_monitor_before_and_after():
+    quick = DemoConfig(quick=True).shortened()
+    assert [quick.ppo_steps(k) for k in (1, 2)] == [1, 1]
+    ppo = {name: c for name, c in quick.stage_configs("runs/q").items() if name.startswith("ppo")}
+    assert {name: (c.max_steps, c.eval_every) for name, c in ppo.items()} == {
+        "ppo-r1": (1, 1), "ppo": (1, 1)}
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3])
